@@ -1,0 +1,42 @@
+/*
+ * Shared main() for the Check test programs: runs the suites a file builds, prints Check's
+ * summary, and maps the result to meson's exit codes (0 pass, 1 fail, 77 skip).
+ * A file defines `static Suite *const *test_suites(void)` returning a NULL-ended array, and
+ * may call check_skip("why") from main-time probes (for hardware it cannot find).
+ */
+#ifndef ICE_TEST_CHECK_MAIN_H
+#define ICE_TEST_CHECK_MAIN_H
+
+#include <check.h>
+#include <stdio.h>
+#include <stdlib.h>
+
+#define CHECK_EXIT_SKIP 77
+
+static inline int check_run_suites(Suite *const *suites)
+{
+	SRunner *sr = NULL;
+	int failed, i;
+
+	for (i = 0; suites[i]; i++) {
+		if (!sr)
+			sr = srunner_create(suites[i]);
+		else
+			srunner_add_suite(sr, suites[i]);
+	}
+	if (!sr)
+		return EXIT_FAILURE;
+	srunner_run_all(sr, CK_NORMAL);
+	failed = srunner_ntests_failed(sr);
+	srunner_free(sr);
+	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
+
+static inline void check_skip(const char *why)
+{
+	printf("SKIP: %s\n", why);
+	fflush(stdout);
+	exit(CHECK_EXIT_SKIP);
+}
+
+#endif

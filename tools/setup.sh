@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# IceCache set-up: installs what is missing (Debian 12), builds, then runs one job.
+#   tools/setup.sh demo   build and run the main job on its embedded defaults
+#   tools/setup.sh test   build (warnings as errors) and run the whole test suite, then the unit
+#                         suite again under AddressSanitizer + UBSan
+# Environment: BUILD_DIR (default build), ICE_SKIP_INSTALL=1 to skip apt/pip.
+set -euo pipefail
+
+mode=${1:-demo}
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+cd "$here"
+build=${BUILD_DIR:-build}
+
+log() { printf '\n== %s\n' "$*"; }
+
+as_root() {
+	if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi
+}
+
+# Debian packages the build, the tests and the demos need (one per line in tools/deps/apt.txt).
+install_deps() {
+	local missing=() p
+	while read -r p; do
+		[ -z "$p" ] || [ "${p#\#}" != "$p" ] && continue
+		dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" ||
+			missing+=("$p")
+	done < tools/deps/apt.txt
+	if [ ${#missing[@]} -gt 0 ]; then
+		log "installing: ${missing[*]}"
+		as_root apt-get update -qq
+		as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+			--no-install-recommends "${missing[@]}"
+	fi
+	# Python packages (tests/ reference scripts, the binding's tests) go into a venv under the
+	# build dir so the system Python is left alone.
+	if [ -s tools/deps/pip.txt ]; then
+		if [ ! -x "$build/venv/bin/python" ]; then
+			log "python venv in $build/venv"
+			mkdir -p "$build"
+			python3 -m venv "$build/venv"
+		fi
+		if ! "$build/venv/bin/python" -m pip install -q --disable-pip-version-check \
+				-r tools/deps/pip.txt; then
+			echo "setup: pip install failed; tests that need these packages will skip" >&2
+		fi
+	fi
+}
+
+configure() {
+	local dir=$1; shift
+	if [ -f "$dir/build.ninja" ]; then
+		meson configure "$dir" "$@" >/dev/null
+	else
+		meson setup "$dir" "$@"
+	fi
+}
+
+[ "${ICE_SKIP_INSTALL:-0}" = 1 ] || install_deps
+export ICE_PYTHON="$here/$build/venv/bin/python"
+
+case "$mode" in
+demo)
+	configure "$build"
+	ninja -C "$build"
+	log "main job: tools/demo.sh"
+	exec tools/demo.sh "$build"
+	;;
+test)
+	configure "$build" -Dwerror=true
+	ninja -C "$build"
+	log "test suite"
+	meson test -C "$build" --print-errorlogs --num-processes 2
+	log "unit suite under ASan + UBSan"
+	configure "$build-asan" -Dwerror=true -Db_sanitize=address,undefined -Db_lundef=false \
+		-Dcuda=disabled -Dbuildtype=debug
+	ninja -C "$build-asan"
+	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
+		meson test -C "$build-asan" --print-errorlogs --num-processes 2 --suite unit \
+		--timeout-multiplier 4
+	;;
+*)
+	echo "usage: tools/setup.sh demo|test" >&2
+	exit 2
+	;;
+esac
