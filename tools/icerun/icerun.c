@@ -5,7 +5,8 @@
  *   icerun info      -m MODEL                    model shape, tensor types
  *   icerun tokenize  -m MODEL [--special] TEXT   token ids, one per line
  *   icerun generate  -m MODEL [-n N] [--chat] PROMPT
- *   icerun logits    -m MODEL --tokens a,b,c [-o FILE]   last-position logits (reference check)
+ *   icerun logits    -m MODEL --tokens a,b,c [-o FILE]   logits of every position
+ *   icerun greedy    -m MODEL --tokens a,b,c [-n N]      greedy continuation ids
  *   icerun eval      -m MODEL [options]          passkey / needle / attention-mass evaluation
  */
 #include <errno.h>
@@ -38,6 +39,7 @@ static void usage(FILE *f)
 		"                                          greedy continuation (--chat: instruct template)\n"
 		"  logits    -m MODEL --tokens IDS [-o FILE] [-t THREADS]\n"
 		"                                          logits of every position, float32 [n][vocab]\n"
+		"  greedy    -m MODEL --tokens IDS [-n N]  greedy continuation ids, one per line\n"
 		"  eval      -m MODEL [see icerun eval --help]\n"
 		"MODEL defaults to $ICE_MODEL or build/models/SmolLM2-135M-Instruct.Q4_1.gguf\n");
 }
@@ -98,7 +100,23 @@ static int cmd_tokenize(const char *path, const char *text, bool special)
 	for (i = 0; i < n; i++) {
 		int l = tok_decode(t, ids[i], buf, sizeof(buf));
 
-		printf("%d\t%.*s\n", ids[i], l > 0 ? l : 0, buf);
+		/* one token per line: escape the bytes that would break the line format */
+		printf("%d\t", ids[i]);
+		for (int b = 0; b < l; b++) {
+			unsigned char ch = (unsigned char)buf[b];
+
+			if (ch == '\n')
+				fputs("\\n", stdout);
+			else if (ch == '\t')
+				fputs("\\t", stdout);
+			else if (ch == '\\')
+				fputs("\\\\", stdout);
+			else if (ch == '\r')
+				fputs("\\r", stdout);
+			else
+				putchar(ch);
+		}
+		putchar('\n');
 	}
 	free(ids);
 	tok_free(t);
@@ -263,6 +281,47 @@ out:
 	return err ? 1 : 0;
 }
 
+static int cmd_greedy(const char *path, const char *tokens, int ntok, int threads)
+{
+	struct model *m = NULL;
+	struct kv *kv = NULL;
+	int32_t *ids = NULL, next;
+	float *lg = NULL;
+	int n = 0, i, err;
+
+	err = parse_ids(tokens, &ids, &n);
+	if (err || n == 0) {
+		err = err ? err : -EINVAL;
+		goto out;
+	}
+	err = model_open(path, threads, &m);
+	if (!err)
+		err = kv_new(m, n + ntok, &kv);
+	if (err)
+		goto out;
+	lg = malloc((size_t)m->cfg.n_vocab * sizeof(float));
+	if (!lg) {
+		err = -ENOMEM;
+		goto out;
+	}
+	err = model_forward(m, kv, ids, n, lg, NULL, NULL);
+	/* decode one token at a time, so this also checks the single-token path against prefill */
+	for (i = 0; i < ntok && !err; i++) {
+		next = eval_argmax(lg, m->cfg.n_vocab);
+		printf("%d\n", next);
+		if (i + 1 < ntok)
+			err = model_forward(m, kv, &next, 1, lg, NULL, NULL);
+	}
+out:
+	if (err)
+		fprintf(stderr, "icerun: greedy: %s\n", strerror(-err));
+	free(ids);
+	free(lg);
+	kv_free(kv);
+	model_free(m);
+	return err ? 1 : 0;
+}
+
 int main(int argc, char **argv)
 {
 	static const struct option opts[] = {
@@ -314,6 +373,13 @@ int main(int argc, char **argv)
 			return 2;
 		}
 		return cmd_logits(model, tokens, outp, threads);
+	}
+	if (!strcmp(cmd, "greedy")) {
+		if (!tokens) {
+			fprintf(stderr, "icerun greedy: --tokens is required\n");
+			return 2;
+		}
+		return cmd_greedy(model, tokens, ntok, threads);
 	}
 	if (optind >= argc) {
 		usage(stderr);
