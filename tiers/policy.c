@@ -214,5 +214,6 @@ void policy_stats(struct policy *p, struct stats_buf *sb)
 	stats_put_u64(sb, "policy", "promoted", p->promoted);
 	stats_put_u64(sb, "policy", "direct_slow", p->direct_slow);
 	stats_put_u64(sb, "policy", "balances", p->balances);
+	stats_put_u64(sb, "policy", "workspace_bytes", p->fast_slots * sizeof(*p->keys));
 	pthread_mutex_unlock(&p->lock);
 }

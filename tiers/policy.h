@@ -43,7 +43,8 @@ int policy_balance(struct policy *p);
  * (-ENOSPC when the slow tier is full and nothing more can go). */
 int policy_demote_to(struct policy *p, uint64_t target);
 
-/* policy.{high_slots,low_slots,demoted,demoted_clean,promoted,direct_slow,balances} */
+/* policy.{high_slots,low_slots,demoted,demoted_clean,promoted,direct_slow,balances,
+ * workspace_bytes} */
 void policy_stats(struct policy *p, struct stats_buf *sb);
 
 #endif

@@ -17,7 +17,7 @@
 /* Pages handled per internal batch: bounds the stack arrays of the data path. */
 #define STORE_CHUNK 256u
 /* Staging slots for moves between two tiers the CPU cannot address (hbm <-> nvme). */
-#define STORE_STAGE 64u
+#define STORE_STAGE 256u
 
 struct store_ent {
 	struct store_key key;
