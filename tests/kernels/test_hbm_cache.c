@@ -7,6 +7,8 @@
 
 #include "check_main.h"
 #include "hbm_cache.h"
+#include "hbm_tier.h"
+#include "kern.h"
 
 struct model_slot {
 	int valid;
@@ -210,6 +212,22 @@ START_TEST(cache_reset_keeps_pins)
 }
 END_TEST
 
+/* Without a GPU the tier does not open (the store then runs on the other tiers). */
+START_TEST(hbm_tier_needs_a_gpu)
+{
+	struct tier_config cfg = { 0 };
+	struct tier *t = NULL;
+
+	if (kern_gpu_count() > 0)
+		return; /* the gpu suite opens it for real */
+	cfg.capacity_bytes = 64 * 8192;
+	cfg.slot_size = 8192;
+	ck_assert_int_eq(tier_open(&hbm_tier_ops, &cfg, &t), -ENODEV);
+	ck_assert_ptr_null(t);
+	ck_assert_ptr_null(hbm_tier_hbm(NULL));
+}
+END_TEST
+
 static Suite *hbm_cache_suite(void)
 {
 	Suite *s = suite_create("hbm_cache");
@@ -219,6 +237,7 @@ static Suite *hbm_cache_suite(void)
 	tcase_add_loop_test(tc, cache_matches_model, 0, 3);
 	tcase_add_test(tc, cache_decode_steps);
 	tcase_add_test(tc, cache_reset_keeps_pins);
+	tcase_add_test(tc, hbm_tier_needs_a_gpu);
 	suite_add_tcase(s, tc);
 	return s;
 }

@@ -267,16 +267,13 @@ int hbm_read_slot(struct hbm *h, uint32_t slot, void *buf, size_t len)
 	return note(h, kern_memcpy(buf, (char *)h->pool + (size_t)slot * h->cfg.slot_bytes, len));
 }
 
-void hbm_stats(const struct hbm *h, struct stats_buf *sb)
+void hbm_stats(const struct hbm *h, struct stats_buf *sb, const char *p)
 {
 	struct hbm_cache_stats st;
-	const char *p = "tier.hbm";
 
 	if (!h || !sb)
 		return;
 	hbm_cache_get_stats(h->cache, &st);
-	stats_put_u64(sb, p, "slots", h->cfg.nslots);
-	stats_put_u64(sb, p, "slot_bytes", h->cfg.slot_bytes);
 	stats_put_u64(sb, p, "failed", (uint64_t)h->failed);
 	stats_put_u64(sb, p, "hits", st.hits);
 	stats_put_u64(sb, p, "misses", st.misses);

@@ -80,8 +80,8 @@ int hbm_export(struct hbm *h, struct kern_ipc_handle *ret_handle);
 int hbm_write_slot(struct hbm *h, uint32_t slot, const void *buf, size_t len);
 int hbm_read_slot(struct hbm *h, uint32_t slot, void *buf, size_t len);
 
-/* tier.hbm.{slots,slot_bytes,failed,hits,misses,evictions,stale,pinned,cached,moved_pages,
- * moved_bytes,loads}. */
-void hbm_stats(const struct hbm *h, struct stats_buf *sb);
+/* <prefix>.{failed,hits,misses,evictions,stale,pinned,cached,loads,moved_pages,moved_bytes}
+ * (the tier passes "tier.hbm"). */
+void hbm_stats(const struct hbm *h, struct stats_buf *sb, const char *prefix);
 
 #endif
