@@ -307,18 +307,84 @@ static void softmax_rows(float *s, int g, int n, int lds)
 }
 
 /* out[h][:] = Σ_j p[h][j] · V(idx ? idx[j] : j) */
-static void pv(const struct kv *kv, int layer, int kvh, const float *p, int lds, int g, int n,
-	       const int32_t *idx, float *out)
+static void pv_c(const struct kv *kv, int layer, int kvh, const float *p, int lds, int g, int n,
+		 const int32_t *idx, float *out)
 {
-	int d = kv->d, h, j;
+	int d = kv->d, h, j, i;
 
 	for (h = 0; h < g; h++) {
 		float *o = out + (size_t)h * d;
 
 		memset(o, 0, (size_t)d * sizeof(float));
-		for (j = 0; j < n; j++)
-			mm_axpy(o, p[(size_t)h * lds + j], kv_vrow(kv, layer, kvh, idx ? idx[j] : j), d);
+		for (j = 0; j < n; j++) {
+			const float *vr = kv_vrow(kv, layer, kvh, idx ? idx[j] : j);
+			float pj = p[(size_t)h * lds + j];
+
+			for (i = 0; i < d; i++)
+				o[i] += pj * vr[i];
+		}
 	}
+}
+
+/* d == 64, up to 4 heads per pass: 16 accumulators stay in registers, V rows load once */
+AVX512 static void pv64_avx(const struct kv *kv, int layer, int kvh, const float *p, int lds,
+			    int g, int n, const int32_t *idx, float *out)
+{
+	int h0, j;
+
+	for (h0 = 0; h0 < g; h0 += 4) {
+		int gg = g - h0 < 4 ? g - h0 : 4;
+		const float *p0 = p + (size_t)h0 * lds, *p1 = gg > 1 ? p0 + lds : p0;
+		const float *p2 = gg > 2 ? p0 + 2 * (size_t)lds : p0;
+		const float *p3 = gg > 3 ? p0 + 3 * (size_t)lds : p0;
+		__m512 o00 = _mm512_setzero_ps(), o01 = o00, o02 = o00, o03 = o00;
+		__m512 o10 = o00, o11 = o00, o12 = o00, o13 = o00;
+		__m512 o20 = o00, o21 = o00, o22 = o00, o23 = o00;
+		__m512 o30 = o00, o31 = o00, o32 = o00, o33 = o00;
+		float *o = out + (size_t)h0 * 64;
+
+		for (j = 0; j < n; j++) {
+			const float *vr = kv_vrow(kv, layer, kvh, idx ? idx[j] : j);
+			__m512 v0 = _mm512_loadu_ps(vr), v1 = _mm512_loadu_ps(vr + 16);
+			__m512 v2 = _mm512_loadu_ps(vr + 32), v3 = _mm512_loadu_ps(vr + 48), b;
+
+			b = _mm512_set1_ps(p0[j]);
+			o00 = _mm512_fmadd_ps(b, v0, o00); o01 = _mm512_fmadd_ps(b, v1, o01);
+			o02 = _mm512_fmadd_ps(b, v2, o02); o03 = _mm512_fmadd_ps(b, v3, o03);
+			b = _mm512_set1_ps(p1[j]);
+			o10 = _mm512_fmadd_ps(b, v0, o10); o11 = _mm512_fmadd_ps(b, v1, o11);
+			o12 = _mm512_fmadd_ps(b, v2, o12); o13 = _mm512_fmadd_ps(b, v3, o13);
+			b = _mm512_set1_ps(p2[j]);
+			o20 = _mm512_fmadd_ps(b, v0, o20); o21 = _mm512_fmadd_ps(b, v1, o21);
+			o22 = _mm512_fmadd_ps(b, v2, o22); o23 = _mm512_fmadd_ps(b, v3, o23);
+			b = _mm512_set1_ps(p3[j]);
+			o30 = _mm512_fmadd_ps(b, v0, o30); o31 = _mm512_fmadd_ps(b, v1, o31);
+			o32 = _mm512_fmadd_ps(b, v2, o32); o33 = _mm512_fmadd_ps(b, v3, o33);
+		}
+		_mm512_storeu_ps(o, o00); _mm512_storeu_ps(o + 16, o01);
+		_mm512_storeu_ps(o + 32, o02); _mm512_storeu_ps(o + 48, o03);
+		if (gg > 1) {
+			_mm512_storeu_ps(o + 64, o10); _mm512_storeu_ps(o + 80, o11);
+			_mm512_storeu_ps(o + 96, o12); _mm512_storeu_ps(o + 112, o13);
+		}
+		if (gg > 2) {
+			_mm512_storeu_ps(o + 128, o20); _mm512_storeu_ps(o + 144, o21);
+			_mm512_storeu_ps(o + 160, o22); _mm512_storeu_ps(o + 176, o23);
+		}
+		if (gg > 3) {
+			_mm512_storeu_ps(o + 192, o30); _mm512_storeu_ps(o + 208, o31);
+			_mm512_storeu_ps(o + 224, o32); _mm512_storeu_ps(o + 240, o33);
+		}
+	}
+}
+
+static void pv(const struct kv *kv, int layer, int kvh, const float *p, int lds, int g, int n,
+	       const int32_t *idx, float *out)
+{
+	if (mm_simd() && kv->d == 64)
+		pv64_avx(kv, layer, kvh, p, lds, g, n, idx, out);
+	else
+		pv_c(kv, layer, kvh, p, lds, g, n, idx, out);
 }
 
 void model_attend_set(const struct model *m, const struct kv *kv, int layer, int h,
