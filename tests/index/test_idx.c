@@ -1,0 +1,794 @@
+/*
+ * DCI-tree tests: structural invariants after build and after many random inserts, exact
+ * parents where the level above is small, lifting, search against brute force, planted needles,
+ * SIMD paths against each other, dtypes, bad arguments, concurrent searches.
+ */
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "check_main.h"
+#include "idx.h"
+#include "idx_simd.h"
+#include "synth.h"
+
+static float *gen_keys(uint32_t dim, size_t n, uint64_t seed)
+{
+	struct synth_params sp;
+	float *k = malloc(n * dim * sizeof(float));
+
+	ck_assert_ptr_nonnull(k);
+	synth_params_default(&sp, dim);
+	sp.seed = seed;
+	sp.nclusters = 32;
+	ck_assert_int_eq(synth_keys(&sp, n, k), 0);
+	return k;
+}
+
+/* exact_max >= 100000 also lifts the cell cap, so every parent is the exact nearest (a capped
+ * cell hands slabs of its tokens to new seeds instead). */
+static struct idx *new_idx(uint32_t dim, float r1, uint32_t exact_max, uint32_t threads)
+{
+	struct idx_params p;
+	struct idx *ix = NULL;
+
+	idx_params_default(&p, dim);
+	p.r1 = r1;
+	p.exact_parent_max = exact_max;
+	if (exact_max >= 100000)
+		p.cell_cap = UINT32_MAX;
+	p.threads = threads;
+	ck_assert_int_eq(idx_new(&p, &ix), 0);
+	return ix;
+}
+
+static double dotd(const float *a, const float *b, uint32_t d)
+{
+	double s = 0;
+	uint32_t j;
+
+	for (j = 0; j < d; j++)
+		s += (double)a[j] * b[j];
+	return s;
+}
+
+/* Every token in exactly one page, fills within bounds, stored keys equal to the input. */
+static void check_structure(const struct idx *ix, const float *keys, size_t n, uint32_t dim)
+{
+	size_t np = idx_npages(ix), p, seen_total = 0;
+	unsigned char *seen = calloc(n, 1);
+	float *k = malloc(dim * sizeof(float));
+	uint32_t pos[IDX_PAGE_CAP], fill, ver, s, pg;
+
+	ck_assert_ptr_nonnull(seen);
+	ck_assert_uint_eq(idx_ntokens(ix), n);
+	for (p = 0; p < np; p++) {
+		ck_assert_int_eq(idx_page_tokens(ix, (uint32_t)p, pos, &fill, &ver), 0);
+		ck_assert_uint_ge(fill, 1);
+		ck_assert_uint_le(fill, IDX_PAGE_CAP);
+		ck_assert_uint_ge(ver, 1);
+		for (s = 0; s < fill; s++) {
+			ck_assert_uint_lt(pos[s], n);
+			ck_assert_uint_eq(seen[pos[s]], 0);
+			seen[pos[s]] = 1;
+			ck_assert_int_eq(idx_token_page(ix, pos[s], &pg), 0);
+			ck_assert_uint_eq(pg, p);
+		}
+		seen_total += fill;
+	}
+	ck_assert_uint_eq(seen_total, n);
+	for (p = 0; p < n; p += 7) {
+		ck_assert_int_eq(idx_token_key(ix, (uint32_t)p, k), 0);
+		ck_assert_mem_eq(k, keys + p * dim, dim * sizeof(float));
+	}
+	ck_assert_int_eq(idx_page_tokens(ix, (uint32_t)np, pos, &fill, &ver), -EINVAL);
+	free(seen);
+	free(k);
+}
+
+/*
+ * Parent of every token is one level up (or the root when that level was empty) and the exact
+ * lifted nearest among the nodes that existed when it was placed: for the first n0 (built
+ * together) all of them, with M over all n0; for a later insert t those before t, with M over
+ * keys 0..t (M is kept current as keys arrive).
+ */
+static void check_parents_exact(const struct idx *ix, const float *keys, size_t n, uint32_t dim,
+				size_t n0)
+{
+	uint32_t *lev = malloc(n * sizeof(uint32_t)), *par = malloc(n * sizeof(uint32_t));
+	uint32_t *lst = malloc(n * sizeof(uint32_t));
+	double *n2 = malloc(n * sizeof(double)), *mpre = malloc(n * sizeof(double)), m = 0;
+	size_t t, u, checked = 0, nl, cnt[17] = { 0 }, off[18] = { 0 }, fillc[17] = { 0 };
+
+	for (t = 0; t < n; t++) {
+		ck_assert_int_eq(idx_token_parent(ix, (uint32_t)t, &lev[t], &par[t]), 0);
+		ck_assert_uint_lt(lev[t], 16);
+		cnt[lev[t]]++;
+		n2[t] = dotd(keys + t * dim, keys + t * dim, dim);
+	}
+	for (t = 0; t < n; t++) {
+		if (t < n0)
+			m = fmax(m, n2[t]);
+		else
+			m = fmax(m, n2[t]);
+		mpre[t] = m;
+	}
+	for (t = 0; t < n0; t++)
+		mpre[t] = mpre[n0 - 1];
+	for (nl = 0; nl < 16; nl++)
+		off[nl + 1] = off[nl] + cnt[nl];
+	for (t = 0; t < n; t++)
+		lst[off[lev[t]] + fillc[lev[t]]++] = (uint32_t)t;
+	for (t = 0; t < n; t++) {
+		double mt = mpre[t], ht = sqrt(fmax(mt - n2[t], 0));
+		double best = -INFINITY, mine = -INFINITY;
+		size_t L = lev[t] + 1, i;
+		int any = 0;
+
+		for (i = off[L]; L < 16 && i < off[L + 1]; i++) {
+			double s;
+
+			u = lst[i];
+			if (u >= (t < n0 ? n0 : t))
+				continue;
+			any = 1;
+			s = dotd(keys + t * dim, keys + u * dim, dim) + ht * sqrt(fmax(mt - n2[u], 0));
+			if (s > best)
+				best = s;
+			if (u == par[t])
+				mine = s;
+		}
+		if (!any) {
+			ck_assert_uint_eq(par[t], UINT32_MAX);
+			continue;
+		}
+		ck_assert_uint_ne(par[t], UINT32_MAX);
+		ck_assert_uint_eq(lev[par[t]], lev[t] + 1);
+		/* nearest up to float rounding of the two scores */
+		ck_assert_msg(mine >= best - 1e-3 * (fabs(best) + 1), "token %zu: parent %u scores %g, best %g",
+			      t, par[t], mine, best);
+		checked++;
+	}
+	ck_assert_uint_gt(checked, n / 2);
+	free(lev);
+	free(par);
+	free(lst);
+	free(n2);
+	free(mpre);
+}
+
+START_TEST(build_invariants_and_exact_parents)
+{
+	const uint32_t dim = 64;
+	const size_t n = 3000;
+	float *keys = gen_keys(dim, n, 1);
+	struct idx *ix = new_idx(dim, 0.05f, 100000, 2);
+	struct idx_info info;
+
+	ck_assert_int_eq(idx_build(ix, keys, n, IDX_F32), 0);
+	check_structure(ix, keys, n, dim);
+	check_parents_exact(ix, keys, n, dim, n);
+	idx_get_info(ix, &info);
+	ck_assert_uint_gt(info.nseeds, 50);
+	ck_assert_uint_ge(info.nlevels, 2);
+	/* cells cut into full pages: at most one partial page per cell */
+	ck_assert(info.mean_fill > 10.0);
+	idx_free(ix);
+	free(keys);
+}
+END_TEST
+
+struct snap {
+	uint32_t pos[IDX_PAGE_CAP], fill, ver;
+};
+
+START_TEST(inserts_keep_pages_growing)
+{
+	const uint32_t dim = 64;
+	const size_t n0 = 2000, n = 6000;
+	float *keys = gen_keys(dim, n, 2);
+	struct idx *ix = new_idx(dim, 0.02f, _i ? 100000 : 4, 1);
+	struct snap *old = calloc(n, sizeof(*old));
+	uint32_t *dirty = malloc(n * sizeof(uint32_t)), pos[IDX_PAGE_CAP], fill, ver;
+	unsigned char *isdirty = calloc(n, 1);
+	size_t at = n0, np0, nd, p, i;
+
+	srand(7);
+	ck_assert_int_eq(idx_build(ix, keys, n0, IDX_F32), 0);
+	/* build reports every page dirty, each once */
+	nd = idx_take_dirty(ix, dirty, 5);
+	ck_assert_uint_eq(nd, 5);
+	nd += idx_take_dirty(ix, dirty + 5, n);
+	ck_assert_uint_eq(nd, idx_npages(ix));
+	ck_assert_uint_eq(idx_take_dirty(ix, dirty, n), 0);
+	while (at < n) {
+		size_t b = 1 + (size_t)rand() % 37;
+
+		if (b > n - at)
+			b = n - at;
+		np0 = idx_npages(ix);
+		for (p = 0; p < np0; p++)
+			ck_assert_int_eq(idx_page_tokens(ix, (uint32_t)p, old[p].pos, &old[p].fill,
+							 &old[p].ver), 0);
+		ck_assert_int_eq(idx_insert(ix, keys + at * dim, b, IDX_F32), 0);
+		at += b;
+		nd = idx_take_dirty(ix, dirty, n);
+		memset(isdirty, 0, n);
+		for (i = 0; i < nd; i++) {
+			ck_assert_uint_lt(dirty[i], idx_npages(ix));
+			ck_assert_uint_eq(isdirty[dirty[i]], 0);
+			isdirty[dirty[i]] = 1;
+		}
+		/* old pages keep their tokens in place; only appends, and they bump the version */
+		for (p = 0; p < np0; p++) {
+			ck_assert_int_eq(idx_page_tokens(ix, (uint32_t)p, pos, &fill, &ver), 0);
+			ck_assert_uint_ge(fill, old[p].fill);
+			ck_assert_mem_eq(pos, old[p].pos, old[p].fill * sizeof(uint32_t));
+			ck_assert_uint_eq(fill != old[p].fill, ver != old[p].ver);
+			ck_assert_uint_eq(fill != old[p].fill, isdirty[p]);
+		}
+		for (p = np0; p < idx_npages(ix); p++)
+			ck_assert_uint_eq(isdirty[p], 1);
+	}
+	check_structure(ix, keys, n, dim);
+	if (_i)
+		check_parents_exact(ix, keys, n, dim, n0);
+	idx_free(ix);
+	free(keys);
+	free(old);
+	free(dirty);
+	free(isdirty);
+}
+END_TEST
+
+/* Cells stop growing at cell_cap: newcomers become seeds instead. */
+START_TEST(insert_bounds_cells)
+{
+	const uint32_t dim = 32;
+	const size_t n = 4000;
+	float *keys = calloc(n * dim, sizeof(float));
+	struct idx_params p;
+	struct idx *ix = NULL;
+	struct idx_info info;
+	size_t t;
+
+	/* near-identical keys: every token's nearest seed is the same few */
+	for (t = 0; t < n; t++)
+		keys[t * dim + t % dim] = 1.0f + (float)(t % 3) * 1e-3f;
+	idx_params_default(&p, dim);
+	p.cell_cap = 100;
+	ck_assert_int_eq(idx_new(&p, &ix), 0);
+	if (_i) { /* bulk build splits big cells */
+		ck_assert_int_eq(idx_build(ix, keys, n, IDX_F32), 0);
+	} else { /* inserts send newcomers of a full cell to a new seed */
+		ck_assert_int_eq(idx_insert(ix, keys, 10, IDX_F32), 0);
+		for (t = 10; t < n; t++)
+			ck_assert_int_eq(idx_insert(ix, keys + t * dim, 1, IDX_F32), 0);
+	}
+	idx_get_info(ix, &info);
+	ck_assert_uint_le(info.max_cell, 100);
+	check_structure(ix, keys, n, dim);
+	idx_free(ix);
+	free(keys);
+}
+END_TEST
+
+/* With M >= every |k|^2, the lifted nearest neighbour of [q/|q|, 0] is the max-q.k key. */
+START_TEST(lifting_preserves_mips_order)
+{
+	const uint32_t dim = 64;
+	const size_t n = 2000;
+	float *keys = gen_keys(dim, n, 3), q[64];
+	struct idx *ix = new_idx(dim, 0.01f, 64, 1);
+	struct idx_info info;
+	size_t t, u, trial;
+
+	ck_assert_int_eq(idx_build(ix, keys, n, IDX_F32), 0);
+	idx_get_info(ix, &info);
+	for (t = 0; t < n; t++)
+		ck_assert(dotd(keys + t * dim, keys + t * dim, dim) <= info.lift_m * (1 + 1e-5));
+	srand(11);
+	for (trial = 0; trial < 20; trial++) {
+		double qn = 0, best_ip = -INFINITY, best_d = INFINITY;
+		size_t arg_ip = 0, arg_d = 0;
+
+		for (u = 0; u < dim; u++) {
+			q[u] = (float)rand() / RAND_MAX - 0.5f;
+			qn += (double)q[u] * q[u];
+		}
+		qn = sqrt(qn);
+		for (t = 0; t < n; t++) {
+			const float *k = keys + t * dim;
+			double ip = dotd(q, k, dim), n2 = dotd(k, k, dim), d2 = 0, h;
+
+			for (u = 0; u < dim; u++)
+				d2 += (k[u] - q[u] / qn) * (k[u] - q[u] / qn);
+			h = sqrt(fmax(info.lift_m - n2, 0));
+			d2 += h * h;
+			if (ip > best_ip)
+				best_ip = ip, arg_ip = t;
+			if (d2 < best_d)
+				best_d = d2, arg_d = t;
+		}
+		ck_assert_uint_eq(arg_ip, arg_d);
+	}
+	idx_free(ix);
+	free(keys);
+}
+END_TEST
+
+/* Reference: best token score of every page from the input keys, then top-k. */
+static void ref_top_pages(const struct idx *ix, const float *keys, const float *q, uint32_t dim,
+			  uint32_t k, uint32_t *ret, float *ret_s)
+{
+	size_t np = idx_npages(ix), p, i, j;
+	float *ps = malloc(np * sizeof(float));
+	uint32_t pos[IDX_PAGE_CAP], fill, s;
+
+	for (p = 0; p < np; p++) {
+		idx_page_tokens(ix, (uint32_t)p, pos, &fill, NULL);
+		ps[p] = -INFINITY;
+		for (s = 0; s < fill; s++) {
+			float v = (float)dotd(q, keys + (size_t)pos[s] * dim, dim);
+
+			ps[p] = v > ps[p] ? v : ps[p];
+		}
+	}
+	for (i = 0; i < k; i++) {
+		size_t b = 0;
+
+		for (j = 0; j < np; j++)
+			if (ps[j] > ps[b])
+				b = j;
+		ret[i] = (uint32_t)b;
+		ret_s[i] = ps[b];
+		ps[b] = -INFINITY;
+	}
+	free(ps);
+}
+
+START_TEST(unlimited_beam_equals_brute_force)
+{
+	const uint32_t dim = 128, k = 16;
+	const size_t n = 8000;
+	float *keys = gen_keys(dim, n, 4), *q = malloc(4 * dim * sizeof(float)), rs[16];
+	struct synth_params sp;
+	struct idx *ix = new_idx(dim, 0.01f, 64, 2);
+	struct idx_hit a[16], b[16];
+	struct idx_search_opts all = { .beam = UINT32_MAX, .flags = 0 };
+	uint32_t ref[16], trial, i, g;
+	size_t ws_size;
+	void *ws;
+
+	ck_assert_int_eq(idx_build(ix, keys, n / 2, IDX_F32), 0);
+	ck_assert_int_eq(idx_insert(ix, keys + n / 2 * dim, n / 2, IDX_F32), 0);
+	synth_params_default(&sp, dim);
+	sp.seed = 4;
+	sp.nclusters = 32;
+	ws_size = idx_search_ws_size(ix, 4, k);
+	ws = malloc(ws_size);
+	for (trial = 0; trial < 10; trial++) {
+		sp.qseed = 100 + trial;
+		ck_assert_int_eq(synth_queries(&sp, keys, n, 1, 4, q, NULL), 0);
+		for (g = 1; g <= 4; g += 3) {
+			int na = idx_search(ix, q, g, k, &all, ws, ws_size, a);
+			int nb = idx_exact_search(ix, q, g, k, ws, ws_size, b);
+
+			ck_assert_int_eq(na, (int)k);
+			ck_assert_int_eq(nb, (int)k);
+			for (i = 0; i < k; i++) {
+				ck_assert_uint_eq(a[i].page, b[i].page);
+				ck_assert(a[i].score == b[i].score);
+				ck_assert_uint_ge(a[i].fill, 1);
+			}
+			if (g == 1) {
+				ref_top_pages(ix, keys, q, dim, k, ref, rs);
+				for (i = 0; i < k; i++)
+					ck_assert(fabsf(b[i].score - rs[i]) <=
+						  1e-4f * (fabsf(rs[i]) + 1));
+			}
+		}
+		/* the tree walk over every cell, and sketch + cells together, also equal it */
+		for (g = 0; g < 2; g++) {
+			struct idx_search_opts walk = { .cells = UINT32_MAX,
+							.flags = g ? 0 : IDX_SEARCH_NO_SKETCH };
+
+			ck_assert_int_eq(idx_search(ix, q, 1, k, &walk, ws, ws_size, a), (int)k);
+			ck_assert_int_eq(idx_exact_search(ix, q, 1, k, ws, ws_size, b), (int)k);
+			ck_assert_mem_eq(a, b, sizeof(a));
+		}
+		all.flags = IDX_SEARCH_ALL;
+		ck_assert_int_eq(idx_search(ix, q, 1, k, &all, ws, ws_size, a), (int)k);
+		ck_assert_int_eq(idx_exact_search(ix, q, 1, k, ws, ws_size, b), (int)k);
+		ck_assert_mem_eq(a, b, sizeof(a));
+		all.flags = 0;
+	}
+	free(ws);
+	idx_free(ix);
+	free(keys);
+	free(q);
+}
+END_TEST
+
+/* Needles planted among synthetic keys are found at budgets 64, 128, 256 (k = 4, 8, 16). */
+START_TEST(planted_needles_found_at_every_budget)
+{
+	const uint32_t dim = 128;
+	const size_t n = 20000;
+	float *keys = gen_keys(dim, n, 5), q[128];
+	struct idx *ix = new_idx(dim, 0.01f, 64, 2);
+	struct idx_hit hits[16];
+	uint32_t kk, trial, i, needle[3], page;
+	size_t ws_size, j;
+	void *ws;
+
+	double maxn = 0;
+
+	srand(5);
+	for (j = 0; j < n; j++)
+		maxn = fmax(maxn, sqrt(dotd(keys + j * dim, keys + j * dim, dim)));
+	for (trial = 0; trial < 3; trial++) {
+		float *nk;
+		double nn = 0;
+
+		needle[trial] = (uint32_t)((size_t)rand() % n);
+		nk = keys + (size_t)needle[trial] * dim;
+		/* a key 1.5x longer than any other along a random direction: the query's top key */
+		for (j = 0; j < dim; j++) {
+			nk[j] = (float)rand() / RAND_MAX - 0.5f;
+			nn += (double)nk[j] * nk[j];
+		}
+		for (j = 0; j < dim; j++)
+			nk[j] = (float)(nk[j] / sqrt(nn) * 1.5 * maxn);
+	}
+	ck_assert_int_eq(idx_build(ix, keys, n / 2, IDX_F32), 0);
+	for (j = n / 2; j < n; j += 100)
+		ck_assert_int_eq(idx_insert(ix, keys + j * dim, 100, IDX_F32), 0);
+	ws_size = idx_search_ws_size(ix, 1, 16);
+	ws = malloc(ws_size);
+	for (trial = 0; trial < 3; trial++) {
+		for (j = 0; j < dim; j++)
+			q[j] = keys[(size_t)needle[trial] * dim + j] / (float)maxn;
+		ck_assert_int_eq(idx_token_page(ix, needle[trial], &page), 0);
+		for (kk = 4; kk <= 16; kk *= 2) {
+			int nh = idx_search(ix, q, 1, kk, NULL, ws, ws_size, hits);
+
+			ck_assert_int_eq(nh, (int)kk);
+			for (i = 0; i < kk; i++)
+				if (hits[i].page == page)
+					break;
+			ck_assert_msg(i < kk, "needle %u missing at k=%u", needle[trial], kk);
+		}
+	}
+	free(ws);
+	idx_free(ix);
+	free(keys);
+}
+END_TEST
+
+START_TEST(simd_paths_agree)
+{
+	const char *paths[] = { "portable", "avx2", "avx512" };
+	const uint32_t dim = 64, k = 8;
+	const size_t n = 4000;
+	float *keys = gen_keys(dim, n, 6), *q = malloc(4 * dim * sizeof(float));
+	struct synth_params sp;
+	struct idx *ix = new_idx(dim, 0.01f, 64, 1);
+	struct idx_hit ref[8], got[8];
+	size_t ws_size;
+	void *ws;
+	uint32_t i, p;
+	int tested = 0;
+
+	synth_params_default(&sp, dim);
+	sp.nclusters = 32;
+	ck_assert_int_eq(synth_queries(&sp, keys, n, 1, 4, q, NULL), 0);
+	ck_assert_int_eq(idx_simd_force("portable"), 0);
+	ck_assert_int_eq(idx_build(ix, keys, n, IDX_F32), 0);
+	ws_size = idx_search_ws_size(ix, 4, k);
+	ws = malloc(ws_size);
+	ck_assert_int_eq(idx_exact_search(ix, q, 4, k, ws, ws_size, ref), (int)k);
+	for (p = 0; p < 3; p++) {
+		int rc = idx_simd_force(paths[p]);
+
+		if (rc == -ENOTSUP)
+			continue;
+		ck_assert_int_eq(rc, 0);
+		ck_assert_str_eq(idx_simd_name(), paths[p]);
+		ck_assert_int_eq(idx_exact_search(ix, q, 4, k, ws, ws_size, got), (int)k);
+		for (i = 0; i < k; i++) {
+			ck_assert_uint_eq(got[i].page, ref[i].page);
+			ck_assert(fabsf(got[i].score - ref[i].score) <=
+				  1e-4f * (fabsf(ref[i].score) + 1));
+		}
+		tested++;
+	}
+	ck_assert_int_ge(tested, 1);
+	/* the sketch-guided search too: integer sketch scores are identical on every path */
+	ck_assert_int_eq(idx_simd_force("portable"), 0);
+	ck_assert_int_eq(idx_search(ix, q, 4, k, NULL, ws, ws_size, ref), (int)k);
+	for (p = 1; p < 3; p++) {
+		if (idx_simd_force(paths[p]) == -ENOTSUP)
+			continue;
+		ck_assert_int_eq(idx_search(ix, q, 4, k, NULL, ws, ws_size, got), (int)k);
+		for (i = 0; i < k; i++)
+			ck_assert(fabsf(got[i].score - ref[i].score) <= 1e-4f * (fabsf(ref[i].score) + 1));
+	}
+	ck_assert_int_eq(idx_simd_force("nonsense"), -EINVAL);
+	ck_assert_int_eq(idx_simd_force("best"), 0);
+	free(ws);
+	idx_free(ix);
+	free(keys);
+	free(q);
+}
+END_TEST
+
+/* Every SIMD path's kernels against plain loops on random data (odd fills, g = 1..6). */
+START_TEST(kernels_match_reference)
+{
+	const char *paths[] = { "portable", "avx2", "avx512" };
+	const uint32_t dim = 64;
+	float *blk = aligned_alloc(64, dim * 16 * sizeof(float)), *lo = aligned_alloc(64, dim * 16 * sizeof(float));
+	uint8_t *sk = aligned_alloc(64, dim * 8);
+	float q[6 * 64], out[6 * 16], ref;
+	int8_t qq[6 * 64];
+	int32_t so[16], sm[6];
+	uint32_t p, i, j, l, g, fill;
+
+	srand(21);
+	for (j = 0; j < dim * 16; j++) {
+		blk[j] = (float)rand() / RAND_MAX - 0.5f;
+		lo[j] = blk[j] - (float)rand() / RAND_MAX;
+	}
+	for (j = 0; j < dim * 8; j++)
+		sk[j] = (uint8_t)rand();
+	for (j = 0; j < 6 * dim; j++) {
+		q[j] = (float)rand() / RAND_MAX - 0.5f;
+		qq[j] = (int8_t)(rand() % 255 - 127);
+	}
+	for (p = 0; p < 3; p++) {
+		const struct idx_simd_ops *ops;
+
+		if (idx_simd_force(paths[p]) != 0)
+			continue;
+		ops = idx_simd();
+		for (g = 1; g <= 6; g++) {
+			ops->score_block(blk, q, g, dim, out);
+			for (i = 0; i < g; i++)
+				for (l = 0; l < 16; l++) {
+					ref = 0;
+					for (j = 0; j < dim; j++)
+						ref += q[i * dim + j] * blk[j * 16 + l];
+					ck_assert(fabsf(out[i * 16 + l] - ref) < 1e-4f);
+				}
+			for (fill = 1; fill <= 16; fill += 5) {
+				ops->sk_max(sk, qq, g, dim, fill, sm);
+				for (i = 0; i < g; i++) {
+					int32_t m = INT32_MIN;
+
+					for (l = 0; l < fill; l++) {
+						int32_t acc = 0;
+
+						for (j = 0; j < dim; j++) {
+							uint8_t x = sk[(j / 8) * 64 + l * 4 + j % 4];
+							int code = j % 8 < 4 ? x & 15 : x >> 4;
+
+							acc += code * qq[i * dim + j];
+						}
+						if (acc > m)
+							m = acc;
+						if (i == 0 && fill == 16) {
+							ops->sk_block(sk, qq, dim, so);
+							ck_assert_int_eq(so[l], acc);
+						}
+					}
+					ck_assert_int_eq(sm[i], m);
+				}
+			}
+		}
+		ops->bound_block(blk, lo, q, dim, out);
+		for (l = 0; l < 16; l++) {
+			ref = 0;
+			for (j = 0; j < dim; j++)
+				ref += fmaxf(q[j] * blk[j * 16 + l], q[j] * lo[j * 16 + l]);
+			ck_assert(fabsf(out[l] - ref) < 1e-4f);
+		}
+		ck_assert(fabsf(ops->dot(q, q + dim, dim) - (float)dotd(q, q + dim, dim)) < 1e-4f);
+	}
+	idx_simd_force("best");
+	free(blk);
+	free(lo);
+	free(sk);
+}
+END_TEST
+
+START_TEST(half_precision_input)
+{
+	const uint32_t dim = 32;
+	const size_t n = 1500;
+	float *keys = gen_keys(dim, n, 8), *conv = malloc(n * dim * sizeof(float));
+	uint16_t *h = malloc(n * dim * 2);
+	enum idx_dtype dt = _i ? IDX_F16 : IDX_BF16;
+	struct idx *a = new_idx(dim, 0.02f, 64, 1), *b = new_idx(dim, 0.02f, 64, 1);
+	size_t i;
+
+	for (i = 0; i < n * dim; i++) {
+		h[i] = dt == IDX_BF16 ? idx_f32_to_bf16(keys[i]) : idx_f32_to_f16(keys[i]);
+		conv[i] = dt == IDX_BF16 ? idx_bf16_to_f32(h[i]) : idx_f16_to_f32(h[i]);
+		/* conversions round to the nearest representable value */
+		ck_assert(fabsf(conv[i] - keys[i]) <= fabsf(keys[i]) * (dt == IDX_BF16 ? 4e-3f : 1e-3f) + 1e-4f);
+	}
+	ck_assert_int_eq(idx_build(a, h, n, dt), 0);
+	ck_assert_int_eq(idx_build(b, conv, n, IDX_F32), 0);
+	check_structure(a, conv, n, dim);
+	ck_assert_uint_eq(idx_npages(a), idx_npages(b));
+	/* the same values give the same index */
+	for (i = 0; i < n; i++) {
+		uint32_t pa, pb;
+
+		idx_token_page(a, (uint32_t)i, &pa);
+		idx_token_page(b, (uint32_t)i, &pb);
+		ck_assert_uint_eq(pa, pb);
+	}
+	ck_assert_float_eq(idx_bf16_to_f32(idx_f32_to_bf16(1.5f)), 1.5f);
+	ck_assert_float_eq(idx_f16_to_f32(idx_f32_to_f16(-2.25f)), -2.25f);
+	ck_assert_float_eq(idx_f16_to_f32(idx_f32_to_f16(65504.0f)), 65504.0f);
+	ck_assert(isinf(idx_f16_to_f32(idx_f32_to_f16(1e6f))));
+	ck_assert_float_eq(idx_f16_to_f32(idx_f32_to_f16(5.9604644775390625e-8f)),
+			   5.9604644775390625e-8f);
+	idx_free(a);
+	idx_free(b);
+	free(keys);
+	free(conv);
+	free(h);
+}
+END_TEST
+
+START_TEST(bad_arguments)
+{
+	struct idx_params p;
+	struct idx *ix = NULL;
+	float keys[64 * 4] = { 0 }, q[64] = { 0 };
+	struct idx_hit hits[4];
+	char ws[65536];
+	uint32_t pos[16], fill, ver, page;
+
+	idx_params_default(&p, 60);
+	ck_assert_int_eq(idx_new(&p, &ix), -EINVAL);
+	idx_params_default(&p, 64);
+	p.r1 = 0;
+	ck_assert_int_eq(idx_new(&p, &ix), -EINVAL);
+	p.r1 = 0.01f;
+	p.r2 = 1.5f;
+	ck_assert_int_eq(idx_new(&p, &ix), -EINVAL);
+	ck_assert_ptr_null(ix);
+	ck_assert_int_eq(idx_new(NULL, &ix), -EINVAL);
+	idx_params_default(&p, 64);
+	ck_assert_int_eq(idx_new(&p, NULL), -EINVAL);
+	ck_assert_int_eq(idx_new(&p, &ix), 0);
+	ck_assert_int_eq(idx_build(NULL, keys, 1, IDX_F32), -EINVAL);
+	ck_assert_int_eq(idx_build(ix, NULL, 1, IDX_F32), -EINVAL);
+	ck_assert_int_eq(idx_build(ix, keys, 0, IDX_F32), -EINVAL);
+	ck_assert_int_eq(idx_build(ix, keys, 1, (enum idx_dtype)9), -EINVAL);
+	ck_assert_int_eq(idx_insert(ix, keys, 0, IDX_F32), -EINVAL);
+	keys[5] = NAN;
+	ck_assert_int_eq(idx_build(ix, keys, 4, IDX_F32), -EINVAL);
+	ck_assert_uint_eq(idx_ntokens(ix), 0);
+	keys[5] = 1;
+	/* searching an empty index finds nothing */
+	ck_assert_int_eq(idx_search(ix, q, 1, 4, NULL, ws, sizeof(ws), hits), 0);
+	ck_assert_int_eq(idx_build(ix, keys, 4, IDX_F32), 0);
+	ck_assert_int_eq(idx_search(ix, q, 1, 4, NULL, ws, sizeof(ws), hits), 1);
+	ck_assert_uint_eq(hits[0].fill, 4);
+	ck_assert_int_eq(idx_search(ix, NULL, 1, 4, NULL, ws, sizeof(ws), hits), -EINVAL);
+	ck_assert_int_eq(idx_search(ix, q, 0, 4, NULL, ws, sizeof(ws), hits), -EINVAL);
+	ck_assert_int_eq(idx_search(ix, q, IDX_MAX_GROUP + 1, 4, NULL, ws, sizeof(ws), hits), -EINVAL);
+	ck_assert_int_eq(idx_search(ix, q, 1, 0, NULL, ws, sizeof(ws), hits), -EINVAL);
+	ck_assert_int_eq(idx_search(ix, q, 1, 4, NULL, NULL, sizeof(ws), hits), -EINVAL);
+	ck_assert_int_eq(idx_search(ix, q, 1, 4, NULL, ws, 8, hits), -ENOSPC);
+	ck_assert_int_eq(idx_exact_search(ix, q, 1, 4, ws, 8, hits), -ENOSPC);
+	ck_assert_int_eq(idx_search(ix, q, 1, 4, NULL, ws, sizeof(ws), NULL), -EINVAL);
+	q[3] = INFINITY;
+	ck_assert_int_eq(idx_search(ix, q, 1, 4, NULL, ws, sizeof(ws), hits), -EINVAL);
+	ck_assert_uint_eq(idx_search_ws_size(ix, 0, 4), 0);
+	ck_assert_uint_eq(idx_search_ws_size(ix, 1, 0), 0);
+	ck_assert_int_eq(idx_page_tokens(ix, 99, pos, &fill, &ver), -EINVAL);
+	ck_assert_int_eq(idx_page_tokens(NULL, 0, pos, &fill, &ver), -EINVAL);
+	ck_assert_int_eq(idx_token_page(ix, 4, &page), -EINVAL);
+	ck_assert_uint_eq(idx_take_dirty(ix, NULL, 4), 0);
+	idx_free(ix);
+	idx_free(NULL);
+}
+END_TEST
+
+struct thr_arg {
+	const struct idx *ix;
+	const float *q;
+	uint32_t nq, dim;
+	struct idx_hit *out;
+	int rc;
+};
+
+static void *search_thread(void *a)
+{
+	struct thr_arg *t = a;
+	size_t ws_size = idx_search_ws_size(t->ix, 1, 16);
+	void *ws = malloc(ws_size);
+	uint32_t i;
+
+	t->rc = 0;
+	for (i = 0; i < t->nq; i++)
+		if (idx_search(t->ix, t->q + (size_t)i * t->dim, 1, 16, NULL, ws, ws_size,
+			       t->out + (size_t)i * 16) != 16)
+			t->rc = -1;
+	free(ws);
+	return NULL;
+}
+
+START_TEST(concurrent_searches_match_serial)
+{
+	const uint32_t dim = 64, nq = 40;
+	const size_t n = 10000;
+	float *keys = gen_keys(dim, n, 9), *q = malloc(nq * dim * sizeof(float));
+	struct synth_params sp;
+	struct idx *ix = new_idx(dim, 0.01f, 64, 2);
+	struct idx_hit *serial = malloc(nq * 16 * sizeof(*serial));
+	struct idx_hit *par[3];
+	struct thr_arg ta[3];
+	pthread_t th[3];
+	int i;
+
+	synth_params_default(&sp, dim);
+	sp.nclusters = 32;
+	ck_assert_int_eq(synth_queries(&sp, keys, n, nq, 1, q, NULL), 0);
+	ck_assert_int_eq(idx_build(ix, keys, n, IDX_F32), 0);
+	ta[0] = (struct thr_arg){ ix, q, nq, dim, serial, 0 };
+	search_thread(&ta[0]);
+	ck_assert_int_eq(ta[0].rc, 0);
+	for (i = 0; i < 3; i++) {
+		par[i] = malloc(nq * 16 * sizeof(struct idx_hit));
+		ta[i] = (struct thr_arg){ ix, q, nq, dim, par[i], 0 };
+		ck_assert_int_eq(pthread_create(&th[i], NULL, search_thread, &ta[i]), 0);
+	}
+	for (i = 0; i < 3; i++) {
+		pthread_join(th[i], NULL);
+		ck_assert_int_eq(ta[i].rc, 0);
+		ck_assert_mem_eq(par[i], serial, nq * 16 * sizeof(struct idx_hit));
+		free(par[i]);
+	}
+	idx_free(ix);
+	free(keys);
+	free(q);
+	free(serial);
+}
+END_TEST
+
+static Suite *idx_suite(void)
+{
+	Suite *s = suite_create("idx");
+	TCase *tc = tcase_create("core");
+
+	tcase_set_timeout(tc, 120);
+	tcase_add_test(tc, build_invariants_and_exact_parents);
+	tcase_add_loop_test(tc, inserts_keep_pages_growing, 0, 2);
+	tcase_add_loop_test(tc, insert_bounds_cells, 0, 2);
+	tcase_add_test(tc, lifting_preserves_mips_order);
+	tcase_add_test(tc, unlimited_beam_equals_brute_force);
+	tcase_add_test(tc, planted_needles_found_at_every_budget);
+	tcase_add_test(tc, simd_paths_agree);
+	tcase_add_test(tc, kernels_match_reference);
+	tcase_add_loop_test(tc, half_precision_input, 0, 2);
+	tcase_add_test(tc, bad_arguments);
+	tcase_add_test(tc, concurrent_searches_match_serial);
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+int main(void)
+{
+	Suite *suites[] = { idx_suite(), NULL };
+
+	return check_run_suites(suites);
+}

@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Runs reference.py with the project's venv Python (numpy, gguf, tokenizers); skips (77) when
+# no such Python is found.
+here=$(cd "$(dirname "$0")" && pwd)
+for py in "${ICE_PYTHON:-}" "${ICE_BUILD_ROOT:-}/venv/bin/python" \
+	"${ICE_SOURCE_ROOT:-$here/../..}/build/venv/bin/python"; do
+	if [ -n "$py" ] && [ -x "$py" ]; then
+		exec "$py" "$here/reference.py" "$@"
+	fi
+done
+echo "SKIP: no venv python (run tools/setup.sh, or set ICE_PYTHON)"
+exit 77

@@ -1,0 +1,367 @@
+/*
+ * Unit tests for the model runner's building blocks, without the model file: quantized matmul
+ * (AVX-512 and C paths) against a double-precision reference, the vectorised softmax exp, the
+ * thread pool, and the GGUF parser on valid, truncated and corrupt files.
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+#include "check_main.h"
+#include "gguf.h"
+#include "mm.h"
+#include "pool.h"
+
+static uint32_t rng = 12345;
+
+static uint32_t rnd(void)
+{
+	rng ^= rng << 13;
+	rng ^= rng >> 17;
+	rng ^= rng << 5;
+	return rng;
+}
+
+static float frnd(void)
+{
+	return (float)(rnd() % 20001) / 10000.0f - 1.0f;
+}
+
+/* f32 -> f16 bits for values in normal range (test data only) */
+static uint16_t to_f16(float f)
+{
+	uint32_t u;
+	int e;
+
+	memcpy(&u, &f, 4);
+	e = (int)((u >> 23) & 0xFF) - 127 + 15;
+	if (e <= 0 || e >= 31)
+		return (uint16_t)((u >> 16) & 0x8000);	/* flush tiny values to zero */
+	return (uint16_t)(((u >> 16) & 0x8000) | (uint32_t)(e << 10) | ((u >> 13) & 0x3FF));
+}
+
+/* Random matrix of the given type; blocks are filled with random bytes and finite scales. */
+static uint8_t *make_mat(uint32_t type, int rows, int cols, struct qmat *w)
+{
+	size_t rb = gguf_row_bytes(type, (uint64_t)cols), i;
+	uint8_t *d = malloc(rb * rows);
+	int r, b, nb = cols / 32;
+
+	for (i = 0; i < rb * rows; i++)
+		d[i] = (uint8_t)rnd();
+	for (r = 0; r < rows; r++) {
+		uint8_t *row = d + rb * r;
+		uint16_t h;
+
+		for (b = 0; b < nb; b++) {
+			switch (type) {
+			case GGUF_T_Q4_1:
+				h = to_f16(frnd() * 0.1f);
+				memcpy(row + b * 20, &h, 2);
+				h = to_f16(frnd() * 0.5f);
+				memcpy(row + b * 20 + 2, &h, 2);
+				break;
+			case GGUF_T_Q8_0:
+				h = to_f16(frnd() * 0.01f);
+				memcpy(row + b * 34, &h, 2);
+				break;
+			case GGUF_T_Q4_0:
+				h = to_f16(frnd() * 0.1f);
+				memcpy(row + b * 18, &h, 2);
+				break;
+			}
+		}
+		if (type == GGUF_T_F32)
+			for (i = 0; i < (size_t)cols; i++) {
+				float f = frnd();
+
+				memcpy(row + 4 * i, &f, 4);
+			}
+		if (type == GGUF_T_F16)
+			for (i = 0; i < (size_t)cols; i++) {
+				h = to_f16(frnd());
+				memcpy(row + 2 * i, &h, 2);
+			}
+	}
+	w->type = type;
+	w->rows = rows;
+	w->cols = cols;
+	w->row_bytes = rb;
+	w->data = d;
+	return d;
+}
+
+static void check_matmul(uint32_t type, int rows, int cols, int n, int scalar, struct pool *p)
+{
+	struct qmat w;
+	uint8_t *d = make_mat(type, rows, cols, &w);
+	float *x = malloc(sizeof(float) * n * cols), *y = malloc(sizeof(float) * n * (rows + 3));
+	float *yr = malloc(sizeof(float) * n * (rows + 3));
+	int i, t;
+
+	for (i = 0; i < n * cols; i++)
+		x[i] = frnd();
+	mm_force_scalar(scalar);
+	ck_assert_int_eq(mm_matmul(&w, x, n, y, rows + 3, p), 0);
+	mm_force_scalar(0);
+	mm_matmul_ref(&w, x, n, yr, rows + 3);
+	for (t = 0; t < n; t++)
+		for (i = 0; i < rows; i++) {
+			float a = y[t * (rows + 3) + i], b = yr[t * (rows + 3) + i];
+
+			ck_assert_msg(fabsf(a - b) <= 1e-4f * (1 + fabsf(b)),
+				      "type %u n %d row %d tok %d: %g vs %g (scalar %d)", type, n, i, t,
+				      a, b, scalar);
+		}
+	free(x);
+	free(y);
+	free(yr);
+	free(d);
+}
+
+START_TEST(test_matmul_types)
+{
+	static const uint32_t types[] = { GGUF_T_Q4_1, GGUF_T_Q8_0, GGUF_T_Q4_0, GGUF_T_F16,
+					  GGUF_T_F32 };
+	static const int ns[] = { 1, 2, 3, 4, 5, 9, 17 };
+	struct pool *p;
+	size_t i, j;
+
+	ck_assert_int_eq(pool_new(2, &p), 0);
+	for (i = 0; i < sizeof(types) / sizeof(types[0]); i++)
+		for (j = 0; j < sizeof(ns) / sizeof(ns[0]); j++) {
+			/* rows not a multiple of the 16-row tile, cols a multiple of 32 */
+			check_matmul(types[i], 37, 96, ns[j], 0, p);
+			check_matmul(types[i], 37, 96, ns[j], 1, p);
+		}
+	pool_free(p);
+}
+END_TEST
+
+START_TEST(test_dequant_q4_1_layout)
+{
+	/* one block: d = 2, m = -1, byte j holds element j (low nibble) and j + 16 (high) */
+	uint8_t blk[20] = { 0 };
+	struct qmat w = { GGUF_T_Q4_1, 1, 32, 20, blk };
+	float out[32];
+	uint16_t d = to_f16(2.0f), m = to_f16(-1.0f);
+	int j;
+
+	memcpy(blk, &d, 2);
+	memcpy(blk + 2, &m, 2);
+	for (j = 0; j < 16; j++)
+		blk[4 + j] = (uint8_t)(j | ((15 - j) << 4));
+	mm_dequant_row(&w, 0, out);
+	for (j = 0; j < 16; j++) {
+		ck_assert_float_eq(out[j], 2.0f * j - 1.0f);
+		ck_assert_float_eq(out[j + 16], 2.0f * (15 - j) - 1.0f);
+	}
+}
+END_TEST
+
+START_TEST(test_softmax_exp)
+{
+	float x[37], y[37];
+	double s = 0, got;
+	int i, k;
+
+	for (k = 0; k < 2; k++) {
+		for (i = 0; i < 37; i++)
+			x[i] = y[i] = frnd() * 30;
+		mm_force_scalar(k);
+		got = mm_softmax_exp(x, 37, 30);
+		mm_force_scalar(0);
+		s = 0;
+		for (i = 0; i < 37; i++) {
+			double e = exp((double)y[i] - 30);
+
+			s += e;
+			/* float arguments down to -60: a few ulps of the argument, ~1e-5 relative */
+			ck_assert_msg(fabs(x[i] - e) <= 1e-5 * e + 1e-30, "%d: %g vs %g", i, x[i], e);
+		}
+		ck_assert(fabs(got - s) <= 1e-5 * s);
+	}
+}
+END_TEST
+
+static void add_task(void *arg, int task, int thread)
+{
+	int *hits = arg;
+
+	(void)thread;
+	__atomic_fetch_add(&hits[task], 1, __ATOMIC_RELAXED);
+}
+
+START_TEST(test_pool)
+{
+	struct pool *p;
+	int hits[1000] = { 0 }, i, r;
+
+	ck_assert_int_eq(pool_new(0, &p), -EINVAL);
+	ck_assert_int_eq(pool_new(3, &p), 0);
+	for (r = 0; r < 50; r++)
+		pool_run(p, add_task, hits, 1000);
+	for (i = 0; i < 1000; i++)
+		ck_assert_int_eq(hits[i], 50);
+	pool_free(p);
+	pool_free(NULL);
+}
+END_TEST
+
+/* ---- GGUF files ---- */
+
+struct buf {
+	uint8_t b[4096];
+	size_t n;
+};
+
+static void put(struct buf *b, const void *p, size_t n)
+{
+	memcpy(b->b + b->n, p, n);
+	b->n += n;
+}
+
+static void put_u32(struct buf *b, uint32_t v) { put(b, &v, 4); }
+static void put_u64(struct buf *b, uint64_t v) { put(b, &v, 8); }
+static void put_str(struct buf *b, const char *s)
+{
+	put_u64(b, strlen(s));
+	put(b, s, strlen(s));
+}
+
+/* header, 3 keys (u32, f32, string array), one 32×2 F32 tensor */
+static void make_gguf(struct buf *b)
+{
+	float f = 0.5f, data[64];
+	int i;
+
+	memset(b, 0, sizeof(*b));
+	put_u32(b, 0x46554747u);
+	put_u32(b, 3);
+	put_u64(b, 1);		/* tensors */
+	put_u64(b, 3);		/* kv */
+	put_str(b, "a.count");
+	put_u32(b, GGUF_U32);
+	put_u32(b, 30);
+	put_str(b, "a.eps");
+	put_u32(b, GGUF_F32);
+	put(b, &f, 4);
+	put_str(b, "a.words");
+	put_u32(b, GGUF_ARR);
+	put_u32(b, GGUF_STR);
+	put_u64(b, 2);
+	put_str(b, "hello");
+	put_str(b, "world!");
+	put_str(b, "t.weight");
+	put_u32(b, 2);
+	put_u64(b, 32);
+	put_u64(b, 2);
+	put_u32(b, GGUF_T_F32);
+	put_u64(b, 0);
+	while (b->n % 32)
+		b->b[b->n++] = 0;
+	for (i = 0; i < 64; i++)
+		data[i] = (float)i;
+	put(b, data, sizeof(data));
+}
+
+static int open_bytes(const uint8_t *p, size_t n, struct gguf **ret)
+{
+	char path[] = "/tmp/icerun-test-XXXXXX";
+	int fd = mkstemp(path), err;
+
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(write(fd, p, n), (ssize_t)n);
+	close(fd);
+	err = gguf_open(path, ret);
+	unlink(path);
+	return err;
+}
+
+START_TEST(test_gguf_valid)
+{
+	struct buf b;
+	struct gguf *g;
+	struct gguf_str s;
+	const struct gguf_tensor *t;
+	uint32_t u;
+	float f;
+
+	make_gguf(&b);
+	ck_assert_int_eq(open_bytes(b.b, b.n, &g), 0);
+	ck_assert_int_eq(gguf_get_u32(g, "a.count", &u), 0);
+	ck_assert_uint_eq(u, 30);
+	ck_assert_int_eq(gguf_get_f32(g, "a.eps", &f), 0);
+	ck_assert_float_eq(f, 0.5f);
+	ck_assert_int_eq(gguf_get_u32(g, "a.eps", &u), -EINVAL);
+	ck_assert_int_eq(gguf_get_u32(g, "nope", &u), -ENOENT);
+	ck_assert_int_eq(gguf_arr_str(gguf_find(g, "a.words"), 1, &s), 0);
+	ck_assert_int_eq((int)s.len, 6);
+	ck_assert(!memcmp(s.s, "world!", 6));
+	ck_assert_int_eq(gguf_arr_str(gguf_find(g, "a.words"), 2, &s), -EINVAL);
+	t = gguf_tensor(g, "t.weight");
+	ck_assert_ptr_nonnull(t);
+	ck_assert_int_eq((int)t->ne[0], 32);
+	ck_assert_int_eq((int)t->ne[1], 2);
+	ck_assert_float_eq(((const float *)t->data)[63], 63.0f);
+	gguf_close(g);
+}
+END_TEST
+
+START_TEST(test_gguf_corrupt)
+{
+	struct buf b, c;
+	struct gguf *g;
+	size_t cut, i;
+	int err;
+
+	make_gguf(&b);
+	/* every truncation fails cleanly */
+	for (cut = 0; cut < b.n; cut++) {
+		err = open_bytes(b.b, cut, &g);
+		ck_assert_msg(err < 0, "truncated at %zu accepted", cut);
+	}
+	/* bad magic, bad version */
+	c = b;
+	c.b[0] = 'X';
+	ck_assert_int_eq(open_bytes(c.b, c.n, &g), -EINVAL);
+	c = b;
+	c.b[4] = 9;
+	ck_assert_int_eq(open_bytes(c.b, c.n, &g), -EPROTONOSUPPORT);
+	/* random byte flips: never a crash; either an error or a parse */
+	for (i = 0; i < 2000; i++) {
+		c = b;
+		c.b[rnd() % c.n] ^= (uint8_t)(1u << (rnd() % 8));
+		c.b[rnd() % c.n] = (uint8_t)rnd();
+		if (open_bytes(c.b, c.n, &g) == 0)
+			gguf_close(g);
+	}
+	gguf_close(NULL);
+}
+END_TEST
+
+static Suite *icerun_suite(void)
+{
+	Suite *s = suite_create("icerun");
+	TCase *tc = tcase_create("core");
+
+	tcase_set_timeout(tc, 60);
+	tcase_add_test(tc, test_matmul_types);
+	tcase_add_test(tc, test_dequant_q4_1_layout);
+	tcase_add_test(tc, test_softmax_exp);
+	tcase_add_test(tc, test_pool);
+	tcase_add_test(tc, test_gguf_valid);
+	tcase_add_test(tc, test_gguf_corrupt);
+	suite_add_tcase(s, tc);
+	return s;
+}
+
+int main(void)
+{
+	Suite *suites[] = { icerun_suite(), NULL };
+
+	return check_run_suites(suites);
+}

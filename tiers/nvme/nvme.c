@@ -1,0 +1,490 @@
+/*
+ * The NVMe tier: page slots in a preallocated file or a block device, moved with io_uring.
+ * See nvme.h for the contract; docs/TIERS.md for the file layout and the fallbacks.
+ *
+ * Each ring has its own staging area (queue_depth slots, registered buffer 0) for caller
+ * buffers that are not aligned or too short for whole 4 KiB blocks; memory the store says io
+ * buffers come from (the dram pool) is registered too (buffers 1..), so demotion and
+ * promotion move pages with READ_FIXED/WRITE_FIXED and no copy. The file is registered as
+ * fixed file 0. Batches keep up to queue_depth transfers in flight (a sliding window).
+ */
+#include "nvme.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <liburing.h>
+#include <linux/fs.h>
+#include <pthread.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/stat.h>
+#include <sys/uio.h>
+#include <unistd.h>
+
+/* io_uring takes registered buffers of at most 1 GiB each. */
+#define NVME_REG_CHUNK (1ull << 30)
+#define NVME_MAX_REG 64u
+
+enum xfer_mode { X_FIXED, X_PLAIN, X_STAGED };
+
+struct nvme_ring {
+	pthread_mutex_t lock;
+	struct io_uring ring;
+	int ring_ok;
+	uint8_t *stage;
+	/* Per tag (one in-flight transfer): which io of the batch and how. */
+	uint32_t *tag_io;
+	uint8_t *tag_mode;
+	uint32_t *free_tags;
+};
+
+struct nvme_tier {
+	struct tier tier;
+	int fd;
+	int direct;
+	int blockdev;
+	int fallocated;
+	unsigned depth, nrings;
+	unsigned next_ring;
+	struct nvme_ring *rings;
+	/* Registered buffers shared by all rings after each ring's own stage (index 0). */
+	struct iovec reg[NVME_MAX_REG];
+	unsigned nreg;
+	uint64_t n_fixed, n_plain, n_staged;
+};
+
+static int nvme_reg_find(struct nvme_tier *v, const void *buf, size_t len)
+{
+	const uint8_t *p = buf;
+	unsigned i;
+
+	for (i = 0; i < v->nreg; i++) {
+		const uint8_t *b = v->reg[i].iov_base;
+
+		if (p >= b && p + len <= b + v->reg[i].iov_len)
+			return (int)i + 1;
+	}
+	return -1;
+}
+
+/* Registers [stage, reg...] with one ring; rings are idle when this runs. */
+static int nvme_ring_register(struct nvme_tier *v, struct nvme_ring *r, unsigned nreg)
+{
+	struct iovec iov[NVME_MAX_REG + 1];
+
+	iov[0].iov_base = r->stage;
+	iov[0].iov_len = (size_t)v->depth * v->tier.slot_size;
+	memcpy(&iov[1], v->reg, nreg * sizeof(iov[0]));
+	io_uring_unregister_buffers(&r->ring);
+	return io_uring_register_buffers(&r->ring, iov, nreg + 1);
+}
+
+static int nvme_register_mem(struct tier *t, void *base, size_t len)
+{
+	struct nvme_tier *v = (struct nvme_tier *)t;
+	unsigned old = v->nreg, i;
+	uint8_t *p = base;
+	int r = 0;
+
+	if (!base || !len)
+		return -EINVAL;
+	while (len && v->nreg < NVME_MAX_REG) {
+		size_t k = len < NVME_REG_CHUNK ? len : NVME_REG_CHUNK;
+
+		v->reg[v->nreg].iov_base = p;
+		v->reg[v->nreg++].iov_len = k;
+		p += k;
+		len -= k;
+	}
+	if (len)
+		r = -E2BIG;
+	for (i = 0; i < v->nrings && r == 0; i++) {
+		pthread_mutex_lock(&v->rings[i].lock);
+		r = nvme_ring_register(v, &v->rings[i], v->nreg);
+		pthread_mutex_unlock(&v->rings[i].lock);
+	}
+	if (r < 0) {
+		/* Not fatal (e.g. RLIMIT_MEMLOCK): that memory is then moved unregistered. */
+		v->nreg = old;
+		for (i = 0; i < v->nrings; i++) {
+			pthread_mutex_lock(&v->rings[i].lock);
+			nvme_ring_register(v, &v->rings[i], v->nreg);
+			pthread_mutex_unlock(&v->rings[i].lock);
+		}
+	}
+	return r;
+}
+
+static struct nvme_ring *nvme_ring_get(struct nvme_tier *v)
+{
+	unsigned start = __atomic_fetch_add(&v->next_ring, 1, __ATOMIC_RELAXED), i;
+
+	for (i = 0; i < v->nrings; i++) {
+		struct nvme_ring *r = &v->rings[(start + i) % v->nrings];
+
+		if (pthread_mutex_trylock(&r->lock) == 0)
+			return r;
+	}
+	pthread_mutex_lock(&v->rings[start % v->nrings].lock);
+	return &v->rings[start % v->nrings];
+}
+
+static size_t nvme_xfer_len(struct nvme_tier *v, uint32_t len)
+{
+	return v->direct ? tier_round_up(len) : len;
+}
+
+/* Prepares one transfer on tag `tag`; returns how it moves. */
+static enum xfer_mode nvme_prep(struct nvme_tier *v, struct nvme_ring *r, struct tier_io *io,
+				unsigned tag, int write)
+{
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&r->ring);
+	size_t xfer = nvme_xfer_len(v, io->len), ss = v->tier.slot_size;
+	uint64_t off = io->slot * ss;
+	enum xfer_mode mode;
+	int idx = -1;
+
+	if (io->cap >= xfer)
+		idx = nvme_reg_find(v, io->buf, xfer);
+	if (idx > 0)
+		mode = X_FIXED;
+	else if (io->cap >= xfer && (!v->direct || ((uintptr_t)io->buf % TIER_ALIGN) == 0))
+		mode = X_PLAIN;
+	else
+		mode = X_STAGED;
+	if (mode == X_STAGED) {
+		uint8_t *st = r->stage + (size_t)tag * ss;
+
+		if (write) {
+			memcpy(st, io->buf, io->len);
+			memset(st + io->len, 0, xfer - io->len);
+			io_uring_prep_write_fixed(sqe, 0, st, (unsigned)xfer, off, 0);
+		} else {
+			io_uring_prep_read_fixed(sqe, 0, st, (unsigned)xfer, off, 0);
+		}
+	} else if (mode == X_FIXED) {
+		if (write)
+			io_uring_prep_write_fixed(sqe, 0, io->buf, (unsigned)xfer, off, idx);
+		else
+			io_uring_prep_read_fixed(sqe, 0, io->buf, (unsigned)xfer, off, idx);
+	} else {
+		if (write)
+			io_uring_prep_write(sqe, 0, io->buf, (unsigned)xfer, off);
+		else
+			io_uring_prep_read(sqe, 0, io->buf, (unsigned)xfer, off);
+	}
+	sqe->flags |= IOSQE_FIXED_FILE;
+	io_uring_sqe_set_data64(sqe, tag);
+	return mode;
+}
+
+#define TAG_FREE 0xffu
+
+/* The ring failed outright (not a per-request error): fail the batch and retire the ring so
+ * stale queued entries can never run later. Exiting the ring waits for what it accepted. */
+static void nvme_ring_fail(struct nvme_ring *r, struct tier_io *ios, unsigned n, unsigned next,
+			   unsigned depth, int err)
+{
+	unsigned tag;
+
+	for (tag = 0; tag < depth; tag++)
+		if (r->tag_mode[tag] != TAG_FREE)
+			ios[r->tag_io[tag]].res = err;
+	for (; next < n; next++)
+		ios[next].res = err;
+	io_uring_queue_exit(&r->ring);
+	r->ring_ok = 0;
+}
+
+static int nvme_rw(struct tier *t, struct tier_io *ios, unsigned n, int write)
+{
+	struct nvme_tier *v = (struct nvme_tier *)t;
+	struct nvme_ring *r = nvme_ring_get(v);
+	unsigned next = 0, inflight = 0, nfree = v->depth, i;
+	uint64_t cnt[3] = { 0, 0, 0 };
+	int first = 0;
+
+	if (!r->ring_ok) {
+		for (i = 0; i < n; i++)
+			ios[i].res = -EIO;
+		goto out;
+	}
+	for (i = 0; i < v->depth; i++) {
+		r->free_tags[i] = i;
+		r->tag_mode[i] = TAG_FREE;
+	}
+	while (next < n || inflight) {
+		struct io_uring_cqe *cqe;
+		unsigned head, seen = 0;
+		int ret;
+
+		while (next < n && nfree) {
+			unsigned tag = r->free_tags[--nfree];
+			enum xfer_mode m = nvme_prep(v, r, &ios[next], tag, write);
+
+			r->tag_io[tag] = next++;
+			r->tag_mode[tag] = (uint8_t)m;
+			cnt[m]++;
+			inflight++;
+		}
+		ret = io_uring_submit_and_wait(&r->ring, 1);
+		if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY) {
+			nvme_ring_fail(r, ios, n, next, v->depth, ret);
+			break;
+		}
+		io_uring_for_each_cqe(&r->ring, head, cqe) {
+			unsigned tag = (unsigned)cqe->user_data;
+			struct tier_io *io = &ios[r->tag_io[tag]];
+
+			if (cqe->res < 0)
+				io->res = cqe->res;
+			else if ((size_t)cqe->res < io->len)
+				io->res = -EIO; /* short: past the end of the file or device */
+			else
+				io->res = 0;
+			if (io->res == 0 && !write && r->tag_mode[tag] == X_STAGED)
+				memcpy(io->buf, r->stage + (size_t)tag * t->slot_size, io->len);
+			r->tag_mode[tag] = TAG_FREE;
+			r->free_tags[nfree++] = tag;
+			inflight--;
+			seen++;
+		}
+		io_uring_cq_advance(&r->ring, seen);
+	}
+out:
+	pthread_mutex_unlock(&r->lock);
+	__atomic_add_fetch(&v->n_fixed, cnt[X_FIXED], __ATOMIC_RELAXED);
+	__atomic_add_fetch(&v->n_plain, cnt[X_PLAIN], __ATOMIC_RELAXED);
+	__atomic_add_fetch(&v->n_staged, cnt[X_STAGED], __ATOMIC_RELAXED);
+	for (i = 0; i < n; i++)
+		if (ios[i].res < 0 && !first)
+			first = ios[i].res;
+	return first;
+}
+
+static int nvme_read(struct tier *t, struct tier_io *ios, unsigned n)
+{
+	return nvme_rw(t, ios, n, 0);
+}
+
+static int nvme_write(struct tier *t, struct tier_io *ios, unsigned n)
+{
+	return nvme_rw(t, ios, n, 1);
+}
+
+static int nvme_ring_init(struct nvme_tier *v, struct nvme_ring *r)
+{
+	struct io_uring_params p;
+	size_t stage_len = (size_t)v->depth * v->tier.slot_size;
+	int ret;
+
+	pthread_mutex_init(&r->lock, NULL);
+	memset(&p, 0, sizeof(p));
+	/* COOP_TASKRUN: completions are run when we enter the kernel anyway, no IPIs. */
+	p.flags = IORING_SETUP_COOP_TASKRUN | IORING_SETUP_SUBMIT_ALL;
+	ret = io_uring_queue_init_params(v->depth, &r->ring, &p);
+	if (ret == -EINVAL) {
+		memset(&p, 0, sizeof(p));
+		ret = io_uring_queue_init_params(v->depth, &r->ring, &p);
+	}
+	if (ret < 0)
+		return ret;
+	r->ring_ok = 1;
+	r->stage = mmap(NULL, stage_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (r->stage == MAP_FAILED) {
+		r->stage = NULL;
+		return -ENOMEM;
+	}
+	r->tag_io = calloc(v->depth, sizeof(*r->tag_io));
+	r->tag_mode = calloc(v->depth, sizeof(*r->tag_mode));
+	r->free_tags = calloc(v->depth, sizeof(*r->free_tags));
+	if (!r->tag_io || !r->tag_mode || !r->free_tags)
+		return -ENOMEM;
+	ret = io_uring_register_files(&r->ring, &v->fd, 1);
+	if (ret < 0)
+		return ret;
+	return nvme_ring_register(v, r, 0);
+}
+
+static void nvme_ring_done(struct nvme_tier *v, struct nvme_ring *r)
+{
+	if (r->ring_ok)
+		io_uring_queue_exit(&r->ring);
+	if (r->stage)
+		munmap(r->stage, (size_t)v->depth * v->tier.slot_size);
+	free(r->tag_io);
+	free(r->tag_mode);
+	free(r->free_tags);
+	pthread_mutex_destroy(&r->lock);
+}
+
+/* Does an aligned O_DIRECT write+read at offset 0 work? (tmpfs and some FUSE say EINVAL.) */
+static int nvme_probe_direct(int fd)
+{
+	void *b;
+	int ok;
+
+	if (posix_memalign(&b, TIER_ALIGN, TIER_ALIGN))
+		return -ENOMEM;
+	memset(b, 0, TIER_ALIGN);
+	ok = pwrite(fd, b, TIER_ALIGN, 0) == TIER_ALIGN && pread(fd, b, TIER_ALIGN, 0) == TIER_ALIGN;
+	free(b);
+	return ok ? 0 : -EINVAL;
+}
+
+static int nvme_open_fd(struct nvme_tier *v, const struct tier_config *cfg, uint64_t *cap)
+{
+	struct stat st;
+	int flags = O_RDWR | O_CLOEXEC, fd, r;
+
+	if (stat(cfg->path, &st) == 0 && S_ISBLK(st.st_mode))
+		v->blockdev = 1;
+	else
+		flags |= O_CREAT;
+	if (!(cfg->flags & TIER_F_NO_DIRECT)) {
+		fd = open(cfg->path, flags | O_DIRECT, 0600);
+		if (fd >= 0 && nvme_probe_direct(fd) == 0) {
+			v->direct = 1;
+			goto opened;
+		}
+		r = fd >= 0 ? -EINVAL : -errno;
+		if (fd >= 0)
+			close(fd);
+		if (r != -EINVAL || (cfg->flags & TIER_F_REQUIRE_DIRECT))
+			return r; /* -EINVAL: this filesystem refuses O_DIRECT */
+	}
+	fd = open(cfg->path, flags, 0600);
+	if (fd < 0)
+		return -errno;
+opened:
+	if (v->blockdev) {
+		uint64_t bytes = 0;
+
+		if (ioctl(fd, BLKGETSIZE64, &bytes) < 0) {
+			r = -errno;
+			goto out_close;
+		}
+		if (bytes < *cap)
+			*cap = bytes;
+	} else if (fallocate(fd, 0, 0, (off_t)*cap) == 0) {
+		v->fallocated = 1;
+	} else if (errno == EOPNOTSUPP || errno == ENOSYS) {
+		/* No preallocation here: a sparse file; a full disk then shows up as -ENOSPC
+		 * from a write, which the store reports per page. */
+		if (ftruncate(fd, (off_t)*cap) < 0) {
+			r = -errno;
+			goto out_close;
+		}
+	} else {
+		r = -errno;
+		goto out_close;
+	}
+	v->fd = fd;
+	return 0;
+out_close:
+	close(fd);
+	return r;
+}
+
+static int nvme_open(const struct tier_config *cfg, struct tier **ret_tier)
+{
+	struct tier_config c = *cfg;
+	struct nvme_tier *v;
+	unsigned i;
+	int r;
+
+	if (!cfg->path || !*cfg->path)
+		return -EINVAL;
+	if (cfg->queue_depth > 4096 || cfg->nrings > 64)
+		return -EINVAL;
+	v = calloc(1, sizeof(*v));
+	if (!v)
+		return -ENOMEM;
+	v->fd = -1;
+	v->depth = cfg->queue_depth ? cfg->queue_depth : 256;
+	v->nrings = cfg->nrings ? cfg->nrings : 2;
+	c.capacity_bytes -= c.capacity_bytes % c.slot_size;
+	r = nvme_open_fd(v, cfg, &c.capacity_bytes);
+	if (r < 0)
+		goto out_free;
+	r = tier_init_common(&v->tier, &nvme_tier_ops, &c);
+	if (r < 0)
+		goto out_close;
+	v->rings = calloc(v->nrings, sizeof(*v->rings));
+	if (!v->rings) {
+		r = -ENOMEM;
+		goto out_done;
+	}
+	for (i = 0; i < v->nrings; i++) {
+		r = nvme_ring_init(v, &v->rings[i]);
+		if (r < 0)
+			goto out_rings;
+	}
+	*ret_tier = &v->tier;
+	return 0;
+out_rings:
+	for (i = 0; i < v->nrings; i++)
+		nvme_ring_done(v, &v->rings[i]);
+	free(v->rings);
+out_done:
+	tier_done_common(&v->tier);
+out_close:
+	close(v->fd);
+out_free:
+	free(v);
+	return r;
+}
+
+static void nvme_close(struct tier *t)
+{
+	struct nvme_tier *v = (struct nvme_tier *)t;
+	unsigned i;
+
+	for (i = 0; i < v->nrings; i++)
+		nvme_ring_done(v, &v->rings[i]);
+	free(v->rings);
+	close(v->fd);
+	tier_done_common(t);
+	free(v);
+}
+
+static void nvme_stats(struct tier *t, struct stats_buf *sb, const char *prefix)
+{
+	struct nvme_tier *v = (struct nvme_tier *)t;
+
+	stats_put_u64(sb, prefix, "o_direct", (uint64_t)v->direct);
+	stats_put_u64(sb, prefix, "block_device", (uint64_t)v->blockdev);
+	stats_put_u64(sb, prefix, "fallocated", (uint64_t)v->fallocated);
+	stats_put_u64(sb, prefix, "queue_depth", v->depth);
+	stats_put_u64(sb, prefix, "rings", v->nrings);
+	stats_put_u64(sb, prefix, "registered_regions", v->nreg);
+	stats_put_u64(sb, prefix, "io_fixed", __atomic_load_n(&v->n_fixed, __ATOMIC_RELAXED));
+	stats_put_u64(sb, prefix, "io_plain", __atomic_load_n(&v->n_plain, __ATOMIC_RELAXED));
+	stats_put_u64(sb, prefix, "io_staged", __atomic_load_n(&v->n_staged, __ATOMIC_RELAXED));
+}
+
+void nvme_get_info(struct tier *t, struct nvme_info *ret_info)
+{
+	struct nvme_tier *v = (struct nvme_tier *)t;
+
+	ret_info->direct = v->direct;
+	ret_info->blockdev = v->blockdev;
+	ret_info->fallocated = v->fallocated;
+	ret_info->registered_regions = v->nreg;
+	ret_info->io_fixed = __atomic_load_n(&v->n_fixed, __ATOMIC_RELAXED);
+	ret_info->io_plain = __atomic_load_n(&v->n_plain, __ATOMIC_RELAXED);
+	ret_info->io_staged = __atomic_load_n(&v->n_staged, __ATOMIC_RELAXED);
+}
+
+const struct tier_ops nvme_tier_ops = {
+	.name = "nvme",
+	.open = nvme_open,
+	.close = nvme_close,
+	.read = nvme_read,
+	.write = nvme_write,
+	.register_mem = nvme_register_mem,
+	.stats = nvme_stats,
+};

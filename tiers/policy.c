@@ -1,0 +1,219 @@
+/* Watermark placement over the store: see policy.h. */
+#include "policy.h"
+
+#include <errno.h>
+#include <pthread.h>
+#include <stdlib.h>
+
+#define POLICY_CHUNK 256u
+
+struct policy {
+	struct store *s;
+	unsigned fast, slow;
+	uint64_t high_slots, low_slots, fast_slots;
+	int promote;
+	pthread_mutex_t lock;
+	struct store_key *keys;    /* workspace: up to fast_slots keys */
+	uint64_t demoted, demoted_clean, promoted, direct_slow, balances;
+};
+
+int policy_new(struct store *s, const struct policy_config *cfg, struct policy **ret_policy)
+{
+	struct policy *p;
+	double high, low;
+
+	if (!s || !cfg || !ret_policy || cfg->fast >= store_ntiers(s) ||
+	    cfg->slow >= store_ntiers(s) || cfg->fast == cfg->slow)
+		return -EINVAL;
+	high = cfg->high > 0 ? cfg->high : 0.90;
+	low = cfg->low > 0 ? cfg->low : 0.75;
+	if (high > 1 || low > high)
+		return -EINVAL;
+	p = calloc(1, sizeof(*p));
+	if (!p)
+		return -ENOMEM;
+	p->s = s;
+	p->fast = cfg->fast;
+	p->slow = cfg->slow;
+	p->fast_slots = store_tier(s, cfg->fast)->nslots;
+	p->high_slots = (uint64_t)(high * (double)p->fast_slots);
+	p->low_slots = (uint64_t)(low * (double)p->fast_slots);
+	p->promote = !cfg->no_promote;
+	p->keys = calloc(p->fast_slots, sizeof(*p->keys));
+	if (!p->keys) {
+		free(p);
+		return -ENOMEM;
+	}
+	pthread_mutex_init(&p->lock, NULL);
+	*ret_policy = p;
+	return 0;
+}
+
+void policy_free(struct policy *p)
+{
+	if (!p)
+		return;
+	pthread_mutex_destroy(&p->lock);
+	free(p->keys);
+	free(p);
+}
+
+/* Lock held. Clean copies go first (free), then the coldest sole copies are written out. */
+static int demote_locked(struct policy *p, uint64_t target)
+{
+	struct tier *ft = store_tier(p->s, p->fast);
+	uint64_t used = tier_used_slots(ft);
+	int n, r, done = 0, pass;
+
+	if (used <= target)
+		return 0;
+	p->balances++;
+	for (pass = 0; pass < 2 && used > target; pass++) {
+		uint64_t want = used - target;
+
+		n = store_coldest(p->s, p->fast, pass == 0 ? 2 : 1, p->keys,
+				  (unsigned)(want < p->fast_slots ? want : p->fast_slots));
+		if (n <= 0)
+			continue;
+		if (pass == 0) {
+			store_evict_copy(p->s, p->keys, (unsigned)n, p->fast, NULL);
+		} else {
+			r = store_migrate(p->s, p->keys, (unsigned)n, p->slow, 0, NULL);
+			if (r < 0 && r != -ENOSPC && r != -ENOENT)
+				return r;
+		}
+		{
+			uint64_t now = tier_used_slots(ft);
+			uint64_t moved = used > now ? used - now : 0;
+
+			done += (int)moved;
+			if (pass == 0)
+				p->demoted_clean += moved;
+			p->demoted += moved;
+			used = now;
+		}
+	}
+	return used > target ? -ENOSPC : done;
+}
+
+int policy_demote_to(struct policy *p, uint64_t target)
+{
+	int r;
+
+	if (!p)
+		return -EINVAL;
+	pthread_mutex_lock(&p->lock);
+	r = demote_locked(p, target);
+	pthread_mutex_unlock(&p->lock);
+	return r;
+}
+
+int policy_balance(struct policy *p)
+{
+	struct tier *ft;
+	int r = 0;
+
+	if (!p)
+		return -EINVAL;
+	ft = store_tier(p->s, p->fast);
+	pthread_mutex_lock(&p->lock);
+	if (tier_used_slots(ft) > p->high_slots)
+		r = demote_locked(p, p->low_slots);
+	pthread_mutex_unlock(&p->lock);
+	return r;
+}
+
+/* Lock held: make room for k more fast slots without passing the high watermark. */
+static void make_room_locked(struct policy *p, unsigned k)
+{
+	struct tier *ft = store_tier(p->s, p->fast);
+	uint64_t target;
+
+	if (tier_used_slots(ft) + k <= p->high_slots)
+		return;
+	target = p->high_slots > k ? p->high_slots - k : 0;
+	if (target > p->low_slots)
+		target = p->low_slots;
+	demote_locked(p, target); /* a full slow tier leaves fewer free; puts then see -ENOSPC */
+}
+
+int policy_put(struct policy *p, struct store_page *pages, unsigned n)
+{
+	unsigned off;
+	int first = 0;
+
+	if (!p || (!pages && n))
+		return -EINVAL;
+	pthread_mutex_lock(&p->lock);
+	for (off = 0; off < n; off += POLICY_CHUNK) {
+		struct store_page *pg = pages + off, spill[POLICY_CHUNK];
+		unsigned k = n - off < POLICY_CHUNK ? n - off : POLICY_CHUNK, i, ns = 0, map[POLICY_CHUNK];
+
+		make_room_locked(p, k);
+		store_put(p->s, pg, k, p->fast);
+		for (i = 0; i < k; i++) {
+			if (pg[i].res == -ENOSPC) {
+				map[ns] = i;
+				spill[ns++] = pg[i];
+			}
+		}
+		if (ns) {
+			store_put(p->s, spill, ns, p->slow);
+			p->direct_slow += ns;
+			for (i = 0; i < ns; i++) {
+				pg[map[i]].res = spill[i].res;
+				pg[map[i]].tier = spill[i].tier;
+			}
+		}
+		for (i = 0; i < k; i++)
+			if (pg[i].res < 0 && !first)
+				first = pg[i].res;
+	}
+	pthread_mutex_unlock(&p->lock);
+	return first;
+}
+
+int policy_get(struct policy *p, struct store_page *pages, unsigned n)
+{
+	unsigned off;
+	int first;
+
+	if (!p || (!pages && n))
+		return -EINVAL;
+	first = store_get(p->s, pages, n);
+	if (!p->promote)
+		return first;
+	pthread_mutex_lock(&p->lock);
+	for (off = 0; off < n; off += POLICY_CHUNK) {
+		struct store_page up[POLICY_CHUNK];
+		unsigned k = n - off < POLICY_CHUNK ? n - off : POLICY_CHUNK, i, nu = 0;
+
+		for (i = 0; i < k; i++)
+			if (pages[off + i].res == 0 && pages[off + i].tier == (int)p->slow)
+				up[nu++] = pages[off + i];
+		if (!nu)
+			continue;
+		make_room_locked(p, nu);
+		/* Promotion is best effort: the caller already has its data. */
+		store_install(p->s, up, nu, p->fast);
+		for (i = 0; i < nu; i++)
+			if (up[i].res == 0)
+				p->promoted++;
+	}
+	pthread_mutex_unlock(&p->lock);
+	return first;
+}
+
+void policy_stats(struct policy *p, struct stats_buf *sb)
+{
+	pthread_mutex_lock(&p->lock);
+	stats_put_u64(sb, "policy", "high_slots", p->high_slots);
+	stats_put_u64(sb, "policy", "low_slots", p->low_slots);
+	stats_put_u64(sb, "policy", "demoted", p->demoted);
+	stats_put_u64(sb, "policy", "demoted_clean", p->demoted_clean);
+	stats_put_u64(sb, "policy", "promoted", p->promoted);
+	stats_put_u64(sb, "policy", "direct_slow", p->direct_slow);
+	stats_put_u64(sb, "policy", "balances", p->balances);
+	stats_put_u64(sb, "policy", "workspace_bytes", p->fast_slots * sizeof(*p->keys));
+	pthread_mutex_unlock(&p->lock);
+}

@@ -1,0 +1,50 @@
+/*
+ * Placement policy over a page store: decides what moves, the store moves it.
+ *
+ * Two tiers matter here: `fast` (dram) and `slow` (nvme). Watermarks are fractions of the
+ * fast tier's slots. Whenever a put or a promotion would take the fast tier past `high`, the
+ * coldest pages there (lowest decayed heat from store_touch, older first) are demoted until it
+ * is at `low` (or lower, to make room for the incoming batch):
+ *   - pages that already have a clean copy in a slower tier just lose their fast copy (no I/O);
+ *   - the others are written to `slow` once, then their fast slot is freed.
+ * A page read from the slow tier through policy_get is promoted (a fast copy is added, the
+ * slow copy stays as a clean copy, so demoting it again is free). Puts go to the fast tier;
+ * when it cannot take them (after demotion), to the slow tier.
+ *
+ * Thread-safety: all calls are safe from any thread; placement decisions are serialised by a
+ * policy mutex, data moves by the store.
+ */
+#ifndef ICE_TIERS_POLICY_H
+#define ICE_TIERS_POLICY_H
+
+#include "stats.h"
+#include "store.h"
+
+struct policy_config {
+	unsigned fast;          /* store tier index that takes puts and promotions */
+	unsigned slow;          /* store tier index cold pages go to */
+	double high;            /* fraction of fast slots; 0 = 0.90 */
+	double low;             /* fraction of fast slots; 0 = 0.75; low <= high */
+	int no_promote;         /* 1: policy_get does not promote */
+};
+
+struct policy;
+
+int policy_new(struct store *s, const struct policy_config *cfg, struct policy **ret_policy);
+void policy_free(struct policy *p);
+
+/* store_put into fast (demoting first when needed); pages fast cannot take go to slow. */
+int policy_put(struct policy *p, struct store_page *pages, unsigned n);
+/* store_get, then promotion of the pages served from slow (unless no_promote). */
+int policy_get(struct policy *p, struct store_page *pages, unsigned n);
+/* Demotes down to the low watermark if above high; returns pages demoted or -errno. */
+int policy_balance(struct policy *p);
+/* Demotes until at most `target` fast slots are used; returns pages demoted or -errno
+ * (-ENOSPC when the slow tier is full and nothing more can go). */
+int policy_demote_to(struct policy *p, uint64_t target);
+
+/* policy.{high_slots,low_slots,demoted,demoted_clean,promoted,direct_slow,balances,
+ * workspace_bytes} */
+void policy_stats(struct policy *p, struct stats_buf *sb);
+
+#endif

@@ -1,0 +1,159 @@
+/*
+ * The page store: every KV page lives here, in one or more tiers, with its checksum.
+ *
+ * A page is the K block then the V block of up to 16 tokens of one (sequence, layer, KV head):
+ * `len` = 2 × fill × bytes-per-token bytes, stored in one fixed-size slot (slot_size, chosen at
+ * open, a multiple of 4 KiB). The store keeps, per page: fill, len, version, a CRC-32C over
+ * (key, version, fill, len, payload), the residency set (which tiers hold a valid copy) and the
+ * slot in each. The store is mechanism only: it puts, gets, migrates and drops what it is told
+ * to; tiers/policy.h decides what moves where (watermarks, heat).
+ *
+ * Tiers are given at open, fastest first (e.g. {dram, nvme} or {hbm, dram, nvme}); a tier's
+ * index in that array is how the calls below name it. The store borrows the tiers: close the
+ * store before the tiers.
+ *
+ * Batch calls take arrays and fill a per-entry result; they return 0 when every entry
+ * succeeded, otherwise the first failing entry's -errno (the other entries are still done).
+ * Data-path calls do not allocate.
+ *
+ * Checksums: a get verifies every page it returns, from any tier; on mismatch the entry gets
+ * -EBADMSG, the caller's buffer is zeroed (never stale or corrupt data) and the tier's
+ * csum_failures counter goes up. A migration verifies the source before writing the copy.
+ *
+ * Thread-safety: every call is safe from any thread. Gets run concurrently with each other;
+ * puts, migrations, drops and touches are serialised against everything else (a read-write
+ * lock), so a page is never read while its slot is rewritten or freed.
+ */
+#ifndef ICE_TIERS_STORE_H
+#define ICE_TIERS_STORE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "stats.h"
+#include "tier.h"
+
+/* page = the index's page id for that (seq, layer, kv head). */
+struct store_key {
+	uint64_t seq;
+	uint32_t layer, head, page;
+};
+
+struct store_config {
+	/* Bytes per page slot; every tier must use the same slot_size. */
+	size_t slot_size;
+	/* Pages the store can track (metadata is sized once at open); 0 = the sum of the tiers'
+	 * slots (every page holds at least one slot). */
+	uint64_t max_pages;
+	/* Heat decay per store_touch step, in (0, 1]; 0 = 0.9. */
+	double heat_decay;
+};
+
+/*
+ * One page in a batch.
+ *   put: key, buf (len bytes of payload, K then V), len (<= slot_size), fill, version in.
+ *   get: key, buf in, len in = bytes buf can hold; out: len, fill, version, tier (index it
+ *        was read from). A page longer than the buffer gets -EMSGSIZE.
+ * A TIER_ALIGN-aligned buffer that holds round_up(len, 4096) bytes lets the nvme tier move
+ * the page in place; any other buffer is staged through the tier's own memory.
+ */
+struct store_page {
+	struct store_key key;
+	void *buf;
+	uint32_t len;
+	uint32_t fill;
+	uint64_t version;
+	int res;
+	int tier;
+};
+
+/* What the store knows about one page (store_lookup). */
+struct store_page_info {
+	uint32_t len, fill;
+	uint64_t version;
+	uint32_t crc;
+	unsigned resident;        /* bit i set: tier i holds a valid copy */
+	uint64_t slot[TIER_MAX];  /* valid where resident */
+	double heat;              /* decayed to the current step */
+};
+
+struct store;
+
+int store_open(const struct store_config *cfg, struct tier *const *tiers, unsigned ntiers,
+	       struct store **ret_store);
+/* Frees every slot the store holds in its tiers; NULL is fine. */
+void store_close(struct store *s);
+
+unsigned store_ntiers(const struct store *s);
+struct tier *store_tier(const struct store *s, unsigned idx);
+size_t store_slot_size(const struct store *s);
+/* Pages currently held. */
+uint64_t store_npages(struct store *s);
+
+/*
+ * Writes new pages, or new contents of existing pages (a new version), into tier `tier`.
+ * The new copy is written before the old copies are released, so a failed put (-ENOSPC when
+ * the tier is full, -EIO) leaves the previous version readable. All other copies of a
+ * replaced page are dropped (they are stale). New pages start with heat 1.
+ */
+int store_put(struct store *s, struct store_page *pages, unsigned n, unsigned tier);
+
+/* Reads pages from the fastest tier holding each; checksum verified (see above). -ENOENT for
+ * an unknown key. */
+int store_get(struct store *s, struct store_page *pages, unsigned n);
+
+/* Keep the copies in other tiers (copy instead of move). */
+#define STORE_MIGRATE_COPY (1u << 0)
+
+/*
+ * Makes each page resident in tier `dst`. Without STORE_MIGRATE_COPY the page then lives only
+ * in `dst` (a move: slots elsewhere are freed after the new copy is written); with it, other
+ * copies stay (a clean copy left in a slower tier makes a later demotion free). A page already
+ * in `dst` is left as it is (plus the release of other copies for a move). ret_res may be NULL.
+ */
+int store_migrate(struct store *s, const struct store_key *keys, unsigned n, unsigned dst,
+		  unsigned flags, int *ret_res);
+
+/*
+ * Adds a copy in tier `tier` of pages the caller holds verified contents of (typically just
+ * returned by store_get from a slower tier): the payload in buf must match the page's current
+ * version and checksum (-ESTALE otherwise) and the other copies stay. This is promotion
+ * without reading the slower tier a second time. A page already in `tier` is left alone.
+ */
+int store_install(struct store *s, struct store_page *pages, unsigned n, unsigned tier);
+
+/* Drops one copy (the one in `tier`) of pages that have a copy elsewhere; -EBUSY for a page
+ * whose only copy is there. Used by the policy to demote clean pages without any I/O. */
+int store_evict_copy(struct store *s, const struct store_key *keys, unsigned n, unsigned tier,
+		     int *ret_res);
+
+/* Drops every page of a sequence; returns how many were dropped. */
+int store_drop_seq(struct store *s, uint64_t seq);
+
+/*
+ * Heat hook (the index calls it with the pages selected at a step): advances the step, decays
+ * every page's heat by heat_decay per step (lazily) and adds 1 to the listed pages. Unknown
+ * keys are ignored. Returns how many pages were found.
+ */
+int store_touch(struct store *s, const struct store_key *keys, unsigned n);
+
+/*
+ * The coldest pages resident in `tier` (lowest decayed heat first, older first on ties), up
+ * to max of them, into ret_keys; `only_sole` = 1 lists only pages whose only copy is there,
+ * 2 only pages with a copy elsewhere, 0 both. Returns the count. O(pages) per call; the
+ * workspace is allocated at open.
+ */
+int store_coldest(struct store *s, unsigned tier, int only_sole, struct store_key *ret_keys,
+		  unsigned max);
+
+/* 0 and *ret_info, or -ENOENT. */
+int store_lookup(struct store *s, const struct store_key *key, struct store_page_info *ret_info);
+
+/* store.{pages,max_pages,puts,gets,migrations,drops,csum_failures,step} then every tier's lines. */
+void store_stats(struct store *s, struct stats_buf *sb);
+
+/* The checksum a page of this key, version, fill and payload carries (exposed for tests). */
+uint32_t store_page_crc(const struct store_key *key, uint64_t version, uint32_t fill,
+			const void *buf, uint32_t len);
+
+#endif

@@ -1,0 +1,165 @@
+/*
+ * The tier interface: what a storage tier (hbm, dram, nvme) implements so the page store can
+ * keep pages in it. Modelled on SPDK's bdev_module: each tier folder (tiers/<name>/) provides one
+ * `const struct tier_ops` and a small header declaring it; the store only calls through the table.
+ *
+ * A tier is an array of fixed-size slots (`slot_size`, a multiple of TIER_ALIGN) with a hard
+ * capacity fixed at open. Slots are allocated and freed in batches from a free-slot bitmap
+ * that lives in the common part (`struct tier`), so a tier only moves bytes. Reads and writes
+ * take a batch of `struct tier_io` and report a result per entry.
+ *
+ * Adding a tier:
+ *   - tiers/<name>/meson.build appends its sources to `tiers_src` and its libraries to
+ *     `tiers_deps` (tiers/meson.build picks the folder up when it exists);
+ *   - its open() allocates a struct that embeds `struct tier` FIRST, calls tier_init_common(),
+ *     and hands back `&x->tier`; close() calls tier_done_common() and frees.
+ *
+ * Thread-safety: tier_alloc/tier_free/tier_stats and the counters are safe from any thread.
+ * read/write batches from several threads at once must be safe for the tier (dram: plain
+ * copies; nvme: a pool of rings). Callers (the store) guarantee that no slot is written while
+ * it is being read or freed.
+ */
+#ifndef ICE_TIERS_TIER_H
+#define ICE_TIERS_TIER_H
+
+#include <pthread.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "hist.h"
+#include "stats.h"
+
+/* Slot sizes and NVMe transfers are multiples of this (the O_DIRECT logical block). */
+#define TIER_ALIGN 4096u
+/* Most tiers one store holds (hbm, dram, nvme, and one spare). */
+#define TIER_MAX 4
+/* Longest tier name ("dram", "nvme", "hbm"); the stats prefix is "tier.<name>". */
+#define TIER_NAME_MAX 16
+
+/* dram: do not try huge pages (MAP_HUGETLB, then transparent huge pages). */
+#define TIER_F_NO_HUGEPAGES (1u << 0)
+/* dram: do not mlock the pool (it is still allocated and touched up front). */
+#define TIER_F_NO_MLOCK (1u << 1)
+/* nvme: fail open with -EINVAL when the filesystem refuses O_DIRECT (default: fall back to
+ * buffered I/O, reported as tier.nvme.o_direct 0). */
+#define TIER_F_REQUIRE_DIRECT (1u << 2)
+/* nvme: never use O_DIRECT (buffered I/O through the page cache). */
+#define TIER_F_NO_DIRECT (1u << 3)
+
+struct tier_config {
+	/* Hard limit in bytes, rounded down to whole slots; at least one slot. */
+	uint64_t capacity_bytes;
+	/* Bytes per slot: a multiple of TIER_ALIGN (8192 for d=128 bf16 K+V of 16 tokens). */
+	size_t slot_size;
+	/* nvme: a regular file (created, preallocated with fallocate) or a block device. */
+	const char *path;
+	/* dram: NUMA node for the pool, -1 = nearest the GPU if one is found, else the local node. */
+	int numa_node;
+	/* hbm: CUDA device ordinal. */
+	int device;
+	/* TIER_F_*. */
+	unsigned flags;
+	/* nvme: io_uring entries per ring, i.e. the most reads in flight per batch (0 = 256). */
+	unsigned queue_depth;
+	/* nvme: rings, i.e. batches that can run concurrently from different threads (0 = 2). */
+	unsigned nrings;
+};
+
+/*
+ * One slot transfer. `buf` is host memory; `len` bytes move (len <= slot_size); `cap` is how
+ * many bytes `buf` can hold (>= len): a tier that moves whole TIER_ALIGN blocks may use the
+ * buffer in place when cap >= round_up(len, TIER_ALIGN) and buf is TIER_ALIGN-aligned, and
+ * copies through its own staging memory otherwise. A write pads the slot past `len` with
+ * unspecified bytes. `res` is set to 0 or -errno for every entry.
+ */
+struct tier_io {
+	uint64_t slot;
+	void *buf;
+	uint32_t len;
+	uint32_t cap;
+	int res;
+	uint32_t pad_;
+};
+
+struct tier;
+
+struct tier_ops {
+	/* Stats prefix "tier.<name>", and how a store shows residency. */
+	const char *name;
+	int (*open)(const struct tier_config *cfg, struct tier **ret_tier);
+	void (*close)(struct tier *t);
+	/* Batches: 0 if every entry succeeded, else the first entry's -errno (all entries get res). */
+	int (*read)(struct tier *t, struct tier_io *ios, unsigned n);
+	int (*write)(struct tier *t, struct tier_io *ios, unsigned n);
+	/* Optional: CPU address of a slot for memory tiers (dram); NULL if not host-addressable. */
+	void *(*slot_addr)(struct tier *t, uint64_t slot);
+	/* Optional: tells the tier that later io buffers may come from [base, base+len) (the store
+	 * passes the dram pool to nvme, which registers it with io_uring for zero-copy moves).
+	 * Failure is not fatal: the tier falls back to unregistered or staged transfers. */
+	int (*register_mem)(struct tier *t, void *base, size_t len);
+	/* Optional: lines beyond the common ones (numa node, huge pages, o_direct, ...). */
+	void (*stats)(struct tier *t, struct stats_buf *sb, const char *prefix);
+};
+
+/* Counters every tier keeps; updated with relaxed atomics by the tier_* wrappers. */
+struct tier_counters {
+	uint64_t reads;
+	uint64_t writes;
+	uint64_t read_bytes;
+	uint64_t write_bytes;
+	uint64_t read_batches;
+	uint64_t write_batches;
+	uint64_t errors;
+	uint64_t csum_failures;
+	struct hist read_batch_ns;
+	struct hist write_batch_ns;
+};
+
+/* The common part every tier embeds first. Fields are read-only after open except through
+ * the functions below. */
+struct tier {
+	const struct tier_ops *ops;
+	char name[TIER_NAME_MAX];
+	size_t slot_size;
+	uint64_t nslots;
+	/* Free-slot bitmap (bit set = used), guarded by lock. */
+	pthread_mutex_t lock;
+	uint64_t *bitmap;
+	uint64_t used;
+	uint64_t hint;
+	struct tier_counters ctr;
+};
+
+/* Opens a tier through its ops table; checks cfg first (-EINVAL on bad sizes). */
+int tier_open(const struct tier_ops *ops, const struct tier_config *cfg, struct tier **ret_tier);
+/* Closes and frees; NULL is fine. */
+void tier_close(struct tier *t);
+
+/* For tier implementations: set up/tear down the common part (nslots from capacity). */
+int tier_init_common(struct tier *t, const struct tier_ops *ops, const struct tier_config *cfg);
+void tier_done_common(struct tier *t);
+
+/* Allocates n slots, all or nothing: 0 and ret_slots[0..n) on success, -ENOSPC if fewer than
+ * n are free. */
+int tier_alloc(struct tier *t, unsigned n, uint64_t *ret_slots);
+/* Frees slots; a slot out of range or already free is ignored (and counted as an error). */
+void tier_free(struct tier *t, const uint64_t *slots, unsigned n);
+uint64_t tier_used_slots(struct tier *t);
+uint64_t tier_free_slots(struct tier *t);
+
+/* Batch I/O with latency and byte accounting; same contract as the ops. */
+int tier_read(struct tier *t, struct tier_io *ios, unsigned n);
+int tier_write(struct tier *t, struct tier_io *ios, unsigned n);
+/* CPU address of a slot, or NULL when the tier is not host-addressable. */
+void *tier_slot_addr(struct tier *t, uint64_t slot);
+
+/* Appends tier.<name>.{capacity_bytes,slot_size,slots,used_slots,used_bytes,reads,writes,
+ * read_bytes,write_bytes,errors,csum_failures,read_batch.*,write_batch.*} and the tier's own. */
+void tier_stats(struct tier *t, struct stats_buf *sb);
+
+static inline size_t tier_round_up(size_t v)
+{
+	return (v + TIER_ALIGN - 1) & ~(size_t)(TIER_ALIGN - 1);
+}
+
+#endif

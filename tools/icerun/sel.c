@@ -1,0 +1,625 @@
+/* Sparse decode attention modes and their attention-mass accounting. */
+#include "sel.h"
+
+#include <errno.h>
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#ifdef ICERUN_HAVE_ICECACHE
+#include <icecache/icecache.h>
+#endif
+
+#define P MODEL_PAGE
+#define MAXG 16
+
+static const char *const names[SEL_NKINDS] = { "full", "stream", "quest", "oracle", "icecache" };
+
+struct sel {
+	struct sel_cfg c;
+	const struct model *m;
+	int L, nkv, g, d, maxpages;
+	/* quest: per (layer, kv head, page) channel-wise key min then max, valid below meta_pages */
+	float *meta;
+	int meta_pages;
+	/* scratch */
+	int32_t *idx;
+	float *sc, *p, *tmp, *pagescore;
+	int *cand;
+	/* mass sums [length slot][layer] */
+	double *msum, *osum;
+	long *mcnt;
+	int slot;
+#ifdef ICERUN_HAVE_ICECACHE
+	struct ice_ctx *ice;
+	uint32_t seq;
+	bool seq_open;
+	int ice_n;			/* tokens appended to the sequence (all layers) */
+	struct ice_page_ref *refs;
+	size_t nrefs_cap;
+	float *pages;			/* fetched pages */
+	size_t pages_cap;
+	float *kvbuf;			/* [kv heads][n][d] staging for ice_append */
+	size_t kvbuf_cap;
+#endif
+};
+
+bool sel_have_icecache(void)
+{
+#ifdef ICERUN_HAVE_ICECACHE
+	return true;
+#else
+	return false;
+#endif
+}
+
+int sel_kind_parse(const char *name)
+{
+	int k;
+
+	for (k = 0; k < SEL_NKINDS; k++)
+		if (!strcmp(name, names[k]))
+			return (k == SEL_ICECACHE && !sel_have_icecache()) ? -EINVAL : k;
+	return -EINVAL;
+}
+
+const char *sel_kind_name(int kind)
+{
+	return kind >= 0 && kind < SEL_NKINDS ? names[kind] : "?";
+}
+
+int sel_kind(const struct sel *s)
+{
+	return s->c.kind;
+}
+
+int sel_budget(const struct sel *s)
+{
+	return s->c.budget;
+}
+
+void sel_free(struct sel *s)
+{
+	if (!s)
+		return;
+#ifdef ICERUN_HAVE_ICECACHE
+	sel_end(s);
+	ice_close(s->ice);
+	free(s->refs);
+	free(s->pages);
+	free(s->kvbuf);
+#endif
+	free(s->meta);
+	free(s->idx);
+	free(s->sc);
+	free(s->p);
+	free(s->tmp);
+	free(s->pagescore);
+	free(s->cand);
+	free(s->msum);
+	free(s->osum);
+	free(s->mcnt);
+	free(s);
+}
+
+int sel_new(const struct model *m, const struct sel_cfg *cfg, struct sel **ret)
+{
+	struct sel *s;
+	size_t nl;
+	int err = -ENOMEM;
+
+	if (cfg->kind < 0 || cfg->kind >= SEL_NKINDS || cfg->cap < P || cfg->nlengths < 0 ||
+	    (cfg->kind != SEL_FULL && (cfg->budget < 3 * P || cfg->budget % P)))
+		return -EINVAL;
+	if (m->cfg.n_head / m->cfg.n_kv > MAXG)
+		return -EOPNOTSUPP;
+	s = calloc(1, sizeof(*s));
+	if (!s)
+		return -ENOMEM;
+	s->c = *cfg;
+	s->c.socket = NULL;
+	s->m = m;
+	s->L = m->cfg.n_layer;
+	s->nkv = m->cfg.n_kv;
+	s->g = m->cfg.n_head / m->cfg.n_kv;
+	s->d = m->cfg.head_dim;
+	s->maxpages = cfg->cap / P;
+	nl = (size_t)(cfg->nlengths + 1) * s->L;
+	s->idx = malloc((size_t)cfg->cap * sizeof(*s->idx));
+	s->sc = malloc((size_t)s->g * cfg->cap * sizeof(float));
+	s->p = malloc((size_t)s->g * cfg->cap * sizeof(float));
+	s->tmp = malloc((size_t)cfg->cap * sizeof(float));
+	s->pagescore = malloc((size_t)s->g * s->maxpages * sizeof(float));
+	s->cand = malloc((size_t)s->maxpages * sizeof(int));
+	s->msum = calloc(nl, sizeof(double));
+	s->osum = calloc(nl, sizeof(double));
+	s->mcnt = calloc(nl, sizeof(long));
+	if (!s->idx || !s->sc || !s->p || !s->tmp || !s->pagescore || !s->cand || !s->msum ||
+	    !s->osum || !s->mcnt)
+		goto out_free;
+	if (cfg->kind == SEL_QUEST) {
+		s->meta = malloc((size_t)s->L * s->nkv * s->maxpages * 2 * s->d * sizeof(float));
+		if (!s->meta)
+			goto out_free;
+	}
+#ifdef ICERUN_HAVE_ICECACHE
+	if (cfg->kind == SEL_ICECACHE) {
+		err = cfg->socket ? ice_connect(cfg->socket, &s->ice) :
+				    ice_open_embedded(NULL, &s->ice);
+		if (err)
+			goto out_free;
+	}
+#endif
+	*ret = s;
+	return 0;
+out_free:
+	sel_free(s);
+	return err;
+}
+
+static void page_meta(const struct kv *kv, int layer, int h, int page, float *mn, float *mx)
+{
+	const float *kp = kv_kpage(kv, layer, h, page);
+	int i, t;
+
+	for (i = 0; i < kv->d; i++) {
+		float lo = kp[i * P], hi = lo;
+
+		for (t = 1; t < P; t++) {
+			float v = kp[i * P + t];
+
+			lo = v < lo ? v : lo;
+			hi = v > hi ? v : hi;
+		}
+		mn[i] = lo;
+		mx[i] = hi;
+	}
+}
+
+static float *meta_at(struct sel *s, int layer, int h, int page)
+{
+	return s->meta + (((size_t)layer * s->nkv + h) * s->maxpages + page) * 2 * s->d;
+}
+
+#ifdef ICERUN_HAVE_ICECACHE
+static int ice_push(struct sel *s, const struct kv *kv, int layer, int from, int to);
+#endif
+
+int sel_begin_len(struct sel *s, const struct kv *kv, int n0, int length)
+{
+	int l, h, p, i;
+
+	s->slot = s->c.nlengths;	/* "other" */
+	for (i = 0; i < s->c.nlengths; i++)
+		if (s->c.lengths[i] == length)
+			s->slot = i;
+	if (s->c.kind == SEL_QUEST) {
+		/* metadata of the complete prefix pages; pages completed later are computed live */
+		s->meta_pages = n0 / P;
+		for (l = s->c.dense; l < s->L; l++)
+			for (h = 0; h < s->nkv; h++)
+				for (p = 0; p < s->meta_pages; p++) {
+					float *mt = meta_at(s, l, h, p);
+
+					page_meta(kv, l, h, p, mt, mt + s->d);
+				}
+	}
+#ifdef ICERUN_HAVE_ICECACHE
+	if (s->c.kind == SEL_ICECACHE) {
+		struct ice_model_shape shape = { (uint32_t)s->L, (uint32_t)(s->g * s->nkv),
+						 (uint32_t)s->nkv, (uint32_t)s->d, ICE_DTYPE_F32 };
+		struct ice_budget b = { P, P, (uint32_t)(s->c.budget - 2 * P), (uint32_t)s->c.dense };
+		int err;
+
+		sel_end(s);
+		err = ice_seq_open(s->ice, &shape, &b, &s->seq);
+		if (err)
+			return err;
+		s->seq_open = true;
+		s->ice_n = 0;
+		for (l = 0; l < s->L; l++) {
+			err = ice_push(s, kv, l, 0, n0);
+			if (err)
+				return err;
+		}
+		s->ice_n = n0;
+	}
+#endif
+	return 0;
+}
+
+void sel_end(struct sel *s)
+{
+#ifdef ICERUN_HAVE_ICECACHE
+	if (s->seq_open) {
+		ice_seq_close(s->ice, s->seq);
+		s->seq_open = false;
+	}
+#else
+	(void)s;
+#endif
+}
+
+/* Top-k of x[0..n) by value, indexes into out (best first); partial selection, k small. */
+static int topk_idx(const float *x, const int *ids, int n, int k, int *out, unsigned char *used)
+{
+	int i, j, best;
+
+	if (k > n)
+		k = n;
+	memset(used, 0, (size_t)n);
+	for (j = 0; j < k; j++) {
+		best = -1;
+		for (i = 0; i < n; i++)
+			if (!used[i] && (best < 0 || x[i] > x[best]))
+				best = i;
+		used[best] = 1;
+		out[j] = ids[best];
+	}
+	return k;
+}
+
+/* Quest bound of one page for one query. */
+static float quest_bound(const float *q, const float *mn, const float *mx, int d)
+{
+	float s = 0;
+	int i;
+
+	for (i = 0; i < d; i++) {
+		float a = q[i] * mn[i], b = q[i] * mx[i];
+
+		s += a > b ? a : b;
+	}
+	return s;
+}
+
+/* k-th largest sum: sum of the k largest of x[0..n) (x is clobbered). */
+static double topk_sum(float *x, int n, int k)
+{
+	int lo = 0, hi = n - 1, i, j;
+	double s = 0;
+
+	if (k >= n) {
+		for (i = 0; i < n; i++)
+			s += x[i];
+		return s;
+	}
+	/* quickselect so that x[0..k) are the k largest */
+	while (lo < hi) {
+		float piv = x[(lo + hi) / 2], t;
+
+		i = lo;
+		j = hi;
+		while (i <= j) {
+			while (x[i] > piv)
+				i++;
+			while (x[j] < piv)
+				j--;
+			if (i <= j) {
+				t = x[i];
+				x[i] = x[j];
+				x[j] = t;
+				i++;
+				j--;
+			}
+		}
+		if (k - 1 <= j)
+			hi = j;
+		else if (k - 1 >= i)
+			lo = i;
+		else
+			break;
+	}
+	for (i = 0; i < k; i++)
+		s += x[i];
+	return s;
+}
+
+/* Full softmax of the g heads of KV head h into s->p (rows of n). */
+static void full_probs(struct sel *s, const struct kv *kv, int layer, int h, const float *qg, int n)
+{
+	int hh, j;
+
+	for (hh = 0; hh < s->g; hh++) {
+		float *pr = s->p + (size_t)hh * s->c.cap, mx = -INFINITY, sum = 0;
+
+		model_scores(kv, layer, h, qg + (size_t)hh * s->d, n, pr);
+		for (j = 0; j < n; j++)
+			mx = pr[j] > mx ? pr[j] : mx;
+		sum = mm_softmax_exp(pr, n, mx);
+		for (j = 0; j < n; j++)
+			pr[j] /= sum;
+	}
+}
+
+static void account(struct sel *s, int layer, int n, double mass_g, int nsel)
+{
+	double orc = 0;
+	int hh;
+
+	for (hh = 0; hh < s->g; hh++) {
+		memcpy(s->tmp, s->p + (size_t)hh * s->c.cap, (size_t)n * sizeof(float));
+		orc += topk_sum(s->tmp, n, nsel);
+	}
+	s->msum[(size_t)s->slot * s->L + layer] += mass_g;
+	s->osum[(size_t)s->slot * s->L + layer] += orc;
+	s->mcnt[(size_t)s->slot * s->L + layer] += s->g;
+}
+
+/* Token set of one KV head for the positional modes; returns its size. */
+static int build_set(struct sel *s, const struct kv *kv, int layer, int h, const float *qg, int n)
+{
+	int B = s->c.budget, ns = 0, t, c, hh, k, ncand, got, j;
+	int wstart = n - P, picks[MAXG * 64], sel_pages[64];
+	unsigned char used[4096];
+
+	if (n <= B) {
+		for (t = 0; t < n; t++)
+			s->idx[ns++] = t;
+		return ns;
+	}
+	if (s->c.kind == SEL_STREAM) {
+		for (t = 0; t < P; t++)
+			s->idx[ns++] = t;
+		for (t = n - (B - P); t < n; t++)
+			s->idx[ns++] = t;
+		return ns;
+	}
+	/* candidate pages lie wholly between the sink page and the window */
+	ncand = wstart / P - 1;
+	k = B / P - 2;
+	if (k > 64)
+		k = 64;
+	for (c = 0; c < ncand; c++)
+		s->cand[c] = c + 1;
+	got = 0;
+	if (ncand > 0 && ncand <= 4096) {
+		if (s->c.kind == SEL_QUEST) {
+			float mnb[256], mxb[256];
+
+			for (c = 0; c < ncand; c++) {
+				int pg = c + 1;
+				const float *mn, *mx;
+
+				if (pg < s->meta_pages) {
+					mn = meta_at(s, layer, h, pg);
+					mx = mn + s->d;
+				} else {
+					page_meta(kv, layer, h, pg, mnb, mxb);
+					mn = mnb;
+					mx = mxb;
+				}
+				for (hh = 0; hh < s->g; hh++)
+					s->pagescore[(size_t)hh * ncand + c] =
+						quest_bound(qg + (size_t)hh * s->d, mn, mx, s->d);
+			}
+			/* each head's top k, then round-robin over heads until k distinct pages */
+			for (hh = 0; hh < s->g; hh++)
+				topk_idx(s->pagescore + (size_t)hh * ncand, s->cand, ncand, k,
+					 picks + hh * 64, used);
+			for (j = 0; j < k && got < k; j++)
+				for (hh = 0; hh < s->g && got < k && j < ncand; hh++) {
+					int pg = picks[hh * 64 + j], dup = 0;
+
+					for (t = 0; t < got; t++)
+						dup |= sel_pages[t] == pg;
+					if (!dup)
+						sel_pages[got++] = pg;
+				}
+		} else {
+			/* oracle: pages by attention mass summed over the group */
+			for (c = 0; c < ncand; c++) {
+				float m = 0;
+
+				for (hh = 0; hh < s->g; hh++)
+					for (t = 0; t < P; t++)
+						m += s->p[(size_t)hh * s->c.cap + (c + 1) * P + t];
+				s->pagescore[c] = m;
+			}
+			got = topk_idx(s->pagescore, s->cand, ncand, k, sel_pages, used);
+		}
+	}
+	for (t = 0; t < P; t++)
+		s->idx[ns++] = t;
+	for (j = 0; j < got; j++)
+		for (t = 0; t < P; t++)
+			s->idx[ns++] = sel_pages[j] * P + t;
+	for (t = wstart; t < n; t++)
+		s->idx[ns++] = t;
+	return ns;
+}
+
+#ifdef ICERUN_HAVE_ICECACHE
+/* Appends tokens [from, to) of one layer, all KV heads, as [kv heads][n][d] f32. */
+static int ice_push(struct sel *s, const struct kv *kv, int layer, int from, int to)
+{
+	size_t n = (size_t)(to - from), need = (size_t)s->nkv * n * s->d * 2;
+	float *kb, *vb;
+	int h, t;
+
+	if (n == 0)
+		return 0;
+	if (need > s->kvbuf_cap) {
+		float *nb = realloc(s->kvbuf, need * sizeof(float));
+
+		if (!nb)
+			return -ENOMEM;
+		s->kvbuf = nb;
+		s->kvbuf_cap = need;
+	}
+	kb = s->kvbuf;
+	vb = s->kvbuf + (size_t)s->nkv * n * s->d;
+	for (h = 0; h < s->nkv; h++)
+		for (t = from; t < to; t++) {
+			kv_key(kv, layer, h, t, kb + ((size_t)h * n + (t - from)) * s->d);
+			memcpy(vb + ((size_t)h * n + (t - from)) * s->d, kv_vrow(kv, layer, h, t),
+			       (size_t)s->d * sizeof(float));
+		}
+	return ice_append(s->ice, s->seq, (uint32_t)layer, (uint32_t)n, kb, vb);
+}
+
+static int ice_attend(struct sel *s, const struct kv *kv, int layer, int pos, const float *q,
+		      float *out)
+{
+	int n = pos + 1, l, err, nref, i, h, hh, t, j;
+	size_t pb = 2 * (size_t)P * s->d, need;
+
+	/* the new token: every layer below this one that the hook skipped, then this one */
+	if (layer == s->c.dense && s->ice_n < n) {
+		for (l = 0; l < s->c.dense; l++)
+			if ((err = ice_push(s, kv, l, s->ice_n, n)))
+				return err;
+	}
+	err = ice_push(s, kv, layer, s->ice_n, n);
+	if (err)
+		return err;
+	if (layer == s->L - 1)
+		s->ice_n = n;
+	nref = ice_select_cap(s->ice, s->seq, (uint32_t)layer);
+	if (nref < 0)
+		return nref;
+	if ((size_t)nref > s->nrefs_cap) {
+		struct ice_page_ref *nr = realloc(s->refs, (size_t)nref * sizeof(*nr));
+
+		if (!nr)
+			return -ENOMEM;
+		s->refs = nr;
+		s->nrefs_cap = (size_t)nref;
+	}
+	nref = ice_select(s->ice, s->seq, (uint32_t)layer, q, s->refs, s->nrefs_cap);
+	if (nref < 0)
+		return nref;
+	need = (size_t)nref * pb;
+	if (need > s->pages_cap) {
+		float *np = realloc(s->pages, need * sizeof(float));
+
+		if (!np)
+			return -ENOMEM;
+		s->pages = np;
+		s->pages_cap = need;
+	}
+	err = ice_fetch(s->ice, s->seq, (uint32_t)layer, s->refs, (size_t)nref, s->pages,
+			need * sizeof(float));
+	if (err)
+		return err;
+	/* attention per KV head over its fetched pages (refs are grouped by head) */
+	for (h = 0; h < s->nkv; h++) {
+		const float *qg = q + (size_t)h * s->g * s->d;
+		float *og = out + (size_t)h * s->g * s->d;
+		int ntok = 0;
+		double mass = 0;
+
+		for (hh = 0; hh < s->g; hh++) {
+			float mx = -INFINITY, sum;
+			float *sc = s->sc + (size_t)hh * s->c.cap;
+
+			ntok = 0;
+			for (i = 0; i < nref; i++) {
+				const float *kp = s->pages + (size_t)i * pb;
+
+				if (s->refs[i].kv_head != h)
+					continue;
+				for (t = 0; t < (int)s->refs[i].fill && ntok < s->c.cap; t++)
+					sc[ntok++] = mm_dot(qg + (size_t)hh * s->d, kp + (size_t)t * s->d,
+							    s->d);
+			}
+			for (j = 0; j < ntok; j++)
+				mx = sc[j] > mx ? sc[j] : mx;
+			sum = mm_softmax_exp(sc, ntok, mx);
+			memset(og + (size_t)hh * s->d, 0, (size_t)s->d * sizeof(float));
+			ntok = 0;
+			for (i = 0; i < nref; i++) {
+				const float *vp = s->pages + (size_t)i * pb + (size_t)P * s->d;
+
+				if (s->refs[i].kv_head != h)
+					continue;
+				for (t = 0; t < (int)s->refs[i].fill && ntok < s->c.cap; t++, ntok++)
+					mm_axpy(og + (size_t)hh * s->d, sc[ntok] / sum,
+						vp + (size_t)t * s->d, s->d);
+			}
+		}
+		/* mass: the fetched keys are the cached keys, so exp(q·k) per fetched row is
+		 * exactly that token's share of the full softmax */
+		full_probs(s, kv, layer, h, qg, n);
+		for (hh = 0; hh < s->g; hh++) {
+			const float *qh = qg + (size_t)hh * s->d;
+			float mx = -INFINITY, z = 0;
+			float *pr = s->p + (size_t)hh * s->c.cap;
+
+			/* recover the max and normaliser of the full softmax from the scores */
+			model_scores(kv, layer, h, qh, n, s->tmp);
+			for (j = 0; j < n; j++)
+				mx = s->tmp[j] > mx ? s->tmp[j] : mx;
+			for (j = 0; j < n; j++)
+				z += pr[j] > 0 ? 0 : 0;
+			z = 0;
+			for (j = 0; j < n; j++)
+				z += expf(s->tmp[j] - mx);
+			for (i = 0; i < nref; i++) {
+				const float *kp = s->pages + (size_t)i * pb;
+
+				if (s->refs[i].kv_head != h)
+					continue;
+				for (t = 0; t < (int)s->refs[i].fill; t++)
+					mass += expf(mm_dot(qh, kp + (size_t)t * s->d, s->d) - mx) / z;
+			}
+		}
+		account(s, layer, n, mass, ntok);
+	}
+	return 0;
+}
+#endif
+
+int sel_attend(void *ctx, const struct model *m, const struct kv *kv, int layer, int pos,
+	       const float *q, float *out)
+{
+	struct sel *s = ctx;
+	int n = pos + 1, h, hh, j, ns;
+
+#ifdef ICERUN_HAVE_ICECACHE
+	if (s->c.kind == SEL_ICECACHE)
+		return ice_attend(s, kv, layer, pos, q, out);
+#endif
+	for (h = 0; h < s->nkv; h++) {
+		const float *qg = q + (size_t)h * s->g * s->d;
+		double mass = 0;
+
+		full_probs(s, kv, layer, h, qg, n);
+		ns = build_set(s, kv, layer, h, qg, n);
+		model_attend_set(m, kv, layer, h, s->idx, ns, qg, out + (size_t)h * s->g * s->d,
+				 s->sc);
+		for (hh = 0; hh < s->g; hh++)
+			for (j = 0; j < ns; j++)
+				mass += s->p[(size_t)hh * s->c.cap + s->idx[j]];
+		account(s, layer, n, mass, ns);
+	}
+	return 0;
+}
+
+int sel_mass(const struct sel *s, int length, struct sel_mass *ret)
+{
+	int slot = s->c.nlengths, i, l;
+	double ms = 0, os = 0;
+	long cnt = 0;
+
+	for (i = 0; i < s->c.nlengths; i++)
+		if (s->c.lengths[i] == length)
+			slot = i;
+	for (l = 0; l < s->L; l++) {
+		size_t k = (size_t)slot * s->L + l;
+
+		ms += s->msum[k];
+		os += s->osum[k];
+		cnt += s->mcnt[k];
+	}
+	if (!cnt)
+		return -ENOENT;
+	ret->mass = ms / cnt;
+	ret->oracle = os / cnt;
+	ret->count = cnt;
+	ret->nlayers = s->L;
+	ret->layer_mass = s->msum + (size_t)slot * s->L;
+	ret->layer_oracle = s->osum + (size_t)slot * s->L;
+	ret->layer_count = s->mcnt + (size_t)slot * s->L;
+	return 0;
+}
