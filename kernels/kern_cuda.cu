@@ -224,6 +224,63 @@ __device__ __forceinline__ void merge_state(float &m, float &l, float *a, float 
 	m = mn;
 }
 
+/* Loads this lane's 8 dims of token i's K and V rows (i counts the block's pages' token
+ * positions); false for a position past a page's fill, an invalid slot, or past the block. */
+template <typename T, int D>
+__device__ __forceinline__ bool load_token(const struct attn_params &pr, uint32_t p_begin,
+					   uint32_t i, uint32_t total, int sl, float k[8], float v[8])
+{
+	if (i < total) {
+		struct kern_page pg = pr.pages[p_begin + i / pr.page_cap];
+		uint32_t t = i % pr.page_cap;
+
+		if (pg.slot < pr.nslots && pg.fill <= pr.page_cap && t < pg.fill) {
+			const T *row = (const T *)(pr.pool + (size_t)pg.slot * pr.slot_bytes) +
+				       (size_t)t * D + sl * 8;
+
+			load8(row, k);
+			load8(row + (size_t)pg.fill * D, v);
+			return true;
+		}
+	}
+#pragma unroll
+	for (int c = 0; c < 8; c++)
+		k[c] = v[c] = 0.0f;
+	return false;
+}
+
+/* One token into each query head's online softmax state (every lane of the warp must call:
+ * the dot product is reduced across the LPT lanes that hold the token). */
+template <int D, int G>
+__device__ __forceinline__ void softmax_step(const float (&q)[G][8], float (&m)[G], float (&l)[G],
+					     float (&a)[G][8], uint32_t g, bool valid,
+					     const float k[8], const float v[8])
+{
+	constexpr int LPT = D / 8;
+
+#pragma unroll
+	for (int j = 0; j < G; j++) {
+		float s = 0.0f;
+
+#pragma unroll
+		for (int c = 0; c < 8; c++)
+			s = fmaf(q[j][c], k[c], s);
+#pragma unroll
+		for (int off = LPT / 2; off > 0; off >>= 1)
+			s += __shfl_xor_sync(0xffffffffu, s, off);
+		if (valid && (uint32_t)j < g) {
+			float mn = fmaxf(m[j], s);
+			float corr = __expf(m[j] - mn), p = __expf(s - mn);
+
+			l[j] = l[j] * corr + p;
+#pragma unroll
+			for (int c = 0; c < 8; c++)
+				a[j][c] = fmaf(p, v[c], a[j][c] * corr);
+			m[j] = mn;
+		}
+	}
+}
+
 /*
  * Grid (nsplit, hkv): a block takes `pps` pages of one KV head and all g query heads of its
  * group, so each K/V row is read once per group (GQA). Within a warp, LPT = D/8 lanes hold one
@@ -270,47 +327,15 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_kernel(struct attn_params p
 			a[j][c] = 0.0f;
 	}
 
-	for (uint32_t base = warp * TPW; base < total; base += ATTN_WARPS * TPW) {
-		uint32_t i = base + sub;
-		bool valid = false;
-		float k[8], v[8];
+	/* Two token rounds per iteration: both rounds' K/V loads are in flight before the first
+	 * dot product, which halves the chain of dependent memory latencies per block. */
+	for (uint32_t base = warp * TPW; base < total; base += 2 * ATTN_WARPS * TPW) {
+		float k0[8], v0[8], k1[8], v1[8];
+		bool ok0 = load_token<T, D>(pr, p_begin, base + sub, total, sl, k0, v0);
+		bool ok1 = load_token<T, D>(pr, p_begin, base + ATTN_WARPS * TPW + sub, total, sl, k1, v1);
 
-		if (i < total) {
-			struct kern_page pg = pr.pages[p_begin + i / pr.page_cap];
-			uint32_t t = i % pr.page_cap;
-
-			if (pg.slot < pr.nslots && pg.fill <= pr.page_cap && t < pg.fill) {
-				const T *row = (const T *)(pr.pool + (size_t)pg.slot * pr.slot_bytes) +
-					       (size_t)t * D + sl * 8;
-
-				load8(row, k);
-				load8(row + (size_t)pg.fill * D, v);
-				valid = true;
-			}
-		}
-#pragma unroll
-		for (int j = 0; j < G; j++) {
-			float s = 0.0f;
-
-			if (valid) {
-#pragma unroll
-				for (int c = 0; c < 8; c++)
-					s = fmaf(q[j][c], k[c], s);
-			}
-#pragma unroll
-			for (int off = LPT / 2; off > 0; off >>= 1)
-				s += __shfl_xor_sync(0xffffffffu, s, off);
-			if (valid && (uint32_t)j < g) {
-				float mn = fmaxf(m[j], s);
-				float corr = __expf(m[j] - mn), p = __expf(s - mn);
-
-				l[j] = l[j] * corr + p;
-#pragma unroll
-				for (int c = 0; c < 8; c++)
-					a[j][c] = fmaf(p, v[c], a[j][c] * corr);
-				m[j] = mn;
-			}
-		}
+		softmax_step<D, G>(q, m, l, a, g, ok0, k0, v0);
+		softmax_step<D, G>(q, m, l, a, g, ok1, k1, v1);
 	}
 
 	/* Lane groups of the warp hold the same dims for different tokens: fold them together. */
