@@ -44,7 +44,7 @@ struct ctx_result {
 	uint32_t ctx;
 	double gather_layer_gbs, gather_desc_gbs, gather_token_gbs, percopy_gbs;
 	double move_token_us, attn_layer_us, full_layer_us, sdpa_layer_us;
-	double select_search_us, select_token_us, select_build_s;
+	double select_search_us, select_token_us, select_build_s, move_attend_token_us;
 	uint32_t select_threads;
 	char sdpa_variant[64];
 };
@@ -582,6 +582,26 @@ static int bench_gpu_main(int argc, char **argv)
 		}
 		r->attn_layer_us = median(samples, o.iters);
 
+		/* The decode order: per layer, move its pages then attend to them. */
+		for (it = 0; it < o.iters + 3; it++) {
+			const struct kern_copy *hc = hcopies;
+			float ms;
+
+			CK(kern_event_record(ev0, stream));
+			for (l = 0; l < o.layers; l++) {
+				CK(kern_gather_inline(hc + (size_t)l * npl, npl, slot_bytes, stream));
+				a.pages = (const struct kern_page *)tab_dev_base + (size_t)l * npl;
+				a.head_off = (const uint32_t *)((char *)dtab + (size_t)o.layers * npl *
+								sizeof(*tab)) + (size_t)l * (o.hkv + 1);
+				CK(kern_attn(&a, dws, stream));
+			}
+			CK(kern_event_record(ev1, stream));
+			CK(kern_event_ms(ev0, ev1, &ms));
+			if (it >= 3)
+				samples[it - 3] = ms * 1e3;
+		}
+		r->move_attend_token_us = median(samples, o.iters);
+
 		/* Our own full-KV decode over every page of one layer's context (in HBM). */
 		{
 			size_t need = (size_t)o.hkv * ctx_pages * slot_bytes;
@@ -677,13 +697,15 @@ static int bench_gpu_main(int argc, char **argv)
 			       "\"attend_token_us\":%.1f,\"full_decode_token_us\":%.1f,"
 			       "\"select_search_us\":%.1f,\"select_token_us\":%.1f,"
 			       "\"select_threads\":%u,\"select_build_s\":%.2f,"
-			       "\"token_select_move_attend_us\":%.1f}",
+			       "\"token_select_move_attend_us\":%.1f,"
+			       "\"move_then_attend_token_us\":%.1f}",
 			       c ? "," : "", r->ctx, r->gather_layer_gbs, r->gather_token_gbs,
 			       r->gather_desc_gbs, r->percopy_gbs, r->move_token_us, r->attn_layer_us, r->full_layer_us,
 			       r->sdpa_layer_us, r->sdpa_variant, r->attn_layer_us * o.layers,
 			       r->sdpa_layer_us * o.layers, r->select_search_us, r->select_token_us,
 			       r->select_threads, r->select_build_s,
-			       r->select_token_us + r->move_token_us + r->attn_layer_us * o.layers);
+			       r->select_token_us + r->move_token_us + r->attn_layer_us * o.layers,
+			       r->move_attend_token_us);
 		}
 		printf("]}\n");
 	}
@@ -708,14 +730,15 @@ static int bench_gpu_main(int argc, char **argv)
 		}
 		fprintf(f, "(GB/s: scattered %zu-byte pages; us per layer for attention; per token = "
 			   "%u layers)\n", slot_bytes, o.layers);
-		fprintf(f, "per token: %7s %12s %10s %10s %10s %10s %10s\n", "ctx", "select/srch",
-			"select", "move", "attend", "total", "full-KV");
+		fprintf(f, "per token: %7s %12s %10s %10s %10s %10s %10s %10s\n", "ctx", "select/srch",
+			"select", "move", "attend", "mv+att seq", "total", "full-KV");
 		for (c = 0; c < o.nctx; c++) {
 			struct ctx_result *r = &res[c];
 
-			fprintf(f, "per token: %7u %9.1f us %7.0f us %7.0f us %7.0f us %7.0f us %7.0f us\n",
+			fprintf(f, "per token: %7u %9.1f us %7.0f us %7.0f us %7.0f us %7.0f us %7.0f us "
+				   "%7.0f us\n",
 				r->ctx, r->select_search_us, r->select_token_us, r->move_token_us,
-				r->attn_layer_us * o.layers,
+				r->attn_layer_us * o.layers, r->move_attend_token_us,
 				r->select_token_us + r->move_token_us + r->attn_layer_us * o.layers,
 				r->sdpa_layer_us * o.layers);
 		}
