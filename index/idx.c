@@ -360,15 +360,27 @@ static void blocked_best(const struct idx *ix, const struct cand_blocks *cb, con
 								     IDX_LANES;
 
 		ops->score_block(cb->blk + b * ix->blk, xs, g, ix->dim, out);
-		for (i = 0; i < g; i++)
-			for (l = 0; l < lanes; l++) {
-				float v = out[i * IDX_LANES + l] + hx[i] * h[l];
+		for (i = 0; i < g; i++) {
+			float *o = out + i * IDX_LANES, m = -INFINITY;
 
-				if (v > best[i]) {
-					best[i] = v;
+			/* full blocks: a branch-free max first, lanes only when it wins */
+			if (lanes == IDX_LANES) {
+				for (l = 0; l < IDX_LANES; l++)
+					o[l] += hx[i] * h[l];
+				for (l = 0; l < IDX_LANES; l++)
+					m = o[l] > m ? o[l] : m;
+				if (m <= best[i])
+					continue;
+			} else {
+				for (l = 0; l < lanes; l++)
+					o[l] += hx[i] * h[l];
+			}
+			for (l = 0; l < lanes; l++)
+				if (o[l] > best[i]) {
+					best[i] = o[l];
 					ret_node[i] = cb->node[b * IDX_LANES + l];
 				}
-			}
+		}
 	}
 }
 

@@ -115,6 +115,46 @@ static void *run_worker(void *a)
 	return NULL;
 }
 
+static int cold;           /* --cold: evict the caches before every 1-thread query */
+static char *evict_buf;
+#define EVICT_BYTES (96u << 20)
+
+static void evict(void)
+{
+	size_t i;
+
+	if (!evict_buf)
+		evict_buf = malloc(EVICT_BYTES);
+	if (!evict_buf)
+		return;
+	for (i = 0; i < EVICT_BYTES; i += 64)
+		evict_buf[i]++;
+}
+
+/* Sum of single-query times with the caches evicted before each (1 thread). */
+static double time_cold(const struct method *m, const float *qs, size_t qstride, uint32_t nq,
+			uint32_t g, uint32_t k, struct idx_hit *hits)
+{
+	size_t wss = method_ws(m, g, k);
+	void *ws = malloc(wss);
+	struct idx_hit tmp[256];
+	uint64_t tot = 0;
+	uint32_t i;
+
+	if (!ws)
+		return NAN;
+	for (i = 0; i < nq; i++) {
+		uint64_t t0;
+
+		evict();
+		t0 = clock_now_ns();
+		method_search(m, qs + i * qstride, g, k, ws, wss, hits ? hits + (size_t)i * k : tmp);
+		tot += clock_now_ns() - t0;
+	}
+	free(ws);
+	return (double)tot / 1e3 / nq;
+}
+
 /* Best-of-reps wall time per query (us), running the queries on `threads` threads. */
 static double time_queries(const struct method *m, const float *qs, size_t qstride, uint32_t nq,
 			   uint32_t g, uint32_t k, struct idx_hit *hits, uint32_t threads,
@@ -123,6 +163,8 @@ static double time_queries(const struct method *m, const float *qs, size_t qstri
 	double best = INFINITY;
 	uint32_t rep, t;
 
+	if (cold && threads == 1)
+		return time_cold(m, qs, qstride, nq, g, k, hits);
 	for (rep = 0; rep < reps; rep++) {
 		struct run r = { .m = m, .qs = qs, .qstride = qstride, .nq = nq, .g = g, .k = k,
 				 .hits = hits };
@@ -331,8 +373,10 @@ static int run_config(const struct opts *o, const float *keys, size_t n, uint32_
 	mdci.kind = 0, mex.kind = 1, mpos.kind = 2, mpex.kind = 3;
 
 	if (!o->json) {
-		printf("\nN=%zu d=%u  simd=%s  build: 1 thread %.3f s (%.0f keys/s), %u threads %.3f s "
-		       "(%.0f keys/s)\n", n, d, idx_simd_name(), tb1, n / tb1, threads, tbn, n / tbn);
+		printf("\nN=%zu d=%u  simd=%s  build: ", n, d, idx_simd_name());
+		if (!isnan(tb1))
+			printf("1 thread %.3f s (%.0f keys/s), ", tb1, n / tb1);
+		printf("%u threads %.3f s (%.0f keys/s)\n", threads, tbn, n / tbn);
 		printf("  seeds %zu, levels %u, pages %zu (%.1f tokens/page), largest cell %u, "
 		       "default beam %u pages at k=16\n", info.nseeds, info.nlevels, info.npages,
 		       info.mean_fill, info.max_cell, info.default_beam);
@@ -340,11 +384,12 @@ static int run_config(const struct opts *o, const float *keys, size_t n, uint32_
 		       "page_rec", "mass_rec", "oracle", "us/q 1T", "us/q allT", "vs brute");
 	} else {
 		json_sep(js, first_cfg);
-		fprintf(js, "{\"n\":%zu,\"d\":%u,\"simd\":\"%s\",\"threads\":%u,\"queries\":%u,"
+		fprintf(js, "{\"n\":%zu,\"d\":%u,\"simd\":\"%s\",\"threads\":%u,\"queries\":%u,\"cold\":%d,"
 			"\"build\":{\"s_1t\":%.4f,\"keys_per_s_1t\":%.0f,\"s_all\":%.4f,"
 			"\"keys_per_s_all\":%.0f},\"seeds\":%zu,\"levels\":%u,\"pages\":%zu,"
 			"\"tokens_per_page\":%.2f,\"max_cell\":%u,\"default_beam\":%u,\"budgets\":[",
-			n, d, idx_simd_name(), threads, nq, tb1, n / tb1, tbn, n / tbn, info.nseeds,
+			n, d, idx_simd_name(), threads, nq, cold, isnan(tb1) ? -1.0 : tb1,
+			isnan(tb1) ? -1.0 : n / tb1, tbn, n / tbn, info.nseeds,
 			info.nlevels, info.npages, info.mean_fill, info.max_cell, info.default_beam);
 	}
 	first = 1;
@@ -547,13 +592,14 @@ static void usage(FILE *f)
 	fprintf(f,
 		"usage: icebench index [--quick] [--n N,...] [--d D,...] [--queries Q] [--threads T]\n"
 		"                      [--beams B,...] [--cells C,...] [--reps R] [--seed S] [--dump FILE]\n"
-		"                      [--json]\n"
+		"                      [--cold] [--json]\n"
 		"                      [--needle-logit X] [--needles M] [--clusters C]  (synthetic data)\n"
 		"  DCI-tree vs brute force vs positional pages (Quest bound) on synthetic LLM-like keys\n"
 		"  (or the keys and queries of a dump file, docs/KVDUMP.md).\n"
 		"  defaults: --n 32768,131072,262144 --d 64,128 --queries 64 --threads <online cpus>\n"
 		"            --beams 16,24,32,48,64,96,128,256 --cells 64,256 --reps 3\n"
-		"  --quick   N=131072 d=128, 48 queries, no 1-thread build: about a minute on 2 cores\n"
+		"  --quick   N=131072, d=128 and 64, 48 queries, no 1-thread build: well under a minute\n"
+		"  --cold    evict the caches (96 MiB) before every 1-thread query, timing only the search\n"
 		"  --json    one JSON object on stdout instead of the table\n");
 }
 
@@ -580,10 +626,12 @@ static int bench_index(int argc, char **argv)
 			return 0;
 		} else if (!strcmp(a, "--json")) {
 			o.json = 1;
+		} else if (!strcmp(a, "--cold")) {
+			cold = 1;
 		} else if (!strcmp(a, "--quick")) {
 			o.quick = 1;
 			o.ns[0] = 131072, o.nn = 1;
-			o.ds[0] = 128, o.nd = 1;
+			o.ds[0] = 128, o.ds[1] = 64, o.nd = 2;
 			o.nq = 48;
 		} else if (v && !strcmp(a, "--n")) {
 			if ((o.nn = parse_list_u64(v, o.ns, MAXV)) < 0)
@@ -636,7 +684,7 @@ static int bench_index(int argc, char **argv)
 		printf(",\"results\":[");
 	} else {
 		printf("icebench index: DCI-tree vs brute force vs positional pages; %u queries, "
-		       "%u threads\n", o.nq, o.threads);
+		       "%u threads%s\n", o.nq, o.threads, cold ? ", cold caches for 1-thread times" : "");
 		printf("  page_rec: share of the exact top-k pages (same page layout) returned; "
 		       "mass_rec: softmax mass of the\n  returned pages / that of the exact top-k pages; "
 		       "oracle: returned mass / mass of the exact top k*16 tokens\n");
