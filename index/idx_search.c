@@ -374,6 +374,12 @@ int idx_search(const struct idx *ix, const float *q, uint32_t g, uint32_t k,
 	for (p = 0; p < ix->npages; p++) {
 		const uint8_t *blk = ix->sk + p * skb;
 		uint32_t fill = ix->pages[p].fill;
+		size_t ln;
+
+		/* keep a few pages in flight: the pass is one long sequential read */
+		if (p + 8 < ix->npages)
+			for (ln = 0; ln < skb; ln += 64)
+				__builtin_prefetch(blk + 8 * skb + ln);
 
 		s.ops->sk_max(blk, qq, g, ix->dim, fill, out);
 		for (i = 0; i < g; i++)
@@ -395,6 +401,14 @@ int idx_search(const struct idx *ix, const float *q, uint32_t g, uint32_t k,
 	}
 	if (g > 1)
 		sort_u32(cand, nc);
+	/* the candidates are scattered pages: ask for all of them before scoring any */
+	for (p = 0; p < nc; p++) {
+		const char *blk = (const char *)idx_page_keys(ix, cand[p]);
+		size_t ln;
+
+		for (ln = 0; ln < ix->blk * sizeof(float); ln += 64)
+			__builtin_prefetch(blk + ln);
+	}
 	for (p = 0; p < nc; p++)
 		if (p == 0 || cand[p] != cand[p - 1] || g == 1)
 			offer_page(&s, cand[p]);
