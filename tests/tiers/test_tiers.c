@@ -606,6 +606,33 @@ START_TEST(full_nvme_returns_enospc_and_keeps_serving)
 }
 END_TEST
 
+/* The file shrinks under the store (another process, a bad admin): reads past its end are
+ * short, reported as -EIO per page, never data, and DRAM pages keep being served. */
+START_TEST(io_errors_are_reported_per_page)
+{
+	struct fixture fx;
+	struct store_page pg[2];
+	static uint8_t buf[2][SLOT];
+	char path[PATH_MAX];
+
+	fx_open(&fx, 16, 16, 0);
+	put_pages(fx.s, 1, 0, 4, 1, 1, 0);
+	put_pages(fx.s, 2, 0, 4, 1, 0, 0);
+	nvme_path(path, sizeof(path), "store.dat");
+	ck_assert_int_eq(truncate(path, 0), 0);
+	pg[0] = (struct store_page){ .key = key(1, 2), .buf = buf[0], .len = SLOT };
+	pg[1] = (struct store_page){ .key = key(2, 2), .buf = buf[1], .len = SLOT };
+	ck_assert_int_eq(store_get(fx.s, pg, 2), -EIO);
+	ck_assert_int_eq(pg[0].res, -EIO);
+	ck_assert_int_eq(pg[1].res, 0);
+	get_check(fx.s, 2, 0, 4, 1, NULL);
+	/* a migration out of the broken tier fails cleanly and leaks no dram slot */
+	ck_assert_int_lt(store_migrate(fx.s, &pg[0].key, 1, 0, 0, NULL), 0);
+	ck_assert_uint_eq(tier_used_slots(fx.dram), 4);
+	fx_close(&fx);
+}
+END_TEST
+
 START_TEST(metadata_capacity_is_a_hard_limit)
 {
 	struct fixture fx;
@@ -822,6 +849,7 @@ static Suite *tiers_suite(void)
 	tcase_add_test(tc, corruption_is_detected_never_returned);
 	tcase_add_test(tc, full_nvme_returns_enospc_and_keeps_serving);
 	tcase_add_test(tc, metadata_capacity_is_a_hard_limit);
+	tcase_add_test(tc, io_errors_are_reported_per_page);
 	tcase_add_test(tc, touch_decays_and_coldest_orders);
 	tcase_add_test(tc, watermarks_keep_dram_under_limit_and_every_page_readable);
 	tcase_add_test(tc, concurrent_batches_from_threads);
