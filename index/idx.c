@@ -105,6 +105,7 @@ static int reserve_pages(struct idx *ix, size_t need)
 	size_t cap;
 	struct idx_page *pg;
 	float *pk;
+	uint8_t *sk;
 
 	if (need <= ix->cap_pages)
 		return 0;
@@ -118,6 +119,10 @@ static int reserve_pages(struct idx *ix, size_t need)
 	if (!pk)
 		return -ENOMEM;
 	ix->pk = pk;
+	sk = aligned_grow(ix->sk, ix->cap_pages * IDX_SK_BYTES(ix->dim), cap * IDX_SK_BYTES(ix->dim));
+	if (!sk)
+		return -ENOMEM;
+	ix->sk = sk;
 	ix->cap_pages = cap;
 	return 0;
 }
@@ -198,10 +203,12 @@ void idx_params_default(struct idx_params *p, uint32_t dim)
 	p->r1 = 0.01f;
 	p->r2 = 0.2f;
 	p->beam = 0;
-	p->beam_frac = 0.06f;
-	p->beam_min = 16;
+	p->beam_mult = 2.0f;
+	p->beam_add = 16;
+	p->beam_pages = 512;
+	p->cells = 0;
 	p->gqa_widen = 0.25f;
-	p->exact_parent_max = 64;
+	p->exact_parent_max = 4096;
 	p->descent_beam = 8;
 	p->cell_cap = 0;
 	p->threads = 1;
@@ -219,7 +226,7 @@ int idx_new(const struct idx_params *p, struct idx **ret)
 		return -EINVAL;
 	if (!(p->r1 > 0 && p->r1 < 1) || !(p->r2 > 0 && p->r2 < 1))
 		return -EINVAL;
-	if (!(p->beam_frac >= 0 && p->beam_frac <= 1) || !(p->gqa_widen >= 0) ||
+	if (!(p->beam_mult >= 0 && p->beam_mult <= 64) || !(p->gqa_widen >= 0) ||
 	    p->descent_beam == 0)
 		return -EINVAL;
 	ix = calloc(1, sizeof(*ix));
@@ -238,7 +245,9 @@ int idx_new(const struct idx_params *p, struct idx **ret)
 	ix->dim = p->dim;
 	ix->blk = (size_t)p->dim * IDX_LANES;
 	ix->proj = malloc(p->dim * sizeof(float));
-	if (!ix->proj || reserve_nodes(ix, 64) < 0) {
+	ix->sk_mu = calloc(p->dim, sizeof(float));
+	ix->sk_step = calloc(p->dim, sizeof(float));
+	if (!ix->proj || !ix->sk_mu || !ix->sk_step || reserve_nodes(ix, 64) < 0) {
 		idx_free(ix);
 		return -ENOMEM;
 	}
@@ -269,6 +278,9 @@ void idx_free(struct idx *ix)
 	free(ix->tok_node);
 	free(ix->pages);
 	free(ix->pk);
+	free(ix->sk);
+	free(ix->sk_mu);
+	free(ix->sk_step);
 	free(ix->nodes);
 	free(ix->nkey);
 	for (l = 0; l < IDX_MAX_LEVELS; l++)
@@ -320,6 +332,105 @@ static void keep_best(uint32_t *keep, float *ks, uint32_t *nkeep, uint32_t b, ui
 }
 
 /*
+ * Candidate parents laid out like pages (16-lane blocks) so the exact nearest search is the
+ * page-scoring kernel: 16 keys x up to 16 candidates per call, no horizontal sums.
+ */
+struct cand_blocks {
+	const float *blk;      /* nb blocks of dim x 16 */
+	const float *h;        /* lifted height per candidate (0 in padding lanes) */
+	const uint32_t *node;  /* node id per candidate */
+	size_t n, nb;
+};
+
+/* For keys xs[g][dim] (g <= 16) with heights hx[g], the best candidate of each. */
+static void blocked_best(const struct idx *ix, const struct cand_blocks *cb, const float *xs,
+			 const float *hx, uint32_t g, uint32_t *ret_node)
+{
+	const struct idx_simd_ops *ops = idx_simd();
+	float out[IDX_LANES * IDX_LANES], best[IDX_LANES];
+	size_t b;
+	uint32_t i, l;
+
+	for (i = 0; i < g; i++) {
+		best[i] = -INFINITY;
+		ret_node[i] = cb->node[0];
+	}
+	for (b = 0; b < cb->nb; b++) {
+		const float *h = cb->h + b * IDX_LANES;
+		uint32_t lanes = cb->n - b * IDX_LANES < IDX_LANES ? (uint32_t)(cb->n - b * IDX_LANES) :
+								     IDX_LANES;
+
+		ops->score_block(cb->blk + b * ix->blk, xs, g, ix->dim, out);
+		for (i = 0; i < g; i++) {
+			float *o = out + i * IDX_LANES, m = -INFINITY;
+
+			/* full blocks: a branch-free max first, lanes only when it wins */
+			if (lanes == IDX_LANES) {
+				for (l = 0; l < IDX_LANES; l++)
+					o[l] += hx[i] * h[l];
+				for (l = 0; l < IDX_LANES; l++)
+					m = o[l] > m ? o[l] : m;
+				if (m <= best[i])
+					continue;
+			} else {
+				for (l = 0; l < lanes; l++)
+					o[l] += hx[i] * h[l];
+			}
+			for (l = 0; l < lanes; l++)
+				if (o[l] > best[i]) {
+					best[i] = o[l];
+					ret_node[i] = cb->node[b * IDX_LANES + l];
+				}
+		}
+	}
+}
+
+static void cand_done(struct cand_blocks *cb)
+{
+	free((void *)cb->blk);
+	free((void *)cb->h);
+	free((void *)cb->node);
+	memset(cb, 0, sizeof(*cb));
+}
+
+/* Blocks of the level-`up` nodes' keys and heights under the current M. */
+static int cand_init(const struct idx *ix, uint32_t up, struct cand_blocks *ret)
+{
+	const struct idx_vec *lv = &ix->lvl[up];
+	struct cand_blocks cb = { 0 };
+	float *blk, *h;
+	uint32_t *node;
+	size_t i, j;
+
+	cb.n = lv->n;
+	cb.nb = (lv->n + IDX_LANES - 1) / IDX_LANES;
+	blk = aligned_alloc(64, cb.nb * ix->blk * sizeof(float) + 64);
+	h = calloc(cb.nb * IDX_LANES, sizeof(float));
+	node = malloc(cb.nb * IDX_LANES * sizeof(uint32_t));
+	if (!blk || !h || !node) {
+		free(blk);
+		free(h);
+		free(node);
+		return -ENOMEM;
+	}
+	memset(blk, 0, cb.nb * ix->blk * sizeof(float));
+	for (i = 0; i < lv->n; i++) {
+		const float *k = ix->nkey + (size_t)lv->v[i] * ix->dim;
+		float *b = blk + (i / IDX_LANES) * ix->blk + i % IDX_LANES;
+
+		for (j = 0; j < ix->dim; j++)
+			b[j * IDX_LANES] = k[j];
+		h[i] = lift_h(ix->m, ix->nodes[lv->v[i]].n2);
+		node[i] = lv->v[i];
+	}
+	cb.blk = blk;
+	cb.h = h;
+	cb.node = node;
+	*ret = cb;
+	return 0;
+}
+
+/*
  * Nearest node on level L+1 for a key x (lifted distance). Exact while that level is small,
  * else a beam descent from the top level through the cells (children of the kept nodes).
  * The root when level L+1 is empty.
@@ -342,6 +453,20 @@ static int find_parent(const struct idx *ix, struct idx_scratch *sc, const float
 	top = up;
 	while (top + 1 < IDX_MAX_LEVELS && ix->lvl[top + 1].n)
 		top++;
+	if (up == 1 && ix->lvl[1].n <= ix->p.exact_parent_max) {
+		/* seeds are kept in blocks already: one kernel pass over them */
+		struct cand_blocks cb = { ix->seedk, NULL, ix->lvl[1].v, ix->lvl[1].n, 0 };
+		size_t i2;
+
+		cb.nb = (cb.n + IDX_LANES - 1) / IDX_LANES;
+		if (scratch_reserve(sc, cb.nb * IDX_LANES) < 0)
+			return -ENOMEM;
+		for (i2 = 0; i2 < cb.nb * IDX_LANES; i2++)
+			sc->cs[i2] = i2 < cb.n ? lift_h(ix->m, ix->nodes[cb.node[i2]].n2) : 0.0f;
+		cb.h = sc->cs;
+		blocked_best(ix, &cb, x, &hx, 1, ret);
+		return 0;
+	}
 	if (ix->lvl[up].n <= ix->p.exact_parent_max || top == up)
 		goto exact;
 	nk = 0;
@@ -431,6 +556,7 @@ static uint32_t page_open(struct idx *ix, uint32_t cell)
 	p->next = IDX_NONE;
 	p->upper = (uint8_t)cell_is_upper(ix, cell);
 	memset(ix->pk + (size_t)id * ix->blk, 0, ix->blk * sizeof(float));
+	idx_sk_clear(ix, id);
 	if (nd->tail == IDX_NONE)
 		nd->head = id;
 	else
@@ -463,6 +589,8 @@ static int cell_append(struct idx *ix, uint32_t cell, uint32_t pos, const float 
 		return -ENOMEM;
 	p = &ix->pages[page];
 	page_put_key(ix, page, p->fill, x);
+	if (ix->sk_ready)
+		idx_sk_put(ix, page, p->fill, x);
 	p->pos[p->fill++] = pos;
 	p->version++;
 	nd->ntok++;
@@ -593,6 +721,9 @@ int idx_insert(struct idx *ix, const void *keys, size_t n, enum idx_dtype dt)
 		if (rc == 0)
 			ix->ntok++;
 	}
+	/* an index grown by inserts alone gets its sketch once it is worth having */
+	if (rc == 0 && !ix->sk_ready && ix->ntok >= IDX_SK_CALIB)
+		rc = idx_sk_rebuild(ix);
 	free(k);
 	return rc;
 }
@@ -653,6 +784,7 @@ struct build_ctx {
 	const uint32_t *coff;  /* children of cells[c]: order[coff[c] .. coff[c+1]) */
 	const uint32_t *pbase; /* first page id of cells[c] */
 	uint32_t *order;       /* entry indexes into toks, grouped by cell */
+	struct cand_blocks cb; /* exact parents: the level above in blocks (n = 0: descent) */
 	_Atomic int err;
 };
 
@@ -662,6 +794,25 @@ static void build_parents(void *arg, size_t lo, size_t hi)
 	struct idx_scratch sc = { 0 };
 	size_t i;
 
+	if (c->cb.n) {
+		/* exact: 16 keys at a time against every candidate block */
+		float xs[IDX_LANES * IDX_MAX_DIM], hx[IDX_LANES];
+		uint32_t g, j;
+
+		for (i = lo; i < hi; i += g) {
+			g = hi - i < IDX_LANES ? (uint32_t)(hi - i) : IDX_LANES;
+			for (j = 0; j < g; j++) {
+				uint32_t t = c->toks[i + j];
+				const float *x = c->k + (size_t)t * c->ix->dim;
+
+				memcpy(xs + (size_t)j * c->ix->dim, x, c->ix->dim * sizeof(float));
+				hx[j] = lift_h(c->ix->m, c->n2[t]);
+				c->proj[i + j] = idx_simd()->dot(x, c->ix->proj, c->ix->dim);
+			}
+			blocked_best(c->ix, &c->cb, xs, hx, g, c->par + i);
+		}
+		return;
+	}
 	for (i = lo; i < hi; i++) {
 		const float *x = c->k + (size_t)c->toks[i] * c->ix->dim;
 
@@ -707,6 +858,7 @@ static void build_cells(void *arg, size_t lo, size_t hi)
 
 			memset(p, 0, sizeof(*p));
 			memset(blk, 0, ix->blk * sizeof(float));
+			idx_sk_clear(ix, page);
 			p->cell = cell;
 			p->next = i + IDX_PAGE_CAP < cnt ? page + 1 : IDX_NONE;
 			p->fill = (uint16_t)fill;
@@ -722,11 +874,100 @@ static void build_cells(void *arg, size_t lo, size_t hi)
 				ix->tok_page[c->base + t] = page;
 				for (j = 0; j < ix->dim; j++)
 					blk[(size_t)j * IDX_LANES + s] = x[j];
+				idx_sk_put(ix, page, s, x);
 			}
 		}
 		nd->tail = page - 1;
 		nd->ntok = cnt;
 	}
+}
+
+static _Thread_local const float *sort_proj;
+
+/*
+ * Bounds level-1 cells at build: a seed with more than cell_cap children keeps the first slab
+ * of them along the projection; each further slab of about 1/r1 tokens gets a new seed, the
+ * slab token nearest the slab's mean, promoted to level 1 (and appended to its level-2
+ * parent's cell). Promoted entries get par = IDX_NONE.
+ */
+static int split_cells(struct idx *ix, struct build_ctx *c, const uint32_t *toks, size_t nt)
+{
+	uint32_t cap = ix->p.cell_cap, target = (uint32_t)(1.0f / ix->p.r1);
+	size_t nn = ix->nnodes, i, v, big = 0;
+	uint32_t *cnt = NULL, *off = NULL, *ent = NULL;
+	float *mean = NULL;
+	int rc = -ENOMEM;
+
+	if (target < IDX_PAGE_CAP)
+		target = IDX_PAGE_CAP;
+	if (target > cap)
+		target = cap;
+	cnt = calloc(nn + 1, sizeof(uint32_t));
+	off = calloc(nn + 1, sizeof(uint32_t));
+	ent = malloc(nt * sizeof(uint32_t));
+	mean = malloc(ix->dim * sizeof(float));
+	if (!cnt || !off || !ent || !mean)
+		goto out;
+	for (i = 0; i < nt; i++)
+		cnt[c->par[i]]++;
+	for (v = 0; v < nn; v++) {
+		off[v + 1] = off[v] + cnt[v];
+		big += v != IDX_ROOT && cnt[v] > cap;
+	}
+	rc = 0;
+	if (!big)
+		goto out;
+	memset(cnt, 0, (nn + 1) * sizeof(uint32_t));
+	for (i = 0; i < nt; i++)
+		ent[off[c->par[i]] + cnt[c->par[i]]++] = (uint32_t)i;
+	sort_proj = c->proj;
+	for (v = 1; v < nn; v++) {
+		uint32_t m = cnt[v], slabs, sl, *e = ent + off[v];
+
+		if (m <= cap)
+			continue;
+		qsort(e, m, sizeof(uint32_t), cmp_proj);
+		slabs = (m + target - 1) / target;
+		for (sl = 1; sl < slabs; sl++) {
+			size_t a = (size_t)m * sl / slabs, b = (size_t)m * (sl + 1) / slabs, j, best = a;
+			float bs = -INFINITY;
+			uint32_t t, id, par;
+			const float *x;
+
+			memset(mean, 0, ix->dim * sizeof(float));
+			for (j = a; j < b; j++)
+				for (i = 0; i < ix->dim; i++)
+					mean[i] += c->k[(size_t)toks[e[j]] * ix->dim + i];
+			for (j = a; j < b; j++) {
+				float d = idx_simd()->dot(mean, c->k + (size_t)toks[e[j]] * ix->dim, ix->dim);
+
+				if (d > bs) {
+					bs = d;
+					best = j;
+				}
+			}
+			t = toks[e[best]];
+			x = c->k + (size_t)t * ix->dim;
+			rc = find_parent(ix, &ix->sc, x, c->n2[t], 1, &par);
+			if (rc == 0)
+				rc = node_add(ix, c->base + t, 1, x, c->n2[t], &id);
+			if (rc < 0)
+				goto out;
+			ix->nodes[id].parent = par;
+			rc = cell_append(ix, par, c->base + t, x);
+			if (rc < 0)
+				goto out;
+			for (j = a; j < b; j++)
+				c->par[e[j]] = j == best ? IDX_NONE : id;
+		}
+	}
+	rc = 0;
+out:
+	free(cnt);
+	free(off);
+	free(ent);
+	free(mean);
+	return rc;
 }
 
 /* Places the tokens toks[0..nt) of one level: parents, then their cells' pages. */
@@ -741,16 +982,28 @@ static int build_level(struct idx *ix, struct build_ctx *c, const uint32_t *toks
 	c->level = level;
 	c->par = malloc(nt * sizeof(uint32_t));
 	c->proj = malloc(nt * sizeof(float));
-	cnt = calloc(ix->nnodes, sizeof(uint32_t));
 	order = malloc(nt * sizeof(uint32_t));
-	if (!c->par || !c->proj || !cnt || !order)
+	if (!c->par || !c->proj || !order)
 		goto out;
 	atomic_store(&c->err, 0);
+	memset(&c->cb, 0, sizeof(c->cb));
+	if (level + 1 < IDX_MAX_LEVELS && ix->lvl[level + 1].n &&
+	    ix->lvl[level + 1].n <= ix->p.exact_parent_max && cand_init(ix, level + 1, &c->cb) < 0)
+		goto out;
 	par_run(nt >= 4096 ? ix->p.threads : 1, build_parents, c, nt, 512);
+	cand_done(&c->cb);
 	rc = atomic_load(&c->err);
+	if (rc == 0 && level == 0 && ix->lvl[1].n)
+		rc = split_cells(ix, c, toks, nt);
 	if (rc < 0)
 		goto out;
+	rc = -ENOMEM;
+	cnt = calloc(ix->nnodes, sizeof(uint32_t));
+	if (!cnt)
+		goto out;
 	for (i = 0; i < nt; i++) {
+		if (c->par[i] == IDX_NONE)
+			continue;
 		cnt[c->par[i]]++;
 		if (level >= 1)
 			ix->nodes[ix->tok_node[c->base + toks[i]]].parent = c->par[i];
@@ -778,7 +1031,8 @@ static int build_level(struct idx *ix, struct build_ctx *c, const uint32_t *toks
 		ncells++;
 	}
 	for (i = 0; i < nt; i++)
-		order[cnt[c->par[i]]++] = (uint32_t)i;
+		if (c->par[i] != IDX_NONE)
+			order[cnt[c->par[i]]++] = (uint32_t)i;
 	if (reserve_pages(ix, ix->npages + npg) < 0)
 		goto out;
 	if (ix->dirty.cap < ix->dirty.n + npg) {
@@ -874,6 +1128,7 @@ int idx_build(struct idx *ix, const void *keys, size_t n, enum idx_dtype dt)
 				if (node_add(ix, (uint32_t)i, l, k + i * ix->dim, n2[i], &id) < 0)
 					goto out;
 			}
+	idx_sk_calibrate(ix, k, n);
 	c.ix = ix;
 	c.k = k;
 	c.n2 = n2;
@@ -902,6 +1157,7 @@ out:
 		ix->upages.n = 0;
 		ix->dirty.n = 0;
 		ix->m = 0;
+		ix->sk_ready = 0;
 	}
 	free(k);
 	free(n2);
@@ -968,16 +1224,15 @@ size_t idx_take_dirty(struct idx *ix, uint32_t *ids, size_t max)
 	return n;
 }
 
-uint32_t idx_default_beam(const struct idx *ix)
+uint32_t idx_default_beam(const struct idx *ix, uint32_t k)
 {
-	uint32_t b = ix->p.beam;
+	uint64_t b = ix->p.beam;
 
-	if (!b) {
-		b = (uint32_t)ceilf(ix->p.beam_frac * (float)ix->lvl[1].n);
-		if (b < ix->p.beam_min)
-			b = ix->p.beam_min;
-	}
-	return b;
+	if (!b) /* larger indexes crowd more near-ties into the sketch ranking: widen with size */
+		b = (uint64_t)ceilf(ix->p.beam_mult * (float)k) + ix->p.beam_add +
+		    (ix->p.beam_pages ? ix->npages / ix->p.beam_pages : 0);
+
+	return b > IDX_MAX_BEAM ? IDX_MAX_BEAM : (uint32_t)b;
 }
 
 void idx_get_info(const struct idx *ix, struct idx_info *ret)
@@ -1005,7 +1260,7 @@ void idx_get_info(const struct idx *ix, struct idx_info *ret)
 	}
 	ret->mean_fill = ix->npages ? (double)ix->ntok / (double)ix->npages : 0;
 	ret->lift_m = ix->m;
-	ret->default_beam = idx_default_beam(ix);
+	ret->default_beam = idx_default_beam(ix, 16);
 }
 
 int idx_token_parent(const struct idx *ix, uint32_t pos, uint32_t *ret_level, uint32_t *ret_parent)

@@ -38,12 +38,19 @@ struct idx_params {
 	uint32_t dim;          /* head dim d: multiple of 16, <= IDX_MAX_DIM */
 	float r1;              /* share of tokens promoted to level 1 (seeds), default 0.01 */
 	float r2;              /* share of level-i tokens promoted to level i+1, default 0.2 */
-	uint32_t beam;         /* default cells scanned per query; 0 = from beam_frac/beam_min */
-	float beam_frac;       /* default beam as a share of the seeds (level-1 cells), 0.06 */
-	uint32_t beam_min;     /* lower bound of the default beam, 16 */
-	float gqa_widen;       /* a group of g queries scans beam*(1+gqa_widen*(g-1)) cells, 0.25 */
-	uint32_t exact_parent_max; /* parents found exactly while the level above has at most
-				    * this many nodes, else by beam descent; default 64 */
+	uint32_t beam;         /* pages re-scored exactly per query, picked by their 4-bit sketch
+				* score; 0 = beam_mult * k + beam_add + npages / beam_pages
+				* (at most IDX_MAX_BEAM = 1024) */
+	float beam_mult;       /* 2.0 */
+	uint32_t beam_add;     /* 16 */
+	uint32_t beam_pages;   /* 512 (0: no growth with the index size) */
+	uint32_t cells;        /* level-1 cells scanned in full per query besides (best seeds
+				* first); default 0 (see docs/INDEX.md for why) */
+	float gqa_widen;       /* a group of g queries re-scores beam*(1+gqa_widen*(g-1))/g
+				* pages per query, 0.25 */
+	uint32_t exact_parent_max; /* parents found exactly (one blocked SIMD pass) while the
+				    * level above has at most this many nodes, else by a beam
+				    * descent through the levels; default 4096 */
 	uint32_t descent_beam; /* nodes kept per level in that descent, default 8 */
 	uint32_t cell_cap;     /* insert: a seed whose cell holds this many tokens takes no more
 				* (the newcomer becomes a seed); 0 = 4/r1 */
@@ -91,11 +98,15 @@ int idx_token_page(const struct idx *ix, uint32_t pos, uint32_t *ret_page);
 size_t idx_take_dirty(struct idx *ix, uint32_t *ids, size_t max);
 
 struct idx_search_opts {
-	uint32_t beam;       /* level-1 cells scanned per query; 0 = the index default */
+	uint32_t beam;       /* pages re-scored per query; 0 = the index default */
+	uint32_t cells;      /* level-1 cells scanned in full per query; 0 = the index default */
 	uint32_t flags;      /* IDX_SEARCH_* */
 };
 /* Score every page (same result as idx_exact_search; for tests and unlimited beams). */
 #define IDX_SEARCH_ALL 1u
+/* Skip the sketch pass: only the seed-ranked cells (opts.cells, at least 1) are scanned, as
+ * the plain tree walk does (for comparisons; recall is much lower, see docs/INDEX.md). */
+#define IDX_SEARCH_NO_SKETCH 2u
 
 struct idx_hit {
 	uint32_t page;

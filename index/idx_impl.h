@@ -66,6 +66,10 @@ struct idx {
 	struct idx_vec upages;   /* pages with upper (level >= 1) tokens */
 	struct idx_vec dirty;
 
+	uint8_t *sk;             /* 4-bit page sketches: cap_pages blocks of IDX_SK_BYTES(dim) */
+	float *sk_mu, *sk_step;  /* per channel: code = round((x - mu) / step) + 8, in 0..15 */
+	int sk_ready;            /* calibrated (at build, or once inserts reach IDX_SK_CALIB) */
+
 	float m;                 /* lifting constant M = max |k|^2 seen */
 	float *proj;             /* projection direction that orders a cell's tokens */
 	struct idx_scratch sc;   /* for the insert path */
@@ -76,6 +80,14 @@ static inline const float *idx_page_keys(const struct idx *ix, uint32_t page)
 	return ix->pk + (size_t)page * ix->blk;
 }
 
-uint32_t idx_default_beam(const struct idx *ix);
+uint32_t idx_default_beam(const struct idx *ix, uint32_t k);
+
+#define IDX_SK_CALIB 1024u
+#define IDX_MAX_BEAM 1024u
+
+void idx_sk_calibrate(struct idx *ix, const float *keys, size_t n);
+void idx_sk_put(struct idx *ix, uint32_t page, uint32_t slot, const float *x);
+void idx_sk_clear(struct idx *ix, uint32_t page);
+int idx_sk_rebuild(struct idx *ix);
 
 #endif

@@ -1,9 +1,9 @@
 /*
- * DCI-tree search. One SIMD pass scores every level-1 seed (and the few pages that hold level
- * >= 1 tokens); the best `beam` seeds' cells are then scanned in full, page by page, each page a
- * contiguous channel-major block. A GQA group shares every block load: the g queries are scored
- * together, cells are ranked by the best relative seed score over the group, and the per-query
- * page rankings are merged round-robin. Nothing here allocates or writes to the index.
+ * DCI-tree search. Every page is ranked by its 4-bit sketch (one pass over an eighth of the
+ * bytes of the keys); the best `beam` pages per query are then scored exactly from their fp32
+ * blocks, and the best k by exact score are returned. Optionally (cells > 0) the best level-1
+ * cells by seed score are scanned in full as well. A GQA group shares every block load; its
+ * per-query rankings are merged round-robin. Nothing here allocates or writes to the index.
  */
 #include <errno.h>
 #include <math.h>
@@ -20,6 +20,10 @@ struct ws_layout {
 	size_t hscore;     /* float [g][k] */
 	size_t hpage;      /* uint32 [g][k] */
 	size_t tmp;        /* float [g][16] */
+	size_t skq;        /* int8 [g][dim] quantized queries */
+	size_t sks;        /* float [g][IDX_MAX_BEAM] sketch heaps */
+	size_t skp;        /* uint32 [g][IDX_MAX_BEAM] */
+	size_t cand;       /* uint32 [g * IDX_MAX_BEAM] candidate union */
 	size_t total;
 };
 
@@ -39,6 +43,10 @@ static void ws_plan(const struct idx *ix, uint32_t g, uint32_t k, struct ws_layo
 	w->hscore = o, o = al64(o + (size_t)g * k * sizeof(float));
 	w->hpage = o, o = al64(o + (size_t)g * k * sizeof(uint32_t));
 	w->tmp = o, o = al64(o + (size_t)g * IDX_LANES * sizeof(float));
+	w->skq = o, o = al64(o + (size_t)g * ix->dim);
+	w->sks = o, o = al64(o + (size_t)g * IDX_MAX_BEAM * sizeof(float));
+	w->skp = o, o = al64(o + (size_t)g * IDX_MAX_BEAM * sizeof(uint32_t));
+	w->cand = o, o = al64(o + (size_t)g * IDX_MAX_BEAM * sizeof(uint32_t));
 	w->total = o + 64; /* room to align the caller's pointer */
 }
 
@@ -60,8 +68,19 @@ struct search {
 	const float *q;
 	uint32_t g;
 	float *tmp;
+	int dedupe;            /* a page may be offered twice (cells and sketch candidates) */
 	struct topk heap[IDX_MAX_GROUP];
 };
+
+static int heap_has(const struct topk *t, uint32_t pg)
+{
+	uint32_t i;
+
+	for (i = 0; i < t->n; i++)
+		if (t->page[i] == pg)
+			return 1;
+	return 0;
+}
 
 static void offer_page(struct search *s, uint32_t pg)
 {
@@ -75,6 +94,8 @@ static void offer_page(struct search *s, uint32_t pg)
 
 		for (l = 1; l < p->fill; l++)
 			m = t[l] > m ? t[l] : m;
+		if (s->dedupe && heap_has(&s->heap[i], pg))
+			continue;
 		topk_push(&s->heap[i], m, pg);
 	}
 }
@@ -144,6 +165,7 @@ static int search_init(struct search *s, const struct idx *ix, const float *q, u
 	s->ops = idx_simd();
 	s->q = q;
 	s->g = g;
+	s->dedupe = 0;
 	s->tmp = (float *)(base + w->tmp);
 	for (i = 0; i < g; i++) {
 		s->heap[i].score = (float *)(base + w->hscore) + (size_t)i * k;
@@ -194,16 +216,122 @@ int idx_exact_search(const struct idx *ix, const float *q, uint32_t g, uint32_t 
 	return search_finish(&s, k, ret_hits);
 }
 
+/* Quantizes q (scaled by each channel's sketch step) to int8 for the sketch kernel. */
+static void sk_query(const struct idx *ix, const float *q, int8_t *qq)
+{
+	float mx = 0, f;
+	uint32_t j;
+
+	for (j = 0; j < ix->dim; j++) {
+		float v = fabsf(q[j] * ix->sk_step[j]);
+
+		mx = v > mx ? v : mx;
+	}
+	f = mx > 0 ? 127.0f / mx : 0.0f;
+	for (j = 0; j < ix->dim; j++)
+		qq[j] = (int8_t)lrintf(q[j] * ix->sk_step[j] * f);
+}
+
+/* In-place heap sort (qsort may allocate; search must not). */
+static void sort_u32(uint32_t *a, size_t n)
+{
+	size_t i, end;
+
+	for (i = n / 2; i-- > 0;)
+		for (size_t r = i;;) {
+			size_t c = 2 * r + 1;
+			uint32_t t;
+
+			if (c >= n)
+				break;
+			if (c + 1 < n && a[c + 1] > a[c])
+				c++;
+			if (a[r] >= a[c])
+				break;
+			t = a[r], a[r] = a[c], a[c] = t;
+			r = c;
+		}
+	for (end = n; end > 1; end--) {
+		uint32_t t = a[0];
+
+		a[0] = a[end - 1], a[end - 1] = t;
+		for (size_t r = 0;;) {
+			size_t c = 2 * r + 1;
+
+			if (c >= end - 1)
+				break;
+			if (c + 1 < end - 1 && a[c + 1] > a[c])
+				c++;
+			if (a[r] >= a[c])
+				break;
+			t = a[r], a[r] = a[c], a[c] = t;
+			r = c;
+		}
+	}
+}
+
+/* Seeds first, then the best `cells` level-1 cells scanned in full (exact scores). */
+static void scan_cells(struct search *s, const struct ws_layout *w, char *base, uint64_t cells)
+{
+	const struct idx *ix = s->ix;
+	float *sscore = (float *)(base + w->sscore), *comb = (float *)(base + w->comb);
+	float best[IDX_MAX_GROUP], qinv[IDX_MAX_GROUP];
+	uint32_t *cid = (uint32_t *)(base + w->cid), i, l, g = s->g;
+	size_t ns = ix->lvl[1].n, nb = w->ns_pad / IDX_LANES, b, c;
+
+	for (b = 0; b < nb; b++) {
+		s->ops->score_block(ix->seedk + b * ix->blk, s->q, g, ix->dim, s->tmp);
+		for (i = 0; i < g; i++)
+			memcpy(sscore + i * w->ns_pad + b * IDX_LANES, s->tmp + (size_t)i * IDX_LANES,
+			       IDX_LANES * sizeof(float));
+	}
+	/* a group ranks cells by the best score relative to each query's best seed, in units of
+	 * that query's norm, so one loud head does not take every cell */
+	for (i = 0; i < g; i++) {
+		const float *si = sscore + i * w->ns_pad;
+		float m = -INFINITY, n2 = 0;
+
+		for (c = 0; c < ns; c++)
+			m = si[c] > m ? si[c] : m;
+		for (l = 0; l < ix->dim; l++)
+			n2 += s->q[(size_t)i * ix->dim + l] * s->q[(size_t)i * ix->dim + l];
+		best[i] = m;
+		qinv[i] = n2 > 0 ? 1.0f / sqrtf(n2) : 0.0f;
+	}
+	for (c = 0; c < ns; c++) {
+		float m = -INFINITY;
+
+		for (i = 0; i < g; i++) {
+			float v = (sscore[i * w->ns_pad + c] - best[i]) * qinv[i];
+
+			m = v > m ? v : m;
+		}
+		comb[c] = ix->nodes[ix->lvl[1].v[c]].ntok ? m : -INFINITY;
+		cid[c] = (uint32_t)c;
+	}
+	if (cells > ns)
+		cells = ns;
+	select_top(comb, cid, 0, ns, cells);
+	for (c = 0; c < cells; c++) {
+		uint32_t pg;
+
+		for (pg = ix->nodes[ix->lvl[1].v[cid[c]]].head; pg != IDX_NONE; pg = ix->pages[pg].next)
+			offer_page(s, pg);
+	}
+}
+
 int idx_search(const struct idx *ix, const float *q, uint32_t g, uint32_t k,
 	       const struct idx_search_opts *opts, void *ws, size_t ws_size,
 	       struct idx_hit *ret_hits)
 {
 	struct search s;
 	struct ws_layout w;
-	float *sscore, *comb, best[IDX_MAX_GROUP], qinv[IDX_MAX_GROUP];
-	uint32_t *cid, i, l;
-	size_t ns, b, nb, c, sel, pages;
-	uint64_t beam;
+	struct topk sk[IDX_MAX_GROUP];
+	int8_t *qq;
+	uint32_t *cand, i;
+	int32_t out[IDX_MAX_GROUP];
+	size_t p, nc = 0, skb;
+	uint64_t beam, cells;
 	char *base;
 	int rc = check_query(ix, q, g, k, ws, ret_hits);
 
@@ -212,89 +340,77 @@ int idx_search(const struct idx *ix, const float *q, uint32_t g, uint32_t k,
 	rc = search_init(&s, ix, q, g, k, ws, ws_size, &w, &base);
 	if (rc < 0)
 		return rc;
-	ns = ix->lvl[1].n;
-	if ((opts && (opts->flags & IDX_SEARCH_ALL)) || ns == 0) {
-		for (c = 0; c < ix->npages; c++)
-			offer_page(&s, (uint32_t)c);
+	if ((opts && (opts->flags & IDX_SEARCH_ALL)) || !ix->sk_ready || ix->lvl[1].n == 0) {
+		for (p = 0; p < ix->npages; p++)
+			offer_page(&s, (uint32_t)p);
 		return search_finish(&s, k, ret_hits);
 	}
-	sscore = (float *)(base + w.sscore);
-	comb = (float *)(base + w.comb);
-	cid = (uint32_t *)(base + w.cid);
+	beam = opts && opts->beam ? opts->beam : idx_default_beam(ix, k);
+	if (g > 1) /* the group shares a union of candidates: fewer each */
+		beam = (uint64_t)ceilf((float)beam * (1.0f + ix->p.gqa_widen * (float)(g - 1)) / (float)g);
+	if (beam < k)
+		beam = k;
+	if (beam > IDX_MAX_BEAM)
+		beam = IDX_MAX_BEAM;
+	cells = opts && opts->cells ? opts->cells : ix->p.cells;
+	if (opts && (opts->flags & IDX_SEARCH_NO_SKETCH)) {
+		/* the plain tree walk: pages of upper tokens, then the best cells */
+		for (p = 0; p < ix->upages.n; p++)
+			offer_page(&s, ix->upages.v[p]);
+		scan_cells(&s, &w, base, cells ? cells : 1);
+		return search_finish(&s, k, ret_hits);
+	}
 
-	/* 1. every seed, 16 at a time, all g queries per block load */
-	nb = w.ns_pad / IDX_LANES;
-	for (b = 0; b < nb; b++) {
-		s.ops->score_block(ix->seedk + b * ix->blk, q, g, ix->dim, s.tmp);
+	/* 1. rank every page by its sketch */
+	qq = (int8_t *)(base + w.skq);
+	for (i = 0; i < g; i++) {
+		sk_query(ix, q + (size_t)i * ix->dim, qq + (size_t)i * ix->dim);
+		sk[i].score = (float *)(base + w.sks) + (size_t)i * IDX_MAX_BEAM;
+		sk[i].page = (uint32_t *)(base + w.skp) + (size_t)i * IDX_MAX_BEAM;
+		sk[i].n = 0;
+		sk[i].k = (uint32_t)beam;
+	}
+	skb = IDX_SK_BYTES(ix->dim);
+	for (p = 0; p < ix->npages; p++) {
+		const uint8_t *blk = ix->sk + p * skb;
+		uint32_t fill = ix->pages[p].fill;
+		size_t ln;
+
+		/* keep a few pages in flight: the pass is one long sequential read */
+		if (p + 8 < ix->npages)
+			for (ln = 0; ln < skb; ln += 64)
+				__builtin_prefetch(blk + 8 * skb + ln);
+
+		s.ops->sk_max(blk, qq, g, ix->dim, fill, out);
 		for (i = 0; i < g; i++)
-			memcpy(sscore + i * w.ns_pad + b * IDX_LANES, s.tmp + (size_t)i * IDX_LANES,
-			       IDX_LANES * sizeof(float));
-	}
-	/* 2. the pages of upper tokens are always candidates (about r1 of all keys) */
-	for (c = 0; c < ix->upages.n; c++)
-		offer_page(&s, ix->upages.v[c]);
-
-	/* 3. rank cells: a seed's score, or for a group its best score relative to each query's
-	 * best seed, in units of that query's norm (so one loud head does not take every cell) */
-	if (g == 1) {
-		memcpy(comb, sscore, ns * sizeof(float));
-	} else {
-		for (i = 0; i < g; i++) {
-			const float *si = sscore + i * w.ns_pad;
-			float m = -INFINITY, n2 = 0;
-
-			for (c = 0; c < ns; c++)
-				m = si[c] > m ? si[c] : m;
-			for (l = 0; l < ix->dim; l++)
-				n2 += q[(size_t)i * ix->dim + l] * q[(size_t)i * ix->dim + l];
-			best[i] = m;
-			qinv[i] = n2 > 0 ? 1.0f / sqrtf(n2) : 0.0f;
-		}
-		for (c = 0; c < ns; c++) {
-			float m = -INFINITY;
-
-			for (i = 0; i < g; i++) {
-				float v = (sscore[i * w.ns_pad + c] - best[i]) * qinv[i];
-
-				m = v > m ? v : m;
-			}
-			comb[c] = m;
-		}
-	}
-	for (c = 0; c < ns; c++) {
-		cid[c] = (uint32_t)c;
-		if (ix->nodes[ix->lvl[1].v[c]].ntok == 0)
-			comb[c] = -INFINITY;
+			if ((float)out[i] >= topk_floor(&sk[i]))
+				topk_push(&sk[i], (float)out[i], (uint32_t)p);
 	}
 
-	/* 4. the beam: best cells first; widen until they hold at least k pages */
-	beam = opts && opts->beam ? opts->beam : idx_default_beam(ix);
+	/* 2. optional: best cells by seed score, scanned exactly */
+	if (cells) {
+		scan_cells(&s, &w, base, cells);
+		s.dedupe = 1;
+	}
+
+	/* 3. exact scores for the union of the candidates */
+	cand = (uint32_t *)(base + w.cand);
+	for (i = 0; i < g; i++) {
+		memcpy(cand + nc, sk[i].page, sk[i].n * sizeof(uint32_t));
+		nc += sk[i].n;
+	}
 	if (g > 1)
-		beam = (uint64_t)ceilf((float)beam * (1.0f + ix->p.gqa_widen * (float)(g - 1)));
-	if (beam > ns)
-		beam = ns;
-	select_top(comb, cid, 0, ns, beam);
-	sel = beam;
-	pages = 0;
-	for (c = 0; c < sel; c++)
-		pages += (ix->nodes[ix->lvl[1].v[cid[c]]].ntok + IDX_PAGE_CAP - 1) / IDX_PAGE_CAP;
-	while (pages < k && sel < ns) {
-		size_t more = sel < ns - sel ? sel : ns - sel;
+		sort_u32(cand, nc);
+	/* the candidates are scattered pages: ask for all of them before scoring any */
+	for (p = 0; p < nc; p++) {
+		const char *blk = (const char *)idx_page_keys(ix, cand[p]);
+		size_t ln;
 
-		select_top(comb, cid, sel, ns, more);
-		for (c = sel; c < sel + more; c++)
-			pages += (ix->nodes[ix->lvl[1].v[cid[c]]].ntok + IDX_PAGE_CAP - 1) /
-				 IDX_PAGE_CAP;
-		sel += more;
+		for (ln = 0; ln < ix->blk * sizeof(float); ln += 64)
+			__builtin_prefetch(blk + ln);
 	}
-
-	/* 5. scan the chosen cells in full */
-	for (c = 0; c < sel; c++) {
-		uint32_t pg;
-
-		for (pg = ix->nodes[ix->lvl[1].v[cid[c]]].head; pg != IDX_NONE;
-		     pg = ix->pages[pg].next)
-			offer_page(&s, pg);
-	}
+	for (p = 0; p < nc; p++)
+		if (p == 0 || cand[p] != cand[p - 1] || g == 1)
+			offer_page(&s, cand[p]);
 	return search_finish(&s, k, ret_hits);
 }

@@ -64,6 +64,53 @@ static float dot_portable(const float *a, const float *b, uint32_t dim)
 	return ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
 }
 
+static void sk_portable(const uint8_t *blk, const int8_t *qq, uint32_t dim, int32_t *out)
+{
+	uint32_t c, l, b;
+
+	for (l = 0; l < IDX_LANES; l++) {
+		int32_t acc = 0;
+
+		for (c = 0; c < dim / 8; c++)
+			for (b = 0; b < 4; b++) {
+				uint8_t x = blk[(size_t)c * 64 + l * 4 + b];
+
+				acc += (x & 15) * qq[c * 8 + b] + (x >> 4) * qq[c * 8 + 4 + b];
+			}
+		out[l] = acc;
+	}
+}
+
+static int32_t q4(const int8_t *q)
+{
+	int32_t v;
+
+	memcpy(&v, q, sizeof(v));
+	return v;
+}
+
+static int32_t max_fill(const int32_t *out, uint32_t fill)
+{
+	int32_t m = out[0];
+	uint32_t l;
+
+	for (l = 1; l < fill; l++)
+		m = out[l] > m ? out[l] : m;
+	return m;
+}
+
+static void sk_max_portable(const uint8_t *blk, const int8_t *qq, uint32_t g, uint32_t dim,
+			    uint32_t fill, int32_t *ret)
+{
+	int32_t out[IDX_LANES];
+	uint32_t i;
+
+	for (i = 0; i < g; i++) {
+		sk_portable(blk, qq + (size_t)i * dim, dim, out);
+		ret[i] = max_fill(out, fill);
+	}
+}
+
 /* ---- AVX2 + FMA -------------------------------------------------------------------------- */
 
 #define AVX2 __attribute__((target("avx2,fma")))
@@ -157,6 +204,42 @@ AVX2 static float dot_avx2(const float *a, const float *b, uint32_t dim)
 	return _mm_cvtss_f32(h);
 }
 
+AVX2 static void sk_avx2(const uint8_t *blk, const int8_t *qq, uint32_t dim, int32_t *out)
+{
+	const __m256i m4 = _mm256_set1_epi8(15), one = _mm256_set1_epi16(1);
+	__m256i a0 = _mm256_setzero_si256(), a1 = a0;
+	uint32_t c;
+
+	for (c = 0; c < dim / 8; c++) {
+		const uint8_t *g = blk + (size_t)c * 64;
+		__m256i ql = _mm256_set1_epi32(q4(qq + c * 8)), qh = _mm256_set1_epi32(q4(qq + c * 8 + 4));
+		__m256i x0 = _mm256_load_si256((const __m256i *)g);
+		__m256i x1 = _mm256_load_si256((const __m256i *)(g + 32));
+		__m256i l0 = _mm256_and_si256(x0, m4), h0 = _mm256_and_si256(_mm256_srli_epi16(x0, 4), m4);
+		__m256i l1 = _mm256_and_si256(x1, m4), h1 = _mm256_and_si256(_mm256_srli_epi16(x1, 4), m4);
+		/* codes <= 15 and |q| <= 127: pair sums stay far inside int16 */
+		__m256i s0 = _mm256_add_epi16(_mm256_maddubs_epi16(l0, ql), _mm256_maddubs_epi16(h0, qh));
+		__m256i s1 = _mm256_add_epi16(_mm256_maddubs_epi16(l1, ql), _mm256_maddubs_epi16(h1, qh));
+
+		a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(s0, one));
+		a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(s1, one));
+	}
+	_mm256_storeu_si256((__m256i *)out, a0);
+	_mm256_storeu_si256((__m256i *)(out + 8), a1);
+}
+
+AVX2 static void sk_max_avx2(const uint8_t *blk, const int8_t *qq, uint32_t g, uint32_t dim,
+				uint32_t fill, int32_t *ret)
+{
+	int32_t out[IDX_LANES];
+	uint32_t i;
+
+	for (i = 0; i < g; i++) {
+		sk_avx2(blk, qq + (size_t)i * dim, dim, out);
+		ret[i] = max_fill(out, fill);
+	}
+}
+
 /* ---- AVX-512 ----------------------------------------------------------------------------- */
 
 #define AVX512 __attribute__((target("avx512f")))
@@ -246,19 +329,100 @@ AVX512 static float dot_avx512(const float *a, const float *b, uint32_t dim)
 	return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
 }
 
+__attribute__((target("avx512f,avx512bw,avx512vnni")))
+static void sk_vnni(const uint8_t *blk, const int8_t *qq, uint32_t dim, int32_t *out)
+{
+	const __m512i m4 = _mm512_set1_epi8(15);
+	__m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+	uint32_t c = 0;
+
+	for (; c + 2 <= dim / 8; c += 2) {
+		__m512i x0 = _mm512_load_si512(blk + (size_t)c * 64);
+		__m512i x1 = _mm512_load_si512(blk + (size_t)c * 64 + 64);
+
+		a0 = _mm512_dpbusd_epi32(a0, _mm512_and_si512(x0, m4), _mm512_set1_epi32(q4(qq + c * 8)));
+		a1 = _mm512_dpbusd_epi32(a1, _mm512_and_si512(_mm512_srli_epi16(x0, 4), m4),
+					 _mm512_set1_epi32(q4(qq + c * 8 + 4)));
+		a2 = _mm512_dpbusd_epi32(a2, _mm512_and_si512(x1, m4),
+					 _mm512_set1_epi32(q4(qq + c * 8 + 8)));
+		a3 = _mm512_dpbusd_epi32(a3, _mm512_and_si512(_mm512_srli_epi16(x1, 4), m4),
+					 _mm512_set1_epi32(q4(qq + c * 8 + 12)));
+	}
+	if (c < dim / 8) {
+		__m512i x0 = _mm512_load_si512(blk + (size_t)c * 64);
+
+		a0 = _mm512_dpbusd_epi32(a0, _mm512_and_si512(x0, m4), _mm512_set1_epi32(q4(qq + c * 8)));
+		a1 = _mm512_dpbusd_epi32(a1, _mm512_and_si512(_mm512_srli_epi16(x0, 4), m4),
+					 _mm512_set1_epi32(q4(qq + c * 8 + 4)));
+	}
+	_mm512_storeu_si512(out, _mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3)));
+}
+
+#define VNNI __attribute__((target("avx512f,avx512bw,avx512vnni")))
+
+VNNI static void sk_max4_vnni(const uint8_t *blk, const int8_t *qq, uint32_t dim, __mmask16 fm,
+			      int32_t *ret)
+{
+	const __m512i m4 = _mm512_set1_epi8(15);
+	__m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
+	__m512i b0 = a0, b1 = a0, b2 = a0, b3 = a0;
+	const int8_t *q0 = qq, *q1 = qq + dim, *q2 = qq + 2 * (size_t)dim, *q3 = qq + 3 * (size_t)dim;
+	uint32_t c;
+
+	for (c = 0; c < dim / 8; c++) {
+		__m512i x = _mm512_load_si512(blk + (size_t)c * 64);
+		__m512i lo = _mm512_and_si512(x, m4), hi = _mm512_and_si512(_mm512_srli_epi16(x, 4), m4);
+
+		a0 = _mm512_dpbusd_epi32(a0, lo, _mm512_set1_epi32(q4(q0 + c * 8)));
+		b0 = _mm512_dpbusd_epi32(b0, hi, _mm512_set1_epi32(q4(q0 + c * 8 + 4)));
+		a1 = _mm512_dpbusd_epi32(a1, lo, _mm512_set1_epi32(q4(q1 + c * 8)));
+		b1 = _mm512_dpbusd_epi32(b1, hi, _mm512_set1_epi32(q4(q1 + c * 8 + 4)));
+		a2 = _mm512_dpbusd_epi32(a2, lo, _mm512_set1_epi32(q4(q2 + c * 8)));
+		b2 = _mm512_dpbusd_epi32(b2, hi, _mm512_set1_epi32(q4(q2 + c * 8 + 4)));
+		a3 = _mm512_dpbusd_epi32(a3, lo, _mm512_set1_epi32(q4(q3 + c * 8)));
+		b3 = _mm512_dpbusd_epi32(b3, hi, _mm512_set1_epi32(q4(q3 + c * 8 + 4)));
+	}
+	ret[0] = _mm512_mask_reduce_max_epi32(fm, _mm512_add_epi32(a0, b0));
+	ret[1] = _mm512_mask_reduce_max_epi32(fm, _mm512_add_epi32(a1, b1));
+	ret[2] = _mm512_mask_reduce_max_epi32(fm, _mm512_add_epi32(a2, b2));
+	ret[3] = _mm512_mask_reduce_max_epi32(fm, _mm512_add_epi32(a3, b3));
+}
+
+VNNI static void sk_max_vnni(const uint8_t *blk, const int8_t *qq, uint32_t g, uint32_t dim,
+			     uint32_t fill, int32_t *ret)
+{
+	__mmask16 fm = (__mmask16)((1u << fill) - 1);
+	int32_t out[IDX_LANES];
+	uint32_t i = 0;
+
+	for (; i + 4 <= g; i += 4)
+		sk_max4_vnni(blk, qq + (size_t)i * dim, dim, fm, ret + i);
+	for (; i < g; i++) {
+		sk_vnni(blk, qq + (size_t)i * dim, dim, out);
+		ret[i] = _mm512_mask_reduce_max_epi32(fm, _mm512_loadu_si512(out));
+	}
+}
+
 /* ---- dispatch ---------------------------------------------------------------------------- */
 
 static const struct idx_simd_ops ops_portable = { "portable", score_portable, bound_portable,
-						  dot_portable };
-static const struct idx_simd_ops ops_avx2 = { "avx2", score_avx2, bound_avx2, dot_avx2 };
+						  dot_portable, sk_portable, sk_max_portable };
+static const struct idx_simd_ops ops_avx2 = { "avx2", score_avx2, bound_avx2, dot_avx2, sk_avx2,
+					      sk_max_avx2 };
+/* AVX-512 without VNNI keeps the AVX2 sketch kernel */
 static const struct idx_simd_ops ops_avx512 = { "avx512", score_avx512, bound_avx512,
-						dot_avx512 };
+						dot_avx512, sk_avx2, sk_max_avx2 };
+static const struct idx_simd_ops ops_avx512vnni = { "avx512", score_avx512, bound_avx512,
+						    dot_avx512, sk_vnni, sk_max_vnni };
 
 static _Atomic(const struct idx_simd_ops *) active;
 
 static const struct idx_simd_ops *best_ops(void)
 {
 	__builtin_cpu_init();
+	if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+	    __builtin_cpu_supports("avx512vnni"))
+		return &ops_avx512vnni;
 	if (__builtin_cpu_supports("avx512f"))
 		return &ops_avx512;
 	if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma"))
@@ -294,12 +458,12 @@ int idx_simd_force(const char *name)
 	else if (!strcmp(name, "avx2"))
 		o = &ops_avx2;
 	else if (!strcmp(name, "avx512"))
-		o = &ops_avx512;
+		o = best_ops() == &ops_avx512vnni ? &ops_avx512vnni : &ops_avx512;
 	else if (!strcmp(name, "best"))
 		o = best_ops();
 	else
 		return -EINVAL;
-	if (o == &ops_avx512 && !__builtin_cpu_supports("avx512f"))
+	if ((o == &ops_avx512 || o == &ops_avx512vnni) && !__builtin_cpu_supports("avx512f"))
 		return -ENOTSUP;
 	if (o == &ops_avx2 && !(__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")))
 		return -ENOTSUP;

@@ -20,7 +20,18 @@ struct idx_simd_ops {
 			    float *out);
 	/* a . b over dim (a multiple of 16) */
 	float (*dot)(const float *a, const float *b, uint32_t dim);
+	/* 4-bit sketch block (dim/8 groups of 64 bytes; byte l*4+b of group c holds lane l's
+	 * channel 8c+b in its low nibble and 8c+4+b in its high nibble):
+	 * out[l] = sum_j code_j(l) * qq[j], codes 0..15, qq int8 */
+	void (*sk_block)(const uint8_t *blk, const int8_t *qq, uint32_t dim, int32_t *out);
+	/* ret[i] = max over lanes < fill of the sketch score of query i (qq[g][dim]), g <= 16:
+	 * the block is unpacked once for up to four queries */
+	void (*sk_max)(const uint8_t *blk, const int8_t *qq, uint32_t g, uint32_t dim,
+		       uint32_t fill, int32_t *ret);
 };
+
+/* Bytes of one 4-bit sketch block. */
+#define IDX_SK_BYTES(dim) ((size_t)(dim) * IDX_LANES / 2)
 
 /* The active implementation (resolved on first use). */
 const struct idx_simd_ops *idx_simd(void);

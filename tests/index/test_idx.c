@@ -11,6 +11,7 @@
 
 #include "check_main.h"
 #include "idx.h"
+#include "idx_simd.h"
 #include "synth.h"
 
 static float *gen_keys(uint32_t dim, size_t n, uint64_t seed)
@@ -26,6 +27,8 @@ static float *gen_keys(uint32_t dim, size_t n, uint64_t seed)
 	return k;
 }
 
+/* exact_max >= 100000 also lifts the cell cap, so every parent is the exact nearest (a capped
+ * cell hands slabs of its tokens to new seeds instead). */
 static struct idx *new_idx(uint32_t dim, float r1, uint32_t exact_max, uint32_t threads)
 {
 	struct idx_params p;
@@ -34,6 +37,8 @@ static struct idx *new_idx(uint32_t dim, float r1, uint32_t exact_max, uint32_t 
 	idx_params_default(&p, dim);
 	p.r1 = r1;
 	p.exact_parent_max = exact_max;
+	if (exact_max >= 100000)
+		p.cell_cap = UINT32_MAX;
 	p.threads = threads;
 	ck_assert_int_eq(idx_new(&p, &ix), 0);
 	return ix;
@@ -255,9 +260,13 @@ START_TEST(insert_bounds_cells)
 	idx_params_default(&p, dim);
 	p.cell_cap = 100;
 	ck_assert_int_eq(idx_new(&p, &ix), 0);
-	ck_assert_int_eq(idx_insert(ix, keys, 10, IDX_F32), 0);
-	for (t = 10; t < n; t++)
-		ck_assert_int_eq(idx_insert(ix, keys + t * dim, 1, IDX_F32), 0);
+	if (_i) { /* bulk build splits big cells */
+		ck_assert_int_eq(idx_build(ix, keys, n, IDX_F32), 0);
+	} else { /* inserts send newcomers of a full cell to a new seed */
+		ck_assert_int_eq(idx_insert(ix, keys, 10, IDX_F32), 0);
+		for (t = 10; t < n; t++)
+			ck_assert_int_eq(idx_insert(ix, keys + t * dim, 1, IDX_F32), 0);
+	}
 	idx_get_info(ix, &info);
 	ck_assert_uint_le(info.max_cell, 100);
 	check_structure(ix, keys, n, dim);
@@ -361,7 +370,7 @@ START_TEST(unlimited_beam_equals_brute_force)
 	ws_size = idx_search_ws_size(ix, 4, k);
 	ws = malloc(ws_size);
 	for (trial = 0; trial < 10; trial++) {
-		sp.seed = 100 + trial;
+		sp.qseed = 100 + trial;
 		ck_assert_int_eq(synth_queries(&sp, keys, n, 1, 4, q, NULL), 0);
 		for (g = 1; g <= 4; g += 3) {
 			int na = idx_search(ix, q, g, k, &all, ws, ws_size, a);
@@ -380,6 +389,15 @@ START_TEST(unlimited_beam_equals_brute_force)
 					ck_assert(fabsf(b[i].score - rs[i]) <=
 						  1e-4f * (fabsf(rs[i]) + 1));
 			}
+		}
+		/* the tree walk over every cell, and sketch + cells together, also equal it */
+		for (g = 0; g < 2; g++) {
+			struct idx_search_opts walk = { .cells = UINT32_MAX,
+							.flags = g ? 0 : IDX_SEARCH_NO_SKETCH };
+
+			ck_assert_int_eq(idx_search(ix, q, 1, k, &walk, ws, ws_size, a), (int)k);
+			ck_assert_int_eq(idx_exact_search(ix, q, 1, k, ws, ws_size, b), (int)k);
+			ck_assert_mem_eq(a, b, sizeof(a));
 		}
 		all.flags = IDX_SEARCH_ALL;
 		ck_assert_int_eq(idx_search(ix, q, 1, k, &all, ws, ws_size, a), (int)k);
@@ -488,12 +506,101 @@ START_TEST(simd_paths_agree)
 		tested++;
 	}
 	ck_assert_int_ge(tested, 1);
+	/* the sketch-guided search too: integer sketch scores are identical on every path */
+	ck_assert_int_eq(idx_simd_force("portable"), 0);
+	ck_assert_int_eq(idx_search(ix, q, 4, k, NULL, ws, ws_size, ref), (int)k);
+	for (p = 1; p < 3; p++) {
+		if (idx_simd_force(paths[p]) == -ENOTSUP)
+			continue;
+		ck_assert_int_eq(idx_search(ix, q, 4, k, NULL, ws, ws_size, got), (int)k);
+		for (i = 0; i < k; i++)
+			ck_assert(fabsf(got[i].score - ref[i].score) <= 1e-4f * (fabsf(ref[i].score) + 1));
+	}
 	ck_assert_int_eq(idx_simd_force("nonsense"), -EINVAL);
 	ck_assert_int_eq(idx_simd_force("best"), 0);
 	free(ws);
 	idx_free(ix);
 	free(keys);
 	free(q);
+}
+END_TEST
+
+/* Every SIMD path's kernels against plain loops on random data (odd fills, g = 1..6). */
+START_TEST(kernels_match_reference)
+{
+	const char *paths[] = { "portable", "avx2", "avx512" };
+	const uint32_t dim = 64;
+	float *blk = aligned_alloc(64, dim * 16 * sizeof(float)), *lo = aligned_alloc(64, dim * 16 * sizeof(float));
+	uint8_t *sk = aligned_alloc(64, dim * 8);
+	float q[6 * 64], out[6 * 16], ref;
+	int8_t qq[6 * 64];
+	int32_t so[16], sm[6];
+	uint32_t p, i, j, l, g, fill;
+
+	srand(21);
+	for (j = 0; j < dim * 16; j++) {
+		blk[j] = (float)rand() / RAND_MAX - 0.5f;
+		lo[j] = blk[j] - (float)rand() / RAND_MAX;
+	}
+	for (j = 0; j < dim * 8; j++)
+		sk[j] = (uint8_t)rand();
+	for (j = 0; j < 6 * dim; j++) {
+		q[j] = (float)rand() / RAND_MAX - 0.5f;
+		qq[j] = (int8_t)(rand() % 255 - 127);
+	}
+	for (p = 0; p < 3; p++) {
+		const struct idx_simd_ops *ops;
+
+		if (idx_simd_force(paths[p]) != 0)
+			continue;
+		ops = idx_simd();
+		for (g = 1; g <= 6; g++) {
+			ops->score_block(blk, q, g, dim, out);
+			for (i = 0; i < g; i++)
+				for (l = 0; l < 16; l++) {
+					ref = 0;
+					for (j = 0; j < dim; j++)
+						ref += q[i * dim + j] * blk[j * 16 + l];
+					ck_assert(fabsf(out[i * 16 + l] - ref) < 1e-4f);
+				}
+			for (fill = 1; fill <= 16; fill += 5) {
+				ops->sk_max(sk, qq, g, dim, fill, sm);
+				for (i = 0; i < g; i++) {
+					int32_t m = INT32_MIN;
+
+					for (l = 0; l < fill; l++) {
+						int32_t acc = 0;
+
+						for (j = 0; j < dim; j++) {
+							uint8_t x = sk[(j / 8) * 64 + l * 4 + j % 4];
+							int code = j % 8 < 4 ? x & 15 : x >> 4;
+
+							acc += code * qq[i * dim + j];
+						}
+						if (acc > m)
+							m = acc;
+						if (i == 0 && fill == 16) {
+							ops->sk_block(sk, qq, dim, so);
+							ck_assert_int_eq(so[l], acc);
+						}
+					}
+					ck_assert_int_eq(sm[i], m);
+				}
+			}
+		}
+		ops->bound_block(blk, lo, q, dim, out);
+		for (l = 0; l < 16; l++) {
+			ref = 0;
+			for (j = 0; j < dim; j++)
+				ref += fmaxf(q[j] * blk[j * 16 + l], q[j] * lo[j * 16 + l]);
+			ck_assert(fabsf(out[l] - ref) < 1e-4f);
+		}
+		ck_assert(fabsf(ops->dot(q, q + dim, dim) - (float)dotd(q, q + dim, dim)) < 1e-4f);
+	}
+	idx_simd_force("best");
+	free(blk);
+	free(lo);
+	free(sk);
 }
 END_TEST
 
@@ -666,11 +773,12 @@ static Suite *idx_suite(void)
 	tcase_set_timeout(tc, 120);
 	tcase_add_test(tc, build_invariants_and_exact_parents);
 	tcase_add_loop_test(tc, inserts_keep_pages_growing, 0, 2);
-	tcase_add_test(tc, insert_bounds_cells);
+	tcase_add_loop_test(tc, insert_bounds_cells, 0, 2);
 	tcase_add_test(tc, lifting_preserves_mips_order);
 	tcase_add_test(tc, unlimited_beam_equals_brute_force);
 	tcase_add_test(tc, planted_needles_found_at_every_budget);
 	tcase_add_test(tc, simd_paths_agree);
+	tcase_add_test(tc, kernels_match_reference);
 	tcase_add_loop_test(tc, half_precision_input, 0, 2);
 	tcase_add_test(tc, bad_arguments);
 	tcase_add_test(tc, concurrent_searches_match_serial);

@@ -1,0 +1,171 @@
+/*
+ * libicecache: the client API of IceCache, a KV-cache runtime for long-context LLM inference.
+ *
+ * A context talks either to a running daemon (`icecached`, ice_connect) over a shared-memory
+ * ring, or to an engine inside this process (ice_open_embedded). Every other call is the same in
+ * both modes and gives the same results.
+ *
+ * Conventions
+ * - Every function that can fail returns 0 (or a count) on success and a negative errno value on
+ *   failure; out-parameters (ret_*) are written only on success. Nothing here aborts or exits.
+ * - Thread safety: one context may be shared by threads; its calls are serialized by a lock
+ *   inside the context. For parallel requests, open one context per thread.
+ * - Ownership: the library keeps no pointer the caller passes once a call returns.
+ * - Sequences belong to the context that opened them; another context (another process) sees
+ *   them as nonexistent (-ENOENT). Closing a context, or the death of its process, frees them.
+ *
+ * Data layout
+ * - K and V for ice_append are [kv_heads][n][head_dim] in the sequence's storage dtype
+ *   (keys after RoPE, exactly what attention reads).
+ * - Queries for ice_select are [q_heads][head_dim] float32; query head h belongs to KV head
+ *   h / (q_heads / kv_heads) (GQA).
+ * - A page holds up to ICE_PAGE_TOKENS tokens of one (sequence, layer, KV head).
+ */
+#ifndef ICECACHE_ICECACHE_H
+#define ICECACHE_ICECACHE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define ICE_API_VERSION 1
+#define ICE_PAGE_TOKENS 16
+
+/* Storage dtype of K and V. Search arithmetic is float32 whatever the storage. */
+enum ice_dtype {
+	ICE_DTYPE_F32 = 0,
+	ICE_DTYPE_F16 = 1,
+	ICE_DTYPE_BF16 = 2,
+};
+
+struct ice_model_shape {
+	uint32_t layers;   /* 1..1024 */
+	uint32_t q_heads;  /* multiple of kv_heads, <= 256 */
+	uint32_t kv_heads; /* 1..64 */
+	uint32_t head_dim; /* multiple of 8, 8..512 */
+	uint32_t dtype;    /* enum ice_dtype */
+};
+
+/*
+ * Tokens attended per layer and KV head. sink_tokens and window_tokens are rounded up to whole
+ * pages; retrieved_tokens / ICE_PAGE_TOKENS pages are retrieved by the index. Layers below
+ * dense_layers are never sparsified: select returns every page of them.
+ */
+struct ice_budget {
+	uint32_t sink_tokens;
+	uint32_t window_tokens;
+	uint32_t retrieved_tokens;
+	uint32_t dense_layers;
+};
+
+enum ice_page_kind {
+	ICE_PAGE_SINK = 0,      /* the first tokens of the sequence, always attended */
+	ICE_PAGE_RETRIEVED = 1, /* chosen by the index for this query */
+	ICE_PAGE_WINDOW = 2,    /* the most recent tokens, not indexed yet */
+};
+
+enum ice_tier {
+	ICE_TIER_HBM = 0,
+	ICE_TIER_DRAM = 1,
+	ICE_TIER_NVME = 2,
+};
+
+/* One entry of a page table (ice_select's output, ice_fetch's input). */
+struct ice_page_ref {
+	uint32_t page;     /* id within (sequence, layer, kv_head, kind) */
+	uint16_t kv_head;
+	uint8_t kind;      /* enum ice_page_kind */
+	uint8_t tier;      /* enum ice_tier: where the page can be read now */
+	uint32_t fill;     /* tokens in the page, 1..ICE_PAGE_TOKENS */
+	float score;       /* retrieved pages: best q.k over the GQA group; else 0 */
+	uint64_t location; /* byte offset of the page in its tier (informational) */
+};
+
+struct ice_ctx;
+
+/*
+ * Connects to a daemon. socket_path NULL means $ICECACHE_SOCKET if set, else the default
+ * (see ice_default_socket). -ENOENT/-ECONNREFUSED when no daemon listens, -EPERM when the
+ * daemon refuses this user, -EPROTO on a handshake it cannot understand.
+ */
+int ice_connect(const char *socket_path, struct ice_ctx **ret_ctx);
+
+/*
+ * Opens an engine inside this process. config is NULL (defaults) or text in the daemon's config
+ * format ("key = value" lines, see `icectl config`); -EINVAL names no key, the caller can check
+ * the same text with `icecached --check-config`.
+ */
+int ice_open_embedded(const char *config, struct ice_ctx **ret_ctx);
+
+/* Frees everything the context owns (its sequences included). NULL is accepted. */
+void ice_close(struct ice_ctx *ctx);
+
+/* Writes the default daemon socket path (NUL-terminated) into buf; -ENAMETOOLONG if small. */
+int ice_default_socket(char *buf, size_t cap);
+
+/* 1 when the context is embedded, 0 when it talks to a daemon. */
+int ice_is_embedded(const struct ice_ctx *ctx);
+
+/* A request that does nothing: measures the round trip. */
+int ice_noop(struct ice_ctx *ctx);
+
+/*
+ * Opens a sequence. -EINVAL when the shape or budget is out of range, -EMFILE when the engine's
+ * sequence table is full. *ret_seq is the handle for the calls below.
+ */
+int ice_seq_open(struct ice_ctx *ctx, const struct ice_model_shape *shape,
+		 const struct ice_budget *budget, uint32_t *ret_seq);
+
+/* Drops a sequence and frees everything it holds in every tier. -ENOENT if not ours. */
+int ice_seq_close(struct ice_ctx *ctx, uint32_t seq);
+
+/*
+ * Appends n tokens (n >= 1) of K and V for one layer, all KV heads (layout above). Tokens fill
+ * the window first; full pages leave the window for the index and the page store. Large
+ * appends are split into several requests transparently. -ENOSPC when the DRAM tier is full.
+ */
+int ice_append(struct ice_ctx *ctx, uint32_t seq, uint32_t layer, uint32_t n, const void *k,
+	       const void *v);
+
+/*
+ * Selects the pages one decoding step attends for one layer: q is [q_heads][head_dim] float32.
+ * Writes at most cap refs into out, grouped by KV head in ascending order; within a head: sink
+ * pages, then retrieved pages best first, then window pages (oldest first). Returns the number
+ * written; -ENOSPC when cap is too small for the budget (ice_select_cap tells the size).
+ */
+int ice_select(struct ice_ctx *ctx, uint32_t seq, uint32_t layer, const float *q,
+	       struct ice_page_ref *out, size_t cap);
+
+/* Refs ice_select can return at most for this sequence and layer at its current length. */
+int ice_select_cap(struct ice_ctx *ctx, uint32_t seq, uint32_t layer);
+
+/*
+ * Copies pages into buf: page i occupies ice_page_bytes(shape) bytes at offset
+ * i * ice_page_bytes(shape), K rows [ICE_PAGE_TOKENS][head_dim] then V rows, in the storage
+ * dtype; rows at and past the page's fill are zero. Returns 0; -EINVAL on a ref that names no
+ * page of (seq, layer), -ENOSPC when buf is too small.
+ */
+int ice_fetch(struct ice_ctx *ctx, uint32_t seq, uint32_t layer, const struct ice_page_ref *refs,
+	      size_t n, void *buf, size_t cap);
+
+/* Bytes one fetched page takes: 2 * ICE_PAGE_TOKENS * head_dim * element size. */
+size_t ice_page_bytes(const struct ice_model_shape *shape);
+
+/*
+ * Text queries, each written NUL-terminated into buf as "name value" lines with dotted names:
+ * ice_stats (every counter: tiers, engine, daemon, clients), ice_seqs (one group of lines per
+ * sequence), ice_config (the running config, in the form ice_open_embedded and icecached take).
+ * Return the length written; -ENOSPC when buf is too small.
+ */
+int ice_stats(struct ice_ctx *ctx, char *buf, size_t cap);
+int ice_seqs(struct ice_ctx *ctx, char *buf, size_t cap);
+int ice_config(struct ice_ctx *ctx, char *buf, size_t cap);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,213 @@
+"""ctypes binding for libicecache (include/icecache/icecache.h).
+
+    import icecache
+    with icecache.Context.embedded() as c:          # or icecache.Context.connect(path)
+        seq = c.seq_open(layers=2, q_heads=4, kv_heads=2, head_dim=16, dtype=icecache.F32,
+                         sink=16, window=16, retrieved=32, dense_layers=0)
+        c.append(seq, 0, n, k_bytes, v_bytes)       # [kv_heads][n][head_dim] in the dtype
+        refs = c.select(seq, 0, q_bytes)            # [q_heads][head_dim] float32
+        data = c.fetch(seq, 0, refs)                # page_bytes per ref: K rows then V rows
+
+Buffers are anything exposing the buffer protocol (bytes, bytearray, array.array, numpy).
+Errors raise OSError with the errno the library returned. The library is found through
+$ICECACHE_LIB, else ctypes' normal search for libicecache.so.
+"""
+import ctypes
+import errno
+import os
+
+F32, F16, BF16 = 0, 1, 2
+SINK, RETRIEVED, WINDOW = 0, 1, 2
+PAGE_TOKENS = 16
+
+
+class ModelShape(ctypes.Structure):
+    _fields_ = [("layers", ctypes.c_uint32), ("q_heads", ctypes.c_uint32),
+                ("kv_heads", ctypes.c_uint32), ("head_dim", ctypes.c_uint32),
+                ("dtype", ctypes.c_uint32)]
+
+
+class Budget(ctypes.Structure):
+    _fields_ = [("sink_tokens", ctypes.c_uint32), ("window_tokens", ctypes.c_uint32),
+                ("retrieved_tokens", ctypes.c_uint32), ("dense_layers", ctypes.c_uint32)]
+
+
+class PageRef(ctypes.Structure):
+    _fields_ = [("page", ctypes.c_uint32), ("kv_head", ctypes.c_uint16),
+                ("kind", ctypes.c_uint8), ("tier", ctypes.c_uint8),
+                ("fill", ctypes.c_uint32), ("score", ctypes.c_float),
+                ("location", ctypes.c_uint64)]
+
+    def __repr__(self):
+        return ("PageRef(page=%d, kv_head=%d, kind=%d, tier=%d, fill=%d, score=%g)"
+                % (self.page, self.kv_head, self.kind, self.tier, self.fill, self.score))
+
+
+assert ctypes.sizeof(PageRef) == 24
+
+_lib = None
+
+
+def _load():
+    global _lib
+    if _lib is not None:
+        return _lib
+    path = os.environ.get("ICECACHE_LIB") or "libicecache.so"
+    lib = ctypes.CDLL(path)
+    vp, u32, sz = ctypes.c_void_p, ctypes.c_uint32, ctypes.c_size_t
+    sigs = {
+        "ice_connect": [ctypes.c_char_p, ctypes.POINTER(vp)],
+        "ice_open_embedded": [ctypes.c_char_p, ctypes.POINTER(vp)],
+        "ice_noop": [vp],
+        "ice_seq_open": [vp, ctypes.POINTER(ModelShape), ctypes.POINTER(Budget),
+                         ctypes.POINTER(u32)],
+        "ice_seq_close": [vp, u32],
+        "ice_append": [vp, u32, u32, u32, vp, vp],
+        "ice_select": [vp, u32, u32, vp, ctypes.POINTER(PageRef), sz],
+        "ice_select_cap": [vp, u32, u32],
+        "ice_fetch": [vp, u32, u32, ctypes.POINTER(PageRef), sz, vp, sz],
+        "ice_stats": [vp, ctypes.c_char_p, sz],
+        "ice_seqs": [vp, ctypes.c_char_p, sz],
+        "ice_config": [vp, ctypes.c_char_p, sz],
+        "ice_is_embedded": [vp],
+    }
+    for name, args in sigs.items():
+        fn = getattr(lib, name)
+        fn.argtypes = args
+        fn.restype = ctypes.c_int
+    lib.ice_close.argtypes = [vp]
+    lib.ice_close.restype = None
+    lib.ice_page_bytes.argtypes = [ctypes.POINTER(ModelShape)]
+    lib.ice_page_bytes.restype = sz
+    _lib = lib
+    return lib
+
+
+def _check(rc):
+    if rc < 0:
+        raise OSError(-rc, os.strerror(-rc))
+    return rc
+
+
+def _ptr(buf):
+    """Address of a buffer-protocol object (kept alive by the caller)."""
+    mv = memoryview(buf)
+    if mv.readonly:
+        mv = memoryview(bytearray(mv))
+    arr = (ctypes.c_char * mv.nbytes).from_buffer(mv.cast("B"))
+    return ctypes.addressof(arr), arr, mv.nbytes
+
+
+class Context:
+    def __init__(self, handle):
+        self._h = handle
+        self._shapes = {}
+
+    @classmethod
+    def connect(cls, socket_path=None):
+        lib = _load()
+        h = ctypes.c_void_p()
+        _check(lib.ice_connect(socket_path.encode() if socket_path else None, ctypes.byref(h)))
+        return cls(h)
+
+    @classmethod
+    def embedded(cls, config=None):
+        lib = _load()
+        h = ctypes.c_void_p()
+        _check(lib.ice_open_embedded(config.encode() if config else None, ctypes.byref(h)))
+        return cls(h)
+
+    def close(self):
+        if self._h:
+            _load().ice_close(self._h)
+            self._h = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @property
+    def is_embedded(self):
+        return bool(_load().ice_is_embedded(self._h))
+
+    def noop(self):
+        _check(_load().ice_noop(self._h))
+
+    def seq_open(self, layers, q_heads, kv_heads, head_dim, dtype=F32, sink=16, window=16,
+                 retrieved=128, dense_layers=0):
+        shape = ModelShape(layers, q_heads, kv_heads, head_dim, dtype)
+        budget = Budget(sink, window, retrieved, dense_layers)
+        seq = ctypes.c_uint32()
+        _check(_load().ice_seq_open(self._h, ctypes.byref(shape), ctypes.byref(budget),
+                                    ctypes.byref(seq)))
+        self._shapes[seq.value] = shape
+        return seq.value
+
+    def seq_close(self, seq):
+        _check(_load().ice_seq_close(self._h, seq))
+        self._shapes.pop(seq, None)
+
+    def page_bytes(self, seq):
+        return _load().ice_page_bytes(ctypes.byref(self._shapes[seq]))
+
+    def append(self, seq, layer, n, k, v):
+        kp, ka, kn = _ptr(k)
+        vp, va, vn = _ptr(v)
+        sh = self._shapes.get(seq)
+        if sh is not None:
+            want = sh.kv_heads * n * sh.head_dim * (4 if sh.dtype == F32 else 2)
+            if kn != want or vn != want:
+                raise OSError(errno.EINVAL, "k and v must be %d bytes each" % want)
+        _check(_load().ice_append(self._h, seq, layer, n, kp, vp))
+
+    def select(self, seq, layer, q):
+        lib = _load()
+        cap = _check(lib.ice_select_cap(self._h, seq, layer))
+        out = (PageRef * max(cap, 1))()
+        qp, qa, qn = _ptr(q)
+        sh = self._shapes.get(seq)
+        if sh is not None and qn != sh.q_heads * sh.head_dim * 4:
+            raise OSError(errno.EINVAL, "q must be q_heads * head_dim float32")
+        n = _check(lib.ice_select(self._h, seq, layer, qp, out, len(out)))
+        return list(out[:n])
+
+    def fetch(self, seq, layer, refs):
+        n = len(refs)
+        arr = (PageRef * n)(*refs)
+        pb = self.page_bytes(seq)
+        buf = ctypes.create_string_buffer(pb * n)
+        _check(_load().ice_fetch(self._h, seq, layer, arr, n, buf, pb * n))
+        return buf.raw
+
+    def _text(self, fn):
+        cap = 1 << 16
+        while True:
+            buf = ctypes.create_string_buffer(cap)
+            rc = fn(self._h, buf, cap)
+            if rc == -errno.ENOSPC and cap < (1 << 26):
+                cap *= 4
+                continue
+            _check(rc)
+            return buf.value.decode()
+
+    @staticmethod
+    def _pairs(text):
+        out = {}
+        for line in text.splitlines():
+            name, _, value = line.partition(" ")
+            try:
+                out[name] = int(value)
+            except ValueError:
+                out[name] = value
+        return out
+
+    def stats(self):
+        return self._pairs(self._text(_load().ice_stats))
+
+    def seqs(self):
+        return self._pairs(self._text(_load().ice_seqs))
+
+    def config(self):
+        return self._text(_load().ice_config)

@@ -1,0 +1,81 @@
+"""Checks the ctypes binding against the C library: embedded, and against a private daemon
+when ICECACHE_DAEMON names icecached. Run by meson (suite unit) with ICECACHE_LIB set."""
+import array
+import errno
+import os
+import signal
+import struct
+import subprocess
+import sys
+import tempfile
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import icecache  # noqa: E402
+
+
+def workload(c):
+    hkv, hq, d, n = 2, 4, 16, 100
+    seq = c.seq_open(layers=1, q_heads=hq, kv_heads=hkv, head_dim=d, sink=16, window=16,
+                     retrieved=32)
+    k = array.array("f", [((i * 7919) % 101) / 50.0 - 1.0 for i in range(hkv * n * d)])
+    v = array.array("f", [0.0] * (hkv * n * d))
+    for h in range(hkv):
+        for t in range(n):
+            v[(h * n + t) * d] = float(t)  # V row names its token
+    c.append(seq, 0, n, k, v)
+    q = array.array("f", [1.0 if i % d == 3 else 0.0 for i in range(hq * d)])
+    refs = c.select(seq, 0, q)
+    kinds = [r.kind for r in refs if r.kv_head == 0]
+    assert kinds == sorted(kinds), kinds
+    assert kinds.count(icecache.SINK) == 1 and kinds.count(icecache.RETRIEVED) == 2, kinds
+    data = c.fetch(seq, 0, refs)
+    pb = c.page_bytes(seq)
+    assert len(data) == pb * len(refs)
+    # Every fetched row is the row appended for the token its V row names.
+    for i, r in enumerate(refs):
+        rows = struct.unpack_from("%df" % (2 * 16 * d), data, i * pb)
+        for t in range(r.fill):
+            pos = int(rows[(16 + t) * d])
+            assert rows[t * d + 3] == k[(r.kv_head * n + pos) * d + 3]
+    try:
+        c.select(seq + 1, 0, q)
+        raise AssertionError("select on a foreign sequence worked")
+    except OSError as e:
+        assert e.errno == errno.ENOENT, e
+    st = c.stats()
+    assert st["engine.seqs"] == 1 and st["tier.dram.pages"] > 0, st
+    assert any(name.endswith(".tokens") and val == n for name, val in c.seqs().items())
+    assert "dram_bytes" in c.config()
+    c.seq_close(seq)
+    return [(r.page, r.kv_head, r.kind, r.fill, r.score) for r in refs], data
+
+
+def main():
+    with icecache.Context.embedded() as e:
+        assert e.is_embedded
+        e.noop()
+        ref = workload(e)
+    daemon = os.environ.get("ICECACHE_DAEMON")
+    if daemon and os.path.exists(daemon):
+        d = tempfile.mkdtemp()
+        sock = os.path.join(d, "s.sock")
+        p = subprocess.Popen([daemon, "--socket", sock], stderr=subprocess.DEVNULL)
+        try:
+            for _ in range(300):
+                try:
+                    c = icecache.Context.connect(sock)
+                    break
+                except OSError:
+                    time.sleep(0.01)
+            with c:
+                assert not c.is_embedded
+                assert workload(c) == ref, "daemon and embedded differ"
+        finally:
+            p.send_signal(signal.SIGTERM)
+            assert p.wait(timeout=20) == 0
+    print("python binding ok")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,39 @@
+/*
+ * The one typed config table of the runtime. The daemon reads it from a file (or --set
+ * key=value), embedded mode from a string; `icectl config` prints the running one in the same
+ * "key = value" form so the output can start a daemon again.
+ */
+#ifndef ICE_RUNTIME_CONFIG_H
+#define ICE_RUNTIME_CONFIG_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+struct rt_config {
+	char socket_path[108];  /* "" = default under $XDG_RUNTIME_DIR or /tmp/icecache-$UID */
+	uint64_t arena_bytes;   /* per-client data arena */
+	uint64_t sq_entries;
+	uint64_t cq_entries;
+	uint64_t spin_ns;       /* daemon: spin before sleeping on an empty ring */
+	uint64_t client_spin_ns; /* client: spin before sleeping on its completion ring */
+	uint64_t max_clients;
+	uint64_t max_seqs;
+	uint64_t dram_bytes;    /* DRAM tier capacity (pages of K/V) */
+	uint64_t allow_uid;     /* besides the daemon's own uid (and root): one more uid, or -1 */
+	uint64_t drain_ms;      /* SIGTERM: how long clients get to finish queued work */
+};
+
+void config_defaults(struct rt_config *c);
+
+/* Applies "key = value" lines ('#' comments, blank lines); -EINVAL on an unknown key or a value
+ * out of range, with the offending line number in *ret_line when not NULL. */
+int config_parse(struct rt_config *c, const char *text, int *ret_line);
+/* Applies one "key=value". */
+int config_set(struct rt_config *c, const char *kv);
+/* Writes the config as "key = value" lines; returns the length or -ENOSPC. */
+int config_print(const struct rt_config *c, char *buf, size_t cap);
+
+/* The default socket path for this user (creates nothing). */
+int config_default_socket(char *buf, size_t cap);
+
+#endif

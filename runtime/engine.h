@@ -1,0 +1,70 @@
+/*
+ * The engine: sequences of a model's KV-cache, per (layer, KV head) a sink, a window of recent
+ * tokens and the indexed pages; select picks the pages a step attends, fetch copies them out.
+ * Used by the daemon for all its clients and by libicecache in embedded mode.
+ *
+ * Ownership and threads: every sequence has an owner id (a client); calls name the owner and a
+ * sequence of another owner does not exist for them (-ENOENT). Calls for one owner must come
+ * from one thread at a time; different owners may call concurrently. engine_stats/engine_seqs
+ * may run concurrently with anything.
+ */
+#ifndef ICE_RUNTIME_ENGINE_H
+#define ICE_RUNTIME_ENGINE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "icecache/icecache.h"
+#include "stats.h"
+
+struct engine;
+
+struct engine_opts {
+	uint64_t dram_bytes; /* hard cap on K/V pages, key copies, sinks and windows */
+	uint32_t max_seqs;
+};
+
+struct engine_params {
+	struct ice_model_shape shape;
+	struct ice_budget budget;
+};
+
+/* Per-thread scratch for select (grown on demand, reused across calls). */
+struct engine_ws {
+	void *buf;
+	size_t cap;
+};
+
+int engine_new(const struct engine_opts *o, struct engine **ret_e);
+void engine_free(struct engine *e);
+
+/* -EINVAL on a bad shape/budget, -EMFILE when the table is full. */
+int engine_seq_open(struct engine *e, uint32_t owner, const struct engine_params *p,
+		    uint32_t *ret_id);
+int engine_seq_drop(struct engine *e, uint32_t owner, uint32_t id);
+/* Drops every sequence of owner; returns how many. */
+int engine_drop_owner(struct engine *e, uint32_t owner);
+
+/* Size of one append's K (or V) input: kv_heads * n * head_dim * element size. -ENOENT/-EINVAL. */
+int engine_append_bytes(struct engine *e, uint32_t owner, uint32_t id, uint32_t n,
+			size_t *ret_bytes);
+int engine_append(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer, uint32_t n,
+		  const void *k, const void *v);
+
+int engine_select_cap(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer);
+/* q: q_heads * head_dim floats (q_len bytes, checked). Returns the number of refs written. */
+int engine_select(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer, const float *q,
+		  size_t q_len, struct ice_page_ref *out, size_t cap, struct engine_ws *ws);
+int engine_fetch(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer,
+		 const struct ice_page_ref *refs, size_t n, void *buf, size_t cap);
+/* Bytes per fetched page of sequence id. */
+int engine_page_bytes(struct engine *e, uint32_t owner, uint32_t id, size_t *ret_bytes);
+
+void engine_stats(struct engine *e, struct stats_buf *sb);
+void engine_seqs(struct engine *e, struct stats_buf *sb);
+
+void engine_ws_done(struct engine_ws *ws);
+
+size_t engine_dtype_size(uint32_t dtype);
+
+#endif

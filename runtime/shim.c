@@ -1,0 +1,635 @@
+/*
+ * libicecache: the ice_* API (include/icecache/icecache.h). Every call builds one submission
+ * entry, puts its inputs in the arena and waits for the completion: on the daemon's ring, or
+ * straight through the opcode table in embedded mode, so both modes check and answer alike.
+ */
+#include "shim.h"
+
+#include <errno.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include "config.h"
+#include "engine.h"
+#include "ops.h"
+#include "segment.h"
+
+#define CQ_SLICE_NS 20000000ull /* between checks that the daemon is still there */
+
+struct seq_info {
+	uint32_t id;
+	struct ice_model_shape shape;
+};
+
+struct ice_ctx {
+	pthread_mutex_t lock;
+	int embedded;
+	int broken;		/* the ring can no longer be trusted: every call fails */
+	uint64_t next_tag;
+	unsigned char *arena;
+	uint64_t arena_bytes;
+	uint32_t client_id;
+	/* daemon mode */
+	int sock;
+	struct segment seg;
+	uint64_t spin_ns;
+	/* embedded mode */
+	struct rt_config cfg;
+	struct engine *eng;
+	struct ops_ctx oc;
+	struct ops_stats st;
+	/* shapes of this context's sequences, to size and split requests */
+	struct seq_info *seqs;
+	size_t nseqs, seqs_cap;
+};
+
+int ice_default_socket(char *buf, size_t cap)
+{
+	if (!buf)
+		return -EINVAL;
+	return config_default_socket(buf, cap);
+}
+
+int ice_is_embedded(const struct ice_ctx *ctx)
+{
+	return ctx && ctx->embedded;
+}
+
+static struct ice_ctx *ctx_alloc(void)
+{
+	struct ice_ctx *c = calloc(1, sizeof(*c));
+
+	if (!c)
+		return NULL;
+	pthread_mutex_init(&c->lock, NULL);
+	c->sock = -1;
+	c->seg.fd = -1;
+	c->next_tag = 1;
+	return c;
+}
+
+static int recv_welcome(int fd, struct proto_welcome *w, int *ret_fd)
+{
+	char cbuf[CMSG_SPACE(sizeof(int))];
+	struct iovec iov = { w, sizeof(*w) };
+	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
+			     .msg_controllen = sizeof(cbuf) };
+	struct cmsghdr *cm;
+	ssize_t n;
+	int segfd = -1;
+
+	n = recvmsg(fd, &mh, MSG_CMSG_CLOEXEC | MSG_WAITALL);
+	if (n < 0)
+		return -errno;
+	for (cm = CMSG_FIRSTHDR(&mh); cm; cm = CMSG_NXTHDR(&mh, cm))
+		if (cm->cmsg_level == SOL_SOCKET && cm->cmsg_type == SCM_RIGHTS &&
+		    cm->cmsg_len == CMSG_LEN(sizeof(int)))
+			memcpy(&segfd, CMSG_DATA(cm), sizeof(int));
+	if (n != sizeof(*w) || w->magic != PROTO_MAGIC || w->version != PROTO_VERSION ||
+	    (mh.msg_flags & MSG_CTRUNC)) {
+		if (segfd >= 0)
+			close(segfd);
+		return -EPROTO;
+	}
+	*ret_fd = segfd;
+	return 0;
+}
+
+int shim_connect(const char *socket_path, uint32_t kind, struct ice_ctx **ret_ctx)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct proto_hello h = { PROTO_MAGIC, PROTO_VERSION, kind, 0 };
+	struct proto_welcome w;
+	struct rt_config defaults;
+	char path[108];
+	struct ice_ctx *c;
+	const char *env;
+	ssize_t sent;
+	int fd, segfd = -1, err;
+
+	if (!ret_ctx)
+		return -EINVAL;
+	if (socket_path) {
+		if (strlen(socket_path) >= sizeof(path))
+			return -ENAMETOOLONG;
+		strcpy(path, socket_path);
+	} else {
+		err = config_default_socket(path, sizeof(path));
+		if (err)
+			return err;
+	}
+	memcpy(sa.sun_path, path, strlen(path) + 1);
+	c = ctx_alloc();
+	if (!c)
+		return -ENOMEM;
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		err = -errno;
+		goto out_free;
+	}
+	c->sock = fd;
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		err = -errno;
+		goto out_free;
+	}
+	/* A daemon that refuses us may answer and close before reading the hello: a failed send
+	 * is not the verdict, the welcome (if any) is. */
+	sent = send(fd, &h, sizeof(h), MSG_NOSIGNAL);
+	err = recv_welcome(fd, &w, &segfd);
+	if (err && sent != sizeof(h))
+		err = -ECONNRESET;
+	if (err)
+		goto out_free;
+	if (w.status) {
+		err = w.status < 0 ? w.status : -EPROTO;
+		goto out_closefd;
+	}
+	if (segfd < 0) {
+		err = -EPROTO;
+		goto out_free;
+	}
+	err = seg_attach(&c->seg, segfd, w.seg_bytes);
+	if (err)
+		goto out_closefd;
+	c->arena = c->seg.arena;
+	c->arena_bytes = c->seg.lay.arena_bytes;
+	c->client_id = w.client_id;
+	config_defaults(&defaults);
+	c->spin_ns = defaults.client_spin_ns;
+	env = getenv("ICECACHE_CLIENT_SPIN_NS");
+	if (env && *env)
+		c->spin_ns = strtoull(env, NULL, 10);
+	*ret_ctx = c;
+	return 0;
+out_closefd:
+	if (segfd >= 0)
+		close(segfd);
+out_free:
+	ice_close(c);
+	return err;
+}
+
+int ice_connect(const char *socket_path, struct ice_ctx **ret_ctx)
+{
+	return shim_connect(socket_path, PROTO_KIND_CLIENT, ret_ctx);
+}
+
+int ice_open_embedded(const char *config, struct ice_ctx **ret_ctx)
+{
+	struct engine_opts eo;
+	struct ice_ctx *c;
+	void *m;
+	int err;
+
+	if (!ret_ctx)
+		return -EINVAL;
+	err = ops_verify();
+	if (err)
+		return err;
+	c = ctx_alloc();
+	if (!c)
+		return -ENOMEM;
+	c->embedded = 1;
+	config_defaults(&c->cfg);
+	if (config) {
+		err = config_parse(&c->cfg, config, NULL);
+		if (err)
+			goto out_free;
+	}
+	eo.dram_bytes = c->cfg.dram_bytes;
+	eo.max_seqs = (uint32_t)c->cfg.max_seqs;
+	err = engine_new(&eo, &c->eng);
+	if (err)
+		goto out_free;
+	/* Untouched pages of an anonymous mapping cost nothing: the arena is only as big as use. */
+	m = mmap(NULL, c->cfg.arena_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
+		 -1, 0);
+	if (m == MAP_FAILED) {
+		err = -errno;
+		goto out_free;
+	}
+	c->arena = m;
+	c->arena_bytes = c->cfg.arena_bytes;
+	c->client_id = 1;
+	ops_stats_init(&c->st);
+	c->oc.eng = c->eng;
+	c->oc.owner = c->client_id;
+	c->oc.arena = c->arena;
+	c->oc.arena_bytes = c->arena_bytes;
+	c->oc.cfg = &c->cfg;
+	c->oc.st = &c->st;
+	*ret_ctx = c;
+	return 0;
+out_free:
+	ice_close(c);
+	return err;
+}
+
+void ice_close(struct ice_ctx *c)
+{
+	if (!c)
+		return;
+	if (c->embedded) {
+		if (c->eng)
+			engine_drop_owner(c->eng, c->client_id);
+		engine_free(c->eng);
+		engine_ws_done(&c->oc.ws);
+		if (c->arena)
+			munmap(c->arena, c->arena_bytes);
+	} else {
+		seg_close(&c->seg);
+	}
+	/* Closing the socket is what tells the daemon to free this client's sequences. */
+	if (c->sock >= 0)
+		close(c->sock);
+	free(c->seqs);
+	pthread_mutex_destroy(&c->lock);
+	free(c);
+}
+
+uint32_t shim_client_id(const struct ice_ctx *ctx)
+{
+	return ctx ? ctx->client_id : 0;
+}
+
+int shim_segment_fd(const struct ice_ctx *ctx)
+{
+	return ctx && !ctx->embedded ? ctx->seg.fd : -1;
+}
+
+void *shim_sq_shared(struct ice_ctx *ctx)
+{
+	return ctx && !ctx->embedded ? (void *)ctx->seg.sq.sh : NULL;
+}
+
+void *shim_arena(struct ice_ctx *ctx, uint64_t *ret_bytes)
+{
+	if (!ctx)
+		return NULL;
+	if (ret_bytes)
+		*ret_bytes = ctx->arena_bytes;
+	return ctx->arena;
+}
+
+static int daemon_gone(struct ice_ctx *c)
+{
+	struct pollfd pfd = { c->sock, POLLRDHUP, 0 };
+
+	if (__atomic_load_n(&c->seg.hdr->closed, __ATOMIC_ACQUIRE))
+		return -ESHUTDOWN;
+	if (poll(&pfd, 1, 0) > 0 && (pfd.revents & (POLLRDHUP | POLLHUP | POLLERR)))
+		return -ECONNRESET;
+	return 0;
+}
+
+/* Caller holds c->lock. */
+static int submit(struct ice_ctx *c, struct ring_sqe *sqe, struct ring_cqe *cqe)
+{
+	const void *e;
+	void *slot;
+	int err;
+
+	if (c->broken)
+		return -EPIPE;
+	sqe->tag = c->next_tag++;
+	if (c->embedded) {
+		ops_dispatch(&c->oc, sqe, cqe);
+		return 0;
+	}
+	while (!(slot = ring_produce_slot(&c->seg.sq, &err))) {
+		if (err)
+			goto out_broken;
+		err = daemon_gone(c);
+		if (err)
+			goto out_broken;
+		ring_wait_space(&c->seg.sq, c->spin_ns, CQ_SLICE_NS);
+	}
+	memcpy(slot, sqe, sizeof(*sqe));
+	ring_produce_commit(&c->seg.sq);
+	for (;;) {
+		e = ring_peek(&c->seg.cq, &err);
+		if (err)
+			goto out_broken;
+		if (e)
+			break;
+		if (ring_wait_ready(&c->seg.cq, c->spin_ns, CQ_SLICE_NS) == 0)
+			continue;
+		err = daemon_gone(c);
+		if (err)
+			goto out_broken;
+	}
+	memcpy(cqe, e, sizeof(*cqe));
+	ring_consume(&c->seg.cq);
+	if (cqe->tag != sqe->tag) {
+		err = -EPROTO;
+		goto out_broken;
+	}
+	return 0;
+out_broken:
+	c->broken = 1;
+	return err;
+}
+
+int shim_raw(struct ice_ctx *c, const struct ring_sqe *sqe, struct ring_cqe *ret_cqe)
+{
+	struct ring_sqe s;
+	struct ring_cqe cqe;
+	int err;
+
+	if (!c || !sqe || !ret_cqe)
+		return -EINVAL;
+	s = *sqe;
+	pthread_mutex_lock(&c->lock);
+	err = submit(c, &s, &cqe);
+	pthread_mutex_unlock(&c->lock);
+	if (!err)
+		*ret_cqe = cqe;
+	return err;
+}
+
+/* Runs one request; returns the completion's res (or the transport error). */
+static int call(struct ice_ctx *c, struct ring_sqe *sqe, struct ring_cqe *cqe)
+{
+	int err = submit(c, sqe, cqe);
+
+	return err ? err : cqe->res;
+}
+
+int ice_noop(struct ice_ctx *c)
+{
+	struct ring_sqe s = { .opcode = OP_NOOP };
+	struct ring_cqe q;
+	int err;
+
+	if (!c)
+		return -EINVAL;
+	pthread_mutex_lock(&c->lock);
+	err = call(c, &s, &q);
+	pthread_mutex_unlock(&c->lock);
+	return err;
+}
+
+static struct seq_info *seq_find(struct ice_ctx *c, uint32_t id)
+{
+	size_t i;
+
+	for (i = 0; i < c->nseqs; i++)
+		if (c->seqs[i].id == id)
+			return &c->seqs[i];
+	return NULL;
+}
+
+int ice_seq_open(struct ice_ctx *c, const struct ice_model_shape *shape,
+		 const struct ice_budget *budget, uint32_t *ret_seq)
+{
+	struct ring_sqe s = { .opcode = OP_SEQ_OPEN, .in_len = sizeof(struct proto_open_args) };
+	struct proto_open_args a;
+	struct ring_cqe q;
+	int err;
+
+	if (!c || !shape || !budget || !ret_seq)
+		return -EINVAL;
+	a = (struct proto_open_args){ shape->layers, shape->q_heads, shape->kv_heads,
+		shape->head_dim, shape->dtype, budget->sink_tokens, budget->window_tokens,
+		budget->retrieved_tokens, budget->dense_layers, 0 };
+	pthread_mutex_lock(&c->lock);
+	if (c->nseqs == c->seqs_cap) {
+		size_t cap = c->seqs_cap ? 2 * c->seqs_cap : 16;
+		struct seq_info *n = realloc(c->seqs, cap * sizeof(*n));
+
+		if (!n) {
+			err = -ENOMEM;
+			goto out;
+		}
+		c->seqs = n;
+		c->seqs_cap = cap;
+	}
+	memcpy(c->arena, &a, sizeof(a));
+	err = call(c, &s, &q);
+	if (err)
+		goto out;
+	c->seqs[c->nseqs].id = (uint32_t)q.val[0];
+	c->seqs[c->nseqs].shape = *shape;
+	c->nseqs++;
+	*ret_seq = (uint32_t)q.val[0];
+out:
+	pthread_mutex_unlock(&c->lock);
+	return err;
+}
+
+int ice_seq_close(struct ice_ctx *c, uint32_t seq)
+{
+	struct ring_sqe s = { .opcode = OP_SEQ_CLOSE, .seq = seq };
+	struct ring_cqe q;
+	struct seq_info *si;
+	int err;
+
+	if (!c)
+		return -EINVAL;
+	pthread_mutex_lock(&c->lock);
+	err = call(c, &s, &q);
+	si = seq_find(c, seq);
+	if (si && (!err || err == -ENOENT))
+		*si = c->seqs[--c->nseqs];
+	pthread_mutex_unlock(&c->lock);
+	return err;
+}
+
+size_t ice_page_bytes(const struct ice_model_shape *shape)
+{
+	if (!shape)
+		return 0;
+	return 2ull * ICE_PAGE_TOKENS * shape->head_dim * engine_dtype_size(shape->dtype);
+}
+
+int ice_append(struct ice_ctx *c, uint32_t seq, uint32_t layer, uint32_t n, const void *k,
+	       const void *v)
+{
+	struct seq_info *si;
+	size_t row, per_tok, chunk, t, h, m;
+	struct ring_cqe q;
+	int err = 0;
+
+	if (!c || !k || !v || !n || layer > UINT16_MAX)
+		return -EINVAL;
+	pthread_mutex_lock(&c->lock);
+	si = seq_find(c, seq);
+	if (!si) {
+		err = -ENOENT;
+		goto out;
+	}
+	row = (size_t)si->shape.head_dim * engine_dtype_size(si->shape.dtype);
+	per_tok = 2 * row * si->shape.kv_heads;
+	if (!per_tok) {
+		err = -EINVAL;
+		goto out;
+	}
+	chunk = c->arena_bytes / per_tok;
+	if (!chunk) {
+		err = -E2BIG;
+		goto out;
+	}
+	/* Split across requests by tokens; each request carries all heads, K then V. */
+	for (t = 0; t < n; t += m) {
+		struct ring_sqe s = { .opcode = OP_APPEND, .seq = seq, .layer = (uint16_t)layer };
+
+		m = n - t < chunk ? n - t : chunk;
+		for (h = 0; h < si->shape.kv_heads; h++) {
+			memcpy(c->arena + h * m * row,
+			       (const unsigned char *)k + (h * n + t) * row, m * row);
+			memcpy(c->arena + (si->shape.kv_heads + h) * m * row,
+			       (const unsigned char *)v + (h * n + t) * row, m * row);
+		}
+		s.arg[0] = m;
+		s.in_len = per_tok * m;
+		err = call(c, &s, &q);
+		if (err)
+			break;
+	}
+out:
+	pthread_mutex_unlock(&c->lock);
+	return err;
+}
+
+int ice_select_cap(struct ice_ctx *c, uint32_t seq, uint32_t layer)
+{
+	struct ring_sqe s = { .opcode = OP_SELECT_CAP, .seq = seq, .layer = (uint16_t)layer };
+	struct ring_cqe q;
+	int err;
+
+	if (!c || layer > UINT16_MAX)
+		return -EINVAL;
+	pthread_mutex_lock(&c->lock);
+	err = call(c, &s, &q);
+	pthread_mutex_unlock(&c->lock);
+	return err;
+}
+
+static uint64_t align64(uint64_t x)
+{
+	return (x + 63) & ~63ull;
+}
+
+int ice_select(struct ice_ctx *c, uint32_t seq, uint32_t layer, const float *qv,
+	       struct ice_page_ref *out, size_t cap)
+{
+	struct ring_sqe s = { .opcode = OP_SELECT, .seq = seq, .layer = (uint16_t)layer };
+	struct seq_info *si;
+	struct ring_cqe q;
+	uint64_t qb, room;
+	int err;
+
+	if (!c || !qv || !out || !cap || layer > UINT16_MAX)
+		return -EINVAL;
+	pthread_mutex_lock(&c->lock);
+	si = seq_find(c, seq);
+	if (!si) {
+		err = -ENOENT;
+		goto out;
+	}
+	qb = (uint64_t)si->shape.q_heads * si->shape.head_dim * sizeof(float);
+	if (align64(qb) + sizeof(*out) > c->arena_bytes) {
+		err = -E2BIG;
+		goto out;
+	}
+	room = (c->arena_bytes - align64(qb)) / sizeof(*out);
+	memcpy(c->arena, qv, qb);
+	s.in_len = qb;
+	s.out_off = align64(qb);
+	s.out_len = (cap < room ? cap : room) * sizeof(*out);
+	err = call(c, &s, &q);
+	if (err > 0)
+		memcpy(out, c->arena + s.out_off, (size_t)err * sizeof(*out));
+out:
+	pthread_mutex_unlock(&c->lock);
+	return err;
+}
+
+int ice_fetch(struct ice_ctx *c, uint32_t seq, uint32_t layer, const struct ice_page_ref *refs,
+	      size_t n, void *buf, size_t cap)
+{
+	struct seq_info *si;
+	struct ring_cqe q;
+	size_t pb, done, m, per;
+	int err = 0;
+
+	if (!c || !refs || !buf || !n || layer > UINT16_MAX)
+		return -EINVAL;
+	pthread_mutex_lock(&c->lock);
+	si = seq_find(c, seq);
+	if (!si) {
+		err = -ENOENT;
+		goto out;
+	}
+	pb = ice_page_bytes(&si->shape);
+	if (n > cap / pb) {
+		err = -ENOSPC;
+		goto out;
+	}
+	/* Pages per request: refs plus page data must fit in the arena. */
+	per = (c->arena_bytes - 64) / (sizeof(*refs) + pb);
+	if (!per) {
+		err = -E2BIG;
+		goto out;
+	}
+	for (done = 0; done < n; done += m) {
+		struct ring_sqe s = { .opcode = OP_FETCH, .seq = seq, .layer = (uint16_t)layer };
+
+		m = n - done < per ? n - done : per;
+		memcpy(c->arena, refs + done, m * sizeof(*refs));
+		s.in_len = m * sizeof(*refs);
+		s.out_off = align64(s.in_len);
+		s.out_len = m * pb;
+		err = call(c, &s, &q);
+		if (err)
+			break;
+		memcpy((unsigned char *)buf + done * pb, c->arena + s.out_off, m * pb);
+	}
+out:
+	pthread_mutex_unlock(&c->lock);
+	return err;
+}
+
+static int text_call(struct ice_ctx *c, uint8_t op, char *buf, size_t cap)
+{
+	struct ring_sqe s = { .opcode = op };
+	struct ring_cqe q;
+	int err;
+
+	if (!c || !buf || cap < 2)
+		return -EINVAL;
+	pthread_mutex_lock(&c->lock);
+	s.out_len = cap - 1 < c->arena_bytes ? cap - 1 : c->arena_bytes;
+	err = call(c, &s, &q);
+	if (err >= 0) {
+		if ((size_t)err >= cap)
+			err = -EPROTO;
+		else {
+			memcpy(buf, c->arena, (size_t)err);
+			buf[err] = '\0';
+		}
+	}
+	pthread_mutex_unlock(&c->lock);
+	return err;
+}
+
+int ice_stats(struct ice_ctx *c, char *buf, size_t cap)
+{
+	return text_call(c, OP_STATS, buf, cap);
+}
+
+int ice_seqs(struct ice_ctx *c, char *buf, size_t cap)
+{
+	return text_call(c, OP_SEQS, buf, cap);
+}
+
+int ice_config(struct ice_ctx *c, char *buf, size_t cap)
+{
+	return text_call(c, OP_CONFIG, buf, cap);
+}

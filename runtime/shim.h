@@ -1,0 +1,22 @@
+/* Internal entry points of the client shim that the public header does not carry. */
+#ifndef ICE_RUNTIME_SHIM_H
+#define ICE_RUNTIME_SHIM_H
+
+#include <stdint.h>
+
+#include "icecache/icecache.h"
+#include "proto.h"
+
+/* ice_connect with a connection kind (PROTO_KIND_CONTROL for icectl). */
+int shim_connect(const char *socket_path, uint32_t kind, struct ice_ctx **ret_ctx);
+/* Sends one raw entry and waits for its completion (tests and fuzzing: the entry is not
+ * checked here). The arena is the context's; shim_arena tells where and how big. */
+int shim_raw(struct ice_ctx *ctx, const struct ring_sqe *sqe, struct ring_cqe *ret_cqe);
+void *shim_arena(struct ice_ctx *ctx, uint64_t *ret_bytes);
+uint32_t shim_client_id(const struct ice_ctx *ctx);
+/* The segment fd (daemon mode; -1 embedded or after attach closed it). */
+int shim_segment_fd(const struct ice_ctx *ctx);
+/* The shared submission ring header (daemon mode), for tests that corrupt it. */
+void *shim_sq_shared(struct ice_ctx *ctx);
+
+#endif

@@ -1,0 +1,179 @@
+/*
+ * One workload, run the same way in embedded mode (unit) and against a daemon (integration):
+ * open a sequence, append in random chunk sizes, select every layer and check the page table
+ * against the brute-force reference, fetch and check every row against the data appended.
+ * Returns a digest of everything select and fetch returned, so two runs can be compared.
+ */
+#ifndef ICE_TEST_RT_SCENARIO_H
+#define ICE_TEST_RT_SCENARIO_H
+
+#include "rt_util.h"
+
+struct rt_scn {
+	struct ice_model_shape shape;
+	struct ice_budget budget;
+	uint32_t ntok;
+	uint64_t seed;
+};
+
+static inline void rt_scn_default(struct rt_scn *s, uint64_t seed, uint32_t ntok)
+{
+	s->shape = (struct ice_model_shape){ 3, 8, 2, 32, ICE_DTYPE_F32 };
+	s->budget = (struct ice_budget){ 16, 32, 64, 1 };
+	s->ntok = ntok;
+	s->seed = seed;
+}
+
+static inline uint64_t rt_fnv(uint64_t h, const void *p, size_t n)
+{
+	const unsigned char *b = p;
+
+	while (n--)
+		h = (h ^ *b++) * 1099511628211ull;
+	return h;
+}
+
+/* Checks a fetched page's rows against the generator; marks positions in seen. */
+static inline void rt_check_rows(const struct rt_scn *s, uint64_t lseed, uint32_t head,
+				 const float *pg, uint32_t fill, unsigned char *seen)
+{
+	uint32_t d = s->shape.head_dim, hkv = s->shape.kv_heads, t, i;
+	float *k1 = malloc((size_t)hkv * d * 4), *v1 = malloc((size_t)hkv * d * 4);
+
+	for (t = 0; t < fill; t++) {
+		const float *kr = pg + (size_t)t * d, *vr = pg + (size_t)(PT + t) * d;
+		uint32_t pos = (uint32_t)vr[0];
+
+		ck_assert_uint_lt(pos, s->ntok);
+		ck_assert_uint_eq((uint32_t)vr[1], head);
+		rt_make_kv(lseed, hkv, d, pos, 1, k1, v1);
+		for (i = 0; i < d; i++) {
+			ck_assert(kr[i] == k1[(size_t)head * d + i]);
+			ck_assert(vr[i] == v1[(size_t)head * d + i]);
+		}
+		if (seen) {
+			ck_assert_msg(!seen[pos], "position %u twice", pos);
+			seen[pos] = 1;
+		}
+	}
+	for (t = fill; t < PT; t++)
+		for (i = 0; i < d; i++)
+			ck_assert(pg[(size_t)t * d + i] == 0 && pg[(size_t)(PT + t) * d + i] == 0);
+	free(k1);
+	free(v1);
+}
+
+static inline uint64_t rt_scenario(struct ice_ctx *c, const struct rt_scn *s)
+{
+	const struct ice_model_shape *sh = &s->shape;
+	uint32_t d = sh->head_dim, hkv = sh->kv_heads, g = sh->q_heads / hkv;
+	size_t pb = ice_page_bytes(sh);
+	uint64_t rng = s->seed, digest = 1469598103934665603ull;
+	float *k = malloc((size_t)hkv * s->ntok * d * 4), *v = malloc((size_t)hkv * s->ntok * d * 4);
+	float *q = malloc((size_t)sh->q_heads * d * 4), *buf = malloc(pb * 512);
+	struct ice_page_ref *refs = malloc(4096 * sizeof(*refs));
+	unsigned char *seen = malloc(s->ntok);
+	uint32_t seq, layer, pos, h, i, n;
+	int got, cap;
+
+	ck_assert_int_eq(ice_seq_open(c, sh, &s->budget, &seq), 0);
+	for (layer = 0; layer < sh->layers; layer++) {
+		uint64_t lseed = s->seed * 7 + layer;
+
+		for (pos = 0; pos < s->ntok; pos += n) {
+			n = (uint32_t)(rt_rand(&rng) % 97) + 1;
+			if (n > s->ntok - pos)
+				n = s->ntok - pos;
+			rt_make_kv(lseed, hkv, d, pos, n, k, v);
+			ck_assert_int_eq(ice_append(c, seq, layer, n, k, v), 0);
+		}
+	}
+	for (layer = 0; layer < sh->layers; layer++) {
+		uint64_t lseed = s->seed * 7 + layer;
+		int dense = layer < s->budget.dense_layers;
+
+		for (i = 0; i < sh->q_heads * d; i++)
+			q[i] = rt_frand(&rng);
+		cap = ice_select_cap(c, seq, layer);
+		ck_assert_int_gt(cap, 0);
+		ck_assert_int_le(cap, 4096);
+		if (cap > 1)
+			ck_assert_int_eq(ice_select(c, seq, layer, q, refs, (size_t)cap - 1), -ENOSPC);
+		got = ice_select(c, seq, layer, q, refs, 4096);
+		ck_assert_int_eq(got, cap);
+		/* location is where the page sits in its tier: informational, differs by host. */
+		for (i = 0; i < (uint32_t)got; i++) {
+			struct ice_page_ref r = refs[i];
+
+			r.location = 0;
+			digest = rt_fnv(digest, &r, sizeof(r));
+		}
+		for (h = 0; h < hkv; h++) {
+			struct rt_page all[1024];
+			uint32_t np = 0, want[1024], nwant, nret = 0, j, kind = 0;
+			float *allbuf = malloc(pb * 1024);
+
+			/* Every indexed page of this head, by probing ids until one is refused. */
+			memset(seen, 0, s->ntok);
+			for (;;) {
+				struct ice_page_ref r = { .page = np, .kv_head = (uint16_t)h,
+							  .kind = ICE_PAGE_RETRIEVED };
+				int e = ice_fetch(c, seq, layer, &r, 1,
+						  (char *)allbuf + (size_t)np * pb, pb);
+
+				if (e == -EINVAL)
+					break;
+				ck_assert_int_eq(e, 0);
+				all[np].id = np;
+				all[np].k = (float *)((char *)allbuf + (size_t)np * pb);
+				for (all[np].fill = 0; all[np].fill < PT; all[np].fill++)
+					if (all[np].k[(size_t)(PT + all[np].fill) * d] == 0 &&
+					    all[np].k[(size_t)(PT + all[np].fill) * d + 1] == 0 &&
+					    all[np].k[(size_t)all[np].fill * d] == 0)
+						break;
+				rt_check_rows(s, lseed, h, all[np].k, all[np].fill, seen);
+				np++;
+				ck_assert_uint_lt(np, 1024);
+			}
+			nwant = dense ? np : rt_ref_select(all, np, q + (size_t)h * g * d, g, d,
+							   s->budget.retrieved_tokens / PT, want);
+			/* This head's part of the table: sink, retrieved, window, in that order. */
+			for (j = 0; j < (uint32_t)got; j++) {
+				if (refs[j].kv_head != h)
+					continue;
+				ck_assert_uint_ge(refs[j].kind, kind);
+				kind = refs[j].kind;
+				ck_assert_int_eq(ice_fetch(c, seq, layer, &refs[j], 1, buf, pb), 0);
+				digest = rt_fnv(digest, buf, pb);
+				if (refs[j].kind == ICE_PAGE_RETRIEVED) {
+					ck_assert_uint_lt(nret, nwant);
+					ck_assert_uint_eq(refs[j].page, dense ? nret : want[nret]);
+					nret++;
+					rt_check_rows(s, lseed, h, buf, refs[j].fill, NULL);
+				} else {
+					rt_check_rows(s, lseed, h, buf, refs[j].fill, seen);
+				}
+			}
+			ck_assert_uint_eq(nret, nwant);
+			/* Sink + every indexed page + window = every token exactly once. */
+			for (pos = 0; pos < s->ntok; pos++)
+				ck_assert_msg(seen[pos], "layer %u head %u: position %u missing",
+					      layer, h, pos);
+			free(allbuf);
+		}
+		/* A multi-page fetch returns the same bytes as the single ones. */
+		ck_assert_int_eq(ice_fetch(c, seq, layer, refs, (size_t)got < 512 ? (size_t)got : 512,
+					   buf, pb * 512), 0);
+	}
+	ck_assert_int_eq(ice_seq_close(c, seq), 0);
+	ck_assert_int_eq(ice_seq_close(c, seq), -ENOENT);
+	free(k);
+	free(v);
+	free(q);
+	free(buf);
+	free(refs);
+	free(seen);
+	return digest;
+}
+
+#endif

@@ -1,0 +1,188 @@
+/*
+ * Helpers for the runtime tests: deterministic K/V with each token's position written into its
+ * V row (so fetched pages say which tokens they hold), a brute-force reference for select, and
+ * a private icecached on a temporary socket.
+ */
+#ifndef ICE_TEST_RT_UTIL_H
+#define ICE_TEST_RT_UTIL_H
+
+#include <check.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "icecache/icecache.h"
+
+#define PT ICE_PAGE_TOKENS
+
+static inline uint64_t rt_rand(uint64_t *s)
+{
+	*s ^= *s << 13;
+	*s ^= *s >> 7;
+	*s ^= *s << 17;
+	return *s;
+}
+
+static inline float rt_frand(uint64_t *s)
+{
+	return (float)(rt_rand(s) % 20001) / 10000.0f - 1.0f;
+}
+
+/* K and V for `n` tokens starting at position `pos0`, layout [kv_heads][n][d] float32. V's first
+ * element is the position, its second the head, so a fetched row names its token. */
+static inline void rt_make_kv(uint64_t seed, uint32_t hkv, uint32_t d, uint32_t pos0, uint32_t n,
+			      float *k, float *v)
+{
+	uint32_t h, t, i;
+
+	for (h = 0; h < hkv; h++)
+		for (t = 0; t < n; t++) {
+			uint64_t s = seed * 1000003ull + (uint64_t)(pos0 + t) * 131 + h + 1;
+			float *kr = k + ((size_t)h * n + t) * d, *vr = v + ((size_t)h * n + t) * d;
+
+			for (i = 0; i < d; i++) {
+				kr[i] = rt_frand(&s);
+				vr[i] = rt_frand(&s);
+			}
+			vr[0] = (float)(pos0 + t);
+			vr[1] = (float)h;
+		}
+}
+
+/* One page's rows as fetched: K[PT][d] then V[PT][d] float32. */
+struct rt_page {
+	uint32_t id, fill;
+	float *k; /* points into a fetch buffer */
+};
+
+/*
+ * Reference selection for one KV head over `np` pages: each of the g query heads ranks the
+ * pages by their best token's q.k (ties: lower id first), the rankings merge round-robin
+ * into k distinct pages. Writes page ids into out; returns the count.
+ */
+static inline uint32_t rt_ref_select(const struct rt_page *pg, uint32_t np, const float *q,
+				     uint32_t g, uint32_t d, uint32_t k, uint32_t *out)
+{
+	double *sc = calloc((size_t)g * np, sizeof(double));
+	uint32_t *rank = calloc((size_t)g * np, sizeof(uint32_t));
+	unsigned char *seen = calloc(np ? np : 1, 1);
+	uint32_t j, p, t, i, r, n = 0;
+
+	for (j = 0; j < g; j++) {
+		for (p = 0; p < np; p++) {
+			double best = -1e300;
+
+			for (t = 0; t < pg[p].fill; t++) {
+				double s = 0;
+
+				for (i = 0; i < d; i++)
+					s += (double)q[j * d + i] * pg[p].k[t * d + i];
+				if (s > best)
+					best = s;
+			}
+			sc[j * np + p] = best;
+			rank[j * np + p] = p;
+		}
+		/* selection sort, fine at test sizes */
+		for (p = 0; p < np; p++)
+			for (t = p + 1; t < np; t++) {
+				uint32_t a = rank[j * np + p], b = rank[j * np + t];
+
+				if (sc[j * np + b] > sc[j * np + a] ||
+				    (sc[j * np + b] == sc[j * np + a] && pg[b].id < pg[a].id)) {
+					rank[j * np + p] = b;
+					rank[j * np + t] = a;
+				}
+			}
+	}
+	if (k > np)
+		k = np;
+	for (r = 0; r < np && n < k; r++)
+		for (j = 0; j < g && n < k; j++) {
+			p = rank[j * np + r];
+			if (!seen[p]) {
+				seen[p] = 1;
+				out[n++] = pg[p].id;
+			}
+		}
+	free(sc);
+	free(rank);
+	free(seen);
+	return n;
+}
+
+/* Starts $ICE_BUILD_ROOT/runtime/icecached on dir/icecached.sock; waits until it answers. */
+static inline pid_t rt_daemon_start(const char *dir, char *sock, size_t cap, const char *extra)
+{
+	const char *root = getenv("ICE_BUILD_ROOT");
+	char bin[512];
+	pid_t pid;
+	int i;
+
+	snprintf(bin, sizeof(bin), "%s/runtime/icecached", root ? root : "build");
+	snprintf(sock, cap, "%s/icecached.sock", dir);
+	pid = fork();
+	if (pid == 0) {
+		char *argv[8];
+		int a = 0;
+
+		argv[a++] = bin;
+		argv[a++] = (char *)"--socket";
+		argv[a++] = sock;
+		if (extra) {
+			argv[a++] = (char *)"--set";
+			argv[a++] = (char *)extra;
+		}
+		argv[a] = NULL;
+		execv(bin, argv);
+		_exit(127);
+	}
+	for (i = 0; i < 500; i++) {
+		struct ice_ctx *c;
+		int st;
+
+		if (ice_connect(sock, &c) == 0) {
+			ice_close(c);
+			return pid;
+		}
+		if (waitpid(pid, &st, WNOHANG) == pid)
+			return -1;
+		usleep(10000);
+	}
+	kill(pid, SIGKILL);
+	waitpid(pid, NULL, 0);
+	return -1;
+}
+
+/* SIGTERM and wait; returns the exit status (or -1 when it had to be killed). */
+static inline int rt_daemon_stop(pid_t pid)
+{
+	int st, i;
+
+	kill(pid, SIGTERM);
+	for (i = 0; i < 1000; i++) {
+		if (waitpid(pid, &st, WNOHANG) == pid)
+			return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+		usleep(10000);
+	}
+	kill(pid, SIGKILL);
+	waitpid(pid, NULL, 0);
+	return -1;
+}
+
+static inline char *rt_tmpdir(void)
+{
+	static char d[64];
+
+	snprintf(d, sizeof(d), "/tmp/icert-XXXXXX");
+	return mkdtemp(d);
+}
+
+#endif

@@ -1,0 +1,410 @@
+/* Unit tests for runtime/: the ring, the config table, the opcode table, and the engine through
+ * the public API in embedded mode (checked against a brute-force reference). */
+#include <pthread.h>
+
+#include "check_main.h"
+#include "clock.h"
+#include "config.h"
+#include "engine.h"
+#include "ops.h"
+#include "proto.h"
+#include "ring.h"
+#include "rt_scenario.h"
+#include "shim.h"
+
+static _Alignas(64) unsigned char ring_mem[1 << 16];
+
+START_TEST(ring_layout_is_what_the_doc_says)
+{
+	ck_assert_uint_eq(sizeof(struct ring_sqe), 64);
+	ck_assert_uint_eq(sizeof(struct ring_cqe), 32);
+	ck_assert_uint_eq(__builtin_offsetof(struct ring_shared, head), 64);
+	ck_assert_uint_eq(ring_bytes(8, 64), 5 * 64 + 8 * 64);
+}
+END_TEST
+
+START_TEST(ring_fills_drains_and_wraps_in_order)
+{
+	struct ring p, c;
+	uint64_t next = 0, want = 0, *e;
+	int err, round, i;
+
+	ck_assert_int_eq(ring_init(&p, ring_mem, 8, 8, true), 0);
+	ck_assert_int_eq(ring_init(&c, ring_mem, 8, 8, false), 0);
+	ck_assert_ptr_null(ring_peek(&c, &err));
+	ck_assert_int_eq(err, 0);
+	for (round = 0; round < 100; round++) {
+		int burst = round % 9;
+
+		for (i = 0; i < burst; i++) {
+			e = ring_produce_slot(&p, &err);
+			if (i >= 8) {
+				ck_assert_ptr_null(e);
+				ck_assert_int_eq(err, 0);
+				break;
+			}
+			ck_assert_ptr_nonnull(e);
+			*e = next++;
+			ring_produce_commit(&p);
+		}
+		ck_assert_uint_eq(ring_ready(&c), (uint32_t)(burst > 8 ? 8 : burst));
+		while ((e = (uint64_t *)ring_peek(&c, &err))) {
+			ck_assert_uint_eq(*e, want++);
+			ring_consume(&c);
+		}
+	}
+	ck_assert_uint_eq(want, next);
+}
+END_TEST
+
+START_TEST(ring_refuses_impossible_indexes)
+{
+	struct ring p, c;
+	int err;
+
+	ck_assert_int_eq(ring_init(&p, ring_mem, 8, 64, true), 0);
+	ck_assert_int_eq(ring_init(&c, ring_mem, 8, 64, false), 0);
+	/* A producer claiming more entries than the ring holds. */
+	p.sh->tail = 9;
+	ck_assert_ptr_null(ring_peek(&c, &err));
+	ck_assert_int_eq(err, -EBADMSG);
+	ck_assert_uint_eq(ring_ready(&c), 0);
+	p.sh->tail = 0;
+	/* A consumer claiming to have consumed what was never produced. */
+	p.sh->head = 3;
+	ck_assert_ptr_null(ring_produce_slot(&p, &err));
+	ck_assert_int_eq(err, -EBADMSG);
+	ck_assert_int_eq(ring_init(&p, ring_mem, 6, 64, true), -EINVAL);
+	ck_assert_int_eq(ring_init(&p, ring_mem + 8, 8, 64, true), -EINVAL);
+	ck_assert_int_eq(ring_init(&p, ring_mem, 8, 12, true), -EINVAL);
+}
+END_TEST
+
+#define XFER 300000
+static void *producer_main(void *arg)
+{
+	struct ring *p = arg;
+	uint64_t i, *e;
+	int err;
+
+	for (i = 0; i < XFER; i++) {
+		while (!(e = ring_produce_slot(p, &err)))
+			ring_wait_space(p, i & 1 ? 0 : 2000, 1000000);
+		*e = i;
+		ring_produce_commit(p);
+	}
+	return NULL;
+}
+
+/* Two threads, spins of 0 and short: the futex path runs often and never loses a wake-up
+ * (a lost one would stall for the 1 ms timeout each time, which the bound below catches). */
+START_TEST(ring_two_threads_keep_order_through_sleeps)
+{
+	struct ring p, c;
+	pthread_t t;
+	uint64_t want = 0, t0 = clock_now_ns(), timeouts = 0;
+	const uint64_t *e;
+	int err;
+
+	ck_assert_int_eq(ring_init(&p, ring_mem, 16, 8, true), 0);
+	ck_assert_int_eq(ring_init(&c, ring_mem, 16, 8, false), 0);
+	pthread_create(&t, NULL, producer_main, &p);
+	while (want < XFER) {
+		e = ring_peek(&c, &err);
+		ck_assert_int_eq(err, 0);
+		if (!e) {
+			if (ring_wait_ready(&c, want & 1 ? 0 : 1000, 1000000) == -ETIMEDOUT)
+				timeouts++;
+			continue;
+		}
+		ck_assert_uint_eq(*e, want);
+		want++;
+		ring_consume(&c);
+	}
+	pthread_join(t, NULL);
+	ck_assert_uint_lt(timeouts, 200);
+	ck_assert_uint_lt(clock_now_ns() - t0, 60ull * 1000000000ull);
+}
+END_TEST
+
+START_TEST(config_round_trips_and_rejects_bad_values)
+{
+	struct rt_config a, b;
+	char buf[4096];
+	int line = -1;
+
+	config_defaults(&a);
+	ck_assert_int_eq(config_set(&a, "dram_bytes = 12345678"), 0);
+	ck_assert_int_eq(config_set(&a, "socket_path=/tmp/x.sock"), 0);
+	ck_assert_int_gt(config_print(&a, buf, sizeof(buf)), 0);
+	config_defaults(&b);
+	ck_assert_int_eq(config_parse(&b, buf, NULL), 0);
+	ck_assert_mem_eq(&a, &b, sizeof(a));
+	ck_assert_int_eq(config_parse(&b, "# c\n\nsq_entries = 64\nnope = 1\n", &line), -EINVAL);
+	ck_assert_int_eq(line, 4);
+	ck_assert_uint_eq(b.sq_entries, a.sq_entries); /* nothing applied on failure */
+	ck_assert_int_eq(config_set(&b, "sq_entries=100"), -EINVAL);
+	ck_assert_int_eq(config_set(&b, "dram_bytes=-1"), -EINVAL);
+	ck_assert_int_eq(config_set(&b, "dram_bytes=1x"), -EINVAL);
+	ck_assert_int_eq(config_set(&b, "arena_bytes=4097"), -EINVAL);
+	ck_assert_int_eq(config_set(&b, "cq_entries=2"), -EINVAL); /* < sq_entries */
+	ck_assert_int_eq(config_print(&a, buf, 10), -ENOSPC);
+}
+END_TEST
+
+START_TEST(opcode_table_is_complete)
+{
+	unsigned int i;
+
+	ck_assert_int_eq(ops_verify(), 0);
+	for (i = 0; i < OP__COUNT; i++)
+		ck_assert_str_ne(ops_name(i), "unknown");
+	ck_assert_str_eq(ops_name(OP__COUNT), "unknown");
+}
+END_TEST
+
+START_TEST(embedded_matches_reference)
+{
+	struct ice_ctx *c;
+	struct rt_scn s;
+
+	ck_assert_int_eq(ice_open_embedded(NULL, &c), 0);
+	ck_assert_int_eq(ice_is_embedded(c), 1);
+	rt_scn_default(&s, 11 + (uint64_t)_i, _i == 0 ? 777 : (_i == 1 ? 20 : 300));
+	if (_i == 2) {
+		/* GQA group of 4, no sink, no dense layers, bigger budget than pages. */
+		s.shape = (struct ice_model_shape){ 2, 8, 2, 64, ICE_DTYPE_F32 };
+		s.budget = (struct ice_budget){ 0, 16, 256, 0 };
+	}
+	rt_scenario(c, &s);
+	ice_close(c);
+}
+END_TEST
+
+START_TEST(half_precision_is_stored_exactly_and_ranked_in_f32)
+{
+	const uint32_t dts[] = { ICE_DTYPE_F16, ICE_DTYPE_BF16 };
+	struct ice_model_shape sh = { 1, 2, 1, 16, dts[_i] };
+	struct ice_budget b = { 0, 0, 16, 0 };
+	struct ice_page_ref r[8];
+	uint16_t k[64 * 16], v[64 * 16], out[2 * 16 * 16];
+	float q[2 * 16] = { 0 };
+	struct ice_ctx *c;
+	uint32_t seq, i;
+	int n;
+
+	/* Token t's key is +1.0 in dimension 0 only for t = 37 (page 2), else 0. */
+	for (i = 0; i < 64 * 16; i++) {
+		k[i] = 0;
+		v[i] = (uint16_t)(i * 7);
+	}
+	k[37 * 16] = dts[_i] == ICE_DTYPE_F16 ? 0x3c00 : 0x3f80;
+	q[0] = 1.0f;
+	ck_assert_int_eq(ice_open_embedded(NULL, &c), 0);
+	ck_assert_int_eq(ice_seq_open(c, &sh, &b, &seq), 0);
+	ck_assert_int_eq(ice_append(c, seq, 0, 64, k, v), 0);
+	n = ice_select(c, seq, 0, q, r, 8);
+	ck_assert_int_ge(n, 1);
+	ck_assert_uint_eq(r[0].kind, ICE_PAGE_RETRIEVED);
+	ck_assert_uint_eq(r[0].page, 2);
+	ck_assert(r[0].score == 1.0f);
+	ck_assert_int_eq(ice_fetch(c, seq, 0, r, 1, out, sizeof(out)), 0);
+	ck_assert_mem_eq(out, k + 32 * 16, 16 * 16 * 2);
+	ck_assert_mem_eq(out + 16 * 16, v + 32 * 16, 16 * 16 * 2);
+	ice_close(c);
+}
+END_TEST
+
+START_TEST(bad_arguments_get_errors)
+{
+	struct ice_model_shape sh = { 2, 4, 2, 16, ICE_DTYPE_F32 };
+	struct ice_budget b = { 16, 16, 32, 0 };
+	struct ice_page_ref r[16];
+	float kv[2 * 40 * 16] = { 0 }, q[4 * 16] = { 0 }, out[2 * 16 * 16];
+	struct ice_ctx *c, *c2;
+	uint32_t seq, seq2;
+	char small[8];
+
+	ck_assert_int_eq(ice_open_embedded("dram_bytes = banana", &c), -EINVAL);
+	ck_assert_int_eq(ice_open_embedded(NULL, NULL), -EINVAL);
+	ck_assert_int_eq(ice_open_embedded(NULL, &c), 0);
+	ck_assert_int_eq(ice_noop(NULL), -EINVAL);
+	sh.q_heads = 3;
+	ck_assert_int_eq(ice_seq_open(c, &sh, &b, &seq), -EINVAL);
+	sh.q_heads = 4;
+	sh.dtype = 9;
+	ck_assert_int_eq(ice_seq_open(c, &sh, &b, &seq), -EINVAL);
+	sh.dtype = ICE_DTYPE_F32;
+	sh.head_dim = 12;
+	ck_assert_int_eq(ice_seq_open(c, &sh, &b, &seq), -EINVAL);
+	sh.head_dim = 16;
+	b.dense_layers = 3;
+	ck_assert_int_eq(ice_seq_open(c, &sh, &b, &seq), -EINVAL);
+	b.dense_layers = 0;
+	ck_assert_int_eq(ice_seq_open(c, &sh, &b, &seq), 0);
+	ck_assert_int_eq(ice_append(c, seq, 2, 40, kv, kv), -EINVAL);
+	ck_assert_int_eq(ice_append(c, seq, 0, 0, kv, kv), -EINVAL);
+	ck_assert_int_eq(ice_append(c, seq + 1, 0, 40, kv, kv), -ENOENT);
+	ck_assert_int_eq(ice_append(c, seq, 0, 40, kv, kv), 0);
+	ck_assert_int_eq(ice_select(c, seq, 5, q, r, 16), -EINVAL);
+	ck_assert_int_eq(ice_select(c, seq, 0, q, r, 1), -ENOSPC);
+	ck_assert_int_gt(ice_select(c, seq, 0, q, r, 16), 0);
+	r[0].page = 99;
+	ck_assert_int_eq(ice_fetch(c, seq, 0, r, 1, out, sizeof(out)), -EINVAL);
+	r[0].page = 0;
+	r[0].kv_head = 2;
+	ck_assert_int_eq(ice_fetch(c, seq, 0, r, 1, out, sizeof(out)), -EINVAL);
+	r[0].kv_head = 0;
+	r[0].kind = 7;
+	ck_assert_int_eq(ice_fetch(c, seq, 0, r, 1, out, sizeof(out)), -EINVAL);
+	r[0].kind = ICE_PAGE_SINK;
+	ck_assert_int_eq(ice_fetch(c, seq, 0, r, 1, out, 100), -ENOSPC);
+	ck_assert_int_eq(ice_stats(c, small, sizeof(small)), -ENOSPC);
+	/* Another context's sequence does not exist for this one. */
+	ck_assert_int_eq(ice_open_embedded(NULL, &c2), 0);
+	ck_assert_int_eq(ice_seq_open(c2, &sh, &b, &seq2), 0);
+	ck_assert_int_eq(ice_seq_close(c2, seq2), 0);
+	ice_close(c2);
+	ice_close(c);
+}
+END_TEST
+
+/* A DRAM cap that fills up: -ENOSPC, and the sequence keeps working with what it has. */
+START_TEST(full_dram_tier_is_an_error_not_a_crash)
+{
+	struct ice_model_shape sh = { 1, 2, 2, 64, ICE_DTYPE_F32 };
+	struct ice_budget b = { 16, 16, 32, 0 };
+	static float kv[2 * 64 * 64];
+	struct ice_page_ref r[64];
+	float q[2 * 64] = { 1 };
+	char stats[8192];
+	struct ice_ctx *c;
+	uint32_t seq;
+	uint64_t used, cap;
+	int err = 0, i, n1, n2;
+
+	ck_assert_int_eq(ice_open_embedded("dram_bytes = 1048576", &c), 0);
+	ck_assert_int_eq(ice_seq_open(c, &sh, &b, &seq), 0);
+	for (i = 0; i < 1000 && !err; i++)
+		err = ice_append(c, seq, 0, 64, kv, kv);
+	ck_assert_int_eq(err, -ENOSPC);
+	n1 = ice_select(c, seq, 0, q, r, 64);
+	ck_assert_int_gt(n1, 0);
+	ck_assert_int_eq(ice_append(c, seq, 0, 64, kv, kv), -ENOSPC);
+	n2 = ice_select(c, seq, 0, q, r, 64);
+	ck_assert_int_eq(n1, n2);
+	ck_assert_int_gt(ice_stats(c, stats, sizeof(stats)), 0);
+	ck_assert_int_eq(stats_find_u64(stats, "tier.dram.used_bytes", &used), 0);
+	ck_assert_int_eq(stats_find_u64(stats, "tier.dram.capacity_bytes", &cap), 0);
+	ck_assert_uint_le(used, cap);
+	ck_assert_int_eq(ice_seq_close(c, seq), 0);
+	ck_assert_int_gt(ice_stats(c, stats, sizeof(stats)), 0);
+	ck_assert_int_eq(stats_find_u64(stats, "tier.dram.used_bytes", &used), 0);
+	ck_assert_uint_eq(used, 0);
+	ice_close(c);
+}
+END_TEST
+
+/* The same table in-process: random entries never crash and never succeed when malformed. */
+START_TEST(embedded_random_entries_get_errors)
+{
+	struct ice_model_shape sh = { 2, 4, 2, 16, ICE_DTYPE_F32 };
+	struct ice_budget b = { 16, 16, 32, 0 };
+	struct ice_ctx *c;
+	struct ring_sqe s;
+	struct ring_cqe q;
+	uint64_t rng = 99, arena, ok = 0, i;
+	uint32_t seq;
+
+	ck_assert_int_eq(ice_open_embedded("arena_bytes = 65536", &c), 0);
+	ck_assert_ptr_nonnull(shim_arena(c, &arena));
+	ck_assert_int_eq(ice_seq_open(c, &sh, &b, &seq), 0);
+	for (i = 0; i < 100000; i++) {
+		uint64_t r = rt_rand(&rng);
+
+		memset(&s, 0, sizeof(s));
+		s.opcode = (uint8_t)(r % 16 < 12 ? r % OP__COUNT : r >> 8);
+		if (r & (1ull << 20))
+			s.flags = (uint8_t)(r >> 24);
+		s.layer = (uint16_t)(r >> 32) % 4;
+		s.seq = (r & (1ull << 21)) ? seq : (uint32_t)rt_rand(&rng);
+		if (r & (1ull << 22))
+			s.arg[0] = rt_rand(&rng) % 200;
+		if (r & (1ull << 23)) {
+			s.in_off = rt_rand(&rng) % (arena + 16);
+			s.in_len = rt_rand(&rng) % (arena + 16);
+		}
+		if (r & (1ull << 25)) {
+			s.out_off = rt_rand(&rng) % (arena + 16);
+			s.out_len = rt_rand(&rng) % (arena + 16);
+		}
+		ck_assert_int_eq(shim_raw(c, &s, &q), 0);
+		ck_assert_uint_eq(q.tag, i + 2);
+		if (q.res >= 0)
+			ok++;
+	}
+	/* The context still works afterwards. */
+	ck_assert_int_eq(ice_noop(c), 0);
+	ck_assert_uint_lt(ok, 100000);
+	ice_close(c);
+}
+END_TEST
+
+/* Only ice_* leaves libicecache.so. */
+START_TEST(library_exports_only_ice_symbols)
+{
+	const char *root = getenv("ICE_BUILD_ROOT");
+	char cmd[1024], line[512];
+	int n = 0;
+	FILE *f;
+
+	snprintf(cmd, sizeof(cmd),
+		 "nm -D --defined-only %s/runtime/libicecache.so 2>/dev/null | awk '{print $3}'",
+		 root ? root : "build");
+	f = popen(cmd, "r");
+	ck_assert_ptr_nonnull(f);
+	while (fgets(line, sizeof(line), f)) {
+		line[strcspn(line, "@\n")] = '\0';
+		if (!line[0] || !strcmp(line, "ICECACHE_0"))
+			continue;
+		ck_assert_msg(!strncmp(line, "ice_", 4), "exported: %s", line);
+		n++;
+	}
+	pclose(f);
+	ck_assert_int_ge(n, 15);
+}
+END_TEST
+
+static Suite *rt_suite(void)
+{
+	Suite *s = suite_create("runtime-unit");
+	TCase *t = tcase_create("ring");
+
+	tcase_set_timeout(t, 120);
+	tcase_add_test(t, ring_layout_is_what_the_doc_says);
+	tcase_add_test(t, ring_fills_drains_and_wraps_in_order);
+	tcase_add_test(t, ring_refuses_impossible_indexes);
+	tcase_add_test(t, ring_two_threads_keep_order_through_sleeps);
+	suite_add_tcase(s, t);
+	t = tcase_create("control");
+	tcase_add_test(t, config_round_trips_and_rejects_bad_values);
+	tcase_add_test(t, opcode_table_is_complete);
+	tcase_add_test(t, library_exports_only_ice_symbols);
+	suite_add_tcase(s, t);
+	t = tcase_create("engine");
+	tcase_set_timeout(t, 120);
+	tcase_add_loop_test(t, embedded_matches_reference, 0, 3);
+	tcase_add_loop_test(t, half_precision_is_stored_exactly_and_ranked_in_f32, 0, 2);
+	tcase_add_test(t, bad_arguments_get_errors);
+	tcase_add_test(t, full_dram_tier_is_an_error_not_a_crash);
+	tcase_add_test(t, embedded_random_entries_get_errors);
+	suite_add_tcase(s, t);
+	return s;
+}
+
+int main(void)
+{
+	Suite *const suites[] = { rt_suite(), NULL };
+
+	return check_run_suites(suites);
+}

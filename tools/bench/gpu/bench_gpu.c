@@ -1,0 +1,591 @@
+/*
+ * icebench gpu: the GPU half of one decode step for a model shape, against baselines measured
+ * in the same run.
+ *
+ *   ceiling   one large pinned cudaMemcpy host->device (the PCIe roof)
+ *   percopy   one cudaMemcpyAsync per scattered page (what not to do)
+ *   gather    kern_gather from mapped pinned host memory, scattered pages, one launch per layer
+ *             (and one launch for all layers of a token)
+ *   attn      kern_attn over the budget's pages (sink + selected + window) per layer
+ *   full      kern_attn over every page of the context (our own full-KV decode)
+ *   sdpa      PyTorch scaled_dot_product_attention over the full KV (tools/bench/gpu/sdpa.py,
+ *             run as a child process with --sdpa PYTHON)
+ *
+ * Pages of the context live in one pinned host pool (--pool-mib); page (layer, head, id) sits
+ * at a hashed position in it, so selected pages are scattered as they would be in the DRAM tier.
+ * All timings are CUDA events around GPU work, medians over --iters tokens.
+ */
+#include <errno.h>
+#include <math.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "bench.h"
+#include "kern.h"
+
+struct gpu_opts {
+	uint32_t layers, hq, hkv, d, P, budget, iters;
+	uint32_t nctx;
+	uint32_t ctx[8];
+	size_t pool_mib;
+	const char *sdpa_python;
+	int json;
+};
+
+struct ctx_result {
+	uint32_t ctx;
+	double gather_layer_gbs, gather_desc_gbs, gather_token_gbs, percopy_gbs;
+	double move_token_us, attn_layer_us, full_layer_us, sdpa_layer_us;
+	char sdpa_variant[64];
+};
+
+static uint64_t mix64(uint64_t z)
+{
+	z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+	z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+	return z ^ (z >> 31);
+}
+
+static int cmp_dbl(const void *a, const void *b)
+{
+	double x = *(const double *)a, y = *(const double *)b;
+
+	return x < y ? -1 : x > y;
+}
+
+static double median(double *v, uint32_t n)
+{
+	qsort(v, n, sizeof(*v), cmp_dbl);
+	return n ? v[n / 2] : NAN;
+}
+
+static int parse_ctx(struct gpu_opts *o, const char *s)
+{
+	char *end;
+
+	o->nctx = 0;
+	while (*s && o->nctx < 8) {
+		unsigned long v = strtoul(s, &end, 10);
+
+		if (end == s || !v)
+			return -EINVAL;
+		if (*end == 'k' || *end == 'K') {
+			v *= 1024;
+			end++;
+		}
+		o->ctx[o->nctx++] = (uint32_t)v;
+		s = *end == ',' ? end + 1 : end;
+		if (*end && *end != ',')
+			return -EINVAL;
+	}
+	return o->nctx ? 0 : -EINVAL;
+}
+
+static void usage(FILE *f)
+{
+	fprintf(f,
+		"usage: icebench gpu [--ctx 32k,128k,256k] [--layers 32] [--hq 32] [--hkv 8] [--d 128]\n"
+		"                    [--page 16] [--budget 256] [--iters 30] [--pool-mib 2048]\n"
+		"                    [--sdpa PYTHON] [--json]\n"
+		"Times one decode step's GPU work (bf16): scattered page gather from pinned host memory\n"
+		"vs the pinned-copy ceiling, sparse attention vs full-KV attention (ours, and PyTorch SDPA\n"
+		"through PYTHON running tools/bench/gpu/sdpa.py). Needs a CUDA device.\n");
+}
+
+/* Fills n bytes with bf16 values in [-1, 1) (so data is never zeros or NaN). */
+static void fill_bf16(uint16_t *p, size_t n_elems, uint64_t seed)
+{
+	size_t i;
+
+	for (i = 0; i < n_elems; i++) {
+		uint64_t r = mix64(seed + i);
+		float f = (float)((r >> 40) * (1.0 / 16777216.0)) * 2.0f - 1.0f;
+
+		p[i] = kern_f32_to_bf16(f);
+	}
+}
+
+#define CK(expr)                                                                          \
+	do {                                                                              \
+		int r_ = (expr);                                                          \
+		if (r_ < 0) {                                                             \
+			fprintf(stderr, "icebench gpu: %s: %s\n", #expr, strerror(-r_)); \
+			rc = r_;                                                          \
+			goto out;                                                         \
+		}                                                                         \
+	} while (0)
+
+/* Runs PYTHON tools/bench/gpu/sdpa.py for each context and reads "sdpa <ctx> <us> <variant>". */
+static void run_sdpa(const struct gpu_opts *o, struct ctx_result *res)
+{
+	char cmd[1024], line[256], ctxs[128] = "";
+	const char *root = getenv("ICE_SOURCE_ROOT");
+	size_t len = 0;
+	uint32_t i;
+	FILE *p;
+
+	for (i = 0; i < o->nctx; i++)
+		len += (size_t)snprintf(ctxs + len, sizeof(ctxs) - len, "%s%u", i ? "," : "", o->ctx[i]);
+	snprintf(cmd, sizeof(cmd), "%s %s/tools/bench/gpu/sdpa.py --ctx %s --hq %u --hkv %u --d %u",
+		 o->sdpa_python, root ? root : ".", ctxs, o->hq, o->hkv, o->d);
+	p = popen(cmd, "r");
+	if (!p) {
+		fprintf(stderr, "icebench gpu: cannot run %s\n", cmd);
+		return;
+	}
+	while (fgets(line, sizeof(line), p)) {
+		unsigned c;
+		double us;
+		char var[64];
+
+		if (sscanf(line, "sdpa %u %lf %63s", &c, &us, var) != 3) {
+			fputs(line, stderr);
+			continue;
+		}
+		for (i = 0; i < o->nctx; i++)
+			if (res[i].ctx == c) {
+				res[i].sdpa_layer_us = us;
+				snprintf(res[i].sdpa_variant, sizeof(res[i].sdpa_variant), "%s", var);
+			}
+	}
+	if (pclose(p) != 0)
+		fprintf(stderr, "icebench gpu: %s failed\n", cmd);
+}
+
+static int bench_gpu_main(int argc, char **argv)
+{
+	struct gpu_opts o = { 32, 32, 8, 128, 16, 256, 30, 0, { 0 }, 2048, NULL, 0 };
+	struct ctx_result res[8];
+	const size_t es = 2;
+	size_t slot_bytes, pool_pages, ws_bytes = 0, full_bytes = 0;
+	uint32_t ppt, npl, i, l, c, it;
+	double ceiling_gbs = 0.0, *samples = NULL;
+	void *stream = NULL, *ev0 = NULL, *ev1 = NULL;
+	void *hpool = NULL, *hcopies = NULL, *big_h = NULL, *big_d = NULL;
+	void *dslots = NULL, *dq = NULL, *dout = NULL, *dws = NULL, *dtab = NULL, *dfull = NULL;
+	void *dcopies = NULL, *dfulltab = NULL;
+	uint64_t hpool_dev, hcopies_dev;
+	struct kern_copy *copies = NULL;
+	struct kern_page *tab = NULL, *fulltab = NULL;
+	uint32_t *head_off = NULL, *full_off = NULL;
+	int rc = 0;
+
+	for (i = 1; i < (uint32_t)argc; i++) {
+		const char *a = argv[i], *v = i + 1 < (uint32_t)argc ? argv[i + 1] : NULL;
+
+		if (!strcmp(a, "--help") || !strcmp(a, "-h")) {
+			usage(stdout);
+			return 0;
+		} else if (!strcmp(a, "--json")) {
+			o.json = 1;
+			continue;
+		}
+		if (!v) {
+			usage(stderr);
+			return 2;
+		}
+		i++;
+		if (!strcmp(a, "--ctx")) {
+			if (parse_ctx(&o, v)) {
+				fprintf(stderr, "icebench gpu: bad --ctx '%s'\n", v);
+				return 2;
+			}
+		} else if (!strcmp(a, "--layers"))
+			o.layers = (uint32_t)atoi(v);
+		else if (!strcmp(a, "--hq"))
+			o.hq = (uint32_t)atoi(v);
+		else if (!strcmp(a, "--hkv"))
+			o.hkv = (uint32_t)atoi(v);
+		else if (!strcmp(a, "--d"))
+			o.d = (uint32_t)atoi(v);
+		else if (!strcmp(a, "--page"))
+			o.P = (uint32_t)atoi(v);
+		else if (!strcmp(a, "--budget"))
+			o.budget = (uint32_t)atoi(v);
+		else if (!strcmp(a, "--iters"))
+			o.iters = (uint32_t)atoi(v);
+		else if (!strcmp(a, "--pool-mib"))
+			o.pool_mib = (size_t)atoll(v);
+		else if (!strcmp(a, "--sdpa"))
+			o.sdpa_python = v;
+		else {
+			usage(stderr);
+			return 2;
+		}
+	}
+	if (!o.nctx)
+		parse_ctx(&o, "32k,128k,256k");
+	if (!o.layers || !o.hkv || !o.hq || o.hq % o.hkv || (o.d != 64 && o.d != 128) || !o.P ||
+	    o.budget < 2 * o.P || o.budget % o.P || !o.iters || o.iters > 10000 || !o.pool_mib) {
+		fprintf(stderr, "icebench gpu: bad shape (d 64|128, budget a multiple of the page "
+				"size and >= 2 pages)\n");
+		return 2;
+	}
+	for (c = 0; c < o.nctx; c++)
+		if (o.ctx[c] < o.budget * 2) {
+			fprintf(stderr, "icebench gpu: context %u smaller than twice the budget\n", o.ctx[c]);
+			return 2;
+		}
+	if (kern_gpu_count() < 0) {
+		fprintf(stderr, "icebench gpu: no CUDA device (or built without CUDA)\n");
+		return 1;
+	}
+
+	memset(res, 0, sizeof(res));
+	slot_bytes = 2 * (size_t)o.P * o.d * es;
+	ppt = o.budget / o.P;       /* pages per KV head per layer */
+	npl = o.hkv * ppt;          /* pages per layer */
+	pool_pages = o.pool_mib * 1024 * 1024 / slot_bytes;
+	samples = calloc(3 * (size_t)o.iters + 16, sizeof(double));
+	copies = calloc((size_t)o.layers * npl, sizeof(*copies));
+	tab = calloc((size_t)o.layers * npl, sizeof(*tab));
+	head_off = calloc((size_t)o.layers * (o.hkv + 1), sizeof(*head_off));
+	if (!samples || !copies || !tab || !head_off) {
+		rc = -ENOMEM;
+		goto out;
+	}
+
+	CK(kern_stream_new(&stream));
+	CK(kern_event_new(&ev0));
+	CK(kern_event_new(&ev1));
+
+	/* Ceiling: one large pinned copy, as large as PCIe wants (>= 16 MiB). */
+	{
+		const size_t big = 256u << 20;
+		uint64_t dummy;
+
+		CK(kern_host_alloc(big, &big_h, &dummy));
+		CK(kern_dev_alloc(big, &big_d));
+		memset(big_h, 0x3c, big);
+		for (it = 0; it < 12; it++) {
+			float ms;
+
+			CK(kern_event_record(ev0, stream));
+			CK(kern_memcpy_async(big_d, big_h, big, stream));
+			CK(kern_event_record(ev1, stream));
+			CK(kern_event_ms(ev0, ev1, &ms));
+			samples[it] = (double)big / (ms * 1e-3) / 1e9;
+		}
+		ceiling_gbs = median(samples + 2, 10);
+		kern_dev_free(big_d);
+		big_d = NULL;
+		kern_host_free(big_h);
+		big_h = NULL;
+	}
+
+	/* The pinned host pool the pages come from, and device buffers for one token. */
+	CK(kern_host_alloc(pool_pages * slot_bytes, &hpool, &hpool_dev));
+	{
+		/* Random bf16 in the first 64 MiB, repeated: real values, and seconds not minutes. */
+		size_t total = pool_pages * slot_bytes, chunk = total < (64u << 20) ? total : (64u << 20);
+
+		fill_bf16(hpool, chunk / es, 1);
+		for (size_t off = chunk; off < total; off += chunk)
+			memcpy((char *)hpool + off, hpool, total - off < chunk ? total - off : chunk);
+	}
+	CK(kern_host_alloc((size_t)o.layers * npl * sizeof(*copies), &hcopies, &hcopies_dev));
+	CK(kern_dev_alloc((size_t)o.layers * npl * sizeof(*copies), &dcopies));
+	CK(kern_dev_alloc((size_t)o.layers * npl * slot_bytes, &dslots));
+	CK(kern_dev_alloc((size_t)o.hq * o.d * es, &dq));
+	CK(kern_dev_alloc((size_t)o.hq * o.d * es, &dout));
+	CK(kern_dev_alloc((size_t)o.layers * (npl * sizeof(*tab) + (o.hkv + 1) * sizeof(*head_off)),
+			  &dtab));
+	{
+		uint16_t *q = malloc((size_t)o.hq * o.d * es);
+
+		if (!q) {
+			rc = -ENOMEM;
+			goto out;
+		}
+		fill_bf16(q, (size_t)o.hq * o.d, 77);
+		rc = kern_memcpy(dq, q, (size_t)o.hq * o.d * es);
+		free(q);
+		CK(rc);
+	}
+
+	for (c = 0; c < o.nctx; c++) {
+		struct ctx_result *r = &res[c];
+		uint32_t ctx_pages = o.ctx[c] / o.P; /* pages per KV head */
+		struct kern_attn_args a;
+		void *tab_dev_base = dtab;
+
+		r->ctx = o.ctx[c];
+
+		/*
+		 * Move, per token: a fresh selection for every layer, then
+		 *   inline  one kern_gather_inline per layer (list in the launch: the engine's path)
+		 *   desc    the token's lists uploaded once, then one kern_gather per layer
+		 *   token   one kern_gather for every page of every layer (prefetch-style)
+		 */
+		for (it = 0; it < o.iters + 3; it++) {
+			uint64_t tok = mix64(((uint64_t)c << 40) + it);
+			struct kern_copy *hc = hcopies;
+			float ms[3];
+
+			for (l = 0; l < o.layers; l++) {
+				for (i = 0; i < npl; i++) {
+					uint32_t h = i / ppt, k = i % ppt, page;
+					uint64_t where;
+
+					/* sink, window, then pages drawn from the middle of the context */
+					if (k == 0)
+						page = 0;
+					else if (k == ppt - 1)
+						page = ctx_pages - 1;
+					else
+						page = 1 + (uint32_t)(mix64(tok + (uint64_t)l * 7919 + i) %
+								      (ctx_pages - 2));
+					where = mix64(((uint64_t)l << 48) ^ ((uint64_t)h << 32) ^ page) %
+						pool_pages;
+					hc[(size_t)l * npl + i].src = hpool_dev + where * slot_bytes;
+					hc[(size_t)l * npl + i].dst =
+						(uint64_t)(uintptr_t)dslots + ((size_t)l * npl + i) * slot_bytes;
+				}
+			}
+			CK(kern_event_record(ev0, stream));
+			for (l = 0; l < o.layers; l++)
+				CK(kern_gather_inline(hc + (size_t)l * npl, npl, slot_bytes, stream));
+			CK(kern_event_record(ev1, stream));
+			CK(kern_event_ms(ev0, ev1, &ms[0]));
+
+			CK(kern_event_record(ev0, stream));
+			CK(kern_memcpy_async(dcopies, hcopies, (size_t)o.layers * npl * sizeof(*copies),
+					     stream));
+			for (l = 0; l < o.layers; l++)
+				CK(kern_gather((const struct kern_copy *)dcopies + (size_t)l * npl, npl,
+					       slot_bytes, stream));
+			CK(kern_event_record(ev1, stream));
+			CK(kern_event_ms(ev0, ev1, &ms[1]));
+
+			CK(kern_event_record(ev0, stream));
+			CK(kern_gather((const struct kern_copy *)dcopies, o.layers * npl, slot_bytes, stream));
+			CK(kern_event_record(ev1, stream));
+			CK(kern_event_ms(ev0, ev1, &ms[2]));
+			if (it >= 3) {
+				samples[it - 3] = ms[0] * 1e3;
+				samples[o.iters + it - 3] = ms[1] * 1e3;
+				samples[2 * o.iters + it - 3] = ms[2] * 1e3;
+			}
+		}
+		{
+			double bytes = (double)o.layers * npl * slot_bytes;
+
+			r->move_token_us = median(samples, o.iters);
+			r->gather_layer_gbs = bytes / (r->move_token_us * 1e-6) / 1e9;
+			r->gather_desc_gbs = bytes / (median(samples + o.iters, o.iters) * 1e-6) / 1e9;
+			r->gather_token_gbs = bytes / (median(samples + 2 * o.iters, o.iters) * 1e-6) / 1e9;
+		}
+
+		/* Baseline: one cudaMemcpyAsync per page, one layer's pages. */
+		for (it = 0; it < 8; it++) {
+			const struct kern_copy *hc = hcopies;
+			float ms;
+
+			CK(kern_event_record(ev0, stream));
+			for (i = 0; i < npl; i++)
+				CK(kern_memcpy_async((void *)(uintptr_t)hc[i].dst,
+						     (char *)hpool + (hc[i].src - hpool_dev), slot_bytes,
+						     stream));
+			CK(kern_event_record(ev1, stream));
+			CK(kern_event_ms(ev0, ev1, &ms));
+			samples[it] = (double)npl * slot_bytes / (ms * 1e-3) / 1e9;
+		}
+		r->percopy_gbs = median(samples + 2, 6);
+
+		/* Sparse attention over the gathered working set, each layer its own table. */
+		for (l = 0; l < o.layers; l++) {
+			for (i = 0; i < npl; i++) {
+				tab[(size_t)l * npl + i].slot = l * npl + i;
+				/* the window page is partly filled, as in decode */
+				tab[(size_t)l * npl + i].fill = i % ppt == ppt - 1 ? o.P / 2 + 1 : o.P;
+			}
+			for (i = 0; i <= o.hkv; i++)
+				head_off[(size_t)l * (o.hkv + 1) + i] = i * ppt;
+		}
+		CK(kern_memcpy(dtab, tab, (size_t)o.layers * npl * sizeof(*tab)));
+		CK(kern_memcpy((char *)dtab + (size_t)o.layers * npl * sizeof(*tab), head_off,
+			       (size_t)o.layers * (o.hkv + 1) * sizeof(*head_off)));
+		/* Real bf16 data in every slot (the gather above copied pool pages in). */
+		memset(&a, 0, sizeof(a));
+		a.dtype = KERN_BF16;
+		a.hq = o.hq;
+		a.hkv = o.hkv;
+		a.d = o.d;
+		a.page_cap = o.P;
+		a.scale = 1.0f / sqrtf((float)o.d);
+		a.q = dq;
+		a.out = dout;
+		a.pool = dslots;
+		a.slot_bytes = slot_bytes;
+		a.nslots = o.layers * npl;
+		a.max_pages = ppt;
+		a.pages = tab_dev_base;
+		a.head_off = (const uint32_t *)((char *)dtab + (size_t)o.layers * npl * sizeof(*tab));
+		if (kern_attn_ws_size(&a) > ws_bytes) {
+			kern_dev_free(dws);
+			dws = NULL;
+			ws_bytes = kern_attn_ws_size(&a);
+			CK(kern_dev_alloc(ws_bytes, &dws));
+			CK(kern_memset(dws, 0, ws_bytes));
+		}
+		for (it = 0; it < o.iters + 3; it++) {
+			float ms;
+
+			CK(kern_event_record(ev0, stream));
+			for (l = 0; l < o.layers; l++) {
+				a.pages = (const struct kern_page *)tab_dev_base + (size_t)l * npl;
+				a.head_off = (const uint32_t *)((char *)dtab + (size_t)o.layers * npl *
+								sizeof(*tab)) + (size_t)l * (o.hkv + 1);
+				CK(kern_attn(&a, dws, stream));
+			}
+			CK(kern_event_record(ev1, stream));
+			CK(kern_event_ms(ev0, ev1, &ms));
+			if (it >= 3)
+				samples[it - 3] = ms * 1e3 / o.layers;
+		}
+		r->attn_layer_us = median(samples, o.iters);
+
+		/* Our own full-KV decode over every page of one layer's context (in HBM). */
+		{
+			size_t need = (size_t)o.hkv * ctx_pages * slot_bytes;
+			size_t tab_n = (size_t)o.hkv * ctx_pages;
+			uint32_t *foff;
+
+			if (need > full_bytes) {
+				kern_dev_free(dfull);
+				dfull = NULL;
+				CK(kern_dev_alloc(need, &dfull));
+				full_bytes = need;
+				/* Copy pool pages in so the data is real bf16, not zeros. */
+				for (size_t off = 0; off < need; off += 64u << 20) {
+					size_t n = need - off < (64u << 20) ? need - off : (64u << 20);
+
+					CK(kern_memcpy((char *)dfull + off, hpool, n));
+				}
+			}
+			free(fulltab);
+			free(full_off);
+			fulltab = calloc(tab_n, sizeof(*fulltab));
+			full_off = calloc(o.hkv + 1, sizeof(*full_off));
+			if (!fulltab || !full_off) {
+				rc = -ENOMEM;
+				goto out;
+			}
+			for (size_t k = 0; k < tab_n; k++) {
+				fulltab[k].slot = (uint32_t)k;
+				fulltab[k].fill = o.P;
+			}
+			for (i = 0; i <= o.hkv; i++)
+				full_off[i] = i * ctx_pages;
+			kern_dev_free(dfulltab);
+			dfulltab = NULL;
+			CK(kern_dev_alloc(tab_n * sizeof(*fulltab) + (o.hkv + 1) * sizeof(*foff),
+					  &dfulltab));
+			CK(kern_memcpy(dfulltab, fulltab, tab_n * sizeof(*fulltab)));
+			foff = (uint32_t *)((struct kern_page *)dfulltab + tab_n);
+			CK(kern_memcpy(foff, full_off, (o.hkv + 1) * sizeof(*foff)));
+			a.pool = dfull;
+			a.nslots = (uint32_t)tab_n;
+			a.pages = dfulltab;
+			a.head_off = foff;
+			a.max_pages = ctx_pages;
+			if (kern_attn_ws_size(&a) > ws_bytes) {
+				kern_dev_free(dws);
+				dws = NULL;
+				ws_bytes = kern_attn_ws_size(&a);
+				CK(kern_dev_alloc(ws_bytes, &dws));
+			CK(kern_memset(dws, 0, ws_bytes));
+			}
+			for (it = 0; it < o.iters + 3; it++) {
+				float ms;
+
+				CK(kern_event_record(ev0, stream));
+				CK(kern_attn(&a, dws, stream));
+				CK(kern_event_record(ev1, stream));
+				CK(kern_event_ms(ev0, ev1, &ms));
+				if (it >= 3)
+					samples[it - 3] = ms * 1e3;
+			}
+			r->full_layer_us = median(samples, o.iters);
+		}
+		CK(kern_gpu_check());
+	}
+
+	/* Free our big buffers before PyTorch takes the GPU. */
+	kern_dev_free(dfull);
+	dfull = NULL;
+	if (o.sdpa_python)
+		run_sdpa(&o, res);
+
+	if (o.json) {
+		bench_json_begin(stdout, "gpu");
+		printf(",\"shape\":{\"layers\":%u,\"hq\":%u,\"hkv\":%u,\"d\":%u,\"page\":%u,"
+		       "\"budget\":%u,\"dtype\":\"bf16\"},\"pinned_copy_ceiling_gbs\":%.2f,"
+		       "\"pool_mib\":%zu,\"iters\":%u,\"results\":[",
+		       o.layers, o.hq, o.hkv, o.d, o.P, o.budget, ceiling_gbs, o.pool_mib, o.iters);
+		for (c = 0; c < o.nctx; c++) {
+			struct ctx_result *r = &res[c];
+
+			printf("%s{\"ctx\":%u,\"gather_per_layer_gbs\":%.2f,\"gather_one_launch_gbs\":%.2f,"
+			       "\"gather_per_layer_desc_gbs\":%.2f,\"memcpy_per_page_gbs\":%.2f,\"move_token_us\":%.1f,"
+			       "\"attn_sparse_layer_us\":%.2f,\"attn_full_ours_layer_us\":%.2f,"
+			       "\"sdpa_full_layer_us\":%.2f,\"sdpa_variant\":\"%s\","
+			       "\"attend_token_us\":%.1f,\"full_decode_token_us\":%.1f,"
+			       "\"select_token_us\":null}",
+			       c ? "," : "", r->ctx, r->gather_layer_gbs, r->gather_token_gbs,
+			       r->gather_desc_gbs, r->percopy_gbs, r->move_token_us, r->attn_layer_us, r->full_layer_us,
+			       r->sdpa_layer_us, r->sdpa_variant, r->attn_layer_us * o.layers,
+			       r->sdpa_layer_us * o.layers);
+		}
+		printf("]}\n");
+	}
+	{
+		FILE *f = o.json ? stderr : stdout;
+
+		fprintf(f, "gpu: %u layers, %u q / %u kv heads, d %u, bf16, page %u, budget %u tokens "
+			   "(%u pages/head), %u iters\n",
+			o.layers, o.hq, o.hkv, o.d, o.P, o.budget, ppt, o.iters);
+		fprintf(f, "pinned cudaMemcpy ceiling: %.1f GB/s\n", ceiling_gbs);
+		fprintf(f, "%7s %9s %9s %9s %9s %9s | %9s %9s %9s %6s | %9s %9s\n", "ctx", "gath/lay",
+			"gath/desc", "gath/tok", "memcpy/pg", "move us", "sparse us", "full us", "sdpa us", "x",
+			"attend us", "full us");
+		for (c = 0; c < o.nctx; c++) {
+			struct ctx_result *r = &res[c];
+
+			fprintf(f, "%7u %9.1f %9.1f %9.1f %9.1f %9.0f | %9.2f %9.1f %9.1f %6.1f | %9.0f %9.0f\n",
+				r->ctx, r->gather_layer_gbs, r->gather_desc_gbs, r->gather_token_gbs, r->percopy_gbs,
+				r->move_token_us, r->attn_layer_us, r->full_layer_us, r->sdpa_layer_us,
+				r->sdpa_layer_us / r->attn_layer_us, r->attn_layer_us * o.layers,
+				r->sdpa_layer_us * o.layers);
+		}
+		fprintf(f, "(GB/s: scattered %zu-byte pages; us per layer for attention; per token = "
+			   "%u layers; select: see icebench index)\n",
+			slot_bytes, o.layers);
+	}
+out:
+	kern_dev_free(dfulltab);
+	kern_dev_free(dfull);
+	kern_dev_free(dws);
+	kern_dev_free(dtab);
+	kern_dev_free(dout);
+	kern_dev_free(dq);
+	kern_dev_free(dslots);
+	kern_dev_free(dcopies);
+	kern_host_free(hcopies);
+	kern_host_free(hpool);
+	kern_dev_free(big_d);
+	kern_host_free(big_h);
+	kern_event_free(ev1);
+	kern_event_free(ev0);
+	kern_stream_free(stream);
+	free(full_off);
+	free(fulltab);
+	free(head_off);
+	free(tab);
+	free(copies);
+	free(samples);
+	return rc < 0 ? 1 : 0;
+}
+
+BENCH_COMMAND(gpu_cmd, "gpu", "page gather, sparse vs full-KV attention on the GPU", bench_gpu_main)
