@@ -146,7 +146,7 @@ static int parse_list(const char *s, int *out, int max)
 struct row {
 	int task, filler, length, depth_i, method, budget;
 	int correct, tokens;
-	double attended, tok_s;
+	double attended, tok_s, pages;
 	char key[8], answer[64];
 };
 
@@ -377,6 +377,7 @@ static int run_mode(struct run *r, int si, int n0, const struct ids *tail, struc
 	r->decode_tok[si] += steps;
 	r->decode_s[si] += (clock_now_ns() - t0) / 1e9;
 	w->attended = sel_attended(s);
+	w->pages = sel_pages(s);
 	w->tok_s = steps / ((clock_now_ns() - t0) / 1e9);
 	sel_end(s);
 	w->answer[len] = 0;
@@ -429,6 +430,10 @@ static int run_case(struct run *r, int task, int filler, int length, int di, int
 				sel_kind_name(w.method), w.budget, w.answer, key,
 				w.correct ? "ok" : "MISS", w.method == SEL_FULL ? pre.n + tail.n :
 				w.attended, w.tok_s);
+		if (r->o.verbose && (w.method == SEL_DCI || w.method == SEL_ICECACHE))
+			fprintf(stderr, "    %.1f pages selected per layer and KV head per step%s%s\n",
+				w.pages, *sel_stats_text(r->sels[si]) ? "; " : "",
+				sel_stats_text(r->sels[si]));
 	}
 out:
 	free(pre.v);
@@ -632,7 +637,7 @@ static void usage(FILE *f)
 		"  -t, --threads N       worker threads (default 2)\n"
 		"  --lengths L,L,..      prompt lengths in tokens (default 1024,2048,4096,8192)\n"
 		"  --budgets B,B,..      tokens attended per layer and KV head (default 64,128,256)\n"
-		"  --methods M,M,..      full,stream,quest,oracle,icecache (default full,stream,quest"
+		"  --methods M,M,..      full,stream,quest,dci,oracle,icecache (default full,dci,quest,stream"
 		"%s)\n"
 		"  --depths N            passkey depths 0%%..100%% (default 10)\n"
 		"  --mk-depths N         multikey cases per length (default 4)\n"
@@ -739,7 +744,7 @@ int eval_main(int argc, char **argv)
 		char buf[256], *tok, *save = NULL;
 
 		snprintf(buf, sizeof(buf), "%s", methods ? methods :
-			 (sel_have_icecache() ? "full,stream,quest,icecache" : "full,stream,quest"));
+			 (sel_have_icecache() ? "full,icecache,dci,quest,stream" : "full,dci,quest,stream"));
 		r->o.nmethods = 0;
 		for (tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
 			int k = sel_kind_parse(tok);

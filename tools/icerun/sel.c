@@ -3,6 +3,7 @@
 
 #include <errno.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -39,7 +40,10 @@ struct sel {
 	double *msum, *osum;
 	long *mcnt;
 	int slot;
+	float pmax[MAXG], psum[MAXG];	/* full softmax of the last full_probs call, per head */
 	long att_tokens, att_calls;	/* this case: tokens attended per (layer, kv head, step) */
+	long att_pages;			/* retrieved pages among them */
+	char stats[2048];		/* icecache: engine stats taken before the sequence closed */
 #ifdef ICERUN_HAVE_ICECACHE
 	struct ice_ctx *ice;
 	uint32_t seq;
@@ -255,7 +259,7 @@ int sel_begin_len(struct sel *s, const struct kv *kv, int n0, int length)
 	int l, h, p, i;
 
 	s->slot = s->c.nlengths;	/* "other" */
-	s->att_tokens = s->att_calls = 0;
+	s->att_tokens = s->att_calls = s->att_pages = 0;
 	for (i = 0; i < s->c.nlengths; i++)
 		if (s->c.lengths[i] == length)
 			s->slot = i;
@@ -304,6 +308,24 @@ void sel_end(struct sel *s)
 {
 #ifdef ICERUN_HAVE_ICECACHE
 	if (s->seq_open) {
+		char buf[16384];
+		int n = ice_stats(s->ice, buf, sizeof(buf));
+		static const char *const keep[] = { "engine.store ", "engine.index ",
+						     "tier.dram.used_bytes ", "tier.dram.pages ",
+						     "tier.dram.capacity_bytes ", "engine.select.p50_ns ",
+						     "engine.fetch.p50_ns ", "daemon.clients " };
+
+		/* the occupancy while the sequence is alive: closing frees its pages */
+		s->stats[0] = 0;
+		for (size_t k = 0; n > 0 && k < sizeof(keep) / sizeof(keep[0]); k++) {
+			const char *p = strstr(buf, keep[k]), *e;
+
+			if (!p || (p != buf && p[-1] != '\n'))
+				continue;
+			e = strchr(p, '\n');
+			snprintf(s->stats + strlen(s->stats), sizeof(s->stats) - strlen(s->stats),
+				 "%s%.*s", s->stats[0] ? ", " : "", (int)(e ? e - p : (long)strlen(p)), p);
+		}
 		ice_seq_close(s->ice, s->seq);
 		s->seq_open = false;
 	}
@@ -401,6 +423,8 @@ static void full_probs(struct sel *s, const struct kv *kv, int layer, int h, con
 		sum = mm_softmax_exp(pr, n, mx);
 		for (j = 0; j < n; j++)
 			pr[j] /= sum;
+		s->pmax[hh] = mx;
+		s->psum[hh] = sum;
 	}
 }
 
@@ -452,6 +476,7 @@ static int dci_set(struct sel *s, const struct kv *kv, int layer, int h, const f
 		return got;
 	for (t = 0; t < P; t++)
 		s->idx[ns++] = t;
+	s->att_pages += got;
 	for (j = 0; j < got; j++) {
 		if (idx_page_tokens(ix, hits[j].page, pos, &fill, &ver))
 			continue;
@@ -657,30 +682,22 @@ static int ice_attend(struct sel *s, const struct kv *kv, int layer, int pos, co
 						vp + (size_t)t * s->d, s->d);
 			}
 		}
-		/* mass: the fetched keys are the cached keys, so exp(q·k) per fetched row is
-		 * exactly that token's share of the full softmax */
+		/* mass: the fetched keys are the cached keys, so exp(q·k - max) / Z of a fetched
+		 * row is exactly that token's share of the full softmax */
 		full_probs(s, kv, layer, h, qg, n);
 		for (hh = 0; hh < s->g; hh++) {
 			const float *qh = qg + (size_t)hh * s->d;
-			float mx = -INFINITY, z = 0;
-			float *pr = s->p + (size_t)hh * s->c.cap;
 
-			/* recover the max and normaliser of the full softmax from the scores */
-			model_scores(kv, layer, h, qh, n, s->tmp);
-			for (j = 0; j < n; j++)
-				mx = s->tmp[j] > mx ? s->tmp[j] : mx;
-			for (j = 0; j < n; j++)
-				z += pr[j] > 0 ? 0 : 0;
-			z = 0;
-			for (j = 0; j < n; j++)
-				z += expf(s->tmp[j] - mx);
 			for (i = 0; i < nref; i++) {
 				const float *kp = s->pages + (size_t)i * pb;
 
 				if (s->refs[i].kv_head != h)
 					continue;
+				if (hh == 0 && s->refs[i].kind == ICE_PAGE_RETRIEVED)
+					s->att_pages++;
 				for (t = 0; t < (int)s->refs[i].fill; t++)
-					mass += expf(mm_dot(qh, kp + (size_t)t * s->d, s->d) - mx) / z;
+					mass += expf(mm_dot(qh, kp + (size_t)t * s->d, s->d) -
+						     s->pmax[hh]) / s->psum[hh];
 			}
 		}
 		account(s, layer, n, mass, ntok);
@@ -715,6 +732,21 @@ int sel_attend(void *ctx, const struct model *m, const struct kv *kv, int layer,
 		account(s, layer, n, mass, ns);
 	}
 	return 0;
+}
+
+double sel_pages(const struct sel *s)
+{
+	return s->att_calls ? (double)s->att_pages / s->att_calls : 0;
+}
+
+const char *sel_stats_text(const struct sel *s)
+{
+#ifdef ICERUN_HAVE_ICECACHE
+	return s->stats;
+#else
+	(void)s;
+	return "";
+#endif
 }
 
 double sel_attended(const struct sel *s)

@@ -65,6 +65,11 @@ int sel_attend(void *ctx, const struct model *m, const struct kv *kv, int layer,
 
 /* Mean tokens attended per (sparse layer, KV head, step) since sel_begin. */
 double sel_attended(const struct sel *s);
+/* Mean retrieved pages per (sparse layer, KV head, step) (dci, icecache). */
+double sel_pages(const struct sel *s);
+/* icecache: a few engine stats (tier occupancy, select latency) taken before the sequence of
+ * the last case closed; "" otherwise. */
+const char *sel_stats_text(const struct sel *s);
 
 /* Mass statistics for one nominal length; -ENOENT when none were recorded. */
 int sel_mass(const struct sel *s, int length, struct sel_mass *ret);
