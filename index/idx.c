@@ -205,6 +205,7 @@ void idx_params_default(struct idx_params *p, uint32_t dim)
 	p->beam = 0;
 	p->beam_mult = 2.0f;
 	p->beam_add = 16;
+	p->beam_pages = 512;
 	p->cells = 0;
 	p->gqa_widen = 0.25f;
 	p->exact_parent_max = 4096;
@@ -360,15 +361,27 @@ static void blocked_best(const struct idx *ix, const struct cand_blocks *cb, con
 								     IDX_LANES;
 
 		ops->score_block(cb->blk + b * ix->blk, xs, g, ix->dim, out);
-		for (i = 0; i < g; i++)
-			for (l = 0; l < lanes; l++) {
-				float v = out[i * IDX_LANES + l] + hx[i] * h[l];
+		for (i = 0; i < g; i++) {
+			float *o = out + i * IDX_LANES, m = -INFINITY;
 
-				if (v > best[i]) {
-					best[i] = v;
+			/* full blocks: a branch-free max first, lanes only when it wins */
+			if (lanes == IDX_LANES) {
+				for (l = 0; l < IDX_LANES; l++)
+					o[l] += hx[i] * h[l];
+				for (l = 0; l < IDX_LANES; l++)
+					m = o[l] > m ? o[l] : m;
+				if (m <= best[i])
+					continue;
+			} else {
+				for (l = 0; l < lanes; l++)
+					o[l] += hx[i] * h[l];
+			}
+			for (l = 0; l < lanes; l++)
+				if (o[l] > best[i]) {
+					best[i] = o[l];
 					ret_node[i] = cb->node[b * IDX_LANES + l];
 				}
-			}
+		}
 	}
 }
 
@@ -1213,7 +1226,11 @@ size_t idx_take_dirty(struct idx *ix, uint32_t *ids, size_t max)
 
 uint32_t idx_default_beam(const struct idx *ix, uint32_t k)
 {
-	uint64_t b = ix->p.beam ? ix->p.beam : (uint64_t)ceilf(ix->p.beam_mult * (float)k) + ix->p.beam_add;
+	uint64_t b = ix->p.beam;
+
+	if (!b) /* larger indexes crowd more near-ties into the sketch ranking: widen with size */
+		b = (uint64_t)ceilf(ix->p.beam_mult * (float)k) + ix->p.beam_add +
+		    (ix->p.beam_pages ? ix->npages / ix->p.beam_pages : 0);
 
 	return b > IDX_MAX_BEAM ? IDX_MAX_BEAM : (uint32_t)b;
 }

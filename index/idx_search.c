@@ -340,12 +340,14 @@ int idx_search(const struct idx *ix, const float *q, uint32_t g, uint32_t k,
 	rc = search_init(&s, ix, q, g, k, ws, ws_size, &w, &base);
 	if (rc < 0)
 		return rc;
-	if ((opts && (opts->flags & IDX_SEARCH_ALL)) || !ix->sk_ready || ix->lvl[1].n == 0) {
+	beam = opts && opts->beam ? opts->beam : idx_default_beam(ix, k);
+	/* nothing to gain from the sketch when the beam would take (nearly) every page */
+	if ((opts && (opts->flags & IDX_SEARCH_ALL)) || !ix->sk_ready || ix->lvl[1].n == 0 ||
+	    k > IDX_MAX_BEAM || beam >= ix->npages) {
 		for (p = 0; p < ix->npages; p++)
 			offer_page(&s, (uint32_t)p);
 		return search_finish(&s, k, ret_hits);
 	}
-	beam = opts && opts->beam ? opts->beam : idx_default_beam(ix, k);
 	if (g > 1) /* the group shares a union of candidates: fewer each */
 		beam = (uint64_t)ceilf((float)beam * (1.0f + ix->p.gqa_widen * (float)(g - 1)) / (float)g);
 	if (beam < k)
@@ -374,6 +376,12 @@ int idx_search(const struct idx *ix, const float *q, uint32_t g, uint32_t k,
 	for (p = 0; p < ix->npages; p++) {
 		const uint8_t *blk = ix->sk + p * skb;
 		uint32_t fill = ix->pages[p].fill;
+		size_t ln;
+
+		/* keep a few pages in flight: the pass is one long sequential read */
+		if (p + 8 < ix->npages)
+			for (ln = 0; ln < skb; ln += 64)
+				__builtin_prefetch(blk + 8 * skb + ln);
 
 		s.ops->sk_max(blk, qq, g, ix->dim, fill, out);
 		for (i = 0; i < g; i++)
@@ -395,6 +403,14 @@ int idx_search(const struct idx *ix, const float *q, uint32_t g, uint32_t k,
 	}
 	if (g > 1)
 		sort_u32(cand, nc);
+	/* the candidates are scattered pages: ask for all of them before scoring any */
+	for (p = 0; p < nc; p++) {
+		const char *blk = (const char *)idx_page_keys(ix, cand[p]);
+		size_t ln;
+
+		for (ln = 0; ln < ix->blk * sizeof(float); ln += 64)
+			__builtin_prefetch(blk + ln);
+	}
 	for (p = 0; p < nc; p++)
 		if (p == 0 || cand[p] != cand[p - 1] || g == 1)
 			offer_page(&s, cand[p]);

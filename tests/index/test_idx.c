@@ -463,6 +463,21 @@ START_TEST(planted_needles_found_at_every_budget)
 		}
 	}
 	free(ws);
+	/* a k beyond the largest beam still gets k pages, the exact ones */
+	{
+		const uint32_t kbig = 1100;
+		struct idx_hit *ha = malloc(kbig * sizeof(*ha)), *hb = malloc(kbig * sizeof(*hb));
+
+		ck_assert_uint_gt(idx_npages(ix), kbig);
+		ws_size = idx_search_ws_size(ix, 1, kbig);
+		ws = malloc(ws_size);
+		ck_assert_int_eq(idx_search(ix, q, 1, kbig, NULL, ws, ws_size, ha), (int)kbig);
+		ck_assert_int_eq(idx_exact_search(ix, q, 1, kbig, ws, ws_size, hb), (int)kbig);
+		ck_assert_mem_eq(ha, hb, kbig * sizeof(*ha));
+		free(ha);
+		free(hb);
+		free(ws);
+	}
 	idx_free(ix);
 	free(keys);
 }

@@ -230,7 +230,9 @@ static int nvme_rw(struct tier *t, struct tier_io *ios, unsigned n, int write)
 			cnt[m]++;
 			inflight++;
 		}
-		ret = io_uring_submit_and_wait(&r->ring, 1);
+		/* Once everything is queued the batch needs all of it back: one enter that waits
+		 * for the lot saves a wake-up per completion wave. */
+		ret = io_uring_submit_and_wait(&r->ring, next < n ? 1 : inflight);
 		if (ret < 0 && ret != -EINTR && ret != -EAGAIN && ret != -EBUSY) {
 			nvme_ring_fail(r, ios, n, next, v->depth, ret);
 			break;
