@@ -26,6 +26,7 @@
 
 #include "bench.h"
 #include "clock.h"
+#include "hbm.h"
 #include "idx.h"
 #include "kern.h"
 #include "synth.h"
@@ -45,6 +46,7 @@ struct ctx_result {
 	double gather_layer_gbs, gather_desc_gbs, gather_token_gbs, percopy_gbs;
 	double move_token_us, attn_layer_us, full_layer_us, sdpa_layer_us;
 	double select_search_us, select_token_us, select_build_s, move_attend_token_us;
+	double tier_fresh_us, tier_fresh_pages, tier_repeat_us, tier_repeat_pages;
 	uint32_t select_threads;
 	char sdpa_variant[64];
 };
@@ -295,7 +297,9 @@ static int bench_gpu_main(int argc, char **argv)
 	void *dcopies = NULL, *dfulltab = NULL;
 	uint64_t hpool_dev, hcopies_dev;
 	struct kern_copy *copies = NULL;
-	struct kern_page *tab = NULL, *fulltab = NULL;
+	struct kern_page *tab = NULL, *fulltab = NULL, *ws_pages = NULL;
+	struct hbm_req *reqs = NULL;
+	struct hbm *hbm = NULL;
 	uint32_t *head_off = NULL, *full_off = NULL;
 	int rc = 0;
 
@@ -371,12 +375,20 @@ static int bench_gpu_main(int argc, char **argv)
 	copies = calloc((size_t)o.layers * npl, sizeof(*copies));
 	tab = calloc((size_t)o.layers * npl, sizeof(*tab));
 	head_off = calloc((size_t)o.layers * (o.hkv + 1), sizeof(*head_off));
-	if (!samples || !copies || !tab || !head_off) {
+	reqs = calloc(npl, sizeof(*reqs));
+	ws_pages = calloc(npl, sizeof(*ws_pages));
+	if (!samples || !copies || !tab || !head_off || !reqs || !ws_pages) {
 		rc = -ENOMEM;
 		goto out;
 	}
 
 	CK(kern_stream_new(&stream));
+	{
+		/* Room for every layer's working set twice over: the rest is the page cache. */
+		struct hbm_config hc = { 0, 2 * o.layers * npl, slot_bytes, npl };
+
+		CK(hbm_open(&hc, &hbm));
+	}
 	CK(kern_event_new(&ev0));
 	CK(kern_event_new(&ev1));
 
@@ -602,6 +614,63 @@ static int bench_gpu_main(int argc, char **argv)
 		}
 		r->move_attend_token_us = median(samples, o.iters);
 
+		/*
+		 * The same move through the HBM tier (tiers/hbm): per layer hbm_load (cache lookup,
+		 * one inline gather for the misses) and hbm_release; host clock to the stream's end.
+		 * "fresh": a new selection every token (sink hits, window page at a new version);
+		 * "repeat": the previous token's selection again (only the window page moves).
+		 */
+		for (int mode = 0; mode < 2; mode++) {
+			uint64_t moved0 = 0, moved1 = 0;
+
+			for (it = 0; it < o.iters + 3; it++) {
+				uint64_t tok = mix64(((uint64_t)c << 40) + (mode ? 7 : it) + 1000);
+				uint64_t t0 = clock_now_ns();
+
+				for (l = 0; l < o.layers; l++) {
+					for (i = 0; i < npl; i++) {
+						uint32_t h = i / ppt, k = i % ppt, page;
+						uint64_t where;
+
+						if (k == 0)
+							page = 0;
+						else if (k == ppt - 1)
+							page = ctx_pages - 1;
+						else
+							page = 1 + (uint32_t)(mix64(tok + (uint64_t)l * 7919 + i) %
+									      (ctx_pages - 2));
+						where = mix64(((uint64_t)l << 48) ^ ((uint64_t)h << 32) ^ page) %
+							pool_pages;
+						reqs[i].key.seq = 1 + c;
+						reqs[i].key.layer = l;
+						reqs[i].key.head = h;
+						reqs[i].key.page = page;
+						reqs[i].version = k == ppt - 1 ? 1 + it : 1;
+						reqs[i].src = hpool_dev + where * slot_bytes;
+						reqs[i].fill = k == ppt - 1 ? o.P / 2 + 1 : o.P;
+						reqs[i].len = (uint32_t)slot_bytes;
+					}
+					rc = hbm_load(hbm, reqs, npl, ws_pages, stream);
+					CK(rc);
+					if (it >= 3)
+						moved1 += (uint64_t)rc;
+					moved0 += (uint64_t)rc;
+					hbm_release(hbm, ws_pages, npl);
+				}
+				CK(hbm_sync(hbm, stream));
+				if (it >= 3)
+					samples[it - 3] = (double)(clock_now_ns() - t0) * 1e-3;
+			}
+			(void)moved0;
+			if (mode == 0) {
+				r->tier_fresh_us = median(samples, o.iters);
+				r->tier_fresh_pages = (double)moved1 / o.iters;
+			} else {
+				r->tier_repeat_us = median(samples, o.iters);
+				r->tier_repeat_pages = (double)moved1 / o.iters;
+			}
+		}
+
 		/* Our own full-KV decode over every page of one layer's context (in HBM). */
 		{
 			size_t need = (size_t)o.hkv * ctx_pages * slot_bytes;
@@ -698,14 +767,17 @@ static int bench_gpu_main(int argc, char **argv)
 			       "\"select_search_us\":%.1f,\"select_token_us\":%.1f,"
 			       "\"select_threads\":%u,\"select_build_s\":%.2f,"
 			       "\"token_select_move_attend_us\":%.1f,"
-			       "\"move_then_attend_token_us\":%.1f}",
+			       "\"move_then_attend_token_us\":%.1f,"
+			       "\"tier_move_fresh_token_us\":%.1f,\"tier_move_fresh_pages\":%.1f,"
+			       "\"tier_move_repeat_token_us\":%.1f,\"tier_move_repeat_pages\":%.1f}",
 			       c ? "," : "", r->ctx, r->gather_layer_gbs, r->gather_token_gbs,
 			       r->gather_desc_gbs, r->percopy_gbs, r->move_token_us, r->attn_layer_us, r->full_layer_us,
 			       r->sdpa_layer_us, r->sdpa_variant, r->attn_layer_us * o.layers,
 			       r->sdpa_layer_us * o.layers, r->select_search_us, r->select_token_us,
 			       r->select_threads, r->select_build_s,
 			       r->select_token_us + r->move_token_us + r->attn_layer_us * o.layers,
-			       r->move_attend_token_us);
+			       r->move_attend_token_us, r->tier_fresh_us, r->tier_fresh_pages,
+			       r->tier_repeat_us, r->tier_repeat_pages);
 		}
 		printf("]}\n");
 	}
@@ -742,12 +814,20 @@ static int bench_gpu_main(int argc, char **argv)
 				r->select_token_us + r->move_token_us + r->attn_layer_us * o.layers,
 				r->sdpa_layer_us * o.layers);
 		}
+		for (c = 0; c < o.nctx; c++)
+			fprintf(f, "hbm tier: %7u  new selection %7.0f us/token (%.0f pages moved), same "
+				   "selection again %7.0f us/token (%.0f pages moved)\n",
+				res[c].ctx, res[c].tier_fresh_us, res[c].tier_fresh_pages,
+				res[c].tier_repeat_us, res[c].tier_repeat_pages);
 		if (!o.no_select && o.nctx)
 			fprintf(f, "(select: %u x %u group searches of %u queries for %u pages on %u CPU "
 				   "threads, DCI-tree over synthetic keys; move: every budget page, cold)\n",
 				o.layers, o.hkv, o.hq / o.hkv, o.budget / o.P - 2, res[0].select_threads);
 	}
 out:
+	hbm_close(hbm);
+	free(reqs);
+	free(ws_pages);
 	kern_dev_free(dfulltab);
 	kern_dev_free(dfull);
 	kern_dev_free(dws);
