@@ -146,6 +146,7 @@ static int parse_list(const char *s, int *out, int max)
 struct row {
 	int task, filler, length, depth_i, method, budget;
 	int correct, tokens;
+	double attended, tok_s, pages;
 	char key[8], answer[64];
 };
 
@@ -268,17 +269,19 @@ static int build_case(struct run *r, int task, int filler, int length, int depth
 						"<|im_start|>assistant\nThe pass key is", true);
 	} else {
 		ask = depth_i % NKEYS;
-		err = ids_push_text(r->t, &head, CHAT_SYSTEM "<|im_start|>user\nSeveral pass keys are "
-				    "hidden inside a lot of irrelevant text, each for a different "
-				    "name. Find them and memorize them. I will quiz you about one of "
-				    "them.\n\n", true);
+		/* RULER's multi-key needle phrasing: "special magic number for <name>" */
+		err = ids_push_text(r->t, &head, CHAT_SYSTEM "<|im_start|>user\nSome special magic "
+				    "numbers are hidden within the following text. Make sure to "
+				    "memorize them. I will quiz you about the numbers afterwards.\n\n",
+				    true);
 		for (i = 0; i < nneedle && !err; i++) {
-			snprintf(text, sizeof(text), "\nThe pass key for the %s is %s. Remember it.\n",
-				 key_names[i], keys[i]);
+			snprintf(text, sizeof(text), "\nOne of the special magic numbers for %s is: "
+				 "%s.\n", key_names[i], keys[i]);
 			err = ids_push_text(r->t, &ndl[i], text, false);
 		}
-		snprintf(text, sizeof(text), "\n\nWhat is the pass key for the %s?<|im_end|>\n"
-			 "<|im_start|>assistant\nThe pass key for the %s is", key_names[ask],
+		snprintf(text, sizeof(text), "\n\nWhat is the special magic number for %s mentioned "
+			 "in the provided text?<|im_end|>\n<|im_start|>assistant\nThe special magic "
+			 "number for %s mentioned in the provided text is", key_names[ask],
 			 key_names[ask]);
 		err = err ? err : ids_push_text(r->t, tail, text, true);
 	}
@@ -373,6 +376,9 @@ static int run_mode(struct run *r, int si, int n0, const struct ids *tail, struc
 	}
 	r->decode_tok[si] += steps;
 	r->decode_s[si] += (clock_now_ns() - t0) / 1e9;
+	w->attended = sel_attended(s);
+	w->pages = sel_pages(s);
+	w->tok_s = steps / ((clock_now_ns() - t0) / 1e9);
 	sel_end(s);
 	w->answer[len] = 0;
 	for (i = 0; i < len; i++)
@@ -400,6 +406,10 @@ static int run_case(struct run *r, int task, int filler, int length, int di, int
 		goto out;
 	r->prefill_tok += pre.n;
 	r->prefill_s += (clock_now_ns() - t0) / 1e9;
+	if (r->o.verbose)
+		fprintf(stderr, "%s/%s %d depth %d: prefill %d tokens %.1f tok/s\n",
+			task_names[task], filler_names[filler], pre.n + tail.n, di, pre.n,
+			pre.n / ((clock_now_ns() - t0) / 1e9));
 	for (si = 0; si < r->nsels && !err; si++) {
 		memset(&w, 0, sizeof(w));
 		w.task = task;
@@ -414,10 +424,16 @@ static int run_case(struct run *r, int task, int filler, int length, int di, int
 		if (!err)
 			err = add_row(r, &w);
 		if (r->o.verbose)
-			fprintf(stderr, "%s/%s %d depth %d %s@%d key %s -> \"%s\" %s\n",
-				task_names[task], filler_names[filler], length, di,
-				sel_kind_name(w.method), w.budget, key, w.answer,
-				w.correct ? "ok" : "MISS");
+			fprintf(stderr, "%s/%s %d depth %d %-9s budget %3d: answer \"%s\" expected %s "
+				"%s (attended %.0f tokens/head, decode %.1f tok/s)\n",
+				task_names[task], filler_names[filler], pre.n + tail.n, di,
+				sel_kind_name(w.method), w.budget, w.answer, key,
+				w.correct ? "ok" : "MISS", w.method == SEL_FULL ? pre.n + tail.n :
+				w.attended, w.tok_s);
+		if (r->o.verbose && (w.method == SEL_DCI || w.method == SEL_ICECACHE))
+			fprintf(stderr, "    %.1f pages selected per layer and KV head per step%s%s\n",
+				w.pages, *sel_stats_text(r->sels[si]) ? "; " : "",
+				sel_stats_text(r->sels[si]));
 	}
 out:
 	free(pre.v);
@@ -621,7 +637,7 @@ static void usage(FILE *f)
 		"  -t, --threads N       worker threads (default 2)\n"
 		"  --lengths L,L,..      prompt lengths in tokens (default 1024,2048,4096,8192)\n"
 		"  --budgets B,B,..      tokens attended per layer and KV head (default 64,128,256)\n"
-		"  --methods M,M,..      full,stream,quest,oracle,icecache (default full,stream,quest"
+		"  --methods M,M,..      full,stream,quest,dci,oracle,icecache (default full,dci,quest,stream"
 		"%s)\n"
 		"  --depths N            passkey depths 0%%..100%% (default 10)\n"
 		"  --mk-depths N         multikey cases per length (default 4)\n"
@@ -728,7 +744,7 @@ int eval_main(int argc, char **argv)
 		char buf[256], *tok, *save = NULL;
 
 		snprintf(buf, sizeof(buf), "%s", methods ? methods :
-			 (sel_have_icecache() ? "full,stream,quest,icecache" : "full,stream,quest"));
+			 (sel_have_icecache() ? "full,icecache,dci,quest,stream" : "full,dci,quest,stream"));
 		r->o.nmethods = 0;
 		for (tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
 			int k = sel_kind_parse(tok);

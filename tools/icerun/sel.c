@@ -3,8 +3,11 @@
 
 #include <errno.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+
+#include "idx.h"
 
 #ifdef ICERUN_HAVE_ICECACHE
 #include <icecache/icecache.h>
@@ -13,7 +16,8 @@
 #define P MODEL_PAGE
 #define MAXG 16
 
-static const char *const names[SEL_NKINDS] = { "full", "stream", "quest", "oracle", "icecache" };
+static const char *const names[SEL_NKINDS] = { "full", "stream", "quest", "oracle", "dci",
+					       "icecache" };
 
 struct sel {
 	struct sel_cfg c;
@@ -22,6 +26,12 @@ struct sel {
 	/* quest: per (layer, kv head, page) channel-wise key min then max, valid below meta_pages */
 	float *meta;
 	int meta_pages;
+	/* dci: one DCI-tree per (layer, kv head) over positions [P, ix_end[layer]) */
+	struct idx **ix;
+	int *ix_end;
+	void *ws;
+	size_t ws_cap;
+	float *keybuf;
 	/* scratch */
 	int32_t *idx;
 	float *sc, *p, *tmp, *pagescore;
@@ -30,6 +40,10 @@ struct sel {
 	double *msum, *osum;
 	long *mcnt;
 	int slot;
+	float pmax[MAXG], psum[MAXG];	/* full softmax of the last full_probs call, per head */
+	long att_tokens, att_calls;	/* this case: tokens attended per (layer, kv head, step) */
+	long att_pages;			/* retrieved pages among them */
+	char stats[2048];		/* icecache: engine stats taken before the sequence closed */
 #ifdef ICERUN_HAVE_ICECACHE
 	struct ice_ctx *ice;
 	uint32_t seq;
@@ -89,6 +103,13 @@ void sel_free(struct sel *s)
 	free(s->pages);
 	free(s->kvbuf);
 #endif
+	if (s->ix)
+		for (int i = 0; i < s->L * s->nkv; i++)
+			idx_free(s->ix[i]);
+	free(s->ix);
+	free(s->ix_end);
+	free(s->ws);
+	free(s->keybuf);
 	free(s->meta);
 	free(s->idx);
 	free(s->sc);
@@ -137,6 +158,13 @@ int sel_new(const struct model *m, const struct sel_cfg *cfg, struct sel **ret)
 	if (!s->idx || !s->sc || !s->p || !s->tmp || !s->pagescore || !s->cand || !s->msum ||
 	    !s->osum || !s->mcnt)
 		goto out_free;
+	if (cfg->kind == SEL_DCI) {
+		s->ix = calloc((size_t)s->L * s->nkv, sizeof(*s->ix));
+		s->ix_end = calloc((size_t)s->L, sizeof(int));
+		s->keybuf = malloc((size_t)cfg->cap * s->d * sizeof(float));
+		if (!s->ix || !s->ix_end || !s->keybuf)
+			goto out_free;
+	}
 	if (cfg->kind == SEL_QUEST) {
 		s->meta = malloc((size_t)s->L * s->nkv * s->maxpages * 2 * s->d * sizeof(float));
 		if (!s->meta)
@@ -185,11 +213,53 @@ static float *meta_at(struct sel *s, int layer, int h, int page)
 static int ice_push(struct sel *s, const struct kv *kv, int layer, int from, int to);
 #endif
 
+/* Adds positions [from, to) of one (layer, head) to its DCI-tree (bulk build when empty). */
+static int dci_add(struct sel *s, const struct kv *kv, int layer, int h, int from, int to)
+{
+	struct idx *ix = s->ix[layer * s->nkv + h];
+	int t;
+
+	if (to <= from)
+		return 0;
+	for (t = from; t < to; t++)
+		kv_key(kv, layer, h, t, s->keybuf + (size_t)(t - from) * s->d);
+	return idx_ntokens(ix) ? idx_insert(ix, s->keybuf, (size_t)(to - from), IDX_F32) :
+				 idx_build(ix, s->keybuf, (size_t)(to - from), IDX_F32);
+}
+
+/*
+ * Fresh trees over the prefix: the sink page and the last P tokens (the window) stay out;
+ * tokens enter the tree as they leave the window, as in the engine.
+ */
+static int dci_begin(struct sel *s, const struct kv *kv, int n0)
+{
+	struct idx_params ip;
+	int l, h, err, end = n0 - P > P ? n0 - P : P;
+
+	idx_params_default(&ip, (uint32_t)s->d);
+	for (l = s->c.dense; l < s->L; l++) {
+		for (h = 0; h < s->nkv; h++) {
+			struct idx **ix = &s->ix[l * s->nkv + h];
+
+			idx_free(*ix);
+			*ix = NULL;
+			err = idx_new(&ip, ix);
+			if (!err)
+				err = dci_add(s, kv, l, h, P, end);
+			if (err)
+				return err;
+		}
+		s->ix_end[l] = end;
+	}
+	return 0;
+}
+
 int sel_begin_len(struct sel *s, const struct kv *kv, int n0, int length)
 {
 	int l, h, p, i;
 
 	s->slot = s->c.nlengths;	/* "other" */
+	s->att_tokens = s->att_calls = s->att_pages = 0;
 	for (i = 0; i < s->c.nlengths; i++)
 		if (s->c.lengths[i] == length)
 			s->slot = i;
@@ -203,6 +273,12 @@ int sel_begin_len(struct sel *s, const struct kv *kv, int n0, int length)
 
 					page_meta(kv, l, h, p, mt, mt + s->d);
 				}
+	}
+	if (s->c.kind == SEL_DCI) {
+		int err = dci_begin(s, kv, n0);
+
+		if (err)
+			return err;
 	}
 #ifdef ICERUN_HAVE_ICECACHE
 	if (s->c.kind == SEL_ICECACHE) {
@@ -232,6 +308,24 @@ void sel_end(struct sel *s)
 {
 #ifdef ICERUN_HAVE_ICECACHE
 	if (s->seq_open) {
+		char buf[16384];
+		int n = ice_stats(s->ice, buf, sizeof(buf));
+		static const char *const keep[] = { "engine.store ", "engine.index ",
+						     "tier.dram.used_bytes ", "tier.dram.pages ",
+						     "tier.dram.capacity_bytes ", "engine.select.p50_ns ",
+						     "engine.fetch.p50_ns ", "daemon.clients " };
+
+		/* the occupancy while the sequence is alive: closing frees its pages */
+		s->stats[0] = 0;
+		for (size_t k = 0; n > 0 && k < sizeof(keep) / sizeof(keep[0]); k++) {
+			const char *p = strstr(buf, keep[k]), *e;
+
+			if (!p || (p != buf && p[-1] != '\n'))
+				continue;
+			e = strchr(p, '\n');
+			snprintf(s->stats + strlen(s->stats), sizeof(s->stats) - strlen(s->stats),
+				 "%s%.*s", s->stats[0] ? ", " : "", (int)(e ? e - p : (long)strlen(p)), p);
+		}
 		ice_seq_close(s->ice, s->seq);
 		s->seq_open = false;
 	}
@@ -329,6 +423,8 @@ static void full_probs(struct sel *s, const struct kv *kv, int layer, int h, con
 		sum = mm_softmax_exp(pr, n, mx);
 		for (j = 0; j < n; j++)
 			pr[j] /= sum;
+		s->pmax[hh] = mx;
+		s->psum[hh] = sum;
 	}
 }
 
@@ -341,9 +437,55 @@ static void account(struct sel *s, int layer, int n, double mass_g, int nsel)
 		memcpy(s->tmp, s->p + (size_t)hh * s->c.cap, (size_t)n * sizeof(float));
 		orc += topk_sum(s->tmp, n, nsel);
 	}
+	s->att_tokens += nsel;
+	s->att_calls++;
 	s->msum[(size_t)s->slot * s->L + layer] += mass_g;
 	s->osum[(size_t)s->slot * s->L + layer] += orc;
 	s->mcnt[(size_t)s->slot * s->L + layer] += s->g;
+}
+
+static int dci_set(struct sel *s, const struct kv *kv, int layer, int h, const float *qg, int n)
+{
+	struct idx *ix = s->ix[layer * s->nkv + h];
+	struct idx_hit hits[64];
+	uint32_t pos[IDX_PAGE_CAP], fill, ver;
+	int k = s->c.budget / P - 2, ns = 0, t, j, got, err;
+	size_t need;
+
+	if (k > 64)
+		k = 64;
+	/* tokens that left the window since the last step join the tree (once per layer) */
+	if (h == 0 && s->ix_end[layer] < n - P) {
+		for (int hh = 0; hh < s->nkv; hh++)
+			if ((err = dci_add(s, kv, layer, hh, s->ix_end[layer], n - P)))
+				return err;
+		s->ix_end[layer] = n - P;
+	}
+	need = idx_search_ws_size(ix, (uint32_t)s->g, (uint32_t)k);
+	if (need > s->ws_cap) {
+		free(s->ws);
+		s->ws = malloc(need);
+		if (!s->ws) {
+			s->ws_cap = 0;
+			return -ENOMEM;
+		}
+		s->ws_cap = need;
+	}
+	got = idx_search(ix, qg, (uint32_t)s->g, (uint32_t)k, NULL, s->ws, s->ws_cap, hits);
+	if (got < 0)
+		return got;
+	for (t = 0; t < P; t++)
+		s->idx[ns++] = t;
+	s->att_pages += got;
+	for (j = 0; j < got; j++) {
+		if (idx_page_tokens(ix, hits[j].page, pos, &fill, &ver))
+			continue;
+		for (t = 0; t < (int)fill; t++)
+			s->idx[ns++] = (int32_t)pos[t] + P;	/* tree token i is position P + i */
+	}
+	for (t = n - P; t < n; t++)
+		s->idx[ns++] = t;
+	return ns;
 }
 
 /* Token set of one KV head for the positional modes; returns its size. */
@@ -365,6 +507,8 @@ static int build_set(struct sel *s, const struct kv *kv, int layer, int h, const
 			s->idx[ns++] = t;
 		return ns;
 	}
+	if (s->c.kind == SEL_DCI)
+		return dci_set(s, kv, layer, h, qg, n);
 	/* candidate pages lie wholly between the sink page and the window */
 	ncand = wstart / P - 1;
 	k = B / P - 2;
@@ -538,30 +682,22 @@ static int ice_attend(struct sel *s, const struct kv *kv, int layer, int pos, co
 						vp + (size_t)t * s->d, s->d);
 			}
 		}
-		/* mass: the fetched keys are the cached keys, so exp(q·k) per fetched row is
-		 * exactly that token's share of the full softmax */
+		/* mass: the fetched keys are the cached keys, so exp(q·k - max) / Z of a fetched
+		 * row is exactly that token's share of the full softmax */
 		full_probs(s, kv, layer, h, qg, n);
 		for (hh = 0; hh < s->g; hh++) {
 			const float *qh = qg + (size_t)hh * s->d;
-			float mx = -INFINITY, z = 0;
-			float *pr = s->p + (size_t)hh * s->c.cap;
 
-			/* recover the max and normaliser of the full softmax from the scores */
-			model_scores(kv, layer, h, qh, n, s->tmp);
-			for (j = 0; j < n; j++)
-				mx = s->tmp[j] > mx ? s->tmp[j] : mx;
-			for (j = 0; j < n; j++)
-				z += pr[j] > 0 ? 0 : 0;
-			z = 0;
-			for (j = 0; j < n; j++)
-				z += expf(s->tmp[j] - mx);
 			for (i = 0; i < nref; i++) {
 				const float *kp = s->pages + (size_t)i * pb;
 
 				if (s->refs[i].kv_head != h)
 					continue;
+				if (hh == 0 && s->refs[i].kind == ICE_PAGE_RETRIEVED)
+					s->att_pages++;
 				for (t = 0; t < (int)s->refs[i].fill; t++)
-					mass += expf(mm_dot(qh, kp + (size_t)t * s->d, s->d) - mx) / z;
+					mass += expf(mm_dot(qh, kp + (size_t)t * s->d, s->d) -
+						     s->pmax[hh]) / s->psum[hh];
 			}
 		}
 		account(s, layer, n, mass, ntok);
@@ -586,6 +722,8 @@ int sel_attend(void *ctx, const struct model *m, const struct kv *kv, int layer,
 
 		full_probs(s, kv, layer, h, qg, n);
 		ns = build_set(s, kv, layer, h, qg, n);
+		if (ns < 0)
+			return ns;
 		model_attend_set(m, kv, layer, h, s->idx, ns, qg, out + (size_t)h * s->g * s->d,
 				 s->sc);
 		for (hh = 0; hh < s->g; hh++)
@@ -594,6 +732,26 @@ int sel_attend(void *ctx, const struct model *m, const struct kv *kv, int layer,
 		account(s, layer, n, mass, ns);
 	}
 	return 0;
+}
+
+double sel_pages(const struct sel *s)
+{
+	return s->att_calls ? (double)s->att_pages / s->att_calls : 0;
+}
+
+const char *sel_stats_text(const struct sel *s)
+{
+#ifdef ICERUN_HAVE_ICECACHE
+	return s->stats;
+#else
+	(void)s;
+	return "";
+#endif
+}
+
+double sel_attended(const struct sel *s)
+{
+	return s->att_calls ? (double)s->att_tokens / s->att_calls : 0;
 }
 
 int sel_mass(const struct sel *s, int length, struct sel_mass *ret)

@@ -7,6 +7,9 @@
  *            attends sink (16) + last 16 tokens (window) + (budget-32)/16 pages
  *   oracle   the same page shape, pages ranked by their true attention mass (an upper bound
  *            for any positional page selector; needs the full softmax, so it is not a method)
+ *   dci      IceCache's selection in-process: one DCI-tree (index/) per layer and KV head over
+ *            the tokens that left the window; sink 16 + window 16 + (budget-32)/16 semantic pages
+ *            (K/V read from the runner's own cache)
  *   icecache layers go through libicecache (ice_append / ice_select / ice_fetch): sink 16 +
  *            window 16 + budget-32 retrieved tokens per KV head, attention over fetched pages
  * Every sparse mode also measures attention-mass recall: with p = softmax(q·K/√d) over all
@@ -19,7 +22,7 @@
 
 #include "model.h"
 
-enum sel_kind { SEL_FULL, SEL_STREAM, SEL_QUEST, SEL_ORACLE, SEL_ICECACHE, SEL_NKINDS };
+enum sel_kind { SEL_FULL, SEL_STREAM, SEL_QUEST, SEL_ORACLE, SEL_DCI, SEL_ICECACHE, SEL_NKINDS };
 
 struct sel_cfg {
 	int kind, budget, dense, cap;
@@ -59,6 +62,14 @@ void sel_end(struct sel *s);
 /* The attn_hook callback (ctx is a struct sel). */
 int sel_attend(void *ctx, const struct model *m, const struct kv *kv, int layer, int pos,
 	       const float *q, float *out);
+
+/* Mean tokens attended per (sparse layer, KV head, step) since sel_begin. */
+double sel_attended(const struct sel *s);
+/* Mean retrieved pages per (sparse layer, KV head, step) (dci, icecache). */
+double sel_pages(const struct sel *s);
+/* icecache: a few engine stats (tier occupancy, select latency) taken before the sequence of
+ * the last case closed; "" otherwise. */
+const char *sel_stats_text(const struct sel *s);
 
 /* Mass statistics for one nominal length; -ENOENT when none were recorded. */
 int sel_mass(const struct sel *s, int length, struct sel_mass *ret);
