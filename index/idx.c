@@ -344,7 +344,7 @@ struct cand_blocks {
 
 /* For keys xs[g][dim] (g <= 16) with heights hx[g], the best candidate of each. */
 static void blocked_best(const struct idx *ix, const struct cand_blocks *cb, const float *xs,
-			 const float *hx, uint32_t g, uint32_t *ret_node)
+			 const float *hx, uint32_t g, uint32_t *ret_node, float *ret_score)
 {
 	const struct idx_simd_ops *ops = idx_simd();
 	float out[IDX_LANES * IDX_LANES], best[IDX_LANES];
@@ -383,6 +383,8 @@ static void blocked_best(const struct idx *ix, const struct cand_blocks *cb, con
 				}
 		}
 	}
+	if (ret_score)
+		memcpy(ret_score, best, g * sizeof(float));
 }
 
 static void cand_done(struct cand_blocks *cb)
@@ -464,7 +466,7 @@ static int find_parent(const struct idx *ix, struct idx_scratch *sc, const float
 		for (i2 = 0; i2 < cb.nb * IDX_LANES; i2++)
 			sc->cs[i2] = i2 < cb.n ? lift_h(ix->m, ix->nodes[cb.node[i2]].n2) : 0.0f;
 		cb.h = sc->cs;
-		blocked_best(ix, &cb, x, &hx, 1, ret);
+		blocked_best(ix, &cb, x, &hx, 1, ret, NULL);
 		return 0;
 	}
 	if (ix->lvl[up].n <= ix->p.exact_parent_max || top == up)
@@ -666,19 +668,40 @@ static float sq_norm(const float *x, uint32_t dim)
 
 /* ---- insert ------------------------------------------------------------------------------ */
 
-static int insert_one(struct idx *ix, const float *x, uint32_t pos)
+/* A level-0 parent found for a whole insert batch against the seeds it started with. */
+struct pre_parent {
+	uint32_t node;
+	float score;
+	size_t nseeds;          /* seeds searched (those at batch start); 0 = none */
+};
+
+static int insert_one(struct idx *ix, const float *x, float n2, uint32_t pos,
+		      const struct pre_parent *pre)
 {
-	float n2 = sq_norm(x, ix->dim);
 	uint32_t level = promo_level(ix, pos), par = IDX_ROOT, node;
 	int rc;
 
-	if (n2 > ix->m)
-		ix->m = n2;
 	ix->tok_node[pos] = IDX_NONE;
 	if (level == 0) {
-		rc = find_parent(ix, &ix->sc, x, n2, 0, &par);
-		if (rc < 0)
-			return rc;
+		if (pre && pre->nseeds) {
+			/* the batch's blocked pass, plus the seeds made since in this batch */
+			float hx = lift_h(ix->m, n2), best = pre->score;
+			size_t si;
+
+			par = pre->node;
+			for (si = pre->nseeds; si < ix->lvl[1].n; si++) {
+				float v = lifted(ix, x, hx, ix->lvl[1].v[si]);
+
+				if (v > best) {
+					best = v;
+					par = ix->lvl[1].v[si];
+				}
+			}
+		} else {
+			rc = find_parent(ix, &ix->sc, x, n2, 0, &par);
+			if (rc < 0)
+				return rc;
+		}
 		/* A full cell takes no more tokens: the newcomer seeds a cell of its own. */
 		if (par != IDX_ROOT && ix->nodes[par].ntok >= ix->p.cell_cap)
 			level = 1;
@@ -704,9 +727,48 @@ static int insert_one(struct idx *ix, const float *x, uint32_t pos)
 	return 0;
 }
 
+/*
+ * Level-0 parents of a batch in one blocked pass over the seed blocks (16 keys per load of a
+ * block): one read of the seeds per batch instead of per key, which is what a decode insert
+ * of a window's worth of tokens costs.
+ */
+static int batch_parents(struct idx *ix, const float *k, const float *n2, size_t n,
+			 struct pre_parent *pre)
+{
+	struct cand_blocks cb = { ix->seedk, NULL, ix->lvl[1].v, ix->lvl[1].n, 0 };
+	float xs[IDX_LANES * IDX_MAX_DIM], hx[IDX_LANES], sc[IDX_LANES];
+	uint32_t idx16[IDX_LANES], nd[IDX_LANES], g = 0, j;
+	size_t i, si;
+
+	memset(pre, 0, n * sizeof(*pre));
+	if (cb.n == 0 || cb.n > ix->p.exact_parent_max)
+		return 0;
+	cb.nb = (cb.n + IDX_LANES - 1) / IDX_LANES;
+	if (scratch_reserve(&ix->sc, cb.nb * IDX_LANES) < 0)
+		return -ENOMEM;
+	for (si = 0; si < cb.nb * IDX_LANES; si++)
+		ix->sc.cs[si] = si < cb.n ? lift_h(ix->m, ix->nodes[cb.node[si]].n2) : 0.0f;
+	cb.h = ix->sc.cs;
+	for (i = 0; i <= n; i++) {
+		if (i < n && promo_level(ix, (uint32_t)(ix->ntok + i)) == 0) {
+			memcpy(xs + (size_t)g * ix->dim, k + i * ix->dim, ix->dim * sizeof(float));
+			hx[g] = lift_h(ix->m, n2[i]);
+			idx16[g++] = (uint32_t)i;
+		}
+		if (g == IDX_LANES || (i == n && g)) {
+			blocked_best(ix, &cb, xs, hx, g, nd, sc);
+			for (j = 0; j < g; j++)
+				pre[idx16[j]] = (struct pre_parent){ nd[j], sc[j], cb.n };
+			g = 0;
+		}
+	}
+	return 0;
+}
+
 int idx_insert(struct idx *ix, const void *keys, size_t n, enum idx_dtype dt)
 {
-	float *k;
+	struct pre_parent *pre = NULL;
+	float *k, *n2 = NULL;
 	size_t i;
 	int rc;
 
@@ -715,16 +777,32 @@ int idx_insert(struct idx *ix, const void *keys, size_t n, enum idx_dtype dt)
 	rc = load_keys(ix, keys, n, dt, &k);
 	if (rc < 0)
 		return rc;
+	rc = -ENOMEM;
+	n2 = calloc(n, sizeof(float));
+	pre = malloc(n * sizeof(*pre));
+	if (!n2 || !pre)
+		goto out;
+	/* M covers the whole batch before any of it is placed */
+	for (i = 0; i < n; i++) {
+		n2[i] = sq_norm(k + i * ix->dim, ix->dim);
+		if (n2[i] > ix->m)
+			ix->m = n2[i];
+	}
 	rc = reserve_tokens(ix, ix->ntok + n);
+	if (rc == 0)
+		rc = batch_parents(ix, k, n2, n, pre);
 	for (i = 0; rc == 0 && i < n; i++) {
-		rc = insert_one(ix, k + i * ix->dim, (uint32_t)ix->ntok);
+		rc = insert_one(ix, k + i * ix->dim, n2[i], (uint32_t)ix->ntok, &pre[i]);
 		if (rc == 0)
 			ix->ntok++;
 	}
 	/* an index grown by inserts alone gets its sketch once it is worth having */
 	if (rc == 0 && !ix->sk_ready && ix->ntok >= IDX_SK_CALIB)
 		rc = idx_sk_rebuild(ix);
+out:
 	free(k);
+	free(n2);
+	free(pre);
 	return rc;
 }
 
@@ -809,7 +887,7 @@ static void build_parents(void *arg, size_t lo, size_t hi)
 				hx[j] = lift_h(c->ix->m, c->n2[t]);
 				c->proj[i + j] = idx_simd()->dot(x, c->ix->proj, c->ix->dim);
 			}
-			blocked_best(c->ix, &c->cb, xs, hx, g, c->par + i);
+			blocked_best(c->ix, &c->cb, xs, hx, g, c->par + i, NULL);
 		}
 		return;
 	}

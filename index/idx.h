@@ -6,7 +6,8 @@
  * the nearest token on the level above in the lifted space [k, sqrt(M - |k|^2)] (so nearest =
  * largest inner product). Each cell's tokens are sorted along a projection and cut into pages of
  * at most IDX_PAGE_CAP tokens. The index keeps a copy of every key in page order (fp32, one
- * contiguous channel-major block per page) so scoring a page is one straight SIMD pass.
+ * contiguous channel-major block per page) so scoring a page is one straight SIMD pass, and a
+ * 4-bit sketch of each page that a search scans first to pick the pages worth scoring.
  *
  * Pages only grow: once a token is in a page it never moves; page ids are dense (0..npages-1)
  * and stable; a page's version increases each time a token is appended to it.
@@ -121,10 +122,11 @@ size_t idx_search_ws_size(const struct idx *ix, uint32_t g, uint32_t k);
 /*
  * Top-k pages for a group of g (1..IDX_MAX_GROUP) queries q[g][dim] (fp32): the best distinct
  * pages ranked by their best token score q.k; for g > 1 the per-query rankings are merged
- * round-robin. Scores level-1 seeds in one pass, then scans the best `beam` cells in full (the
- * beam widens until it covers at least k pages). Returns the number of hits written to
- * ret_hits[0..k) (min(k, npages)); -EINVAL on bad arguments (NULL, g or k out of range,
- * non-finite q), -ENOSPC if ws_size is too small. Never allocates.
+ * round-robin. Ranks every page by its 4-bit sketch, re-scores the best `beam` pages per query
+ * exactly (the beam is never below k), and with cells > 0 also scans the best level-1 cells by
+ * seed score. Returns the number of hits written to ret_hits[0..k) (min(k, npages)); -EINVAL on
+ * bad arguments (NULL, g or k out of range, non-finite q), -ENOSPC if ws_size is too small.
+ * Never allocates, never writes to the index.
  */
 int idx_search(const struct idx *ix, const float *q, uint32_t g, uint32_t k,
 	       const struct idx_search_opts *opts, void *ws, size_t ws_size,

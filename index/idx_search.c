@@ -340,12 +340,14 @@ int idx_search(const struct idx *ix, const float *q, uint32_t g, uint32_t k,
 	rc = search_init(&s, ix, q, g, k, ws, ws_size, &w, &base);
 	if (rc < 0)
 		return rc;
-	if ((opts && (opts->flags & IDX_SEARCH_ALL)) || !ix->sk_ready || ix->lvl[1].n == 0) {
+	beam = opts && opts->beam ? opts->beam : idx_default_beam(ix, k);
+	/* nothing to gain from the sketch when the beam would take (nearly) every page */
+	if ((opts && (opts->flags & IDX_SEARCH_ALL)) || !ix->sk_ready || ix->lvl[1].n == 0 ||
+	    k > IDX_MAX_BEAM || beam >= ix->npages) {
 		for (p = 0; p < ix->npages; p++)
 			offer_page(&s, (uint32_t)p);
 		return search_finish(&s, k, ret_hits);
 	}
-	beam = opts && opts->beam ? opts->beam : idx_default_beam(ix, k);
 	if (g > 1) /* the group shares a union of candidates: fewer each */
 		beam = (uint64_t)ceilf((float)beam * (1.0f + ix->p.gqa_widen * (float)(g - 1)) / (float)g);
 	if (beam < k)

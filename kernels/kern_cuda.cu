@@ -44,6 +44,48 @@ static int err_of(cudaError_t e)
 	}
 }
 
+/* ---------------------------------------------------------------- programmatic launch */
+
+/*
+ * Programmatic dependent launch (sm_90): the inline gather and the attention are launched with
+ * programmaticStreamSerialization, so each may start while the kernel before it on the stream
+ * is still finishing. Each kernel lets its successor start at once (trigger) and, before it
+ * touches memory the predecessor may still be using, waits for the predecessor grid to
+ * complete and flush (wait). The gather issues its PCIe reads before the wait (they read host
+ * pages no kernel writes) and stores after it, which hides the read latency behind the
+ * previous kernel's tail. Launched without the attribute, both instructions are no-ops.
+ */
+__device__ __forceinline__ void pdl_wait(void)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+	asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+__device__ __forceinline__ void pdl_trigger(void)
+{
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+	asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+
+template <typename... KArgs, typename... Args>
+static cudaError_t launch_pdl(void (*kernel)(KArgs...), dim3 grid, dim3 block, cudaStream_t st,
+			      Args... args)
+{
+	cudaLaunchConfig_t cfg = {};
+	cudaLaunchAttribute attr = {};
+
+	cfg.gridDim = grid;
+	cfg.blockDim = block;
+	cfg.stream = st;
+	attr.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+	attr.val.programmaticStreamSerializationAllowed = 1;
+	cfg.attrs = &attr;
+	cfg.numAttrs = 1;
+	return cudaLaunchKernelEx(&cfg, kernel, args...);
+}
+
 /* ---------------------------------------------------------------- page gather */
 
 enum { GATHER_THREADS = 128, GATHER_UNROLL = 4 };
@@ -110,7 +152,9 @@ gather_inline_kernel(const __grid_constant__ struct gather_inline_params p)
 	const uint32_t i = blockIdx.x;
 	const uint4 *src = (const uint4 *)p.c[i].src;
 	uint4 *dst = (uint4 *)p.c[i].dst;
+	bool waited = false;
 
+	pdl_trigger();
 	for (uint32_t v = threadIdx.x; v < p.vecs; v += GATHER_THREADS * GATHER_UNROLL) {
 		uint4 r[GATHER_UNROLL];
 #pragma unroll
@@ -119,6 +163,10 @@ gather_inline_kernel(const __grid_constant__ struct gather_inline_params p)
 
 			if (idx < p.vecs)
 				r[k] = src[idx];
+		}
+		if (!waited) {
+			pdl_wait(); /* slots may still be read by the kernel before */
+			waited = true;
 		}
 #pragma unroll
 		for (int k = 0; k < GATHER_UNROLL; k++) {
@@ -144,11 +192,14 @@ extern "C" int kern_gather_inline(const struct kern_copy *copies, uint32_t n, si
 	memcpy(p.c, copies, n * sizeof(*copies));
 	p.n = n;
 	p.vecs = (uint32_t)(bytes / 16);
-	gather_inline_kernel<<<n, GATHER_THREADS, 0, (cudaStream_t)stream>>>(p);
-	return err_of(cudaGetLastError());
+	return err_of(launch_pdl(gather_inline_kernel, dim3(n), dim3(GATHER_THREADS),
+				 (cudaStream_t)stream, p));
 }
 
 /* ---------------------------------------------------------------- sparse decode attention */
+
+/* cudaLaunchKernelEx reports launch errors by return value; kern_attn reads this after. */
+static cudaError_t launch_err;
 
 enum { ATTN_WARPS = 4, ATTN_THREADS = ATTN_WARPS * 32 };
 
@@ -224,6 +275,63 @@ __device__ __forceinline__ void merge_state(float &m, float &l, float *a, float 
 	m = mn;
 }
 
+/* Loads this lane's 8 dims of token i's K and V rows (i counts the block's pages' token
+ * positions); false for a position past a page's fill, an invalid slot, or past the block. */
+template <typename T, int D>
+__device__ __forceinline__ bool load_token(const struct attn_params &pr, uint32_t p_begin,
+					   uint32_t i, uint32_t total, int sl, float k[8], float v[8])
+{
+	if (i < total) {
+		struct kern_page pg = pr.pages[p_begin + i / pr.page_cap];
+		uint32_t t = i % pr.page_cap;
+
+		if (pg.slot < pr.nslots && pg.fill <= pr.page_cap && t < pg.fill) {
+			const T *row = (const T *)(pr.pool + (size_t)pg.slot * pr.slot_bytes) +
+				       (size_t)t * D + sl * 8;
+
+			load8(row, k);
+			load8(row + (size_t)pg.fill * D, v);
+			return true;
+		}
+	}
+#pragma unroll
+	for (int c = 0; c < 8; c++)
+		k[c] = v[c] = 0.0f;
+	return false;
+}
+
+/* One token into each query head's online softmax state (every lane of the warp must call:
+ * the dot product is reduced across the LPT lanes that hold the token). */
+template <int D, int G>
+__device__ __forceinline__ void softmax_step(const float (&q)[G][8], float (&m)[G], float (&l)[G],
+					     float (&a)[G][8], uint32_t g, bool valid,
+					     const float k[8], const float v[8])
+{
+	constexpr int LPT = D / 8;
+
+#pragma unroll
+	for (int j = 0; j < G; j++) {
+		float s = 0.0f;
+
+#pragma unroll
+		for (int c = 0; c < 8; c++)
+			s = fmaf(q[j][c], k[c], s);
+#pragma unroll
+		for (int off = LPT / 2; off > 0; off >>= 1)
+			s += __shfl_xor_sync(0xffffffffu, s, off);
+		if (valid && (uint32_t)j < g) {
+			float mn = fmaxf(m[j], s);
+			float corr = __expf(m[j] - mn), p = __expf(s - mn);
+
+			l[j] = l[j] * corr + p;
+#pragma unroll
+			for (int c = 0; c < 8; c++)
+				a[j][c] = fmaf(p, v[c], a[j][c] * corr);
+			m[j] = mn;
+		}
+	}
+}
+
 /*
  * Grid (nsplit, hkv): a block takes `pps` pages of one KV head and all g query heads of its
  * group, so each K/V row is read once per group (GQA). Within a warp, LPT = D/8 lanes hold one
@@ -245,6 +353,8 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_kernel(struct attn_params p
 	uint32_t p_begin, p_end, total;
 	float q[G][8], m[G], l[G], a[G][8];
 
+	pdl_trigger();
+	pdl_wait(); /* the gather (or whatever wrote q and the tables) has completed */
 	p_begin = pr.head_off[h] + split * pr.pps;
 	p_end = pr.head_off[h + 1];
 	if (p_end > p_begin + pr.pps)
@@ -270,47 +380,15 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_kernel(struct attn_params p
 			a[j][c] = 0.0f;
 	}
 
-	for (uint32_t base = warp * TPW; base < total; base += ATTN_WARPS * TPW) {
-		uint32_t i = base + sub;
-		bool valid = false;
-		float k[8], v[8];
+	/* Two token rounds per iteration: both rounds' K/V loads are in flight before the first
+	 * dot product, which halves the chain of dependent memory latencies per block. */
+	for (uint32_t base = warp * TPW; base < total; base += 2 * ATTN_WARPS * TPW) {
+		float k0[8], v0[8], k1[8], v1[8];
+		bool ok0 = load_token<T, D>(pr, p_begin, base + sub, total, sl, k0, v0);
+		bool ok1 = load_token<T, D>(pr, p_begin, base + ATTN_WARPS * TPW + sub, total, sl, k1, v1);
 
-		if (i < total) {
-			struct kern_page pg = pr.pages[p_begin + i / pr.page_cap];
-			uint32_t t = i % pr.page_cap;
-
-			if (pg.slot < pr.nslots && pg.fill <= pr.page_cap && t < pg.fill) {
-				const T *row = (const T *)(pr.pool + (size_t)pg.slot * pr.slot_bytes) +
-					       (size_t)t * D + sl * 8;
-
-				load8(row, k);
-				load8(row + (size_t)pg.fill * D, v);
-				valid = true;
-			}
-		}
-#pragma unroll
-		for (int j = 0; j < G; j++) {
-			float s = 0.0f;
-
-			if (valid) {
-#pragma unroll
-				for (int c = 0; c < 8; c++)
-					s = fmaf(q[j][c], k[c], s);
-			}
-#pragma unroll
-			for (int off = LPT / 2; off > 0; off >>= 1)
-				s += __shfl_xor_sync(0xffffffffu, s, off);
-			if (valid && (uint32_t)j < g) {
-				float mn = fmaxf(m[j], s);
-				float corr = __expf(m[j] - mn), p = __expf(s - mn);
-
-				l[j] = l[j] * corr + p;
-#pragma unroll
-				for (int c = 0; c < 8; c++)
-					a[j][c] = fmaf(p, v[c], a[j][c] * corr);
-				m[j] = mn;
-			}
-		}
+		softmax_step<D, G>(q, m, l, a, g, ok0, k0, v0);
+		softmax_step<D, G>(q, m, l, a, g, ok1, k1, v1);
 	}
 
 	/* Lane groups of the warp hold the same dims for different tokens: fold them together. */
@@ -422,7 +500,10 @@ static void attn_launch(const struct attn_params &pr, cudaStream_t st)
 {
 	dim3 grid(pr.nsplit, pr.hkv);
 
-	attn_kernel<T, D, G><<<grid, ATTN_THREADS, 0, st>>>(pr);
+	cudaError_t e = launch_pdl(attn_kernel<T, D, G>, grid, dim3(ATTN_THREADS), st, pr);
+
+	if (e != cudaSuccess)
+		launch_err = e;
 }
 
 template <typename T, int D>
@@ -479,6 +560,7 @@ extern "C" int kern_attn(const struct kern_attn_args *a, void *ws, void *stream)
 	pr.pps = sp.pps;
 	pr.nsplit = sp.nsplit;
 	pr.scale = a->scale;
+	launch_err = cudaSuccess;
 	switch (a->dtype) {
 	case KERN_F32:
 		attn_launch_d<float>(pr, a->d, st);
@@ -490,6 +572,8 @@ extern "C" int kern_attn(const struct kern_attn_args *a, void *ws, void *stream)
 		attn_launch_d<__nv_bfloat16>(pr, a->d, st);
 		break;
 	}
+	if (launch_err != cudaSuccess)
+		return err_of(launch_err);
 	return err_of(cudaGetLastError());
 }
 

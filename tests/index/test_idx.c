@@ -92,10 +92,10 @@ static void check_structure(const struct idx *ix, const float *keys, size_t n, u
  * Parent of every token is one level up (or the root when that level was empty) and the exact
  * lifted nearest among the nodes that existed when it was placed: for the first n0 (built
  * together) all of them, with M over all n0; for a later insert t those before t, with M over
- * keys 0..t (M is kept current as keys arrive).
+ * keys 0..mend[t] (M covers each insert batch before it is placed; mend NULL: t + 1).
  */
 static void check_parents_exact(const struct idx *ix, const float *keys, size_t n, uint32_t dim,
-				size_t n0)
+				size_t n0, const size_t *mend)
 {
 	uint32_t *lev = malloc(n * sizeof(uint32_t)), *par = malloc(n * sizeof(uint32_t));
 	uint32_t *lst = malloc(n * sizeof(uint32_t));
@@ -109,14 +109,14 @@ static void check_parents_exact(const struct idx *ix, const float *keys, size_t 
 		n2[t] = dotd(keys + t * dim, keys + t * dim, dim);
 	}
 	for (t = 0; t < n; t++) {
-		if (t < n0)
-			m = fmax(m, n2[t]);
-		else
-			m = fmax(m, n2[t]);
+		m = fmax(m, n2[t]);
 		mpre[t] = m;
 	}
-	for (t = 0; t < n0; t++)
-		mpre[t] = mpre[n0 - 1];
+	for (t = 0; t < n; t++) {
+		size_t e = t < n0 ? n0 : mend ? mend[t] : t + 1;
+
+		mpre[t] = mpre[e - 1];
+	}
 	for (nl = 0; nl < 16; nl++)
 		off[nl + 1] = off[nl] + cnt[nl];
 	for (t = 0; t < n; t++)
@@ -169,7 +169,7 @@ START_TEST(build_invariants_and_exact_parents)
 
 	ck_assert_int_eq(idx_build(ix, keys, n, IDX_F32), 0);
 	check_structure(ix, keys, n, dim);
-	check_parents_exact(ix, keys, n, dim, n);
+	check_parents_exact(ix, keys, n, dim, n, NULL);
 	idx_get_info(ix, &info);
 	ck_assert_uint_gt(info.nseeds, 50);
 	ck_assert_uint_ge(info.nlevels, 2);
@@ -193,6 +193,7 @@ START_TEST(inserts_keep_pages_growing)
 	struct snap *old = calloc(n, sizeof(*old));
 	uint32_t *dirty = malloc(n * sizeof(uint32_t)), pos[IDX_PAGE_CAP], fill, ver;
 	unsigned char *isdirty = calloc(n, 1);
+	size_t *mend = calloc(n, sizeof(size_t));
 	size_t at = n0, np0, nd, p, i;
 
 	srand(7);
@@ -213,6 +214,8 @@ START_TEST(inserts_keep_pages_growing)
 			ck_assert_int_eq(idx_page_tokens(ix, (uint32_t)p, old[p].pos, &old[p].fill,
 							 &old[p].ver), 0);
 		ck_assert_int_eq(idx_insert(ix, keys + at * dim, b, IDX_F32), 0);
+		for (i = at; i < at + b; i++)
+			mend[i] = at + b;
 		at += b;
 		nd = idx_take_dirty(ix, dirty, n);
 		memset(isdirty, 0, n);
@@ -234,12 +237,13 @@ START_TEST(inserts_keep_pages_growing)
 	}
 	check_structure(ix, keys, n, dim);
 	if (_i)
-		check_parents_exact(ix, keys, n, dim, n0);
+		check_parents_exact(ix, keys, n, dim, n0, mend);
 	idx_free(ix);
 	free(keys);
 	free(old);
 	free(dirty);
 	free(isdirty);
+	free(mend);
 }
 END_TEST
 
@@ -463,6 +467,21 @@ START_TEST(planted_needles_found_at_every_budget)
 		}
 	}
 	free(ws);
+	/* a k beyond the largest beam still gets k pages, the exact ones */
+	{
+		const uint32_t kbig = 1100;
+		struct idx_hit *ha = malloc(kbig * sizeof(*ha)), *hb = malloc(kbig * sizeof(*hb));
+
+		ck_assert_uint_gt(idx_npages(ix), kbig);
+		ws_size = idx_search_ws_size(ix, 1, kbig);
+		ws = malloc(ws_size);
+		ck_assert_int_eq(idx_search(ix, q, 1, kbig, NULL, ws, ws_size, ha), (int)kbig);
+		ck_assert_int_eq(idx_exact_search(ix, q, 1, kbig, ws, ws_size, hb), (int)kbig);
+		ck_assert_mem_eq(ha, hb, kbig * sizeof(*ha));
+		free(ha);
+		free(hb);
+		free(ws);
+	}
 	idx_free(ix);
 	free(keys);
 }

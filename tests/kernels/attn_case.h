@@ -166,6 +166,34 @@ static inline int attn_case_init(struct attn_case *c, enum kern_dtype dt, uint32
 	return 0;
 }
 
+/* New random K/V values for every token, same pages, slots and fills. */
+static inline void attn_case_refill(struct attn_case *c, uint64_t seed)
+{
+	const struct kern_attn_args *a = &c->a;
+	uint32_t h, p, t, i, ntok;
+	uint64_t s = seed;
+
+	for (h = 0; h < a->hkv; h++) {
+		ntok = 0;
+		for (p = c->head_off[h]; p < c->head_off[h + 1]; p++) {
+			uint32_t fill = c->pages[p].fill;
+			unsigned char *slot = (unsigned char *)c->pool + (size_t)c->pages[p].slot * a->slot_bytes;
+
+			for (t = 0; t < fill; t++) {
+				size_t tok = (size_t)h * c->ntok_max + ntok + t;
+
+				for (i = 0; i < a->d; i++) {
+					case_store(slot, a->dtype, (size_t)t * a->d + i, case_unif(&s),
+						   &c->kd[tok * a->d + i]);
+					case_store(slot, a->dtype, (size_t)(fill + t) * a->d + i,
+						   case_unif(&s), &c->vd[tok * a->d + i]);
+				}
+			}
+			ntok += fill;
+		}
+	}
+}
+
 /* The plainest possible attention over the dense arrays, in double: out [hq][d]. */
 static inline void attn_case_naive(const struct attn_case *c, double *out)
 {

@@ -231,6 +231,96 @@ START_TEST(attn_matches_ref)
 }
 END_TEST
 
+/*
+ * gather -> attend -> gather over the same slots -> attend, enqueued back to back on one
+ * stream with no host sync: the kernels overlap through programmatic dependent launch, so this
+ * checks that each still waits for the one before it (the second gather must not overwrite
+ * slots the first attention is reading, nor the attention read slots before they are filled).
+ */
+START_TEST(gather_attend_chain_keeps_order)
+{
+	struct attn_case c;
+	struct kern_attn_args a;
+	struct kern_copy cp[2][240];
+	unsigned char *h1, *h2;
+	uint64_t h1_dev, h2_dev;
+	size_t pb, qb, n = 0, i;
+	void *dpool, *dq, *dout[2], *dtab, *ws = NULL, *got;
+	double *want[2], err;
+	int rep, k;
+
+	for (rep = 0; rep < 3; rep++) {
+		ck_assert_int_eq(attn_case_init(&c, KERN_BF16, 32, 8, 128, 16, 16, 99, 3, 3.0f,
+						fresh_seed() + (uint64_t)rep), 0);
+		pb = (size_t)c.a.nslots * c.a.slot_bytes;
+		qb = (size_t)c.a.hq * c.a.d * 2;
+		ck_assert_uint_le(c.npages, 240);
+		ck_assert_int_eq(kern_host_alloc(pb, (void **)&h1, &h1_dev), 0);
+		ck_assert_int_eq(kern_host_alloc(pb, (void **)&h2, &h2_dev), 0);
+		for (k = 0; k < 2; k++) {
+			want[k] = calloc((size_t)c.a.hq * c.a.d, sizeof(double));
+			ck_assert_ptr_nonnull(want[k]);
+			ck_assert_int_eq(kern_ref_attn(&c.a), 0);
+			for (i = 0; i < (size_t)c.a.hq * c.a.d; i++)
+				want[k][i] = kern_load_f32(c.out, KERN_BF16, i);
+			memcpy(k ? h2 : h1, c.pool, pb);
+			attn_case_refill(&c, fresh_seed() ^ 0x5555);
+		}
+		ck_assert_int_eq(kern_dev_alloc(pb, &dpool), 0);
+		ck_assert_int_eq(kern_memset(dpool, 0xff, pb), 0);
+		ck_assert_int_eq(kern_dev_alloc(qb, &dq), 0);
+		ck_assert_int_eq(kern_dev_alloc(qb, &dout[0]), 0);
+		ck_assert_int_eq(kern_dev_alloc(qb, &dout[1]), 0);
+		ck_assert_int_eq(kern_dev_alloc(c.npages * sizeof(struct kern_page) + 9 * 4, &dtab), 0);
+		ck_assert_int_eq(kern_memcpy(dq, c.q, qb), 0);
+		ck_assert_int_eq(kern_memcpy(dtab, c.pages, c.npages * sizeof(struct kern_page)), 0);
+		ck_assert_int_eq(kern_memcpy((struct kern_page *)dtab + c.npages, c.head_off, 9 * 4), 0);
+		n = c.npages;
+		for (i = 0; i < n; i++) {
+			uint64_t off = (uint64_t)c.pages[i].slot * c.a.slot_bytes;
+
+			cp[0][i].src = h1_dev + off;
+			cp[1][i].src = h2_dev + off;
+			cp[0][i].dst = cp[1][i].dst = (uint64_t)(uintptr_t)dpool + off;
+		}
+		a = c.a;
+		a.q = dq;
+		a.pool = dpool;
+		a.pages = dtab;
+		a.head_off = (const uint32_t *)((struct kern_page *)dtab + c.npages);
+		if (kern_attn_ws_size(&a)) {
+			ck_assert_int_eq(kern_dev_alloc(kern_attn_ws_size(&a), &ws), 0);
+			ck_assert_int_eq(kern_memset(ws, 0, kern_attn_ws_size(&a)), 0);
+		}
+		for (k = 0; k < 2; k++) {
+			ck_assert_int_eq(kern_gather_inline(cp[k], (uint32_t)n, c.a.slot_bytes, NULL), 0);
+			a.out = dout[k];
+			ck_assert_int_eq(kern_attn(&a, ws, NULL), 0);
+		}
+		ck_assert_int_eq(kern_gpu_check(), 0);
+		got = malloc(qb);
+		ck_assert_ptr_nonnull(got);
+		for (k = 0; k < 2; k++) {
+			ck_assert_int_eq(kern_memcpy(got, dout[k], qb), 0);
+			err = rel_err_dt(got, KERN_BF16, want[k], (size_t)c.a.hq * c.a.d);
+			ck_assert_msg(err <= 1e-2, "step %d rel err %g", k, err);
+			free(want[k]);
+		}
+		free(got);
+		kern_dev_free(ws);
+		ws = NULL;
+		kern_dev_free(dtab);
+		kern_dev_free(dout[1]);
+		kern_dev_free(dout[0]);
+		kern_dev_free(dq);
+		kern_dev_free(dpool);
+		kern_host_free(h2);
+		kern_host_free(h1);
+		attn_case_free(&c);
+	}
+}
+END_TEST
+
 START_TEST(attn_rejects_unsupported_shapes)
 {
 	struct attn_case c;
@@ -360,6 +450,7 @@ static Suite *gpu_suite(void)
 	tcase_add_loop_test(tc, attn_matches_ref, 0,
 			    (int)(sizeof(attn_shapes) / sizeof(attn_shapes[0])));
 	tcase_add_test(tc, attn_rejects_unsupported_shapes);
+	tcase_add_test(tc, gather_attend_chain_keeps_order);
 	suite_add_tcase(s, tc);
 	/* Own case, so initcheck can leave it out (ICE_GPU_SKIP=ipc): the sanitizer cannot see
 	 * that the other process initialised the memory it reads. */

@@ -21,8 +21,15 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <pthread.h>
+#include <unistd.h>
+
 #include "bench.h"
+#include "clock.h"
+#include "hbm.h"
+#include "idx.h"
 #include "kern.h"
+#include "synth.h"
 
 struct gpu_opts {
 	uint32_t layers, hq, hkv, d, P, budget, iters;
@@ -31,12 +38,16 @@ struct gpu_opts {
 	size_t pool_mib;
 	const char *sdpa_python;
 	int json;
+	int no_select;
 };
 
 struct ctx_result {
 	uint32_t ctx;
 	double gather_layer_gbs, gather_desc_gbs, gather_token_gbs, percopy_gbs;
 	double move_token_us, attn_layer_us, full_layer_us, sdpa_layer_us;
+	double select_search_us, select_token_us, select_build_s, move_attend_token_us;
+	double tier_fresh_us, tier_fresh_pages, tier_repeat_us, tier_repeat_pages;
+	uint32_t select_threads;
 	char sdpa_variant[64];
 };
 
@@ -87,10 +98,11 @@ static void usage(FILE *f)
 	fprintf(f,
 		"usage: icebench gpu [--ctx 32k,128k,256k] [--layers 32] [--hq 32] [--hkv 8] [--d 128]\n"
 		"                    [--page 16] [--budget 256] [--iters 30] [--pool-mib 2048]\n"
-		"                    [--sdpa PYTHON] [--json]\n"
+		"                    [--sdpa PYTHON] [--select on|off] [--json]\n"
 		"Times one decode step's GPU work (bf16): scattered page gather from pinned host memory\n"
 		"vs the pinned-copy ceiling, sparse attention vs full-KV attention (ours, and PyTorch SDPA\n"
-		"through PYTHON running tools/bench/gpu/sdpa.py). Needs a CUDA device.\n");
+		"through PYTHON running tools/bench/gpu/sdpa.py), and the CPU select (index/idx.h) for\n"
+		"the per-token select + move + attend split. Needs a CUDA device.\n");
 }
 
 /* Fills n bytes with bf16 values in [-1, 1) (so data is never zeros or NaN). */
@@ -115,6 +127,124 @@ static void fill_bf16(uint16_t *p, size_t n_elems, uint64_t seed)
 			goto out;                                                         \
 		}                                                                         \
 	} while (0)
+
+/*
+ * Select, on the CPU with the index library (index/idx.h): one DCI-tree over ctx synthetic
+ * LLM-like keys (index/synth.h) stands for each (layer, KV head); a token needs layers x hkv
+ * group searches (g queries, the budget's retrieved pages). Measured: one search (median, one
+ * thread), and a token's searches spread over the machine's cores (wall time, median).
+ */
+struct sel_job {
+	const struct idx *ix;
+	const float *q;
+	uint32_t g, k, nq, from, count, d;
+	void *ws;
+	size_t ws_size;
+	int rc;
+};
+
+static void *sel_worker(void *arg)
+{
+	struct sel_job *j = arg;
+	struct idx_hit hits[256];
+	uint32_t i;
+
+	for (i = 0; i < j->count; i++) {
+		const float *q = j->q + (size_t)((j->from + i) % j->nq) * j->g * j->d;
+		int r = idx_search(j->ix, q, j->g, j->k, NULL, j->ws, j->ws_size, hits);
+
+		if (r < 0)
+			j->rc = r;
+	}
+	return NULL;
+}
+
+static int measure_select(const struct gpu_opts *o, uint32_t ctx, struct ctx_result *r)
+{
+	enum { NQ = 64, MAXT = 32 };
+	uint32_t g = o->hq / o->hkv, k = o->budget / o->P - 2, nsearch = o->layers * o->hkv;
+	struct sel_job jobs[MAXT];
+	pthread_t th[MAXT];
+	struct synth_params sp;
+	struct idx_params ip;
+	struct idx *ix = NULL;
+	float *keys = NULL, *q = NULL;
+	double t[NQ];
+	size_t ws_size;
+	uint64_t t0;
+	long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+	uint32_t nt = ncpu < 1 ? 1 : ncpu > MAXT ? MAXT : (uint32_t)ncpu, i, it;
+	int rc;
+
+	if (g > IDX_MAX_GROUP || k > 256 || !k)
+		return -EINVAL;
+	memset(jobs, 0, sizeof(jobs));
+	keys = malloc((size_t)ctx * o->d * sizeof(float));
+	q = malloc((size_t)NQ * g * o->d * sizeof(float));
+	rc = keys && q ? 0 : -ENOMEM;
+	if (!rc) {
+		synth_params_default(&sp, o->d);
+		rc = synth_keys(&sp, ctx, keys);
+	}
+	if (!rc)
+		rc = synth_queries(&sp, keys, ctx, NQ, g, q, NULL);
+	if (!rc) {
+		idx_params_default(&ip, o->d);
+		ip.threads = 0;
+		rc = idx_new(&ip, &ix);
+	}
+	if (!rc) {
+		t0 = clock_now_ns();
+		rc = idx_build(ix, keys, ctx, IDX_F32);
+		r->select_build_s = (double)(clock_now_ns() - t0) * 1e-9;
+	}
+	ws_size = ix ? idx_search_ws_size(ix, g, k) : 0;
+	for (i = 0; !rc && i < nt; i++) {
+		jobs[i].ws = malloc(ws_size);
+		if (!jobs[i].ws)
+			rc = -ENOMEM;
+	}
+	if (rc)
+		goto out;
+	for (i = 0; i < NQ; i++) {
+		struct sel_job one = { ix, q, g, k, NQ, i, 1, o->d, jobs[0].ws, ws_size, 0 };
+
+		t0 = clock_now_ns();
+		sel_worker(&one);
+		t[i] = (double)(clock_now_ns() - t0) * 1e-3;
+		if (one.rc) {
+			rc = one.rc;
+			goto out;
+		}
+	}
+	r->select_search_us = median(t, NQ);
+	for (it = 0; it < 7; it++) {
+		t0 = clock_now_ns();
+		for (i = 0; i < nt; i++) {
+			jobs[i] = (struct sel_job){ ix, q, g, k, NQ, i * (nsearch / nt),
+						    nsearch / nt + (i < nsearch % nt), o->d,
+						    jobs[i].ws, ws_size, 0 };
+			if (pthread_create(&th[i], NULL, sel_worker, &jobs[i]))
+				jobs[i].rc = -EAGAIN;
+		}
+		for (i = 0; i < nt; i++)
+			if (jobs[i].rc != -EAGAIN)
+				pthread_join(th[i], NULL);
+		t[it] = (double)(clock_now_ns() - t0) * 1e-3;
+		for (i = 0; i < nt; i++)
+			if (jobs[i].rc)
+				rc = jobs[i].rc;
+	}
+	r->select_token_us = median(t, 7);
+	r->select_threads = nt;
+out:
+	for (i = 0; i < nt; i++)
+		free(jobs[i].ws);
+	idx_free(ix);
+	free(q);
+	free(keys);
+	return rc;
+}
 
 /* Runs PYTHON tools/bench/gpu/sdpa.py for each context and reads "sdpa <ctx> <us> <variant>". */
 static void run_sdpa(const struct gpu_opts *o, struct ctx_result *res)
@@ -167,7 +297,9 @@ static int bench_gpu_main(int argc, char **argv)
 	void *dcopies = NULL, *dfulltab = NULL;
 	uint64_t hpool_dev, hcopies_dev;
 	struct kern_copy *copies = NULL;
-	struct kern_page *tab = NULL, *fulltab = NULL;
+	struct kern_page *tab = NULL, *fulltab = NULL, *ws_pages = NULL;
+	struct hbm_req *reqs = NULL;
+	struct hbm *hbm = NULL;
 	uint32_t *head_off = NULL, *full_off = NULL;
 	int rc = 0;
 
@@ -209,6 +341,8 @@ static int bench_gpu_main(int argc, char **argv)
 			o.pool_mib = (size_t)atoll(v);
 		else if (!strcmp(a, "--sdpa"))
 			o.sdpa_python = v;
+		else if (!strcmp(a, "--select"))
+			o.no_select = !strcmp(v, "off");
 		else {
 			usage(stderr);
 			return 2;
@@ -241,12 +375,20 @@ static int bench_gpu_main(int argc, char **argv)
 	copies = calloc((size_t)o.layers * npl, sizeof(*copies));
 	tab = calloc((size_t)o.layers * npl, sizeof(*tab));
 	head_off = calloc((size_t)o.layers * (o.hkv + 1), sizeof(*head_off));
-	if (!samples || !copies || !tab || !head_off) {
+	reqs = calloc(npl, sizeof(*reqs));
+	ws_pages = calloc(npl, sizeof(*ws_pages));
+	if (!samples || !copies || !tab || !head_off || !reqs || !ws_pages) {
 		rc = -ENOMEM;
 		goto out;
 	}
 
 	CK(kern_stream_new(&stream));
+	{
+		/* Room for every layer's working set twice over: the rest is the page cache. */
+		struct hbm_config hc = { 0, 2 * o.layers * npl, slot_bytes, npl };
+
+		CK(hbm_open(&hc, &hbm));
+	}
 	CK(kern_event_new(&ev0));
 	CK(kern_event_new(&ev1));
 
@@ -304,11 +446,17 @@ static int bench_gpu_main(int argc, char **argv)
 		CK(rc);
 	}
 
-	for (c = 0; c < o.nctx; c++) {
-		struct ctx_result *r = &res[c];
-		uint32_t ctx_pages = o.ctx[c] / o.P; /* pages per KV head */
+	/* Pass 0 repeats the first context as a warm-up (clocks ramp, modules load) and is
+	 * overwritten by pass 1. */
+	for (uint32_t pass = 0; pass <= o.nctx; pass++) {
+		struct ctx_result *r;
+		uint32_t ctx_pages;
 		struct kern_attn_args a;
 		void *tab_dev_base = dtab;
+
+		c = pass ? pass - 1 : 0;
+		r = &res[c];
+		ctx_pages = o.ctx[c] / o.P; /* pages per KV head */
 
 		r->ctx = o.ctx[c];
 
@@ -446,6 +594,83 @@ static int bench_gpu_main(int argc, char **argv)
 		}
 		r->attn_layer_us = median(samples, o.iters);
 
+		/* The decode order: per layer, move its pages then attend to them. */
+		for (it = 0; it < o.iters + 3; it++) {
+			const struct kern_copy *hc = hcopies;
+			float ms;
+
+			CK(kern_event_record(ev0, stream));
+			for (l = 0; l < o.layers; l++) {
+				CK(kern_gather_inline(hc + (size_t)l * npl, npl, slot_bytes, stream));
+				a.pages = (const struct kern_page *)tab_dev_base + (size_t)l * npl;
+				a.head_off = (const uint32_t *)((char *)dtab + (size_t)o.layers * npl *
+								sizeof(*tab)) + (size_t)l * (o.hkv + 1);
+				CK(kern_attn(&a, dws, stream));
+			}
+			CK(kern_event_record(ev1, stream));
+			CK(kern_event_ms(ev0, ev1, &ms));
+			if (it >= 3)
+				samples[it - 3] = ms * 1e3;
+		}
+		r->move_attend_token_us = median(samples, o.iters);
+
+		/*
+		 * The same move through the HBM tier (tiers/hbm): per layer hbm_load (cache lookup,
+		 * one inline gather for the misses) and hbm_release; host clock to the stream's end.
+		 * "fresh": a new selection every token (sink hits, window page at a new version);
+		 * "repeat": the previous token's selection again (only the window page moves).
+		 */
+		for (int mode = 0; mode < 2; mode++) {
+			uint64_t moved0 = 0, moved1 = 0;
+
+			for (it = 0; it < o.iters + 3; it++) {
+				uint64_t tok = mix64(((uint64_t)c << 40) + (mode ? 7 : it) + 1000);
+				uint64_t t0 = clock_now_ns();
+
+				for (l = 0; l < o.layers; l++) {
+					for (i = 0; i < npl; i++) {
+						uint32_t h = i / ppt, k = i % ppt, page;
+						uint64_t where;
+
+						if (k == 0)
+							page = 0;
+						else if (k == ppt - 1)
+							page = ctx_pages - 1;
+						else
+							page = 1 + (uint32_t)(mix64(tok + (uint64_t)l * 7919 + i) %
+									      (ctx_pages - 2));
+						where = mix64(((uint64_t)l << 48) ^ ((uint64_t)h << 32) ^ page) %
+							pool_pages;
+						reqs[i].key.seq = 1 + c;
+						reqs[i].key.layer = l;
+						reqs[i].key.head = h;
+						reqs[i].key.page = page;
+						reqs[i].version = k == ppt - 1 ? 1 + it : 1;
+						reqs[i].src = hpool_dev + where * slot_bytes;
+						reqs[i].fill = k == ppt - 1 ? o.P / 2 + 1 : o.P;
+						reqs[i].len = (uint32_t)slot_bytes;
+					}
+					rc = hbm_load(hbm, reqs, npl, ws_pages, stream);
+					CK(rc);
+					if (it >= 3)
+						moved1 += (uint64_t)rc;
+					moved0 += (uint64_t)rc;
+					hbm_release(hbm, ws_pages, npl);
+				}
+				CK(hbm_sync(hbm, stream));
+				if (it >= 3)
+					samples[it - 3] = (double)(clock_now_ns() - t0) * 1e-3;
+			}
+			(void)moved0;
+			if (mode == 0) {
+				r->tier_fresh_us = median(samples, o.iters);
+				r->tier_fresh_pages = (double)moved1 / o.iters;
+			} else {
+				r->tier_repeat_us = median(samples, o.iters);
+				r->tier_repeat_pages = (double)moved1 / o.iters;
+			}
+		}
+
 		/* Our own full-KV decode over every page of one layer's context (in HBM). */
 		{
 			size_t need = (size_t)o.hkv * ctx_pages * slot_bytes;
@@ -515,6 +740,13 @@ static int bench_gpu_main(int argc, char **argv)
 	/* Free our big buffers before PyTorch takes the GPU. */
 	kern_dev_free(dfull);
 	dfull = NULL;
+	for (c = 0; c < o.nctx && !o.no_select; c++) {
+		rc = measure_select(&o, o.ctx[c], &res[c]);
+		if (rc < 0) {
+			fprintf(stderr, "icebench gpu: select at %u: %s\n", o.ctx[c], strerror(-rc));
+			goto out;
+		}
+	}
 	if (o.sdpa_python)
 		run_sdpa(&o, res);
 
@@ -532,11 +764,20 @@ static int bench_gpu_main(int argc, char **argv)
 			       "\"attn_sparse_layer_us\":%.2f,\"attn_full_ours_layer_us\":%.2f,"
 			       "\"sdpa_full_layer_us\":%.2f,\"sdpa_variant\":\"%s\","
 			       "\"attend_token_us\":%.1f,\"full_decode_token_us\":%.1f,"
-			       "\"select_token_us\":null}",
+			       "\"select_search_us\":%.1f,\"select_token_us\":%.1f,"
+			       "\"select_threads\":%u,\"select_build_s\":%.2f,"
+			       "\"token_select_move_attend_us\":%.1f,"
+			       "\"move_then_attend_token_us\":%.1f,"
+			       "\"tier_move_fresh_token_us\":%.1f,\"tier_move_fresh_pages\":%.1f,"
+			       "\"tier_move_repeat_token_us\":%.1f,\"tier_move_repeat_pages\":%.1f}",
 			       c ? "," : "", r->ctx, r->gather_layer_gbs, r->gather_token_gbs,
 			       r->gather_desc_gbs, r->percopy_gbs, r->move_token_us, r->attn_layer_us, r->full_layer_us,
 			       r->sdpa_layer_us, r->sdpa_variant, r->attn_layer_us * o.layers,
-			       r->sdpa_layer_us * o.layers);
+			       r->sdpa_layer_us * o.layers, r->select_search_us, r->select_token_us,
+			       r->select_threads, r->select_build_s,
+			       r->select_token_us + r->move_token_us + r->attn_layer_us * o.layers,
+			       r->move_attend_token_us, r->tier_fresh_us, r->tier_fresh_pages,
+			       r->tier_repeat_us, r->tier_repeat_pages);
 		}
 		printf("]}\n");
 	}
@@ -560,10 +801,33 @@ static int bench_gpu_main(int argc, char **argv)
 				r->sdpa_layer_us * o.layers);
 		}
 		fprintf(f, "(GB/s: scattered %zu-byte pages; us per layer for attention; per token = "
-			   "%u layers; select: see icebench index)\n",
-			slot_bytes, o.layers);
+			   "%u layers)\n", slot_bytes, o.layers);
+		fprintf(f, "per token: %7s %12s %10s %10s %10s %10s %10s %10s\n", "ctx", "select/srch",
+			"select", "move", "attend", "mv+att seq", "total", "full-KV");
+		for (c = 0; c < o.nctx; c++) {
+			struct ctx_result *r = &res[c];
+
+			fprintf(f, "per token: %7u %9.1f us %7.0f us %7.0f us %7.0f us %7.0f us %7.0f us "
+				   "%7.0f us\n",
+				r->ctx, r->select_search_us, r->select_token_us, r->move_token_us,
+				r->attn_layer_us * o.layers, r->move_attend_token_us,
+				r->select_token_us + r->move_token_us + r->attn_layer_us * o.layers,
+				r->sdpa_layer_us * o.layers);
+		}
+		for (c = 0; c < o.nctx; c++)
+			fprintf(f, "hbm tier: %7u  new selection %7.0f us/token (%.0f pages moved), same "
+				   "selection again %7.0f us/token (%.0f pages moved)\n",
+				res[c].ctx, res[c].tier_fresh_us, res[c].tier_fresh_pages,
+				res[c].tier_repeat_us, res[c].tier_repeat_pages);
+		if (!o.no_select && o.nctx)
+			fprintf(f, "(select: %u x %u group searches of %u queries for %u pages on %u CPU "
+				   "threads, DCI-tree over synthetic keys; move: every budget page, cold)\n",
+				o.layers, o.hkv, o.hq / o.hkv, o.budget / o.P - 2, res[0].select_threads);
 	}
 out:
+	hbm_close(hbm);
+	free(reqs);
+	free(ws_pages);
 	kern_dev_free(dfulltab);
 	kern_dev_free(dfull);
 	kern_dev_free(dws);

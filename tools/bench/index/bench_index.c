@@ -345,7 +345,7 @@ static int run_config(const struct opts *o, const float *keys, size_t n, uint32_
 	struct ref ref = { 0 };
 	struct idx_hit *hd = NULL, *he = NULL, *hp = NULL, *hpe = NULL;
 	float *q1 = NULL;
-	double tb1 = NAN, tbn, tq;
+	double tb1 = NAN, tbn, tq, tins = NAN;
 	size_t qstride = (size_t)g_file * d;
 	uint64_t t0;
 	int rc = -ENOMEM, first;
@@ -387,6 +387,24 @@ static int run_config(const struct opts *o, const float *keys, size_t n, uint32_
 	if (threads == 1)
 		tb1 = tbn;
 	idx_get_info(ix, &info);
+	/* decode inserts: the last 2048 keys one at a time onto a build of the rest */
+	if (n > 4096) {
+		struct idx *ixd = NULL;
+		size_t nb = n - 2048, t;
+
+		ip.threads = threads;
+		if ((rc = idx_new(&ip, &ixd)) < 0 || (rc = idx_build(ixd, keys, nb, IDX_F32)) < 0) {
+			idx_free(ixd);
+			goto out;
+		}
+		t0 = clock_now_ns();
+		for (t = nb; t < n && rc == 0; t++)
+			rc = idx_insert(ixd, keys + t * d, 1, IDX_F32);
+		tins = (double)(clock_now_ns() - t0) / 1e3 / (double)(n - nb);
+		idx_free(ixd);
+		if (rc < 0)
+			goto out;
+	}
 	if ((rc = posidx_new(d, &px)) < 0 || (rc = posidx_append(px, keys, n, IDX_F32)) < 0)
 		goto out;
 	for (i = 0; i < nq; i++)
@@ -400,7 +418,8 @@ static int run_config(const struct opts *o, const float *keys, size_t n, uint32_
 		printf("\nN=%zu d=%u  simd=%s  build: ", n, d, idx_simd_name());
 		if (!isnan(tb1))
 			printf("1 thread %.3f s (%.0f keys/s), ", tb1, n / tb1);
-		printf("%u threads %.3f s (%.0f keys/s)\n", threads, tbn, n / tbn);
+		printf("%u threads %.3f s (%.0f keys/s); decode insert %.1f us/key\n", threads, tbn,
+		       n / tbn, tins);
 		printf("  seeds %zu, levels %u, pages %zu (%.1f tokens/page), largest cell %u, "
 		       "default beam %u pages at k=16\n", info.nseeds, info.nlevels, info.npages,
 		       info.mean_fill, info.max_cell, info.default_beam);
@@ -410,10 +429,10 @@ static int run_config(const struct opts *o, const float *keys, size_t n, uint32_
 		json_sep(js, first_cfg);
 		fprintf(js, "{\"n\":%zu,\"d\":%u,\"simd\":\"%s\",\"threads\":%u,\"queries\":%u,\"cold\":%d,"
 			"\"build\":{\"s_1t\":%.4f,\"keys_per_s_1t\":%.0f,\"s_all\":%.4f,"
-			"\"keys_per_s_all\":%.0f},\"seeds\":%zu,\"levels\":%u,\"pages\":%zu,"
+			"\"keys_per_s_all\":%.0f,\"insert_us_per_key\":%.2f},\"seeds\":%zu,\"levels\":%u,\"pages\":%zu,"
 			"\"tokens_per_page\":%.2f,\"max_cell\":%u,\"default_beam\":%u,\"budgets\":[",
 			n, d, idx_simd_name(), threads, nq, cold, isnan(tb1) ? -1.0 : tb1,
-			isnan(tb1) ? -1.0 : n / tb1, tbn, n / tbn, info.nseeds,
+			isnan(tb1) ? -1.0 : n / tb1, tbn, n / tbn, isnan(tins) ? -1.0 : tins, info.nseeds,
 			info.nlevels, info.npages, info.mean_fill, info.max_cell, info.default_beam);
 	}
 	first = 1;
