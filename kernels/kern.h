@@ -63,7 +63,11 @@ int kern_gather(const struct kern_copy *copies, uint32_t n, size_t bytes, void *
 
 /* GPU: the same move with the copy list passed by value in the launch itself (host memory,
  * read at the call), so there is no descriptor upload and no dependent load before the first
- * PCIe read. n <= KERN_GATHER_INLINE_MAX (one layer's budget: 8 KV heads x 16 pages = 128). */
+ * PCIe read. n <= KERN_GATHER_INLINE_MAX (one layer's budget: 8 KV heads x 16 pages = 128).
+ * Launched with programmatic dependent launch: it reads its sources before the kernels ahead
+ * of it on the stream have finished (its writes wait for them). So its sources must not be
+ * written by GPU work still in flight: pinned host pages the CPU wrote before the call are the
+ * intended case; for sources a kernel on the stream writes, use kern_gather. */
 #define KERN_GATHER_INLINE_MAX 240
 int kern_gather_inline(const struct kern_copy *copies, uint32_t n, size_t bytes, void *stream);
 

@@ -44,7 +44,7 @@ def workload(c):
     except OSError as e:
         assert e.errno == errno.ENOENT, e
     st = c.stats()
-    assert st["engine.seqs"] == 1 and st["tier.dram.pages"] > 0, st
+    assert st["engine.seqs"] == 1 and st["tier.dram.used_slots"] > 0, st
     assert any(name.endswith(".tokens") and val == n for name, val in c.seqs().items())
     assert "dram_bytes" in c.config()
     c.seq_close(seq)

@@ -29,7 +29,13 @@ static const struct cfg_item cfg_items[] = {
 	U64(client_spin_ns, 0, 1000000000ull, "client spin before sleeping for a completion"),
 	U64(max_clients, 1, 4096, "clients at once"),
 	U64(max_seqs, 1, 65536, "sequences at once (all clients)"),
-	U64(dram_bytes, 1ull << 20, 1ull << 42, "DRAM tier capacity in bytes"),
+	U64(dram_bytes, 1ull << 20, 1ull << 42, "DRAM tier capacity in bytes (allocated at start)"),
+	U64(slot_bytes, 4096, 1u << 20, "page slot bytes in every tier (multiple of 4096; a page is 2*16*head_dim*dtype bytes)"),
+	U64(host_bytes, 1ull << 20, 1ull << 42, "engine memory cap besides the tiers (index keys, sinks, windows)"),
+	{ "nvme_path", CFG_PATH, offsetof(struct rt_config, nvme_path), 0, 0,
+	  "NVMe tier file or block device (empty: no NVMe tier)" },
+	U64(nvme_bytes, 1ull << 20, 1ull << 44, "NVMe tier capacity in bytes"),
+	U64(exact_search, 0, 1, "1: score every page exactly (reference); 0: DCI-tree search"),
 	U64(allow_uid, 0, UINT64_MAX, "one more uid allowed to connect (18446744073709551615: none)"),
 	U64(drain_ms, 0, 600000, "on SIGTERM, time clients get to finish queued requests"),
 };
@@ -46,7 +52,10 @@ void config_defaults(struct rt_config *c)
 	c->client_spin_ns = 50000;
 	c->max_clients = 256;
 	c->max_seqs = 4096;
-	c->dram_bytes = 1ull << 30;
+	c->dram_bytes = 256ull << 20;
+	c->slot_bytes = 16384;
+	c->host_bytes = 1ull << 30;
+	c->nvme_bytes = 1ull << 30;
 	c->allow_uid = UINT64_MAX;
 	c->drain_ms = 2000;
 }
@@ -71,7 +80,7 @@ static int set_item(struct rt_config *c, const struct cfg_item *it, const char *
 	memcpy(tmp, v, vlen);
 	tmp[vlen] = '\0';
 	if (it->type == CFG_PATH) {
-		if (vlen >= sizeof(c->socket_path))
+		if (vlen >= sizeof(c->socket_path)) /* both path fields are 108 bytes */
 			return -ENAMETOOLONG;
 		memcpy((char *)c + it->off, tmp, vlen + 1);
 		return 0;
@@ -84,7 +93,7 @@ static int set_item(struct rt_config *c, const struct cfg_item *it, const char *
 		return -EINVAL;
 	if ((!strcmp(it->name, "sq_entries") || !strcmp(it->name, "cq_entries")) && (x & (x - 1)))
 		return -EINVAL;
-	if (!strcmp(it->name, "arena_bytes") && x % 4096)
+	if ((!strcmp(it->name, "arena_bytes") || !strcmp(it->name, "slot_bytes")) && x % 4096)
 		return -EINVAL;
 	*(uint64_t *)(void *)((char *)c + it->off) = x;
 	return 0;

@@ -18,7 +18,12 @@ struct rt_config {
 	uint64_t client_spin_ns; /* client: spin before sleeping on its completion ring */
 	uint64_t max_clients;
 	uint64_t max_seqs;
-	uint64_t dram_bytes;    /* DRAM tier capacity (pages of K/V) */
+	uint64_t dram_bytes;    /* DRAM tier capacity: K/V page slots */
+	uint64_t slot_bytes;    /* page slot size in every tier (multiple of 4096) */
+	uint64_t host_bytes;    /* engine memory besides the tiers: index key copies, sinks, windows */
+	char nvme_path[108];    /* "" = no NVMe tier */
+	uint64_t nvme_bytes;    /* NVMe tier capacity */
+	uint64_t exact_search;  /* 1: score every page (reference); 0: DCI-tree search */
 	uint64_t allow_uid;     /* besides the daemon's own uid (and root): one more uid, or -1 */
 	uint64_t drain_ms;      /* SIGTERM: how long clients get to finish queued work */
 };

@@ -1,14 +1,15 @@
 /*
  * Engine: see engine.h. Per (sequence, layer, KV head) the state is
- *   sink   the first S tokens (S = sink budget rounded up to pages), attended always;
- *   window a ring of the last tokens, W..W+P-1 of them once warm (W = window budget rounded up);
- *   pages  full pages that left the window: K/V in the page store, a float32 copy of the keys
- *          in DRAM for scoring.
- * Storage and ranking sit behind two small internal interfaces (pstore_*, pindex_*) so the
- * DCI-tree index and the tiered page store can replace the interim versions here without
- * touching the rest: the interim store keeps pages in DRAM, the interim index is exact (every
- * page scored by its best token, per query head, then the GQA group merged round-robin as the
- * DCI-tree search does).
+ *   sink   the first S tokens (S = sink budget rounded up to pages), attended always, kept here;
+ *   window a ring of the last tokens, W..W+P-1 of them once warm (W = window budget rounded up),
+ *          kept here;
+ *   index  a DCI-tree (index/idx.h) over every token that left the window; its pages (which
+ *          only grow) live in the page store (tiers/store.h), keyed {seq, layer, head, page}.
+ * When tokens leave the window they are inserted into the index in one batch; the pages the
+ * index reports changed are (re)written to the store: the new tokens' rows are appended to the
+ * page's stored rows (read back when the page already existed). Select searches the index (the
+ * GQA group together) and reports where each page can be read now; fetch reads pages through the
+ * store, checksums verified.
  */
 #include "engine.h"
 
@@ -21,19 +22,26 @@
 #include <string.h>
 
 #include "clock.h"
+#include "dram.h"
 #include "hist.h"
+#include "idx.h"
+#include "nvme.h"
+#include "policy.h"
+#include "store.h"
 
 #define P ICE_PAGE_TOKENS
 #define SEQ_SLOT_BITS 16
+#define BATCH 32u /* pages per store call */
+/* Host bytes the index holds per token: its fp32 key copy plus bookkeeping (estimate). */
+#define IDX_TOKEN_OVERHEAD 64u
+
+_Static_assert(ICE_PAGE_TOKENS == IDX_PAGE_CAP, "one page size for the API and the index");
 
 struct head_state {
 	unsigned char *sink_k, *sink_v;	/* S rows each */
 	unsigned char *win_k, *win_v;	/* Wcap rows each, a ring starting at win_start */
 	uint32_t win_start, win_n;
-	uint32_t npages, pages_cap;
-	unsigned char **page;		/* page store (interim): K rows then V rows, P each */
-	uint64_t *loc;			/* page location in its tier */
-	float *keys;			/* index (interim): npages * P * d float32 keys */
+	struct idx *ix;
 };
 
 struct seq {
@@ -41,11 +49,15 @@ struct seq {
 	struct engine_params p;
 	uint32_t S, W, Wcap, kpages, g;
 	size_t es, row;			/* element size, bytes per token row (d * es) */
-	uint64_t bytes;			/* reserved from the DRAM budget, all of it */
-	uint64_t pages;			/* pages over all heads, for stats */
+	enum idx_dtype idt;
+	uint64_t bytes;			/* reserved from host_bytes */
+	uint64_t pages;			/* index pages over all layers and heads (stats) */
+	int broken;			/* an index/store update failed half-way: -errno */
 	uint32_t *ntok;			/* per layer */
 	uint32_t *sink_n;		/* per layer (same for all heads) */
 	struct head_state *hs;		/* [layers][kv_heads] */
+	unsigned char *scr;		/* append scratch: evicted rows, page assembly */
+	size_t scr_cap;
 };
 
 struct engine {
@@ -54,11 +66,12 @@ struct engine {
 	struct seq **slot;
 	uint32_t *gen;
 	uint32_t nseqs;
-	uint64_t used;			/* all reserved bytes (atomic) */
-	uint64_t page_bytes;		/* K/V page bytes (atomic) */
-	uint64_t npages;		/* pages (atomic) */
-	uint64_t next_loc;		/* allocation offset handed out as a page location */
+	uint64_t used;			/* host bytes reserved (atomic) */
 	uint64_t seqs_opened, seqs_dropped;
+	struct tier *tiers[2];
+	unsigned ntiers;
+	struct store *store;
+	struct policy *pol;		/* with an NVMe tier: watermarks, demotion, promotion */
 	struct hist h_append, h_select, h_fetch;
 };
 
@@ -75,51 +88,11 @@ size_t engine_dtype_size(uint32_t dtype)
 	}
 }
 
-static float f16_to_f32(uint16_t h)
-{
-	uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1f, man = h & 0x3ff, bits;
-	float f;
-
-	if (exp == 0) {
-		/* zero or subnormal: value is man * 2^-24 */
-		f = (float)man * (1.0f / 16777216.0f);
-		return sign ? -f : f;
-	}
-	if (exp == 31)
-		bits = sign | 0x7f800000u | (man << 13);
-	else
-		bits = sign | ((exp + 112) << 23) | (man << 13);
-	memcpy(&f, &bits, 4);
-	return f;
-}
-
-static void row_to_f32(float *dst, const unsigned char *src, uint32_t d, uint32_t dtype)
-{
-	uint32_t i;
-
-	if (dtype == ICE_DTYPE_F32) {
-		memcpy(dst, src, (size_t)d * 4);
-		return;
-	}
-	for (i = 0; i < d; i++) {
-		uint16_t h;
-
-		memcpy(&h, src + 2 * i, 2);
-		if (dtype == ICE_DTYPE_BF16) {
-			uint32_t bits = (uint32_t)h << 16;
-
-			memcpy(&dst[i], &bits, 4);
-		} else {
-			dst[i] = f16_to_f32(h);
-		}
-	}
-}
-
 static int reserve(struct engine *e, uint64_t bytes)
 {
 	uint64_t now = __atomic_add_fetch(&e->used, bytes, __ATOMIC_RELAXED);
 
-	if (now > e->o.dram_bytes) {
+	if (now > e->o.host_bytes) {
 		__atomic_sub_fetch(&e->used, bytes, __ATOMIC_RELAXED);
 		return -ENOSPC;
 	}
@@ -131,23 +104,62 @@ static void unreserve(struct engine *e, uint64_t bytes)
 	__atomic_sub_fetch(&e->used, bytes, __ATOMIC_RELAXED);
 }
 
+static void engine_close_tiers(struct engine *e)
+{
+	unsigned i;
+
+	policy_free(e->pol);
+	store_close(e->store);
+	for (i = 0; i < e->ntiers; i++)
+		tier_close(e->tiers[i]);
+}
+
 int engine_new(const struct engine_opts *o, struct engine **ret_e)
 {
+	struct store_config sc = { 0 };
+	struct tier_config tc = { 0 };
 	struct engine *e;
+	int err;
 
-	if (!o || !ret_e || !o->max_seqs || o->max_seqs > (1u << SEQ_SLOT_BITS))
+	if (!o || !ret_e || !o->max_seqs || o->max_seqs > (1u << SEQ_SLOT_BITS) ||
+	    !o->slot_bytes || o->slot_bytes % TIER_ALIGN || o->dram_bytes < o->slot_bytes)
 		return -EINVAL;
 	e = calloc(1, sizeof(*e));
 	if (!e)
 		return -ENOMEM;
 	e->o = *o;
+	e->o.nvme_path = NULL;
 	e->slot = calloc(o->max_seqs, sizeof(*e->slot));
 	e->gen = calloc(o->max_seqs, sizeof(*e->gen));
 	if (!e->slot || !e->gen) {
-		free(e->slot);
-		free(e->gen);
-		free(e);
-		return -ENOMEM;
+		err = -ENOMEM;
+		goto out_free;
+	}
+	tc.capacity_bytes = o->dram_bytes;
+	tc.slot_size = o->slot_bytes;
+	tc.numa_node = -1;
+	err = tier_open(&dram_tier_ops, &tc, &e->tiers[e->ntiers]);
+	if (err)
+		goto out_free;
+	e->ntiers++;
+	if (o->nvme_path && o->nvme_path[0]) {
+		tc.capacity_bytes = o->nvme_bytes;
+		tc.path = o->nvme_path;
+		err = tier_open(&nvme_tier_ops, &tc, &e->tiers[e->ntiers]);
+		if (err)
+			goto out_tiers;
+		e->ntiers++;
+	}
+	sc.slot_size = o->slot_bytes;
+	err = store_open(&sc, e->tiers, e->ntiers, &e->store);
+	if (err)
+		goto out_tiers;
+	if (e->ntiers > 1) {
+		struct policy_config pc = { .fast = 0, .slow = 1 };
+
+		err = policy_new(e->store, &pc, &e->pol);
+		if (err)
+			goto out_tiers;
 	}
 	pthread_mutex_init(&e->lock, NULL);
 	hist_init(&e->h_append);
@@ -155,11 +167,18 @@ int engine_new(const struct engine_opts *o, struct engine **ret_e)
 	hist_init(&e->h_fetch);
 	*ret_e = e;
 	return 0;
+out_tiers:
+	engine_close_tiers(e);
+out_free:
+	free(e->slot);
+	free(e->gen);
+	free(e);
+	return err;
 }
 
 static void seq_free(struct engine *e, struct seq *s)
 {
-	uint32_t i, j, nh;
+	uint32_t i, nh;
 
 	if (!s)
 		return;
@@ -171,15 +190,11 @@ static void seq_free(struct engine *e, struct seq *s)
 		free(h->sink_v);
 		free(h->win_k);
 		free(h->win_v);
-		for (j = 0; j < h->npages; j++)
-			free(h->page[j]);
-		free(h->page);
-		free(h->loc);
-		free(h->keys);
+		idx_free(h->ix);
 	}
-	__atomic_sub_fetch(&e->npages, s->pages, __ATOMIC_RELAXED);
-	__atomic_sub_fetch(&e->page_bytes, s->pages * 2 * P * s->row, __ATOMIC_RELAXED);
+	store_drop_seq(e->store, s->id);
 	unreserve(e, s->bytes);
+	free(s->scr);
 	free(s->hs);
 	free(s->ntok);
 	free(s->sink_n);
@@ -194,22 +209,28 @@ void engine_free(struct engine *e)
 		return;
 	for (i = 0; i < e->o.max_seqs; i++)
 		seq_free(e, e->slot[i]);
+	engine_close_tiers(e);
 	pthread_mutex_destroy(&e->lock);
 	free(e->slot);
 	free(e->gen);
 	free(e);
 }
 
-static int check_params(const struct engine_params *p)
+static int check_params(const struct engine *e, const struct engine_params *p)
 {
 	const struct ice_model_shape *s = &p->shape;
 	const struct ice_budget *b = &p->budget;
 
+	/* head_dim: the index scores 16 lanes at a time; GQA groups: the index searches at most
+	 * IDX_MAX_GROUP queries together; a page must fit a store slot. */
 	if (!s->layers || s->layers > 1024 || !s->kv_heads || s->kv_heads > 64 || !s->q_heads ||
-	    s->q_heads > 256 || s->q_heads % s->kv_heads || s->head_dim < 8 || s->head_dim > 512 ||
-	    s->head_dim % 8 || !engine_dtype_size(s->dtype))
+	    s->q_heads > 256 || s->q_heads % s->kv_heads || s->q_heads / s->kv_heads > IDX_MAX_GROUP ||
+	    s->head_dim < 16 || s->head_dim > 512 || s->head_dim % 16 ||
+	    !engine_dtype_size(s->dtype))
 		return -EINVAL;
-	if (b->sink_tokens > 4096 || b->window_tokens > 4096 || b->retrieved_tokens > 65536 ||
+	if (2ull * P * s->head_dim * engine_dtype_size(s->dtype) > e->o.slot_bytes)
+		return -EINVAL;
+	if (b->sink_tokens > 4096 || b->window_tokens > 4096 || b->retrieved_tokens > 16384 ||
 	    b->dense_layers > s->layers)
 		return -EINVAL;
 	return 0;
@@ -230,7 +251,7 @@ int engine_seq_open(struct engine *e, uint32_t owner, const struct engine_params
 
 	if (!e || !p || !ret_id)
 		return -EINVAL;
-	err = check_params(p);
+	err = check_params(e, p);
 	if (err)
 		return err;
 	s = calloc(1, sizeof(*s));
@@ -245,8 +266,11 @@ int engine_seq_open(struct engine *e, uint32_t owner, const struct engine_params
 	s->g = p->shape.q_heads / p->shape.kv_heads;
 	s->es = engine_dtype_size(p->shape.dtype);
 	s->row = (size_t)p->shape.head_dim * s->es;
+	s->idt = p->shape.dtype == ICE_DTYPE_F32 ? IDX_F32 :
+		 p->shape.dtype == ICE_DTYPE_BF16 ? IDX_BF16 : IDX_F16;
 	nh = p->shape.layers * p->shape.kv_heads;
-	base = sizeof(*s) + (uint64_t)nh * sizeof(struct head_state) + 8ull * p->shape.layers;
+	base = sizeof(*s) + (uint64_t)nh * (sizeof(struct head_state) + 4096) +
+	       8ull * p->shape.layers;
 	err = reserve(e, base);
 	if (err) {
 		free(s);
@@ -257,8 +281,8 @@ int engine_seq_open(struct engine *e, uint32_t owner, const struct engine_params
 	s->ntok = calloc(p->shape.layers, sizeof(*s->ntok));
 	s->sink_n = calloc(p->shape.layers, sizeof(*s->sink_n));
 	if (!s->hs || !s->ntok || !s->sink_n) {
-		seq_free(e, s);
-		return -ENOMEM;
+		err = -ENOMEM;
+		goto out_free;
 	}
 	pthread_mutex_lock(&e->lock);
 	for (i = 0; i < e->o.max_seqs; i++)
@@ -266,8 +290,8 @@ int engine_seq_open(struct engine *e, uint32_t owner, const struct engine_params
 			break;
 	if (i == e->o.max_seqs) {
 		pthread_mutex_unlock(&e->lock);
-		seq_free(e, s);
-		return -EMFILE;
+		err = -EMFILE;
+		goto out_free;
 	}
 	/* Generation in the high bits: a stale handle never reaches a reused slot. Never 0, so a
 	 * zeroed entry does not name a live sequence. */
@@ -281,6 +305,10 @@ int engine_seq_open(struct engine *e, uint32_t owner, const struct engine_params
 	pthread_mutex_unlock(&e->lock);
 	*ret_id = s->id;
 	return 0;
+out_free:
+	s->id = UINT32_MAX; /* names no store pages */
+	seq_free(e, s);
+	return err;
 }
 
 /* The owner's thread is the only one that mutates or frees its sequences, so the pointer stays
@@ -369,26 +397,13 @@ int engine_page_bytes(struct engine *e, uint32_t owner, uint32_t id, size_t *ret
 	return 0;
 }
 
-/* ---- interim page store: one DRAM block per page (K rows, then V rows) ---- */
-
-static int pstore_alloc(struct engine *e, struct seq *s, unsigned char **ret_page,
-			uint64_t *ret_loc)
-{
-	unsigned char *pg = malloc(2 * P * s->row);
-
-	if (!pg)
-		return -ENOMEM;
-	*ret_page = pg;
-	*ret_loc = __atomic_fetch_add(&e->next_loc, 2 * P * s->row, __ATOMIC_RELAXED);
-	return 0;
-}
-
 /* ---- append ---- */
 
 static int layer_buffers(struct engine *e, struct seq *s, uint32_t layer)
 {
 	uint32_t h, hk = s->p.shape.kv_heads;
 	struct head_state *hs = &s->hs[(size_t)layer * hk];
+	struct idx_params ip;
 	uint64_t bytes;
 	int err;
 
@@ -398,7 +413,14 @@ static int layer_buffers(struct engine *e, struct seq *s, uint32_t layer)
 	err = reserve(e, bytes);
 	if (err)
 		return err;
+	/* A layer's buffers and indexes come with its first tokens: opening a sequence of a large
+	 * model costs nothing until it is used. */
+	idx_params_default(&ip, s->p.shape.head_dim);
 	for (h = 0; h < hk; h++) {
+		/* A seed per head, so heads do not share projections by accident. */
+		ip.seed = 0x1ce0000ull + (uint64_t)layer * hk + h;
+		if (idx_new(&ip, &hs[h].ix))
+			goto out_free;
 		hs[h].sink_k = s->S ? malloc(s->S * s->row) : NULL;
 		hs[h].sink_v = s->S ? malloc(s->S * s->row) : NULL;
 		hs[h].win_k = malloc(s->Wcap * s->row);
@@ -414,36 +436,103 @@ out_free:
 		free(hs[h].sink_v);
 		free(hs[h].win_k);
 		free(hs[h].win_v);
+		idx_free(hs[h].ix);
 		hs[h].sink_k = hs[h].sink_v = hs[h].win_k = hs[h].win_v = NULL;
+		hs[h].ix = NULL;
 	}
 	unreserve(e, bytes);
 	return -ENOMEM;
 }
 
-static int grow_pages(struct head_state *h, uint32_t want, uint32_t d)
+static int scratch(struct seq *s, size_t bytes)
 {
-	uint32_t cap = h->pages_cap ? h->pages_cap : 16;
-	unsigned char **pg;
-	uint64_t *loc;
-	float *keys;
+	void *b;
 
-	if (want <= h->pages_cap)
+	if (s->scr_cap >= bytes)
 		return 0;
-	while (cap < want)
-		cap *= 2;
-	pg = realloc(h->page, cap * sizeof(*pg));
-	if (!pg)
+	b = realloc(s->scr, bytes);
+	if (!b)
 		return -ENOMEM;
-	h->page = pg;
-	loc = realloc(h->loc, cap * sizeof(*loc));
-	if (!loc)
-		return -ENOMEM;
-	h->loc = loc;
-	keys = realloc(h->keys, (size_t)cap * P * d * sizeof(float));
-	if (!keys)
-		return -ENOMEM;
-	h->keys = keys;
-	h->pages_cap = cap;
+	s->scr = b;
+	s->scr_cap = bytes;
+	return 0;
+}
+
+static int store_read(struct engine *e, struct store_page *pg, unsigned n)
+{
+	return e->pol ? policy_get(e->pol, pg, n) : store_get(e->store, pg, n);
+}
+
+static int store_write(struct engine *e, struct store_page *pg, unsigned n)
+{
+	return e->pol ? policy_put(e->pol, pg, n) : store_put(e->store, pg, n, 0);
+}
+
+/*
+ * Inserts n evicted tokens (rows ek/ev, storage dtype) into head h's index and rewrites every
+ * page it reports changed: stored rows (read back) + the new tokens' rows. Pages only grow and
+ * tokens are appended to a page's list, so a page's first old-fill tokens are the stored rows.
+ */
+static int index_tokens(struct engine *e, struct seq *s, uint32_t layer, uint32_t h,
+			const unsigned char *ek, const unsigned char *ev, uint32_t n,
+			unsigned char *pbuf)
+{
+	struct head_state *st = &s->hs[(size_t)layer * s->p.shape.kv_heads + h];
+	struct store_page pg[BATCH];
+	uint32_t ids[BATCH], pos[P], first, fill, ver, t;
+	size_t nd, i, slot = e->o.slot_bytes;
+	int err;
+
+	first = (uint32_t)idx_ntokens(st->ix);
+	err = first ? idx_insert(st->ix, ek, n, s->idt) : idx_build(st->ix, ek, n, s->idt);
+	if (err)
+		return err;
+	do {
+		nd = idx_take_dirty(st->ix, ids, BATCH);
+		for (i = 0; i < nd; i++) {
+			struct store_page_info info;
+			unsigned char *b = pbuf + i * slot;
+			uint32_t old = 0;
+
+			pg[i] = (struct store_page){ .key = { s->id, layer, h, ids[i] } };
+			err = idx_page_tokens(st->ix, ids[i], pos, &fill, &ver);
+			if (err)
+				return err;
+			if (store_lookup(e->store, &pg[i].key, &info) == 0) {
+				old = info.fill;
+				pg[i].buf = b;
+				pg[i].len = (uint32_t)slot;
+				err = store_read(e, &pg[i], 1);
+				if (err)
+					return err;
+				if (pg[i].fill != old || old > fill)
+					return -EIO;
+				/* V rows move right to make room for the new K rows. */
+				memmove(b + (size_t)fill * s->row, b + (size_t)old * s->row,
+					(size_t)old * s->row);
+			}
+			for (t = 0; t < fill; t++) {
+				uint32_t r = pos[t] - first;
+
+				/* The contract, checked: old tokens first, then this batch's. */
+				if ((t < old) != (pos[t] < first) || (t >= old && r >= n))
+					return -EIO;
+				if (t < old)
+					continue;
+				memcpy(b + (size_t)t * s->row, ek + (size_t)r * s->row, s->row);
+				memcpy(b + (size_t)(fill + t) * s->row, ev + (size_t)r * s->row, s->row);
+			}
+			pg[i].buf = b;
+			pg[i].len = (uint32_t)(2 * fill * s->row);
+			pg[i].fill = fill;
+			pg[i].version = ver;
+		}
+		if (nd) {
+			err = store_write(e, pg, (unsigned)nd);
+			if (err)
+				return err;
+		}
+	} while (nd == BATCH);
 	return 0;
 }
 
@@ -452,12 +541,16 @@ int engine_append(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer,
 {
 	struct seq *s = seq_get(e, owner, id);
 	uint64_t t0 = clock_now_ns(), bytes;
-	uint32_t hk, h, d, tosink, towin, w, evict, t, x;
+	uint32_t hk, h, d, tosink, towin, w, evict, t, x, etok;
+	unsigned char *ek, *ev, *pbuf;
 	struct head_state *hs;
+	uint64_t pages = 0;
 	int err;
 
 	if (!s)
 		return -ENOENT;
+	if (s->broken)
+		return -EIO;
 	if (layer >= s->p.shape.layers || !n || n > (1u << 24) || !k || !v)
 		return -EINVAL;
 	hk = s->p.shape.kv_heads;
@@ -466,8 +559,8 @@ int engine_append(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer,
 	err = layer_buffers(e, s, layer);
 	if (err)
 		return err;
-	/* How many pages leave the window: the same for every head of the layer. Reserve their
-	 * bytes and grow every array before touching any state, so a failure changes nothing. */
+	/* How many tokens leave the window: the same for every head of the layer. Everything that
+	 * can be refused (memory, store space) is checked before any state changes. */
 	tosink = s->sink_n[layer] < s->S ? s->S - s->sink_n[layer] : 0;
 	if (tosink > n)
 		tosink = n;
@@ -478,76 +571,69 @@ int engine_append(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer,
 		w -= P;
 		evict++;
 	}
-	bytes = (uint64_t)hk * evict * (2 * P * s->row + (uint64_t)P * d * sizeof(float) +
-					sizeof(void *) + 8);
-	if (evict) {
+	etok = evict * P;
+	bytes = (uint64_t)hk * etok * ((uint64_t)d * sizeof(float) + IDX_TOKEN_OVERHEAD);
+	if (etok) {
+		/* Without a slower tier to demote to, the DRAM tier must have room for the worst
+		 * case (every token a new page) plus one batch of rewritten pages. */
+		if (!e->pol && tier_free_slots(e->tiers[0]) < (uint64_t)hk * etok + BATCH)
+			return -ENOSPC;
 		err = reserve(e, bytes);
 		if (err)
 			return err;
-		for (h = 0; h < hk; h++) {
-			err = grow_pages(&hs[h], hs[h].npages + evict, d);
-			if (err) {
-				unreserve(e, bytes);
-				return err;
-			}
-			for (x = 0; x < evict; x++) {
-				err = pstore_alloc(e, s, &hs[h].page[hs[h].npages + x],
-						   &hs[h].loc[hs[h].npages + x]);
-				if (err) {
-					while (x--)
-						free(hs[h].page[hs[h].npages + x]);
-					while (h--)
-						for (x = 0; x < evict; x++)
-							free(hs[h].page[hs[h].npages + x]);
-					unreserve(e, bytes);
-					return err;
-				}
-			}
+		err = scratch(s, 2 * (size_t)etok * s->row + BATCH * e->o.slot_bytes);
+		if (err) {
+			unreserve(e, bytes);
+			return err;
 		}
 		s->bytes += bytes;
 	}
+	ek = s->scr;
+	ev = ek + (size_t)etok * s->row;
+	pbuf = ev + (size_t)etok * s->row;
 	for (h = 0; h < hk; h++) {
 		struct head_state *st = &hs[h];
 		const unsigned char *kh = (const unsigned char *)k + (size_t)h * n * s->row;
 		const unsigned char *vh = (const unsigned char *)v + (size_t)h * n * s->row;
-		uint32_t sn = s->sink_n[layer];
+		uint32_t sn = s->sink_n[layer], ne = 0;
 
 		for (t = 0; t < tosink; t++, sn++) {
 			memcpy(st->sink_k + (size_t)sn * s->row, kh + (size_t)t * s->row, s->row);
 			memcpy(st->sink_v + (size_t)sn * s->row, vh + (size_t)t * s->row, s->row);
 		}
 		for (; t < n; t++) {
-			uint32_t pos = (st->win_start + st->win_n) % s->Wcap;
+			uint32_t at = (st->win_start + st->win_n) % s->Wcap;
 
-			memcpy(st->win_k + (size_t)pos * s->row, kh + (size_t)t * s->row, s->row);
-			memcpy(st->win_v + (size_t)pos * s->row, vh + (size_t)t * s->row, s->row);
+			memcpy(st->win_k + (size_t)at * s->row, kh + (size_t)t * s->row, s->row);
+			memcpy(st->win_v + (size_t)at * s->row, vh + (size_t)t * s->row, s->row);
 			st->win_n++;
-			if (st->win_n == s->Wcap) {
-				/* The oldest page's worth leaves the window: store + index. */
-				unsigned char *pg = st->page[st->npages];
-				float *kf = st->keys + (size_t)st->npages * P * d;
+			if (st->win_n < s->Wcap)
+				continue;
+			/* The oldest page's worth leaves the window for the index. */
+			for (x = 0; x < P; x++, ne++) {
+				uint32_t r = (st->win_start + x) % s->Wcap;
 
-				for (x = 0; x < P; x++) {
-					uint32_t r = (st->win_start + x) % s->Wcap;
-
-					memcpy(pg + (size_t)x * s->row, st->win_k + (size_t)r * s->row,
-					       s->row);
-					memcpy(pg + (size_t)(P + x) * s->row,
-					       st->win_v + (size_t)r * s->row, s->row);
-					row_to_f32(kf + (size_t)x * d, st->win_k + (size_t)r * s->row, d,
-						   s->p.shape.dtype);
-				}
-				st->npages++;
-				st->win_start = (st->win_start + P) % s->Wcap;
-				st->win_n -= P;
+				memcpy(ek + (size_t)ne * s->row, st->win_k + (size_t)r * s->row, s->row);
+				memcpy(ev + (size_t)ne * s->row, st->win_v + (size_t)r * s->row, s->row);
+			}
+			st->win_start = (st->win_start + P) % s->Wcap;
+			st->win_n -= P;
+		}
+		if (ne) {
+			err = index_tokens(e, s, layer, h, ek, ev, ne, pbuf);
+			if (err) {
+				/* The index and the store no longer agree for this head: the sequence
+				 * cannot be trusted any more. Its owner gets -EIO and should drop it. */
+				s->broken = err;
+				return err;
 			}
 		}
 	}
 	s->sink_n[layer] += tosink;
 	s->ntok[layer] += n;
-	s->pages += (uint64_t)hk * evict;
-	__atomic_add_fetch(&e->npages, (uint64_t)hk * evict, __ATOMIC_RELAXED);
-	__atomic_add_fetch(&e->page_bytes, (uint64_t)hk * evict * 2 * P * s->row, __ATOMIC_RELAXED);
+	for (h = 0; h < hk * s->p.shape.layers; h++)
+		pages += s->hs[h].ix ? idx_npages(s->hs[h].ix) : 0;
+	__atomic_store_n(&s->pages, pages, __ATOMIC_RELAXED);
 	hist_add(&e->h_append, clock_now_ns() - t0);
 	return 0;
 }
@@ -564,13 +650,29 @@ static uint32_t win_pages(const struct seq *s, uint32_t layer)
 	return (s->hs[(size_t)layer * s->p.shape.kv_heads].win_n + P - 1) / P;
 }
 
-static uint32_t ret_pages(const struct seq *s, uint32_t layer)
+/* Pages in a head's index (0 before the layer's first tokens). */
+static uint32_t head_pages(const struct head_state *st)
 {
-	uint32_t np = s->hs[(size_t)layer * s->p.shape.kv_heads].npages;
+	return st->ix ? (uint32_t)idx_npages(st->ix) : 0;
+}
+
+static uint32_t ret_pages(const struct seq *s, uint32_t layer, uint32_t h)
+{
+	uint32_t np = head_pages(&s->hs[(size_t)layer * s->p.shape.kv_heads + h]);
 
 	if (layer < s->p.budget.dense_layers)
 		return np;
 	return np < s->kpages ? np : s->kpages;
+}
+
+static size_t table_size(const struct seq *s, uint32_t layer)
+{
+	size_t n = 0;
+	uint32_t h;
+
+	for (h = 0; h < s->p.shape.kv_heads; h++)
+		n += sink_pages(s, layer) + ret_pages(s, layer, h) + win_pages(s, layer);
+	return n;
 }
 
 int engine_select_cap(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer)
@@ -579,28 +681,11 @@ int engine_select_cap(struct engine *e, uint32_t owner, uint32_t id, uint32_t la
 
 	if (!s)
 		return -ENOENT;
+	if (s->broken)
+		return -EIO;
 	if (layer >= s->p.shape.layers)
 		return -EINVAL;
-	return (int)(s->p.shape.kv_heads *
-		     (sink_pages(s, layer) + ret_pages(s, layer) + win_pages(s, layer)));
-}
-
-/* d is a multiple of 8 (checked at open). GCC vector extensions: 8 lanes, split into what the
- * target has (two SSE registers, one AVX register), in a fixed order so results do not depend
- * on the machine. */
-typedef float v8f __attribute__((vector_size(32)));
-
-static float dot(const float *a, const float *b, uint32_t d)
-{
-	v8f acc = { 0 }, x, y;
-	uint32_t i;
-
-	for (i = 0; i < d; i += 8) {
-		memcpy(&x, a + i, sizeof(x));
-		memcpy(&y, b + i, sizeof(y));
-		acc += x * y;
-	}
-	return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+	return (int)table_size(s, layer);
 }
 
 static int ws_reserve(struct engine_ws *ws, size_t bytes)
@@ -626,67 +711,23 @@ void engine_ws_done(struct engine_ws *ws)
 	ws->cap = 0;
 }
 
-/*
- * Interim index search for one KV head: per query head the best k pages by best-token score,
- * then the group's rankings merged round-robin into k distinct pages (the DCI-tree contract).
- * score: g * np floats of scratch; top: g * k; seen: np bytes.
- */
-static uint32_t pindex_search(const struct head_state *st, const float *q, uint32_t g,
-			      uint32_t d, uint32_t k, float *score, uint32_t *top,
-			      unsigned char *seen, uint32_t *ret_pages, float *ret_scores)
+/* Where a page can be read now: the fastest tier holding it, and its slot there. */
+static void page_where(struct engine *e, const struct store_key *key, struct ice_page_ref *r)
 {
-	uint32_t np = st->npages, j, p, t, r, out = 0;
+	struct store_page_info info;
+	unsigned i;
 
-	for (p = 0; p < np; p++) {
-		const float *kp = st->keys + (size_t)p * P * d;
-
-		for (j = 0; j < g; j++) {
-			float best = -FLT_MAX;
-
-			for (t = 0; t < P; t++) {
-				float s = dot(q + (size_t)j * d, kp + (size_t)t * d, d);
-
-				if (s > best)
-					best = s;
-			}
-			score[(size_t)j * np + p] = best;
-		}
+	r->tier = ICE_TIER_DRAM;
+	if (store_lookup(e->store, key, &info))
+		return;
+	for (i = 0; i < e->ntiers; i++) {
+		if (!(info.resident & (1u << i)))
+			continue;
+		r->tier = !strcmp(e->tiers[i]->name, "nvme") ? ICE_TIER_NVME :
+			  !strcmp(e->tiers[i]->name, "hbm") ? ICE_TIER_HBM : ICE_TIER_DRAM;
+		r->location = info.slot[i] * e->o.slot_bytes;
+		return;
 	}
-	for (j = 0; j < g; j++) {
-		uint32_t *tj = top + (size_t)j * k, n = 0;
-		const float *sj = score + (size_t)j * np;
-
-		/* Insertion into a sorted top-k: k is small next to np. Ties go to the lower id. */
-		for (p = 0; p < np; p++) {
-			uint32_t at = n < k ? n : k;
-
-			if (n == k && !(sj[p] > sj[tj[k - 1]]))
-				continue;
-			while (at > 0 && sj[p] > sj[tj[at - 1]]) {
-				if (at < k)
-					tj[at] = tj[at - 1];
-				at--;
-			}
-			tj[at] = p;
-			if (n < k)
-				n++;
-		}
-	}
-	memset(seen, 0, np);
-	for (r = 0; r < k && out < k; r++)
-		for (j = 0; j < g && out < k; j++) {
-			p = top[(size_t)j * k + r];
-			if (seen[p])
-				continue;
-			seen[p] = 1;
-			ret_pages[out] = p;
-			ret_scores[out] = -FLT_MAX;
-			for (t = 0; t < g; t++)
-				if (score[(size_t)t * np + p] > ret_scores[out])
-					ret_scores[out] = score[(size_t)t * np + p];
-			out++;
-		}
-	return out;
 }
 
 int engine_select(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer, const float *q,
@@ -694,37 +735,44 @@ int engine_select(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer,
 {
 	struct seq *s = seq_get(e, owner, id);
 	uint64_t t0 = clock_now_ns();
-	uint32_t hk, d, g, h, i, np, k, sp, wp, n = 0;
-	size_t need;
-	int err;
+	uint32_t hk, d, g, h, i, k, sp, wp, n = 0, nkeys = 0, pos[P];
+	size_t need = 0, wsz, hsz, sz;
+	struct store_key *keys;
+	struct idx_hit *hits;
+	void *iws;
+	int err, got;
 
 	if (!s)
 		return -ENOENT;
+	if (s->broken)
+		return -EIO;
 	hk = s->p.shape.kv_heads;
 	d = s->p.shape.head_dim;
 	g = s->g;
 	if (layer >= s->p.shape.layers || !q || !ws ||
 	    q_len != (size_t)s->p.shape.q_heads * d * sizeof(float))
 		return -EINVAL;
+	if (table_size(s, layer) > cap)
+		return -ENOSPC;
 	sp = sink_pages(s, layer);
 	wp = win_pages(s, layer);
-	k = ret_pages(s, layer);
-	if ((size_t)hk * (sp + k + wp) > cap)
-		return -ENOSPC;
-	np = s->hs[(size_t)layer * hk].npages;
-	need = (size_t)g * np * sizeof(float) + (size_t)g * k * sizeof(uint32_t) + np +
-	       (size_t)k * (sizeof(uint32_t) + sizeof(float)) + 64;
-	err = ws_reserve(ws, need);
+	for (h = 0; h < hk; h++) {
+		k = ret_pages(s, layer, h);
+		sz = k ? idx_search_ws_size(s->hs[(size_t)layer * hk + h].ix, g, k) : 0;
+		if (sz > need)
+			need = sz;
+	}
+	wsz = (need + 63) & ~(size_t)63;
+	hsz = ((size_t)s->kpages * sizeof(*hits) + 63) & ~(size_t)63;
+	err = ws_reserve(ws, wsz + hsz + (size_t)hk * s->kpages * sizeof(*keys));
 	if (err)
 		return err;
+	iws = ws->buf;
+	hits = (struct idx_hit *)(void *)((char *)ws->buf + wsz);
+	keys = (struct store_key *)(void *)((char *)ws->buf + wsz + hsz);
 	for (h = 0; h < hk; h++) {
 		const struct head_state *st = &s->hs[(size_t)layer * hk + h];
-		float *score = ws->buf;
-		uint32_t *top = (uint32_t *)(score + (size_t)g * np);
-		uint32_t *rp = top + (size_t)g * k;
-		float *rs = (float *)(rp + k);
-		unsigned char *seen = (unsigned char *)(rs + k);
-		uint32_t got;
+		uint32_t np = head_pages(st);
 
 		for (i = 0; i < sp; i++) {
 			uint32_t fill = s->sink_n[layer] - i * P;
@@ -735,18 +783,32 @@ int engine_select(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer,
 		}
 		if (layer < s->p.budget.dense_layers) {
 			/* Dense layer: every page, in id order. */
-			for (i = 0; i < np; i++)
-				out[n++] = (struct ice_page_ref){ .page = i, .kv_head = (uint16_t)h,
-					.kind = ICE_PAGE_RETRIEVED, .tier = ICE_TIER_DRAM, .fill = P,
-					.location = st->loc[i] };
-		} else if (k) {
-			got = pindex_search(st, q + (size_t)h * g * d, g, d, k, score, top, seen,
-					    rp, rs);
-			for (i = 0; i < got; i++)
-				out[n++] = (struct ice_page_ref){ .page = rp[i],
+			for (i = 0; i < np; i++) {
+				struct store_key key = { s->id, layer, h, i };
+				uint32_t fill = 0;
+
+				idx_page_tokens(st->ix, i, pos, &fill, NULL);
+				out[n] = (struct ice_page_ref){ .page = i, .kv_head = (uint16_t)h,
+					.kind = ICE_PAGE_RETRIEVED, .fill = fill };
+				page_where(e, &key, &out[n++]);
+			}
+		} else if ((k = ret_pages(s, layer, h))) {
+			struct idx_search_opts so = { 0 };
+			const float *qg = q + (size_t)h * g * d;
+
+			if (e->o.exact_search)
+				got = idx_exact_search(st->ix, qg, g, k, iws, need, hits);
+			else
+				got = idx_search(st->ix, qg, g, k, &so, iws, need, hits);
+			if (got < 0)
+				return got;
+			for (i = 0; i < (uint32_t)got; i++) {
+				keys[nkeys] = (struct store_key){ s->id, layer, h, hits[i].page };
+				out[n] = (struct ice_page_ref){ .page = hits[i].page,
 					.kv_head = (uint16_t)h, .kind = ICE_PAGE_RETRIEVED,
-					.tier = ICE_TIER_DRAM, .fill = P, .score = rs[i],
-					.location = st->loc[rp[i]] };
+					.fill = hits[i].fill, .score = hits[i].score };
+				page_where(e, &keys[nkeys++], &out[n++]);
+			}
 		}
 		for (i = 0; i < wp; i++) {
 			uint32_t fill = st->win_n - i * P;
@@ -756,23 +818,53 @@ int engine_select(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer,
 				.fill = fill > P ? P : fill };
 		}
 	}
+	/* The heat hook: what was selected now is what placement keeps close. */
+	if (nkeys)
+		store_touch(e->store, keys, nkeys);
 	hist_add(&e->h_select, clock_now_ns() - t0);
 	return (int)n;
 }
 
 /* ---- fetch ---- */
 
+static int fetch_batch(struct engine *e, struct seq *s, struct store_page *pg, unsigned nb,
+		       unsigned char *const *outs)
+{
+	unsigned i;
+	int err;
+
+	err = store_read(e, pg, nb);
+	if (err)
+		return err;
+	for (i = 0; i < nb; i++) {
+		size_t rows = (size_t)pg[i].fill * s->row;
+
+		if (pg[i].fill > P || pg[i].len != 2 * rows)
+			return -EIO;
+		memcpy(outs[i], pg[i].buf, rows);
+		memcpy(outs[i] + P * s->row, (unsigned char *)pg[i].buf + rows, rows);
+	}
+	return 0;
+}
+
 int engine_fetch(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer,
-		 const struct ice_page_ref *refs, size_t n, void *buf, size_t cap)
+		 const struct ice_page_ref *refs, size_t n, void *buf, size_t cap,
+		 struct engine_ws *ws)
 {
 	struct seq *s = seq_get(e, owner, id);
 	uint64_t t0 = clock_now_ns();
+	struct store_page pg[BATCH];
+	unsigned char *outs[BATCH];
+	unsigned nb = 0;
 	size_t pb, i;
 	uint32_t hk, x;
+	int err;
 
 	if (!s)
 		return -ENOENT;
-	if (layer >= s->p.shape.layers || (n && (!refs || !buf)))
+	if (s->broken)
+		return -EIO;
+	if (layer >= s->p.shape.layers || (n && (!refs || !buf)) || !ws)
 		return -EINVAL;
 	hk = s->p.shape.kv_heads;
 	pb = 2 * P * s->row;
@@ -788,10 +880,13 @@ int engine_fetch(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer,
 		st = &s->hs[(size_t)layer * hk + r->kv_head];
 		if ((r->kind == ICE_PAGE_SINK && r->page >= sink_pages(s, layer)) ||
 		    (r->kind == ICE_PAGE_WINDOW && r->page >= (st->win_n + P - 1) / P) ||
-		    (r->kind == ICE_PAGE_RETRIEVED && r->page >= st->npages) ||
+		    (r->kind == ICE_PAGE_RETRIEVED && r->page >= head_pages(st)) ||
 		    r->kind > ICE_PAGE_WINDOW)
 			return -EINVAL;
 	}
+	err = ws_reserve(ws, BATCH * e->o.slot_bytes);
+	if (err)
+		return err;
 	for (i = 0; i < n; i++) {
 		const struct ice_page_ref *r = &refs[i];
 		const struct head_state *st = &s->hs[(size_t)layer * hk + r->kv_head];
@@ -800,7 +895,16 @@ int engine_fetch(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer,
 
 		memset(ko, 0, pb);
 		if (r->kind == ICE_PAGE_RETRIEVED) {
-			memcpy(ko, st->page[r->page], pb);
+			pg[nb] = (struct store_page){ .key = { s->id, layer, r->kv_head, r->page },
+				.buf = (unsigned char *)ws->buf + (size_t)nb * e->o.slot_bytes,
+				.len = (uint32_t)e->o.slot_bytes };
+			outs[nb++] = ko;
+			if (nb == BATCH) {
+				err = fetch_batch(e, s, pg, nb, outs);
+				if (err)
+					return err;
+				nb = 0;
+			}
 			continue;
 		}
 		if (r->kind == ICE_PAGE_SINK) {
@@ -813,11 +917,16 @@ int engine_fetch(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer,
 		fill = st->win_n - r->page * P;
 		fill = fill > P ? P : fill;
 		for (x = 0; x < fill; x++) {
-			uint32_t pos = (st->win_start + r->page * P + x) % s->Wcap;
+			uint32_t at = (st->win_start + r->page * P + x) % s->Wcap;
 
-			memcpy(ko + (size_t)x * s->row, st->win_k + (size_t)pos * s->row, s->row);
-			memcpy(vo + (size_t)x * s->row, st->win_v + (size_t)pos * s->row, s->row);
+			memcpy(ko + (size_t)x * s->row, st->win_k + (size_t)at * s->row, s->row);
+			memcpy(vo + (size_t)x * s->row, st->win_v + (size_t)at * s->row, s->row);
 		}
+	}
+	if (nb) {
+		err = fetch_batch(e, s, pg, nb, outs);
+		if (err)
+			return err;
 	}
 	hist_add(&e->h_fetch, clock_now_ns() - t0);
 	return 0;
@@ -836,13 +945,14 @@ void engine_stats(struct engine *e, struct stats_buf *sb)
 		if (e->slot[i])
 			tokens += __atomic_load_n(&e->slot[i]->ntok[0], __ATOMIC_RELAXED);
 	pthread_mutex_unlock(&e->lock);
-	stats_put_u64(sb, "tier.dram", "capacity_bytes", e->o.dram_bytes);
-	stats_put_u64(sb, "tier.dram", "used_bytes", __atomic_load_n(&e->used, __ATOMIC_RELAXED));
-	stats_put_u64(sb, "tier.dram", "page_bytes",
-		      __atomic_load_n(&e->page_bytes, __ATOMIC_RELAXED));
-	stats_put_u64(sb, "tier.dram", "pages", __atomic_load_n(&e->npages, __ATOMIC_RELAXED));
-	stats_put_str(sb, "engine", "store", "interim-dram");
-	stats_put_str(sb, "engine", "index", "interim-exact");
+	/* store.* then tier.<name>.* for every tier */
+	store_stats(e->store, sb);
+	if (e->pol)
+		policy_stats(e->pol, sb);
+	stats_put_str(sb, "engine", "store", e->ntiers > 1 ? "tiers:dram+nvme" : "tiers:dram");
+	stats_put_str(sb, "engine", "index", e->o.exact_search ? "dci-tree(exact)" : "dci-tree");
+	stats_put_u64(sb, "engine", "host_capacity_bytes", e->o.host_bytes);
+	stats_put_u64(sb, "engine", "host_used_bytes", __atomic_load_n(&e->used, __ATOMIC_RELAXED));
 	stats_put_u64(sb, "engine", "seqs", nseqs);
 	stats_put_u64(sb, "engine", "seqs_max", e->o.max_seqs);
 	stats_put_u64(sb, "engine", "seqs_opened", e->seqs_opened);

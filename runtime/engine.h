@@ -1,6 +1,7 @@
 /*
  * The engine: sequences of a model's KV-cache, per (layer, KV head) a sink, a window of recent
- * tokens and the indexed pages; select picks the pages a step attends, fetch copies them out.
+ * tokens and the indexed pages (a DCI-tree, index/idx.h, whose pages live in the page store,
+ * tiers/store.h); select picks the pages a step attends, fetch copies them out.
  * Used by the daemon for all its clients and by libicecache in embedded mode.
  *
  * Ownership and threads: every sequence has an owner id (a client); calls name the owner and a
@@ -20,8 +21,13 @@
 struct engine;
 
 struct engine_opts {
-	uint64_t dram_bytes; /* hard cap on K/V pages, key copies, sinks and windows */
+	uint64_t dram_bytes;   /* DRAM tier capacity (page slots), allocated at engine_new */
+	uint64_t slot_bytes;   /* page slot size; sequences whose pages do not fit are refused */
+	uint64_t host_bytes;   /* hard cap on engine memory besides the tiers */
+	const char *nvme_path; /* NULL or "": no NVMe tier */
+	uint64_t nvme_bytes;
 	uint32_t max_seqs;
+	int exact_search;      /* 1: every page scored (reference); 0: DCI-tree search */
 };
 
 struct engine_params {
@@ -55,8 +61,10 @@ int engine_select_cap(struct engine *e, uint32_t owner, uint32_t id, uint32_t la
 /* q: q_heads * head_dim floats (q_len bytes, checked). Returns the number of refs written. */
 int engine_select(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer, const float *q,
 		  size_t q_len, struct ice_page_ref *out, size_t cap, struct engine_ws *ws);
+/* refs must be private memory (they are checked, then used). ws: scratch for store reads. */
 int engine_fetch(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer,
-		 const struct ice_page_ref *refs, size_t n, void *buf, size_t cap);
+		 const struct ice_page_ref *refs, size_t n, void *buf, size_t cap,
+		 struct engine_ws *ws);
 /* Bytes per fetched page of sequence id. */
 int engine_page_bytes(struct engine *e, uint32_t owner, uint32_t id, size_t *ret_bytes);
 

@@ -201,17 +201,17 @@ static int handle_fetch(struct ops_ctx *oc, const struct ring_sqe *s, struct rin
 
 	/* The refs are indexes: copy them out of shared memory before checking them, so what is
 	 * checked is what is used. */
-	if (oc->ws.cap < s->in_len) {
-		b = realloc(oc->ws.buf, s->in_len);
+	if (oc->ws_refs.cap < s->in_len) {
+		b = realloc(oc->ws_refs.buf, s->in_len);
 		if (!b)
 			return -ENOMEM;
-		oc->ws.buf = b;
-		oc->ws.cap = s->in_len;
+		oc->ws_refs.buf = b;
+		oc->ws_refs.cap = s->in_len;
 	}
-	refs = oc->ws.buf;
+	refs = oc->ws_refs.buf;
 	memcpy(refs, oc->arena + s->in_off, s->in_len);
 	return engine_fetch(oc->eng, oc->owner, s->seq, s->layer, refs,
-			    s->in_len / sizeof(*refs), oc->arena + s->out_off, s->out_len);
+			    s->in_len / sizeof(*refs), oc->arena + s->out_off, s->out_len, &oc->ws);
 }
 
 static const struct op_def op_table[OP__COUNT] = {

@@ -31,6 +31,7 @@ struct ops_ctx {
 	unsigned char *arena;		/* private mapping address */
 	uint64_t arena_bytes;		/* private copy of the size */
 	struct engine_ws ws;
+	struct engine_ws ws_refs;	/* private copy of fetch refs */
 	const struct rt_config *cfg;
 	struct ops_stats *st;		/* shared by all clients (atomics) */
 	/* Adds the host's lines (daemon, clients) to OP_STATS; may be NULL. */

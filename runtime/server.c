@@ -266,6 +266,7 @@ static void client_free(struct client *c)
 		return;
 	seg_close(&c->seg);
 	engine_ws_done(&c->oc.ws);
+	engine_ws_done(&c->oc.ws_refs);
 	if (c->sock >= 0)
 		close(c->sock);
 	free(c);
@@ -413,7 +414,8 @@ static void mark_dead(struct client *c)
 
 int server_new(const struct rt_config *cfg, struct server **ret_srv)
 {
-	struct engine_opts eo = { cfg->dram_bytes, (uint32_t)cfg->max_seqs };
+	struct engine_opts eo = { cfg->dram_bytes, cfg->slot_bytes, cfg->host_bytes, cfg->nvme_path,
+				  cfg->nvme_bytes, (uint32_t)cfg->max_seqs, (int)cfg->exact_search };
 	struct epoll_event ev;
 	struct server *srv;
 	sigset_t ss;

@@ -202,8 +202,9 @@ int ice_open_embedded(const char *config, struct ice_ctx **ret_ctx)
 		if (err)
 			goto out_free;
 	}
-	eo.dram_bytes = c->cfg.dram_bytes;
-	eo.max_seqs = (uint32_t)c->cfg.max_seqs;
+	eo = (struct engine_opts){ c->cfg.dram_bytes, c->cfg.slot_bytes, c->cfg.host_bytes,
+		c->cfg.nvme_path, c->cfg.nvme_bytes, (uint32_t)c->cfg.max_seqs,
+		(int)c->cfg.exact_search };
 	err = engine_new(&eo, &c->eng);
 	if (err)
 		goto out_free;
@@ -240,6 +241,7 @@ void ice_close(struct ice_ctx *c)
 			engine_drop_owner(c->eng, c->client_id);
 		engine_free(c->eng);
 		engine_ws_done(&c->oc.ws);
+	engine_ws_done(&c->oc.ws_refs);
 		if (c->arena)
 			munmap(c->arena, c->arena_bytes);
 	} else {

@@ -45,6 +45,9 @@
 #define TIER_F_REQUIRE_DIRECT (1u << 2)
 /* nvme: never use O_DIRECT (buffered I/O through the page cache). */
 #define TIER_F_NO_DIRECT (1u << 3)
+/* nvme: synchronous pread/pwrite instead of io_uring. Also what the tier falls back to by
+ * itself when io_uring is unavailable (ENOSYS, or EPERM under a seccomp filter). */
+#define TIER_F_NO_URING (1u << 4)
 
 struct tier_config {
 	/* Hard limit in bytes, rounded down to whole slots; at least one slot. */

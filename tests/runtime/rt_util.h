@@ -118,7 +118,8 @@ static inline uint32_t rt_ref_select(const struct rt_page *pg, uint32_t np, cons
 	return n;
 }
 
-/* Starts $ICE_BUILD_ROOT/runtime/icecached on dir/icecached.sock; waits until it answers. */
+/* Starts $ICE_BUILD_ROOT/runtime/icecached on dir/icecached.sock; waits (up to 30 s) until it
+ * answers. */
 static inline pid_t rt_daemon_start(const char *dir, char *sock, size_t cap, const char *extra)
 {
 	const char *root = getenv("ICE_BUILD_ROOT");
@@ -130,12 +131,15 @@ static inline pid_t rt_daemon_start(const char *dir, char *sock, size_t cap, con
 	snprintf(sock, cap, "%s/icecached.sock", dir);
 	pid = fork();
 	if (pid == 0) {
-		char *argv[8];
+		char *argv[10];
 		int a = 0;
 
 		argv[a++] = bin;
 		argv[a++] = (char *)"--socket";
 		argv[a++] = sock;
+		/* Test data is small: a small DRAM tier starts fast on a loaded machine. */
+		argv[a++] = (char *)"--set";
+		argv[a++] = (char *)"dram_bytes=67108864";
 		if (extra) {
 			argv[a++] = (char *)"--set";
 			argv[a++] = (char *)extra;
@@ -144,7 +148,7 @@ static inline pid_t rt_daemon_start(const char *dir, char *sock, size_t cap, con
 		execv(bin, argv);
 		_exit(127);
 	}
-	for (i = 0; i < 500; i++) {
+	for (i = 0; i < 3000; i++) {
 		struct ice_ctx *c;
 		int st;
 

@@ -14,7 +14,7 @@ static void daemon_up(void)
 	char *dir = rt_tmpdir();
 
 	ck_assert_ptr_nonnull(dir);
-	dpid = rt_daemon_start(dir, sock, sizeof(sock), NULL);
+	dpid = rt_daemon_start(dir, sock, sizeof(sock), "exact_search=1");
 	ck_assert_int_gt(dpid, 0);
 }
 
@@ -95,7 +95,7 @@ START_TEST(clients_at_once_match_reference_and_embedded)
 		struct ice_ctx *e;
 		struct rt_scn s;
 
-		ck_assert_int_eq(ice_open_embedded(NULL, &e), 0);
+		ck_assert_int_eq(ice_open_embedded("exact_search = 1", &e), 0);
 		rt_scn_default(&s, a[i].seed, 500);
 		ck_assert_uint_eq(rt_scenario(e, &s), a[i].digest);
 		ice_close(e);

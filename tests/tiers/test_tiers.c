@@ -19,10 +19,13 @@
 #define SLOT 8192u
 
 static char tmpdir[256];
+/* Loop tests run their store cases twice: nvme through io_uring, then without it. */
+static unsigned fx_nvme_flags;
 
 static void setup_tmp(void)
 {
 	tt_mkdtemp(tmpdir, sizeof(tmpdir));
+	fx_nvme_flags = 0;
 }
 
 static void teardown_tmp(void)
@@ -242,8 +245,34 @@ START_TEST(nvme_round_trip_aligned_staged_and_windowed)
 	nvme_get_info(t, &info);
 	ck_assert_uint_gt(info.io_staged, 0);
 	ck_assert_uint_gt(info.io_plain, 0);
-	ck_assert_int_eq(info.direct, 1); /* /var/tmp is a real filesystem */
+	/* the tier used O_DIRECT exactly when this filesystem takes it */
+	ck_assert_int_eq(info.direct, tt_direct_ok(tmpdir));
 	ck_assert_int_eq(info.fallocated, 1);
+	tier_close(t);
+}
+END_TEST
+
+/* Without io_uring (seccomp, old kernels): synchronous transfers, same bytes, same checks. */
+START_TEST(nvme_without_io_uring)
+{
+	struct tier *t = open_nvme("sync.dat", 256, 8, TIER_F_NO_URING);
+	struct nvme_info info;
+	char buf[2048];
+	struct stats_buf sb;
+	uint64_t v;
+
+	tier_round_trip(t, 0);
+	tier_round_trip(t, 3);
+	nvme_get_info(t, &info);
+	ck_assert_int_eq(info.uring, 0);
+	ck_assert_uint_gt(info.io_staged, 0);
+	ck_assert_uint_gt(info.io_plain, 0);
+	ck_assert_uint_eq(info.io_fixed, 0);
+	ck_assert_int_eq(t->ops->register_mem(t, buf, sizeof(buf)), -ENOTSUP);
+	stats_buf_init(&sb, buf, sizeof(buf));
+	tier_stats(t, &sb);
+	ck_assert_int_eq(stats_find_u64(buf, "tier.nvme.io_uring", &v), 0);
+	ck_assert_uint_eq(v, 0);
 	tier_close(t);
 }
 END_TEST
@@ -277,8 +306,10 @@ START_TEST(nvme_registered_memory_moves_in_place)
 		ck_assert(tt_check_pattern(tier_slot_addr(d, ds[i]), SLOT, &k, 2, ref));
 	}
 	nvme_get_info(t, &info);
-	ck_assert_uint_eq(info.io_fixed, 64);
-	ck_assert_uint_eq(info.registered_regions, 1);
+	if (info.uring) { /* registration is what makes these moves copy-free */
+		ck_assert_uint_eq(info.io_fixed, 64);
+		ck_assert_uint_eq(info.registered_regions, 1);
+	}
 	tier_close(t);
 	tier_close(d);
 }
@@ -349,7 +380,7 @@ static void fx_open(struct fixture *fx, uint64_t dram_slots, uint64_t nvme_slots
 	struct tier *tiers[2];
 
 	fx->dram = open_dram(dram_slots);
-	fx->nvme = open_nvme("store.dat", nvme_slots, 32, 0);
+	fx->nvme = open_nvme("store.dat", nvme_slots, 32, fx_nvme_flags);
 	tiers[0] = fx->dram;
 	tiers[1] = fx->nvme;
 	ck_assert_int_eq(store_open(&sc, tiers, 2, &fx->s), 0);
@@ -417,6 +448,7 @@ START_TEST(store_round_trips_through_tiers_and_migrations)
 	unsigned from[2] = { 0, 0 }, i;
 	int res[40];
 
+	fx_nvme_flags = _i ? TIER_F_NO_URING : 0;
 	fx_open(&fx, 64, 128, 0);
 	put_pages(fx.s, 1, 0, 40, 1, 0, 0);
 	get_check(fx.s, 1, 0, 40, 1, from);
@@ -508,7 +540,8 @@ END_TEST
 
 static void flip_byte_in_file(const char *path, uint64_t off)
 {
-	int fd = open(path, O_RDWR | O_DIRECT);
+	/* O_DIRECT so the tier's own O_DIRECT reads see it; buffered where the fs refuses */
+	int fd = tt_direct_ok(tmpdir) ? open(path, O_RDWR | O_DIRECT) : open(path, O_RDWR);
 	void *b;
 	uint64_t blk = off & ~(uint64_t)4095;
 
@@ -532,6 +565,7 @@ START_TEST(corruption_is_detected_never_returned)
 	uint64_t v;
 	unsigned i;
 
+	fx_nvme_flags = _i ? TIER_F_NO_URING : 0;
 	fx_open(&fx, 16, 16, 0);
 	put_pages(fx.s, 4, 0, 3, 1, 1, 0);
 	ck_assert_int_eq(store_lookup(fx.s, &(struct store_key){ 4, 1, 1, 1 }, &info), 0);
@@ -578,6 +612,7 @@ START_TEST(full_nvme_returns_enospc_and_keeps_serving)
 	struct store_key ks[2] = { key(7, 0), key(7, 1) };
 	int res[2];
 
+	fx_nvme_flags = _i ? TIER_F_NO_URING : 0;
 	fx_open(&fx, 4, 4, 0); /* a 32 KiB file */
 	put_pages(fx.s, 6, 0, 4, 1, 1, 0);
 	put_pages(fx.s, 6, 4, 1, 1, 1, -ENOSPC);
@@ -615,6 +650,7 @@ START_TEST(io_errors_are_reported_per_page)
 	static uint8_t buf[2][SLOT];
 	char path[PATH_MAX];
 
+	fx_nvme_flags = _i ? TIER_F_NO_URING : 0;
 	fx_open(&fx, 16, 16, 0);
 	put_pages(fx.s, 1, 0, 4, 1, 1, 0);
 	put_pages(fx.s, 2, 0, 4, 1, 0, 0);
@@ -841,15 +877,16 @@ static Suite *tiers_suite(void)
 	tcase_add_test(tc, dram_round_trip_and_info);
 	tcase_add_test(tc, dram_numa_placement_without_gpu);
 	tcase_add_test(tc, nvme_round_trip_aligned_staged_and_windowed);
+	tcase_add_test(tc, nvme_without_io_uring);
 	tcase_add_test(tc, nvme_registered_memory_moves_in_place);
 	tcase_add_test(tc, nvme_tmpfs_direct_fallback);
 	tcase_add_test(tc, nvme_bad_paths_fail_cleanly);
-	tcase_add_test(tc, store_round_trips_through_tiers_and_migrations);
+	tcase_add_loop_test(tc, store_round_trips_through_tiers_and_migrations, 0, 2);
 	tcase_add_test(tc, store_rejects_bad_input);
-	tcase_add_test(tc, corruption_is_detected_never_returned);
-	tcase_add_test(tc, full_nvme_returns_enospc_and_keeps_serving);
+	tcase_add_loop_test(tc, corruption_is_detected_never_returned, 0, 2);
+	tcase_add_loop_test(tc, full_nvme_returns_enospc_and_keeps_serving, 0, 2);
 	tcase_add_test(tc, metadata_capacity_is_a_hard_limit);
-	tcase_add_test(tc, io_errors_are_reported_per_page);
+	tcase_add_loop_test(tc, io_errors_are_reported_per_page, 0, 2);
 	tcase_add_test(tc, touch_decays_and_coldest_orders);
 	tcase_add_test(tc, watermarks_keep_dram_under_limit_and_every_page_readable);
 	tcase_add_test(tc, concurrent_batches_from_threads);

@@ -3,6 +3,7 @@
 #define ICE_TESTS_TIERS_TEST_H
 
 #include <dirent.h>
+#include <fcntl.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <stdint.h>
@@ -45,6 +46,26 @@ static inline void tt_rmdir(const char *dir)
 	}
 	closedir(d);
 	rmdir(dir);
+}
+
+/* Does this directory's filesystem take O_DIRECT (open and an aligned write)? */
+static inline int tt_direct_ok(const char *dir)
+{
+	char path[PATH_MAX];
+	void *b = NULL;
+	int fd, ok;
+
+	if (snprintf(path, sizeof(path), "%s/.direct-probe", dir) >= (int)sizeof(path))
+		return 0;
+	fd = open(path, O_RDWR | O_CREAT | O_DIRECT, 0600);
+	if (fd < 0)
+		return 0;
+	ok = posix_memalign(&b, 4096, 4096) == 0 && memset(b, 0, 4096) &&
+	     pwrite(fd, b, 4096, 0) == 4096;
+	free(b);
+	close(fd);
+	unlink(path);
+	return ok;
 }
 
 /* Deterministic payload for (key, version): any mix-up of pages or versions shows. */

@@ -34,6 +34,9 @@ struct nvme_ring {
 	pthread_mutex_t lock;
 	struct io_uring ring;
 	int ring_ok;
+	/* The last buffer registration on this ring worked: [stage, reg...] are fixed buffers
+	 * 0, 1... When it did not (RLIMIT_MEMLOCK), transfers go unregistered. */
+	int bufs_ok;
 	uint8_t *stage;
 	/* Per tag (one in-flight transfer): which io of the batch and how. */
 	uint32_t *tag_io;
@@ -45,6 +48,7 @@ struct nvme_tier {
 	struct tier tier;
 	int fd;
 	int direct;
+	int uring;
 	int blockdev;
 	int fallocated;
 	unsigned depth, nrings;
@@ -78,8 +82,11 @@ static int nvme_ring_register(struct nvme_tier *v, struct nvme_ring *r, unsigned
 	iov[0].iov_base = r->stage;
 	iov[0].iov_len = (size_t)v->depth * v->tier.slot_size;
 	memcpy(&iov[1], v->reg, nreg * sizeof(iov[0]));
+	if (!v->uring)
+		return 0;
 	io_uring_unregister_buffers(&r->ring);
-	return io_uring_register_buffers(&r->ring, iov, nreg + 1);
+	r->bufs_ok = io_uring_register_buffers(&r->ring, iov, nreg + 1) == 0;
+	return r->bufs_ok ? 0 : -ENOMEM;
 }
 
 static int nvme_register_mem(struct tier *t, void *base, size_t len)
@@ -91,6 +98,8 @@ static int nvme_register_mem(struct tier *t, void *base, size_t len)
 
 	if (!base || !len)
 		return -EINVAL;
+	if (!v->uring)
+		return -ENOTSUP;
 	while (len && v->nreg < NVME_MAX_REG) {
 		size_t k = len < NVME_REG_CHUNK ? len : NVME_REG_CHUNK;
 
@@ -147,7 +156,7 @@ static enum xfer_mode nvme_prep(struct nvme_tier *v, struct nvme_ring *r, struct
 	enum xfer_mode mode;
 	int idx = -1;
 
-	if (io->cap >= xfer)
+	if (io->cap >= xfer && r->bufs_ok)
 		idx = nvme_reg_find(v, io->buf, xfer);
 	if (idx > 0)
 		mode = X_FIXED;
@@ -161,9 +170,14 @@ static enum xfer_mode nvme_prep(struct nvme_tier *v, struct nvme_ring *r, struct
 		if (write) {
 			memcpy(st, io->buf, io->len);
 			memset(st + io->len, 0, xfer - io->len);
-			io_uring_prep_write_fixed(sqe, 0, st, (unsigned)xfer, off, 0);
-		} else {
+			if (r->bufs_ok)
+				io_uring_prep_write_fixed(sqe, 0, st, (unsigned)xfer, off, 0);
+			else
+				io_uring_prep_write(sqe, 0, st, (unsigned)xfer, off);
+		} else if (r->bufs_ok) {
 			io_uring_prep_read_fixed(sqe, 0, st, (unsigned)xfer, off, 0);
+		} else {
+			io_uring_prep_read(sqe, 0, st, (unsigned)xfer, off);
 		}
 	} else if (mode == X_FIXED) {
 		if (write)
@@ -199,6 +213,40 @@ static void nvme_ring_fail(struct nvme_ring *r, struct tier_io *ios, unsigned n,
 	r->ring_ok = 0;
 }
 
+/* The fallback without io_uring: one pread/pwrite per transfer, same buffer rules. */
+static void nvme_rw_sync(struct nvme_tier *v, struct nvme_ring *r, struct tier_io *ios,
+			 unsigned n, int write, uint64_t *cnt)
+{
+	size_t ss = v->tier.slot_size;
+	unsigned i;
+
+	for (i = 0; i < n; i++) {
+		struct tier_io *io = &ios[i];
+		size_t xfer = nvme_xfer_len(v, io->len);
+		int direct = io->cap >= xfer && (!v->direct || ((uintptr_t)io->buf % TIER_ALIGN) == 0);
+		uint8_t *b = direct ? io->buf : r->stage;
+		off_t off = (off_t)(io->slot * ss);
+		ssize_t got;
+
+		cnt[direct ? X_PLAIN : X_STAGED]++;
+		if (write && !direct) {
+			memcpy(b, io->buf, io->len);
+			memset(b + io->len, 0, xfer - io->len);
+		}
+		do {
+			got = write ? pwrite(v->fd, b, xfer, off) : pread(v->fd, b, xfer, off);
+		} while (got < 0 && errno == EINTR);
+		if (got < 0)
+			io->res = -errno;
+		else if ((size_t)got < io->len)
+			io->res = -EIO;
+		else
+			io->res = 0;
+		if (io->res == 0 && !write && !direct)
+			memcpy(io->buf, b, io->len);
+	}
+}
+
 static int nvme_rw(struct tier *t, struct tier_io *ios, unsigned n, int write)
 {
 	struct nvme_tier *v = (struct nvme_tier *)t;
@@ -207,6 +255,10 @@ static int nvme_rw(struct tier *t, struct tier_io *ios, unsigned n, int write)
 	uint64_t cnt[3] = { 0, 0, 0 };
 	int first = 0;
 
+	if (!v->uring) {
+		nvme_rw_sync(v, r, ios, n, write, cnt);
+		goto out;
+	}
 	if (!r->ring_ok) {
 		for (i = 0; i < n; i++)
 			ios[i].res = -EIO;
@@ -284,6 +336,13 @@ static int nvme_ring_init(struct nvme_tier *v, struct nvme_ring *r)
 	int ret;
 
 	pthread_mutex_init(&r->lock, NULL);
+	r->stage = mmap(NULL, stage_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (r->stage == MAP_FAILED) {
+		r->stage = NULL;
+		return -ENOMEM;
+	}
+	if (!v->uring)
+		return 0;
 	memset(&p, 0, sizeof(p));
 	/* COOP_TASKRUN: completions are run when we enter the kernel anyway, no IPIs. */
 	p.flags = IORING_SETUP_COOP_TASKRUN | IORING_SETUP_SUBMIT_ALL;
@@ -295,11 +354,6 @@ static int nvme_ring_init(struct nvme_tier *v, struct nvme_ring *r)
 	if (ret < 0)
 		return ret;
 	r->ring_ok = 1;
-	r->stage = mmap(NULL, stage_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	if (r->stage == MAP_FAILED) {
-		r->stage = NULL;
-		return -ENOMEM;
-	}
 	r->tag_io = calloc(v->depth, sizeof(*r->tag_io));
 	r->tag_mode = calloc(v->depth, sizeof(*r->tag_mode));
 	r->free_tags = calloc(v->depth, sizeof(*r->free_tags));
@@ -308,7 +362,8 @@ static int nvme_ring_init(struct nvme_tier *v, struct nvme_ring *r)
 	ret = io_uring_register_files(&r->ring, &v->fd, 1);
 	if (ret < 0)
 		return ret;
-	return nvme_ring_register(v, r, 0);
+	nvme_ring_register(v, r, 0); /* unregistered staging still works */
+	return 0;
 }
 
 static void nvme_ring_done(struct nvme_tier *v, struct nvme_ring *r)
@@ -420,8 +475,17 @@ static int nvme_open(const struct tier_config *cfg, struct tier **ret_tier)
 		r = -ENOMEM;
 		goto out_done;
 	}
+	v->uring = !(cfg->flags & TIER_F_NO_URING);
 	for (i = 0; i < v->nrings; i++) {
 		r = nvme_ring_init(v, &v->rings[i]);
+		if (i == 0 && v->uring && (r == -ENOSYS || r == -EPERM || r == -EACCES)) {
+			/* io_uring is off here (old kernel, seccomp, io_uring_disabled): go on
+			 * with synchronous I/O, reported as tier.nvme.io_uring 0. */
+			nvme_ring_done(v, &v->rings[0]);
+			memset(&v->rings[0], 0, sizeof(v->rings[0]));
+			v->uring = 0;
+			r = nvme_ring_init(v, &v->rings[i]);
+		}
 		if (r < 0)
 			goto out_rings;
 	}
@@ -458,6 +522,7 @@ static void nvme_stats(struct tier *t, struct stats_buf *sb, const char *prefix)
 	struct nvme_tier *v = (struct nvme_tier *)t;
 
 	stats_put_u64(sb, prefix, "o_direct", (uint64_t)v->direct);
+	stats_put_u64(sb, prefix, "io_uring", (uint64_t)v->uring);
 	stats_put_u64(sb, prefix, "block_device", (uint64_t)v->blockdev);
 	stats_put_u64(sb, prefix, "fallocated", (uint64_t)v->fallocated);
 	stats_put_u64(sb, prefix, "queue_depth", v->depth);
@@ -473,6 +538,7 @@ void nvme_get_info(struct tier *t, struct nvme_info *ret_info)
 	struct nvme_tier *v = (struct nvme_tier *)t;
 
 	ret_info->direct = v->direct;
+	ret_info->uring = v->uring;
 	ret_info->blockdev = v->blockdev;
 	ret_info->fallocated = v->fallocated;
 	ret_info->registered_regions = v->nreg;

@@ -12,6 +12,10 @@
  * -EINVAL. A file that cannot be preallocated (no fallocate support) is made sparse with
  * ftruncate; running out of disk then shows up as -ENOSPC from a write.
  *
+ * Without io_uring (ENOSYS, EPERM/EACCES under seccomp or kernel.io_uring_disabled, or
+ * TIER_F_NO_URING) the tier does one pread/pwrite per transfer under the same buffer rules and
+ * reports tier.nvme.io_uring 0: correct, without batching.
+ *
  * The file is created when missing and left in place at close (the caller owns the path).
  */
 #ifndef ICE_TIERS_NVME_H
@@ -23,6 +27,7 @@ extern const struct tier_ops nvme_tier_ops;
 
 struct nvme_info {
 	int direct;
+	int uring;
 	int blockdev;
 	int fallocated;
 	unsigned registered_regions;

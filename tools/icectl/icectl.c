@@ -171,6 +171,17 @@ static const char *grp_str(const struct kvs *k, const char *prefix, const char *
 #define MAXG 4096
 static char tier_ids[16][32], client_ids[MAXG][32], seq_ids[MAXG][32];
 
+/* Pages resident in a tier: each page holds one slot there. */
+static uint64_t tier_pages(const struct kvs *st, const char *id)
+{
+	char name[128];
+
+	snprintf(name, sizeof(name), "tier.%s.pages", id);
+	if (kvs_get(st, name))
+		return kvs_u64(st, name);
+	return grp_u64(st, "tier", id, "used_slots");
+}
+
 static size_t seqs_of(const struct kvs *sq, size_t nseq, const char *client)
 {
 	size_t i, n = 0;
@@ -198,7 +209,7 @@ static int print_status(struct kvs *st, struct kvs *sq, int json)
 			       "\"pages\":%llu}", i ? "," : "", tier_ids[i],
 			       (unsigned long long)grp_u64(st, "tier", tier_ids[i], "capacity_bytes"),
 			       (unsigned long long)grp_u64(st, "tier", tier_ids[i], "used_bytes"),
-			       (unsigned long long)grp_u64(st, "tier", tier_ids[i], "pages"));
+			       (unsigned long long)tier_pages(st, tier_ids[i]));
 		printf("],\"clients\":[");
 		for (i = 0; i < nc; i++)
 			printf("%s{\"id\":%s,\"pid\":%llu,\"uid\":%llu,\"ops\":%llu,\"seqs\":%zu}",
@@ -207,8 +218,11 @@ static int print_status(struct kvs *st, struct kvs *sq, int json)
 			       (unsigned long long)grp_u64(st, "client", client_ids[i], "uid"),
 			       (unsigned long long)grp_u64(st, "client", client_ids[i], "ops"),
 			       seqs_of(sq, ns, client_ids[i]));
-		printf("],\"control_clients\":%llu,\"seqs\":%zu,\"engine\":{\"store\":",
-		       (unsigned long long)kvs_u64(st, "daemon.control_clients"), ns);
+		printf("],\"control_clients\":%llu,\"seqs\":%zu,\"engine\":{"
+		       "\"host_capacity_bytes\":%llu,\"host_used_bytes\":%llu,\"store\":",
+		       (unsigned long long)kvs_u64(st, "daemon.control_clients"), ns,
+		       (unsigned long long)kvs_u64(st, "engine.host_capacity_bytes"),
+		       (unsigned long long)kvs_u64(st, "engine.host_used_bytes"));
 		json_str(kvs_get(st, "engine.store") ? kvs_get(st, "engine.store") : "");
 		printf(",\"index\":");
 		json_str(kvs_get(st, "engine.index") ? kvs_get(st, "engine.index") : "");
@@ -228,8 +242,14 @@ static int print_status(struct kvs *st, struct kvs *sq, int json)
 		human_bytes(used, b, sizeof(b));
 		printf("%-6s %12s %12s %5.1f%% %10llu\n", tier_ids[i], a, b,
 		       capb ? 100.0 * (double)used / (double)capb : 0.0,
-		       (unsigned long long)grp_u64(st, "tier", tier_ids[i], "pages"));
+		       (unsigned long long)tier_pages(st, tier_ids[i]));
 	}
+	human_bytes(kvs_u64(st, "engine.host_used_bytes"), a, sizeof(a));
+	human_bytes(kvs_u64(st, "engine.host_capacity_bytes"), b, sizeof(b));
+	printf("%-6s %12s %12s %5.1f%% %10s   (index keys, sinks, windows)\n", "host", b, a,
+	       kvs_u64(st, "engine.host_capacity_bytes") ?
+	       100.0 * (double)kvs_u64(st, "engine.host_used_bytes") /
+	       (double)kvs_u64(st, "engine.host_capacity_bytes") : 0.0, "-");
 	printf("\nclients: %zu (+%llu control)   sequences: %zu   store: %s   index: %s\n", nc,
 	       (unsigned long long)kvs_u64(st, "daemon.control_clients"), ns,
 	       kvs_get(st, "engine.store") ? kvs_get(st, "engine.store") : "?",

@@ -623,7 +623,9 @@ static void print_json(const struct run *r, FILE *f, int argc, char **argv)
 			i ? "," : "", task_names[w->task], filler_names[w->filler], w->length,
 			w->tokens, w->depth_i, sel_kind_name(w->method), w->budget, w->key);
 		json_str(f, w->answer);
-		fprintf(f, ",\"correct\":%s}", w->correct ? "true" : "false");
+		fprintf(f, ",\"correct\":%s,\"attended\":%.1f,\"pages\":%.2f}",
+			w->correct ? "true" : "false", w->method == SEL_FULL ? (double)w->tokens :
+			w->attended, w->pages);
 	}
 	fprintf(f, "]}\n");
 	(void)c;

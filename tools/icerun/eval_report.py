@@ -99,6 +99,13 @@ if mass:
         print(f"| {name(m)} | " + " | ".join(f"{a / b:.2f}" if b else "-"
                                              for a, b in zip(v[0], v[1])) + " |")
 
+att = defaultdict(list)
+for c in cases:
+    if "attended" in c:
+        att[(c["method"], c["budget"])].append(c["attended"])
+if att:
+    print("\nmean tokens attended per layer and KV head: " + ", ".join(
+        f"{name(m)} {sum(att[m]) / len(att[m]):.0f}" for m in modes if att[m] and m[0] != "full"))
 pt = sum(r["speed"]["prefill_tokens"] for r in runs)
 ps = sum(r["speed"]["prefill_s"] for r in runs)
 print(f"\nprefill: {pt:.0f} tokens, {pt / ps:.1f} tok/s per process "
