@@ -636,6 +636,12 @@ START_TEST(corruption_is_detected_never_returned)
 	ck_assert_uint_eq(v, 2);
 	ck_assert_int_eq(stats_find_u64(sbuf, "tier.dram.csum_failures", &v), 0);
 	ck_assert_uint_eq(v, 1);
+	ck_assert_int_eq(stats_find_u64(sbuf, "tier.nvme.pages", &v), 0);
+	ck_assert_uint_eq(v, 3);
+	ck_assert_int_eq(stats_find_u64(sbuf, "tier.dram.pages", &v), 0);
+	ck_assert_uint_eq(v, 2);
+	ck_assert_int_eq(stats_find_u64(sbuf, "store.pages", &v), 0);
+	ck_assert_uint_eq(v, 5);
 	fx_close(&fx);
 }
 END_TEST
