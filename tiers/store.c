@@ -644,7 +644,7 @@ static int migrate_chunk(struct store *s, const struct store_key *keys, unsigned
 }
 
 int store_migrate(struct store *s, const struct store_key *keys, unsigned n, unsigned dst,
-		  unsigned flags, int *ret_res)
+		  unsigned flags, int *res_out)
 {
 	int res[STORE_STAGE];
 	unsigned off;
@@ -659,15 +659,15 @@ int store_migrate(struct store *s, const struct store_key *keys, unsigned n, uns
 		r = migrate_chunk(s, keys + off, k, dst, flags, res);
 		if (r < 0 && !first)
 			first = r;
-		if (ret_res)
-			memcpy(ret_res + off, res, k * sizeof(int));
+		if (res_out)
+			memcpy(res_out + off, res, k * sizeof(int));
 	}
 	pthread_rwlock_unlock(&s->lock);
 	return first;
 }
 
 int store_evict_copy(struct store *s, const struct store_key *keys, unsigned n, unsigned tier,
-		     int *ret_res)
+		     int *res_out)
 {
 	unsigned i;
 	int first = 0, dummy;
@@ -677,7 +677,7 @@ int store_evict_copy(struct store *s, const struct store_key *keys, unsigned n, 
 	pthread_rwlock_wrlock(&s->lock);
 	for (i = 0; i < n; i++) {
 		uint32_t e = ent_find(s, &keys[i]);
-		int *res = ret_res ? &ret_res[i] : &dummy;
+		int *res = res_out ? &res_out[i] : &dummy;
 
 		*res = 0;
 		if (e == NIL || !(s->ent[e].resident & (1u << tier)))

@@ -109,10 +109,11 @@ int store_get(struct store *s, struct store_page *pages, unsigned n);
  * Makes each page resident in tier `dst`. Without STORE_MIGRATE_COPY the page then lives only
  * in `dst` (a move: slots elsewhere are freed after the new copy is written); with it, other
  * copies stay (a clean copy left in a slower tier makes a later demotion free). A page already
- * in `dst` is left as it is (plus the release of other copies for a move). ret_res may be NULL.
+ * in `dst` is left as it is (plus the release of other copies for a move). res_out (n entries,
+ * one result per key, written whether or not the call succeeds) may be NULL.
  */
 int store_migrate(struct store *s, const struct store_key *keys, unsigned n, unsigned dst,
-		  unsigned flags, int *ret_res);
+		  unsigned flags, int *res_out);
 
 /*
  * Adds a copy in tier `tier` of pages the caller holds verified contents of (typically just
@@ -123,9 +124,10 @@ int store_migrate(struct store *s, const struct store_key *keys, unsigned n, uns
 int store_install(struct store *s, struct store_page *pages, unsigned n, unsigned tier);
 
 /* Drops one copy (the one in `tier`) of pages that have a copy elsewhere; -EBUSY for a page
- * whose only copy is there. Used by the policy to demote clean pages without any I/O. */
+ * whose only copy is there. Used by the policy to demote clean pages without any I/O.
+ * res_out as for store_migrate. */
 int store_evict_copy(struct store *s, const struct store_key *keys, unsigned n, unsigned tier,
-		     int *ret_res);
+		     int *res_out);
 
 /* Drops every page of a sequence; returns how many were dropped. */
 int store_drop_seq(struct store *s, uint64_t seq);

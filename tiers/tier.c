@@ -224,6 +224,7 @@ void tier_stats(struct tier *t, struct stats_buf *sb)
 	stats_put_u64(sb, prefix, "slots", t->nslots);
 	stats_put_u64(sb, prefix, "used_slots", used);
 	stats_put_u64(sb, prefix, "used_bytes", used * t->slot_size);
+	stats_put_u64(sb, prefix, "pages", used); /* a page copy takes one slot */
 	stats_put_u64(sb, prefix, "reads", __atomic_load_n(&t->ctr.reads, __ATOMIC_RELAXED));
 	stats_put_u64(sb, prefix, "writes", __atomic_load_n(&t->ctr.writes, __ATOMIC_RELAXED));
 	stats_put_u64(sb, prefix, "read_bytes",

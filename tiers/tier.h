@@ -156,7 +156,7 @@ int tier_write(struct tier *t, struct tier_io *ios, unsigned n);
 /* CPU address of a slot, or NULL when the tier is not host-addressable. */
 void *tier_slot_addr(struct tier *t, uint64_t slot);
 
-/* Appends tier.<name>.{capacity_bytes,slot_size,slots,used_slots,used_bytes,reads,writes,
+/* Appends tier.<name>.{capacity_bytes,slot_size,slots,used_slots,used_bytes,pages,reads,writes,
  * read_bytes,write_bytes,errors,csum_failures,read_batch.*,write_batch.*} and the tier's own. */
 void tier_stats(struct tier *t, struct stats_buf *sb);
 

@@ -43,9 +43,10 @@ enum ice_dtype {
 
 struct ice_model_shape {
 	uint32_t layers;   /* 1..1024 */
-	uint32_t q_heads;  /* multiple of kv_heads, <= 256 */
+	uint32_t q_heads;  /* multiple of kv_heads, <= 256, at most 16 per KV head */
 	uint32_t kv_heads; /* 1..64 */
-	uint32_t head_dim; /* multiple of 8, 8..512 */
+	uint32_t head_dim; /* multiple of 16, 16..512; a page (2 * 16 * head_dim * element
+			    * size bytes) must fit the runtime's slot_bytes (default 16 KiB) */
 	uint32_t dtype;    /* enum ice_dtype */
 };
 
@@ -113,8 +114,10 @@ int ice_is_embedded(const struct ice_ctx *ctx);
 int ice_noop(struct ice_ctx *ctx);
 
 /*
- * Opens a sequence. -EINVAL when the shape or budget is out of range, -EMFILE when the engine's
- * sequence table is full. *ret_seq is the handle for the calls below.
+ * Opens a sequence. -EINVAL when the shape or budget is out of range (budget: sink and window
+ * <= 4096 tokens, retrieved <= 16384, dense_layers <= layers), -EMFILE when the engine's
+ * sequence table is full. *ret_seq is the handle for the calls below. Memory for a layer is
+ * taken with its first append.
  */
 int ice_seq_open(struct ice_ctx *ctx, const struct ice_model_shape *shape,
 		 const struct ice_budget *budget, uint32_t *ret_seq);
@@ -125,7 +128,11 @@ int ice_seq_close(struct ice_ctx *ctx, uint32_t seq);
 /*
  * Appends n tokens (n >= 1) of K and V for one layer, all KV heads (layout above). Tokens fill
  * the window first; full pages leave the window for the index and the page store. Large
- * appends are split into several requests transparently. -ENOSPC when the DRAM tier is full.
+ * appends are split into several requests transparently (a failure part-way leaves the
+ * earlier parts appended). -ENOSPC when the DRAM tier (with no NVMe tier behind it) or the
+ * engine's host memory cap is full: that request appended nothing. -EIO if the index and the
+ * store could not be updated together: the sequence is unusable from then on (every call on it
+ * returns -EIO) and should be closed.
  */
 int ice_append(struct ice_ctx *ctx, uint32_t seq, uint32_t layer, uint32_t n, const void *k,
 	       const void *v);

@@ -59,6 +59,24 @@ static long icectl_json(const char *cmd, const char *after, const char *key)
 	return v;
 }
 
+/* 1 when `icectl <cmd>` (table output) contains needle. */
+static int icectl_text_has(const char *cmd, const char *needle)
+{
+	const char *root = getenv("ICE_BUILD_ROOT");
+	char out[1 << 16], cl[1024];
+	size_t n;
+	FILE *f;
+
+	snprintf(cl, sizeof(cl), "%s/tools/icectl/icectl --socket %s %s", root ? root : "build",
+		 sock, cmd);
+	f = popen(cl, "r");
+	ck_assert_ptr_nonnull(f);
+	n = fread(out, 1, sizeof(out) - 1, f);
+	out[n] = '\0';
+	ck_assert_int_eq(pclose(f), 0);
+	return strstr(out, needle) != NULL;
+}
+
 struct cl_arg {
 	uint64_t seed;
 	uint64_t digest;
@@ -130,6 +148,12 @@ START_TEST(sequences_are_isolated_between_clients)
 	ck_assert_int_eq(q.res, -ENOENT);
 	ck_assert_int_eq(ice_seq_close(x, seq), -ENOENT);
 	ck_assert_int_gt(ice_select(a, seq, 0, qv, r, 16), 0);
+	/* icectl with these two clients: per-tier occupancy in the table and in JSON. */
+	ck_assert_int_eq(icectl_json("status", "\"name\":\"dram\"", "\"pages\":") > 0, 1);
+	ck_assert_int_gt(icectl_json("status", "\"name\":\"dram\"", "\"used_bytes\":"), 0);
+	ck_assert_int_eq(icectl_json("status", "\"control_clients\"", "\"seqs\":"), 1);
+	ck_assert_int_eq(icectl_text_has("status", "\ndram "), 1);
+	ck_assert_int_eq(icectl_text_has("status", "clients: 2 "), 1);
 	ck_assert_int_eq(ice_seq_close(a, seq), 0);
 	ice_close(a);
 	ice_close(x);

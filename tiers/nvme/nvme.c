@@ -28,7 +28,10 @@
 #define NVME_REG_CHUNK (1ull << 30)
 #define NVME_MAX_REG 64u
 
-enum xfer_mode { X_FIXED, X_PLAIN, X_STAGED };
+enum xfer_mode { X_FIXED, X_PLAIN, X_STAGED, X_VEC };
+
+/* Most slots one merged write covers (64 × 8 KiB = 512 KiB). */
+#define NVME_VEC_MAX 64u
 
 struct nvme_ring {
 	pthread_mutex_t lock;
@@ -42,6 +45,9 @@ struct nvme_ring {
 	uint32_t *tag_io;
 	uint8_t *tag_mode;
 	uint32_t *free_tags;
+	/* Merged writes: how many ios a tag covers, and its iovecs (NVME_VEC_MAX per tag). */
+	uint16_t *tag_n;
+	struct iovec *tag_iov;
 };
 
 struct nvme_tier {
@@ -57,7 +63,7 @@ struct nvme_tier {
 	/* Registered buffers shared by all rings after each ring's own stage (index 0). */
 	struct iovec reg[NVME_MAX_REG];
 	unsigned nreg;
-	uint64_t n_fixed, n_plain, n_staged;
+	uint64_t n_fixed, n_plain, n_staged, n_merged;
 };
 
 static int nvme_reg_find(struct nvme_tier *v, const void *buf, size_t len)
@@ -204,13 +210,63 @@ static void nvme_ring_fail(struct nvme_ring *r, struct tier_io *ios, unsigned n,
 {
 	unsigned tag;
 
-	for (tag = 0; tag < depth; tag++)
-		if (r->tag_mode[tag] != TAG_FREE)
-			ios[r->tag_io[tag]].res = err;
+	for (tag = 0; tag < depth; tag++) {
+		unsigned j;
+
+		if (r->tag_mode[tag] == TAG_FREE)
+			continue;
+		for (j = 0; j < r->tag_n[tag]; j++)
+			ios[r->tag_io[tag] + j].res = err;
+	}
 	for (; next < n; next++)
 		ios[next].res = err;
 	io_uring_queue_exit(&r->ring);
 	r->ring_ok = 0;
+}
+
+/*
+ * Writes of consecutive slots from buffers the device can take in place (a demotion: slots
+ * are handed out in order, the pages come from the DRAM pool) are merged into one WRITEV:
+ * this disk writes 8 KiB blocks at ~0.4 GB/s and 512 KiB ones at ~1.5 GB/s. Returns how many
+ * ios from i on form such a run (1 = no merge).
+ */
+static unsigned nvme_write_run(struct nvme_tier *v, const struct tier_io *ios, unsigned i,
+			       unsigned n)
+{
+	size_t ss = v->tier.slot_size;
+	unsigned k;
+
+	for (k = 0; i + k < n && k < NVME_VEC_MAX; k++) {
+		const struct tier_io *io = &ios[i + k];
+		size_t xfer = nvme_xfer_len(v, io->len);
+
+		if (io->cap < xfer || (v->direct && ((uintptr_t)io->buf % TIER_ALIGN)))
+			break;
+		if (k && io->slot != ios[i + k - 1].slot + 1)
+			break;
+		/* only the last of a run may be shorter than a slot: the next starts at +ss */
+		if (xfer != ss) {
+			k++;
+			break;
+		}
+	}
+	return k ? k : 1;
+}
+
+static void nvme_prep_vec(struct nvme_tier *v, struct nvme_ring *r, struct tier_io *ios,
+			  unsigned k, unsigned tag)
+{
+	struct io_uring_sqe *sqe = io_uring_get_sqe(&r->ring);
+	struct iovec *iov = &r->tag_iov[(size_t)tag * NVME_VEC_MAX];
+	unsigned j;
+
+	for (j = 0; j < k; j++) {
+		iov[j].iov_base = ios[j].buf;
+		iov[j].iov_len = nvme_xfer_len(v, ios[j].len);
+	}
+	io_uring_prep_writev(sqe, 0, iov, k, ios[0].slot * v->tier.slot_size);
+	sqe->flags |= IOSQE_FIXED_FILE;
+	io_uring_sqe_set_data64(sqe, tag);
 }
 
 /* The fallback without io_uring: one pread/pwrite per transfer, same buffer rules. */
@@ -252,7 +308,7 @@ static int nvme_rw(struct tier *t, struct tier_io *ios, unsigned n, int write)
 	struct nvme_tier *v = (struct nvme_tier *)t;
 	struct nvme_ring *r = nvme_ring_get(v);
 	unsigned next = 0, inflight = 0, nfree = v->depth, i;
-	uint64_t cnt[3] = { 0, 0, 0 };
+	uint64_t cnt[4] = { 0, 0, 0, 0 };
 	int first = 0;
 
 	if (!v->uring) {
@@ -275,11 +331,20 @@ static int nvme_rw(struct tier *t, struct tier_io *ios, unsigned n, int write)
 
 		while (next < n && nfree) {
 			unsigned tag = r->free_tags[--nfree];
-			enum xfer_mode m = nvme_prep(v, r, &ios[next], tag, write);
+			unsigned k = write ? nvme_write_run(v, ios, next, n) : 1;
+			enum xfer_mode m;
 
-			r->tag_io[tag] = next++;
+			if (k > 1) {
+				nvme_prep_vec(v, r, &ios[next], k, tag);
+				m = X_VEC;
+			} else {
+				m = nvme_prep(v, r, &ios[next], tag, write);
+			}
+			r->tag_io[tag] = next;
+			r->tag_n[tag] = (uint16_t)k;
 			r->tag_mode[tag] = (uint8_t)m;
-			cnt[m]++;
+			cnt[m] += k;
+			next += k;
 			inflight++;
 		}
 		/* Once everything is queued the batch needs all of it back: one enter that waits
@@ -293,6 +358,19 @@ static int nvme_rw(struct tier *t, struct tier_io *ios, unsigned n, int write)
 			unsigned tag = (unsigned)cqe->user_data;
 			struct tier_io *io = &ios[r->tag_io[tag]];
 
+			if (r->tag_mode[tag] == X_VEC) {
+				size_t total = 0;
+				unsigned j, k = r->tag_n[tag];
+				int res;
+
+				for (j = 0; j < k; j++)
+					total += nvme_xfer_len(v, io[j].len);
+				/* a short merged write: which pages made it is unknown, fail them all */
+				res = cqe->res < 0 ? cqe->res : (size_t)cqe->res < total ? -EIO : 0;
+				for (j = 0; j < k; j++)
+					io[j].res = res;
+				goto reap;
+			}
 			if (cqe->res < 0)
 				io->res = cqe->res;
 			else if ((size_t)cqe->res < io->len)
@@ -301,6 +379,7 @@ static int nvme_rw(struct tier *t, struct tier_io *ios, unsigned n, int write)
 				io->res = 0;
 			if (io->res == 0 && !write && r->tag_mode[tag] == X_STAGED)
 				memcpy(io->buf, r->stage + (size_t)tag * t->slot_size, io->len);
+reap:
 			r->tag_mode[tag] = TAG_FREE;
 			r->free_tags[nfree++] = tag;
 			inflight--;
@@ -313,6 +392,7 @@ out:
 	__atomic_add_fetch(&v->n_fixed, cnt[X_FIXED], __ATOMIC_RELAXED);
 	__atomic_add_fetch(&v->n_plain, cnt[X_PLAIN], __ATOMIC_RELAXED);
 	__atomic_add_fetch(&v->n_staged, cnt[X_STAGED], __ATOMIC_RELAXED);
+	__atomic_add_fetch(&v->n_merged, cnt[X_VEC], __ATOMIC_RELAXED);
 	for (i = 0; i < n; i++)
 		if (ios[i].res < 0 && !first)
 			first = ios[i].res;
@@ -357,7 +437,9 @@ static int nvme_ring_init(struct nvme_tier *v, struct nvme_ring *r)
 	r->tag_io = calloc(v->depth, sizeof(*r->tag_io));
 	r->tag_mode = calloc(v->depth, sizeof(*r->tag_mode));
 	r->free_tags = calloc(v->depth, sizeof(*r->free_tags));
-	if (!r->tag_io || !r->tag_mode || !r->free_tags)
+	r->tag_n = calloc(v->depth, sizeof(*r->tag_n));
+	r->tag_iov = calloc((size_t)v->depth * NVME_VEC_MAX, sizeof(*r->tag_iov));
+	if (!r->tag_io || !r->tag_mode || !r->free_tags || !r->tag_n || !r->tag_iov)
 		return -ENOMEM;
 	ret = io_uring_register_files(&r->ring, &v->fd, 1);
 	if (ret < 0)
@@ -375,6 +457,8 @@ static void nvme_ring_done(struct nvme_tier *v, struct nvme_ring *r)
 	free(r->tag_io);
 	free(r->tag_mode);
 	free(r->free_tags);
+	free(r->tag_n);
+	free(r->tag_iov);
 	pthread_mutex_destroy(&r->lock);
 }
 
@@ -531,6 +615,7 @@ static void nvme_stats(struct tier *t, struct stats_buf *sb, const char *prefix)
 	stats_put_u64(sb, prefix, "io_fixed", __atomic_load_n(&v->n_fixed, __ATOMIC_RELAXED));
 	stats_put_u64(sb, prefix, "io_plain", __atomic_load_n(&v->n_plain, __ATOMIC_RELAXED));
 	stats_put_u64(sb, prefix, "io_staged", __atomic_load_n(&v->n_staged, __ATOMIC_RELAXED));
+	stats_put_u64(sb, prefix, "io_merged", __atomic_load_n(&v->n_merged, __ATOMIC_RELAXED));
 }
 
 void nvme_get_info(struct tier *t, struct nvme_info *ret_info)
@@ -545,6 +630,7 @@ void nvme_get_info(struct tier *t, struct nvme_info *ret_info)
 	ret_info->io_fixed = __atomic_load_n(&v->n_fixed, __ATOMIC_RELAXED);
 	ret_info->io_plain = __atomic_load_n(&v->n_plain, __ATOMIC_RELAXED);
 	ret_info->io_staged = __atomic_load_n(&v->n_staged, __ATOMIC_RELAXED);
+	ret_info->io_merged = __atomic_load_n(&v->n_merged, __ATOMIC_RELAXED);
 }
 
 const struct tier_ops nvme_tier_ops = {

@@ -32,6 +32,7 @@ struct nvme_info {
 	int fallocated;
 	unsigned registered_regions;
 	uint64_t io_fixed, io_plain, io_staged;
+	uint64_t io_merged; /* writes that went out as part of a merged WRITEV */
 };
 
 void nvme_get_info(struct tier *t, struct nvme_info *ret_info);
