@@ -29,6 +29,7 @@ static const struct cfg_item cfg_items[] = {
 	U64(client_spin_ns, 0, 1000000000ull, "client spin before sleeping for a completion"),
 	U64(max_clients, 1, 4096, "clients at once"),
 	U64(max_seqs, 1, 65536, "sequences at once (all clients)"),
+	U64(client_max_seqs, 1, 65536, "sequences one client may hold at once"),
 	U64(dram_bytes, 1ull << 20, 1ull << 42, "DRAM tier capacity in bytes (allocated at start)"),
 	U64(slot_bytes, 4096, 1u << 20, "page slot bytes in every tier (multiple of 4096; a page is 2*16*head_dim*dtype bytes)"),
 	U64(host_bytes, 1ull << 20, 1ull << 42, "engine memory cap besides the tiers (index keys, sinks, windows)"),
@@ -52,6 +53,7 @@ void config_defaults(struct rt_config *c)
 	c->client_spin_ns = 50000;
 	c->max_clients = 256;
 	c->max_seqs = 4096;
+	c->client_max_seqs = 1024;
 	c->dram_bytes = 512ull << 20;
 	/* 8 KiB: a page of d 128 bf16 or d 64 f32; d 128 f32 needs 16384. */
 	c->slot_bytes = 8192;

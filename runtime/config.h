@@ -18,6 +18,7 @@ struct rt_config {
 	uint64_t client_spin_ns; /* client: spin before sleeping on its completion ring */
 	uint64_t max_clients;
 	uint64_t max_seqs;
+	uint64_t client_max_seqs; /* sequences one client may hold (so one cannot take them all) */
 	uint64_t dram_bytes;    /* DRAM tier capacity: K/V page slots */
 	uint64_t slot_bytes;    /* page slot size in every tier (multiple of 4096) */
 	uint64_t host_bytes;    /* engine memory besides the tiers: index key copies, sinks, windows */

@@ -285,6 +285,17 @@ int engine_seq_open(struct engine *e, uint32_t owner, const struct engine_params
 		goto out_free;
 	}
 	pthread_mutex_lock(&e->lock);
+	if (e->o.owner_max_seqs) {
+		uint32_t mine = 0;
+
+		for (i = 0; i < e->o.max_seqs; i++)
+			mine += e->slot[i] && e->slot[i]->owner == owner;
+		if (mine >= e->o.owner_max_seqs) {
+			pthread_mutex_unlock(&e->lock);
+			err = -EDQUOT;
+			goto out_free;
+		}
+	}
 	for (i = 0; i < e->o.max_seqs; i++)
 		if (!e->slot[i])
 			break;

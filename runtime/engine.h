@@ -28,6 +28,7 @@ struct engine_opts {
 	uint64_t nvme_bytes;
 	uint32_t max_seqs;
 	int exact_search;      /* 1: every page scored (reference); 0: DCI-tree search */
+	uint32_t owner_max_seqs; /* per owner (client); 0 = no limit below max_seqs */
 };
 
 struct engine_params {
@@ -44,7 +45,8 @@ struct engine_ws {
 int engine_new(const struct engine_opts *o, struct engine **ret_e);
 void engine_free(struct engine *e);
 
-/* -EINVAL on a bad shape/budget, -EMFILE when the table is full. */
+/* -EINVAL on a bad shape/budget, -EMFILE when the table is full, -EDQUOT when the owner
+ * already holds owner_max_seqs. */
 int engine_seq_open(struct engine *e, uint32_t owner, const struct engine_params *p,
 		    uint32_t *ret_id);
 int engine_seq_drop(struct engine *e, uint32_t owner, uint32_t id);

@@ -116,7 +116,7 @@ int ice_noop(struct ice_ctx *ctx);
 /*
  * Opens a sequence. -EINVAL when the shape or budget is out of range (budget: sink and window
  * <= 4096 tokens, retrieved <= 16384, dense_layers <= layers), -EMFILE when the engine's
- * sequence table is full. *ret_seq is the handle for the calls below. Memory for a layer is
+ * sequence table is full, -EDQUOT when this context holds client_max_seqs already. *ret_seq is the handle for the calls below. Memory for a layer is
  * taken with its first append.
  */
 int ice_seq_open(struct ice_ctx *ctx, const struct ice_model_shape *shape,

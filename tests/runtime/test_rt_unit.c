@@ -345,6 +345,20 @@ START_TEST(bad_arguments_get_errors)
 	r[0].kind = ICE_PAGE_SINK;
 	ck_assert_int_eq(ice_fetch(c, seq, 0, r, 1, out, 100), -ENOSPC);
 	ck_assert_int_eq(ice_stats(c, small, sizeof(small)), -ENOSPC);
+	/* A per-client quota on sequences. */
+	{
+		struct ice_ctx *qc;
+		uint32_t s1, s2, s3;
+
+		ck_assert_int_eq(ice_open_embedded("client_max_seqs = 2\ndram_bytes = 67108864", &qc),
+				 0);
+		ck_assert_int_eq(ice_seq_open(qc, &sh, &b, &s1), 0);
+		ck_assert_int_eq(ice_seq_open(qc, &sh, &b, &s2), 0);
+		ck_assert_int_eq(ice_seq_open(qc, &sh, &b, &s3), -EDQUOT);
+		ck_assert_int_eq(ice_seq_close(qc, s1), 0);
+		ck_assert_int_eq(ice_seq_open(qc, &sh, &b, &s3), 0);
+		ice_close(qc);
+	}
 	/* Another context's sequence does not exist for this one. */
 	ck_assert_int_eq(ice_open_embedded("dram_bytes = 67108864", &c2), 0);
 	ck_assert_int_eq(ice_seq_open(c2, &sh, &b, &seq2), 0);
