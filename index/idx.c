@@ -104,7 +104,7 @@ static int reserve_pages(struct idx *ix, size_t need)
 {
 	size_t cap;
 	struct idx_page *pg;
-	float *pk;
+	float *pk, *al;
 	uint8_t *sk;
 
 	if (need <= ix->cap_pages)
@@ -123,6 +123,11 @@ static int reserve_pages(struct idx *ix, size_t need)
 	if (!sk)
 		return -ENOMEM;
 	ix->sk = sk;
+	al = aligned_grow(ix->sk_alpha, ix->cap_pages * IDX_LANES * sizeof(float),
+			  cap * IDX_LANES * sizeof(float));
+	if (!al)
+		return -ENOMEM;
+	ix->sk_alpha = al;
 	ix->cap_pages = cap;
 	return 0;
 }
@@ -203,9 +208,9 @@ void idx_params_default(struct idx_params *p, uint32_t dim)
 	p->r1 = 0.01f;
 	p->r2 = 0.2f;
 	p->beam = 0;
-	p->beam_mult = 2.0f;
+	p->beam_mult = 1.0f;
 	p->beam_add = 16;
-	p->beam_pages = 512;
+	p->beam_pages = 1024;
 	p->cells = 0;
 	p->gqa_widen = 0.25f;
 	p->exact_parent_max = 4096;
@@ -279,6 +284,7 @@ void idx_free(struct idx *ix)
 	free(ix->pages);
 	free(ix->pk);
 	free(ix->sk);
+	free(ix->sk_alpha);
 	free(ix->sk_mu);
 	free(ix->sk_step);
 	free(ix->nodes);

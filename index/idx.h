@@ -42,9 +42,9 @@ struct idx_params {
 	uint32_t beam;         /* pages re-scored exactly per query, picked by their 4-bit sketch
 				* score; 0 = beam_mult * k + beam_add + npages / beam_pages
 				* (at most IDX_MAX_BEAM = 1024) */
-	float beam_mult;       /* 2.0 */
+	float beam_mult;       /* 1.0 */
 	uint32_t beam_add;     /* 16 */
-	uint32_t beam_pages;   /* 512 (0: no growth with the index size) */
+	uint32_t beam_pages;   /* 1024 (0: no growth with the index size) */
 	uint32_t cells;        /* level-1 cells scanned in full per query besides (best seeds
 				* first); default 0 (see docs/INDEX.md for why) */
 	float gqa_widen;       /* a group of g queries re-scores beam*(1+gqa_widen*(g-1))/g

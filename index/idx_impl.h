@@ -67,7 +67,8 @@ struct idx {
 	struct idx_vec dirty;
 
 	uint8_t *sk;             /* 4-bit page sketches: cap_pages blocks of IDX_SK_BYTES(dim) */
-	float *sk_mu, *sk_step;  /* per channel: code = round((x - mu) / step) + 8, in 0..15 */
+	float *sk_alpha;         /* per token (page * 16 + slot): its code scale, >= 1 */
+	float *sk_mu, *sk_step;  /* per channel: code = round((x - mu) / (step * alpha)) + 8 */
 	int sk_ready;            /* calibrated (at build, or once inserts reach IDX_SK_CALIB) */
 
 	float m;                 /* lifting constant M = max |k|^2 seen */

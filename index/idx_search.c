@@ -216,9 +216,11 @@ int idx_exact_search(const struct idx *ix, const float *q, uint32_t g, uint32_t 
 	return search_finish(&s, k, ret_hits);
 }
 
-/* Quantizes q (scaled by each channel's sketch step) to int8 for the sketch kernel. */
-static void sk_query(const struct idx *ix, const float *q, int8_t *qq)
+/* Quantizes q (scaled by each channel's sketch step) to int8 for the sketch kernel; returns
+ * the offset 8 * sum(qq) that the codes' +8 bias adds to every score. */
+static int32_t sk_query(const struct idx *ix, const float *q, int8_t *qq)
 {
+	int32_t sum = 0;
 	float mx = 0, f;
 	uint32_t j;
 
@@ -228,8 +230,11 @@ static void sk_query(const struct idx *ix, const float *q, int8_t *qq)
 		mx = v > mx ? v : mx;
 	}
 	f = mx > 0 ? 127.0f / mx : 0.0f;
-	for (j = 0; j < ix->dim; j++)
+	for (j = 0; j < ix->dim; j++) {
 		qq[j] = (int8_t)lrintf(q[j] * ix->sk_step[j] * f);
+		sum += qq[j];
+	}
+	return 8 * sum;
 }
 
 /* In-place heap sort (qsort may allocate; search must not). */
@@ -329,7 +334,8 @@ int idx_search(const struct idx *ix, const float *q, uint32_t g, uint32_t k,
 	struct topk sk[IDX_MAX_GROUP];
 	int8_t *qq;
 	uint32_t *cand, i;
-	int32_t out[IDX_MAX_GROUP];
+	int32_t off[IDX_MAX_GROUP];
+	float out[IDX_MAX_GROUP];
 	size_t p, nc = 0, skb;
 	uint64_t beam, cells;
 	char *base;
@@ -366,7 +372,7 @@ int idx_search(const struct idx *ix, const float *q, uint32_t g, uint32_t k,
 	/* 1. rank every page by its sketch */
 	qq = (int8_t *)(base + w.skq);
 	for (i = 0; i < g; i++) {
-		sk_query(ix, q + (size_t)i * ix->dim, qq + (size_t)i * ix->dim);
+		off[i] = sk_query(ix, q + (size_t)i * ix->dim, qq + (size_t)i * ix->dim);
 		sk[i].score = (float *)(base + w.sks) + (size_t)i * IDX_MAX_BEAM;
 		sk[i].page = (uint32_t *)(base + w.skp) + (size_t)i * IDX_MAX_BEAM;
 		sk[i].n = 0;
@@ -383,10 +389,10 @@ int idx_search(const struct idx *ix, const float *q, uint32_t g, uint32_t k,
 			for (ln = 0; ln < skb; ln += 64)
 				__builtin_prefetch(blk + 8 * skb + ln);
 
-		s.ops->sk_max(blk, qq, g, ix->dim, fill, out);
+		s.ops->sk_max(blk, ix->sk_alpha + p * IDX_LANES, qq, off, g, ix->dim, fill, out);
 		for (i = 0; i < g; i++)
-			if ((float)out[i] >= topk_floor(&sk[i]))
-				topk_push(&sk[i], (float)out[i], (uint32_t)p);
+			if (out[i] >= topk_floor(&sk[i]))
+				topk_push(&sk[i], out[i], (uint32_t)p);
 	}
 
 	/* 2. optional: best cells by seed score, scanned exactly */

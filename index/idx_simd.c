@@ -89,25 +89,28 @@ static int32_t q4(const int8_t *q)
 	return v;
 }
 
-static int32_t max_fill(const int32_t *out, uint32_t fill)
+static float max_fill(const int32_t *out, const float *alpha, int32_t off, uint32_t fill)
 {
-	int32_t m = out[0];
+	float m = alpha[0] * (float)(out[0] - off);
 	uint32_t l;
 
-	for (l = 1; l < fill; l++)
-		m = out[l] > m ? out[l] : m;
+	for (l = 1; l < fill; l++) {
+		float v = alpha[l] * (float)(out[l] - off);
+
+		m = v > m ? v : m;
+	}
 	return m;
 }
 
-static void sk_max_portable(const uint8_t *blk, const int8_t *qq, uint32_t g, uint32_t dim,
-			    uint32_t fill, int32_t *ret)
+static void sk_max_portable(const uint8_t *blk, const float *alpha, const int8_t *qq,
+			    const int32_t *off, uint32_t g, uint32_t dim, uint32_t fill, float *ret)
 {
 	int32_t out[IDX_LANES];
 	uint32_t i;
 
 	for (i = 0; i < g; i++) {
 		sk_portable(blk, qq + (size_t)i * dim, dim, out);
-		ret[i] = max_fill(out, fill);
+		ret[i] = max_fill(out, alpha, off[i], fill);
 	}
 }
 
@@ -228,15 +231,15 @@ AVX2 static void sk_avx2(const uint8_t *blk, const int8_t *qq, uint32_t dim, int
 	_mm256_storeu_si256((__m256i *)(out + 8), a1);
 }
 
-AVX2 static void sk_max_avx2(const uint8_t *blk, const int8_t *qq, uint32_t g, uint32_t dim,
-				uint32_t fill, int32_t *ret)
+AVX2 static void sk_max_avx2(const uint8_t *blk, const float *alpha, const int8_t *qq,
+				const int32_t *off, uint32_t g, uint32_t dim, uint32_t fill, float *ret)
 {
 	int32_t out[IDX_LANES];
 	uint32_t i;
 
 	for (i = 0; i < g; i++) {
 		sk_avx2(blk, qq + (size_t)i * dim, dim, out);
-		ret[i] = max_fill(out, fill);
+		ret[i] = max_fill(out, alpha, off[i], fill);
 	}
 }
 
@@ -360,8 +363,16 @@ static void sk_vnni(const uint8_t *blk, const int8_t *qq, uint32_t dim, int32_t 
 
 #define VNNI __attribute__((target("avx512f,avx512bw,avx512vnni")))
 
-VNNI static void sk_max4_vnni(const uint8_t *blk, const int8_t *qq, uint32_t dim, __mmask16 fm,
-			      int32_t *ret)
+/* alpha * (acc - off), max over the fill lanes */
+VNNI static float vnni_fin(__m512i acc, int32_t off, __m512 alpha, __mmask16 fm)
+{
+	__m512 v = _mm512_mul_ps(alpha, _mm512_cvtepi32_ps(_mm512_sub_epi32(acc, _mm512_set1_epi32(off))));
+
+	return _mm512_mask_reduce_max_ps(fm, v);
+}
+
+VNNI static void sk_max4_vnni(const uint8_t *blk, __m512 alpha, const int8_t *qq,
+			      const int32_t *off, uint32_t dim, __mmask16 fm, float *ret)
 {
 	const __m512i m4 = _mm512_set1_epi8(15);
 	__m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
@@ -382,24 +393,25 @@ VNNI static void sk_max4_vnni(const uint8_t *blk, const int8_t *qq, uint32_t dim
 		a3 = _mm512_dpbusd_epi32(a3, lo, _mm512_set1_epi32(q4(q3 + c * 8)));
 		b3 = _mm512_dpbusd_epi32(b3, hi, _mm512_set1_epi32(q4(q3 + c * 8 + 4)));
 	}
-	ret[0] = _mm512_mask_reduce_max_epi32(fm, _mm512_add_epi32(a0, b0));
-	ret[1] = _mm512_mask_reduce_max_epi32(fm, _mm512_add_epi32(a1, b1));
-	ret[2] = _mm512_mask_reduce_max_epi32(fm, _mm512_add_epi32(a2, b2));
-	ret[3] = _mm512_mask_reduce_max_epi32(fm, _mm512_add_epi32(a3, b3));
+	ret[0] = vnni_fin(_mm512_add_epi32(a0, b0), off[0], alpha, fm);
+	ret[1] = vnni_fin(_mm512_add_epi32(a1, b1), off[1], alpha, fm);
+	ret[2] = vnni_fin(_mm512_add_epi32(a2, b2), off[2], alpha, fm);
+	ret[3] = vnni_fin(_mm512_add_epi32(a3, b3), off[3], alpha, fm);
 }
 
-VNNI static void sk_max_vnni(const uint8_t *blk, const int8_t *qq, uint32_t g, uint32_t dim,
-			     uint32_t fill, int32_t *ret)
+VNNI static void sk_max_vnni(const uint8_t *blk, const float *alpha, const int8_t *qq,
+			     const int32_t *off, uint32_t g, uint32_t dim, uint32_t fill, float *ret)
 {
 	__mmask16 fm = (__mmask16)((1u << fill) - 1);
+	__m512 av = _mm512_loadu_ps(alpha);
 	int32_t out[IDX_LANES];
 	uint32_t i = 0;
 
 	for (; i + 4 <= g; i += 4)
-		sk_max4_vnni(blk, qq + (size_t)i * dim, dim, fm, ret + i);
+		sk_max4_vnni(blk, av, qq + (size_t)i * dim, off + i, dim, fm, ret + i);
 	for (; i < g; i++) {
 		sk_vnni(blk, qq + (size_t)i * dim, dim, out);
-		ret[i] = _mm512_mask_reduce_max_epi32(fm, _mm512_loadu_si512(out));
+		ret[i] = vnni_fin(_mm512_loadu_si512(out), off[i], av, fm);
 	}
 }
 

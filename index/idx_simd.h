@@ -24,10 +24,10 @@ struct idx_simd_ops {
 	 * channel 8c+b in its low nibble and 8c+4+b in its high nibble):
 	 * out[l] = sum_j code_j(l) * qq[j], codes 0..15, qq int8 */
 	void (*sk_block)(const uint8_t *blk, const int8_t *qq, uint32_t dim, int32_t *out);
-	/* ret[i] = max over lanes < fill of the sketch score of query i (qq[g][dim]), g <= 16:
-	 * the block is unpacked once for up to four queries */
-	void (*sk_max)(const uint8_t *blk, const int8_t *qq, uint32_t g, uint32_t dim,
-		       uint32_t fill, int32_t *ret);
+	/* ret[i] = max over lanes l < fill of alpha[l] * (sk_block score of query i - off[i]),
+	 * qq[g][dim], g <= 16: the block is unpacked once for up to four queries */
+	void (*sk_max)(const uint8_t *blk, const float *alpha, const int8_t *qq,
+		       const int32_t *off, uint32_t g, uint32_t dim, uint32_t fill, float *ret);
 };
 
 /* Bytes of one 4-bit sketch block. */

@@ -1,7 +1,9 @@
 /*
  * 4-bit page sketches. Each key is stored a second time as 4-bit codes per channel (offset by
- * the channel mean, in steps of 3 sigma / 7.5 of that channel, clipped), 16 tokens per block as
- * the scoring kernel wants them. A search ranks every page by its sketch score (an eighth of the
+ * the channel mean, in steps of 3 sigma / 7.5 of that channel), 16 tokens per block as the
+ * scoring kernel wants them. A token with a value beyond 7 steps in some channel gets a
+ * per-token scale alpha > 1 (all its codes shrink by alpha) rather than a clipped code: the rare
+ * tokens with outlying values are the ones attention tends to want. A search ranks every page by its sketch score (an eighth of the
  * bytes of the fp32 keys) and re-scores only the best pages exactly; the per-channel offset
  * removes the large, nearly constant outlier channels that would otherwise eat the code range.
  */
@@ -43,16 +45,28 @@ void idx_sk_calibrate(struct idx *ix, const float *keys, size_t n)
 
 void idx_sk_clear(struct idx *ix, uint32_t page)
 {
+	uint32_t l;
+
 	memset(ix->sk + (size_t)page * IDX_SK_BYTES(ix->dim), 0x88, IDX_SK_BYTES(ix->dim));
+	for (l = 0; l < IDX_LANES; l++)
+		ix->sk_alpha[(size_t)page * IDX_LANES + l] = 1.0f;
 }
 
 void idx_sk_put(struct idx *ix, uint32_t page, uint32_t slot, const float *x)
 {
 	uint8_t *blk = ix->sk + (size_t)page * IDX_SK_BYTES(ix->dim);
+	float alpha = 1.0f, inv;
 	uint32_t j;
 
 	for (j = 0; j < ix->dim; j++) {
-		float c = rintf((x[j] - ix->sk_mu[j]) / ix->sk_step[j]);
+		float a = fabsf(x[j] - ix->sk_mu[j]) / (7.0f * ix->sk_step[j]);
+
+		alpha = a > alpha ? a : alpha;
+	}
+	ix->sk_alpha[(size_t)page * IDX_LANES + slot] = alpha;
+	inv = 1.0f / alpha;
+	for (j = 0; j < ix->dim; j++) {
+		float c = rintf((x[j] - ix->sk_mu[j]) / ix->sk_step[j] * inv);
 		uint8_t code = (uint8_t)((c < -8 ? -8 : c > 7 ? 7 : (int)c) + 8);
 		uint8_t *b = blk + (size_t)(j / 8) * 64 + slot * 4 + (j % 4);
 
