@@ -52,8 +52,9 @@ void config_defaults(struct rt_config *c)
 	c->client_spin_ns = 50000;
 	c->max_clients = 256;
 	c->max_seqs = 4096;
-	c->dram_bytes = 256ull << 20;
-	c->slot_bytes = 16384;
+	c->dram_bytes = 512ull << 20;
+	/* 8 KiB: a page of d 128 bf16 or d 64 f32; d 128 f32 needs 16384. */
+	c->slot_bytes = 8192;
 	c->host_bytes = 1ull << 30;
 	c->nvme_bytes = 1ull << 30;
 	c->allow_uid = UINT64_MAX;

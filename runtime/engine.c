@@ -574,9 +574,11 @@ int engine_append(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer,
 	etok = evict * P;
 	bytes = (uint64_t)hk * etok * ((uint64_t)d * sizeof(float) + IDX_TOKEN_OVERHEAD);
 	if (etok) {
-		/* Without a slower tier to demote to, the DRAM tier must have room for the worst
-		 * case (every token a new page) plus one batch of rewritten pages. */
-		if (!e->pol && tier_free_slots(e->tiers[0]) < (uint64_t)hk * etok + BATCH)
+		/* Without a slower tier to demote to, the DRAM tier must have room for what this
+		 * append creates, or it fails half-way and the sequence is lost (-EIO). The index
+		 * fills pages to ~14-15 tokens on average (docs/INDEX.md); twice the full-page
+		 * count plus one batch of rewritten pages is the margin asked for. */
+		if (!e->pol && tier_free_slots(e->tiers[0]) < (uint64_t)hk * 2 * evict + BATCH)
 			return -ENOSPC;
 		err = reserve(e, bytes);
 		if (err)

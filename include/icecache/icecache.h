@@ -46,7 +46,7 @@ struct ice_model_shape {
 	uint32_t q_heads;  /* multiple of kv_heads, <= 256, at most 16 per KV head */
 	uint32_t kv_heads; /* 1..64 */
 	uint32_t head_dim; /* multiple of 16, 16..512; a page (2 * 16 * head_dim * element
-			    * size bytes) must fit the runtime's slot_bytes (default 16 KiB) */
+			    * size bytes) must fit the runtime's slot_bytes (default 8 KiB) */
 	uint32_t dtype;    /* enum ice_dtype */
 };
 
