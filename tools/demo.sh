@@ -23,7 +23,9 @@ if ! "$icerun" eval --help | grep -q icecache || [ ! -x "$build/runtime/icecache
 fi
 dir=$(mktemp -d)
 sock=$dir/icecached.sock
-"$build/runtime/icecached" --socket "$sock" >"$dir/icecached.log" 2>&1 &
+# defaults, except 4 KiB page slots: the default 16 KiB slot is sized for head dim 128, and a
+# SmolLM2 page (16 tokens x 64 dims x K and V, float16) is 4 KiB
+"$build/runtime/icecached" --socket "$sock" --set slot_bytes=4096 >"$dir/icecached.log" 2>&1 &
 pid=$!
 trap 'kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; rm -rf "$dir"' EXIT
 for _ in $(seq 100); do

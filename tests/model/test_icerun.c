@@ -202,10 +202,10 @@ START_TEST(test_pool)
 
 	ck_assert_int_eq(pool_new(0, &p), -EINVAL);
 	ck_assert_int_eq(pool_new(3, &p), 0);
-	for (r = 0; r < 50; r++)
+	for (r = 0; r < 10; r++)
 		pool_run(p, add_task, hits, 1000);
 	for (i = 0; i < 1000; i++)
-		ck_assert_int_eq(hits[i], 50);
+		ck_assert_int_eq(hits[i], 10);
 	pool_free(p);
 	pool_free(NULL);
 }
@@ -332,7 +332,7 @@ START_TEST(test_gguf_corrupt)
 	c.b[4] = 9;
 	ck_assert_int_eq(open_bytes(c.b, c.n, &g), -EPROTONOSUPPORT);
 	/* random byte flips: never a crash; either an error or a parse */
-	for (i = 0; i < 2000; i++) {
+	for (i = 0; i < 300; i++) {
 		c = b;
 		c.b[rnd() % c.n] ^= (uint8_t)(1u << (rnd() % 8));
 		c.b[rnd() % c.n] = (uint8_t)rnd();

@@ -545,7 +545,7 @@ static void json_str(FILE *f, const char *s)
 
 static void print_json(const struct run *r, FILE *f, int argc, char **argv)
 {
-	int i, li, si, task, fl, c, n, l;
+	int i, li, si, task, fl, n, l;
 	char host[128] = "", when[64];
 	time_t now = time(NULL);
 
@@ -628,7 +628,6 @@ static void print_json(const struct run *r, FILE *f, int argc, char **argv)
 			w->attended, w->pages);
 	}
 	fprintf(f, "]}\n");
-	(void)c;
 }
 
 static void usage(FILE *f)

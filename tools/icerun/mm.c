@@ -305,28 +305,23 @@ static void mm_task(void *arg, int task, int thread)
 		for (t = 0; t < j->n; t += 4) {
 			nt = j->n - t < 4 ? j->n - t : 4;
 			for (rr = 0; rr < nr; rr += 4) {
-				/* a partial token block reads rows of x it does not store: clamp them */
+				int nrr = nr - rr < 4 ? nr - rr : 4;
 				const float *xb = j->x + (size_t)t * w->cols;
-				float tmp[4][4];
-				int ldx = w->cols;
+				float tmp[4];
 
-				if (nt < 4) {
-					/* reuse the last real token row for the padding lanes */
-					ldx = 0;
-					for (int u = 0; u < nt; u++) {
-						tile_4x4(wt + (size_t)rr * w->cols, w->cols,
-							 xb + (size_t)u * w->cols, 0, 1,
-							 nr - rr < 4 ? nr - rr : 4, tmp[u], 4);
-						for (int v = 0; v < 4 && rr + v < nr; v++)
-							j->y[(size_t)(t + u) * j->ldy + r0 + rr + v] =
-								tmp[u][v];
-					}
-					(void)ldx;
+				if (nt == 4) {
+					tile_4x4(wt + (size_t)rr * w->cols, w->cols, xb, w->cols, 4, nrr,
+						 j->y + (size_t)t * j->ldy + r0 + rr, j->ldy);
 					continue;
 				}
-				tile_4x4(wt + (size_t)rr * w->cols, w->cols, xb, ldx, 4,
-					 nr - rr < 4 ? nr - rr : 4, j->y + (size_t)t * j->ldy + r0 + rr,
-					 j->ldy);
+				/* a partial token block: one token at a time (stride 0 repeats the row,
+				 * so the kernel never reads past the last token) */
+				for (int u = 0; u < nt; u++) {
+					tile_4x4(wt + (size_t)rr * w->cols, w->cols,
+						 xb + (size_t)u * w->cols, 0, 1, nrr, tmp, 1);
+					for (int v = 0; v < nrr; v++)
+						j->y[(size_t)(t + u) * j->ldy + r0 + rr + v] = tmp[v];
+				}
 			}
 		}
 		return;

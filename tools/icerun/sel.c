@@ -53,7 +53,9 @@ struct sel {
 	size_t nrefs_cap;
 	float *pages;			/* fetched pages */
 	size_t pages_cap;
-	float *kvbuf;			/* [kv heads][n][d] staging for ice_append */
+	uint16_t *kvbuf;		/* [kv heads][n][d] f16 staging for ice_append */
+	uint16_t *raw;			/* fetched pages as stored (f16) */
+	size_t raw_cap;
 	size_t kvbuf_cap;
 #endif
 };
@@ -102,6 +104,7 @@ void sel_free(struct sel *s)
 	free(s->refs);
 	free(s->pages);
 	free(s->kvbuf);
+	free(s->raw);
 #endif
 	if (s->ix)
 		for (int i = 0; i < s->L * s->nkv; i++)
@@ -172,8 +175,9 @@ int sel_new(const struct model *m, const struct sel_cfg *cfg, struct sel **ret)
 	}
 #ifdef ICERUN_HAVE_ICECACHE
 	if (cfg->kind == SEL_ICECACHE) {
+		/* default slots are 16 KiB (sized for head dim 128); an f16 page here is 4 KiB */
 		err = cfg->socket ? ice_connect(cfg->socket, &s->ice) :
-				    ice_open_embedded(NULL, &s->ice);
+				    ice_open_embedded("slot_bytes = 4096\n", &s->ice);
 		if (err)
 			goto out_free;
 	}
@@ -283,7 +287,7 @@ int sel_begin_len(struct sel *s, const struct kv *kv, int n0, int length)
 #ifdef ICERUN_HAVE_ICECACHE
 	if (s->c.kind == SEL_ICECACHE) {
 		struct ice_model_shape shape = { (uint32_t)s->L, (uint32_t)(s->g * s->nkv),
-						 (uint32_t)s->nkv, (uint32_t)s->d, ICE_DTYPE_F32 };
+						 (uint32_t)s->nkv, (uint32_t)s->d, ICE_DTYPE_F16 };
 		struct ice_budget b = { P, P, (uint32_t)(s->c.budget - 2 * P), (uint32_t)s->c.dense };
 		int err;
 
@@ -574,17 +578,22 @@ static int build_set(struct sel *s, const struct kv *kv, int layer, int h, const
 }
 
 #ifdef ICERUN_HAVE_ICECACHE
-/* Appends tokens [from, to) of one layer, all KV heads, as [kv heads][n][d] f32. */
+/*
+ * Appends tokens [from, to) of one layer, all KV heads, as [kv heads][n][d] float16: the storage
+ * a real deployment would use (half the bytes of float32; a SmolLM2 page is then 4 KiB).
+ */
 static int ice_push(struct sel *s, const struct kv *kv, int layer, int from, int to)
 {
 	size_t n = (size_t)(to - from), need = (size_t)s->nkv * n * s->d * 2;
-	float *kb, *vb;
-	int h, t;
+	uint16_t *kb, *vb;
+	float key[256];
+	const float *vr;
+	int h, t, i;
 
 	if (n == 0)
 		return 0;
 	if (need > s->kvbuf_cap) {
-		float *nb = realloc(s->kvbuf, need * sizeof(float));
+		uint16_t *nb = realloc(s->kvbuf, need * sizeof(uint16_t));
 
 		if (!nb)
 			return -ENOMEM;
@@ -595,9 +604,15 @@ static int ice_push(struct sel *s, const struct kv *kv, int layer, int from, int
 	vb = s->kvbuf + (size_t)s->nkv * n * s->d;
 	for (h = 0; h < s->nkv; h++)
 		for (t = from; t < to; t++) {
-			kv_key(kv, layer, h, t, kb + ((size_t)h * n + (t - from)) * s->d);
-			memcpy(vb + ((size_t)h * n + (t - from)) * s->d, kv_vrow(kv, layer, h, t),
-			       (size_t)s->d * sizeof(float));
+			uint16_t *ko = kb + ((size_t)h * n + (t - from)) * s->d;
+			uint16_t *vo = vb + ((size_t)h * n + (t - from)) * s->d;
+
+			kv_key(kv, layer, h, t, key);
+			vr = kv_vrow(kv, layer, h, t);
+			for (i = 0; i < s->d; i++) {
+				ko[i] = idx_f32_to_f16(key[i]);
+				vo[i] = idx_f32_to_f16(vr[i]);
+			}
 		}
 	return ice_append(s->ice, s->seq, (uint32_t)layer, (uint32_t)n, kb, vb);
 }
@@ -642,10 +657,21 @@ static int ice_attend(struct sel *s, const struct kv *kv, int layer, int pos, co
 		s->pages = np;
 		s->pages_cap = need;
 	}
-	err = ice_fetch(s->ice, s->seq, (uint32_t)layer, s->refs, (size_t)nref, s->pages,
-			need * sizeof(float));
+	if (need > s->raw_cap) {
+		uint16_t *nr16 = realloc(s->raw, need * sizeof(uint16_t));
+
+		if (!nr16)
+			return -ENOMEM;
+		s->raw = nr16;
+		s->raw_cap = need;
+	}
+	err = ice_fetch(s->ice, s->seq, (uint32_t)layer, s->refs, (size_t)nref, s->raw,
+			need * sizeof(uint16_t));
 	if (err)
 		return err;
+	for (i = 0; i < nref; i++)
+		for (t = 0; t < 2 * P * s->d; t++)
+			s->pages[(size_t)i * pb + t] = idx_f16_to_f32(s->raw[(size_t)i * pb + t]);
 	/* attention per KV head over its fetched pages (refs are grouped by head) */
 	for (h = 0; h < s->nkv; h++) {
 		const float *qg = q + (size_t)h * s->g * s->d;
