@@ -52,7 +52,7 @@ def workload(c):
 
 
 def main():
-    with icecache.Context.embedded() as e:
+    with icecache.Context.embedded("dram_bytes = 67108864") as e:
         assert e.is_embedded
         e.noop()
         ref = workload(e)
@@ -60,14 +60,17 @@ def main():
     if daemon and os.path.exists(daemon):
         d = tempfile.mkdtemp()
         sock = os.path.join(d, "s.sock")
-        p = subprocess.Popen([daemon, "--socket", sock], stderr=subprocess.DEVNULL)
+        p = subprocess.Popen([daemon, "--socket", sock, "--set", "dram_bytes=67108864"],
+                             stderr=subprocess.DEVNULL)
         try:
-            for _ in range(300):
+            c = None
+            for _ in range(3000):  # up to 30 s on a loaded machine
                 try:
                     c = icecache.Context.connect(sock)
                     break
                 except OSError:
                     time.sleep(0.01)
+            assert c is not None, "daemon did not come up"
             with c:
                 assert not c.is_embedded
                 assert workload(c) == ref, "daemon and embedded differ"

@@ -355,6 +355,80 @@ int shim_raw(struct ice_ctx *c, const struct ring_sqe *sqe, struct ring_cqe *ret
 	return err;
 }
 
+/* Caller holds c->lock. Waits for one completion, copies it out. */
+static int reap_one(struct ice_ctx *c, struct ring_cqe *cqe)
+{
+	const void *e;
+	int err;
+
+	for (;;) {
+		e = ring_peek(&c->seg.cq, &err);
+		if (err)
+			return err;
+		if (e)
+			break;
+		if (ring_wait_ready(&c->seg.cq, c->spin_ns, CQ_SLICE_NS) == 0)
+			continue;
+		err = daemon_gone(c);
+		if (err)
+			return err;
+	}
+	memcpy(cqe, e, sizeof(*cqe));
+	ring_consume(&c->seg.cq);
+	return 0;
+}
+
+int shim_raw_batch(struct ice_ctx *c, const struct ring_sqe *sqes, size_t n,
+		   struct ring_cqe *ret_cqes)
+{
+	size_t sent = 0, got = 0;
+	uint64_t tag0;
+	int err = 0;
+
+	if (!c || !sqes || !ret_cqes)
+		return -EINVAL;
+	pthread_mutex_lock(&c->lock);
+	if (c->embedded || c->broken) {
+		for (; got < n && !err; got++) {
+			struct ring_sqe s = sqes[got];
+
+			err = submit(c, &s, &ret_cqes[got]);
+		}
+		goto out;
+	}
+	tag0 = c->next_tag;
+	c->next_tag += n;
+	/* Keep at most the CQ's size in flight: the daemon never waits on a full CQ here. */
+	while (got < n) {
+		void *slot;
+
+		while (sent < n && sent - got <= c->seg.cq.mask &&
+		       (slot = ring_produce_slot(&c->seg.sq, &err))) {
+			struct ring_sqe s = sqes[sent];
+
+			s.tag = tag0 + sent;
+			memcpy(slot, &s, sizeof(s));
+			ring_produce_commit(&c->seg.sq);
+			sent++;
+		}
+		if (err)
+			break;
+		err = reap_one(c, &ret_cqes[got]);
+		if (err)
+			break;
+		if (ret_cqes[got].tag != tag0 + got) {
+			err = -EPROTO;
+			break;
+		}
+		got++;
+	}
+	if (err)
+		c->broken = 1;
+out:
+	pthread_mutex_unlock(&c->lock);
+	return err;
+}
+
 /* Runs one request; returns the completion's res (or the transport error). */
 static int call(struct ice_ctx *c, struct ring_sqe *sqe, struct ring_cqe *cqe)
 {

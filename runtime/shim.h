@@ -13,6 +13,10 @@ int shim_connect(const char *socket_path, uint32_t kind, struct ice_ctx **ret_ct
  * checked here). The arena is the context's; shim_arena tells where and how big. */
 int shim_raw(struct ice_ctx *ctx, const struct ring_sqe *sqe, struct ring_cqe *ret_cqe);
 void *shim_arena(struct ice_ctx *ctx, uint64_t *ret_bytes);
+/* Sends n raw entries in one burst (as many in flight as the rings hold) and collects their n
+ * completions into ret_cqes, in order. Embedded mode runs them one by one. */
+int shim_raw_batch(struct ice_ctx *ctx, const struct ring_sqe *sqes, size_t n,
+		   struct ring_cqe *ret_cqes);
 uint32_t shim_client_id(const struct ice_ctx *ctx);
 /* The segment fd (daemon mode; -1 embedded or after attach closed it). */
 int shim_segment_fd(const struct ice_ctx *ctx);

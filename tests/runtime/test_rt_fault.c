@@ -12,6 +12,7 @@
 #include "stats.h"
 
 #define FLOOD 1000000
+#define BURST 250
 
 static char sock[256];
 
@@ -96,8 +97,8 @@ START_TEST(million_malformed_entries_get_error_completions)
 	static float k[2 * 300 * 32], v[2 * 300 * 32];
 	struct ice_ctx *att, *vc;
 	struct victim vic = { 0 };
-	struct ring_sqe s;
-	struct ring_cqe q;
+	static struct ring_sqe sb[BURST];
+	static struct ring_cqe cb[BURST];
 	uint64_t rng = 4242, arena, errs = 0, oks = 0, i, t0;
 	uint32_t aseq;
 	char *dir = rt_tmpdir();
@@ -117,13 +118,20 @@ START_TEST(million_malformed_entries_get_error_completions)
 	pthread_create(&t, NULL, victim_main, &vic);
 	ck_assert_ptr_nonnull(shim_arena(att, &arena));
 	t0 = clock_now_ns();
-	for (i = 0; i < FLOOD; i++) {
-		random_entry(&rng, &s, aseq, arena);
-		ck_assert_int_eq(shim_raw(att, &s, &q), 0);
-		if (q.res < 0)
-			errs++;
-		else
-			oks++;
+	/* Bursts of 256 entries in flight at once: the ring's batching keeps a million requests
+	 * to seconds even on a loaded machine. */
+	for (i = 0; i < FLOOD; i += BURST) {
+		size_t j;
+
+		for (j = 0; j < BURST; j++)
+			random_entry(&rng, &sb[j], aseq, arena);
+		ck_assert_int_eq(shim_raw_batch(att, sb, BURST, cb), 0);
+		for (j = 0; j < BURST; j++) {
+			if (cb[j].res < 0)
+				errs++;
+			else
+				oks++;
+		}
 	}
 	__atomic_store_n(&vic.stop, 1, __ATOMIC_RELAXED);
 	pthread_join(t, NULL);

@@ -175,7 +175,7 @@ START_TEST(embedded_matches_reference)
 
 	/* exact_search: the page table must equal the brute-force reference exactly. Run 3 puts
 	 * most pages on an NVMe tier file behind a DRAM tier of 64 slots. */
-	snprintf(cfg, sizeof(cfg), "exact_search = 1\n");
+	snprintf(cfg, sizeof(cfg), "exact_search = 1\ndram_bytes = 67108864\n");
 	if (_i == 3) {
 		int fd = mkstemp(nvme);
 
@@ -260,8 +260,8 @@ START_TEST(dci_search_agrees_with_exact_search)
 	int na, nb, i, j, it, hit = 0, tot = 0;
 
 	rt_make_kv(3, 2, 64, 0, N, k, v);
-	ck_assert_int_eq(ice_open_embedded(NULL, &a), 0);
-	ck_assert_int_eq(ice_open_embedded("exact_search = 1", &x), 0);
+	ck_assert_int_eq(ice_open_embedded("dram_bytes = 67108864", &a), 0);
+	ck_assert_int_eq(ice_open_embedded("exact_search = 1\ndram_bytes = 67108864", &x), 0);
 	ck_assert_int_eq(ice_seq_open(a, &sh, &b, &sa), 0);
 	ck_assert_int_eq(ice_seq_open(x, &sh, &b, &sx), 0);
 	ck_assert_int_eq(ice_append(a, sa, 0, N, k, v), 0);
@@ -312,7 +312,7 @@ START_TEST(bad_arguments_get_errors)
 
 	ck_assert_int_eq(ice_open_embedded("dram_bytes = banana", &c), -EINVAL);
 	ck_assert_int_eq(ice_open_embedded(NULL, NULL), -EINVAL);
-	ck_assert_int_eq(ice_open_embedded(NULL, &c), 0);
+	ck_assert_int_eq(ice_open_embedded("dram_bytes = 67108864", &c), 0);
 	ck_assert_int_eq(ice_noop(NULL), -EINVAL);
 	sh.q_heads = 3;
 	ck_assert_int_eq(ice_seq_open(c, &sh, &b, &seq), -EINVAL);
@@ -346,7 +346,7 @@ START_TEST(bad_arguments_get_errors)
 	ck_assert_int_eq(ice_fetch(c, seq, 0, r, 1, out, 100), -ENOSPC);
 	ck_assert_int_eq(ice_stats(c, small, sizeof(small)), -ENOSPC);
 	/* Another context's sequence does not exist for this one. */
-	ck_assert_int_eq(ice_open_embedded(NULL, &c2), 0);
+	ck_assert_int_eq(ice_open_embedded("dram_bytes = 67108864", &c2), 0);
 	ck_assert_int_eq(ice_seq_open(c2, &sh, &b, &seq2), 0);
 	ck_assert_int_eq(ice_seq_close(c2, seq2), 0);
 	ice_close(c2);
@@ -406,7 +406,7 @@ START_TEST(embedded_random_entries_get_errors)
 	uint64_t rng = 99, arena, ok = 0, i;
 	uint32_t seq;
 
-	ck_assert_int_eq(ice_open_embedded("arena_bytes = 65536", &c), 0);
+	ck_assert_int_eq(ice_open_embedded("arena_bytes = 65536\ndram_bytes = 67108864", &c), 0);
 	ck_assert_ptr_nonnull(shim_arena(c, &arena));
 	ck_assert_int_eq(ice_seq_open(c, &sh, &b, &seq), 0);
 	for (i = 0; i < 100000; i++) {
