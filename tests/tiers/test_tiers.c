@@ -22,9 +22,25 @@ static char tmpdir[256];
 /* Loop tests run their store cases twice: nvme through io_uring, then without it. */
 static unsigned fx_nvme_flags;
 
+/* One base directory per run (made and removed in the parent, so a failing test, whose forked
+ * child never reaches its teardown, still leaves nothing behind) and one below it per test. */
+static char basedir[200];
+
+static void setup_base(void)
+{
+	tt_mkdtemp(basedir, sizeof(basedir));
+}
+
+static void teardown_base(void)
+{
+	tt_rmtree(basedir);
+}
+
 static void setup_tmp(void)
 {
-	tt_mkdtemp(tmpdir, sizeof(tmpdir));
+	if (snprintf(tmpdir, sizeof(tmpdir), "%s/t-XXXXXX", basedir) >= (int)sizeof(tmpdir) ||
+	    !mkdtemp(tmpdir))
+		abort();
 	fx_nvme_flags = 0;
 }
 
@@ -913,6 +929,7 @@ static Suite *tiers_suite(void)
 	Suite *s = suite_create("tiers");
 	TCase *tc = tcase_create("unit");
 
+	tcase_add_unchecked_fixture(tc, setup_base, teardown_base);
 	tcase_add_checked_fixture(tc, setup_tmp, teardown_tmp);
 	tcase_set_timeout(tc, 60);
 	tcase_add_test(tc, crc32c_known_value_and_hw_equals_sw);

@@ -4,6 +4,7 @@
 
 #include <dirent.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <inttypes.h>
 #include <limits.h>
 #include <stdint.h>
@@ -27,6 +28,19 @@ static inline void tt_mkdtemp(char *buf, size_t cap)
 		perror("mkdtemp");
 		abort();
 	}
+}
+
+static inline int tt_rm_one(const char *path, const struct stat *st, int type, struct FTW *ftw)
+{
+	(void)st;
+	(void)ftw;
+	return type == FTW_DP ? rmdir(path) : unlink(path);
+}
+
+/* Removes a temp tree (depth first, symlinks not followed). */
+static inline void tt_rmtree(const char *dir)
+{
+	nftw(dir, tt_rm_one, 8, FTW_DEPTH | FTW_PHYS);
 }
 
 /* Removes the files of a flat temp dir, then the dir. */
