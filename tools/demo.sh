@@ -23,9 +23,9 @@ if ! "$icerun" eval --help | grep -q icecache || [ ! -x "$build/runtime/icecache
 fi
 dir=$(mktemp -d)
 sock=$dir/icecached.sock
-# defaults, except 4 KiB page slots: the default 16 KiB slot is sized for head dim 128, and a
-# SmolLM2 page (16 tokens x 64 dims x K and V, float16) is 4 KiB
-"$build/runtime/icecached" --socket "$sock" --set slot_bytes=4096 >"$dir/icecached.log" 2>&1 &
+# daemon defaults (8 KiB page slots, 512 MiB DRAM tier): a 4k-token SmolLM2 prompt is
+# 30 layers x 3 KV heads x 256 pages, about 180 MiB of slots
+"$build/runtime/icecached" --socket "$sock" >"$dir/icecached.log" 2>&1 &
 pid=$!
 trap 'kill "$pid" 2>/dev/null; wait "$pid" 2>/dev/null; rm -rf "$dir"' EXIT
 for _ in $(seq 100); do
