@@ -85,6 +85,21 @@ configure() {
 	fi
 }
 
+# One closing line over both meson runs ("N passed, N failed, N skipped"), from their logs.
+summary() {
+	python3 - "$@" <<'PY'
+import json, sys
+count = {"passed": 0, "failed": 0, "skipped": 0}
+for d in sys.argv[1:]:
+    with open(d + "/meson-logs/testlog.json") as f:
+        for line in f:
+            r = json.loads(line)["result"]
+            key = "passed" if r in ("OK", "EXPECTEDFAIL") else "skipped" if r == "SKIP" else "failed"
+            count[key] += 1
+print("%d passed, %d failed, %d skipped" % (count["passed"], count["failed"], count["skipped"]))
+PY
+}
+
 [ "${ICE_SKIP_INSTALL:-0}" = 1 ] || install_deps
 export ICE_PYTHON="$here/$build/venv/bin/python"
 [ "${ICE_SKIP_INSTALL:-0}" = 1 ] || fetch_model
@@ -108,6 +123,7 @@ test)
 	ASAN_OPTIONS=detect_leaks=1:abort_on_error=1 UBSAN_OPTIONS=halt_on_error=1:print_stacktrace=1 \
 		meson test -C "$build-asan" --print-errorlogs --num-processes 2 --suite unit \
 		--timeout-multiplier 4
+	summary "$build" "$build-asan"
 	;;
 *)
 	echo "usage: tools/setup.sh demo|test" >&2
