@@ -290,10 +290,32 @@ static int daemon_gone(struct ice_ctx *c)
 	return 0;
 }
 
+/* Caller holds c->lock. Waits for one completion, copies it out. */
+static int reap_one(struct ice_ctx *c, struct ring_cqe *cqe)
+{
+	const void *e;
+	int err;
+
+	for (;;) {
+		e = ring_peek(&c->seg.cq, &err);
+		if (err)
+			return err;
+		if (e)
+			break;
+		if (ring_wait_ready(&c->seg.cq, c->spin_ns, CQ_SLICE_NS) == 0)
+			continue;
+		err = daemon_gone(c);
+		if (err)
+			return err;
+	}
+	memcpy(cqe, e, sizeof(*cqe));
+	ring_consume(&c->seg.cq);
+	return 0;
+}
+
 /* Caller holds c->lock. */
 static int submit(struct ice_ctx *c, struct ring_sqe *sqe, struct ring_cqe *cqe)
 {
-	const void *e;
 	void *slot;
 	int err;
 
@@ -314,20 +336,9 @@ static int submit(struct ice_ctx *c, struct ring_sqe *sqe, struct ring_cqe *cqe)
 	}
 	memcpy(slot, sqe, sizeof(*sqe));
 	ring_produce_commit(&c->seg.sq);
-	for (;;) {
-		e = ring_peek(&c->seg.cq, &err);
-		if (err)
-			goto out_broken;
-		if (e)
-			break;
-		if (ring_wait_ready(&c->seg.cq, c->spin_ns, CQ_SLICE_NS) == 0)
-			continue;
-		err = daemon_gone(c);
-		if (err)
-			goto out_broken;
-	}
-	memcpy(cqe, e, sizeof(*cqe));
-	ring_consume(&c->seg.cq);
+	err = reap_one(c, cqe);
+	if (err)
+		goto out_broken;
 	if (cqe->tag != sqe->tag) {
 		err = -EPROTO;
 		goto out_broken;
@@ -353,29 +364,6 @@ int shim_raw(struct ice_ctx *c, const struct ring_sqe *sqe, struct ring_cqe *ret
 	if (!err)
 		*ret_cqe = cqe;
 	return err;
-}
-
-/* Caller holds c->lock. Waits for one completion, copies it out. */
-static int reap_one(struct ice_ctx *c, struct ring_cqe *cqe)
-{
-	const void *e;
-	int err;
-
-	for (;;) {
-		e = ring_peek(&c->seg.cq, &err);
-		if (err)
-			return err;
-		if (e)
-			break;
-		if (ring_wait_ready(&c->seg.cq, c->spin_ns, CQ_SLICE_NS) == 0)
-			continue;
-		err = daemon_gone(c);
-		if (err)
-			return err;
-	}
-	memcpy(cqe, e, sizeof(*cqe));
-	ring_consume(&c->seg.cq);
-	return 0;
 }
 
 int shim_raw_batch(struct ice_ctx *c, const struct ring_sqe *sqes, size_t n,

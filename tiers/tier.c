@@ -176,7 +176,8 @@ static int tier_check_ios(struct tier *t, struct tier_io *ios, unsigned n)
 	return first;
 }
 
-int tier_read(struct tier *t, struct tier_io *ios, unsigned n)
+/* Checks the batch, runs it through the tier's op, accounts it (latency, bytes, errors). */
+static int tier_batch(struct tier *t, struct tier_io *ios, unsigned n, int write)
 {
 	uint64_t t0 = clock_now_ns();
 	int r;
@@ -186,24 +187,19 @@ int tier_read(struct tier *t, struct tier_io *ios, unsigned n)
 	r = tier_check_ios(t, ios, n);
 	if (r < 0)
 		return r;
-	r = t->ops->read(t, ios, n);
-	tier_account(t, ios, n, 0, t0);
+	r = write ? t->ops->write(t, ios, n) : t->ops->read(t, ios, n);
+	tier_account(t, ios, n, write, t0);
 	return r;
+}
+
+int tier_read(struct tier *t, struct tier_io *ios, unsigned n)
+{
+	return tier_batch(t, ios, n, 0);
 }
 
 int tier_write(struct tier *t, struct tier_io *ios, unsigned n)
 {
-	uint64_t t0 = clock_now_ns();
-	int r;
-
-	if (n == 0)
-		return 0;
-	r = tier_check_ios(t, ios, n);
-	if (r < 0)
-		return r;
-	r = t->ops->write(t, ios, n);
-	tier_account(t, ios, n, 1, t0);
-	return r;
+	return tier_batch(t, ios, n, 1);
 }
 
 void *tier_slot_addr(struct tier *t, uint64_t slot)
