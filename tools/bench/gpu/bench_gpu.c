@@ -58,6 +58,28 @@ static uint64_t mix64(uint64_t z)
 	return z ^ (z >> 31);
 }
 
+/*
+ * The page the i-th entry of layer l's table reads at token tok: sink first, window last,
+ * retrieved pages drawn from the middle of the context; and the host pool slot that page lives
+ * in (hashed, so the gather sees scattered addresses). Shared by the gather and the HBM-tier
+ * runs so both move the same pages.
+ */
+static uint32_t bench_page(uint64_t tok, uint32_t l, uint32_t i, uint32_t ppt, uint32_t ctx_pages)
+{
+	uint32_t k = i % ppt;
+
+	if (k == 0)
+		return 0;
+	if (k == ppt - 1)
+		return ctx_pages - 1;
+	return 1 + (uint32_t)(mix64(tok + (uint64_t)l * 7919 + i) % (ctx_pages - 2));
+}
+
+static uint64_t bench_slot(uint32_t l, uint32_t h, uint32_t page, uint64_t pool_pages)
+{
+	return mix64(((uint64_t)l << 48) ^ ((uint64_t)h << 32) ^ page) % pool_pages;
+}
+
 static int cmp_dbl(const void *a, const void *b)
 {
 	double x = *(const double *)a, y = *(const double *)b;
@@ -473,19 +495,10 @@ static int bench_gpu_main(int argc, char **argv)
 
 			for (l = 0; l < o.layers; l++) {
 				for (i = 0; i < npl; i++) {
-					uint32_t h = i / ppt, k = i % ppt, page;
-					uint64_t where;
+					uint32_t h = i / ppt;
+					uint64_t where = bench_slot(l, h, bench_page(tok, l, i, ppt, ctx_pages),
+								    pool_pages);
 
-					/* sink, window, then pages drawn from the middle of the context */
-					if (k == 0)
-						page = 0;
-					else if (k == ppt - 1)
-						page = ctx_pages - 1;
-					else
-						page = 1 + (uint32_t)(mix64(tok + (uint64_t)l * 7919 + i) %
-								      (ctx_pages - 2));
-					where = mix64(((uint64_t)l << 48) ^ ((uint64_t)h << 32) ^ page) %
-						pool_pages;
 					hc[(size_t)l * npl + i].src = hpool_dev + where * slot_bytes;
 					hc[(size_t)l * npl + i].dst =
 						(uint64_t)(uintptr_t)dslots + ((size_t)l * npl + i) * slot_bytes;
@@ -629,18 +642,10 @@ static int bench_gpu_main(int argc, char **argv)
 
 				for (l = 0; l < o.layers; l++) {
 					for (i = 0; i < npl; i++) {
-						uint32_t h = i / ppt, k = i % ppt, page;
-						uint64_t where;
+						uint32_t h = i / ppt, k = i % ppt;
+						uint32_t page = bench_page(tok, l, i, ppt, ctx_pages);
+						uint64_t where = bench_slot(l, h, page, pool_pages);
 
-						if (k == 0)
-							page = 0;
-						else if (k == ppt - 1)
-							page = ctx_pages - 1;
-						else
-							page = 1 + (uint32_t)(mix64(tok + (uint64_t)l * 7919 + i) %
-									      (ctx_pages - 2));
-						where = mix64(((uint64_t)l << 48) ^ ((uint64_t)h << 32) ^ page) %
-							pool_pages;
 						reqs[i].key.seq = 1 + c;
 						reqs[i].key.layer = l;
 						reqs[i].key.head = h;
