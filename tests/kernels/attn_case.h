@@ -44,17 +44,7 @@ static inline float case_unif(uint64_t *s)
 
 static inline void case_store(void *buf, enum kern_dtype dt, size_t i, float v, float *ret_rounded)
 {
-	switch (dt) {
-	case KERN_F32:
-		((float *)buf)[i] = v;
-		break;
-	case KERN_F16:
-		((uint16_t *)buf)[i] = kern_f32_to_f16(v);
-		break;
-	case KERN_BF16:
-		((uint16_t *)buf)[i] = kern_f32_to_bf16(v);
-		break;
-	}
+	kern_convert((char *)buf + i * kern_dtype_size(dt), dt, &v, KERN_F32, 1);
 	*ret_rounded = kern_load_f32(buf, dt, i);
 }
 
