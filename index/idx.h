@@ -102,6 +102,12 @@ struct idx_search_opts {
 	uint32_t beam;       /* pages re-scored per query; 0 = the index default */
 	uint32_t cells;      /* level-1 cells scanned in full per query; 0 = the index default */
 	uint32_t flags;      /* IDX_SEARCH_* */
+	/* NULL, or g finite per-query offsets: a group's rankings are then merged by
+	 * score - bias[j] (best first, distinct pages, a page taking its best query) instead of
+	 * round-robin. With bias[j] = sqrt(d) * logsumexp(q_j.k / sqrt(d)) over tokens the query
+	 * attends anyway, a page ranks by the softmax weight it would add to the query that wants
+	 * it most, so a query whose attention already sits in those tokens yields its turn. */
+	const float *bias;
 };
 /* Score every page (same result as idx_exact_search; for tests and unlimited beams). */
 #define IDX_SEARCH_ALL 1u
@@ -122,10 +128,11 @@ size_t idx_search_ws_size(const struct idx *ix, uint32_t g, uint32_t k);
 /*
  * Top-k pages for a group of g (1..IDX_MAX_GROUP) queries q[g][dim] (fp32): the best distinct
  * pages ranked by their best token score q.k; for g > 1 the per-query rankings are merged
- * round-robin. Ranks every page by its 4-bit sketch, re-scores the best `beam` pages per query
+ * round-robin, or by offset score when opts->bias is set. Ranks every page by its 4-bit sketch, re-scores the best `beam` pages per query
  * exactly (the beam is never below k), and with cells > 0 also scans the best level-1 cells by
  * seed score. Returns the number of hits written to ret_hits[0..k) (min(k, npages)); -EINVAL on
- * bad arguments (NULL, g or k out of range, non-finite q), -ENOSPC if ws_size is too small.
+ * bad arguments (NULL, g or k out of range, non-finite q or bias), -ENOSPC if ws_size is too
+ * small.
  * Never allocates, never writes to the index.
  */
 int idx_search(const struct idx *ix, const float *q, uint32_t g, uint32_t k,

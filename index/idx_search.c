@@ -3,7 +3,8 @@
  * bytes of the keys); the best `beam` pages per query are then scored exactly from their fp32
  * blocks, and the best k by exact score are returned. Optionally (cells > 0) the best level-1
  * cells by seed score are scanned in full as well. A GQA group shares every block load; its
- * per-query rankings are merged round-robin. Nothing here allocates or writes to the index.
+ * per-query rankings are merged round-robin, or by offset score (opts->bias). Nothing here
+ * allocates or writes to the index.
  */
 #include <errno.h>
 #include <math.h>
@@ -69,6 +70,7 @@ struct search {
 	uint32_t g;
 	float *tmp;
 	int dedupe;            /* a page may be offered twice (cells and sketch candidates) */
+	const float *bias;     /* NULL: merge a group round-robin; else by score - bias[i] */
 	struct topk heap[IDX_MAX_GROUP];
 };
 
@@ -166,6 +168,7 @@ static int search_init(struct search *s, const struct idx *ix, const float *q, u
 	s->q = q;
 	s->g = g;
 	s->dedupe = 0;
+	s->bias = NULL;
 	s->tmp = (float *)(base + w->tmp);
 	for (i = 0; i < g; i++) {
 		s->heap[i].score = (float *)(base + w->hscore) + (size_t)i * k;
@@ -189,6 +192,8 @@ static int search_finish(struct search *s, uint32_t k, struct idx_hit *hits)
 			hits[i].page = s->heap[0].page[i];
 			hits[i].score = s->heap[0].score[i];
 		}
+	} else if (s->bias) {
+		n = topk_merge_biased(s->heap, s->g, k, s->bias, hits);
 	} else {
 		n = topk_merge(s->heap, s->g, k, hits);
 	}
@@ -343,9 +348,14 @@ int idx_search(const struct idx *ix, const float *q, uint32_t g, uint32_t k,
 
 	if (rc < 0)
 		return rc;
+	if (opts && opts->bias)
+		for (i = 0; i < g; i++)
+			if (!isfinite(opts->bias[i]))
+				return -EINVAL;
 	rc = search_init(&s, ix, q, g, k, ws, ws_size, &w, &base);
 	if (rc < 0)
 		return rc;
+	s.bias = opts ? opts->bias : NULL;
 	beam = opts && opts->beam ? opts->beam : idx_default_beam(ix, k);
 	/* nothing to gain from the sketch when the beam would take (nearly) every page */
 	if ((opts && (opts->flags & IDX_SEARCH_ALL)) || !ix->sk_ready || ix->lvl[1].n == 0 ||

@@ -123,4 +123,45 @@ static inline uint32_t topk_merge(struct topk *lists, uint32_t g, uint32_t k,
 	return nh;
 }
 
+/*
+ * Merges g best-first lists into the k distinct pages with the highest score - bias[i], a page
+ * listed by several queries counting its best. Exact for the union of the lists: a page outside
+ * query i's top-k has k pages above it for that query alone. Selection by repeated scans over
+ * g * k entries, fine for the budgets a decode step asks (k of a few dozen).
+ */
+static inline uint32_t topk_merge_biased(struct topk *lists, uint32_t g, uint32_t k,
+					 const float *bias, struct idx_hit *hits)
+{
+	uint32_t nh = 0, i, r, j;
+
+	while (nh < k) {
+		float best = -__builtin_inff(), raw = 0;
+		uint32_t bp = UINT32_MAX;
+
+		for (i = 0; i < g; i++)
+			for (r = 0; r < lists[i].n; r++) {
+				uint32_t p = lists[i].page[r];
+				float a = lists[i].score[r] - bias[i];
+
+				/* lists are best first: later entries of this list score lower */
+				if (a < best || (a == best && p > bp))
+					break;
+				for (j = 0; j < nh; j++)
+					if (hits[j].page == p)
+						break;
+				if (j < nh)
+					continue;
+				best = a, bp = p, raw = lists[i].score[r];
+				break;
+			}
+		if (bp == UINT32_MAX)
+			break;
+		hits[nh].page = bp;
+		hits[nh].score = raw;
+		hits[nh].fill = 0;
+		nh++;
+	}
+	return nh;
+}
+
 #endif

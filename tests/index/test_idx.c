@@ -416,6 +416,98 @@ START_TEST(unlimited_beam_equals_brute_force)
 }
 END_TEST
 
+/*
+ * A group merged by offset score (opts.bias) against brute force: every page scores
+ * max_j(best q_j.k - bias[j]) in double, the k best in order. Offsets are drawn so that each
+ * query wins some pages; a non-finite offset is refused.
+ */
+START_TEST(biased_group_merge_equals_brute_force)
+{
+	const uint32_t dim = 64, k = 12, g = 4;
+	const size_t n = 6000;
+	float *keys = gen_keys(dim, n, 8), *q = malloc(g * dim * sizeof(float)), bias[4];
+	struct synth_params sp;
+	struct idx *ix = new_idx(dim, 0.01f, 64, 2);
+	struct idx_hit a[12];
+	struct idx_search_opts all = { .flags = IDX_SEARCH_ALL, .bias = bias };
+	uint32_t trial, i, j, t, pg, np, pos[IDX_PAGE_CAP], fill, won[4] = { 0 };
+	double *adj, *best;
+	size_t ws_size;
+	void *ws;
+
+	ck_assert_int_eq(idx_build(ix, keys, n, IDX_F32), 0);
+	np = (uint32_t)idx_npages(ix);
+	adj = malloc(np * sizeof(double));
+	best = malloc((size_t)np * g * sizeof(double));
+	synth_params_default(&sp, dim);
+	sp.seed = 8;
+	sp.nclusters = 32;
+	ws_size = idx_search_ws_size(ix, g, k);
+	ws = malloc(ws_size);
+	for (trial = 0; trial < 8; trial++) {
+		sp.qseed = 300 + trial;
+		ck_assert_int_eq(synth_queries(&sp, keys, n, 1, g, q, NULL), 0);
+		for (pg = 0; pg < np; pg++) {
+			ck_assert_int_eq(idx_page_tokens(ix, pg, pos, &fill, NULL), 0);
+			for (j = 0; j < g; j++) {
+				double m = -1e300;
+
+				for (t = 0; t < fill; t++) {
+					double x = 0;
+
+					for (i = 0; i < dim; i++)
+						x += (double)q[j * dim + i] * keys[(size_t)pos[t] * dim + i];
+					m = x > m ? x : m;
+				}
+				best[(size_t)pg * g + j] = m;
+			}
+		}
+		/* offset each query by its own best page score, shifted by a trial-dependent amount */
+		for (j = 0; j < g; j++) {
+			double m = -1e300;
+
+			for (pg = 0; pg < np; pg++)
+				m = best[(size_t)pg * g + j] > m ? best[(size_t)pg * g + j] : m;
+			bias[j] = (float)(m + 0.5 * ((trial + j) % 3) + 0.01 * j); /* no exact ties */
+		}
+		for (pg = 0; pg < np; pg++) {
+			adj[pg] = -1e300;
+			for (j = 0; j < g; j++)
+				if (best[(size_t)pg * g + j] - bias[j] > adj[pg])
+					adj[pg] = best[(size_t)pg * g + j] - bias[j];
+		}
+		ck_assert_int_eq(idx_search(ix, q, g, k, &all, ws, ws_size, a), (int)k);
+		for (i = 0; i < k; i++) {
+			uint32_t above = 0;
+
+			/* a[i] is the page the reference ranks i-th, up to float rounding */
+			for (pg = 0; pg < np; pg++)
+				above += adj[pg] > adj[a[i].page] + 1e-3;
+			ck_assert_uint_eq(above, i);
+			if (i)
+				ck_assert(adj[a[i].page] <= adj[a[i - 1].page] + 1e-3);
+			for (j = 0; j < g; j++)
+				if (fabs(best[(size_t)a[i].page * g + j] - bias[j] - adj[a[i].page]) < 1e-3) {
+					won[j]++;
+					ck_assert(fabs(a[i].score - best[(size_t)a[i].page * g + j]) <
+						  1e-3 * (fabs(a[i].score) + 1));
+					break;
+				}
+		}
+	}
+	for (j = 0; j < g; j++)
+		ck_assert_uint_gt(won[j], 0);
+	bias[2] = NAN;
+	ck_assert_int_eq(idx_search(ix, q, g, k, &all, ws, ws_size, a), -EINVAL);
+	free(ws);
+	free(adj);
+	free(best);
+	idx_free(ix);
+	free(keys);
+	free(q);
+}
+END_TEST
+
 /* Needles planted among synthetic keys are found at budgets 64, 128, 256 (k = 4, 8, 16). */
 START_TEST(planted_needles_found_at_every_budget)
 {
@@ -840,6 +932,7 @@ static Suite *idx_suite(void)
 	tcase_add_loop_test(tc, insert_bounds_cells, 0, 2);
 	tcase_add_test(tc, lifting_preserves_mips_order);
 	tcase_add_test(tc, unlimited_beam_equals_brute_force);
+	tcase_add_test(tc, biased_group_merge_equals_brute_force);
 	tcase_add_test(tc, planted_needles_found_at_every_budget);
 	tcase_add_test(tc, insert_only_index_searches_through_its_sketch);
 	tcase_add_test(tc, simd_paths_agree);
