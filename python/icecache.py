@@ -163,6 +163,9 @@ class Context:
         _check(_load().ice_append(self._h, seq, layer, n, kp, vp))
 
     def select(self, seq, layer, q):
+        """Page table for one decode step of one layer. q: [q_heads][head_dim] float32, the
+        queries before the 1/sqrt(head_dim) softmax scale (the engine applies it when it shares
+        a KV head's pages among its query heads)."""
         lib = _load()
         cap = _check(lib.ice_select_cap(self._h, seq, layer))
         out = (PageRef * max(cap, 1))()

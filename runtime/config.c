@@ -1,4 +1,5 @@
 #include "config.h"
+#include "engine.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -37,6 +38,7 @@ static const struct cfg_item cfg_items[] = {
 	  "NVMe tier file or block device (empty: no NVMe tier)" },
 	U64(nvme_bytes, 1ull << 20, 1ull << 44, "NVMe tier capacity in bytes"),
 	U64(exact_search, 0, 1, "1: score every page exactly (reference); 0: DCI-tree search"),
+	U64(group_merge, 0, 1, "1: a GQA group's queries share pages by the weight each adds beside its sink and window; 0: round-robin"),
 	U64(allow_uid, 0, UINT64_MAX, "one more uid allowed to connect (18446744073709551615: none)"),
 	U64(drain_ms, 0, 600000, "on SIGTERM, time clients get to finish queued requests"),
 };
@@ -61,6 +63,7 @@ void config_defaults(struct rt_config *c)
 	c->nvme_bytes = 1ull << 30;
 	c->allow_uid = UINT64_MAX;
 	c->drain_ms = 2000;
+	c->group_merge = 1;
 }
 
 static const struct cfg_item *find_item(const char *name, size_t len)
@@ -217,4 +220,19 @@ int config_default_socket(char *buf, size_t cap)
 	if (n < 0 || (size_t)n >= cap || (size_t)n >= 108)
 		return -ENAMETOOLONG;
 	return 0;
+}
+
+void config_engine_opts(const struct rt_config *c, struct engine_opts *o)
+{
+	*o = (struct engine_opts){
+		.dram_bytes = c->dram_bytes,
+		.slot_bytes = c->slot_bytes,
+		.host_bytes = c->host_bytes,
+		.nvme_path = c->nvme_path,
+		.nvme_bytes = c->nvme_bytes,
+		.max_seqs = (uint32_t)c->max_seqs,
+		.exact_search = (int)c->exact_search,
+		.owner_max_seqs = (uint32_t)c->client_max_seqs,
+		.group_merge = (int)c->group_merge,
+	};
 }

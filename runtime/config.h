@@ -25,6 +25,7 @@ struct rt_config {
 	char nvme_path[108];    /* "" = no NVMe tier */
 	uint64_t nvme_bytes;    /* NVMe tier capacity */
 	uint64_t exact_search;  /* 1: score every page (reference); 0: DCI-tree search */
+	uint64_t group_merge;   /* 1: GQA group pages by weight next to sink+window; 0: round-robin */
 	uint64_t allow_uid;     /* besides the daemon's own uid (and root): one more uid, or -1 */
 	uint64_t drain_ms;      /* SIGTERM: how long clients get to finish queued work */
 };
@@ -41,5 +42,10 @@ int config_print(const struct rt_config *c, char *buf, size_t cap);
 
 /* The default socket path for this user (creates nothing). */
 int config_default_socket(char *buf, size_t cap);
+
+struct engine_opts;
+/* The engine options a configuration names (o->nvme_path points into c: engine_new reads it
+ * only while it runs). */
+void config_engine_opts(const struct rt_config *c, struct engine_opts *o);
 
 #endif

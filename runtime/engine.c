@@ -10,11 +10,18 @@
  * page's stored rows (read back when the page already existed). Select searches the index (the
  * GQA group together) and reports where each page can be read now; fetch reads pages through the
  * store, checksums verified.
+ *
+ * A group's queries compete for the retrieved pages by the softmax weight a page would add next
+ * to what the query attends anyway (its sink and window): a query whose attention already sits
+ * there (most heads, most steps) yields its pages to one that looks far back (a retrieval head).
+ * Round-robin instead gives every query the same share, so with fewer pages than queries the
+ * last queries of a group get none (group_merge = 0 keeps that, for comparisons).
  */
 #include "engine.h"
 
 #include <errno.h>
 #include <float.h>
+#include <math.h>
 #include <pthread.h>
 #include <stdbool.h>
 #include <stdio.h>
@@ -724,6 +731,63 @@ void engine_ws_done(struct engine_ws *ws)
 	ws->cap = 0;
 }
 
+static float row_dot(const unsigned char *row, uint32_t dtype, const float *q, uint32_t d)
+{
+	float acc = 0;
+	uint32_t i;
+
+	if (dtype == ICE_DTYPE_F32) {
+		const float *r = (const float *)(const void *)row;
+
+		for (i = 0; i < d; i++)
+			acc += r[i] * q[i];
+	} else {
+		const uint16_t *r = (const uint16_t *)(const void *)row;
+
+		for (i = 0; i < d; i++)
+			acc += (dtype == ICE_DTYPE_BF16 ? idx_bf16_to_f32(r[i]) :
+				idx_f16_to_f32(r[i])) * q[i];
+	}
+	return acc;
+}
+
+/*
+ * bias[j] = sqrt(d) * logsumexp(q_j.k / sqrt(d)) over head st's sink and window tokens: a page
+ * whose best score is b adds weight exp((b - bias[j]) / sqrt(d)) relative to them. Returns
+ * false when the head has no such tokens yet (nothing to calibrate against).
+ */
+static bool group_bias(const struct seq *s, const struct head_state *st, uint32_t layer,
+		       const float *qg, float *bias)
+{
+	uint32_t d = s->p.shape.head_dim, dt = s->p.shape.dtype, ns = s->sink_n[layer];
+	uint32_t n = ns + st->win_n, j, t;
+	float sc = 1.0f / sqrtf((float)d);
+
+	if (!n)
+		return false;
+	for (j = 0; j < s->g; j++) {
+		const float *q = qg + (size_t)j * d;
+		float m = -INFINITY, sum = 0;
+
+		/* two passes over at most S + Wcap rows: the max, then the sum */
+		for (t = 0; t < n; t++) {
+			const unsigned char *r = t < ns ? st->sink_k + (size_t)t * s->row :
+				st->win_k + (size_t)((st->win_start + t - ns) % s->Wcap) * s->row;
+			float x = row_dot(r, dt, q, d) * sc;
+
+			m = x > m ? x : m;
+		}
+		for (t = 0; t < n; t++) {
+			const unsigned char *r = t < ns ? st->sink_k + (size_t)t * s->row :
+				st->win_k + (size_t)((st->win_start + t - ns) % s->Wcap) * s->row;
+
+			sum += expf(row_dot(r, dt, q, d) * sc - m);
+		}
+		bias[j] = (m + logf(sum)) / sc;
+	}
+	return true;
+}
+
 /* Where a page can be read now: the fastest tier holding it, and its slot there. */
 static void page_where(struct engine *e, const struct store_key *key, struct ice_page_ref *r)
 {
@@ -808,11 +872,13 @@ int engine_select(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer,
 		} else if ((k = ret_pages(s, layer, h))) {
 			struct idx_search_opts so = { 0 };
 			const float *qg = q + (size_t)h * g * d;
+			float bias[IDX_MAX_GROUP];
 
 			if (e->o.exact_search)
-				got = idx_exact_search(st->ix, qg, g, k, iws, need, hits);
-			else
-				got = idx_search(st->ix, qg, g, k, &so, iws, need, hits);
+				so.flags = IDX_SEARCH_ALL; /* every page scored: idx_exact_search's result */
+			if (g > 1 && e->o.group_merge && group_bias(s, st, layer, qg, bias))
+				so.bias = bias;
+			got = idx_search(st->ix, qg, g, k, &so, iws, need, hits);
 			if (got < 0)
 				return got;
 			for (i = 0; i < (uint32_t)got; i++) {

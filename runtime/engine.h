@@ -29,6 +29,7 @@ struct engine_opts {
 	uint32_t max_seqs;
 	int exact_search;      /* 1: every page scored (reference); 0: DCI-tree search */
 	uint32_t owner_max_seqs; /* per owner (client); 0 = no limit below max_seqs */
+	int group_merge;       /* 1: a GQA group's pages by weight beside its sink+window; 0: round-robin */
 };
 
 struct engine_params {

@@ -414,14 +414,13 @@ static void mark_dead(struct client *c)
 
 int server_new(const struct rt_config *cfg, struct server **ret_srv)
 {
-	struct engine_opts eo = { cfg->dram_bytes, cfg->slot_bytes, cfg->host_bytes, cfg->nvme_path,
-				  cfg->nvme_bytes, (uint32_t)cfg->max_seqs, (int)cfg->exact_search,
-				  (uint32_t)cfg->client_max_seqs };
+	struct engine_opts eo;
 	struct epoll_event ev;
 	struct server *srv;
 	sigset_t ss;
 	int err;
 
+	config_engine_opts(cfg, &eo);
 	err = ops_verify();
 	if (err)
 		return err;

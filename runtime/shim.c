@@ -202,9 +202,7 @@ int ice_open_embedded(const char *config, struct ice_ctx **ret_ctx)
 		if (err)
 			goto out_free;
 	}
-	eo = (struct engine_opts){ c->cfg.dram_bytes, c->cfg.slot_bytes, c->cfg.host_bytes,
-		c->cfg.nvme_path, c->cfg.nvme_bytes, (uint32_t)c->cfg.max_seqs,
-		(int)c->cfg.exact_search, (uint32_t)c->cfg.client_max_seqs };
+	config_engine_opts(&c->cfg, &eo);
 	err = engine_new(&eo, &c->eng);
 	if (err)
 		goto out_free;

@@ -138,10 +138,16 @@ int ice_append(struct ice_ctx *ctx, uint32_t seq, uint32_t layer, uint32_t n, co
 	       const void *v);
 
 /*
- * Selects the pages one decoding step attends for one layer: q is [q_heads][head_dim] float32.
- * Writes at most cap refs into out, grouped by KV head in ascending order; within a head: sink
- * pages, then retrieved pages best first, then window pages (oldest first). Returns the number
- * written; -ENOSPC when cap is too small for the budget (ice_select_cap tells the size).
+ * Selects the pages one decoding step attends for one layer: q is [q_heads][head_dim] float32,
+ * the queries as the model computes them (after RoPE, before the 1/sqrt(head_dim) softmax
+ * scale, which the engine applies itself). The query heads of a KV head share its retrieved
+ * pages: by default (config group_merge = 1) a page goes to the query it would add the most
+ * softmax weight to beside that query's sink and window tokens, so heads that look far back
+ * get the pages that heads attending locally do not need; group_merge = 0 shares them
+ * round-robin. Writes at most cap refs into out, grouped by KV head in ascending order; within
+ * a head: sink pages, then retrieved pages best first, then window pages (oldest first).
+ * Returns the number written; -ENOSPC when cap is too small for the budget (ice_select_cap
+ * tells the size).
  */
 int ice_select(struct ice_ctx *ctx, uint32_t seq, uint32_t layer, const float *q,
 	       struct ice_page_ref *out, size_t cap);

@@ -14,6 +14,7 @@ struct rt_scn {
 	struct ice_budget budget;
 	uint32_t ntok;
 	uint64_t seed;
+	int group_merge;	/* the engine's group_merge (default 1) */
 };
 
 static inline void rt_scn_default(struct rt_scn *s, uint64_t seed, uint32_t ntok)
@@ -22,6 +23,7 @@ static inline void rt_scn_default(struct rt_scn *s, uint64_t seed, uint32_t ntok
 	s->budget = (struct ice_budget){ 16, 32, 64, 1 };
 	s->ntok = ntok;
 	s->seed = seed;
+	s->group_merge = 1;
 }
 
 static inline uint64_t rt_fnv(uint64_t h, const void *p, size_t n)
@@ -110,8 +112,9 @@ static inline uint64_t rt_scenario(struct ice_ctx *c, const struct rt_scn *s)
 		}
 		for (h = 0; h < hkv; h++) {
 			struct rt_page all[1024];
-			uint32_t np = 0, want[1024], nwant, nret = 0, j, kind = 0;
-			float *allbuf = malloc(pb * 1024);
+			uint32_t np = 0, want[1024], nwant, nret = 0, j, kind = 0, nsw;
+			float *allbuf = malloc(pb * 1024), *swk = malloc(pb * 512);
+			double bias[16];
 
 			/* Every indexed page of this head, by probing ids until one is refused. */
 			memset(seen, 0, s->ntok);
@@ -135,8 +138,22 @@ static inline uint64_t rt_scenario(struct ice_ctx *c, const struct rt_scn *s)
 				np++;
 				ck_assert_uint_lt(np, 1024);
 			}
+			/* The keys this head attends anyway (sink, window) calibrate the group. */
+			nsw = 0;
+			for (j = 0; j < (uint32_t)got; j++) {
+				if (refs[j].kv_head != h || refs[j].kind == ICE_PAGE_RETRIEVED)
+					continue;
+				ck_assert_int_eq(ice_fetch(c, seq, layer, &refs[j], 1, buf, pb), 0);
+				rt_check_rows(s, lseed, h, buf, refs[j].fill, NULL);
+				memcpy(swk + (size_t)nsw * d, buf, (size_t)refs[j].fill * d * 4);
+				nsw += refs[j].fill;
+			}
+			if (g > 1 && nsw && s->group_merge)
+				rt_ref_bias(swk, nsw, q + (size_t)h * g * d, g, d, bias);
 			nwant = dense ? np : rt_ref_select(all, np, q + (size_t)h * g * d, g, d,
-							   s->budget.retrieved_tokens / PT, want);
+							   s->budget.retrieved_tokens / PT,
+							   g > 1 && nsw && s->group_merge ? bias : NULL,
+							   want);
 			/* This head's part of the table: sink, retrieved, window, in that order. */
 			for (j = 0; j < (uint32_t)got; j++) {
 				if (refs[j].kv_head != h)
@@ -160,6 +177,7 @@ static inline uint64_t rt_scenario(struct ice_ctx *c, const struct rt_scn *s)
 				ck_assert_msg(seen[pos], "layer %u head %u: position %u missing",
 					      layer, h, pos);
 			free(allbuf);
+			free(swk);
 		}
 		/* A multi-page fetch returns the same bytes as the single ones. */
 		ck_assert_int_eq(ice_fetch(c, seq, layer, refs, (size_t)got < 512 ? (size_t)got : 512,

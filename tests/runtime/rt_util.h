@@ -12,6 +12,7 @@
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
@@ -64,11 +65,13 @@ struct rt_page {
 
 /*
  * Reference selection for one KV head over `np` pages: each of the g query heads ranks the
- * pages by their best token's q.k (ties: lower id first), the rankings merge round-robin
- * into k distinct pages. Writes page ids into out; returns the count.
+ * pages by their best token's q.k (ties: lower id first). With bias NULL the rankings merge
+ * round-robin into k distinct pages; else every page scores max_j(best q_j.k - bias[j]) and the
+ * k best are taken (ties: lower id first). Writes page ids into out; returns the count.
  */
 static inline uint32_t rt_ref_select(const struct rt_page *pg, uint32_t np, const float *q,
-				     uint32_t g, uint32_t d, uint32_t k, uint32_t *out)
+				     uint32_t g, uint32_t d, uint32_t k, const double *bias,
+				     uint32_t *out)
 {
 	double *sc = calloc((size_t)g * np, sizeof(double));
 	uint32_t *rank = calloc((size_t)g * np, sizeof(uint32_t));
@@ -104,6 +107,28 @@ static inline uint32_t rt_ref_select(const struct rt_page *pg, uint32_t np, cons
 	}
 	if (k > np)
 		k = np;
+	if (bias) {
+		for (; n < k; n++) {
+			double best = -1e300;
+			uint32_t bp = 0;
+
+			for (p = 0; p < np; p++) {
+				double a = -1e300;
+
+				if (seen[p])
+					continue;
+				for (j = 0; j < g; j++)
+					if (sc[j * np + p] - bias[j] > a)
+						a = sc[j * np + p] - bias[j];
+				if (a > best || (a == best && pg[p].id < pg[bp].id)) {
+					best = a;
+					bp = p;
+				}
+			}
+			seen[bp] = 1;
+			out[n] = pg[bp].id;
+		}
+	}
 	for (r = 0; r < np && n < k; r++)
 		for (j = 0; j < g && n < k; j++) {
 			p = rank[j * np + r];
@@ -116,6 +141,38 @@ static inline uint32_t rt_ref_select(const struct rt_page *pg, uint32_t np, cons
 	free(rank);
 	free(seen);
 	return n;
+}
+
+/*
+ * The offsets the engine merges a group by (group_merge = 1): bias[j] = sqrt(d) *
+ * logsumexp(q_j.k / sqrt(d)) over the n key rows kr[n][d] the head attends anyway.
+ */
+static inline void rt_ref_bias(const float *kr, uint32_t n, const float *q, uint32_t g,
+			       uint32_t d, double *bias)
+{
+	double sc = 1.0 / sqrt((double)d);
+	uint32_t j, t, i;
+
+	for (j = 0; j < g; j++) {
+		double m = -1e300, sum = 0;
+
+		for (t = 0; t < n; t++) {
+			double x = 0;
+
+			for (i = 0; i < d; i++)
+				x += (double)q[j * d + i] * kr[(size_t)t * d + i];
+			x *= sc;
+			m = x > m ? x : m;
+		}
+		for (t = 0; t < n; t++) {
+			double x = 0;
+
+			for (i = 0; i < d; i++)
+				x += (double)q[j * d + i] * kr[(size_t)t * d + i];
+			sum += exp(x * sc - m);
+		}
+		bias[j] = (m + log(sum)) / sc;
+	}
 }
 
 /* Starts $ICE_BUILD_ROOT/runtime/icecached on dir/icecached.sock; waits (up to 30 s) until it

@@ -184,9 +184,12 @@ START_TEST(embedded_matches_reference)
 		snprintf(cfg, sizeof(cfg), "exact_search = 1\ndram_bytes = 1048576\n"
 			 "nvme_path = %s\nnvme_bytes = 67108864\n", nvme);
 	}
+	if (_i == 4) /* the round-robin group merge, against its own reference */
+		snprintf(cfg, sizeof(cfg), "exact_search = 1\ndram_bytes = 67108864\ngroup_merge = 0\n");
 	ck_assert_int_eq(ice_open_embedded(cfg, &c), 0);
 	ck_assert_int_eq(ice_is_embedded(c), 1);
 	rt_scn_default(&s, 11 + (uint64_t)_i, _i == 0 || _i == 3 ? 777 : (_i == 1 ? 20 : 300));
+	s.group_merge = _i != 4;
 	if (_i == 2) {
 		/* GQA group of 4, no sink, no dense layers, bigger budget than pages. */
 		s.shape = (struct ice_model_shape){ 2, 8, 2, 64, ICE_DTYPE_F32 };
@@ -240,6 +243,73 @@ START_TEST(half_precision_is_stored_exactly_and_ranked_in_f32)
 		found += tok == 37;
 	}
 	ck_assert_uint_eq(found, 1);
+	ice_close(c);
+}
+END_TEST
+
+/*
+ * A GQA group of 3 with one retrieved page per step. Queries 0 and 1 look at dimension 1, where
+ * the sink is loud (their attention sits there) and a cluster of filler tokens is fairly loud
+ * too; query 2 looks at dimension 0, where only a cluster of needle tokens is. Merged by weight
+ * (the default) the page goes to the needle: beside its sink, query 0 gains little from the
+ * filler. Round-robin (group_merge = 0) gives it to query 0, whose best page is filler: the
+ * failure this merge exists to avoid. Exact and DCI-tree search alike.
+ */
+START_TEST(group_gives_its_page_to_the_query_that_gains_most)
+{
+	static const char *const cfgs[] = {
+		"dram_bytes = 4194304", "dram_bytes = 4194304\nexact_search = 1",
+		"dram_bytes = 4194304\ngroup_merge = 0", };
+	struct ice_model_shape sh = { 1, 3, 1, 16, ICE_DTYPE_F32 };
+	struct ice_budget b = { 16, 16, 16, 0 };
+	enum { N = 200, D = 16, NEEDLE = 100, FILLER = 50, CLUSTER = 16 };
+	static float k[N * D], v[N * D], out[2 * 16 * D];
+	struct ice_page_ref r[16];
+	float q[3 * D] = { 0 };
+	struct ice_ctx *c;
+	uint64_t rng = 9;
+	uint32_t seq, i, t, needle = 0, filler = 0, nret = 0;
+	int n;
+
+	for (t = 0; t < N; t++) {
+		for (i = 0; i < D; i++)
+			k[t * D + i] = 0.05f * rt_frand(&rng);
+		v[t * D] = (float)t; /* V rows name their token */
+	}
+	for (t = 0; t < 16; t++)
+		k[t * D + 1] = 4.0f;
+	for (t = 0; t < CLUSTER; t++) {
+		k[(FILLER + t) * D + 1] = 3.0f;
+		k[(NEEDLE + t) * D + 0] = 3.0f;
+	}
+	q[0 * D + 1] = 10.0f;
+	q[1 * D + 1] = 10.0f;
+	q[2 * D + 0] = 5.0f;
+	ck_assert_int_eq(ice_open_embedded(cfgs[_i], &c), 0);
+	ck_assert_int_eq(ice_seq_open(c, &sh, &b, &seq), 0);
+	ck_assert_int_eq(ice_append(c, seq, 0, N, k, v), 0);
+	n = ice_select(c, seq, 0, q, r, 16);
+	ck_assert_int_gt(n, 0);
+	for (i = 0; i < (uint32_t)n; i++) {
+		if (r[i].kind != ICE_PAGE_RETRIEVED)
+			continue;
+		nret++;
+		ck_assert_int_eq(ice_fetch(c, seq, 0, &r[i], 1, out, sizeof(out)), 0);
+		for (t = 0; t < r[i].fill; t++) {
+			uint32_t tok = (uint32_t)out[(16 + t) * D];
+
+			needle += tok >= NEEDLE && tok < NEEDLE + CLUSTER;
+			filler += tok >= FILLER && tok < FILLER + CLUSTER;
+		}
+	}
+	ck_assert_uint_eq(nret, 1);
+	if (_i < 2) {
+		ck_assert_uint_gt(needle, 0);
+		ck_assert_uint_eq(filler, 0);
+	} else {
+		ck_assert_uint_gt(filler, 0);
+		ck_assert_uint_eq(needle, 0);
+	}
 	ice_close(c);
 }
 END_TEST
@@ -497,9 +567,10 @@ static Suite *rt_suite(void)
 	suite_add_tcase(s, t);
 	t = tcase_create("engine");
 	tcase_set_timeout(t, 120);
-	tcase_add_loop_test(t, embedded_matches_reference, 0, 4);
+	tcase_add_loop_test(t, embedded_matches_reference, 0, 5);
 	tcase_add_loop_test(t, half_precision_is_stored_exactly_and_ranked_in_f32, 0, 2);
 	tcase_add_test(t, dci_search_agrees_with_exact_search);
+	tcase_add_loop_test(t, group_gives_its_page_to_the_query_that_gains_most, 0, 3);
 	tcase_add_test(t, bad_arguments_get_errors);
 	tcase_add_test(t, full_dram_tier_is_an_error_not_a_crash);
 	tcase_add_test(t, embedded_random_entries_get_errors);
