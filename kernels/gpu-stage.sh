@@ -12,9 +12,12 @@ BUILD=${BUILD:-build}
 cd "$here"
 rm -rf "$DEST"
 mkdir -p "$DEST/devbin/lib"
-tar --exclude="./$BUILD" --exclude='./build*' --exclude=./.git --exclude=./gpu-out -cf - . |
-	tar -C "$DEST" -xf -
-for f in tests/kernels/test_kern_gpu tests/kernels/test_hbm_gpu tools/bench/icebench; do
+# the sources as git sees them (tracked and untracked-not-ignored): no build dirs, no staging
+git ls-files -z --cached --others --exclude-standard | tar --null -T - -cf - | tar -C "$DEST" -xf -
+# BINS: the programs to stage (default: the GPU tests and icebench); tools/icerun/icerun for a
+# real-model grid on the device's CPUs (docs/BENCHMARKS.md, run D).
+BINS=${BINS:-"tests/kernels/test_kern_gpu tests/kernels/test_hbm_gpu tools/bench/icebench"}
+for f in $BINS; do
 	cp "$BUILD/$f" "$DEST/devbin/"
 	# Everything but the C runtime, which the device has.
 	ldd "$BUILD/$f" | awk '$3 ~ /^\// {print $3}' |

@@ -27,7 +27,7 @@
 		    "trained by Hugging Face<|im_end|>\n"
 #define MAX_LIST 16
 #define MAX_GEN 8
-#define NKEYS 4
+#define NKEYS 4 /* most multikey needles (--mk-keys) */
 
 int eval_chat_prompt(const char *user, bool chat, char **ret)
 {
@@ -115,11 +115,11 @@ struct opts {
 	int lengths[MAX_LIST], nlengths;
 	int budgets[MAX_LIST], nbudgets;
 	int methods[MAX_LIST], nmethods;	/* enum sel_kind, full first */
-	int depths, mk_depths, dense, threads;
+	int depths, mk_depths, mk_keys, dense, threads;
 	bool tasks[2], fillers[2];
 	bool json, verbose;
 	int shard, nshards;
-	const char *model, *austen, *socket;
+	const char *model, *austen, *socket, *engine;
 	unsigned seed;
 };
 
@@ -253,7 +253,7 @@ static int build_case(struct run *r, int task, int filler, int length, int depth
 	const struct ids *src = filler == FILL_AUSTEN ? &r->austen : &r->repeat;
 	struct ids head = { 0 }, ndl[NKEYS] = { { 0 } };
 	char keys[NKEYS][8], text[256];
-	int nneedle = task == TASK_MULTIKEY ? NKEYS : 1, ask = 0, nf, i, at[NKEYS], pos, err;
+	int nneedle = task == TASK_MULTIKEY ? r->o.mk_keys : 1, ask = 0, nf, i, at[NKEYS], pos, err;
 	double depth = ndepth > 1 ? (double)depth_i / (ndepth - 1) : 0.5;
 
 	for (i = 0; i < nneedle; i++)
@@ -268,20 +268,21 @@ static int build_case(struct run *r, int task, int filler, int length, int depth
 		err = err ? err : ids_push_text(r->t, tail, "\n\nWhat is the pass key?<|im_end|>\n"
 						"<|im_start|>assistant\nThe pass key is", true);
 	} else {
-		ask = depth_i % NKEYS;
-		/* RULER's multi-key needle phrasing: "special magic number for <name>" */
-		err = ids_push_text(r->t, &head, CHAT_SYSTEM "<|im_start|>user\nSome special magic "
-				    "numbers are hidden within the following text. Make sure to "
-				    "memorize them. I will quiz you about the numbers afterwards.\n\n",
+		ask = depth_i % nneedle;
+		/* RULER's multi-key needle (several keys, one asked for), in the passkey task's
+		 * wording: RULER's "special magic number for <name>" phrasing was beyond this 135M
+		 * model even with full attention (0-75%, docs/BENCHMARKS.md run A) */
+		err = ids_push_text(r->t, &head, CHAT_SYSTEM "<|im_start|>user\nThere are important "
+				    "pass keys hidden inside a lot of irrelevant text, each with a name. "
+				    "Find them and memorize them. I will quiz you about one of them.\n\n",
 				    true);
 		for (i = 0; i < nneedle && !err; i++) {
-			snprintf(text, sizeof(text), "\nOne of the special magic numbers for %s is: "
-				 "%s.\n", key_names[i], keys[i]);
+			snprintf(text, sizeof(text), "\nThe pass key for %s is %s. Remember it. %s is "
+				 "the pass key for %s.\n", key_names[i], keys[i], keys[i], key_names[i]);
 			err = ids_push_text(r->t, &ndl[i], text, false);
 		}
-		snprintf(text, sizeof(text), "\n\nWhat is the special magic number for %s mentioned "
-			 "in the provided text?<|im_end|>\n<|im_start|>assistant\nThe special magic "
-			 "number for %s mentioned in the provided text is", key_names[ask],
+		snprintf(text, sizeof(text), "\n\nWhat is the pass key for %s?<|im_end|>\n"
+			 "<|im_start|>assistant\nThe pass key for %s is", key_names[ask],
 			 key_names[ask]);
 		err = err ? err : ids_push_text(r->t, tail, text, true);
 	}
@@ -297,7 +298,7 @@ static int build_case(struct run *r, int task, int filler, int length, int depth
 	/* multikey: the needles spread over the haystack, shifted by the depth */
 	for (i = 0; i < nneedle; i++) {
 		double d = task == TASK_PASSKEY ? depth :
-			   fmod(depth * 0.25 + (double)i / NKEYS, 1.0);
+			   fmod(depth / nneedle + (double)i / nneedle, 1.0);
 
 		at[i] = snap(r, src->v, nf, (int)(d * nf));
 	}
@@ -562,8 +563,8 @@ static void print_json(const struct run *r, FILE *f, int argc, char **argv)
 	fprintf(f, ",\"cpus\":%ld,\"threads\":%d},\"time\":\"%s\",\"model\":", sysconf(_SC_NPROCESSORS_ONLN),
 		r->o.threads, when);
 	json_str(f, r->o.model);
-	fprintf(f, ",\"dense_layers\":%d,\"depths\":%d,\"seed\":%u", r->o.dense, r->o.depths,
-		r->o.seed);
+	fprintf(f, ",\"dense_layers\":%d,\"depths\":%d,\"mk_keys\":%d,\"seed\":%u", r->o.dense,
+		r->o.depths, r->o.mk_keys, r->o.seed);
 	fprintf(f, ",\"speed\":{\"prefill_tokens\":%.0f,\"prefill_s\":%.3f,\"prefill_tok_s\":%.2f,"
 		"\"decode_tok_s\":{", r->prefill_tok, r->prefill_s,
 		r->prefill_s > 0 ? r->prefill_tok / r->prefill_s : 0);
@@ -642,10 +643,13 @@ static void usage(FILE *f)
 		"%s)\n"
 		"  --depths N            passkey depths 0%%..100%% (default 10)\n"
 		"  --mk-depths N         multikey cases per length (default 4)\n"
+		"  --mk-keys N           multikey needles per case, 2..4 (default 4), one asked for\n"
 		"  --tasks passkey,multikey   --fillers austen,repeat\n"
 		"  --dense N             leading layers kept dense in every sparse mode (default 2)\n"
 		"  --austen PATH         Austen text (default build/models/austen.txt)\n"
 		"  --socket PATH         icecache mode through this daemon (default: embedded engine)\n"
+		"  --engine K=V,K=V      icecache, embedded: engine settings (see icectl config), e.g.\n"
+		"                        group_merge=0 or exact_search=1\n"
 		"  --quick               lengths 1024,2048, 4 depths, 2 multikey cases\n"
 		"  --shard K/N           run only cases with index %% N == K (merge with eval_report.py)\n"
 		"  --seed N  --json  -v (one line per case on stderr)\n",
@@ -662,11 +666,13 @@ int eval_main(int argc, char **argv)
 		{ "methods", required_argument, NULL, 'M' },
 		{ "depths", required_argument, NULL, 'D' },
 		{ "mk-depths", required_argument, NULL, 'K' },
+		{ "mk-keys", required_argument, NULL, 'k' },
 		{ "tasks", required_argument, NULL, 'T' },
 		{ "fillers", required_argument, NULL, 'F' },
 		{ "dense", required_argument, NULL, 'd' },
 		{ "austen", required_argument, NULL, 'a' },
 		{ "socket", required_argument, NULL, 's' },
+		{ "engine", required_argument, NULL, 'E' },
 		{ "quick", no_argument, NULL, 'q' },
 		{ "seed", required_argument, NULL, 'S' },
 		{ "json", no_argument, NULL, 'j' },
@@ -688,6 +694,7 @@ int eval_main(int argc, char **argv)
 	r->o.nbudgets = parse_list("64,128,256", r->o.budgets, MAX_LIST);
 	r->o.depths = 10;
 	r->o.mk_depths = 4;
+	r->o.mk_keys = 4;
 	r->o.dense = 2;
 	r->o.threads = 2;
 	r->o.seed = 1;
@@ -704,6 +711,7 @@ int eval_main(int argc, char **argv)
 		case 'M': methods = optarg; break;
 		case 'D': r->o.depths = atoi(optarg); break;
 		case 'K': r->o.mk_depths = atoi(optarg); break;
+		case 'k': r->o.mk_keys = atoi(optarg); break;
 		case 'T':
 			r->o.tasks[0] = strstr(optarg, "passkey") != NULL;
 			r->o.tasks[1] = strstr(optarg, "multikey") != NULL;
@@ -715,6 +723,7 @@ int eval_main(int argc, char **argv)
 		case 'd': r->o.dense = atoi(optarg); break;
 		case 'a': r->o.austen = optarg; break;
 		case 's': r->o.socket = optarg; break;
+		case 'E': r->o.engine = optarg; break;
 		case 'q':
 			r->o.nlengths = parse_list("1024,2048", r->o.lengths, MAX_LIST);
 			r->o.depths = 4;
@@ -735,8 +744,9 @@ int eval_main(int argc, char **argv)
 		}
 	}
 	if (r->o.nlengths < 0 || r->o.nbudgets < 0 || r->o.depths < 1 || r->o.depths > 100 ||
-	    r->o.mk_depths < 0 || r->o.mk_depths > 100 || r->o.dense < 0 || r->o.threads < 1 ||
-	    r->o.threads > 256 || optind != argc) {
+	    r->o.mk_depths < 0 || r->o.mk_depths > 100 || r->o.mk_keys < 2 ||
+	    r->o.mk_keys > NKEYS || r->o.dense < 0 || r->o.threads < 1 || r->o.threads > 256 ||
+	    optind != argc) {
 		usage(stderr);
 		return 2;
 	}
@@ -780,6 +790,7 @@ int eval_main(int argc, char **argv)
 			struct sel_cfg sc = {
 				.kind = k, .budget = k == SEL_FULL ? 0 : r->o.budgets[j],
 				.dense = r->o.dense, .cap = r->kv->cap, .socket = r->o.socket,
+				.engine_config = r->o.engine,
 				.lengths = r->o.lengths, .nlengths = r->o.nlengths,
 			};
 

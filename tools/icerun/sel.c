@@ -55,6 +55,7 @@ struct sel {
 	size_t pages_cap;
 	uint16_t *kvbuf;		/* [kv heads][n][d] f16 staging for ice_append */
 	uint16_t *raw;			/* fetched pages as stored (f16) */
+	float *qun;			/* the step's queries without the 1/sqrt(d) scale */
 	size_t raw_cap;
 	size_t kvbuf_cap;
 #endif
@@ -105,6 +106,7 @@ void sel_free(struct sel *s)
 	free(s->pages);
 	free(s->kvbuf);
 	free(s->raw);
+	free(s->qun);
 #endif
 	if (s->ix)
 		for (int i = 0; i < s->L * s->nkv; i++)
@@ -175,9 +177,22 @@ int sel_new(const struct model *m, const struct sel_cfg *cfg, struct sel **ret)
 	}
 #ifdef ICERUN_HAVE_ICECACHE
 	if (cfg->kind == SEL_ICECACHE) {
-		/* default slots are 16 KiB (sized for head dim 128); an f16 page here is 4 KiB */
+		/* an f16 page here is 4 KiB: half of a default (8 KiB) slot would go unused */
+		char conf[512];
+
+		if ((size_t)snprintf(conf, sizeof(conf), "slot_bytes = 4096\n%s\n",
+				     cfg->engine_config ? cfg->engine_config : "") >= sizeof(conf)) {
+			err = -E2BIG;
+			goto out_free;
+		}
+		for (char *c = conf; *c; c++)
+			if (*c == ',')
+				*c = '\n';
+		s->qun = malloc((size_t)s->g * s->nkv * s->d * sizeof(float));
+		if (!s->qun)
+			goto out_free;
 		err = cfg->socket ? ice_connect(cfg->socket, &s->ice) :
-				    ice_open_embedded("slot_bytes = 4096\n", &s->ice);
+				    ice_open_embedded(conf, &s->ice);
 		if (err)
 			goto out_free;
 	}
@@ -452,7 +467,9 @@ static int dci_set(struct sel *s, const struct kv *kv, int layer, int h, const f
 {
 	struct idx *ix = s->ix[layer * s->nkv + h];
 	struct idx_hit hits[64];
+	struct idx_search_opts so = { 0 };
 	uint32_t pos[IDX_PAGE_CAP], fill, ver;
+	float bias[MAXG];
 	int k = s->c.budget / P - 2, ns = 0, t, j, got, err;
 	size_t need;
 
@@ -475,7 +492,19 @@ static int dci_set(struct sel *s, const struct kv *kv, int layer, int h, const f
 		}
 		s->ws_cap = need;
 	}
-	got = idx_search(ix, qg, (uint32_t)s->g, (uint32_t)k, NULL, s->ws, s->ws_cap, hits);
+	/* the group shares its pages by the weight each adds beside its own sink and window (as
+	 * the engine does): bias = log-sum-exp of the scores (q carries the 1/sqrt(d) scale) of
+	 * those tokens, from the full softmax sel_attend computed for this head */
+	for (j = 0; j < s->g; j++) {
+		const float *pr = s->p + (size_t)j * s->c.cap;
+		double w = 0;
+
+		for (t = 0; t < P; t++)
+			w += pr[t] + pr[n - P + t];
+		bias[j] = (float)(log(w > 0 ? w : 1e-30) + s->pmax[j] + log(s->psum[j]));
+	}
+	so.bias = bias;
+	got = idx_search(ix, qg, (uint32_t)s->g, (uint32_t)k, &so, s->ws, s->ws_cap, hits);
 	if (got < 0)
 		return got;
 	for (t = 0; t < P; t++)
@@ -645,7 +674,11 @@ static int ice_attend(struct sel *s, const struct kv *kv, int layer, int pos, co
 		s->refs = nr;
 		s->nrefs_cap = (size_t)nref;
 	}
-	nref = ice_select(s->ice, s->seq, (uint32_t)layer, q, s->refs, s->nrefs_cap);
+	/* the model folds 1/sqrt(d) into q; the engine takes the query as the model computes it
+	 * and applies the scale itself when it weighs a group's queries against each other */
+	for (i = 0; i < s->g * s->nkv * s->d; i++)
+		s->qun[i] = q[i] * sqrtf((float)s->d);
+	nref = ice_select(s->ice, s->seq, (uint32_t)layer, s->qun, s->refs, s->nrefs_cap);
 	if (nref < 0)
 		return nref;
 	need = (size_t)nref * pb;

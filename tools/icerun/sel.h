@@ -9,7 +9,8 @@
  *            for any positional page selector; needs the full softmax, so it is not a method)
  *   dci      IceCache's selection in-process: one DCI-tree (index/) per layer and KV head over
  *            the tokens that left the window; sink 16 + window 16 + (budget-32)/16 semantic pages
- *            (K/V read from the runner's own cache)
+ *            (K/V read from the runner's own cache); the GQA group shares the pages by the
+ *            weight each adds beside the head's sink and window, as the engine does
  *   icecache layers go through libicecache (ice_append / ice_select / ice_fetch): sink 16 +
  *            window 16 + budget-32 retrieved tokens per KV head, attention over fetched pages
  * Every sparse mode also measures attention-mass recall: with p = softmax(q·K/√d) over all
@@ -27,6 +28,7 @@ enum sel_kind { SEL_FULL, SEL_STREAM, SEL_QUEST, SEL_ORACLE, SEL_DCI, SEL_ICECAC
 struct sel_cfg {
 	int kind, budget, dense, cap;
 	const char *socket;		/* icecache: daemon socket, NULL = embedded engine */
+	const char *engine_config;	/* icecache, embedded: extra "key = value" lines, ',' apart */
 	const int *lengths;		/* mass statistics are kept per nominal length */
 	int nlengths;
 };
