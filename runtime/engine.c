@@ -751,6 +751,14 @@ static float row_dot(const unsigned char *row, uint32_t dtype, const float *q, u
 	return acc;
 }
 
+/* Row t of what head st attends besides retrieved pages: its sink, then its window. */
+static const unsigned char *attended_row(const struct seq *s, const struct head_state *st,
+					 uint32_t ns, uint32_t t)
+{
+	return t < ns ? st->sink_k + (size_t)t * s->row :
+			st->win_k + (size_t)((st->win_start + t - ns) % s->Wcap) * s->row;
+}
+
 /*
  * bias[j] = sqrt(d) * logsumexp(q_j.k / sqrt(d)) over head st's sink and window tokens: a page
  * whose best score is b adds weight exp((b - bias[j]) / sqrt(d)) relative to them. Returns
@@ -771,18 +779,12 @@ static bool group_bias(const struct seq *s, const struct head_state *st, uint32_
 
 		/* two passes over at most S + Wcap rows: the max, then the sum */
 		for (t = 0; t < n; t++) {
-			const unsigned char *r = t < ns ? st->sink_k + (size_t)t * s->row :
-				st->win_k + (size_t)((st->win_start + t - ns) % s->Wcap) * s->row;
-			float x = row_dot(r, dt, q, d) * sc;
+			float x = row_dot(attended_row(s, st, ns, t), dt, q, d) * sc;
 
 			m = x > m ? x : m;
 		}
-		for (t = 0; t < n; t++) {
-			const unsigned char *r = t < ns ? st->sink_k + (size_t)t * s->row :
-				st->win_k + (size_t)((st->win_start + t - ns) % s->Wcap) * s->row;
-
-			sum += expf(row_dot(r, dt, q, d) * sc - m);
-		}
+		for (t = 0; t < n; t++)
+			sum += expf(row_dot(attended_row(s, st, ns, t), dt, q, d) * sc - m);
 		bias[j] = (m + logf(sum)) / sc;
 	}
 	return true;
