@@ -762,7 +762,7 @@ static const unsigned char *attended_row(const struct seq *s, const struct head_
 /*
  * bias[j] = sqrt(d) * logsumexp(q_j.k / sqrt(d)) over head st's sink and window tokens: a page
  * whose best score is b adds weight exp((b - bias[j]) / sqrt(d)) relative to them. Returns
- * false when the head has no such tokens yet (nothing to calibrate against).
+ * false when the head has no such tokens yet (nothing to calibrate against) or a sum overflows.
  */
 static bool group_bias(const struct seq *s, const struct head_state *st, uint32_t layer,
 		       const float *qg, float *bias)
@@ -786,6 +786,8 @@ static bool group_bias(const struct seq *s, const struct head_state *st, uint32_
 		for (t = 0; t < n; t++)
 			sum += expf(row_dot(attended_row(s, st, ns, t), dt, q, d) * sc - m);
 		bias[j] = (m + logf(sum)) / sc;
+		if (!isfinite(bias[j]))
+			return false; /* scores beyond float range: fall back to round-robin */
 	}
 	return true;
 }
