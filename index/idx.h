@@ -108,6 +108,11 @@ struct idx_search_opts {
 	 * attends anyway, a page ranks by the softmax weight it would add to the query that wants
 	 * it most, so a query whose attention already sits in those tokens yields its turn. */
 	const float *bias;
+	/* 0: a page scores its best token's q.k. s > 0: its soft maximum
+	 * (1/s) * log(sum over its tokens of exp(s * q.k)), i.e. its total softmax weight at scale
+	 * s, in the same units (so bias above still applies). Exact re-scoring only: the sketch pass
+	 * still picks candidates by best token. */
+	float mass_scale;
 };
 /* Score every page (same result as idx_exact_search; for tests and unlimited beams). */
 #define IDX_SEARCH_ALL 1u

@@ -52,6 +52,7 @@ static void ws_plan(const struct idx *ix, uint32_t g, uint32_t k, struct ws_layo
 }
 
 #define IDX_MAX_K (1u << 16)
+#define IDX_MASS_WIDEN 4u /* default beam multiplier when pages rank by mass */
 
 size_t idx_search_ws_size(const struct idx *ix, uint32_t g, uint32_t k)
 {
@@ -71,6 +72,7 @@ struct search {
 	float *tmp;
 	int dedupe;            /* a page may be offered twice (cells and sketch candidates) */
 	const float *bias;     /* NULL: merge a group round-robin; else by score - bias[i] */
+	float mass_scale;      /* 0: a page scores its best token; else its soft maximum */
 	struct topk heap[IDX_MAX_GROUP];
 };
 
@@ -96,6 +98,15 @@ static void offer_page(struct search *s, uint32_t pg)
 
 		for (l = 1; l < p->fill; l++)
 			m = t[l] > m ? t[l] : m;
+		if (s->mass_scale > 0) {
+			/* the page's softmax weight at this scale, in score units: a page of many
+			 * good tokens outranks a page of one slightly better token */
+			float sum = 0;
+
+			for (l = 0; l < p->fill; l++)
+				sum += expf((t[l] - m) * s->mass_scale);
+			m += logf(sum) / s->mass_scale;
+		}
 		if (s->dedupe && heap_has(&s->heap[i], pg))
 			continue;
 		topk_push(&s->heap[i], m, pg);
@@ -169,6 +180,7 @@ static int search_init(struct search *s, const struct idx *ix, const float *q, u
 	s->g = g;
 	s->dedupe = 0;
 	s->bias = NULL;
+	s->mass_scale = 0;
 	s->tmp = (float *)(base + w->tmp);
 	for (i = 0; i < g; i++) {
 		s->heap[i].score = (float *)(base + w->hscore) + (size_t)i * k;
@@ -352,11 +364,18 @@ int idx_search(const struct idx *ix, const float *q, uint32_t g, uint32_t k,
 		for (i = 0; i < g; i++)
 			if (!isfinite(opts->bias[i]))
 				return -EINVAL;
+	if (opts && (!isfinite(opts->mass_scale) || opts->mass_scale < 0))
+		return -EINVAL;
 	rc = search_init(&s, ix, q, g, k, ws, ws_size, &w, &base);
 	if (rc < 0)
 		return rc;
 	s.bias = opts ? opts->bias : NULL;
+	s.mass_scale = opts ? opts->mass_scale : 0;
 	beam = opts && opts->beam ? opts->beam : idx_default_beam(ix, k);
+	/* the sketch ranks candidates by their best token: ranking by mass needs more of them
+	 * (4x brings a synthetic GQA-4 set from 60% to 94% of the exact mass ranking) */
+	if (s.mass_scale > 0 && !(opts && opts->beam))
+		beam *= IDX_MASS_WIDEN;
 	/* nothing to gain from the sketch when the beam would take (nearly) every page */
 	if ((opts && (opts->flags & IDX_SEARCH_ALL)) || !ix->sk_ready || ix->lvl[1].n == 0 ||
 	    k > IDX_MAX_BEAM || beam >= ix->npages) {

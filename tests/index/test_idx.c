@@ -418,8 +418,9 @@ END_TEST
 
 /*
  * A group merged by offset score (opts.bias) against brute force: every page scores
- * max_j(best q_j.k - bias[j]) in double, the k best in order. Offsets are drawn so that each
- * query wins some pages; a non-finite offset is refused.
+ * max_j(page score_j - bias[j]) in double, the k best in order, where a page's score is its
+ * best q.k or (opts.mass_scale = s > 0) log(sum exp(s q.k)) / s over its tokens. Offsets are
+ * drawn so that each query wins some pages; a non-finite offset or a negative scale is refused.
  */
 START_TEST(biased_group_merge_equals_brute_force)
 {
@@ -444,20 +445,27 @@ START_TEST(biased_group_merge_equals_brute_force)
 	sp.nclusters = 32;
 	ws_size = idx_search_ws_size(ix, g, k);
 	ws = malloc(ws_size);
-	for (trial = 0; trial < 8; trial++) {
-		sp.qseed = 300 + trial;
+	for (trial = 0; trial < 16; trial++) {
+		double ms = trial % 2 ? 0.125 : 0;
+
+		all.mass_scale = (float)ms;
+		sp.qseed = 300 + trial / 2;
 		ck_assert_int_eq(synth_queries(&sp, keys, n, 1, g, q, NULL), 0);
 		for (pg = 0; pg < np; pg++) {
 			ck_assert_int_eq(idx_page_tokens(ix, pg, pos, &fill, NULL), 0);
 			for (j = 0; j < g; j++) {
-				double m = -1e300;
+				double m = -1e300, x[IDX_PAGE_CAP], sum = 0;
 
 				for (t = 0; t < fill; t++) {
-					double x = 0;
-
+					x[t] = 0;
 					for (i = 0; i < dim; i++)
-						x += (double)q[j * dim + i] * keys[(size_t)pos[t] * dim + i];
-					m = x > m ? x : m;
+						x[t] += (double)q[j * dim + i] * keys[(size_t)pos[t] * dim + i];
+					m = x[t] > m ? x[t] : m;
+				}
+				if (ms > 0) {
+					for (t = 0; t < fill; t++)
+						sum += exp((x[t] - m) * ms);
+					m += log(sum) / ms;
 				}
 				best[(size_t)pg * g + j] = m;
 			}
@@ -468,7 +476,7 @@ START_TEST(biased_group_merge_equals_brute_force)
 
 			for (pg = 0; pg < np; pg++)
 				m = best[(size_t)pg * g + j] > m ? best[(size_t)pg * g + j] : m;
-			bias[j] = (float)(m + 0.5 * ((trial + j) % 3) + 0.01 * j); /* no exact ties */
+			bias[j] = (float)(m + 0.5 * ((trial / 2 + j) % 3) + 0.01 * j); /* no exact ties */
 		}
 		for (pg = 0; pg < np; pg++) {
 			adj[pg] = -1e300;
@@ -497,6 +505,9 @@ START_TEST(biased_group_merge_equals_brute_force)
 	}
 	for (j = 0; j < g; j++)
 		ck_assert_uint_gt(won[j], 0);
+	all.mass_scale = -1;
+	ck_assert_int_eq(idx_search(ix, q, g, k, &all, ws, ws_size, a), -EINVAL);
+	all.mass_scale = 0;
 	bias[2] = NAN;
 	ck_assert_int_eq(idx_search(ix, q, g, k, &all, ws, ws_size, a), -EINVAL);
 	free(ws);

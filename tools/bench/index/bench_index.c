@@ -343,14 +343,14 @@ static int run_config(const struct opts *o, const float *keys, size_t n, uint32_
 	struct posidx *px = NULL;
 	struct idx_info info;
 	struct ref ref = { 0 };
-	struct idx_hit *hd = NULL, *he = NULL, *hp = NULL, *hpe = NULL;
+	struct idx_hit *hd = NULL, *he = NULL, *hp = NULL, *hpe = NULL, *hm = NULL;
 	float *q1 = NULL;
 	double tb1 = NAN, tbn, tq, tins = NAN;
 	size_t qstride = (size_t)g_file * d;
 	uint64_t t0;
 	int rc = -ENOMEM, first;
 	struct method mdci = { "dci", 0 }, mex = { "brute", 0 }, mpos = { "positional", 0 },
-		      mpex = { "positional-exact", 0 };
+		      mpex = { "positional-exact", 0 }, mmass = { "dci-mass", 0 };
 
 	/* single-query set: the first query of every group */
 	q1 = malloc((size_t)nq * d * sizeof(float));
@@ -360,7 +360,8 @@ static int run_config(const struct opts *o, const float *keys, size_t n, uint32_
 	he = malloc((size_t)nq * 256 * sizeof(*he));
 	hp = malloc((size_t)nq * 256 * sizeof(*hp));
 	hpe = malloc((size_t)nq * 256 * sizeof(*hpe));
-	if (!q1 || !ref.p || !ref.omass || !hd || !he || !hp || !hpe)
+	hm = malloc((size_t)nq * 256 * sizeof(*hm));
+	if (!q1 || !ref.p || !ref.omass || !hd || !he || !hp || !hpe || !hm)
 		goto out;
 	for (i = 0; i < nq; i++)
 		memcpy(q1 + (size_t)i * d, qg + i * qstride, d * sizeof(float));
@@ -410,9 +411,11 @@ static int run_config(const struct opts *o, const float *keys, size_t n, uint32_
 	for (i = 0; i < nq; i++)
 		softmax_ref(keys, n, d, q1 + (size_t)i * d, ref.p + (size_t)i * n,
 			    ref.omass + (size_t)i * NBUDGET);
-	mdci.ix = mex.ix = ix;
+	mdci.ix = mex.ix = mmass.ix = ix;
 	mpos.px = mpex.px = px;
-	mdci.kind = 0, mex.kind = 1, mpos.kind = 2, mpex.kind = 3;
+	mdci.kind = 0, mex.kind = 1, mpos.kind = 2, mpex.kind = 3, mmass.kind = 0;
+	/* the engine's default ranking (page_mass = 1): pages by softmax weight at 1/sqrt(d) */
+	mmass.so.mass_scale = 1.0f / sqrtf((float)d);
 
 	if (!o->json) {
 		printf("\nN=%zu d=%u  simd=%s  build: ", n, d, idx_simd_name());
@@ -438,27 +441,30 @@ static int run_config(const struct opts *o, const float *keys, size_t n, uint32_
 	first = 1;
 	for (bi = 0; bi < NBUDGET; bi++) {
 		uint32_t k = budgets[bi] / IDX_PAGE_CAP;
-		const struct method *ms[3] = { &mex, &mdci, &mpos };
-		double t1[3], tn[3];
-		struct quality qs[3];
+		const struct method *ms[4] = { &mex, &mdci, &mpos, &mmass };
+		double t1[4], tn[4];
+		struct quality qs[4];
 		uint32_t mi;
 
-		struct tjob tj[6] = {
+		struct tjob tj[8] = {
 			{ &mex, q1, d, 1, k, 1, he, 0 }, { &mdci, q1, d, 1, k, 1, hd, 0 },
-			{ &mpos, q1, d, 1, k, 1, hp, 0 }, { &mex, q1, d, 1, k, threads, NULL, 0 },
-			{ &mdci, q1, d, 1, k, threads, NULL, 0 }, { &mpos, q1, d, 1, k, threads, NULL, 0 },
+			{ &mpos, q1, d, 1, k, 1, hp, 0 }, { &mmass, q1, d, 1, k, 1, hm, 0 },
+			{ &mex, q1, d, 1, k, threads, NULL, 0 }, { &mdci, q1, d, 1, k, threads, NULL, 0 },
+			{ &mpos, q1, d, 1, k, threads, NULL, 0 },
+			{ &mmass, q1, d, 1, k, threads, NULL, 0 },
 		};
 
-		time_interleaved(tj, 6, nq, o->reps);
-		for (mi = 0; mi < 3; mi++) {
+		time_interleaved(tj, 8, nq, o->reps);
+		for (mi = 0; mi < 4; mi++) {
 			t1[mi] = tj[mi].best;
-			tn[mi] = tj[3 + mi].best;
+			tn[mi] = tj[4 + mi].best;
 		}
 		time_queries(&mpex, q1, d, nq, 1, k, hpe, 1, 1);
 		qs[0] = score_hits(&mex, he, &mex, he, nq, k, &ref, n, (int)bi);
 		qs[1] = score_hits(&mdci, hd, &mex, he, nq, k, &ref, n, (int)bi);
 		qs[2] = score_hits(&mpos, hp, &mpex, hpe, nq, k, &ref, n, (int)bi);
-		for (mi = 0; mi < 3; mi++) {
+		qs[3] = score_hits(&mmass, hm, &mex, he, nq, k, &ref, n, (int)bi);
+		for (mi = 0; mi < 4; mi++) {
 			if (!o->json) {
 				printf("  %-6u %-11s %3u %8.3f %8.3f %7.3f %10.1f %10.1f %7.1fx\n",
 				       budgets[bi], ms[mi]->name, k, qs[mi].page_rec, qs[mi].mass_rec,
@@ -604,6 +610,7 @@ out:
 	free(he);
 	free(hp);
 	free(hpe);
+	free(hm);
 	return rc;
 }
 
