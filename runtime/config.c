@@ -38,6 +38,7 @@ static const struct cfg_item cfg_items[] = {
 	  "NVMe tier file or block device (empty: no NVMe tier)" },
 	U64(nvme_bytes, 1ull << 20, 1ull << 44, "NVMe tier capacity in bytes"),
 	U64(exact_search, 0, 1, "1: score every page exactly (reference); 0: DCI-tree search"),
+	U64(page_mass, 0, 1, "1: a page ranks by the softmax weight of all its tokens; 0: by its best token's"),
 	U64(group_merge, 0, 1, "1: a GQA group's queries share pages by the weight each adds beside its sink and window; 0: round-robin"),
 	U64(allow_uid, 0, UINT64_MAX, "one more uid allowed to connect (18446744073709551615: none)"),
 	U64(drain_ms, 0, 600000, "on SIGTERM, time clients get to finish queued requests"),
@@ -64,6 +65,7 @@ void config_defaults(struct rt_config *c)
 	c->allow_uid = UINT64_MAX;
 	c->drain_ms = 2000;
 	c->group_merge = 1;
+	c->page_mass = 1;
 }
 
 static const struct cfg_item *find_item(const char *name, size_t len)
@@ -234,5 +236,6 @@ void config_engine_opts(const struct rt_config *c, struct engine_opts *o)
 		.exact_search = (int)c->exact_search,
 		.owner_max_seqs = (uint32_t)c->client_max_seqs,
 		.group_merge = (int)c->group_merge,
+		.page_mass = (int)c->page_mass,
 	};
 }

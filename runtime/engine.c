@@ -882,6 +882,8 @@ int engine_select(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer,
 				so.flags = IDX_SEARCH_ALL; /* every page scored: idx_exact_search's result */
 			if (g > 1 && e->o.group_merge && group_bias(s, st, layer, qg, bias))
 				so.bias = bias;
+			if (e->o.page_mass)
+				so.mass_scale = 1.0f / sqrtf((float)d);
 			got = idx_search(st->ix, qg, g, k, &so, iws, need, hits);
 			if (got < 0)
 				return got;

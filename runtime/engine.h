@@ -30,6 +30,7 @@ struct engine_opts {
 	int exact_search;      /* 1: every page scored (reference); 0: DCI-tree search */
 	uint32_t owner_max_seqs; /* per owner (client); 0 = no limit below max_seqs */
 	int group_merge;       /* 1: a GQA group's pages by weight beside its sink+window; 0: round-robin */
+	int page_mass;         /* 1: pages rank by their total softmax weight; 0: by their best token */
 };
 
 struct engine_params {

@@ -81,7 +81,9 @@ struct ice_page_ref {
 	uint8_t kind;      /* enum ice_page_kind */
 	uint8_t tier;      /* enum ice_tier: where the page can be read now */
 	uint32_t fill;     /* tokens in the page, 1..ICE_PAGE_TOKENS */
-	float score;       /* retrieved pages: best q.k over the GQA group; else 0 */
+	float score;       /* retrieved pages: the page's score for the query that took it, in
+			    * q.k units: its log-sum-exp over its tokens at scale 1/sqrt(head_dim)
+			    * (config page_mass = 1, the default) or its best q.k; else 0 */
 	uint64_t location; /* byte offset of the page in its tier (informational) */
 };
 
@@ -140,8 +142,9 @@ int ice_append(struct ice_ctx *ctx, uint32_t seq, uint32_t layer, uint32_t n, co
 /*
  * Selects the pages one decoding step attends for one layer: q is [q_heads][head_dim] float32,
  * the queries as the model computes them (after RoPE, before the 1/sqrt(head_dim) softmax
- * scale, which the engine applies itself). The query heads of a KV head share its retrieved
- * pages: by default (config group_merge = 1) a page goes to the query it would add the most
+ * scale, which the engine applies itself). A page ranks by the softmax weight of all its
+ * tokens (config page_mass = 1, the default; 0 ranks by its best token). The query heads of a
+ * KV head share its retrieved pages: by default (config group_merge = 1) a page goes to the query it would add the most
  * softmax weight to beside that query's sink and window tokens, so heads that look far back
  * get the pages that heads attending locally do not need; group_merge = 0 shares them
  * round-robin. Writes at most cap refs into out, grouped by KV head in ascending order; within

@@ -15,6 +15,7 @@ struct rt_scn {
 	uint32_t ntok;
 	uint64_t seed;
 	int group_merge;	/* the engine's group_merge (default 1) */
+	int page_mass;		/* the engine's page_mass (default 1) */
 };
 
 static inline void rt_scn_default(struct rt_scn *s, uint64_t seed, uint32_t ntok)
@@ -24,6 +25,7 @@ static inline void rt_scn_default(struct rt_scn *s, uint64_t seed, uint32_t ntok
 	s->ntok = ntok;
 	s->seed = seed;
 	s->group_merge = 1;
+	s->page_mass = 1;
 }
 
 static inline uint64_t rt_fnv(uint64_t h, const void *p, size_t n)
@@ -153,6 +155,7 @@ static inline uint64_t rt_scenario(struct ice_ctx *c, const struct rt_scn *s)
 			nwant = dense ? np : rt_ref_select(all, np, q + (size_t)h * g * d, g, d,
 							   s->budget.retrieved_tokens / PT,
 							   g > 1 && nsw && s->group_merge ? bias : NULL,
+							   s->page_mass ? 1.0 / sqrt((double)d) : 0,
 							   want);
 			/* This head's part of the table: sink, retrieved, window, in that order. */
 			for (j = 0; j < (uint32_t)got; j++) {

@@ -65,13 +65,14 @@ struct rt_page {
 
 /*
  * Reference selection for one KV head over `np` pages: each of the g query heads ranks the
- * pages by their best token's q.k (ties: lower id first). With bias NULL the rankings merge
+ * pages by their best token's q.k, or with mass_scale > 0 by their soft maximum
+ * log(sum exp(mass_scale * q.k)) / mass_scale (ties: lower id first). With bias NULL the rankings merge
  * round-robin into k distinct pages; else every page scores max_j(best q_j.k - bias[j]) and the
  * k best are taken (ties: lower id first). Writes page ids into out; returns the count.
  */
 static inline uint32_t rt_ref_select(const struct rt_page *pg, uint32_t np, const float *q,
 				     uint32_t g, uint32_t d, uint32_t k, const double *bias,
-				     uint32_t *out)
+				     double mass_scale, uint32_t *out)
 {
 	double *sc = calloc((size_t)g * np, sizeof(double));
 	uint32_t *rank = calloc((size_t)g * np, sizeof(uint32_t));
@@ -82,6 +83,8 @@ static inline uint32_t rt_ref_select(const struct rt_page *pg, uint32_t np, cons
 		for (p = 0; p < np; p++) {
 			double best = -1e300;
 
+			double sum = 0;
+
 			for (t = 0; t < pg[p].fill; t++) {
 				double s = 0;
 
@@ -89,6 +92,16 @@ static inline uint32_t rt_ref_select(const struct rt_page *pg, uint32_t np, cons
 					s += (double)q[j * d + i] * pg[p].k[t * d + i];
 				if (s > best)
 					best = s;
+			}
+			if (mass_scale > 0) {
+				for (t = 0; t < pg[p].fill; t++) {
+					double s = 0;
+
+					for (i = 0; i < d; i++)
+						s += (double)q[j * d + i] * pg[p].k[t * d + i];
+					sum += exp((s - best) * mass_scale);
+				}
+				best += log(sum) / mass_scale;
 			}
 			sc[j * np + p] = best;
 			rank[j * np + p] = p;

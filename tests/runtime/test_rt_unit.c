@@ -1,5 +1,6 @@
 /* Unit tests for runtime/: the ring, the config table, the opcode table, and the engine through
  * the public API in embedded mode (checked against a brute-force reference). */
+#include <math.h>
 #include <pthread.h>
 
 #include "check_main.h"
@@ -184,12 +185,14 @@ START_TEST(embedded_matches_reference)
 		snprintf(cfg, sizeof(cfg), "exact_search = 1\ndram_bytes = 1048576\n"
 			 "nvme_path = %s\nnvme_bytes = 67108864\n", nvme);
 	}
-	if (_i == 4) /* the round-robin group merge, against its own reference */
-		snprintf(cfg, sizeof(cfg), "exact_search = 1\ndram_bytes = 67108864\ngroup_merge = 0\n");
+	if (_i == 4) /* the first ranking: best token, round-robin merge; its own reference */
+		snprintf(cfg, sizeof(cfg), "exact_search = 1\ndram_bytes = 67108864\ngroup_merge = 0\n"
+			 "page_mass = 0\n");
 	ck_assert_int_eq(ice_open_embedded(cfg, &c), 0);
 	ck_assert_int_eq(ice_is_embedded(c), 1);
 	rt_scn_default(&s, 11 + (uint64_t)_i, _i == 0 || _i == 3 ? 777 : (_i == 1 ? 20 : 300));
 	s.group_merge = _i != 4;
+	s.page_mass = _i != 4;
 	if (_i == 2) {
 		/* GQA group of 4, no sink, no dense layers, bigger budget than pages. */
 		s.shape = (struct ice_model_shape){ 2, 8, 2, 64, ICE_DTYPE_F32 };
@@ -231,7 +234,9 @@ START_TEST(half_precision_is_stored_exactly_and_ranked_in_f32)
 	n = ice_select(c, seq, 0, q, r, 8);
 	ck_assert_int_ge(n, 1);
 	ck_assert_uint_eq(r[0].kind, ICE_PAGE_RETRIEVED);
-	ck_assert(r[0].score == 1.0f);
+	/* The page's mass at scale 1/sqrt(16): token 37 scores 1, its page-mates 0 (the page ranks
+	 * by log-sum-exp, reported in q.k units). */
+	ck_assert(fabsf(r[0].score - 4.0f * logf(expf(0.25f) + (float)(r[0].fill - 1))) < 1e-5f);
 	ck_assert_int_eq(ice_fetch(c, seq, 0, r, 1, out, sizeof(out)), 0);
 	/* Every row fetched is a row appended, bit for bit, and token 37 is among them. */
 	for (t = 0; t < r[0].fill; t++) {

@@ -504,6 +504,7 @@ static int dci_set(struct sel *s, const struct kv *kv, int layer, int h, const f
 		bias[j] = (float)(log(w > 0 ? w : 1e-30) + s->pmax[j] + log(s->psum[j]));
 	}
 	so.bias = bias;
+	so.mass_scale = 1.0f; /* pages rank by their softmax weight (q carries the scale) */
 	got = idx_search(ix, qg, (uint32_t)s->g, (uint32_t)k, &so, s->ws, s->ws_cap, hits);
 	if (got < 0)
 		return got;
