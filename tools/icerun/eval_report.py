@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Merges `icerun eval --json` outputs (for example one per --shard) and prints Markdown tables:
 accuracy per task x filler x length x mode, attention-mass recall per length x mode (with the
-per-layer ratio for one length), and speed. Usage: eval_report.py FILE.json... [--json OUT]"""
+per-layer ratio for one length), and speed. Usage: eval_report.py FILE.json[:M,M] ... [--json OUT]
+where FILE.json:full,quest takes only those modes from that file (to merge runs that repeat a
+mode, e.g. baselines from one run and icecache from a later one over the same cases). Speed is
+only meaningful when all files come from one machine and load; the line says how many hosts."""
 import json
 import sys
 from collections import defaultdict
@@ -12,7 +15,19 @@ if "--json" in args:
     i = args.index("--json")
     out_json = args[i + 1]
     del args[i:i + 2]
-runs = [json.load(open(p)) for p in args]
+def load(arg):
+    path, _, only = arg.partition(":")
+    r = json.load(open(path))
+    if only:
+        keep = set(only.split(","))
+        r["cases"] = [c for c in r["cases"] if c["method"] in keep]
+        r["mass_recall"] = [e for e in r["mass_recall"] if e["method"] in keep]
+        r["speed"]["decode_tok_s"] = {k: v for k, v in r["speed"]["decode_tok_s"].items()
+                                      if k.split("@")[0] in keep}
+    return r
+
+
+runs = [load(a) for a in args]
 if not runs:
     sys.exit(__doc__)
 
@@ -108,9 +123,11 @@ if att:
         f"{name(m)} {sum(att[m]) / len(att[m]):.0f}" for m in modes if att[m] and m[0] != "full"))
 pt = sum(r["speed"]["prefill_tokens"] for r in runs)
 ps = sum(r["speed"]["prefill_s"] for r in runs)
+hosts = sorted({(r["machine"]["host"], r["machine"]["cpus"]) for r in runs})
 print(f"\nprefill: {pt:.0f} tokens, {pt / ps:.1f} tok/s per process "
       f"({runs[0]['machine']['threads']} threads, {len(runs)} processes on "
-      f"{runs[0]['machine']['cpus']} CPUs)")
+      + " + ".join(f"{c} CPUs" for _, c in hosts)
+      + (f": {len(hosts)} hosts, speeds not comparable" if len(hosts) > 1 else "") + ")")
 dec = defaultdict(list)
 for r in runs:
     for k, v in r["speed"]["decode_tok_s"].items():
