@@ -73,6 +73,7 @@ struct search {
 	int dedupe;            /* a page may be offered twice (cells and sketch candidates) */
 	const float *bias;     /* NULL: merge a group round-robin; else by score - bias[i] */
 	float mass_scale;      /* 0: a page scores its best token; else its soft maximum */
+	float log_fill[IDX_PAGE_CAP + 1]; /* log(n), for the mass bound */
 	struct topk heap[IDX_MAX_GROUP];
 };
 
@@ -100,9 +101,13 @@ static void offer_page(struct search *s, uint32_t pg)
 			m = t[l] > m ? t[l] : m;
 		if (s->mass_scale > 0) {
 			/* the page's softmax weight at this scale, in score units: a page of many
-			 * good tokens outranks a page of one slightly better token */
+			 * good tokens outranks a page of one slightly better token. It is at most
+			 * m + log(fill) / scale: a page that cannot reach the list's floor even so is
+			 * left out without its exps (the result is the same). */
 			float sum = 0;
 
+			if (m + s->log_fill[p->fill] / s->mass_scale < topk_floor(&s->heap[i]))
+				continue;
 			for (l = 0; l < p->fill; l++)
 				sum += expf((t[l] - m) * s->mass_scale);
 			m += logf(sum) / s->mass_scale;
@@ -371,6 +376,8 @@ int idx_search(const struct idx *ix, const float *q, uint32_t g, uint32_t k,
 		return rc;
 	s.bias = opts ? opts->bias : NULL;
 	s.mass_scale = opts ? opts->mass_scale : 0;
+	for (i = 0; s.mass_scale > 0 && i <= IDX_PAGE_CAP; i++)
+		s.log_fill[i] = i ? logf((float)i) : 0;
 	beam = opts && opts->beam ? opts->beam : idx_default_beam(ix, k);
 	/* the sketch ranks candidates by their best token: ranking by mass needs more of them
 	 * (4x brings a synthetic GQA-4 set from 60% to 94% of the exact mass ranking) */

@@ -39,6 +39,7 @@
 #define P ICE_PAGE_TOKENS
 #define SEQ_SLOT_BITS 16
 #define BATCH 32u /* pages per store call */
+#define MAX_HEAD_DIM 512u /* the API's bound (icecache.h) */
 /* Host bytes the index holds per token: its fp32 key copy plus bookkeeping (estimate). */
 #define IDX_TOKEN_OVERHEAD 64u
 
@@ -232,7 +233,7 @@ static int check_params(const struct engine *e, const struct engine_params *p)
 	 * IDX_MAX_GROUP queries together; a page must fit a store slot. */
 	if (!s->layers || s->layers > 1024 || !s->kv_heads || s->kv_heads > 64 || !s->q_heads ||
 	    s->q_heads > 256 || s->q_heads % s->kv_heads || s->q_heads / s->kv_heads > IDX_MAX_GROUP ||
-	    s->head_dim < 16 || s->head_dim > 512 || s->head_dim % 16 ||
+	    s->head_dim < 16 || s->head_dim > MAX_HEAD_DIM || s->head_dim % 16 ||
 	    !engine_dtype_size(s->dtype))
 		return -EINVAL;
 	if (2ull * P * s->head_dim * engine_dtype_size(s->dtype) > e->o.slot_bytes)
@@ -731,26 +732,6 @@ void engine_ws_done(struct engine_ws *ws)
 	ws->cap = 0;
 }
 
-static float row_dot(const unsigned char *row, uint32_t dtype, const float *q, uint32_t d)
-{
-	float acc = 0;
-	uint32_t i;
-
-	if (dtype == ICE_DTYPE_F32) {
-		const float *r = (const float *)(const void *)row;
-
-		for (i = 0; i < d; i++)
-			acc += r[i] * q[i];
-	} else {
-		const uint16_t *r = (const uint16_t *)(const void *)row;
-
-		for (i = 0; i < d; i++)
-			acc += (dtype == ICE_DTYPE_BF16 ? idx_bf16_to_f32(r[i]) :
-				idx_f16_to_f32(r[i])) * q[i];
-	}
-	return acc;
-}
-
 /* Row t of what head st attends besides retrieved pages: its sink, then its window. */
 static const unsigned char *attended_row(const struct seq *s, const struct head_state *st,
 					 uint32_t ns, uint32_t t)
@@ -761,31 +742,49 @@ static const unsigned char *attended_row(const struct seq *s, const struct head_
 
 /*
  * bias[j] = sqrt(d) * logsumexp(q_j.k / sqrt(d)) over head st's sink and window tokens: a page
- * whose best score is b adds weight exp((b - bias[j]) / sqrt(d)) relative to them. Returns
- * false when the head has no such tokens yet (nothing to calibrate against) or a sum overflows.
+ * whose score is b adds weight exp((b - bias[j]) / sqrt(d)) relative to them. One pass: each
+ * row is converted once and feeds every query's running log-sum-exp. Returns false when the
+ * head has no such tokens yet (nothing to calibrate against) or a sum overflows.
  */
 static bool group_bias(const struct seq *s, const struct head_state *st, uint32_t layer,
 		       const float *qg, float *bias)
 {
 	uint32_t d = s->p.shape.head_dim, dt = s->p.shape.dtype, ns = s->sink_n[layer];
-	uint32_t n = ns + st->win_n, j, t;
-	float sc = 1.0f / sqrtf((float)d);
+	uint32_t n = ns + st->win_n, j, t, i;
+	float sc = 1.0f / sqrtf((float)d), m[IDX_MAX_GROUP], sum[IDX_MAX_GROUP];
+	float kf[MAX_HEAD_DIM];
 
 	if (!n)
 		return false;
 	for (j = 0; j < s->g; j++) {
-		const float *q = qg + (size_t)j * d;
-		float m = -INFINITY, sum = 0;
+		m[j] = -INFINITY;
+		sum[j] = 0;
+	}
+	for (t = 0; t < n; t++) {
+		const unsigned char *r = attended_row(s, st, ns, t);
+		const float *k = kf;
 
-		/* two passes over at most S + Wcap rows: the max, then the sum */
-		for (t = 0; t < n; t++) {
-			float x = row_dot(attended_row(s, st, ns, t), dt, q, d) * sc;
+		if (dt == ICE_DTYPE_F32)
+			k = (const float *)(const void *)r;
+		else
+			idx_to_f32(r, dt == ICE_DTYPE_BF16 ? IDX_BF16 : IDX_F16, d, kf);
+		for (j = 0; j < s->g; j++) {
+			const float *q = qg + (size_t)j * d;
+			float x = 0;
 
-			m = x > m ? x : m;
+			for (i = 0; i < d; i++)
+				x += k[i] * q[i];
+			x *= sc;
+			if (x > m[j]) {
+				sum[j] = sum[j] * expf(m[j] - x) + 1.0f;
+				m[j] = x;
+			} else {
+				sum[j] += expf(x - m[j]);
+			}
 		}
-		for (t = 0; t < n; t++)
-			sum += expf(row_dot(attended_row(s, st, ns, t), dt, q, d) * sc - m);
-		bias[j] = (m + logf(sum)) / sc;
+	}
+	for (j = 0; j < s->g; j++) {
+		bias[j] = (m[j] + logf(sum[j])) / sc;
 		if (!isfinite(bias[j]))
 			return false; /* scores beyond float range: fall back to round-robin */
 	}
