@@ -18,6 +18,12 @@ if [ -z "$model" ] || [ ! -f "$model" ] || [ ! -f "$austen" ]; then
 	echo "SKIP: model or Austen text missing (run tools/setup.sh)"
 	exit 77
 fi
+# engine settings that do not exist are refused, not ignored
+if "$build/tools/icerun/icerun" eval -m "$model" --austen "$austen" --lengths 1024 \
+	--methods icecache --budgets 64 --engine no_such_setting=1 2>/dev/null; then
+	echo "FAIL: icerun eval accepted --engine no_such_setting=1"
+	exit 1
+fi
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 # --depths 5 puts keys at 0, 25, 50, 75, 100%; shard 0/2 keeps 0%, 50% and 100%

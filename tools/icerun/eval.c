@@ -743,6 +743,11 @@ int eval_main(int argc, char **argv)
 		default: usage(stderr); return 2;
 		}
 	}
+	if (r->o.engine && r->o.socket) {
+		fprintf(stderr, "icerun eval: --engine sets the embedded engine; a daemon takes its "
+			"settings from its own config\n");
+		return 2;
+	}
 	if (r->o.nlengths < 0 || r->o.nbudgets < 0 || r->o.depths < 1 || r->o.depths > 100 ||
 	    r->o.mk_depths < 0 || r->o.mk_depths > 100 || r->o.mk_keys < 2 ||
 	    r->o.mk_keys > NKEYS || r->o.dense < 0 || r->o.threads < 1 || r->o.threads > 256 ||
@@ -800,7 +805,11 @@ int eval_main(int argc, char **argv)
 		}
 	}
 	if (err) {
-		fprintf(stderr, "icerun eval: attention mode: %s\n", strerror(-err));
+		if (r->o.engine && (err == -EINVAL || err == -E2BIG))
+			fprintf(stderr, "icerun eval: --engine %s: not valid engine settings "
+				"(`icectl config` lists them)\n", r->o.engine);
+		else
+			fprintf(stderr, "icerun eval: attention mode: %s\n", strerror(-err));
 		goto out;
 	}
 	err = load_fillers(r);
