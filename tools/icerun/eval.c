@@ -395,7 +395,7 @@ static int run_case(struct run *r, int task, int filler, int length, int di, int
 	struct row w = { 0 };
 	uint64_t t0;
 	int err, si;
-	char key[8];
+	char key[8], where[32];
 
 	err = build_case(r, task, filler, length, di, nd, &pre, &tail, key);
 	if (err || skip)
@@ -407,9 +407,15 @@ static int run_case(struct run *r, int task, int filler, int length, int di, int
 		goto out;
 	r->prefill_tok += pre.n;
 	r->prefill_s += (clock_now_ns() - t0) / 1e9;
+	/* the depth index, and for passkey where the needle sits (the fraction build_case uses) */
+	if (task == TASK_PASSKEY)
+		snprintf(where, sizeof(where), "depth %d (%.0f%%)", di,
+			 nd > 1 ? 100.0 * di / (nd - 1) : 50.0);
+	else
+		snprintf(where, sizeof(where), "depth %d", di);
 	if (r->o.verbose)
-		fprintf(stderr, "%s/%s %d depth %d: prefill %d tokens %.1f tok/s\n",
-			task_names[task], filler_names[filler], pre.n + tail.n, di, pre.n,
+		fprintf(stderr, "%s/%s %d %s: prefill %d tokens %.1f tok/s\n",
+			task_names[task], filler_names[filler], pre.n + tail.n, where, pre.n,
 			pre.n / ((clock_now_ns() - t0) / 1e9));
 	for (si = 0; si < r->nsels && !err; si++) {
 		memset(&w, 0, sizeof(w));
@@ -425,9 +431,9 @@ static int run_case(struct run *r, int task, int filler, int length, int di, int
 		if (!err)
 			err = add_row(r, &w);
 		if (r->o.verbose)
-			fprintf(stderr, "%s/%s %d depth %d %-9s budget %3d: answer \"%s\" expected %s "
+			fprintf(stderr, "%s/%s %d %s %-9s budget %3d: answer \"%s\" expected %s "
 				"%s (attended %.0f tokens/head, decode %.1f tok/s)\n",
-				task_names[task], filler_names[filler], pre.n + tail.n, di,
+				task_names[task], filler_names[filler], pre.n + tail.n, where,
 				sel_kind_name(w.method), w.budget, w.answer, key,
 				w.correct ? "ok" : "MISS", w.method == SEL_FULL ? pre.n + tail.n :
 				w.attended, w.tok_s);
