@@ -269,6 +269,25 @@ out:
 }
 
 /* Runs PYTHON tools/bench/gpu/sdpa.py for each context and reads "sdpa <ctx> <us> <variant>". */
+/* Grows the attention workspace (zeroed, as kern_attn wants it) to what a needs. */
+static int attn_ws_grow(const struct kern_attn_args *a, void **dws, size_t *ws_bytes)
+{
+	size_t need = kern_attn_ws_size(a);
+	int err;
+
+	if (need <= *ws_bytes)
+		return 0;
+	kern_dev_free(*dws);
+	*dws = NULL;
+	*ws_bytes = 0;
+	err = kern_dev_alloc(need, dws);
+	if (!err)
+		err = kern_memset(*dws, 0, need);
+	if (!err)
+		*ws_bytes = need;
+	return err;
+}
+
 static void run_sdpa(const struct gpu_opts *o, struct ctx_result *res)
 {
 	char cmd[1024], line[256], ctxs[128] = "";
@@ -583,13 +602,7 @@ static int bench_gpu_main(int argc, char **argv)
 		a.max_pages = ppt;
 		a.pages = tab_dev_base;
 		a.head_off = (const uint32_t *)((char *)dtab + (size_t)o.layers * npl * sizeof(*tab));
-		if (kern_attn_ws_size(&a) > ws_bytes) {
-			kern_dev_free(dws);
-			dws = NULL;
-			ws_bytes = kern_attn_ws_size(&a);
-			CK(kern_dev_alloc(ws_bytes, &dws));
-			CK(kern_memset(dws, 0, ws_bytes));
-		}
+		CK(attn_ws_grow(&a, &dws, &ws_bytes));
 		for (it = 0; it < o.iters + 3; it++) {
 			float ms;
 
@@ -720,13 +733,7 @@ static int bench_gpu_main(int argc, char **argv)
 			a.pages = dfulltab;
 			a.head_off = foff;
 			a.max_pages = ctx_pages;
-			if (kern_attn_ws_size(&a) > ws_bytes) {
-				kern_dev_free(dws);
-				dws = NULL;
-				ws_bytes = kern_attn_ws_size(&a);
-				CK(kern_dev_alloc(ws_bytes, &dws));
-			CK(kern_memset(dws, 0, ws_bytes));
-			}
+			CK(attn_ws_grow(&a, &dws, &ws_bytes));
 			for (it = 0; it < o.iters + 3; it++) {
 				float ms;
 
