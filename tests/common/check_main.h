@@ -10,6 +10,7 @@
 #include <check.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include <string.h>
 
 #define CHECK_EXIT_SKIP 77
 
@@ -37,6 +38,14 @@ static inline void check_skip(const char *why)
 	printf("SKIP: %s\n", why);
 	fflush(stdout);
 	exit(CHECK_EXIT_SKIP);
+}
+
+/* True when $ICE_GPU_SKIP names this test case (the sanitizer runs leave some out). */
+static inline int check_case_skipped(const char *name)
+{
+	const char *s = getenv("ICE_GPU_SKIP");
+
+	return s && strstr(s, name) != NULL;
 }
 
 #endif

@@ -378,13 +378,6 @@ START_TEST(hbm_gpu_fault_marks_tier_failed)
 END_TEST
 
 /* ICE_GPU_SKIP="ipc fault": leave cases out (the sanitizer runs; see kernels/gpu-run.sh). */
-static int skip_case(const char *name)
-{
-	const char *s = getenv("ICE_GPU_SKIP");
-
-	return s && strstr(s, name);
-}
-
 /* Through the tier interface: slots round-trip byte for byte, the store cannot allocate HBM
  * slots behind the working sets' back, stats come out under tier.hbm. */
 START_TEST(hbm_tier_interface)
@@ -438,13 +431,13 @@ static Suite *hbm_suite(void)
 	tcase_add_test(tc, hbm_working_set_feeds_attention);
 	tcase_add_test(tc, hbm_tier_interface);
 	suite_add_tcase(s, tc);
-	if (!skip_case("ipc")) { /* initcheck cannot see the other process's writes */
+	if (!check_case_skipped("ipc")) { /* initcheck cannot see the other process's writes */
 		tc = tcase_create("ipc");
 		tcase_set_timeout(tc, 60);
 		tcase_add_test(tc, hbm_export_reads_in_place_elsewhere);
 		suite_add_tcase(s, tc);
 	}
-	if (!skip_case("fault")) { /* a deliberate illegal access: left out under memcheck */
+	if (!check_case_skipped("fault")) { /* a deliberate illegal access: left out under memcheck */
 		tc = tcase_create("fault");
 		tcase_set_timeout(tc, 60);
 		tcase_add_test(tc, hbm_gpu_fault_marks_tier_failed);
