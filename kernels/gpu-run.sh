@@ -3,7 +3,7 @@
 # $OUT (default ./gpu-out). Binaries come from BIN (default build/): the meson build's
 # tests/kernels/test_kern_gpu, tests/kernels/test_hbm_gpu and tools/bench/icebench, or a flat
 # folder holding them (with any shared libraries they need in BIN/lib). Steps:
-#   1. the gpu test programs (CK_FORK=no)
+#   1. the gpu test programs (they run their tests unforked themselves)
 #   2. the same under compute-sanitizer memcheck, then racecheck and synccheck on the kernels
 #   3. icebench gpu --sdpa PYTHON --json (PyTorch SDPA baseline in the same run)
 # Usage: kernels/gpu-run.sh [quick]   (quick: tests only, no sanitizer or benchmark)
@@ -14,7 +14,7 @@ OUT=${OUT:-$here/gpu-out}
 BIN=${BIN:-build}
 PY=${PYTHON:-python3}
 mkdir -p "$OUT"
-export ICE_SOURCE_ROOT=$here CK_FORK=no
+export ICE_SOURCE_ROOT=$here
 [ -d "$BIN/lib" ] && export LD_LIBRARY_PATH="$here/$BIN/lib:${LD_LIBRARY_PATH:-}"
 find_bin() { for p in "$BIN/$1" "$BIN/tests/kernels/$1" "$BIN/tools/bench/$1"; do [ -x "$p" ] && { echo "$p"; return; }; done; }
 status=0

@@ -14,7 +14,9 @@
 
 #define CHECK_EXIT_SKIP 77
 
-static inline int check_run_suites(Suite *const *suites)
+/* Runs the suites; fork is CK_FORK_GETENV (Check's default: $CK_FORK decides) or CK_NOFORK
+ * for programs whose tests must share the process (CUDA does not survive a fork). */
+static inline int check_run_suites_fork(Suite *const *suites, enum fork_status fork)
 {
 	SRunner *sr = NULL;
 	int failed, i;
@@ -27,10 +29,16 @@ static inline int check_run_suites(Suite *const *suites)
 	}
 	if (!sr)
 		return EXIT_FAILURE;
+	srunner_set_fork_status(sr, fork);
 	srunner_run_all(sr, CK_NORMAL);
 	failed = srunner_ntests_failed(sr);
 	srunner_free(sr);
 	return failed ? EXIT_FAILURE : EXIT_SUCCESS;
+}
+
+static inline int check_run_suites(Suite *const *suites)
+{
+	return check_run_suites_fork(suites, CK_FORK_GETENV);
 }
 
 static inline void check_skip(const char *why)

@@ -2,8 +2,8 @@
  * GPU tests for the HBM tier (suite gpu): working sets loaded from pinned DRAM land byte for
  * byte, reselected unchanged pages are not moved, the attention kernel reading the loaded
  * working set matches the CPU reference, the pool exported over CUDA IPC reads the same in a
- * second process, and a GPU fault marks the tier failed. Exits 77 without a device; run with
- * CK_FORK=no (second processes are spawned with a fresh exec).
+ * second process, and a GPU fault marks the tier failed. Exits 77 without a device; the tests
+ * run unforked (CUDA does not survive a fork; second processes are spawned with a fresh exec).
  */
 #include <errno.h>
 #include <spawn.h>
@@ -458,5 +458,5 @@ int main(int argc, char **argv)
 		check_skip("no CUDA device (or built without CUDA)");
 	suites[0] = hbm_suite();
 	suites[1] = NULL;
-	return check_run_suites(suites);
+	return check_run_suites_fork(suites, CK_NOFORK); /* CUDA does not survive a fork */
 }

@@ -1,7 +1,7 @@
 /*
  * GPU tests for kernels/ (suite gpu): each CUDA kernel against its CPU reference on fresh
  * random inputs at several sizes, and CUDA IPC export read from a second process. Exits 77
- * when no device is usable. Run with CK_FORK=no: CUDA must not be used in a forked child (the
+ * when no device is usable. The tests run unforked: CUDA must not be used in a forked child (the
  * IPC test starts its second process with posix_spawn, i.e. a fresh exec).
  */
 #include <errno.h>
@@ -473,5 +473,5 @@ int main(int argc, char **argv)
 		check_skip("no CUDA device (or built without CUDA)");
 	suites[0] = gpu_suite();
 	suites[1] = NULL;
-	return check_run_suites(suites);
+	return check_run_suites_fork(suites, CK_NOFORK); /* CUDA does not survive a fork */
 }

@@ -1,8 +1,8 @@
 /*
  * GPU suite: with a GPU, the DRAM pool is registered with CUDA (mapped), placed on the GPU's
  * NUMA node, and a page put through the store reads back byte for byte through the device's
- * view of the pool. Skips (77) without a GPU. Run with CK_FORK=no (CUDA must not be used in a
- * forked child).
+ * view of the pool. Skips (77) without a GPU. The tests run unforked (CUDA must not be used in
+ * a forked child).
  */
 #include <cuda_runtime_api.h>
 #include <string.h>
@@ -58,5 +58,5 @@ int main(void)
 		check_skip("no CUDA device");
 	tcase_add_test(tc, dram_pool_is_registered_and_mapped);
 	suite_add_tcase(s, tc);
-	return check_run_suites(suites);
+	return check_run_suites_fork(suites, CK_NOFORK); /* CUDA does not survive a fork */
 }
