@@ -126,6 +126,16 @@ struct idx_hit {
 	uint32_t fill;
 };
 
+/*
+ * Exact scores of one page's tokens for g (1..IDX_MAX_GROUP) queries q[g][dim]:
+ * ret_scores[j * IDX_PAGE_CAP + t] = q_j . k_t for the page's token t (t below its fill, in
+ * idx_page_tokens order; entries past the fill are unspecified). The same SIMD code and fp32
+ * keys as search, so a page's best token here is its idx_hit score. Returns the fill; -EINVAL
+ * on NULL, a page out of range, g out of range or a non-finite q. Reads only.
+ */
+int idx_page_scores(const struct idx *ix, uint32_t page, const float *q, uint32_t g,
+		    float *ret_scores);
+
 /* Workspace bytes for idx_search/idx_exact_search with g queries and k hits on the index as it
  * is now (it grows with inserts: size it again after inserting). 0 if g or k is invalid. */
 size_t idx_search_ws_size(const struct idx *ix, uint32_t g, uint32_t k);

@@ -458,3 +458,17 @@ int idx_search(const struct idx *ix, const float *q, uint32_t g, uint32_t k,
 			offer_page(&s, cand[p]);
 	return search_finish(&s, k, ret_hits);
 }
+
+int idx_page_scores(const struct idx *ix, uint32_t page, const float *q, uint32_t g,
+		    float *ret_scores)
+{
+	size_t i;
+
+	if (!ix || !q || !ret_scores || g == 0 || g > IDX_MAX_GROUP || page >= ix->npages)
+		return -EINVAL;
+	for (i = 0; i < (size_t)g * ix->dim; i++)
+		if (!isfinite(q[i]))
+			return -EINVAL;
+	idx_simd()->score_block(idx_page_keys(ix, page), q, g, ix->dim, ret_scores);
+	return (int)ix->pages[page].fill;
+}

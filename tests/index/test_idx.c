@@ -417,6 +417,49 @@ START_TEST(unlimited_beam_equals_brute_force)
 END_TEST
 
 /*
+ * idx_page_scores gives every token of every page its q.k for each query of a group, in
+ * idx_page_tokens order: compared with a double-precision dot over the keys as given. Bad
+ * arguments are refused.
+ */
+START_TEST(page_scores_match_dot_products)
+{
+	const uint32_t dim = 64, g = 3;
+	const size_t n = 3000;
+	float *keys = gen_keys(dim, n, 5), q[3 * 64], sc[3 * IDX_PAGE_CAP];
+	struct idx *ix = new_idx(dim, 0.01f, 64, 2);
+	uint32_t pg, np, j, t, i, pos[IDX_PAGE_CAP], fill, seen = 0;
+
+	for (i = 0; i < g * dim; i++)
+		q[i] = (float)sin(0.37 * i + 1.0);
+	ck_assert_int_eq(idx_build(ix, keys, n, IDX_F32), 0);
+	np = (uint32_t)idx_npages(ix);
+	for (pg = 0; pg < np; pg++) {
+		ck_assert_int_eq(idx_page_tokens(ix, pg, pos, &fill, NULL), 0);
+		ck_assert_int_eq(idx_page_scores(ix, pg, q, g, sc), (int)fill);
+		for (j = 0; j < g; j++)
+			for (t = 0; t < fill; t++) {
+				double x = 0;
+
+				for (i = 0; i < dim; i++)
+					x += (double)q[j * dim + i] * keys[(size_t)pos[t] * dim + i];
+				ck_assert_double_eq_tol(sc[j * IDX_PAGE_CAP + t], x, 1e-3 * (1 + fabs(x)));
+			}
+		seen += fill;
+	}
+	ck_assert_uint_eq(seen, n);
+	ck_assert_int_eq(idx_page_scores(ix, np, q, g, sc), -EINVAL);
+	ck_assert_int_eq(idx_page_scores(ix, 0, q, 0, sc), -EINVAL);
+	ck_assert_int_eq(idx_page_scores(ix, 0, q, IDX_MAX_GROUP + 1, sc), -EINVAL);
+	ck_assert_int_eq(idx_page_scores(NULL, 0, q, g, sc), -EINVAL);
+	ck_assert_int_eq(idx_page_scores(ix, 0, q, g, NULL), -EINVAL);
+	q[5] = NAN;
+	ck_assert_int_eq(idx_page_scores(ix, 0, q, g, sc), -EINVAL);
+	idx_free(ix);
+	free(keys);
+}
+END_TEST
+
+/*
  * A group merged by offset score (opts.bias) against brute force: every page scores
  * max_j(page score_j - bias[j]) in double, the k best in order, where a page's score is its
  * best q.k or (opts.mass_scale = s > 0) log(sum exp(s q.k)) / s over its tokens. Offsets are
@@ -944,6 +987,7 @@ static Suite *idx_suite(void)
 	tcase_add_test(tc, lifting_preserves_mips_order);
 	tcase_add_test(tc, unlimited_beam_equals_brute_force);
 	tcase_add_test(tc, biased_group_merge_equals_brute_force);
+	tcase_add_test(tc, page_scores_match_dot_products);
 	tcase_add_test(tc, planted_needles_found_at_every_budget);
 	tcase_add_test(tc, insert_only_index_searches_through_its_sketch);
 	tcase_add_test(tc, simd_paths_agree);
