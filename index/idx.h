@@ -136,6 +136,22 @@ struct idx_hit {
 int idx_page_scores(const struct idx *ix, uint32_t page, const float *q, uint32_t g,
 		    float *ret_scores);
 
+/*
+ * Chooses the `budget` best tokens among the pages of hits[0..n) (usually idx_search's, asked
+ * for more pages than the budget holds) for a group of g queries q[g][dim]. A token weighs
+ * max_j (q_j.k - bias[j]) (bias NULL: max_j q_j.k); with idx_search_opts.bias's offsets that
+ * ranks tokens by the softmax weight they add for the query that gains most, as pages were
+ * ranked. ret_mask[i] gets the rows of hits[i]'s page taken (bit t: row t in idx_page_tokens
+ * order). When the pages hold no more than the budget every row is taken (ws may then be NULL).
+ * Ties at the cut go to earlier hits, then lower rows. ws: idx_pick_ws_size(n) bytes.
+ * Returns the number of tokens taken; -EINVAL on NULL, a hit that is not a page of the index
+ * as it is, g out of range, non-finite q or bias; -ENOSPC if ws is too small.
+ */
+int idx_pick_tokens(const struct idx *ix, const float *q, uint32_t g, const float *bias,
+		    const struct idx_hit *hits, uint32_t n, uint32_t budget, void *ws,
+		    size_t ws_size, uint16_t *ret_mask);
+size_t idx_pick_ws_size(uint32_t n);
+
 /* Workspace bytes for idx_search/idx_exact_search with g queries and k hits on the index as it
  * is now (it grows with inserts: size it again after inserting). 0 if g or k is invalid. */
 size_t idx_search_ws_size(const struct idx *ix, uint32_t g, uint32_t k);

@@ -472,3 +472,106 @@ int idx_page_scores(const struct idx *ix, uint32_t page, const float *q, uint32_
 	idx_simd()->score_block(idx_page_keys(ix, page), q, g, ix->dim, ret_scores);
 	return (int)ix->pages[page].fill;
 }
+
+/* The k-th largest of x[0..n) (1 <= k <= n); x is reordered (quickselect). */
+static float kth_largest(float *x, int n, int k)
+{
+	int lo = 0, hi = n - 1, i, j;
+	float piv, t;
+
+	while (lo < hi) {
+		piv = x[lo + (hi - lo) / 2];
+		i = lo;
+		j = hi;
+		while (i <= j) {
+			while (x[i] > piv)
+				i++;
+			while (x[j] < piv)
+				j--;
+			if (i <= j) {
+				t = x[i];
+				x[i++] = x[j];
+				x[j--] = t;
+			}
+		}
+		/* now x[lo..j] >= piv >= x[i..hi], and x[j+1..i-1] == piv */
+		if (k - 1 <= j)
+			hi = j;
+		else if (k - 1 >= i)
+			lo = i;
+		else
+			break;
+	}
+	return x[k - 1];
+}
+
+size_t idx_pick_ws_size(uint32_t n)
+{
+	return 2 * (size_t)n * IDX_PAGE_CAP * sizeof(float);
+}
+
+int idx_pick_tokens(const struct idx *ix, const float *q, uint32_t g, const float *bias,
+		    const struct idx_hit *hits, uint32_t n, uint32_t budget, void *ws,
+		    size_t ws_size, uint16_t *ret_mask)
+{
+	float sc[IDX_MAX_GROUP * IDX_PAGE_CAP], *w = ws, *all, thr;
+	uint32_t i, j, t, nc = 0, total = 0, taken = 0;
+	int fill;
+
+	if (!ix || !q || (n && (!hits || !ret_mask)) || g == 0 || g > IDX_MAX_GROUP ||
+	    n > IDX_MAX_K)
+		return -EINVAL;
+	for (i = 0; bias && i < g; i++)
+		if (!isfinite(bias[i]))
+			return -EINVAL;
+	for (i = 0; i < n; i++) {
+		if (hits[i].page >= ix->npages || hits[i].fill != ix->pages[hits[i].page].fill)
+			return -EINVAL;
+		total += hits[i].fill;
+	}
+	if (total <= budget) {
+		for (i = 0; i < n; i++)
+			ret_mask[i] = (uint16_t)((1u << hits[i].fill) - 1);
+		return (int)total;
+	}
+	if (!ws || ws_size < idx_pick_ws_size(n))
+		return -ENOSPC;
+	all = w + (size_t)n * IDX_PAGE_CAP;
+	for (i = 0; i < n; i++) {
+		fill = idx_page_scores(ix, hits[i].page, q, g, sc);
+		if (fill < 0)
+			return fill; /* a non-finite q */
+		for (t = 0; t < (uint32_t)fill; t++) {
+			float x = -INFINITY;
+
+			for (j = 0; j < g; j++) {
+				float y = sc[j * IDX_PAGE_CAP + t] - (bias ? bias[j] : 0.0f);
+
+				x = y > x ? y : x;
+			}
+			w[(size_t)i * IDX_PAGE_CAP + t] = x;
+			all[nc++] = x;
+		}
+	}
+	if (budget == 0) {
+		memset(ret_mask, 0, n * sizeof(*ret_mask));
+		return 0;
+	}
+	thr = kth_largest(all, (int)nc, (int)budget);
+	/* Everything above the cut, then ties at it in hit order until the budget is met. */
+	for (i = 0; i < n; i++) {
+		ret_mask[i] = 0;
+		for (t = 0; t < hits[i].fill; t++)
+			if (w[(size_t)i * IDX_PAGE_CAP + t] > thr) {
+				ret_mask[i] |= (uint16_t)(1u << t);
+				taken++;
+			}
+	}
+	for (i = 0; i < n && taken < budget; i++)
+		for (t = 0; t < hits[i].fill && taken < budget; t++)
+			if (w[(size_t)i * IDX_PAGE_CAP + t] == thr) {
+				ret_mask[i] |= (uint16_t)(1u << t);
+				taken++;
+			}
+	return (int)taken;
+}

@@ -35,12 +35,17 @@ class Budget(ctypes.Structure):
 class PageRef(ctypes.Structure):
     _fields_ = [("page", ctypes.c_uint32), ("kv_head", ctypes.c_uint16),
                 ("kind", ctypes.c_uint8), ("tier", ctypes.c_uint8),
-                ("fill", ctypes.c_uint32), ("score", ctypes.c_float),
-                ("location", ctypes.c_uint64)]
+                ("fill", ctypes.c_uint16), ("mask", ctypes.c_uint16),
+                ("score", ctypes.c_float), ("location", ctypes.c_uint64)]
+
+    def rows(self):
+        """The rows of the fetched page to attend (bit t of mask is row t)."""
+        return [t for t in range(self.fill) if self.mask >> t & 1]
 
     def __repr__(self):
-        return ("PageRef(page=%d, kv_head=%d, kind=%d, tier=%d, fill=%d, score=%g)"
-                % (self.page, self.kv_head, self.kind, self.tier, self.fill, self.score))
+        return ("PageRef(page=%d, kv_head=%d, kind=%d, tier=%d, fill=%d, mask=%#06x, score=%g)"
+                % (self.page, self.kv_head, self.kind, self.tier, self.fill, self.mask,
+                   self.score))
 
 
 assert ctypes.sizeof(PageRef) == 24
@@ -165,7 +170,8 @@ class Context:
     def select(self, seq, layer, q):
         """Page table for one decode step of one layer. q: [q_heads][head_dim] float32, the
         queries before the 1/sqrt(head_dim) softmax scale (the engine applies it when it shares
-        a KV head's pages among its query heads)."""
+        a KV head's pages among its query heads). Attend only each ref's rows() (its mask):
+        retrieved pages carry the budget's tokens chosen among more pages than it holds."""
         lib = _load()
         cap = _check(lib.ice_select_cap(self._h, seq, layer))
         out = (PageRef * max(cap, 1))()

@@ -40,6 +40,7 @@ static const struct cfg_item cfg_items[] = {
 	U64(exact_search, 0, 1, "1: score every page exactly (reference); 0: DCI-tree search"),
 	U64(page_mass, 0, 1, "1: a page ranks by the softmax weight of all its tokens; 0: by its best token's"),
 	U64(group_merge, 0, 1, "1: a GQA group's queries share pages by the weight each adds beside its sink and window; 0: round-robin"),
+	U64(overfetch, 1, 8, "retrieved pages per page of budget; the budget's worth of their best tokens is attended (1: whole pages)"),
 	U64(allow_uid, 0, UINT64_MAX, "one more uid allowed to connect (18446744073709551615: none)"),
 	U64(drain_ms, 0, 600000, "on SIGTERM, time clients get to finish queued requests"),
 };
@@ -66,6 +67,7 @@ void config_defaults(struct rt_config *c)
 	c->drain_ms = 2000;
 	c->group_merge = 1;
 	c->page_mass = 1;
+	c->overfetch = 2;
 }
 
 static const struct cfg_item *find_item(const char *name, size_t len)
@@ -237,5 +239,6 @@ void config_engine_opts(const struct rt_config *c, struct engine_opts *o)
 		.owner_max_seqs = (uint32_t)c->client_max_seqs,
 		.group_merge = (int)c->group_merge,
 		.page_mass = (int)c->page_mass,
+		.overfetch = (uint32_t)c->overfetch,
 	};
 }

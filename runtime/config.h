@@ -27,6 +27,7 @@ struct rt_config {
 	uint64_t exact_search;  /* 1: score every page (reference); 0: DCI-tree search */
 	uint64_t group_merge;   /* 1: GQA group pages by weight next to sink+window; 0: round-robin */
 	uint64_t page_mass;     /* 1: pages rank by total softmax weight; 0: by best token */
+	uint64_t overfetch;     /* pages retrieved per budget page; the best tokens among them attended */
 	uint64_t allow_uid;     /* besides the daemon's own uid (and root): one more uid, or -1 */
 	uint64_t drain_ms;      /* SIGTERM: how long clients get to finish queued work */
 };

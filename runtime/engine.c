@@ -16,6 +16,11 @@
  * there (most heads, most steps) yields its pages to one that looks far back (a retrieval head).
  * Round-robin instead gives every query the same share, so with fewer pages than queries the
  * last queries of a group get none (group_merge = 0 keeps that, for comparisons).
+ *
+ * The retrieved budget is counted in tokens attended, not pages fetched: select finds overfetch
+ * (default 2) times the budget's pages and marks in each ref the budget's best tokens among
+ * them, by the same per-query weight (idx_pick_tokens). A semantic page seldom holds sixteen
+ * tokens a query needs; its two or three good ones now cost two or three tokens of budget.
  */
 #include "engine.h"
 
@@ -136,6 +141,8 @@ int engine_new(const struct engine_opts *o, struct engine **ret_e)
 	if (!e)
 		return -ENOMEM;
 	e->o = *o;
+	if (e->o.overfetch < 1)
+		e->o.overfetch = 1;
 	e->o.nvme_path = NULL;
 	e->slot = calloc(o->max_seqs, sizeof(*e->slot));
 	e->gen = calloc(o->max_seqs, sizeof(*e->gen));
@@ -677,22 +684,29 @@ static uint32_t head_pages(const struct head_state *st)
 	return st->ix ? (uint32_t)idx_npages(st->ix) : 0;
 }
 
-static uint32_t ret_pages(const struct seq *s, uint32_t layer, uint32_t h)
+/* Pages searched for a sparse layer: the budget's pages times overfetch (tokens are then
+ * chosen among them). */
+static uint32_t search_pages(const struct engine *e, const struct seq *s)
+{
+	return s->kpages * e->o.overfetch;
+}
+
+static uint32_t ret_pages(const struct engine *e, const struct seq *s, uint32_t layer, uint32_t h)
 {
 	uint32_t np = head_pages(&s->hs[(size_t)layer * s->p.shape.kv_heads + h]);
 
 	if (layer < s->p.budget.dense_layers)
 		return np;
-	return np < s->kpages ? np : s->kpages;
+	return np < search_pages(e, s) ? np : search_pages(e, s);
 }
 
-static size_t table_size(const struct seq *s, uint32_t layer)
+static size_t table_size(const struct engine *e, const struct seq *s, uint32_t layer)
 {
 	size_t n = 0;
 	uint32_t h;
 
 	for (h = 0; h < s->p.shape.kv_heads; h++)
-		n += sink_pages(s, layer) + ret_pages(s, layer, h) + win_pages(s, layer);
+		n += sink_pages(s, layer) + ret_pages(e, s, layer, h) + win_pages(s, layer);
 	return n;
 }
 
@@ -706,7 +720,7 @@ int engine_select_cap(struct engine *e, uint32_t owner, uint32_t id, uint32_t la
 		return -EIO;
 	if (layer >= s->p.shape.layers)
 		return -EINVAL;
-	return (int)table_size(s, layer);
+	return (int)table_size(e, s, layer);
 }
 
 static int ws_reserve(struct engine_ws *ws, size_t bytes)
@@ -791,6 +805,12 @@ static bool group_bias(const struct seq *s, const struct head_state *st, uint32_
 	return true;
 }
 
+/* Rows 0..fill-1 of a page. */
+static uint16_t full_mask(uint32_t fill)
+{
+	return (uint16_t)((1u << fill) - 1);
+}
+
 /* Where a page can be read now: the fastest tier holding it, and its slot there. */
 static void page_where(struct engine *e, const struct store_key *key, struct ice_page_ref *r)
 {
@@ -815,11 +835,12 @@ int engine_select(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer,
 {
 	struct seq *s = seq_get(e, owner, id);
 	uint64_t t0 = clock_now_ns();
-	uint32_t hk, d, g, h, i, k, sp, wp, n = 0, nkeys = 0, pos[P];
-	size_t need = 0, wsz, hsz, sz;
+	uint32_t hk, d, g, h, i, k, sp, wp, n = 0, nkeys = 0, pos[P], kmax;
+	size_t need = 0, wsz, hsz, ksz, msz, sz;
 	struct store_key *keys;
 	struct idx_hit *hits;
-	void *iws;
+	uint16_t *mask;
+	void *iws, *tokw;
 	int err, got;
 
 	if (!s)
@@ -832,24 +853,30 @@ int engine_select(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer,
 	if (layer >= s->p.shape.layers || !q || !ws ||
 	    q_len != (size_t)s->p.shape.q_heads * d * sizeof(float))
 		return -EINVAL;
-	if (table_size(s, layer) > cap)
+	if (table_size(e, s, layer) > cap)
 		return -ENOSPC;
 	sp = sink_pages(s, layer);
 	wp = win_pages(s, layer);
 	for (h = 0; h < hk; h++) {
-		k = ret_pages(s, layer, h);
+		k = ret_pages(e, s, layer, h);
 		sz = k ? idx_search_ws_size(s->hs[(size_t)layer * hk + h].ix, g, k) : 0;
 		if (sz > need)
 			need = sz;
 	}
+	/* Workspace: index search | hits | page keys (all heads) | row masks | token weights. */
+	kmax = search_pages(e, s);
 	wsz = (need + 63) & ~(size_t)63;
-	hsz = ((size_t)s->kpages * sizeof(*hits) + 63) & ~(size_t)63;
-	err = ws_reserve(ws, wsz + hsz + (size_t)hk * s->kpages * sizeof(*keys));
+	hsz = ((size_t)kmax * sizeof(*hits) + 63) & ~(size_t)63;
+	ksz = ((size_t)hk * kmax * sizeof(*keys) + 63) & ~(size_t)63;
+	msz = ((size_t)kmax * sizeof(*mask) + 63) & ~(size_t)63;
+	err = ws_reserve(ws, wsz + hsz + ksz + msz + idx_pick_ws_size(kmax));
 	if (err)
 		return err;
 	iws = ws->buf;
 	hits = (struct idx_hit *)(void *)((char *)ws->buf + wsz);
 	keys = (struct store_key *)(void *)((char *)ws->buf + wsz + hsz);
+	mask = (uint16_t *)(void *)((char *)ws->buf + wsz + hsz + ksz);
+	tokw = (char *)ws->buf + wsz + hsz + ksz + msz;
 	for (h = 0; h < hk; h++) {
 		const struct head_state *st = &s->hs[(size_t)layer * hk + h];
 		uint32_t np = head_pages(st);
@@ -857,9 +884,10 @@ int engine_select(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer,
 		for (i = 0; i < sp; i++) {
 			uint32_t fill = s->sink_n[layer] - i * P;
 
+			fill = fill > P ? P : fill;
 			out[n++] = (struct ice_page_ref){ .page = i, .kv_head = (uint16_t)h,
 				.kind = ICE_PAGE_SINK, .tier = ICE_TIER_DRAM,
-				.fill = fill > P ? P : fill };
+				.fill = (uint16_t)fill, .mask = full_mask(fill) };
 		}
 		if (layer < s->p.budget.dense_layers) {
 			/* Dense layer: every page, in id order. */
@@ -869,37 +897,47 @@ int engine_select(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer,
 
 				idx_page_tokens(st->ix, i, pos, &fill, NULL);
 				out[n] = (struct ice_page_ref){ .page = i, .kv_head = (uint16_t)h,
-					.kind = ICE_PAGE_RETRIEVED, .fill = fill };
+					.kind = ICE_PAGE_RETRIEVED, .fill = (uint16_t)fill,
+					.mask = full_mask(fill) };
 				page_where(e, &key, &out[n++]);
 			}
-		} else if ((k = ret_pages(s, layer, h))) {
+		} else if ((k = ret_pages(e, s, layer, h))) {
 			struct idx_search_opts so = { 0 };
 			const float *qg = q + (size_t)h * g * d;
 			float bias[IDX_MAX_GROUP];
+			const float *bp = NULL;
 
 			if (e->o.exact_search)
 				so.flags = IDX_SEARCH_ALL; /* every page scored: idx_exact_search's result */
 			if (g > 1 && e->o.group_merge && group_bias(s, st, layer, qg, bias))
-				so.bias = bias;
+				so.bias = bp = bias;
 			if (e->o.page_mass)
 				so.mass_scale = 1.0f / sqrtf((float)d);
 			got = idx_search(st->ix, qg, g, k, &so, iws, need, hits);
 			if (got < 0)
 				return got;
+			err = idx_pick_tokens(st->ix, qg, g, bp, hits, (uint32_t)got, s->kpages * P,
+					      tokw, idx_pick_ws_size(kmax), mask);
+			if (err < 0)
+				return err;
 			for (i = 0; i < (uint32_t)got; i++) {
+				if (!mask[i])
+					continue; /* none of its tokens made the budget */
 				keys[nkeys] = (struct store_key){ s->id, layer, h, hits[i].page };
 				out[n] = (struct ice_page_ref){ .page = hits[i].page,
 					.kv_head = (uint16_t)h, .kind = ICE_PAGE_RETRIEVED,
-					.fill = hits[i].fill, .score = hits[i].score };
+					.fill = (uint16_t)hits[i].fill, .mask = mask[i],
+					.score = hits[i].score };
 				page_where(e, &keys[nkeys++], &out[n++]);
 			}
 		}
 		for (i = 0; i < wp; i++) {
 			uint32_t fill = st->win_n - i * P;
 
+			fill = fill > P ? P : fill;
 			out[n++] = (struct ice_page_ref){ .page = i, .kv_head = (uint16_t)h,
 				.kind = ICE_PAGE_WINDOW, .tier = ICE_TIER_DRAM,
-				.fill = fill > P ? P : fill };
+				.fill = (uint16_t)fill, .mask = full_mask(fill) };
 		}
 	}
 	/* The heat hook: what was selected now is what placement keeps close. */

@@ -31,6 +31,8 @@ struct engine_opts {
 	uint32_t owner_max_seqs; /* per owner (client); 0 = no limit below max_seqs */
 	int group_merge;       /* 1: a GQA group's pages by weight beside its sink+window; 0: round-robin */
 	int page_mass;         /* 1: pages rank by their total softmax weight; 0: by their best token */
+	uint32_t overfetch;    /* retrieved pages searched per budget page; the best tokens among
+				* them are attended (1 or 0: whole pages) */
 };
 
 struct engine_params {

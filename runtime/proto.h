@@ -12,7 +12,7 @@
 #include "ring.h"
 
 #define PROTO_MAGIC 0x31454349u /* "ICE1" little-endian */
-#define PROTO_VERSION 1
+#define PROTO_VERSION 2 /* 2: ice_page_ref carries a token mask */
 
 /* Handshake: the client sends hello, the daemon answers welcome (+ the memfd on success). */
 enum proto_kind {

@@ -31,7 +31,7 @@
 extern "C" {
 #endif
 
-#define ICE_API_VERSION 1
+#define ICE_API_VERSION 2
 #define ICE_PAGE_TOKENS 16
 
 /* Storage dtype of K and V. Search arithmetic is float32 whatever the storage. */
@@ -80,7 +80,10 @@ struct ice_page_ref {
 	uint16_t kv_head;
 	uint8_t kind;      /* enum ice_page_kind */
 	uint8_t tier;      /* enum ice_tier: where the page can be read now */
-	uint32_t fill;     /* tokens in the page, 1..ICE_PAGE_TOKENS */
+	uint16_t fill;     /* tokens in the page, 1..ICE_PAGE_TOKENS */
+	uint16_t mask;     /* the rows to attend: bit t for row t, only rows below fill. Every
+			    * row for sink, window and dense-layer pages; for retrieved pages the
+			    * tokens ice_select chose (see there) */
 	float score;       /* retrieved pages: the page's score for the query that took it, in
 			    * q.k units: its log-sum-exp over its tokens at scale 1/sqrt(head_dim)
 			    * (config page_mass = 1, the default) or its best q.k; else 0 */
@@ -147,8 +150,14 @@ int ice_append(struct ice_ctx *ctx, uint32_t seq, uint32_t layer, uint32_t n, co
  * KV head share its retrieved pages: by default (config group_merge = 1) a page goes to the query it would add the most
  * softmax weight to beside that query's sink and window tokens, so heads that look far back
  * get the pages that heads attending locally do not need; group_merge = 0 shares them
- * round-robin. Writes at most cap refs into out, grouped by KV head in ascending order; within
- * a head: sink pages, then retrieved pages best first, then window pages (oldest first).
+ * round-robin. The budget is counted in tokens attended: with config overfetch = f (default 2)
+ * the engine retrieves up to f times the budget's pages and marks in each ref's mask the
+ * tokens to attend, the retrieved budget's worth in all, best softmax weight first (for the
+ * query of the group that gains most from each token), so a page that holds two relevant
+ * tokens costs two tokens, not sixteen. Pages none of whose tokens are chosen are left out;
+ * overfetch = 1 attends whole pages. Writes at most cap refs into out, grouped by KV head in
+ * ascending order; within a head: sink pages, then retrieved pages best first, then window
+ * pages (oldest first).
  * Returns the number written; -ENOSPC when cap is too small for the budget (ice_select_cap
  * tells the size).
  */

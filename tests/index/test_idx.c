@@ -460,6 +460,92 @@ START_TEST(page_scores_match_dot_products)
 END_TEST
 
 /*
+ * idx_pick_tokens takes the budget's best tokens among a search's pages: as many as the budget
+ * (or all the pages hold), and no token left out outweighs one taken, the weight being
+ * max_j (q_j.k - bias[j]) recomputed here in double; with and without offsets. Bad arguments
+ * and a short workspace are refused.
+ */
+START_TEST(picked_tokens_are_the_heaviest)
+{
+	const uint32_t dim = 32, g = 3, k = 8;
+	const size_t n = 4000;
+	float *keys = gen_keys(dim, n, 6), q[3 * 32], bias[3] = { 1.5f, -2.0f, 0.25f };
+	struct idx *ix = new_idx(dim, 0.01f, 64, 2);
+	struct idx_hit hits[8];
+	struct idx_search_opts so = { .flags = IDX_SEARCH_ALL };
+	uint16_t mask[8];
+	uint32_t trial, i, j, t, pos[IDX_PAGE_CAP], fill, budget, total;
+	float ws_small[4];
+	size_t ws_size;
+	void *ws, *pws;
+	int got, taken;
+
+	ck_assert_int_eq(idx_build(ix, keys, n, IDX_F32), 0);
+	ws_size = idx_search_ws_size(ix, g, k);
+	ws = malloc(ws_size);
+	pws = malloc(idx_pick_ws_size(k));
+	for (trial = 0; trial < 12; trial++) {
+		const float *bp = trial % 2 ? bias : NULL;
+		double in_min = 1e300, out_max = -1e300;
+		uint32_t cnt = 0;
+
+		for (i = 0; i < g * dim; i++)
+			q[i] = (float)sin(0.71 * i + trial) * 2.0f;
+		so.bias = bp;
+		got = idx_search(ix, q, g, k, &so, ws, ws_size, hits);
+		ck_assert_int_eq(got, (int)k);
+		total = 0;
+		for (i = 0; i < k; i++)
+			total += hits[i].fill;
+		budget = trial < 10 ? 8 + 9 * trial : total + 3;
+		taken = idx_pick_tokens(ix, q, g, bp, hits, k, budget, pws, idx_pick_ws_size(k), mask);
+		ck_assert_int_eq(taken, (int)(budget < total ? budget : total));
+		for (i = 0; i < k; i++) {
+			ck_assert_int_eq(idx_page_tokens(ix, hits[i].page, pos, &fill, NULL), 0);
+			ck_assert_uint_eq(mask[i] >> fill, 0);
+			for (t = 0; t < fill; t++) {
+				double w = -1e300;
+
+				for (j = 0; j < g; j++) {
+					double x = 0;
+
+					for (uint32_t c = 0; c < dim; c++)
+						x += (double)q[j * dim + c] * keys[(size_t)pos[t] * dim + c];
+					x -= bp ? bp[j] : 0;
+					w = x > w ? x : w;
+				}
+				if (mask[i] >> t & 1) {
+					cnt++;
+					in_min = w < in_min ? w : in_min;
+				} else {
+					out_max = w > out_max ? w : out_max;
+				}
+			}
+		}
+		ck_assert_uint_eq(cnt, (uint32_t)taken);
+		ck_assert_msg(out_max <= in_min + 1e-4 * (1 + fabs(in_min)), "left out %g > taken %g",
+			      out_max, in_min);
+	}
+	ck_assert_int_eq(idx_pick_tokens(ix, q, g, NULL, hits, k, 20, ws_small, sizeof(ws_small),
+					 mask), -ENOSPC);
+	ck_assert_int_eq(idx_pick_tokens(NULL, q, g, NULL, hits, k, 20, pws, idx_pick_ws_size(k),
+					 mask), -EINVAL);
+	ck_assert_int_eq(idx_pick_tokens(ix, q, 0, NULL, hits, k, 20, pws, idx_pick_ws_size(k),
+					 mask), -EINVAL);
+	bias[1] = INFINITY;
+	ck_assert_int_eq(idx_pick_tokens(ix, q, g, bias, hits, k, 20, pws, idx_pick_ws_size(k),
+					 mask), -EINVAL);
+	hits[2].page = (uint32_t)idx_npages(ix);
+	ck_assert_int_eq(idx_pick_tokens(ix, q, g, NULL, hits, k, 20, pws, idx_pick_ws_size(k),
+					 mask), -EINVAL);
+	free(ws);
+	free(pws);
+	idx_free(ix);
+	free(keys);
+}
+END_TEST
+
+/*
  * A group merged by offset score (opts.bias) against brute force: every page scores
  * max_j(page score_j - bias[j]) in double, the k best in order, where a page's score is its
  * best q.k or (opts.mass_scale = s > 0) log(sum exp(s q.k)) / s over its tokens. Offsets are
@@ -988,6 +1074,7 @@ static Suite *idx_suite(void)
 	tcase_add_test(tc, unlimited_beam_equals_brute_force);
 	tcase_add_test(tc, biased_group_merge_equals_brute_force);
 	tcase_add_test(tc, page_scores_match_dot_products);
+	tcase_add_test(tc, picked_tokens_are_the_heaviest);
 	tcase_add_test(tc, planted_needles_found_at_every_budget);
 	tcase_add_test(tc, insert_only_index_searches_through_its_sketch);
 	tcase_add_test(tc, simd_paths_agree);

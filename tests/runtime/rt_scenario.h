@@ -16,6 +16,7 @@ struct rt_scn {
 	uint64_t seed;
 	int group_merge;	/* the engine's group_merge (default 1) */
 	int page_mass;		/* the engine's page_mass (default 1) */
+	uint32_t overfetch;	/* the engine's overfetch (default 2) */
 };
 
 static inline void rt_scn_default(struct rt_scn *s, uint64_t seed, uint32_t ntok)
@@ -26,6 +27,16 @@ static inline void rt_scn_default(struct rt_scn *s, uint64_t seed, uint32_t ntok
 	s->seed = seed;
 	s->group_merge = 1;
 	s->page_mass = 1;
+	s->overfetch = 2;
+}
+
+static inline uint32_t rt_popcount(uint32_t x)
+{
+	uint32_t n = 0;
+
+	for (; x; x &= x - 1)
+		n++;
+	return n;
 }
 
 static inline uint64_t rt_fnv(uint64_t h, const void *p, size_t n)
@@ -114,9 +125,12 @@ static inline uint64_t rt_scenario(struct ice_ctx *c, const struct rt_scn *s)
 		}
 		for (h = 0; h < hkv; h++) {
 			struct rt_page all[1024];
-			uint32_t np = 0, want[1024], nwant, nret = 0, j, kind = 0, nsw;
+			uint32_t np = 0, want[1024], nwant, nret = 0, j, kind = 0, nsw, wi = 0;
+			uint32_t budget = s->budget.retrieved_tokens / PT * PT, avail = 0, taken = 0;
 			float *allbuf = malloc(pb * 1024), *swk = malloc(pb * 512);
-			double bias[16];
+			double bias[16], w[PT], in_min = 1e300, out_max = -1e300;
+			uint16_t wmask[1024] = { 0 };
+			int biased;
 
 			/* Every indexed page of this head, by probing ids until one is refused. */
 			memset(seen, 0, s->ntok);
@@ -150,13 +164,18 @@ static inline uint64_t rt_scenario(struct ice_ctx *c, const struct rt_scn *s)
 				memcpy(swk + (size_t)nsw * d, buf, (size_t)refs[j].fill * d * 4);
 				nsw += refs[j].fill;
 			}
-			if (g > 1 && nsw && s->group_merge)
+			biased = g > 1 && nsw && s->group_merge;
+			if (biased)
 				rt_ref_bias(swk, nsw, q + (size_t)h * g * d, g, d, bias);
+			/* The pages searched: the budget's pages times overfetch, best first. */
 			nwant = dense ? np : rt_ref_select(all, np, q + (size_t)h * g * d, g, d,
-							   s->budget.retrieved_tokens / PT,
-							   g > 1 && nsw && s->group_merge ? bias : NULL,
+							   s->budget.retrieved_tokens / PT *
+							   (s->overfetch ? s->overfetch : 1),
+							   biased ? bias : NULL,
 							   s->page_mass ? 1.0 / sqrt((double)d) : 0,
 							   want);
+			for (j = 0; !dense && j < nwant; j++)
+				avail += all[want[j]].fill;
 			/* This head's part of the table: sink, retrieved, window, in that order. */
 			for (j = 0; j < (uint32_t)got; j++) {
 				if (refs[j].kv_head != h)
@@ -165,16 +184,53 @@ static inline uint64_t rt_scenario(struct ice_ctx *c, const struct rt_scn *s)
 				kind = refs[j].kind;
 				ck_assert_int_eq(ice_fetch(c, seq, layer, &refs[j], 1, buf, pb), 0);
 				digest = rt_fnv(digest, buf, pb);
-				if (refs[j].kind == ICE_PAGE_RETRIEVED) {
-					ck_assert_uint_lt(nret, nwant);
-					ck_assert_uint_eq(refs[j].page, dense ? nret : want[nret]);
+				ck_assert_uint_ge(refs[j].fill, 1);
+				ck_assert_uint_le(refs[j].fill, PT);
+				ck_assert_uint_eq(refs[j].mask & ~((1u << refs[j].fill) - 1), 0);
+				if (refs[j].kind == ICE_PAGE_RETRIEVED && !dense) {
+					/* A page of the searched list, in its order (pages left out
+					 * had no token chosen), with the tokens it contributes. */
+					while (wi < nwant && want[wi] != refs[j].page)
+						wi++;
+					ck_assert_msg(wi < nwant, "page %u not among the searched",
+						      refs[j].page);
+					ck_assert_uint_ne(refs[j].mask, 0);
+					wmask[wi++] = refs[j].mask;
+					taken += rt_popcount(refs[j].mask);
+					nret++;
+					rt_check_rows(s, lseed, h, buf, refs[j].fill, NULL);
+				} else if (refs[j].kind == ICE_PAGE_RETRIEVED) {
+					ck_assert_uint_eq(refs[j].page, nret);
+					ck_assert_uint_eq(refs[j].mask, (1u << refs[j].fill) - 1);
 					nret++;
 					rt_check_rows(s, lseed, h, buf, refs[j].fill, NULL);
 				} else {
+					ck_assert_uint_eq(refs[j].mask, (1u << refs[j].fill) - 1);
 					rt_check_rows(s, lseed, h, buf, refs[j].fill, seen);
 				}
 			}
-			ck_assert_uint_eq(nret, nwant);
+			if (dense) {
+				ck_assert_uint_eq(nret, nwant);
+			} else {
+				/* The budget's worth of tokens (or every one the searched pages
+				 * hold), and none left out weighs more than one taken (up to
+				 * float rounding: the engine weighs in float, this in double). */
+				ck_assert_uint_eq(taken, avail < budget ? avail : budget);
+				for (j = 0; j < nwant; j++) {
+					uint32_t t;
+
+					rt_ref_token_weights(&all[want[j]], q + (size_t)h * g * d, g, d,
+							     biased ? bias : NULL, w);
+					for (t = 0; t < all[want[j]].fill; t++) {
+						if (wmask[j] >> t & 1)
+							in_min = w[t] < in_min ? w[t] : in_min;
+						else
+							out_max = w[t] > out_max ? w[t] : out_max;
+					}
+				}
+				ck_assert_msg(out_max <= in_min + 1e-3 * (1 + fabs(in_min)),
+					      "token left out weighs %g, one taken %g", out_max, in_min);
+			}
 			/* Sink + every indexed page + window = every token exactly once. */
 			for (pos = 0; pos < s->ntok; pos++)
 				ck_assert_msg(seen[pos], "layer %u head %u: position %u missing",

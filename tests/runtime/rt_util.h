@@ -157,6 +157,28 @@ static inline uint32_t rt_ref_select(const struct rt_page *pg, uint32_t np, cons
 }
 
 /*
+ * A token's weight for the engine's token choice: max_j (q_j.k - bias[j]) (bias NULL: 0), for
+ * the fill rows of one page.
+ */
+static inline void rt_ref_token_weights(const struct rt_page *pg, const float *q, uint32_t g,
+					uint32_t d, const double *bias, double *w)
+{
+	uint32_t t, j, i;
+
+	for (t = 0; t < pg->fill; t++) {
+		w[t] = -1e300;
+		for (j = 0; j < g; j++) {
+			double x = 0;
+
+			for (i = 0; i < d; i++)
+				x += (double)q[j * d + i] * pg->k[t * d + i];
+			x -= bias ? bias[j] : 0;
+			w[t] = x > w[t] ? x : w[t];
+		}
+	}
+}
+
+/*
  * The offsets the engine merges a group by (group_merge = 1): bias[j] = sqrt(d) *
  * logsumexp(q_j.k / sqrt(d)) over the n key rows kr[n][d] the head attends anyway.
  */

@@ -185,14 +185,15 @@ START_TEST(embedded_matches_reference)
 		snprintf(cfg, sizeof(cfg), "exact_search = 1\ndram_bytes = 1048576\n"
 			 "nvme_path = %s\nnvme_bytes = 67108864\n", nvme);
 	}
-	if (_i == 4) /* the first ranking: best token, round-robin merge; its own reference */
+	if (_i == 4) /* the first ranking: best token, round-robin merge, whole pages */
 		snprintf(cfg, sizeof(cfg), "exact_search = 1\ndram_bytes = 67108864\ngroup_merge = 0\n"
-			 "page_mass = 0\n");
+			 "page_mass = 0\noverfetch = 1\n");
 	ck_assert_int_eq(ice_open_embedded(cfg, &c), 0);
 	ck_assert_int_eq(ice_is_embedded(c), 1);
 	rt_scn_default(&s, 11 + (uint64_t)_i, _i == 0 || _i == 3 ? 777 : (_i == 1 ? 20 : 300));
 	s.group_merge = _i != 4;
 	s.page_mass = _i != 4;
+	s.overfetch = _i == 4 ? 1 : 2;
 	if (_i == 2) {
 		/* GQA group of 4, no sink, no dense layers, bigger budget than pages. */
 		s.shape = (struct ice_model_shape){ 2, 8, 2, 64, ICE_DTYPE_F32 };
@@ -273,7 +274,7 @@ START_TEST(group_gives_its_page_to_the_query_that_gains_most)
 	float q[3 * D] = { 0 };
 	struct ice_ctx *c;
 	uint64_t rng = 9;
-	uint32_t seq, i, t, needle = 0, filler = 0, nret = 0;
+	uint32_t seq, i, t, needle = 0, filler = 0, nret = 0, attended = 0;
 	int n;
 
 	for (t = 0; t < N; t++) {
@@ -303,13 +304,20 @@ START_TEST(group_gives_its_page_to_the_query_that_gains_most)
 		for (t = 0; t < r[i].fill; t++) {
 			uint32_t tok = (uint32_t)out[(16 + t) * D];
 
+			if (!(r[i].mask >> t & 1))
+				continue; /* fetched, not attended */
+			attended++;
 			needle += tok >= NEEDLE && tok < NEEDLE + CLUSTER;
 			filler += tok >= FILLER && tok < FILLER + CLUSTER;
 		}
 	}
-	ck_assert_uint_eq(nret, 1);
+	/* One page's worth of tokens attended, from the up to 2 pages searched (overfetch 2). */
+	ck_assert_uint_ge(nret, 1);
+	ck_assert_uint_le(nret, 2);
+	ck_assert_uint_eq(attended, 16);
 	if (_i < 2) {
-		ck_assert_uint_gt(needle, 0);
+		/* most of the cluster (a few of its tokens may sit in pages not searched) */
+		ck_assert_uint_ge(needle, CLUSTER * 3 / 4);
 		ck_assert_uint_eq(filler, 0);
 	} else {
 		ck_assert_uint_gt(filler, 0);
@@ -320,7 +328,8 @@ START_TEST(group_gives_its_page_to_the_query_that_gains_most)
 END_TEST
 
 /* The DCI-tree search (the default) against exact search on the same data: every page it
- * returns is a real page, distinct, as many as the budget, and most of them are the exact ones. */
+ * returns is a real page, distinct, each head attends the budget's tokens, and most of its
+ * pages are the exact ones. */
 START_TEST(dci_search_agrees_with_exact_search)
 {
 	struct ice_model_shape sh = { 1, 8, 2, 64, ICE_DTYPE_F32 };
@@ -332,7 +341,7 @@ START_TEST(dci_search_agrees_with_exact_search)
 	struct ice_ctx *a, *x;
 	uint32_t sa, sx;
 	uint64_t rng = 5;
-	int na, nb, i, j, it, hit = 0, tot = 0;
+	int na, nb, i, j, it, hit = 0, tot = 0, tokens[2];
 
 	rt_make_kv(3, 2, 64, 0, N, k, v);
 	ck_assert_int_eq(ice_open_embedded("dram_bytes = 67108864", &a), 0);
@@ -350,12 +359,13 @@ START_TEST(dci_search_agrees_with_exact_search)
 			       0.3f * rt_frand(&rng);
 		na = ice_select(a, sa, 0, q, ra, 256);
 		nb = ice_select(x, sx, 0, q, rb, 256);
-		ck_assert_int_eq(na, nb);
+		ck_assert_int_gt(na, 0);
+		ck_assert_int_gt(nb, 0);
+		tokens[0] = tokens[1] = 0;
 		for (i = 0; i < na; i++) {
-			ck_assert_uint_eq(ra[i].kind, rb[i].kind);
-			ck_assert_uint_eq(ra[i].kv_head, rb[i].kv_head);
 			if (ra[i].kind != ICE_PAGE_RETRIEVED)
 				continue;
+			tokens[ra[i].kv_head] += __builtin_popcount(ra[i].mask);
 			for (j = 0; j < i; j++)
 				ck_assert(!(ra[j].kind == ICE_PAGE_RETRIEVED &&
 					    ra[j].kv_head == ra[i].kv_head && ra[j].page == ra[i].page));
@@ -366,9 +376,11 @@ START_TEST(dci_search_agrees_with_exact_search)
 			hit += j < nb;
 			tot++;
 		}
+		ck_assert_int_eq(tokens[0], 128);
+		ck_assert_int_eq(tokens[1], 128);
 	}
 	printf("dci vs exact page recall: %d / %d\n", hit, tot);
-	ck_assert_int_eq(tot, 20 * 2 * 8);
+	ck_assert_int_ge(tot, 20 * 2 * 8);
 	ck_assert_int_ge(hit * 10, tot * 6);
 	ice_close(a);
 	ice_close(x);

@@ -438,7 +438,8 @@ static int run_case(struct run *r, int task, int filler, int length, int di, int
 				w.correct ? "ok" : "MISS", w.method == SEL_FULL ? pre.n + tail.n :
 				w.attended, w.tok_s);
 		if (r->o.verbose && (w.method == SEL_DCI || w.method == SEL_ICECACHE))
-			fprintf(stderr, "    %.1f pages selected per layer and KV head per step%s%s\n",
+			fprintf(stderr, "    %.1f pages fetched per layer and KV head per step (the "
+				"budget's best tokens among them attended)%s%s\n",
 				w.pages, *sel_stats_text(r->sels[si]) ? "; " : "",
 				sel_stats_text(r->sels[si]));
 	}

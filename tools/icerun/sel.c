@@ -15,6 +15,10 @@
 
 #define P MODEL_PAGE
 #define MAXG 16
+/* dci mode: pages searched per page of budget, the best tokens among them attended (as the
+ * engine's default overfetch), and at most this many pages. */
+#define DCI_OVERFETCH 2
+#define DCI_MAX_PAGES 64
 
 static const char *const names[SEL_NKINDS] = { "full", "stream", "quest", "oracle", "dci",
 					       "icecache" };
@@ -466,15 +470,17 @@ static void account(struct sel *s, int layer, int n, double mass_g, int nsel)
 static int dci_set(struct sel *s, const struct kv *kv, int layer, int h, const float *qg, int n)
 {
 	struct idx *ix = s->ix[layer * s->nkv + h];
-	struct idx_hit hits[64];
+	struct idx_hit hits[DCI_MAX_PAGES];
 	struct idx_search_opts so = { 0 };
-	uint32_t pos[IDX_PAGE_CAP], fill, ver;
-	float bias[MAXG];
-	int k = s->c.budget / P - 2, ns = 0, t, j, got, err;
+	uint32_t pos[IDX_PAGE_CAP], fill;
+	uint16_t mask[DCI_MAX_PAGES];
+	float bias[MAXG], pw[2 * DCI_MAX_PAGES * IDX_PAGE_CAP];
+	int k = s->c.budget / P - 2, kf, ns = 0, t, j, got, err;
 	size_t need;
 
-	if (k > 64)
-		k = 64;
+	if (k > DCI_MAX_PAGES / DCI_OVERFETCH)
+		k = DCI_MAX_PAGES / DCI_OVERFETCH;
+	kf = k * DCI_OVERFETCH;
 	/* tokens that left the window since the last step join the tree (once per layer) */
 	if (h == 0 && s->ix_end[layer] < n - P) {
 		for (int hh = 0; hh < s->nkv; hh++)
@@ -482,7 +488,7 @@ static int dci_set(struct sel *s, const struct kv *kv, int layer, int h, const f
 				return err;
 		s->ix_end[layer] = n - P;
 	}
-	need = idx_search_ws_size(ix, (uint32_t)s->g, (uint32_t)k);
+	need = idx_search_ws_size(ix, (uint32_t)s->g, (uint32_t)kf);
 	if (need > s->ws_cap) {
 		free(s->ws);
 		s->ws = malloc(need);
@@ -505,17 +511,23 @@ static int dci_set(struct sel *s, const struct kv *kv, int layer, int h, const f
 	}
 	so.bias = bias;
 	so.mass_scale = 1.0f; /* pages rank by their softmax weight (q carries the scale) */
-	got = idx_search(ix, qg, (uint32_t)s->g, (uint32_t)k, &so, s->ws, s->ws_cap, hits);
+	got = idx_search(ix, qg, (uint32_t)s->g, (uint32_t)kf, &so, s->ws, s->ws_cap, hits);
 	if (got < 0)
 		return got;
+	/* the budget's tokens among those pages, by the same weight (as the engine does) */
+	err = idx_pick_tokens(ix, qg, (uint32_t)s->g, bias, hits, (uint32_t)got,
+			      (uint32_t)(k * P), pw, sizeof(pw), mask);
+	if (err < 0)
+		return err;
 	for (t = 0; t < P; t++)
 		s->idx[ns++] = t;
-	s->att_pages += got;
 	for (j = 0; j < got; j++) {
-		if (idx_page_tokens(ix, hits[j].page, pos, &fill, &ver))
+		if (!mask[j] || idx_page_tokens(ix, hits[j].page, pos, &fill, NULL))
 			continue;
+		s->att_pages++;
 		for (t = 0; t < (int)fill; t++)
-			s->idx[ns++] = (int32_t)pos[t] + P;	/* tree token i is position P + i */
+			if (mask[j] >> t & 1)
+				s->idx[ns++] = (int32_t)pos[t] + P; /* tree token i is position P + i */
 	}
 	for (t = n - P; t < n; t++)
 		s->idx[ns++] = t;
@@ -724,8 +736,9 @@ static int ice_attend(struct sel *s, const struct kv *kv, int layer, int pos, co
 				if (s->refs[i].kv_head != h)
 					continue;
 				for (t = 0; t < (int)s->refs[i].fill && ntok < s->c.cap; t++)
-					sc[ntok++] = mm_dot(qg + (size_t)hh * s->d, kp + (size_t)t * s->d,
-							    s->d);
+					if (s->refs[i].mask >> t & 1)
+						sc[ntok++] = mm_dot(qg + (size_t)hh * s->d,
+								    kp + (size_t)t * s->d, s->d);
 			}
 			for (j = 0; j < ntok; j++)
 				mx = sc[j] > mx ? sc[j] : mx;
@@ -737,9 +750,10 @@ static int ice_attend(struct sel *s, const struct kv *kv, int layer, int pos, co
 
 				if (s->refs[i].kv_head != h)
 					continue;
-				for (t = 0; t < (int)s->refs[i].fill && ntok < s->c.cap; t++, ntok++)
-					mm_axpy(og + (size_t)hh * s->d, sc[ntok] / sum,
-						vp + (size_t)t * s->d, s->d);
+				for (t = 0; t < (int)s->refs[i].fill && ntok < s->c.cap; t++)
+					if (s->refs[i].mask >> t & 1)
+						mm_axpy(og + (size_t)hh * s->d, sc[ntok++] / sum,
+							vp + (size_t)t * s->d, s->d);
 			}
 		}
 		/* mass: the fetched keys are the cached keys, so exp(q·k - max) / Z of a fetched
@@ -756,8 +770,9 @@ static int ice_attend(struct sel *s, const struct kv *kv, int layer, int pos, co
 				if (hh == 0 && s->refs[i].kind == ICE_PAGE_RETRIEVED)
 					s->att_pages++;
 				for (t = 0; t < (int)s->refs[i].fill; t++)
-					mass += expf(mm_dot(qh, kp + (size_t)t * s->d, s->d) -
-						     s->pmax[hh]) / s->psum[hh];
+					if (s->refs[i].mask >> t & 1)
+						mass += expf(mm_dot(qh, kp + (size_t)t * s->d, s->d) -
+							     s->pmax[hh]) / s->psum[hh];
 			}
 		}
 		account(s, layer, n, mass, ntok);
