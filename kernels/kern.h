@@ -73,16 +73,23 @@ int kern_gather_inline(const struct kern_copy *copies, uint32_t n, size_t bytes,
 
 /* ---------------------------------------------------------------- sparse decode attention */
 
-/* One page of a KV head's page table: the slot it sits in and how many tokens it holds. */
+/* One page of a KV head's page table: the slot it sits in, how many tokens it holds, and
+ * which of them are left out (bit t: row t, for t < KERN_SKIP_ROWS; 0 attends every row). A
+ * page retrieved whole has skip 0; IceCache's retrieved pages attend only their chosen tokens
+ * (ice_page_ref.mask: skip = ~mask within the fill). */
 struct kern_page {
 	uint32_t slot;
-	uint32_t fill;
+	uint16_t fill;
+	uint16_t skip;
 };
+
+#define KERN_SKIP_ROWS 16
 
 /*
  * Decode attention for one layer and one new token: for each query head i (KV head
  * h = i / (hq / hkv)), out[i] = softmax(scale * q[i] . K_h) V_h over every token of every page in
- * h's page table (pages[head_off[h] .. head_off[h + 1]), the first `fill` rows of each), which
+ * h's page table (pages[head_off[h] .. head_off[h + 1]), the first `fill` rows of each but
+ * those its `skip` bits leave out), which
  * the caller makes up of the sink page, the selected pages and the window pages. Exact softmax,
  * fp32 arithmetic whatever the storage dtype. A head with no tokens gets zeros.
  */

@@ -276,7 +276,8 @@ __device__ __forceinline__ void merge_state(float &m, float &l, float *a, float 
 }
 
 /* Loads this lane's 8 dims of token i's K and V rows (i counts the block's pages' token
- * positions); false for a position past a page's fill, an invalid slot, or past the block. */
+ * positions); false for a position past a page's fill, a skipped row, an invalid slot, or past
+ * the block. */
 template <typename T, int D>
 __device__ __forceinline__ bool load_token(const struct attn_params &pr, uint32_t p_begin,
 					   uint32_t i, uint32_t total, int sl, float k[8], float v[8])
@@ -285,7 +286,8 @@ __device__ __forceinline__ bool load_token(const struct attn_params &pr, uint32_
 		struct kern_page pg = pr.pages[p_begin + i / pr.page_cap];
 		uint32_t t = i % pr.page_cap;
 
-		if (pg.slot < pr.nslots && pg.fill <= pr.page_cap && t < pg.fill) {
+		if (pg.slot < pr.nslots && pg.fill <= pr.page_cap && t < pg.fill &&
+		    !(t < KERN_SKIP_ROWS && ((uint32_t)pg.skip >> t & 1))) {
 			const T *row = (const T *)(pr.pool + (size_t)pg.slot * pr.slot_bytes) +
 				       (size_t)t * D + sl * 8;
 

@@ -197,6 +197,11 @@ int kern_attn_check(const struct kern_attn_args *a)
 	return 0;
 }
 
+static int row_skipped(const struct kern_page *pg, uint32_t t)
+{
+	return t < KERN_SKIP_ROWS && (pg->skip >> t & 1);
+}
+
 int kern_ref_attn(const struct kern_attn_args *a)
 {
 	const unsigned char *pool;
@@ -236,6 +241,8 @@ int kern_ref_attn(const struct kern_attn_args *a)
 				for (t = 0; t < a->pages[p].fill; t++) {
 					double s = 0.0;
 
+					if (row_skipped(&a->pages[p], t))
+						continue;
 					for (c = 0; c < a->d; c++)
 						s += (double)kern_load_f32(a->q, a->dtype, (size_t)qi * a->d + c) *
 						     kern_load_f32(k, a->dtype, (size_t)t * a->d + c);
@@ -252,6 +259,8 @@ int kern_ref_attn(const struct kern_attn_args *a)
 				for (t = 0; t < a->pages[p].fill; t++) {
 					double s = 0.0, w;
 
+					if (row_skipped(&a->pages[p], t))
+						continue;
 					for (c = 0; c < a->d; c++)
 						s += (double)kern_load_f32(a->q, a->dtype, (size_t)qi * a->d + c) *
 						     kern_load_f32(k, a->dtype, (size_t)t * a->d + c);

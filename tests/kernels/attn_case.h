@@ -62,9 +62,40 @@ static inline void attn_case_free(struct attn_case *c)
 	memset(c, 0, sizeof(*c));
 }
 
+/* Writes a page's rows: random K/V for the rows it attends (also appended to head h's dense
+ * arrays), NaN for the rows it skips. Returns the rows attended. */
+static inline uint32_t case_fill_rows(struct attn_case *c, enum kern_dtype dt, uint32_t d,
+				      uint32_t h, const struct kern_page *pg, unsigned char *slot,
+				      uint64_t *s)
+{
+	uint32_t t, i, n = 0, fill = pg->fill;
+	float r;
+
+	for (t = 0; t < fill; t++) {
+		size_t tok = (size_t)h * c->ntok_max + c->ntok[h] + n;
+
+		if (t < KERN_SKIP_ROWS && (pg->skip >> t & 1)) {
+			for (i = 0; i < d; i++) {
+				case_store(slot, dt, (size_t)t * d + i, NAN, &r);
+				case_store(slot, dt, (size_t)(fill + t) * d + i, NAN, &r);
+			}
+			continue;
+		}
+		for (i = 0; i < d; i++) {
+			case_store(slot, dt, (size_t)t * d + i, case_unif(s), &c->kd[tok * d + i]);
+			case_store(slot, dt, (size_t)(fill + t) * d + i, case_unif(s),
+				   &c->vd[tok * d + i]);
+		}
+		n++;
+	}
+	return n;
+}
+
 /*
  * Builds a case: each KV head gets up to max_pages pages with fills drawn in [0, P] (some
- * full, a few empty, head `empty_head` none at all if < hkv), placed in random distinct slots
+ * full, a few empty, head `empty_head` none at all if < hkv), about a quarter of them with
+ * random rows skipped (as IceCache's token choice leaves them; those rows hold NaN, so a kernel
+ * that reads one poisons its output), placed in random distinct slots
  * of a pool with `spare` extra unused slots. Query magnitudes are scaled by `qscale` so that
  * softmax is neither flat nor one-hot. Returns 0 or -ENOMEM.
  */
@@ -73,7 +104,7 @@ static inline int attn_case_init(struct attn_case *c, enum kern_dtype dt, uint32
 				 uint32_t spare, float qscale, uint64_t seed)
 {
 	size_t es = kern_dtype_size(dt), slot_bytes = 2 * (size_t)P * d * es;
-	uint32_t nslots = hkv * max_pages + spare, h, p, t, i, x;
+	uint32_t nslots = hkv * max_pages + spare, h, p, i, x;
 	uint32_t *perm = NULL;
 	uint64_t s = seed;
 
@@ -121,18 +152,10 @@ static inline int attn_case_init(struct attn_case *c, enum kern_dtype dt, uint32
 			unsigned char *slot = (unsigned char *)c->pool + (size_t)perm[x] * slot_bytes;
 
 			c->pages[x].slot = perm[x];
-			c->pages[x].fill = fill;
-			for (t = 0; t < fill; t++) {
-				size_t tok = (size_t)h * c->ntok_max + c->ntok[h] + t;
-
-				for (i = 0; i < d; i++) {
-					case_store(slot, dt, (size_t)t * d + i, case_unif(&s),
-						   &c->kd[tok * d + i]);
-					case_store(slot, dt, (size_t)(fill + t) * d + i, case_unif(&s),
-						   &c->vd[tok * d + i]);
-				}
-			}
-			c->ntok[h] += fill;
+			c->pages[x].fill = (uint16_t)fill;
+			if (fill && P <= KERN_SKIP_ROWS && case_rand(&s) % 4 == 0)
+				c->pages[x].skip = (uint16_t)(case_rand(&s) & ((1u << fill) - 1));
+			c->ntok[h] += case_fill_rows(c, dt, d, h, &c->pages[x], slot, &s);
 		}
 	}
 	c->head_off[hkv] = x;
@@ -160,26 +183,15 @@ static inline int attn_case_init(struct attn_case *c, enum kern_dtype dt, uint32
 static inline void attn_case_refill(struct attn_case *c, uint64_t seed)
 {
 	const struct kern_attn_args *a = &c->a;
-	uint32_t h, p, t, i, ntok;
+	uint32_t h, p;
 	uint64_t s = seed;
 
 	for (h = 0; h < a->hkv; h++) {
-		ntok = 0;
+		c->ntok[h] = 0;
 		for (p = c->head_off[h]; p < c->head_off[h + 1]; p++) {
-			uint32_t fill = c->pages[p].fill;
 			unsigned char *slot = (unsigned char *)c->pool + (size_t)c->pages[p].slot * a->slot_bytes;
 
-			for (t = 0; t < fill; t++) {
-				size_t tok = (size_t)h * c->ntok_max + ntok + t;
-
-				for (i = 0; i < a->d; i++) {
-					case_store(slot, a->dtype, (size_t)t * a->d + i, case_unif(&s),
-						   &c->kd[tok * a->d + i]);
-					case_store(slot, a->dtype, (size_t)(fill + t) * a->d + i,
-						   case_unif(&s), &c->vd[tok * a->d + i]);
-				}
-			}
-			ntok += fill;
+			c->ntok[h] += case_fill_rows(c, a->dtype, a->d, h, &c->pages[p], slot, &s);
 		}
 	}
 }

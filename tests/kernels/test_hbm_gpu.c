@@ -213,6 +213,10 @@ START_TEST(hbm_working_set_feeds_attention)
 	}
 	moved = hbm_load(h, req, c.npages, pages, NULL);
 	ck_assert_int_eq(moved, (int)c.npages);
+	for (i = 0; i < c.npages; i++) {
+		ck_assert_uint_eq(pages[i].skip, 0);
+		pages[i].skip = c.pages[i].skip; /* the rows the case leaves out (NaN in the slot) */
+	}
 	qb = (size_t)c.a.hq * c.a.d * 2;
 	ck_assert_int_eq(kern_dev_alloc(qb, &dq), 0);
 	ck_assert_int_eq(kern_dev_alloc(qb, &dout), 0);

@@ -152,7 +152,7 @@ int hbm_load(struct hbm *h, const struct hbm_req *reqs, uint32_t n, struct kern_
 		return -EIO;
 	for (i = 0; i < n; i++) {
 		if (reqs[i].len > h->cfg.slot_bytes || reqs[i].len % 16 || !reqs[i].src ||
-		    reqs[i].src % 16)
+		    reqs[i].src % 16 || reqs[i].fill > UINT16_MAX)
 			return -EINVAL;
 		/* One gather moves one length for every page: the longest asked for. */
 		if (reqs[i].len > len)
@@ -182,7 +182,8 @@ int hbm_load(struct hbm *h, const struct hbm_req *reqs, uint32_t n, struct kern_
 			nmiss++;
 		}
 		ret_pages[i].slot = slot;
-		ret_pages[i].fill = reqs[i].fill;
+		ret_pages[i].fill = (uint16_t)reqs[i].fill;
+		ret_pages[i].skip = 0;
 	}
 	if (nmiss && nmiss <= KERN_GATHER_INLINE_MAX) {
 		/* A layer's worth: the list travels in the launch itself (no upload, no ring). */

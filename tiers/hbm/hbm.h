@@ -54,7 +54,8 @@ void hbm_close(struct hbm *h);
 
 /*
  * Places n pages (n <= max_batch) and enqueues one gather for the misses on `stream`.
- * ret_pages[i] = {slot, fill} of reqs[i], ready for kern_attn once the stream reaches it.
+ * ret_pages[i] = {slot, fill, skip 0} of reqs[i], ready for kern_attn once the stream reaches
+ * it (set skip from the page ref's mask to attend only chosen rows).
  * Returns the number of pages moved (>= 0); every page is then pinned until hbm_release.
  * On error nothing stays pinned: -EINVAL, -ENOSPC (all slots pinned), -EIO (GPU failed).
  */
