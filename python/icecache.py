@@ -70,6 +70,8 @@ def _load():
         "ice_append": [vp, u32, u32, u32, vp, vp],
         "ice_select": [vp, u32, u32, vp, ctypes.POINTER(PageRef), sz],
         "ice_select_cap": [vp, u32, u32],
+        "ice_select_rest": [vp, u32, u32, vp, ctypes.POINTER(PageRef), sz,
+                            ctypes.POINTER(ctypes.c_float), sz],
         "ice_fetch": [vp, u32, u32, ctypes.POINTER(PageRef), sz, vp, sz],
         "ice_stats": [vp, ctypes.c_char_p, sz],
         "ice_seqs": [vp, ctypes.c_char_p, sz],
@@ -181,6 +183,28 @@ class Context:
             raise OSError(errno.EINVAL, "q must be q_heads * head_dim float32")
         n = _check(lib.ice_select(self._h, seq, layer, qp, out, len(out)))
         return list(out[:n])
+
+    def select_rest(self, seq, layer, q):
+        """select, plus the engine's estimate of what the query heads would attend beyond the
+        table: a list per query head of (lse, value), lse the log of that part's softmax weight
+        at scale 1/sqrt(head_dim) (-inf when nothing is left out) and value its mean V
+        (head_dim floats). Merge: (sum e^s v + e^lse value) / (sum e^s + e^lse)."""
+        lib = _load()
+        sh = self._shapes.get(seq)
+        if sh is None:
+            raise OSError(errno.ENOENT, "unknown sequence")
+        cap = _check(lib.ice_select_cap(self._h, seq, layer))
+        out = (PageRef * max(cap, 1))()
+        qp, qa, qn = _ptr(q)
+        if qn != sh.q_heads * sh.head_dim * 4:
+            raise OSError(errno.EINVAL, "q must be q_heads * head_dim float32")
+        nr = sh.q_heads * (sh.head_dim + 1)
+        rest = (ctypes.c_float * nr)()
+        n = _check(lib.ice_select_rest(self._h, seq, layer, qp, out, len(out), rest,
+                                       nr * 4))
+        d1 = sh.head_dim + 1
+        return list(out[:n]), [(rest[i * d1], list(rest[i * d1 + 1:(i + 1) * d1]))
+                               for i in range(sh.q_heads)]
 
     def fetch(self, seq, layer, refs):
         n = len(refs)

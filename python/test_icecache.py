@@ -33,6 +33,15 @@ def workload(c):
     ret = [r for r in refs if r.kv_head == 0 and r.kind == icecache.RETRIEVED]
     assert 1 <= len(ret) <= 4 and sum(len(r.rows()) for r in ret) == 32, refs
     assert all(r.rows() == list(range(r.fill)) for r in refs if r.kind != icecache.RETRIEVED)
+    # select_rest: the same table, and per query head either nothing left out (-inf, zeros)
+    # or a finite weight whose value is a mix of the values appended (V[0] names a token).
+    refs2, rest = c.select_rest(seq, 0, q)
+    assert [(r.page, r.kv_head, r.kind, r.mask) for r in refs2] == \
+        [(r.page, r.kv_head, r.kind, r.mask) for r in refs], (refs2, refs)
+    assert len(rest) == hq and all(len(v) == d for _, v in rest)
+    assert all((lse == float("-inf") and not any(v)) or
+               (abs(lse) < 1e30 and 0 <= v[0] < n) for lse, v in rest), rest
+    assert any(lse > float("-inf") for lse, _ in rest), rest
     data = c.fetch(seq, 0, refs)
     pb = c.page_bytes(seq)
     assert len(data) == pb * len(refs)
@@ -52,7 +61,7 @@ def workload(c):
     assert any(name.endswith(".tokens") and val == n for name, val in c.seqs().items())
     assert "dram_bytes" in c.config()
     c.seq_close(seq)
-    return [(r.page, r.kv_head, r.kind, r.fill, r.mask, r.score) for r in refs], data
+    return [(r.page, r.kv_head, r.kind, r.fill, r.mask, r.score) for r in refs], data, rest
 
 
 def main():

@@ -55,6 +55,11 @@ struct head_state {
 	unsigned char *win_k, *win_v;	/* Wcap rows each, a ring starting at win_start */
 	uint32_t win_start, win_n;
 	struct idx *ix;
+	/* Per index page: the sums of its tokens' keys and values (fp32, d each) and its token
+	 * count, kept at insert, so select can stand a page in for its tokens (select_rest). */
+	float *ksum, *vsum;
+	uint32_t *pcnt;
+	uint32_t pcap;
 };
 
 struct seq {
@@ -205,6 +210,9 @@ static void seq_free(struct engine *e, struct seq *s)
 		free(h->sink_v);
 		free(h->win_k);
 		free(h->win_v);
+		free(h->ksum);
+		free(h->vsum);
+		free(h->pcnt);
 		idx_free(h->ix);
 	}
 	store_drop_seq(e->store, s->id);
@@ -494,6 +502,52 @@ static int store_write(struct engine *e, struct store_page *pg, unsigned n)
 	return e->pol ? policy_put(e->pol, pg, n) : store_put(e->store, pg, n, 0);
 }
 
+/* Room for page sums of pages [0, np). */
+static int sums_grow(struct head_state *st, uint32_t np, uint32_t d)
+{
+	uint32_t cap = st->pcap ? st->pcap : 64;
+	float *k, *v;
+	uint32_t *c;
+
+	if (np <= st->pcap)
+		return 0;
+	while (cap < np)
+		cap *= 2;
+	k = realloc(st->ksum, (size_t)cap * d * sizeof(float));
+	if (k)
+		st->ksum = k;
+	v = realloc(st->vsum, (size_t)cap * d * sizeof(float));
+	if (v)
+		st->vsum = v;
+	c = realloc(st->pcnt, (size_t)cap * sizeof(uint32_t));
+	if (c)
+		st->pcnt = c;
+	if (!k || !v || !c)
+		return -ENOMEM;
+	memset(st->ksum + (size_t)st->pcap * d, 0, (size_t)(cap - st->pcap) * d * sizeof(float));
+	memset(st->vsum + (size_t)st->pcap * d, 0, (size_t)(cap - st->pcap) * d * sizeof(float));
+	memset(st->pcnt + st->pcap, 0, (size_t)(cap - st->pcap) * sizeof(uint32_t));
+	st->pcap = cap;
+	return 0;
+}
+
+/* Adds one token's K and V rows (storage dtype) to page pg's sums. */
+static void sums_add(const struct seq *s, struct head_state *st, uint32_t pg,
+		     const unsigned char *kr, const unsigned char *vr)
+{
+	uint32_t d = s->p.shape.head_dim, i;
+	float kf[MAX_HEAD_DIM], vf[MAX_HEAD_DIM];
+	float *ks = st->ksum + (size_t)pg * d, *vs = st->vsum + (size_t)pg * d;
+
+	idx_to_f32(kr, s->idt, d, kf);
+	idx_to_f32(vr, s->idt, d, vf);
+	for (i = 0; i < d; i++) {
+		ks[i] += kf[i];
+		vs[i] += vf[i];
+	}
+	st->pcnt[pg]++;
+}
+
 /*
  * Inserts n evicted tokens (rows ek/ev, storage dtype) into head h's index and rewrites every
  * page it reports changed: stored rows (read back) + the new tokens' rows. Pages only grow and
@@ -511,6 +565,9 @@ static int index_tokens(struct engine *e, struct seq *s, uint32_t layer, uint32_
 
 	first = (uint32_t)idx_ntokens(st->ix);
 	err = first ? idx_insert(st->ix, ek, n, s->idt) : idx_build(st->ix, ek, n, s->idt);
+	if (err)
+		return err;
+	err = sums_grow(st, (uint32_t)idx_npages(st->ix), s->p.shape.head_dim);
 	if (err)
 		return err;
 	do {
@@ -547,6 +604,7 @@ static int index_tokens(struct engine *e, struct seq *s, uint32_t layer, uint32_
 					continue;
 				memcpy(b + (size_t)t * s->row, ek + (size_t)r * s->row, s->row);
 				memcpy(b + (size_t)(fill + t) * s->row, ev + (size_t)r * s->row, s->row);
+				sums_add(s, st, ids[i], ek + (size_t)r * s->row, ev + (size_t)r * s->row);
 			}
 			pg[i].buf = b;
 			pg[i].len = (uint32_t)(2 * fill * s->row);
@@ -598,7 +656,11 @@ int engine_append(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer,
 		evict++;
 	}
 	etok = evict * P;
-	bytes = (uint64_t)hk * etok * ((uint64_t)d * sizeof(float) + IDX_TOKEN_OVERHEAD);
+	/* Per token: the index's fp32 key and overhead, plus its share of the page sums (2 d
+	 * floats and a count per page; counted as if pages held 4 tokens, which covers the
+	 * arrays' doubling: the index fills pages to ~14). */
+	bytes = (uint64_t)hk * etok * ((uint64_t)d * sizeof(float) + IDX_TOKEN_OVERHEAD +
+				       (2 * (uint64_t)d * sizeof(float) + sizeof(uint32_t)) / 4);
 	if (etok) {
 		/* Without a slower tier to demote to, the DRAM tier must have room for what this
 		 * append creates, or it fails half-way and the sequence is lost (-EIO). The index
@@ -830,13 +892,74 @@ static void page_where(struct engine *e, const struct store_key *key, struct ice
 	}
 }
 
+/*
+ * The rest term of one KV head's g queries: every index page not in the table (in[p] == 0)
+ * stands in for its tokens as that many copies of their mean key and mean value. For query j,
+ * out[j * (d + 1)] = log of the sum over those pages of count * exp(q_j . mean key / sqrt(d))
+ * and out[j * (d + 1) + 1 ..] the mean values weighted by those terms; -INFINITY and zeros when
+ * no page is left out. One dot product and one axpy per page and query: a sixteenth of scoring
+ * every key.
+ */
+static void rest_term(const struct seq *s, const struct head_state *st, uint32_t np,
+		      const unsigned char *in, const float *qg, float *out)
+{
+	uint32_t d = s->p.shape.head_dim, j, p, i;
+	float sc = 1.0f / sqrtf((float)d);
+
+	for (j = 0; j < s->g; j++) {
+		const float *q = qg + (size_t)j * d;
+		float *o = out + (size_t)j * (d + 1), *acc = o + 1, m = -INFINITY, l = 0;
+
+		memset(acc, 0, d * sizeof(float));
+		for (p = 0; p < np; p++) {
+			const float *ks = st->ksum + (size_t)p * d, *vs = st->vsum + (size_t)p * d;
+			float c = (float)st->pcnt[p], x = 0, w;
+
+			if (in[p] || !st->pcnt[p])
+				continue;
+			for (i = 0; i < d; i++)
+				x += q[i] * ks[i];
+			x = x * sc / c + logf(c);
+			if (x > m) {
+				float r = expf(m - x); /* 0 for the first page */
+
+				l *= r;
+				for (i = 0; i < d; i++)
+					acc[i] *= r;
+				m = x;
+			}
+			w = expf(x - m);
+			l += w;
+			w /= c; /* the page's value sum -> its mean */
+			for (i = 0; i < d; i++)
+				acc[i] += w * vs[i];
+		}
+		o[0] = l > 0 ? m + logf(l) : -INFINITY;
+		for (i = 0; l > 0 && i < d; i++)
+			acc[i] /= l;
+	}
+}
+
+/* rest_term for a head none of whose tokens is left out. */
+static void rest_none(const struct seq *s, float *out)
+{
+	uint32_t d = s->p.shape.head_dim, j;
+
+	for (j = 0; j < s->g; j++) {
+		out[(size_t)j * (d + 1)] = -INFINITY;
+		memset(out + (size_t)j * (d + 1) + 1, 0, d * sizeof(float));
+	}
+}
+
 int engine_select(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer, const float *q,
-		  size_t q_len, struct ice_page_ref *out, size_t cap, struct engine_ws *ws)
+		  size_t q_len, struct ice_page_ref *out, size_t cap, float *rest, size_t rest_len,
+		  struct engine_ws *ws)
 {
 	struct seq *s = seq_get(e, owner, id);
 	uint64_t t0 = clock_now_ns();
-	uint32_t hk, d, g, h, i, k, sp, wp, n = 0, nkeys = 0, pos[P], kmax;
-	size_t need = 0, wsz, hsz, ksz, msz, sz;
+	uint32_t hk, d, g, h, i, k, sp, wp, n = 0, nkeys = 0, pos[P], kmax, npmax = 0;
+	size_t need = 0, wsz, hsz, ksz, msz, psz, sz;
+	unsigned char *intab;
 	struct store_key *keys;
 	struct idx_hit *hits;
 	uint16_t *mask;
@@ -851,7 +974,9 @@ int engine_select(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer,
 	d = s->p.shape.head_dim;
 	g = s->g;
 	if (layer >= s->p.shape.layers || !q || !ws ||
-	    q_len != (size_t)s->p.shape.q_heads * d * sizeof(float))
+	    q_len != (size_t)s->p.shape.q_heads * d * sizeof(float) ||
+	    (rest && (rest_len < (size_t)s->p.shape.q_heads * (d + 1) * sizeof(float) ||
+		      rest_len >= (size_t)s->p.shape.q_heads * (d + 1) * sizeof(float) + 8)))
 		return -EINVAL;
 	if (table_size(e, s, layer) > cap)
 		return -ENOSPC;
@@ -862,6 +987,8 @@ int engine_select(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer,
 		sz = k ? idx_search_ws_size(s->hs[(size_t)layer * hk + h].ix, g, k) : 0;
 		if (sz > need)
 			need = sz;
+		if (head_pages(&s->hs[(size_t)layer * hk + h]) > npmax)
+			npmax = head_pages(&s->hs[(size_t)layer * hk + h]);
 	}
 	/* Workspace: index search | hits | page keys (all heads) | row masks | token weights. */
 	kmax = search_pages(e, s);
@@ -869,7 +996,8 @@ int engine_select(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer,
 	hsz = ((size_t)kmax * sizeof(*hits) + 63) & ~(size_t)63;
 	ksz = ((size_t)hk * kmax * sizeof(*keys) + 63) & ~(size_t)63;
 	msz = ((size_t)kmax * sizeof(*mask) + 63) & ~(size_t)63;
-	err = ws_reserve(ws, wsz + hsz + ksz + msz + idx_pick_ws_size(kmax));
+	psz = (idx_pick_ws_size(kmax) + 63) & ~(size_t)63;
+	err = ws_reserve(ws, wsz + hsz + ksz + msz + psz + (rest ? npmax : 0));
 	if (err)
 		return err;
 	iws = ws->buf;
@@ -877,6 +1005,7 @@ int engine_select(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer,
 	keys = (struct store_key *)(void *)((char *)ws->buf + wsz + hsz);
 	mask = (uint16_t *)(void *)((char *)ws->buf + wsz + hsz + ksz);
 	tokw = (char *)ws->buf + wsz + hsz + ksz + msz;
+	intab = (unsigned char *)ws->buf + wsz + hsz + ksz + msz + psz;
 	for (h = 0; h < hk; h++) {
 		const struct head_state *st = &s->hs[(size_t)layer * hk + h];
 		uint32_t np = head_pages(st);
@@ -930,7 +1059,17 @@ int engine_select(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer,
 					.score = hits[i].score };
 				page_where(e, &keys[nkeys++], &out[n++]);
 			}
+			if (rest) {
+				memset(intab, 0, np);
+				for (i = 0; i < (uint32_t)got; i++)
+					intab[hits[i].page] = mask[i] != 0;
+				rest_term(s, st, np, intab, qg, rest + (size_t)h * g * (d + 1));
+			}
+		} else if (rest) {
+			rest_none(s, rest + (size_t)h * g * (d + 1));
 		}
+		if (rest && layer < s->p.budget.dense_layers)
+			rest_none(s, rest + (size_t)h * g * (d + 1));
 		for (i = 0; i < wp; i++) {
 			uint32_t fill = st->win_n - i * P;
 

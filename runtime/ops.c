@@ -182,7 +182,33 @@ static int handle_select(struct ops_ctx *oc, const struct ring_sqe *s, struct ri
 	return engine_select(oc->eng, oc->owner, s->seq, s->layer,
 			     (const float *)(const void *)(oc->arena + s->in_off), s->in_len,
 			     (struct ice_page_ref *)(void *)(oc->arena + s->out_off),
-			     s->out_len / sizeof(struct ice_page_ref), &oc->ws);
+			     s->out_len / sizeof(struct ice_page_ref), NULL, 0, &oc->ws);
+}
+
+/* select_rest: out = the rest term (arg[0] bytes, a multiple of 8), then the refs. */
+static int check_select_rest(const struct ops_ctx *oc, const struct ring_sqe *s)
+{
+	uint64_t rb = s->arg[0];
+
+	if (s->flags || s->arg[1] || !s->in_len || s->in_len % 4 ||
+	    !range_ok(oc, s->in_off, s->in_len) || !rb || rb % 8 || rb >= s->out_len ||
+	    (s->out_len - rb) % sizeof(struct ice_page_ref) ||
+	    !range_ok(oc, s->out_off, s->out_len) || overlap(s))
+		return -EINVAL;
+	return 0;
+}
+
+static int handle_select_rest(struct ops_ctx *oc, const struct ring_sqe *s, struct ring_cqe *c)
+{
+	uint64_t rb = s->arg[0];
+
+	/* The rest block is q_heads * (head_dim + 1) floats padded to 8 bytes; the engine checks
+	 * that size against the sequence's shape. */
+	return engine_select(oc->eng, oc->owner, s->seq, s->layer,
+			     (const float *)(const void *)(oc->arena + s->in_off), s->in_len,
+			     (struct ice_page_ref *)(void *)(oc->arena + s->out_off + rb),
+			     (s->out_len - rb) / sizeof(struct ice_page_ref),
+			     (float *)(void *)(oc->arena + s->out_off), rb, &oc->ws);
 }
 
 static int check_fetch(const struct ops_ctx *oc, const struct ring_sqe *s)
@@ -225,6 +251,7 @@ static const struct op_def op_table[OP__COUNT] = {
 	[OP_SELECT] = { "select", check_select, handle_select },
 	[OP_FETCH] = { "fetch", check_fetch, handle_fetch },
 	[OP_SELECT_CAP] = { "select_cap", check_select_cap, handle_select_cap },
+	[OP_SELECT_REST] = { "select_rest", check_select_rest, handle_select_rest },
 };
 
 int ops_verify(void)

@@ -112,6 +112,7 @@ enum proto_op {
 	OP_SELECT = 7,
 	OP_FETCH = 8,
 	OP_SELECT_CAP = 9,
+	OP_SELECT_REST = 10,
 	OP__COUNT
 };
 

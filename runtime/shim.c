@@ -613,6 +613,50 @@ out:
 	return err;
 }
 
+int ice_select_rest(struct ice_ctx *c, uint32_t seq, uint32_t layer, const float *qv,
+		    struct ice_page_ref *out, size_t cap, float *rest, size_t rest_len)
+{
+	struct ring_sqe s = { .opcode = OP_SELECT_REST, .seq = seq, .layer = (uint16_t)layer };
+	struct seq_info *si;
+	struct ring_cqe q;
+	uint64_t qb, rb, room;
+	int err;
+
+	if (!c || !qv || !out || !cap || !rest || layer > UINT16_MAX)
+		return -EINVAL;
+	pthread_mutex_lock(&c->lock);
+	si = seq_find(c, seq);
+	if (!si) {
+		err = -ENOENT;
+		goto out;
+	}
+	qb = (uint64_t)si->shape.q_heads * si->shape.head_dim * sizeof(float);
+	rb = (uint64_t)si->shape.q_heads * (si->shape.head_dim + 1) * sizeof(float);
+	if (rest_len != rb) {
+		err = -EINVAL;
+		goto out;
+	}
+	rb = (rb + 7) & ~7ull;
+	if (align64(qb) + rb + sizeof(*out) > c->arena_bytes) {
+		err = -E2BIG;
+		goto out;
+	}
+	room = (c->arena_bytes - align64(qb) - rb) / sizeof(*out);
+	memcpy(c->arena, qv, qb);
+	s.in_len = qb;
+	s.out_off = align64(qb);
+	s.arg[0] = rb;
+	s.out_len = rb + (cap < room ? cap : room) * sizeof(*out);
+	err = call(c, &s, &q);
+	if (err >= 0) {
+		memcpy(rest, c->arena + s.out_off, rest_len);
+		memcpy(out, c->arena + s.out_off + rb, (size_t)err * sizeof(*out));
+	}
+out:
+	pthread_mutex_unlock(&c->lock);
+	return err;
+}
+
 int ice_fetch(struct ice_ctx *c, uint32_t seq, uint32_t layer, const struct ice_page_ref *refs,
 	      size_t n, void *buf, size_t cap)
 {

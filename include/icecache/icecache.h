@@ -164,6 +164,22 @@ int ice_append(struct ice_ctx *ctx, uint32_t seq, uint32_t layer, uint32_t n, co
 int ice_select(struct ice_ctx *ctx, uint32_t seq, uint32_t layer, const float *q,
 	       struct ice_page_ref *out, size_t cap);
 
+/*
+ * ice_select, plus what the query heads would attend beyond the table, estimated: every index
+ * page with no row in the table stands in for its tokens as that many copies of their mean key
+ * and mean value (the engine keeps per-page sums). For query head i, rest[i * (head_dim + 1)]
+ * is the log of that part's softmax weight at scale 1/sqrt(head_dim) (log of the sum over
+ * those pages of count * exp(q . mean key / sqrt(head_dim))), and the head_dim floats after it
+ * its weighted mean value; -INFINITY and zeros when nothing is left out (dense layers, short
+ * contexts). With s_t = q . k_t / sqrt(head_dim) over the attended rows, the estimate of full
+ * attention is (sum_t e^{s_t} v_t + e^{rest} v_rest) / (sum_t e^{s_t} + e^{rest}): it puts
+ * back the diffuse background that attending only the budget drops. Costs one dot product and
+ * one axpy per page and query head in the engine. rest_len: q_heads * (head_dim + 1) *
+ * sizeof(float), else -EINVAL; otherwise as ice_select.
+ */
+int ice_select_rest(struct ice_ctx *ctx, uint32_t seq, uint32_t layer, const float *q,
+		    struct ice_page_ref *out, size_t cap, float *rest, size_t rest_len);
+
 /* Refs ice_select can return at most for this sequence and layer at its current length. */
 int ice_select_cap(struct ice_ctx *ctx, uint32_t seq, uint32_t layer);
 

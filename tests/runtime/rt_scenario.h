@@ -87,6 +87,9 @@ static inline uint64_t rt_scenario(struct ice_ctx *c, const struct rt_scn *s)
 	float *k = malloc((size_t)hkv * s->ntok * d * 4), *v = malloc((size_t)hkv * s->ntok * d * 4);
 	float *q = malloc((size_t)sh->q_heads * d * 4), *buf = malloc(pb * 512);
 	struct ice_page_ref *refs = malloc(4096 * sizeof(*refs));
+	struct ice_page_ref *refs2 = malloc(4096 * sizeof(*refs));
+	size_t rest_len = (size_t)sh->q_heads * (d + 1) * sizeof(float);
+	float *rest = malloc(rest_len);
 	unsigned char *seen = malloc(s->ntok);
 	uint32_t seq, layer, pos, h, i, n;
 	int got, cap;
@@ -116,6 +119,16 @@ static inline uint64_t rt_scenario(struct ice_ctx *c, const struct rt_scn *s)
 			ck_assert_int_eq(ice_select(c, seq, layer, q, refs, (size_t)cap - 1), -ENOSPC);
 		got = ice_select(c, seq, layer, q, refs, 4096);
 		ck_assert_int_eq(got, cap);
+		/* select_rest: the same table, and the rest term checked per head below. */
+		ck_assert_int_eq(ice_select_rest(c, seq, layer, q, refs2, 4096, rest, rest_len - 4),
+				 -EINVAL);
+		ck_assert_int_eq(ice_select_rest(c, seq, layer, q, refs2, 4096, rest, rest_len), got);
+		for (i = 0; i < (uint32_t)got; i++) {
+			ck_assert_uint_eq(refs2[i].page, refs[i].page);
+			ck_assert_uint_eq(refs2[i].kv_head, refs[i].kv_head);
+			ck_assert_uint_eq(refs2[i].kind, refs[i].kind);
+			ck_assert_uint_eq(refs2[i].mask, refs[i].mask);
+		}
 		/* location is where the page sits in its tier: informational, differs by host. */
 		for (i = 0; i < (uint32_t)got; i++) {
 			struct ice_page_ref r = refs[i];
@@ -231,6 +244,8 @@ static inline uint64_t rt_scenario(struct ice_ctx *c, const struct rt_scn *s)
 				ck_assert_msg(out_max <= in_min + 1e-3 * (1 + fabs(in_min)),
 					      "token left out weighs %g, one taken %g", out_max, in_min);
 			}
+			rt_check_rest(all, np, dense ? NULL : wmask, want, nwant,
+				      q + (size_t)h * g * d, g, d, rest + (size_t)h * g * (d + 1));
 			/* Sink + every indexed page + window = every token exactly once. */
 			for (pos = 0; pos < s->ntok; pos++)
 				ck_assert_msg(seen[pos], "layer %u head %u: position %u missing",
@@ -249,6 +264,8 @@ static inline uint64_t rt_scenario(struct ice_ctx *c, const struct rt_scn *s)
 	free(q);
 	free(buf);
 	free(refs);
+	free(refs2);
+	free(rest);
 	free(seen);
 	return digest;
 }

@@ -146,6 +146,10 @@ START_TEST(sequences_are_isolated_between_clients)
 	s.opcode = OP_SELECT_CAP;
 	ck_assert_int_eq(shim_raw(x, &s, &q), 0);
 	ck_assert_int_eq(q.res, -ENOENT);
+	s.opcode = OP_SELECT_REST; /* no query and no output: refused before the sequence is looked up */
+	ck_assert_int_eq(shim_raw(x, &s, &q), 0);
+	ck_assert_int_eq(q.res, -EINVAL);
+	s.opcode = OP_SELECT_CAP;
 	ck_assert_int_eq(ice_seq_close(x, seq), -ENOENT);
 	ck_assert_int_gt(ice_select(a, seq, 0, qv, r, 16), 0);
 	/* icectl with these two clients: per-tier occupancy in the table and in JSON. */

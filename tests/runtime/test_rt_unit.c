@@ -392,7 +392,7 @@ START_TEST(bad_arguments_get_errors)
 	struct ice_model_shape sh = { 2, 4, 2, 16, ICE_DTYPE_F32 };
 	struct ice_budget b = { 16, 16, 32, 0 };
 	struct ice_page_ref r[16];
-	float kv[2 * 40 * 16] = { 0 }, q[4 * 16] = { 0 }, out[2 * 16 * 16];
+	float kv[2 * 40 * 16] = { 0 }, q[4 * 16] = { 0 }, out[2 * 16 * 16], rest[4 * 17];
 	struct ice_ctx *c, *c2;
 	uint32_t seq, seq2;
 	char small[8];
@@ -421,6 +421,12 @@ START_TEST(bad_arguments_get_errors)
 	ck_assert_int_eq(ice_select(c, seq, 5, q, r, 16), -EINVAL);
 	ck_assert_int_eq(ice_select(c, seq, 0, q, r, 1), -ENOSPC);
 	ck_assert_int_gt(ice_select(c, seq, 0, q, r, 16), 0);
+	ck_assert_int_eq(ice_select_rest(c, seq, 0, q, r, 16, NULL, sizeof(rest)), -EINVAL);
+	ck_assert_int_eq(ice_select_rest(c, seq, 0, q, r, 16, rest, sizeof(rest) - 4), -EINVAL);
+	ck_assert_int_eq(ice_select_rest(c, seq, 5, q, r, 16, rest, sizeof(rest)), -EINVAL);
+	ck_assert_int_eq(ice_select_rest(c, seq + 1, 0, q, r, 16, rest, sizeof(rest)), -ENOENT);
+	ck_assert_int_eq(ice_select_rest(c, seq, 0, q, r, 1, rest, sizeof(rest)), -ENOSPC);
+	ck_assert_int_gt(ice_select_rest(c, seq, 0, q, r, 16, rest, sizeof(rest)), 0);
 	r[0].page = 99;
 	ck_assert_int_eq(ice_fetch(c, seq, 0, r, 1, out, sizeof(out)), -EINVAL);
 	r[0].page = 0;

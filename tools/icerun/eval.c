@@ -118,7 +118,7 @@ struct opts {
 	int depths, mk_depths, mk_keys, dense, threads;
 	bool tasks[2], fillers[2];
 	bool json, verbose;
-	int shard, nshards;
+	int shard, nshards, rest;
 	const char *model, *austen, *socket, *engine;
 	unsigned seed;
 };
@@ -657,6 +657,8 @@ static void usage(FILE *f)
 		"  --socket PATH         icecache mode through this daemon (default: embedded engine)\n"
 		"  --engine K=V,K=V      icecache, embedded: engine settings (see icectl config), e.g.\n"
 		"                        group_merge=0 or exact_search=1\n"
+		"  --rest 0|1            icecache: add the engine's estimate of the unattended pages\n"
+		"                        (ice_select_rest) to each head's softmax (default 1)\n"
 		"  --quick               lengths 1024,2048, 4 depths, 2 multikey cases\n"
 		"  --shard K/N           run only cases with index %% N == K (merge with eval_report.py)\n"
 		"  --seed N  --json  -v (one line per case on stderr)\n",
@@ -680,6 +682,7 @@ int eval_main(int argc, char **argv)
 		{ "austen", required_argument, NULL, 'a' },
 		{ "socket", required_argument, NULL, 's' },
 		{ "engine", required_argument, NULL, 'E' },
+		{ "rest", required_argument, NULL, 'R' },
 		{ "quick", no_argument, NULL, 'q' },
 		{ "seed", required_argument, NULL, 'S' },
 		{ "json", no_argument, NULL, 'j' },
@@ -705,6 +708,7 @@ int eval_main(int argc, char **argv)
 	r->o.dense = 2;
 	r->o.threads = 2;
 	r->o.seed = 1;
+	r->o.rest = 1;
 	r->o.nshards = 1;
 	r->o.tasks[0] = r->o.tasks[1] = true;
 	r->o.fillers[0] = r->o.fillers[1] = true;
@@ -731,6 +735,13 @@ int eval_main(int argc, char **argv)
 		case 'a': r->o.austen = optarg; break;
 		case 's': r->o.socket = optarg; break;
 		case 'E': r->o.engine = optarg; break;
+		case 'R':
+			if (strcmp(optarg, "0") && strcmp(optarg, "1")) {
+				fprintf(stderr, "icerun eval: --rest 0 or 1\n");
+				return 2;
+			}
+			r->o.rest = optarg[0] == '1';
+			break;
 		case 'q':
 			r->o.nlengths = parse_list("1024,2048", r->o.lengths, MAX_LIST);
 			r->o.depths = 4;
@@ -802,7 +813,7 @@ int eval_main(int argc, char **argv)
 			struct sel_cfg sc = {
 				.kind = k, .budget = k == SEL_FULL ? 0 : r->o.budgets[j],
 				.dense = r->o.dense, .cap = r->kv->cap, .socket = r->o.socket,
-				.engine_config = r->o.engine,
+				.engine_config = r->o.engine, .rest = r->o.rest,
 				.lengths = r->o.lengths, .nlengths = r->o.nlengths,
 			};
 

@@ -60,6 +60,7 @@ struct sel {
 	uint16_t *kvbuf;		/* [kv heads][n][d] f16 staging for ice_append */
 	uint16_t *raw;			/* fetched pages as stored (f16) */
 	float *qun;			/* the step's queries without the 1/sqrt(d) scale */
+	float *rest;			/* the step's rest term per query head (ice_select_rest) */
 	size_t raw_cap;
 	size_t kvbuf_cap;
 #endif
@@ -111,6 +112,7 @@ void sel_free(struct sel *s)
 	free(s->kvbuf);
 	free(s->raw);
 	free(s->qun);
+	free(s->rest);
 #endif
 	if (s->ix)
 		for (int i = 0; i < s->L * s->nkv; i++)
@@ -193,7 +195,8 @@ int sel_new(const struct model *m, const struct sel_cfg *cfg, struct sel **ret)
 			if (*c == ',')
 				*c = '\n';
 		s->qun = malloc((size_t)s->g * s->nkv * s->d * sizeof(float));
-		if (!s->qun)
+		s->rest = malloc((size_t)s->g * s->nkv * (s->d + 1) * sizeof(float));
+		if (!s->qun || !s->rest)
 			goto out_free;
 		err = cfg->socket ? ice_connect(cfg->socket, &s->ice) :
 				    ice_open_embedded(conf, &s->ice);
@@ -691,7 +694,11 @@ static int ice_attend(struct sel *s, const struct kv *kv, int layer, int pos, co
 	 * and applies the scale itself when it weighs a group's queries against each other */
 	for (i = 0; i < s->g * s->nkv * s->d; i++)
 		s->qun[i] = q[i] * sqrtf((float)s->d);
-	nref = ice_select(s->ice, s->seq, (uint32_t)layer, s->qun, s->refs, s->nrefs_cap);
+	if (s->c.rest)
+		nref = ice_select_rest(s->ice, s->seq, (uint32_t)layer, s->qun, s->refs, s->nrefs_cap,
+				       s->rest, (size_t)s->g * s->nkv * (s->d + 1) * sizeof(float));
+	else
+		nref = ice_select(s->ice, s->seq, (uint32_t)layer, s->qun, s->refs, s->nrefs_cap);
 	if (nref < 0)
 		return nref;
 	need = (size_t)nref * pb;
@@ -726,8 +733,11 @@ static int ice_attend(struct sel *s, const struct kv *kv, int layer, int pos, co
 		double mass = 0;
 
 		for (hh = 0; hh < s->g; hh++) {
-			float mx = -INFINITY, sum;
+			float mx = -INFINITY, sum, rw = 0;
 			float *sc = s->sc + (size_t)hh * s->c.cap;
+			/* the rest term: log weight then mean value (-INFINITY: nothing left out) */
+			const float *rt = s->c.rest ? s->rest + ((size_t)h * s->g + hh) * (s->d + 1) :
+				NULL;
 
 			ntok = 0;
 			for (i = 0; i < nref; i++) {
@@ -742,8 +752,16 @@ static int ice_attend(struct sel *s, const struct kv *kv, int layer, int pos, co
 			}
 			for (j = 0; j < ntok; j++)
 				mx = sc[j] > mx ? sc[j] : mx;
+			if (rt && rt[0] > mx)
+				mx = rt[0];
 			sum = mm_softmax_exp(sc, ntok, mx);
+			if (rt && isfinite(rt[0])) {
+				rw = expf(rt[0] - mx);
+				sum += rw;
+			}
 			memset(og + (size_t)hh * s->d, 0, (size_t)s->d * sizeof(float));
+			if (rw > 0)
+				mm_axpy(og + (size_t)hh * s->d, rw / sum, rt + 1, s->d);
 			ntok = 0;
 			for (i = 0; i < nref; i++) {
 				const float *vp = s->pages + (size_t)i * pb + (size_t)P * s->d;

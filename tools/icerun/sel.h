@@ -29,6 +29,7 @@ struct sel_cfg {
 	int kind, budget, dense, cap;
 	const char *socket;		/* icecache: daemon socket, NULL = embedded engine */
 	const char *engine_config;	/* icecache, embedded: extra "key = value" lines, ',' apart */
+	bool rest;			/* icecache: merge the engine's rest term (ice_select_rest) */
 	const int *lengths;		/* mass statistics are kept per nominal length */
 	int nlengths;
 };
