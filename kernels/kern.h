@@ -90,8 +90,9 @@ struct kern_page {
  * h = i / (hq / hkv)), out[i] = softmax(scale * q[i] . K_h) V_h over every token of every page in
  * h's page table (pages[head_off[h] .. head_off[h + 1]), the first `fill` rows of each but
  * those its `skip` bits leave out), which
- * the caller makes up of the sink page, the selected pages and the window pages. Exact softmax,
- * fp32 arithmetic whatever the storage dtype. A head with no tokens gets zeros.
+ * the caller makes up of the sink page, the selected pages and the window pages, plus the
+ * optional rest term. Exact softmax, fp32 arithmetic whatever the storage dtype. A head with no
+ * tokens and no rest term gets zeros.
  */
 struct kern_attn_args {
 	enum kern_dtype dtype;   /* q, pool and out */
@@ -107,6 +108,10 @@ struct kern_attn_args {
 	const struct kern_page *pages;
 	const uint32_t *head_off; /* [hkv + 1], non-decreasing, head_off[0] == 0 */
 	uint32_t max_pages;      /* >= pages of any head (GPU: sizes the split; ignored by the ref) */
+	/* NULL, or per query head a rest term (ice_select_rest): [hq][d + 1] float32, a log
+	 * weight (at the softmax's scale; -INFINITY: none) then a value, joined to the softmax
+	 * as one more token of that weight and value. */
+	const float *rest;
 };
 
 #define KERN_ATTN_MAX_GROUP 8

@@ -215,7 +215,32 @@ struct attn_params {
 	float *ws;
 	uint32_t nslots, page_cap, g, hkv, pps, nsplit;
 	float scale;
+	const float *rest; /* NULL or [hq][D + 1]: log weight then value, one extra token */
 };
+
+/* Joins query head qi's rest term (if any) to a softmax state (max mx, sum L, dim c's sum A). */
+template <int D>
+__device__ __forceinline__ void join_rest(const struct attn_params &pr, uint32_t qi, uint32_t c,
+					  float &mx, float &L, float &A)
+{
+	float rl, nm;
+
+	if (!pr.rest)
+		return;
+	rl = pr.rest[(size_t)qi * (D + 1)];
+	if (!(rl > -INFINITY))
+		return;
+	nm = fmaxf(mx, rl);
+	if (mx != -INFINITY) {
+		float e = __expf(mx - nm);
+
+		L *= e;
+		A *= e;
+	}
+	L += __expf(rl - nm);
+	A += __expf(rl - nm) * pr.rest[(size_t)qi * (D + 1) + 1 + c];
+	mx = nm;
+}
 
 /* Eight consecutive elements as floats: one 16-byte load for 2-byte types, two for fp32. */
 __device__ __forceinline__ void load8(const float *p, float f[8])
@@ -441,6 +466,7 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_kernel(struct attn_params p
 		if (pr.nsplit == 1) {
 			T *out = (T *)pr.out + (size_t)(h * g + j) * D + c;
 
+			join_rest<D>(pr, h * g + j, c, mx, L, A);
 			store1(out, L > 0.0f ? A / L : 0.0f);
 		} else {
 			size_t part = ((size_t)h * pr.nsplit + split) * g + j;
@@ -490,6 +516,7 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_kernel(struct attn_params p
 					A += __ldcg(&pr.ws[part * D + c]) * e;
 				}
 			}
+			join_rest<D>(pr, h * g + j, c, mx, L, A);
 			store1((T *)pr.out + (size_t)(h * g + j) * D + c, L > 0.0f ? A / L : 0.0f);
 		}
 	}
@@ -562,6 +589,7 @@ extern "C" int kern_attn(const struct kern_attn_args *a, void *ws, void *stream)
 	pr.pps = sp.pps;
 	pr.nsplit = sp.nsplit;
 	pr.scale = a->scale;
+	pr.rest = a->rest;
 	launch_err = cudaSuccess;
 	switch (a->dtype) {
 	case KERN_F32:

@@ -231,6 +231,8 @@ int kern_ref_attn(const struct kern_attn_args *a)
 			uint32_t qi = h * g + j;
 			double m = -INFINITY, l = 0.0;
 			double accp[KERN_REF_MAX_D];
+			const float *rv = a->rest ? a->rest + (size_t)qi * (a->d + 1) + 1 : NULL;
+			double rl = a->rest ? (double)a->rest[(size_t)qi * (a->d + 1)] : -INFINITY;
 
 			for (c = 0; c < a->d; c++)
 				accp[c] = 0.0;
@@ -250,6 +252,13 @@ int kern_ref_attn(const struct kern_attn_args *a)
 					if (s > m)
 						m = s;
 				}
+			}
+			if (rl > m)
+				m = rl; /* the rest term is one more token of log weight rl */
+			if (rl > -INFINITY) {
+				l += exp(rl - m);
+				for (c = 0; c < a->d; c++)
+					accp[c] += exp(rl - m) * rv[c];
 			}
 			for (p = a->head_off[h]; p < a->head_off[h + 1]; p++) {
 				const void *k = pool + (size_t)a->pages[p].slot * a->slot_bytes;

@@ -24,6 +24,7 @@ struct attn_case {
 	struct kern_page *pages;
 	uint32_t *head_off;
 	uint32_t npages;
+	float *rest;           /* NULL, or [hq][d + 1] rest terms (attn_case_add_rest) */
 };
 
 static inline uint64_t case_rand(uint64_t *s)
@@ -59,6 +60,7 @@ static inline void attn_case_free(struct attn_case *c)
 	free(c->out);
 	free(c->pages);
 	free(c->head_off);
+	free(c->rest);
 	memset(c, 0, sizeof(*c));
 }
 
@@ -196,7 +198,32 @@ static inline void attn_case_refill(struct attn_case *c, uint64_t seed)
 	}
 }
 
-/* The plainest possible attention over the dense arrays, in double: out [hq][d]. */
+/*
+ * Gives every query head a rest term (kern_attn_args.rest): a log weight in [-2, 2), about as
+ * large as the tokens' scores so that it matters, or -INFINITY (none) for every third head,
+ * and a random value. Returns 0 or -ENOMEM.
+ */
+static inline int attn_case_add_rest(struct attn_case *c, uint64_t seed)
+{
+	uint32_t d = c->a.d, qi, i;
+	uint64_t s = seed;
+
+	c->rest = calloc((size_t)c->a.hq * (d + 1), sizeof(float));
+	if (!c->rest)
+		return -ENOMEM;
+	for (qi = 0; qi < c->a.hq; qi++) {
+		float *r = c->rest + (size_t)qi * (d + 1);
+
+		r[0] = qi % 3 == 2 ? -INFINITY : 2.0f * case_unif(&s);
+		for (i = 0; i < d; i++)
+			r[1 + i] = case_unif(&s);
+	}
+	c->a.rest = c->rest;
+	return 0;
+}
+
+/* The plainest possible attention over the dense arrays, in double: out [hq][d]; a rest term
+ * is one more token of that log weight and value. */
 static inline void attn_case_naive(const struct attn_case *c, double *out)
 {
 	const struct kern_attn_args *a = &c->a;
@@ -206,14 +233,17 @@ static inline void attn_case_naive(const struct attn_case *c, double *out)
 		uint32_t h = qi / g, n = c->ntok[h];
 		const float *K = c->kd + (size_t)h * c->ntok_max * a->d;
 		const float *V = c->vd + (size_t)h * c->ntok_max * a->d;
-		double *s = calloc(n ? n : 1, sizeof(double)), m = -INFINITY, l = 0.0;
+		double *s = calloc(n + 1, sizeof(double)), m = -INFINITY, l = 0.0;
+		const float *r = c->rest ? c->rest + (size_t)qi * (a->d + 1) : NULL;
+		double rl = r ? (double)r[0] : -INFINITY;
 
 		for (i = 0; i < a->d; i++)
 			out[(size_t)qi * a->d + i] = 0.0;
-		if (!s || !n) {
+		if (!s || (!n && !(rl > -INFINITY))) {
 			free(s);
 			continue;
 		}
+		m = rl;
 		for (t = 0; t < n; t++) {
 			double dot = 0.0;
 
@@ -226,9 +256,13 @@ static inline void attn_case_naive(const struct attn_case *c, double *out)
 			s[t] = exp(s[t] - m);
 			l += s[t];
 		}
+		if (rl > -INFINITY)
+			l += exp(rl - m);
 		for (t = 0; t < n; t++)
 			for (i = 0; i < a->d; i++)
 				out[(size_t)qi * a->d + i] += s[t] / l * V[(size_t)t * a->d + i];
+		for (i = 0; rl > -INFINITY && i < a->d; i++)
+			out[(size_t)qi * a->d + i] += exp(rl - m) / l * r[1 + i];
 		free(s);
 	}
 }

@@ -163,7 +163,7 @@ START_TEST(attn_matches_ref)
 	size_t es = kern_dtype_size(sh->dt), qb = (size_t)sh->hq * sh->d * es, pb, ws_bytes;
 	struct attn_case c;
 	struct kern_attn_args a;
-	void *dpool, *dq, *dout, *dpages, *doff, *ws = NULL;
+	void *dpool, *dq, *dout, *dpages, *doff, *ws = NULL, *drest = NULL;
 	double *want;
 	void *got;
 	double err;
@@ -177,6 +177,8 @@ START_TEST(attn_matches_ref)
 		ck_assert_int_eq(attn_case_init(&c, sh->dt, sh->hq, sh->hkv, sh->d, sh->P,
 						sh->max_pages, rep ? sh->hkv - 1 : 99, 11, 3.0f,
 						seed), 0);
+		if (rep) /* the second case also joins rest terms (ice_select_rest) */
+			ck_assert_int_eq(attn_case_add_rest(&c, seed ^ 0x77), 0);
 		pb = (size_t)c.a.nslots * c.a.slot_bytes;
 		ck_assert_int_eq(kern_dev_alloc(pb, &dpool), 0);
 		ck_assert_int_eq(kern_dev_alloc(qb, &dq), 0);
@@ -194,6 +196,13 @@ START_TEST(attn_matches_ref)
 		a.pool = dpool;
 		a.pages = dpages;
 		a.head_off = doff;
+		if (c.rest) {
+			size_t rb = (size_t)sh->hq * (sh->d + 1) * sizeof(float);
+
+			ck_assert_int_eq(kern_dev_alloc(rb, &drest), 0);
+			ck_assert_int_eq(kern_memcpy(drest, c.rest, rb), 0);
+			a.rest = drest;
+		}
 		ws_bytes = kern_attn_ws_size(&a);
 		if (ws_bytes)
 			ck_assert_int_eq(kern_dev_alloc(ws_bytes, &ws), 0);
@@ -221,6 +230,8 @@ START_TEST(attn_matches_ref)
 		free(got);
 		kern_dev_free(ws);
 		ws = NULL;
+		kern_dev_free(drest);
+		drest = NULL;
 		kern_dev_free(doff);
 		kern_dev_free(dpages);
 		kern_dev_free(dout);

@@ -196,6 +196,35 @@ START_TEST(attn_ref_matches_dense_softmax)
 }
 END_TEST
 
+/* A rest term joins the softmax as one more token of its log weight and value: the paged
+ * reference with rest terms equals dense softmax with that extra token (the empty head's
+ * queries with a rest term get its value, those without get zeros). */
+START_TEST(attn_ref_joins_rest_term)
+{
+	const struct shape *sh = &ref_shapes[_i];
+	struct attn_case c;
+	double *want;
+	double err;
+
+	ck_assert_int_eq(attn_case_init(&c, sh->dt, sh->hq, sh->hkv, sh->d, sh->P, sh->max_pages,
+					sh->hkv > 1 ? 1 : 99, 7, 3.0f, 2000 + (uint64_t)_i), 0);
+	ck_assert_int_eq(attn_case_add_rest(&c, 77 + (uint64_t)_i), 0);
+	want = calloc((size_t)sh->hq * sh->d, sizeof(double));
+	ck_assert_ptr_nonnull(want);
+	memset(c.out, 0xff, (size_t)sh->hq * sh->d * kern_dtype_size(sh->dt));
+	ck_assert_int_eq(kern_ref_attn(&c.a), 0);
+	attn_case_naive(&c, want);
+	err = rel_err_dt(c.out, sh->dt, want, (size_t)sh->hq * sh->d);
+	ck_assert_msg(err <= sh->tol, "%s rel err %g > %g", kern_dtype_name(sh->dt), err, sh->tol);
+	/* and it changed the answer: without the rest terms the output differs */
+	c.a.rest = NULL;
+	ck_assert_int_eq(kern_ref_attn(&c.a), 0);
+	ck_assert(rel_err_dt(c.out, sh->dt, want, (size_t)sh->hq * sh->d) > 10 * sh->tol);
+	free(want);
+	attn_case_free(&c);
+}
+END_TEST
+
 START_TEST(attn_ref_rejects_bad_tables)
 {
 	struct attn_case c;
@@ -279,6 +308,8 @@ static Suite *kern_suite(void)
 	tcase_add_test(tc, convert_between_dtypes);
 	tcase_add_loop_test(tc, gather_ref_moves_listed_pages, 0, 3);
 	tcase_add_loop_test(tc, attn_ref_matches_dense_softmax, 0,
+			    (int)(sizeof(ref_shapes) / sizeof(ref_shapes[0])));
+	tcase_add_loop_test(tc, attn_ref_joins_rest_term, 0,
 			    (int)(sizeof(ref_shapes) / sizeof(ref_shapes[0])));
 	tcase_add_test(tc, attn_ref_rejects_bad_tables);
 	tcase_add_test(tc, gpu_calls_fail_cleanly_without_device);
