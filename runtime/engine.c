@@ -21,6 +21,10 @@
  * (default 2) times the budget's pages and marks in each ref the budget's best tokens among
  * them, by the same per-query weight (idx_pick_tokens). A semantic page seldom holds sixteen
  * tokens a query needs; its two or three good ones now cost two or three tokens of budget.
+ *
+ * What is not attended is not ignored when the client asks (select_rest): per-page key and
+ * value sums, kept at insert, let every page with no row in the table stand in for its tokens
+ * as one softmax term per query head (rest_term), the background a budget otherwise drops.
  */
 #include "engine.h"
 

@@ -578,16 +578,22 @@ static uint64_t align64(uint64_t x)
 	return (x + 63) & ~63ull;
 }
 
-int ice_select(struct ice_ctx *c, uint32_t seq, uint32_t layer, const float *qv,
-	       struct ice_page_ref *out, size_t cap)
+/*
+ * select and select_rest: q goes first in the arena; the output area follows it, the rest block
+ * (select_rest: rest_len bytes padded to 8) first, then as many refs as fit and the caller
+ * takes.
+ */
+static int select_call(struct ice_ctx *c, uint8_t op, uint32_t seq, uint32_t layer,
+		       const float *qv, struct ice_page_ref *out, size_t cap, float *rest,
+		       size_t rest_len)
 {
-	struct ring_sqe s = { .opcode = OP_SELECT, .seq = seq, .layer = (uint16_t)layer };
+	struct ring_sqe s = { .opcode = op, .seq = seq, .layer = (uint16_t)layer };
 	struct seq_info *si;
 	struct ring_cqe q;
-	uint64_t qb, room;
+	uint64_t qb, rb = 0, room;
 	int err;
 
-	if (!c || !qv || !out || !cap || layer > UINT16_MAX)
+	if (!c || !qv || !out || !cap || layer > UINT16_MAX || (op == OP_SELECT_REST && !rest))
 		return -EINVAL;
 	pthread_mutex_lock(&c->lock);
 	si = seq_find(c, seq);
@@ -596,47 +602,14 @@ int ice_select(struct ice_ctx *c, uint32_t seq, uint32_t layer, const float *qv,
 		goto out;
 	}
 	qb = (uint64_t)si->shape.q_heads * si->shape.head_dim * sizeof(float);
-	if (align64(qb) + sizeof(*out) > c->arena_bytes) {
-		err = -E2BIG;
-		goto out;
+	if (op == OP_SELECT_REST) {
+		rb = (uint64_t)si->shape.q_heads * (si->shape.head_dim + 1) * sizeof(float);
+		if (rest_len != rb) {
+			err = -EINVAL;
+			goto out;
+		}
+		rb = (rb + 7) & ~7ull;
 	}
-	room = (c->arena_bytes - align64(qb)) / sizeof(*out);
-	memcpy(c->arena, qv, qb);
-	s.in_len = qb;
-	s.out_off = align64(qb);
-	s.out_len = (cap < room ? cap : room) * sizeof(*out);
-	err = call(c, &s, &q);
-	if (err > 0)
-		memcpy(out, c->arena + s.out_off, (size_t)err * sizeof(*out));
-out:
-	pthread_mutex_unlock(&c->lock);
-	return err;
-}
-
-int ice_select_rest(struct ice_ctx *c, uint32_t seq, uint32_t layer, const float *qv,
-		    struct ice_page_ref *out, size_t cap, float *rest, size_t rest_len)
-{
-	struct ring_sqe s = { .opcode = OP_SELECT_REST, .seq = seq, .layer = (uint16_t)layer };
-	struct seq_info *si;
-	struct ring_cqe q;
-	uint64_t qb, rb, room;
-	int err;
-
-	if (!c || !qv || !out || !cap || !rest || layer > UINT16_MAX)
-		return -EINVAL;
-	pthread_mutex_lock(&c->lock);
-	si = seq_find(c, seq);
-	if (!si) {
-		err = -ENOENT;
-		goto out;
-	}
-	qb = (uint64_t)si->shape.q_heads * si->shape.head_dim * sizeof(float);
-	rb = (uint64_t)si->shape.q_heads * (si->shape.head_dim + 1) * sizeof(float);
-	if (rest_len != rb) {
-		err = -EINVAL;
-		goto out;
-	}
-	rb = (rb + 7) & ~7ull;
 	if (align64(qb) + rb + sizeof(*out) > c->arena_bytes) {
 		err = -E2BIG;
 		goto out;
@@ -648,13 +621,25 @@ int ice_select_rest(struct ice_ctx *c, uint32_t seq, uint32_t layer, const float
 	s.arg[0] = rb;
 	s.out_len = rb + (cap < room ? cap : room) * sizeof(*out);
 	err = call(c, &s, &q);
-	if (err >= 0) {
+	if (err >= 0 && rb)
 		memcpy(rest, c->arena + s.out_off, rest_len);
+	if (err > 0)
 		memcpy(out, c->arena + s.out_off + rb, (size_t)err * sizeof(*out));
-	}
 out:
 	pthread_mutex_unlock(&c->lock);
 	return err;
+}
+
+int ice_select(struct ice_ctx *c, uint32_t seq, uint32_t layer, const float *qv,
+	       struct ice_page_ref *out, size_t cap)
+{
+	return select_call(c, OP_SELECT, seq, layer, qv, out, cap, NULL, 0);
+}
+
+int ice_select_rest(struct ice_ctx *c, uint32_t seq, uint32_t layer, const float *qv,
+		    struct ice_page_ref *out, size_t cap, float *rest, size_t rest_len)
+{
+	return select_call(c, OP_SELECT_REST, seq, layer, qv, out, cap, rest, rest_len);
 }
 
 int ice_fetch(struct ice_ctx *c, uint32_t seq, uint32_t layer, const struct ice_page_ref *refs,
