@@ -7,6 +7,8 @@
         c.append(seq, 0, n, k_bytes, v_bytes)       # [kv_heads][n][head_dim] in the dtype
         refs = c.select(seq, 0, q_bytes)            # [q_heads][head_dim] float32
         data = c.fetch(seq, 0, refs)                # page_bytes per ref: K rows then V rows
+        # attend each ref's rows() only (its mask); select_rest(seq, 0, q_bytes) also gives
+        # per query head (lse, value): the unattended pages as one more softmax token
 
 Buffers are anything exposing the buffer protocol (bytes, bytearray, array.array, numpy).
 Errors raise OSError with the errno the library returned. The library is found through
