@@ -194,6 +194,10 @@ const char *idx_simd_name(void);
 /* Forces a SIMD path for tests ("avx512", "avx2", "portable"); -ENOTSUP if the CPU lacks it. */
 int idx_simd_force(const char *name);
 
+/* Quickselect: reorders x[0..n) so that x[0..k) hold its k largest values (in no order) and
+ * returns the k-th largest; 1 <= k <= n. Shared with icerun's mass-recall oracle. */
+float idx_top_k(float *x, size_t n, size_t k);
+
 /* dtype conversion helpers shared with posidx and the benchmark. */
 int idx_to_f32(const void *src, enum idx_dtype dt, size_t count, float *dst);
 float idx_bf16_to_f32(uint16_t h);

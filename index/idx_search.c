@@ -473,10 +473,9 @@ int idx_page_scores(const struct idx *ix, uint32_t page, const float *q, uint32_
 	return (int)ix->pages[page].fill;
 }
 
-/* The k-th largest of x[0..n) (1 <= k <= n); x is reordered (quickselect). */
-static float kth_largest(float *x, int n, int k)
+float idx_top_k(float *x, size_t n, size_t k)
 {
-	int lo = 0, hi = n - 1, i, j;
+	ptrdiff_t lo = 0, hi = (ptrdiff_t)n - 1, i, j, kk = (ptrdiff_t)k;
 	float piv, t;
 
 	while (lo < hi) {
@@ -495,9 +494,9 @@ static float kth_largest(float *x, int n, int k)
 			}
 		}
 		/* now x[lo..j] >= piv >= x[i..hi], and x[j+1..i-1] == piv */
-		if (k - 1 <= j)
+		if (kk - 1 <= j)
 			hi = j;
-		else if (k - 1 >= i)
+		else if (kk - 1 >= i)
 			lo = i;
 		else
 			break;
@@ -557,7 +556,7 @@ int idx_pick_tokens(const struct idx *ix, const float *q, uint32_t g, const floa
 		memset(ret_mask, 0, n * sizeof(*ret_mask));
 		return 0;
 	}
-	thr = kth_largest(all, (int)nc, (int)budget);
+	thr = idx_top_k(all, nc, budget);
 	/* Everything above the cut, then ties at it in hit order until the budget is met. */
 	for (i = 0; i < n; i++) {
 		ret_mask[i] = 0;

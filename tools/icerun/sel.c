@@ -393,44 +393,15 @@ static float quest_bound(const float *q, const float *mn, const float *mx, int d
 	return s;
 }
 
-/* k-th largest sum: sum of the k largest of x[0..n) (x is clobbered). */
+/* Sum of the k largest of x[0..n) (x is clobbered). */
 static double topk_sum(float *x, int n, int k)
 {
-	int lo = 0, hi = n - 1, i, j;
 	double s = 0;
+	int i;
 
-	if (k >= n) {
-		for (i = 0; i < n; i++)
-			s += x[i];
-		return s;
-	}
-	/* quickselect so that x[0..k) are the k largest */
-	while (lo < hi) {
-		float piv = x[(lo + hi) / 2], t;
-
-		i = lo;
-		j = hi;
-		while (i <= j) {
-			while (x[i] > piv)
-				i++;
-			while (x[j] < piv)
-				j--;
-			if (i <= j) {
-				t = x[i];
-				x[i] = x[j];
-				x[j] = t;
-				i++;
-				j--;
-			}
-		}
-		if (k - 1 <= j)
-			hi = j;
-		else if (k - 1 >= i)
-			lo = i;
-		else
-			break;
-	}
-	for (i = 0; i < k; i++)
+	if (k > 0 && k < n)
+		idx_top_k(x, (size_t)n, (size_t)k);
+	for (i = 0; i < k && i < n; i++)
 		s += x[i];
 	return s;
 }
