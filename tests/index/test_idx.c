@@ -417,6 +417,44 @@ START_TEST(unlimited_beam_equals_brute_force)
 END_TEST
 
 /*
+ * idx_top_k against a sort: the first k entries are the k largest (ties included) and the
+ * k-th largest is returned, for every k, on data with many repeated values.
+ */
+START_TEST(top_k_is_a_partial_sort)
+{
+	enum { N = 257 };
+	float x[N], y[N], sorted[N];
+	uint64_t s = 3;
+	size_t n, k, i;
+
+	for (i = 0; i < N; i++) {
+		s = s * 6364136223846793005ull + 1442695040888963407ull;
+		sorted[i] = (float)((s >> 33) % 40); /* ties on purpose */
+	}
+	memcpy(x, sorted, sizeof(x));
+	/* sort descending for the reference */
+	for (i = 1; i < N; i++)
+		for (n = i; n > 0 && sorted[n] > sorted[n - 1]; n--) {
+			float t = sorted[n];
+
+			sorted[n] = sorted[n - 1];
+			sorted[n - 1] = t;
+		}
+	for (k = 1; k <= N; k++) {
+		double want = 0, got = 0;
+
+		memcpy(y, x, sizeof(y));
+		ck_assert_float_eq(idx_top_k(y, N, k), sorted[k - 1]);
+		for (i = 0; i < k; i++) {
+			want += sorted[i];
+			got += y[i];
+		}
+		ck_assert_double_eq(got, want);
+	}
+}
+END_TEST
+
+/*
  * idx_page_scores gives every token of every page its q.k for each query of a group, in
  * idx_page_tokens order: compared with a double-precision dot over the keys as given. Bad
  * arguments are refused.
@@ -438,10 +476,8 @@ START_TEST(page_scores_match_dot_products)
 		ck_assert_int_eq(idx_page_scores(ix, pg, q, g, sc), (int)fill);
 		for (j = 0; j < g; j++)
 			for (t = 0; t < fill; t++) {
-				double x = 0;
+				double x = dotd(q + j * dim, keys + (size_t)pos[t] * dim, dim);
 
-				for (i = 0; i < dim; i++)
-					x += (double)q[j * dim + i] * keys[(size_t)pos[t] * dim + i];
 				ck_assert_double_eq_tol(sc[j * IDX_PAGE_CAP + t], x, 1e-3 * (1 + fabs(x)));
 			}
 		seen += fill;
@@ -507,11 +543,9 @@ START_TEST(picked_tokens_are_the_heaviest)
 				double w = -1e300;
 
 				for (j = 0; j < g; j++) {
-					double x = 0;
+					double x = dotd(q + j * dim, keys + (size_t)pos[t] * dim, dim) -
+						   (bp ? bp[j] : 0);
 
-					for (uint32_t c = 0; c < dim; c++)
-						x += (double)q[j * dim + c] * keys[(size_t)pos[t] * dim + c];
-					x -= bp ? bp[j] : 0;
 					w = x > w ? x : w;
 				}
 				if (mask[i] >> t & 1) {
@@ -1073,6 +1107,7 @@ static Suite *idx_suite(void)
 	tcase_add_test(tc, lifting_preserves_mips_order);
 	tcase_add_test(tc, unlimited_beam_equals_brute_force);
 	tcase_add_test(tc, biased_group_merge_equals_brute_force);
+	tcase_add_test(tc, top_k_is_a_partial_sort);
 	tcase_add_test(tc, page_scores_match_dot_products);
 	tcase_add_test(tc, picked_tokens_are_the_heaviest);
 	tcase_add_test(tc, planted_needles_found_at_every_budget);
