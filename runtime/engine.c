@@ -944,7 +944,7 @@ static void rest_term(const struct seq *s, const struct head_state *st, uint32_t
 	}
 }
 
-/* rest_term for a head none of whose tokens is left out. */
+/* The rest term of a head none of whose tokens is left out. */
 static void rest_none(const struct seq *s, float *out)
 {
 	uint32_t d = s->p.shape.head_dim, j;
@@ -1022,6 +1022,8 @@ int engine_select(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer,
 				.kind = ICE_PAGE_SINK, .tier = ICE_TIER_DRAM,
 				.fill = (uint16_t)fill, .mask = full_mask(fill) };
 		}
+		if (rest) /* nothing left out, unless the retrieved branch below finds otherwise */
+			rest_none(s, rest + (size_t)h * g * (d + 1));
 		if (layer < s->p.budget.dense_layers) {
 			/* Dense layer: every page, in id order. */
 			for (i = 0; i < np; i++) {
@@ -1069,11 +1071,7 @@ int engine_select(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer,
 					intab[hits[i].page] = mask[i] != 0;
 				rest_term(s, st, np, intab, qg, rest + (size_t)h * g * (d + 1));
 			}
-		} else if (rest) {
-			rest_none(s, rest + (size_t)h * g * (d + 1));
 		}
-		if (rest && layer < s->p.budget.dense_layers)
-			rest_none(s, rest + (size_t)h * g * (d + 1));
 		for (i = 0; i < wp; i++) {
 			uint32_t fill = st->win_n - i * P;
 
