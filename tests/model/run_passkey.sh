@@ -24,6 +24,12 @@ if "$build/tools/icerun/icerun" eval -m "$model" --austen "$austen" --lengths 10
 	echo "FAIL: icerun eval accepted --engine no_such_setting=1"
 	exit 1
 fi
+# so is a --rest that is neither 0 nor 1
+if "$build/tools/icerun/icerun" eval -m "$model" --austen "$austen" --lengths 1024 \
+	--methods icecache --budgets 64 --rest 2 2>/dev/null; then
+	echo "FAIL: icerun eval accepted --rest 2"
+	exit 1
+fi
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
 # --depths 5 puts keys at 0, 25, 50, 75, 100%; shard 0/2 keeps 0%, 50% and 100%
