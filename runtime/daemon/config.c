@@ -18,7 +18,10 @@ struct cfg_item {
 	const char *help;
 };
 
+/* clang-format 14 lays out a macro body in braces as a block, with #field in column 0. */
+/* clang-format off */
 #define U64(field, lo, hi, help) { #field, CFG_U64, offsetof(struct rt_config, field), lo, hi, help }
+/* clang-format on */
 
 static const struct cfg_item cfg_items[] = {
 	{ "socket_path", CFG_PATH, offsetof(struct rt_config, socket_path), 0, 0,
