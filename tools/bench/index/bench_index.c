@@ -65,8 +65,11 @@ static size_t method_ws(const struct method *m, uint32_t g, uint32_t k)
 					      posidx_ws_size(m->px, g, k);
 }
 
-static int method_search(const struct method *m, const float *q, uint32_t g, uint32_t k,
-			 void *ws, size_t wss, struct idx_hit *h)
+/* No page: what a search leaves in the hits it did not fill (fewer pages than k). */
+#define NO_PAGE UINT32_MAX
+
+static int method_search_raw(const struct method *m, const float *q, uint32_t g, uint32_t k,
+			     void *ws, size_t wss, struct idx_hit *h)
 {
 	switch (m->kind) {
 	case 0:
@@ -79,6 +82,19 @@ static int method_search(const struct method *m, const float *q, uint32_t g, uin
 	default:
 		return posidx_exact_search(m->px, q, g, k, ws, wss, h);
 	}
+}
+
+/* A search whose k hits are all defined: those past the count it returns (k > pages) name
+ * NO_PAGE, which the scoring skips. */
+static int method_search(const struct method *m, const float *q, uint32_t g, uint32_t k,
+			 void *ws, size_t wss, struct idx_hit *h)
+{
+	int got = method_search_raw(m, q, g, k, ws, wss, h);
+	uint32_t i;
+
+	for (i = got < 0 ? 0 : (uint32_t)got; i < k; i++)
+		h[i] = (struct idx_hit){ .page = NO_PAGE, .score = -INFINITY, .fill = 0 };
+	return got;
 }
 
 struct run {
@@ -273,6 +289,8 @@ static double page_mass(const struct method *m, const struct idx_hit *h, int nh,
 	int i;
 
 	for (i = 0; i < nh; i++) {
+		if (h[i].page == NO_PAGE)
+			continue;
 		if (m->kind <= 1 || m->kind == 4) {
 			idx_page_tokens(m->ix, h[i].page, pos, &fill, NULL);
 			for (s = 0; s < fill; s++)
@@ -285,17 +303,23 @@ static double page_mass(const struct method *m, const struct idx_hit *h, int nh,
 	return acc;
 }
 
+/* Share of the exact pages b (those that exist: fewer than k when the index is smaller) that
+ * a found. */
 static double page_overlap(const struct idx_hit *a, const struct idx_hit *b, uint32_t k)
 {
-	uint32_t i, j, c = 0;
+	uint32_t i, j, c = 0, nb = 0;
 
-	for (i = 0; i < k; i++)
-		for (j = 0; j < k; j++)
+	for (j = 0; j < k; j++) {
+		if (b[j].page == NO_PAGE)
+			continue;
+		nb++;
+		for (i = 0; i < k; i++)
 			if (a[i].page == b[j].page) {
 				c++;
 				break;
 			}
-	return (double)c / k;
+	}
+	return nb ? (double)c / nb : 1.0;
 }
 
 /* ---- one configuration ------------------------------------------------------------------- */
