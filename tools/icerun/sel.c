@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "idx.h"
+#include "select.h"
 
 #ifdef ICERUN_HAVE_ICECACHE
 #include <icecache/icecache.h>
@@ -15,10 +16,6 @@
 
 #define P MODEL_PAGE
 #define MAXG 16
-/* dci mode: pages searched per page of budget, the best tokens among them attended (as the
- * engine's default overfetch), and at most this many pages. */
-#define DCI_OVERFETCH 2
-#define DCI_MAX_PAGES 64
 
 static const char *const names[SEL_NKINDS] = { "full", "stream", "quest", "oracle", "dci",
 					       "icecache" };
@@ -36,6 +33,9 @@ struct sel {
 	void *ws;
 	size_t ws_cap;
 	float *keybuf;
+	float *attk;			/* dci: a head's sink and window keys [2P][d] */
+	struct idx_hit *hits;		/* dci: maxpages each */
+	uint16_t *hmask;
 	/* scratch */
 	int32_t *idx;
 	float *sc, *p, *tmp, *pagescore;
@@ -121,6 +121,9 @@ void sel_free(struct sel *s)
 	free(s->ix_end);
 	free(s->ws);
 	free(s->keybuf);
+	free(s->attk);
+	free(s->hits);
+	free(s->hmask);
 	free(s->meta);
 	free(s->idx);
 	free(s->sc);
@@ -173,7 +176,10 @@ int sel_new(const struct model *m, const struct sel_cfg *cfg, struct sel **ret)
 		s->ix = calloc((size_t)s->L * s->nkv, sizeof(*s->ix));
 		s->ix_end = calloc((size_t)s->L, sizeof(int));
 		s->keybuf = malloc((size_t)cfg->cap * s->d * sizeof(float));
-		if (!s->ix || !s->ix_end || !s->keybuf)
+		s->attk = malloc(2 * (size_t)P * s->d * sizeof(float));
+		s->hits = malloc((size_t)s->maxpages * sizeof(*s->hits));
+		s->hmask = malloc((size_t)s->maxpages * sizeof(*s->hmask));
+		if (!s->ix || !s->ix_end || !s->keybuf || !s->attk || !s->hits || !s->hmask)
 			goto out_free;
 	}
 	if (cfg->kind == SEL_QUEST) {
@@ -441,20 +447,31 @@ static void account(struct sel *s, int layer, int n, double mass_g, int nsel)
 	s->mcnt[(size_t)s->slot * s->L + layer] += s->g;
 }
 
+/* Grows the search workspace to need bytes. */
+static int ws_grow(struct sel *s, size_t need)
+{
+	if (need <= s->ws_cap)
+		return 0;
+	free(s->ws);
+	s->ws = malloc(need);
+	s->ws_cap = s->ws ? need : 0;
+	return s->ws ? 0 : -ENOMEM;
+}
+
+/* IceCache's selection (index/select.h, the engine's defaults) over the head's tree, with its
+ * sink and window keys as the rows the group attends anyway. */
 static int dci_set(struct sel *s, const struct kv *kv, int layer, int h, const float *qg, int n)
 {
 	struct idx *ix = s->ix[layer * s->nkv + h];
-	struct idx_hit hits[DCI_MAX_PAGES];
-	struct idx_search_opts so = { 0 };
+	/* q carries the softmax's 1/sqrt(d): scale 1 */
+	struct select_opts so = { .budget_pages = (uint32_t)(s->c.budget / P - 2),
+				  .overfetch = SELECT_OVERFETCH, .scale = 1.0f, .group_merge = 1,
+				  .page_mass = 1 };
+	struct select_rows att = { s->attk, 2 * P, IDX_F32 };
+	struct select_group grp = { qg, (uint32_t)s->g, (uint32_t)s->d, &att, 1 };
 	uint32_t pos[IDX_PAGE_CAP], fill;
-	uint16_t mask[DCI_MAX_PAGES];
-	float bias[MAXG], pw[2 * DCI_MAX_PAGES * IDX_PAGE_CAP];
-	int k = s->c.budget / P - 2, kf, ns = 0, t, j, got, err;
-	size_t need;
+	int ns = 0, t, j, got, err;
 
-	if (k > DCI_MAX_PAGES / DCI_OVERFETCH)
-		k = DCI_MAX_PAGES / DCI_OVERFETCH;
-	kf = k * DCI_OVERFETCH;
 	/* tokens that left the window since the last step join the tree (once per layer) */
 	if (h == 0 && s->ix_end[layer] < n - P) {
 		for (int hh = 0; hh < s->nkv; hh++)
@@ -462,45 +479,24 @@ static int dci_set(struct sel *s, const struct kv *kv, int layer, int h, const f
 				return err;
 		s->ix_end[layer] = n - P;
 	}
-	need = idx_search_ws_size(ix, (uint32_t)s->g, (uint32_t)kf);
-	if (need > s->ws_cap) {
-		free(s->ws);
-		s->ws = malloc(need);
-		if (!s->ws) {
-			s->ws_cap = 0;
-			return -ENOMEM;
-		}
-		s->ws_cap = need;
+	for (t = 0; t < P; t++) {
+		kv_key(kv, layer, h, t, s->attk + (size_t)t * s->d);
+		kv_key(kv, layer, h, n - P + t, s->attk + (size_t)(P + t) * s->d);
 	}
-	/* the group shares its pages by the weight each adds beside its own sink and window (as
-	 * the engine does): bias = log-sum-exp of the scores (q carries the 1/sqrt(d) scale) of
-	 * those tokens, from the full softmax sel_attend computed for this head */
-	for (j = 0; j < s->g; j++) {
-		const float *pr = s->p + (size_t)j * s->c.cap;
-		double w = 0;
-
-		for (t = 0; t < P; t++)
-			w += pr[t] + pr[n - P + t];
-		bias[j] = (float)(log(w > 0 ? w : 1e-30) + s->pmax[j] + log(s->psum[j]));
-	}
-	so.bias = bias;
-	so.mass_scale = 1.0f; /* pages rank by their softmax weight (q carries the scale) */
-	got = idx_search(ix, qg, (uint32_t)s->g, (uint32_t)kf, &so, s->ws, s->ws_cap, hits);
+	err = ws_grow(s, select_ws_size(ix, grp.g, &so));
+	if (err)
+		return err;
+	got = select_head(ix, NULL, &so, &grp, s->ws, s->ws_cap, s->hits, s->hmask, NULL);
 	if (got < 0)
 		return got;
-	/* the budget's tokens among those pages, by the same weight (as the engine does) */
-	err = idx_pick_tokens(ix, qg, (uint32_t)s->g, bias, hits, (uint32_t)got,
-			      (uint32_t)(k * P), pw, sizeof(pw), mask);
-	if (err < 0)
-		return err;
 	for (t = 0; t < P; t++)
 		s->idx[ns++] = t;
 	for (j = 0; j < got; j++) {
-		if (!mask[j] || idx_page_tokens(ix, hits[j].page, pos, &fill, NULL))
+		if (idx_page_tokens(ix, s->hits[j].page, pos, &fill, NULL))
 			continue;
 		s->att_pages++;
 		for (t = 0; t < (int)fill; t++)
-			if (mask[j] >> t & 1)
+			if (s->hmask[j] >> t & 1)
 				s->idx[ns++] = (int32_t)pos[t] + P; /* tree token i is position P + i */
 	}
 	for (t = n - P; t < n; t++)

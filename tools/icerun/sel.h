@@ -8,9 +8,9 @@
  *   oracle   the same page shape, pages ranked by their true attention mass (an upper bound
  *            for any positional page selector; needs the full softmax, so it is not a method)
  *   dci      IceCache's selection in-process: one DCI-tree (index/) per layer and KV head over
- *            the tokens that left the window; sink 16 + window 16 + (budget-32)/16 semantic pages
- *            (K/V read from the runner's own cache); the GQA group shares the pages by the
- *            weight each adds beside the head's sink and window, as the engine does
+ *            the tokens that left the window, searched by the engine's select_head
+ *            (index/select.h) with its defaults; sink 16 + window 16 + budget-32 retrieved
+ *            tokens (K/V read from the runner's own cache)
  *   icecache layers go through libicecache (ice_append / ice_select / ice_fetch): sink 16 +
  *            window 16 + budget-32 retrieved tokens per KV head, attention over fetched pages
  * Every sparse mode also measures attention-mass recall: with p = softmax(q·K/√d) over all
