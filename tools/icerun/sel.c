@@ -8,6 +8,7 @@
 #include <string.h>
 
 #include "idx.h"
+#include "posidx.h"
 #include "select.h"
 
 #ifdef ICERUN_HAVE_ICECACHE
@@ -24,9 +25,10 @@ struct sel {
 	struct sel_cfg c;
 	const struct model *m;
 	int L, nkv, g, d, maxpages;
-	/* quest: per (layer, kv head, page) channel-wise key min then max, valid below meta_pages */
-	float *meta;
-	int meta_pages;
+	/* quest: positional pages with Quest bounds (index/posidx) per (layer, kv head), over
+	 * positions [P, px_end[layer]): the complete pages between the sink page and the window */
+	struct posidx **px;
+	int *px_end;
 	/* dci: one DCI-tree per (layer, kv head) over positions [P, ix_end[layer]) */
 	struct idx **ix;
 	int *ix_end;
@@ -34,7 +36,7 @@ struct sel {
 	size_t ws_cap;
 	float *keybuf;
 	float *attk;			/* dci: a head's sink and window keys [2P][d] */
-	struct idx_hit *hits;		/* dci: maxpages each */
+	struct idx_hit *hits;		/* dci, quest: maxpages each */
 	uint16_t *hmask;
 	/* scratch */
 	int32_t *idx;
@@ -124,7 +126,11 @@ void sel_free(struct sel *s)
 	free(s->attk);
 	free(s->hits);
 	free(s->hmask);
-	free(s->meta);
+	if (s->px)
+		for (int i = 0; i < s->L * s->nkv; i++)
+			posidx_free(s->px[i]);
+	free(s->px);
+	free(s->px_end);
 	free(s->idx);
 	free(s->sc);
 	free(s->p);
@@ -183,8 +189,11 @@ int sel_new(const struct model *m, const struct sel_cfg *cfg, struct sel **ret)
 			goto out_free;
 	}
 	if (cfg->kind == SEL_QUEST) {
-		s->meta = malloc((size_t)s->L * s->nkv * s->maxpages * 2 * s->d * sizeof(float));
-		if (!s->meta)
+		s->px = calloc((size_t)s->L * s->nkv, sizeof(*s->px));
+		s->px_end = calloc((size_t)s->L, sizeof(int));
+		s->keybuf = malloc((size_t)cfg->cap * s->d * sizeof(float));
+		s->hits = malloc((size_t)s->maxpages * sizeof(*s->hits));
+		if (!s->px || !s->px_end || !s->keybuf || !s->hits)
 			goto out_free;
 	}
 #ifdef ICERUN_HAVE_ICECACHE
@@ -215,30 +224,6 @@ int sel_new(const struct model *m, const struct sel_cfg *cfg, struct sel **ret)
 out_free:
 	sel_free(s);
 	return err;
-}
-
-static void page_meta(const struct kv *kv, int layer, int h, int page, float *mn, float *mx)
-{
-	const float *kp = kv_kpage(kv, layer, h, page);
-	int i, t;
-
-	for (i = 0; i < kv->d; i++) {
-		float lo = kp[i * P], hi = lo;
-
-		for (t = 1; t < P; t++) {
-			float v = kp[i * P + t];
-
-			lo = v < lo ? v : lo;
-			hi = v > hi ? v : hi;
-		}
-		mn[i] = lo;
-		mx[i] = hi;
-	}
-}
-
-static float *meta_at(struct sel *s, int layer, int h, int page)
-{
-	return s->meta + (((size_t)layer * s->nkv + h) * s->maxpages + page) * 2 * s->d;
 }
 
 #ifdef ICERUN_HAVE_ICECACHE
@@ -286,9 +271,59 @@ static int dci_begin(struct sel *s, const struct kv *kv, int n0)
 	return 0;
 }
 
+/* Quest's pages at length n: the complete ones between the sink page and the window (the last
+ * P tokens), i.e. positions [P, quest_end(n)). */
+static int quest_end(int n)
+{
+	int end = (n - P) / P * P;
+
+	return end > P ? end : P;
+}
+
+/* Adds every head's complete pages up to length n to layer's positional index. */
+static int quest_add(struct sel *s, const struct kv *kv, int layer, int n)
+{
+	int h, t, from = s->px_end[layer], to = quest_end(n), err;
+
+	if (to <= from)
+		return 0;
+	for (h = 0; h < s->nkv; h++) {
+		for (t = from; t < to; t++)
+			kv_key(kv, layer, h, t, s->keybuf + (size_t)(t - from) * s->d);
+		err = posidx_append(s->px[layer * s->nkv + h], s->keybuf, (size_t)(to - from),
+				    IDX_F32);
+		if (err)
+			return err;
+	}
+	s->px_end[layer] = to;
+	return 0;
+}
+
+static int quest_begin(struct sel *s, const struct kv *kv, int n0)
+{
+	int l, h, err;
+
+	for (l = s->c.dense; l < s->L; l++) {
+		for (h = 0; h < s->nkv; h++) {
+			struct posidx **px = &s->px[l * s->nkv + h];
+
+			posidx_free(*px);
+			*px = NULL;
+			err = posidx_new((uint32_t)s->d, px);
+			if (err)
+				return err;
+		}
+		s->px_end[l] = P;
+		err = quest_add(s, kv, l, n0);
+		if (err)
+			return err;
+	}
+	return 0;
+}
+
 int sel_begin_len(struct sel *s, const struct kv *kv, int n0, int length)
 {
-	int l, h, p, i;
+	int l, i;
 
 	s->slot = s->c.nlengths;	/* "other" */
 	s->att_tokens = s->att_calls = s->att_pages = 0;
@@ -296,15 +331,10 @@ int sel_begin_len(struct sel *s, const struct kv *kv, int n0, int length)
 		if (s->c.lengths[i] == length)
 			s->slot = i;
 	if (s->c.kind == SEL_QUEST) {
-		/* metadata of the complete prefix pages; pages completed later are computed live */
-		s->meta_pages = n0 / P;
-		for (l = s->c.dense; l < s->L; l++)
-			for (h = 0; h < s->nkv; h++)
-				for (p = 0; p < s->meta_pages; p++) {
-					float *mt = meta_at(s, l, h, p);
+		int err = quest_begin(s, kv, n0);
 
-					page_meta(kv, l, h, p, mt, mt + s->d);
-				}
+		if (err)
+			return err;
 	}
 	if (s->c.kind == SEL_DCI) {
 		int err = dci_begin(s, kv, n0);
@@ -371,6 +401,8 @@ static int topk_idx(const float *x, const int *ids, int n, int k, int *out, unsi
 {
 	int i, j, best;
 
+	if (n <= 0)
+		return 0;
 	if (k > n)
 		k = n;
 	memset(used, 0, (size_t)n);
@@ -383,20 +415,6 @@ static int topk_idx(const float *x, const int *ids, int n, int k, int *out, unsi
 		out[j] = ids[best];
 	}
 	return k;
-}
-
-/* Quest bound of one page for one query. */
-static float quest_bound(const float *q, const float *mn, const float *mx, int d)
-{
-	float s = 0;
-	int i;
-
-	for (i = 0; i < d; i++) {
-		float a = q[i] * mn[i], b = q[i] * mx[i];
-
-		s += a > b ? a : b;
-	}
-	return s;
 }
 
 /* Sum of the k largest of x[0..n) (x is clobbered). */
@@ -504,11 +522,39 @@ static int dci_set(struct sel *s, const struct kv *kv, int layer, int h, const f
 	return ns;
 }
 
-/* Token set of one KV head for the positional modes; returns its size. */
+/* Quest: the pages between the sink page and the window with the best Quest bound (posidx:
+ * each query's top k, then round-robin over ranks until k distinct pages). */
+static int quest_set(struct sel *s, const struct kv *kv, int layer, int h, const float *qg, int n)
+{
+	struct posidx *px = s->px[layer * s->nkv + h];
+	int k = s->c.budget / P - 2, ns = 0, t, j, got = 0, err;
+
+	/* pages completed since the last step join the index (once per layer) */
+	if (h == 0 && (err = quest_add(s, kv, layer, n)))
+		return err;
+	if (posidx_npages(px)) {
+		err = ws_grow(s, posidx_ws_size(px, (uint32_t)s->g, (uint32_t)k));
+		if (err)
+			return err;
+		got = posidx_search(px, qg, (uint32_t)s->g, (uint32_t)k, s->ws, s->ws_cap, s->hits);
+		if (got < 0)
+			return got;
+	}
+	for (t = 0; t < P; t++)
+		s->idx[ns++] = t;
+	for (j = 0; j < got; j++)
+		for (t = 0; t < P; t++)
+			s->idx[ns++] = (int32_t)(s->hits[j].page + 1) * P + t; /* page i: position P(i+1) */
+	for (t = n - P; t < n; t++)
+		s->idx[ns++] = t;
+	return ns;
+}
+
+/* Token set of one KV head for the other modes; returns its size. */
 static int build_set(struct sel *s, const struct kv *kv, int layer, int h, const float *qg, int n)
 {
 	int B = s->c.budget, ns = 0, t, c, hh, k, ncand, got, j;
-	int wstart = n - P, picks[MAXG * 64], sel_pages[64];
+	int wstart = n - P, sel_pages[64];
 	unsigned char used[4096];
 
 	if (n <= B) {
@@ -525,7 +571,10 @@ static int build_set(struct sel *s, const struct kv *kv, int layer, int h, const
 	}
 	if (s->c.kind == SEL_DCI)
 		return dci_set(s, kv, layer, h, qg, n);
-	/* candidate pages lie wholly between the sink page and the window */
+	if (s->c.kind == SEL_QUEST)
+		return quest_set(s, kv, layer, h, qg, n);
+	/* oracle: candidate pages lie wholly between the sink page and the window, ranked by their
+	 * attention mass summed over the group */
 	ncand = wstart / P - 1;
 	k = B / P - 2;
 	if (k > 64)
@@ -534,50 +583,15 @@ static int build_set(struct sel *s, const struct kv *kv, int layer, int h, const
 		s->cand[c] = c + 1;
 	got = 0;
 	if (ncand > 0 && ncand <= 4096) {
-		if (s->c.kind == SEL_QUEST) {
-			float mnb[256], mxb[256];
+		for (c = 0; c < ncand; c++) {
+			float m = 0;
 
-			for (c = 0; c < ncand; c++) {
-				int pg = c + 1;
-				const float *mn, *mx;
-
-				if (pg < s->meta_pages) {
-					mn = meta_at(s, layer, h, pg);
-					mx = mn + s->d;
-				} else {
-					page_meta(kv, layer, h, pg, mnb, mxb);
-					mn = mnb;
-					mx = mxb;
-				}
-				for (hh = 0; hh < s->g; hh++)
-					s->pagescore[(size_t)hh * ncand + c] =
-						quest_bound(qg + (size_t)hh * s->d, mn, mx, s->d);
-			}
-			/* each head's top k, then round-robin over heads until k distinct pages */
 			for (hh = 0; hh < s->g; hh++)
-				topk_idx(s->pagescore + (size_t)hh * ncand, s->cand, ncand, k,
-					 picks + hh * 64, used);
-			for (j = 0; j < k && got < k; j++)
-				for (hh = 0; hh < s->g && got < k && j < ncand; hh++) {
-					int pg = picks[hh * 64 + j], dup = 0;
-
-					for (t = 0; t < got; t++)
-						dup |= sel_pages[t] == pg;
-					if (!dup)
-						sel_pages[got++] = pg;
-				}
-		} else {
-			/* oracle: pages by attention mass summed over the group */
-			for (c = 0; c < ncand; c++) {
-				float m = 0;
-
-				for (hh = 0; hh < s->g; hh++)
-					for (t = 0; t < P; t++)
-						m += s->p[(size_t)hh * s->c.cap + (c + 1) * P + t];
-				s->pagescore[c] = m;
-			}
-			got = topk_idx(s->pagescore, s->cand, ncand, k, sel_pages, used);
+				for (t = 0; t < P; t++)
+					m += s->p[(size_t)hh * s->c.cap + (c + 1) * P + t];
+			s->pagescore[c] = m;
 		}
+		got = topk_idx(s->pagescore, s->cand, ncand, k, sel_pages, used);
 	}
 	for (t = 0; t < P; t++)
 		s->idx[ns++] = t;
