@@ -13,6 +13,8 @@
 
 #ifdef ICERUN_HAVE_ICECACHE
 #include <icecache/icecache.h>
+
+#include "kern.h"
 #endif
 
 #define P MODEL_PAGE
@@ -65,6 +67,9 @@ struct sel {
 	float *rest;			/* the step's rest term per query head (ice_select_rest) */
 	size_t raw_cap;
 	size_t kvbuf_cap;
+	struct kern_page *kpages;	/* the fetched pages as kern_ref_attn's page table */
+	size_t kpages_cap;
+	uint32_t *head_off;		/* [kv heads + 1] */
 #endif
 };
 
@@ -115,6 +120,8 @@ void sel_free(struct sel *s)
 	free(s->raw);
 	free(s->qun);
 	free(s->rest);
+	free(s->kpages);
+	free(s->head_off);
 #endif
 	if (s->ix)
 		for (int i = 0; i < s->L * s->nkv; i++)
@@ -211,7 +218,8 @@ int sel_new(const struct model *m, const struct sel_cfg *cfg, struct sel **ret)
 				*c = '\n';
 		s->qun = malloc((size_t)s->g * s->nkv * s->d * sizeof(float));
 		s->rest = malloc((size_t)s->g * s->nkv * (s->d + 1) * sizeof(float));
-		if (!s->qun || !s->rest)
+		s->head_off = malloc(((size_t)s->nkv + 1) * sizeof(*s->head_off));
+		if (!s->qun || !s->rest || !s->head_off)
 			goto out_free;
 		err = cfg->socket ? ice_connect(cfg->socket, &s->ice) :
 				    ice_open_embedded(conf, &s->ice);
@@ -544,7 +552,7 @@ static int quest_set(struct sel *s, const struct kv *kv, int layer, int h, const
 		s->idx[ns++] = t;
 	for (j = 0; j < got; j++)
 		for (t = 0; t < P; t++)
-			s->idx[ns++] = (int32_t)(s->hits[j].page + 1) * P + t; /* page i: position P(i+1) */
+			s->idx[ns++] = (int32_t)(s->hits[j].page + 1) * P + t; /* page i + 1 */
 	for (t = n - P; t < n; t++)
 		s->idx[ns++] = t;
 	return ns;
@@ -646,7 +654,7 @@ static int ice_push(struct sel *s, const struct kv *kv, int layer, int from, int
 static int ice_attend(struct sel *s, const struct kv *kv, int layer, int pos, const float *q,
 		      float *out)
 {
-	int n = pos + 1, l, err, nref, i, h, hh, t, j;
+	int n = pos + 1, l, err, nref, i, h, hh, t;
 	size_t pb = 2 * (size_t)P * s->d, need;
 
 	/* the new token: every layer below this one that the hook skipped, then this one */
@@ -706,55 +714,47 @@ static int ice_attend(struct sel *s, const struct kv *kv, int layer, int pos, co
 	for (i = 0; i < nref; i++)
 		for (t = 0; t < 2 * P * s->d; t++)
 			s->pages[(size_t)i * pb + t] = idx_f16_to_f32(s->raw[(size_t)i * pb + t]);
-	/* attention per KV head over its fetched pages (refs are grouped by head) */
+	/*
+	 * Attention over the fetched pages: the kernels' CPU reference. A fetched page is P rows of
+	 * K then P of V with zeros past its fill, so as a kern page it holds P rows with those past
+	 * the fill and those not in its mask skipped. q stays the model's float32 query, which
+	 * carries the 1/sqrt(d) (scale 1); the rest term's log weight is at that scale too.
+	 */
+	if ((size_t)nref > s->kpages_cap) {
+		struct kern_page *nk = realloc(s->kpages, (size_t)nref * sizeof(*nk));
+
+		if (!nk)
+			return -ENOMEM;
+		s->kpages = nk;
+		s->kpages_cap = (size_t)nref;
+	}
+	for (i = 0; i < nref; i++) {
+		/* ice_select groups refs by KV head, in head order */
+		if (s->refs[i].kv_head >= s->nkv ||
+		    (i && s->refs[i].kv_head < s->refs[i - 1].kv_head))
+			return -EIO;
+		s->kpages[i] = (struct kern_page){ .slot = (uint32_t)i, .fill = P,
+			.skip = (uint16_t)~s->refs[i].mask };
+	}
+	for (h = 0, i = 0; h <= s->nkv; h++) {
+		while (i < nref && s->refs[i].kv_head < h)
+			i++;
+		s->head_off[h] = (uint32_t)i;
+	}
+	err = kern_ref_attn(&(struct kern_attn_args){ .dtype = KERN_F32,
+		.hq = (uint32_t)(s->g * s->nkv), .hkv = (uint32_t)s->nkv, .d = (uint32_t)s->d,
+		.page_cap = P, .scale = 1.0f, .q = q, .out = out, .pool = s->pages,
+		.slot_bytes = pb * sizeof(float), .nslots = (uint32_t)nref, .pages = s->kpages,
+		.head_off = s->head_off, .rest = s->c.rest ? s->rest : NULL });
+	if (err)
+		return err;
 	for (h = 0; h < s->nkv; h++) {
 		const float *qg = q + (size_t)h * s->g * s->d;
-		float *og = out + (size_t)h * s->g * s->d;
 		int ntok = 0;
 		double mass = 0;
 
-		for (hh = 0; hh < s->g; hh++) {
-			float mx = -INFINITY, sum, rw = 0;
-			float *sc = s->sc + (size_t)hh * s->c.cap;
-			/* the rest term: log weight then mean value (-INFINITY: nothing left out) */
-			const float *rt = s->c.rest ? s->rest + ((size_t)h * s->g + hh) * (s->d + 1) :
-				NULL;
-
-			ntok = 0;
-			for (i = 0; i < nref; i++) {
-				const float *kp = s->pages + (size_t)i * pb;
-
-				if (s->refs[i].kv_head != h)
-					continue;
-				for (t = 0; t < (int)s->refs[i].fill && ntok < s->c.cap; t++)
-					if (s->refs[i].mask >> t & 1)
-						sc[ntok++] = mm_dot(qg + (size_t)hh * s->d,
-								    kp + (size_t)t * s->d, s->d);
-			}
-			for (j = 0; j < ntok; j++)
-				mx = sc[j] > mx ? sc[j] : mx;
-			if (rt && rt[0] > mx)
-				mx = rt[0];
-			sum = mm_softmax_exp(sc, ntok, mx);
-			if (rt && isfinite(rt[0])) {
-				rw = expf(rt[0] - mx);
-				sum += rw;
-			}
-			memset(og + (size_t)hh * s->d, 0, (size_t)s->d * sizeof(float));
-			if (rw > 0)
-				mm_axpy(og + (size_t)hh * s->d, rw / sum, rt + 1, s->d);
-			ntok = 0;
-			for (i = 0; i < nref; i++) {
-				const float *vp = s->pages + (size_t)i * pb + (size_t)P * s->d;
-
-				if (s->refs[i].kv_head != h)
-					continue;
-				for (t = 0; t < (int)s->refs[i].fill && ntok < s->c.cap; t++)
-					if (s->refs[i].mask >> t & 1)
-						mm_axpy(og + (size_t)hh * s->d, sc[ntok++] / sum,
-							vp + (size_t)t * s->d, s->d);
-			}
-		}
+		for (i = (int)s->head_off[h]; i < (int)s->head_off[h + 1]; i++)
+			ntok += __builtin_popcount(s->refs[i].mask & ((1u << s->refs[i].fill) - 1));
 		/* mass: the fetched keys are the cached keys, so exp(q·k - max) / Z of a fetched
 		 * row is exactly that token's share of the full softmax */
 		full_probs(s, kv, layer, h, qg, n);
