@@ -104,9 +104,7 @@ struct idx_search_opts {
 	uint32_t flags;      /* IDX_SEARCH_* */
 	/* NULL, or g finite per-query offsets: a group's rankings are then merged by
 	 * score - bias[j] (best first, distinct pages, a page taking its best query) instead of
-	 * round-robin. With bias[j] = sqrt(d) * logsumexp(q_j.k / sqrt(d)) over tokens the query
-	 * attends anyway, a page ranks by the softmax weight it would add to the query that wants
-	 * it most, so a query whose attention already sits in those tokens yields its turn. */
+	 * round-robin (index/select.h says which offsets and why). */
 	const float *bias;
 	/* 0: a page scores its best token's q.k. s > 0: its soft maximum
 	 * (1/s) * log(sum over its tokens of exp(s * q.k)), i.e. its total softmax weight at scale
@@ -139,10 +137,10 @@ int idx_page_scores(const struct idx *ix, uint32_t page, const float *q, uint32_
 /*
  * Chooses the `budget` best tokens among the pages of hits[0..n) (usually idx_search's, asked
  * for more pages than the budget holds) for a group of g queries q[g][dim]. A token weighs
- * max_j (q_j.k - bias[j]) (bias NULL: max_j q_j.k); with idx_search_opts.bias's offsets that
- * ranks tokens by the softmax weight they add for the query that gains most, as pages were
- * ranked. ret_mask[i] gets the rows of hits[i]'s page taken (bit t: row t in idx_page_tokens
- * order). When the pages hold no more than the budget every row is taken (ws may then be NULL).
+ * max_j (q_j.k - bias[j]) (bias NULL: max_j q_j.k), as idx_search_opts.bias ranks pages
+ * (index/select.h). ret_mask[i] gets the rows of hits[i]'s page taken (bit t: row t in
+ * idx_page_tokens order). When the pages hold no more than the budget every row is taken (ws
+ * may then be NULL).
  * Ties at the cut go to earlier hits, then lower rows. ws: idx_pick_ws_size(n) bytes.
  * Returns the number of tokens taken; -EINVAL on NULL, a hit that is not a page of the index
  * as it is, g out of range, non-finite q or bias; -ENOSPC if ws is too small.

@@ -2,8 +2,8 @@
  * Append: a layer's new tokens fill the sink, then the window; each page's worth that leaves
  * the window is inserted into the index in one batch, and the pages the index reports changed
  * are (re)written to the store: the new tokens' rows are appended to the page's stored rows
- * (read back when the page already existed). Per-page key and value sums are kept here for
- * the rest term (select.c).
+ * (read back when the page already existed), and the pages' key and value sums for the rest
+ * term (index/select.h) are kept up to date.
  */
 #include <errno.h>
 #include <stdlib.h>
@@ -35,6 +35,7 @@ static int layer_buffers(struct engine *e, struct seq *s, uint32_t layer)
 		ip.seed = 0x1ce0000ull + (uint64_t)layer * hk + h;
 		if (idx_new(&ip, &hs[h].ix))
 			goto out_free;
+		select_sums_init(&hs[h].sums, s->p.shape.head_dim);
 		hs[h].sink_k = s->S ? malloc(s->S * s->row) : NULL;
 		hs[h].sink_v = s->S ? malloc(s->S * s->row) : NULL;
 		hs[h].win_k = malloc(s->Wcap * s->row);
@@ -82,52 +83,6 @@ int engine_store_write(struct engine *e, struct store_page *pg, unsigned n)
 	return e->pol ? policy_put(e->pol, pg, n) : store_put(e->store, pg, n, 0);
 }
 
-/* Room for page sums of pages [0, np). */
-static int sums_grow(struct head_state *st, uint32_t np, uint32_t d)
-{
-	uint32_t cap = st->pcap ? st->pcap : 64;
-	float *k, *v;
-	uint32_t *c;
-
-	if (np <= st->pcap)
-		return 0;
-	while (cap < np)
-		cap *= 2;
-	k = realloc(st->ksum, (size_t)cap * d * sizeof(float));
-	if (k)
-		st->ksum = k;
-	v = realloc(st->vsum, (size_t)cap * d * sizeof(float));
-	if (v)
-		st->vsum = v;
-	c = realloc(st->pcnt, (size_t)cap * sizeof(uint32_t));
-	if (c)
-		st->pcnt = c;
-	if (!k || !v || !c)
-		return -ENOMEM;
-	memset(st->ksum + (size_t)st->pcap * d, 0, (size_t)(cap - st->pcap) * d * sizeof(float));
-	memset(st->vsum + (size_t)st->pcap * d, 0, (size_t)(cap - st->pcap) * d * sizeof(float));
-	memset(st->pcnt + st->pcap, 0, (size_t)(cap - st->pcap) * sizeof(uint32_t));
-	st->pcap = cap;
-	return 0;
-}
-
-/* Adds one token's K and V rows (storage dtype) to page pg's sums. */
-static void sums_add(const struct seq *s, struct head_state *st, uint32_t pg,
-		     const unsigned char *kr, const unsigned char *vr)
-{
-	uint32_t d = s->p.shape.head_dim, i;
-	float kf[MAX_HEAD_DIM], vf[MAX_HEAD_DIM];
-	float *ks = st->ksum + (size_t)pg * d, *vs = st->vsum + (size_t)pg * d;
-
-	idx_to_f32(kr, s->idt, d, kf);
-	idx_to_f32(vr, s->idt, d, vf);
-	for (i = 0; i < d; i++) {
-		ks[i] += kf[i];
-		vs[i] += vf[i];
-	}
-	st->pcnt[pg]++;
-}
-
 /*
  * Inserts n evicted tokens (rows ek/ev, storage dtype) into head h's index and rewrites every
  * page it reports changed: stored rows (read back) + the new tokens' rows. Pages only grow and
@@ -147,7 +102,7 @@ static int index_tokens(struct engine *e, struct seq *s, uint32_t layer, uint32_
 	err = first ? idx_insert(st->ix, ek, n, s->idt) : idx_build(st->ix, ek, n, s->idt);
 	if (err)
 		return err;
-	err = sums_grow(st, (uint32_t)idx_npages(st->ix), s->p.shape.head_dim);
+	err = select_sums_reserve(&st->sums, (uint32_t)idx_npages(st->ix));
 	if (err)
 		return err;
 	do {
@@ -184,7 +139,8 @@ static int index_tokens(struct engine *e, struct seq *s, uint32_t layer, uint32_
 					continue;
 				memcpy(b + (size_t)t * s->row, ek + (size_t)r * s->row, s->row);
 				memcpy(b + (size_t)(fill + t) * s->row, ev + (size_t)r * s->row, s->row);
-				sums_add(s, st, ids[i], ek + (size_t)r * s->row, ev + (size_t)r * s->row);
+				select_sums_add(&st->sums, ids[i], ek + (size_t)r * s->row,
+						ev + (size_t)r * s->row, s->idt);
 			}
 			pg[i].buf = b;
 			pg[i].len = (uint32_t)(2 * fill * s->row);
@@ -236,11 +192,11 @@ int engine_append(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer,
 		evict++;
 	}
 	etok = evict * P;
-	/* Per token: the index's fp32 key and overhead, plus its share of the page sums (2 d
-	 * floats and a count per page; counted as if pages held 4 tokens, which covers the
-	 * arrays' doubling: the index fills pages to ~14). */
+	/* Per token: the index's fp32 key and overhead, plus its share of the page sums (counted
+	 * as if pages held 4 tokens, which covers the arrays' doubling: the index fills pages to
+	 * ~14). */
 	bytes = (uint64_t)hk * etok * ((uint64_t)d * sizeof(float) + IDX_TOKEN_OVERHEAD +
-				       (2 * (uint64_t)d * sizeof(float) + sizeof(uint32_t)) / 4);
+				       select_sums_page_bytes(d) / 4);
 	if (etok) {
 		/* Without a slower tier to demote to, the DRAM tier must have room for what this
 		 * append creates, or it fails half-way and the sequence is lost (-EIO). The index

@@ -19,6 +19,7 @@
 #include "engine.h"
 #include "hist.h"
 #include "idx.h"
+#include "select.h"
 #include "store.h"
 #include "tier.h"
 
@@ -36,11 +37,7 @@ struct head_state {
 	unsigned char *win_k, *win_v;	/* Wcap rows each, a ring starting at win_start */
 	uint32_t win_start, win_n;
 	struct idx *ix;
-	/* Per index page: the sums of its tokens' keys and values (fp32, d each) and its token
-	 * count, kept at insert, so select can stand a page in for its tokens (select_rest). */
-	float *ksum, *vsum;
-	uint32_t *pcnt;
-	uint32_t pcap;
+	struct select_sums sums;	/* per index page, for the rest term (index/select.h) */
 };
 
 struct seq {

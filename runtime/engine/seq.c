@@ -19,9 +19,7 @@ void engine_seq_free(struct engine *e, struct seq *s)
 		free(h->sink_v);
 		free(h->win_k);
 		free(h->win_v);
-		free(h->ksum);
-		free(h->vsum);
-		free(h->pcnt);
+		select_sums_done(&h->sums);
 		idx_free(h->ix);
 	}
 	store_drop_seq(e->store, s->id);

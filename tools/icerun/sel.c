@@ -8,17 +8,17 @@
 #include <string.h>
 
 #include "idx.h"
+#include "posidx.h"
+#include "select.h"
 
 #ifdef ICERUN_HAVE_ICECACHE
 #include <icecache/icecache.h>
+
+#include "kern.h"
 #endif
 
 #define P MODEL_PAGE
 #define MAXG 16
-/* dci mode: pages searched per page of budget, the best tokens among them attended (as the
- * engine's default overfetch), and at most this many pages. */
-#define DCI_OVERFETCH 2
-#define DCI_MAX_PAGES 64
 
 static const char *const names[SEL_NKINDS] = { "full", "stream", "quest", "oracle", "dci",
 					       "icecache" };
@@ -27,15 +27,19 @@ struct sel {
 	struct sel_cfg c;
 	const struct model *m;
 	int L, nkv, g, d, maxpages;
-	/* quest: per (layer, kv head, page) channel-wise key min then max, valid below meta_pages */
-	float *meta;
-	int meta_pages;
+	/* quest: positional pages with Quest bounds (index/posidx) per (layer, kv head), over
+	 * positions [P, px_end[layer]): the complete pages between the sink page and the window */
+	struct posidx **px;
+	int *px_end;
 	/* dci: one DCI-tree per (layer, kv head) over positions [P, ix_end[layer]) */
 	struct idx **ix;
 	int *ix_end;
 	void *ws;
 	size_t ws_cap;
 	float *keybuf;
+	float *attk;			/* dci: a head's sink and window keys [2P][d] */
+	struct idx_hit *hits;		/* dci, quest: maxpages each */
+	uint16_t *hmask;
 	/* scratch */
 	int32_t *idx;
 	float *sc, *p, *tmp, *pagescore;
@@ -63,6 +67,9 @@ struct sel {
 	float *rest;			/* the step's rest term per query head (ice_select_rest) */
 	size_t raw_cap;
 	size_t kvbuf_cap;
+	struct kern_page *kpages;	/* the fetched pages as kern_ref_attn's page table */
+	size_t kpages_cap;
+	uint32_t *head_off;		/* [kv heads + 1] */
 #endif
 };
 
@@ -113,6 +120,8 @@ void sel_free(struct sel *s)
 	free(s->raw);
 	free(s->qun);
 	free(s->rest);
+	free(s->kpages);
+	free(s->head_off);
 #endif
 	if (s->ix)
 		for (int i = 0; i < s->L * s->nkv; i++)
@@ -121,7 +130,14 @@ void sel_free(struct sel *s)
 	free(s->ix_end);
 	free(s->ws);
 	free(s->keybuf);
-	free(s->meta);
+	free(s->attk);
+	free(s->hits);
+	free(s->hmask);
+	if (s->px)
+		for (int i = 0; i < s->L * s->nkv; i++)
+			posidx_free(s->px[i]);
+	free(s->px);
+	free(s->px_end);
 	free(s->idx);
 	free(s->sc);
 	free(s->p);
@@ -173,12 +189,18 @@ int sel_new(const struct model *m, const struct sel_cfg *cfg, struct sel **ret)
 		s->ix = calloc((size_t)s->L * s->nkv, sizeof(*s->ix));
 		s->ix_end = calloc((size_t)s->L, sizeof(int));
 		s->keybuf = malloc((size_t)cfg->cap * s->d * sizeof(float));
-		if (!s->ix || !s->ix_end || !s->keybuf)
+		s->attk = malloc(2 * (size_t)P * s->d * sizeof(float));
+		s->hits = malloc((size_t)s->maxpages * sizeof(*s->hits));
+		s->hmask = malloc((size_t)s->maxpages * sizeof(*s->hmask));
+		if (!s->ix || !s->ix_end || !s->keybuf || !s->attk || !s->hits || !s->hmask)
 			goto out_free;
 	}
 	if (cfg->kind == SEL_QUEST) {
-		s->meta = malloc((size_t)s->L * s->nkv * s->maxpages * 2 * s->d * sizeof(float));
-		if (!s->meta)
+		s->px = calloc((size_t)s->L * s->nkv, sizeof(*s->px));
+		s->px_end = calloc((size_t)s->L, sizeof(int));
+		s->keybuf = malloc((size_t)cfg->cap * s->d * sizeof(float));
+		s->hits = malloc((size_t)s->maxpages * sizeof(*s->hits));
+		if (!s->px || !s->px_end || !s->keybuf || !s->hits)
 			goto out_free;
 	}
 #ifdef ICERUN_HAVE_ICECACHE
@@ -196,7 +218,8 @@ int sel_new(const struct model *m, const struct sel_cfg *cfg, struct sel **ret)
 				*c = '\n';
 		s->qun = malloc((size_t)s->g * s->nkv * s->d * sizeof(float));
 		s->rest = malloc((size_t)s->g * s->nkv * (s->d + 1) * sizeof(float));
-		if (!s->qun || !s->rest)
+		s->head_off = malloc(((size_t)s->nkv + 1) * sizeof(*s->head_off));
+		if (!s->qun || !s->rest || !s->head_off)
 			goto out_free;
 		err = cfg->socket ? ice_connect(cfg->socket, &s->ice) :
 				    ice_open_embedded(conf, &s->ice);
@@ -209,30 +232,6 @@ int sel_new(const struct model *m, const struct sel_cfg *cfg, struct sel **ret)
 out_free:
 	sel_free(s);
 	return err;
-}
-
-static void page_meta(const struct kv *kv, int layer, int h, int page, float *mn, float *mx)
-{
-	const float *kp = kv_kpage(kv, layer, h, page);
-	int i, t;
-
-	for (i = 0; i < kv->d; i++) {
-		float lo = kp[i * P], hi = lo;
-
-		for (t = 1; t < P; t++) {
-			float v = kp[i * P + t];
-
-			lo = v < lo ? v : lo;
-			hi = v > hi ? v : hi;
-		}
-		mn[i] = lo;
-		mx[i] = hi;
-	}
-}
-
-static float *meta_at(struct sel *s, int layer, int h, int page)
-{
-	return s->meta + (((size_t)layer * s->nkv + h) * s->maxpages + page) * 2 * s->d;
 }
 
 #ifdef ICERUN_HAVE_ICECACHE
@@ -280,9 +279,59 @@ static int dci_begin(struct sel *s, const struct kv *kv, int n0)
 	return 0;
 }
 
+/* Quest's pages at length n: the complete ones between the sink page and the window (the last
+ * P tokens), i.e. positions [P, quest_end(n)). */
+static int quest_end(int n)
+{
+	int end = (n - P) / P * P;
+
+	return end > P ? end : P;
+}
+
+/* Adds every head's complete pages up to length n to layer's positional index. */
+static int quest_add(struct sel *s, const struct kv *kv, int layer, int n)
+{
+	int h, t, from = s->px_end[layer], to = quest_end(n), err;
+
+	if (to <= from)
+		return 0;
+	for (h = 0; h < s->nkv; h++) {
+		for (t = from; t < to; t++)
+			kv_key(kv, layer, h, t, s->keybuf + (size_t)(t - from) * s->d);
+		err = posidx_append(s->px[layer * s->nkv + h], s->keybuf, (size_t)(to - from),
+				    IDX_F32);
+		if (err)
+			return err;
+	}
+	s->px_end[layer] = to;
+	return 0;
+}
+
+static int quest_begin(struct sel *s, const struct kv *kv, int n0)
+{
+	int l, h, err;
+
+	for (l = s->c.dense; l < s->L; l++) {
+		for (h = 0; h < s->nkv; h++) {
+			struct posidx **px = &s->px[l * s->nkv + h];
+
+			posidx_free(*px);
+			*px = NULL;
+			err = posidx_new((uint32_t)s->d, px);
+			if (err)
+				return err;
+		}
+		s->px_end[l] = P;
+		err = quest_add(s, kv, l, n0);
+		if (err)
+			return err;
+	}
+	return 0;
+}
+
 int sel_begin_len(struct sel *s, const struct kv *kv, int n0, int length)
 {
-	int l, h, p, i;
+	int l, i;
 
 	s->slot = s->c.nlengths;	/* "other" */
 	s->att_tokens = s->att_calls = s->att_pages = 0;
@@ -290,15 +339,10 @@ int sel_begin_len(struct sel *s, const struct kv *kv, int n0, int length)
 		if (s->c.lengths[i] == length)
 			s->slot = i;
 	if (s->c.kind == SEL_QUEST) {
-		/* metadata of the complete prefix pages; pages completed later are computed live */
-		s->meta_pages = n0 / P;
-		for (l = s->c.dense; l < s->L; l++)
-			for (h = 0; h < s->nkv; h++)
-				for (p = 0; p < s->meta_pages; p++) {
-					float *mt = meta_at(s, l, h, p);
+		int err = quest_begin(s, kv, n0);
 
-					page_meta(kv, l, h, p, mt, mt + s->d);
-				}
+		if (err)
+			return err;
 	}
 	if (s->c.kind == SEL_DCI) {
 		int err = dci_begin(s, kv, n0);
@@ -365,6 +409,8 @@ static int topk_idx(const float *x, const int *ids, int n, int k, int *out, unsi
 {
 	int i, j, best;
 
+	if (n <= 0)
+		return 0;
 	if (k > n)
 		k = n;
 	memset(used, 0, (size_t)n);
@@ -377,20 +423,6 @@ static int topk_idx(const float *x, const int *ids, int n, int k, int *out, unsi
 		out[j] = ids[best];
 	}
 	return k;
-}
-
-/* Quest bound of one page for one query. */
-static float quest_bound(const float *q, const float *mn, const float *mx, int d)
-{
-	float s = 0;
-	int i;
-
-	for (i = 0; i < d; i++) {
-		float a = q[i] * mn[i], b = q[i] * mx[i];
-
-		s += a > b ? a : b;
-	}
-	return s;
 }
 
 /* Sum of the k largest of x[0..n) (x is clobbered). */
@@ -441,20 +473,31 @@ static void account(struct sel *s, int layer, int n, double mass_g, int nsel)
 	s->mcnt[(size_t)s->slot * s->L + layer] += s->g;
 }
 
+/* Grows the search workspace to need bytes. */
+static int ws_grow(struct sel *s, size_t need)
+{
+	if (need <= s->ws_cap)
+		return 0;
+	free(s->ws);
+	s->ws = malloc(need);
+	s->ws_cap = s->ws ? need : 0;
+	return s->ws ? 0 : -ENOMEM;
+}
+
+/* IceCache's selection (index/select.h, the engine's defaults) over the head's tree, with its
+ * sink and window keys as the rows the group attends anyway. */
 static int dci_set(struct sel *s, const struct kv *kv, int layer, int h, const float *qg, int n)
 {
 	struct idx *ix = s->ix[layer * s->nkv + h];
-	struct idx_hit hits[DCI_MAX_PAGES];
-	struct idx_search_opts so = { 0 };
+	/* q carries the softmax's 1/sqrt(d): scale 1 */
+	struct select_opts so = { .budget_pages = (uint32_t)(s->c.budget / P - 2),
+				  .overfetch = SELECT_OVERFETCH, .scale = 1.0f, .group_merge = 1,
+				  .page_mass = 1 };
+	struct select_rows att = { s->attk, 2 * P, IDX_F32 };
+	struct select_group grp = { qg, (uint32_t)s->g, (uint32_t)s->d, &att, 1 };
 	uint32_t pos[IDX_PAGE_CAP], fill;
-	uint16_t mask[DCI_MAX_PAGES];
-	float bias[MAXG], pw[2 * DCI_MAX_PAGES * IDX_PAGE_CAP];
-	int k = s->c.budget / P - 2, kf, ns = 0, t, j, got, err;
-	size_t need;
+	int ns = 0, t, j, got, err;
 
-	if (k > DCI_MAX_PAGES / DCI_OVERFETCH)
-		k = DCI_MAX_PAGES / DCI_OVERFETCH;
-	kf = k * DCI_OVERFETCH;
 	/* tokens that left the window since the last step join the tree (once per layer) */
 	if (h == 0 && s->ix_end[layer] < n - P) {
 		for (int hh = 0; hh < s->nkv; hh++)
@@ -462,45 +505,24 @@ static int dci_set(struct sel *s, const struct kv *kv, int layer, int h, const f
 				return err;
 		s->ix_end[layer] = n - P;
 	}
-	need = idx_search_ws_size(ix, (uint32_t)s->g, (uint32_t)kf);
-	if (need > s->ws_cap) {
-		free(s->ws);
-		s->ws = malloc(need);
-		if (!s->ws) {
-			s->ws_cap = 0;
-			return -ENOMEM;
-		}
-		s->ws_cap = need;
+	for (t = 0; t < P; t++) {
+		kv_key(kv, layer, h, t, s->attk + (size_t)t * s->d);
+		kv_key(kv, layer, h, n - P + t, s->attk + (size_t)(P + t) * s->d);
 	}
-	/* the group shares its pages by the weight each adds beside its own sink and window (as
-	 * the engine does): bias = log-sum-exp of the scores (q carries the 1/sqrt(d) scale) of
-	 * those tokens, from the full softmax sel_attend computed for this head */
-	for (j = 0; j < s->g; j++) {
-		const float *pr = s->p + (size_t)j * s->c.cap;
-		double w = 0;
-
-		for (t = 0; t < P; t++)
-			w += pr[t] + pr[n - P + t];
-		bias[j] = (float)(log(w > 0 ? w : 1e-30) + s->pmax[j] + log(s->psum[j]));
-	}
-	so.bias = bias;
-	so.mass_scale = 1.0f; /* pages rank by their softmax weight (q carries the scale) */
-	got = idx_search(ix, qg, (uint32_t)s->g, (uint32_t)kf, &so, s->ws, s->ws_cap, hits);
+	err = ws_grow(s, select_ws_size(ix, grp.g, &so));
+	if (err)
+		return err;
+	got = select_head(ix, NULL, &so, &grp, s->ws, s->ws_cap, s->hits, s->hmask, NULL);
 	if (got < 0)
 		return got;
-	/* the budget's tokens among those pages, by the same weight (as the engine does) */
-	err = idx_pick_tokens(ix, qg, (uint32_t)s->g, bias, hits, (uint32_t)got,
-			      (uint32_t)(k * P), pw, sizeof(pw), mask);
-	if (err < 0)
-		return err;
 	for (t = 0; t < P; t++)
 		s->idx[ns++] = t;
 	for (j = 0; j < got; j++) {
-		if (!mask[j] || idx_page_tokens(ix, hits[j].page, pos, &fill, NULL))
+		if (idx_page_tokens(ix, s->hits[j].page, pos, &fill, NULL))
 			continue;
 		s->att_pages++;
 		for (t = 0; t < (int)fill; t++)
-			if (mask[j] >> t & 1)
+			if (s->hmask[j] >> t & 1)
 				s->idx[ns++] = (int32_t)pos[t] + P; /* tree token i is position P + i */
 	}
 	for (t = n - P; t < n; t++)
@@ -508,11 +530,39 @@ static int dci_set(struct sel *s, const struct kv *kv, int layer, int h, const f
 	return ns;
 }
 
-/* Token set of one KV head for the positional modes; returns its size. */
+/* Quest: the pages between the sink page and the window with the best Quest bound (posidx:
+ * each query's top k, then round-robin over ranks until k distinct pages). */
+static int quest_set(struct sel *s, const struct kv *kv, int layer, int h, const float *qg, int n)
+{
+	struct posidx *px = s->px[layer * s->nkv + h];
+	int k = s->c.budget / P - 2, ns = 0, t, j, got = 0, err;
+
+	/* pages completed since the last step join the index (once per layer) */
+	if (h == 0 && (err = quest_add(s, kv, layer, n)))
+		return err;
+	if (posidx_npages(px)) {
+		err = ws_grow(s, posidx_ws_size(px, (uint32_t)s->g, (uint32_t)k));
+		if (err)
+			return err;
+		got = posidx_search(px, qg, (uint32_t)s->g, (uint32_t)k, s->ws, s->ws_cap, s->hits);
+		if (got < 0)
+			return got;
+	}
+	for (t = 0; t < P; t++)
+		s->idx[ns++] = t;
+	for (j = 0; j < got; j++)
+		for (t = 0; t < P; t++)
+			s->idx[ns++] = (int32_t)(s->hits[j].page + 1) * P + t; /* page i + 1 */
+	for (t = n - P; t < n; t++)
+		s->idx[ns++] = t;
+	return ns;
+}
+
+/* Token set of one KV head for the other modes; returns its size. */
 static int build_set(struct sel *s, const struct kv *kv, int layer, int h, const float *qg, int n)
 {
 	int B = s->c.budget, ns = 0, t, c, hh, k, ncand, got, j;
-	int wstart = n - P, picks[MAXG * 64], sel_pages[64];
+	int wstart = n - P, sel_pages[64];
 	unsigned char used[4096];
 
 	if (n <= B) {
@@ -529,7 +579,10 @@ static int build_set(struct sel *s, const struct kv *kv, int layer, int h, const
 	}
 	if (s->c.kind == SEL_DCI)
 		return dci_set(s, kv, layer, h, qg, n);
-	/* candidate pages lie wholly between the sink page and the window */
+	if (s->c.kind == SEL_QUEST)
+		return quest_set(s, kv, layer, h, qg, n);
+	/* oracle: candidate pages lie wholly between the sink page and the window, ranked by their
+	 * attention mass summed over the group */
 	ncand = wstart / P - 1;
 	k = B / P - 2;
 	if (k > 64)
@@ -538,50 +591,15 @@ static int build_set(struct sel *s, const struct kv *kv, int layer, int h, const
 		s->cand[c] = c + 1;
 	got = 0;
 	if (ncand > 0 && ncand <= 4096) {
-		if (s->c.kind == SEL_QUEST) {
-			float mnb[256], mxb[256];
+		for (c = 0; c < ncand; c++) {
+			float m = 0;
 
-			for (c = 0; c < ncand; c++) {
-				int pg = c + 1;
-				const float *mn, *mx;
-
-				if (pg < s->meta_pages) {
-					mn = meta_at(s, layer, h, pg);
-					mx = mn + s->d;
-				} else {
-					page_meta(kv, layer, h, pg, mnb, mxb);
-					mn = mnb;
-					mx = mxb;
-				}
-				for (hh = 0; hh < s->g; hh++)
-					s->pagescore[(size_t)hh * ncand + c] =
-						quest_bound(qg + (size_t)hh * s->d, mn, mx, s->d);
-			}
-			/* each head's top k, then round-robin over heads until k distinct pages */
 			for (hh = 0; hh < s->g; hh++)
-				topk_idx(s->pagescore + (size_t)hh * ncand, s->cand, ncand, k,
-					 picks + hh * 64, used);
-			for (j = 0; j < k && got < k; j++)
-				for (hh = 0; hh < s->g && got < k && j < ncand; hh++) {
-					int pg = picks[hh * 64 + j], dup = 0;
-
-					for (t = 0; t < got; t++)
-						dup |= sel_pages[t] == pg;
-					if (!dup)
-						sel_pages[got++] = pg;
-				}
-		} else {
-			/* oracle: pages by attention mass summed over the group */
-			for (c = 0; c < ncand; c++) {
-				float m = 0;
-
-				for (hh = 0; hh < s->g; hh++)
-					for (t = 0; t < P; t++)
-						m += s->p[(size_t)hh * s->c.cap + (c + 1) * P + t];
-				s->pagescore[c] = m;
-			}
-			got = topk_idx(s->pagescore, s->cand, ncand, k, sel_pages, used);
+				for (t = 0; t < P; t++)
+					m += s->p[(size_t)hh * s->c.cap + (c + 1) * P + t];
+			s->pagescore[c] = m;
 		}
+		got = topk_idx(s->pagescore, s->cand, ncand, k, sel_pages, used);
 	}
 	for (t = 0; t < P; t++)
 		s->idx[ns++] = t;
@@ -636,7 +654,7 @@ static int ice_push(struct sel *s, const struct kv *kv, int layer, int from, int
 static int ice_attend(struct sel *s, const struct kv *kv, int layer, int pos, const float *q,
 		      float *out)
 {
-	int n = pos + 1, l, err, nref, i, h, hh, t, j;
+	int n = pos + 1, l, err, nref, i, h, hh, t;
 	size_t pb = 2 * (size_t)P * s->d, need;
 
 	/* the new token: every layer below this one that the hook skipped, then this one */
@@ -696,55 +714,47 @@ static int ice_attend(struct sel *s, const struct kv *kv, int layer, int pos, co
 	for (i = 0; i < nref; i++)
 		for (t = 0; t < 2 * P * s->d; t++)
 			s->pages[(size_t)i * pb + t] = idx_f16_to_f32(s->raw[(size_t)i * pb + t]);
-	/* attention per KV head over its fetched pages (refs are grouped by head) */
+	/*
+	 * Attention over the fetched pages: the kernels' CPU reference. A fetched page is P rows of
+	 * K then P of V with zeros past its fill, so as a kern page it holds P rows with those past
+	 * the fill and those not in its mask skipped. q stays the model's float32 query, which
+	 * carries the 1/sqrt(d) (scale 1); the rest term's log weight is at that scale too.
+	 */
+	if ((size_t)nref > s->kpages_cap) {
+		struct kern_page *nk = realloc(s->kpages, (size_t)nref * sizeof(*nk));
+
+		if (!nk)
+			return -ENOMEM;
+		s->kpages = nk;
+		s->kpages_cap = (size_t)nref;
+	}
+	for (i = 0; i < nref; i++) {
+		/* ice_select groups refs by KV head, in head order */
+		if (s->refs[i].kv_head >= s->nkv ||
+		    (i && s->refs[i].kv_head < s->refs[i - 1].kv_head))
+			return -EIO;
+		s->kpages[i] = (struct kern_page){ .slot = (uint32_t)i, .fill = P,
+			.skip = (uint16_t)~s->refs[i].mask };
+	}
+	for (h = 0, i = 0; h <= s->nkv; h++) {
+		while (i < nref && s->refs[i].kv_head < h)
+			i++;
+		s->head_off[h] = (uint32_t)i;
+	}
+	err = kern_ref_attn(&(struct kern_attn_args){ .dtype = KERN_F32,
+		.hq = (uint32_t)(s->g * s->nkv), .hkv = (uint32_t)s->nkv, .d = (uint32_t)s->d,
+		.page_cap = P, .scale = 1.0f, .q = q, .out = out, .pool = s->pages,
+		.slot_bytes = pb * sizeof(float), .nslots = (uint32_t)nref, .pages = s->kpages,
+		.head_off = s->head_off, .rest = s->c.rest ? s->rest : NULL });
+	if (err)
+		return err;
 	for (h = 0; h < s->nkv; h++) {
 		const float *qg = q + (size_t)h * s->g * s->d;
-		float *og = out + (size_t)h * s->g * s->d;
 		int ntok = 0;
 		double mass = 0;
 
-		for (hh = 0; hh < s->g; hh++) {
-			float mx = -INFINITY, sum, rw = 0;
-			float *sc = s->sc + (size_t)hh * s->c.cap;
-			/* the rest term: log weight then mean value (-INFINITY: nothing left out) */
-			const float *rt = s->c.rest ? s->rest + ((size_t)h * s->g + hh) * (s->d + 1) :
-				NULL;
-
-			ntok = 0;
-			for (i = 0; i < nref; i++) {
-				const float *kp = s->pages + (size_t)i * pb;
-
-				if (s->refs[i].kv_head != h)
-					continue;
-				for (t = 0; t < (int)s->refs[i].fill && ntok < s->c.cap; t++)
-					if (s->refs[i].mask >> t & 1)
-						sc[ntok++] = mm_dot(qg + (size_t)hh * s->d,
-								    kp + (size_t)t * s->d, s->d);
-			}
-			for (j = 0; j < ntok; j++)
-				mx = sc[j] > mx ? sc[j] : mx;
-			if (rt && rt[0] > mx)
-				mx = rt[0];
-			sum = mm_softmax_exp(sc, ntok, mx);
-			if (rt && isfinite(rt[0])) {
-				rw = expf(rt[0] - mx);
-				sum += rw;
-			}
-			memset(og + (size_t)hh * s->d, 0, (size_t)s->d * sizeof(float));
-			if (rw > 0)
-				mm_axpy(og + (size_t)hh * s->d, rw / sum, rt + 1, s->d);
-			ntok = 0;
-			for (i = 0; i < nref; i++) {
-				const float *vp = s->pages + (size_t)i * pb + (size_t)P * s->d;
-
-				if (s->refs[i].kv_head != h)
-					continue;
-				for (t = 0; t < (int)s->refs[i].fill && ntok < s->c.cap; t++)
-					if (s->refs[i].mask >> t & 1)
-						mm_axpy(og + (size_t)hh * s->d, sc[ntok++] / sum,
-							vp + (size_t)t * s->d, s->d);
-			}
-		}
+		for (i = (int)s->head_off[h]; i < (int)s->head_off[h + 1]; i++)
+			ntok += __builtin_popcount(s->refs[i].mask & ((1u << s->refs[i].fill) - 1));
 		/* mass: the fetched keys are the cached keys, so exp(q·k - max) / Z of a fetched
 		 * row is exactly that token's share of the full softmax */
 		full_probs(s, kv, layer, h, qg, n);

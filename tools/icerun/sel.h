@@ -3,16 +3,17 @@
  *   full     every cached token (the reference)
  *   stream   StreamingLLM: the first 16 tokens (sink) + the most recent budget-16
  *   quest    positional 16-token pages ranked by the Quest upper bound
- *            sum_j max(q_j·min_j, q_j·max_j) per page, GQA rankings merged round-robin;
- *            attends sink (16) + last 16 tokens (window) + (budget-32)/16 pages
+ *            sum_j max(q_j·min_j, q_j·max_j) per page, GQA rankings merged round-robin
+ *            (index/posidx); attends sink (16) + last 16 tokens (window) + (budget-32)/16 pages
  *   oracle   the same page shape, pages ranked by their true attention mass (an upper bound
  *            for any positional page selector; needs the full softmax, so it is not a method)
  *   dci      IceCache's selection in-process: one DCI-tree (index/) per layer and KV head over
- *            the tokens that left the window; sink 16 + window 16 + (budget-32)/16 semantic pages
- *            (K/V read from the runner's own cache); the GQA group shares the pages by the
- *            weight each adds beside the head's sink and window, as the engine does
+ *            the tokens that left the window, searched by the engine's select_head
+ *            (index/select.h) with its defaults; sink 16 + window 16 + budget-32 retrieved
+ *            tokens (K/V read from the runner's own cache)
  *   icecache layers go through libicecache (ice_append / ice_select / ice_fetch): sink 16 +
- *            window 16 + budget-32 retrieved tokens per KV head, attention over fetched pages
+ *            window 16 + budget-32 retrieved tokens per KV head, attention over the fetched
+ *            pages by the kernels' CPU reference (kern_ref_attn)
  * Every sparse mode also measures attention-mass recall: with p = softmax(q·K/√d) over all
  * cached keys, the mass of the attended tokens, against the best token set of the same size.
  */
