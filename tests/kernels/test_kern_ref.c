@@ -15,16 +15,16 @@ START_TEST(half_types_round_trip_exactly)
 	uint32_t u;
 
 	for (u = 0; u < 65536; u++) {
-		float b = kern_bf16_to_f32((uint16_t)u), h = kern_f16_to_f32((uint16_t)u);
+		float b = dtype_bf16_to_f32((uint16_t)u), h = dtype_f16_to_f32((uint16_t)u);
 
 		if (b != b)
-			ck_assert(kern_bf16_to_f32(kern_f32_to_bf16(b)) != kern_bf16_to_f32(kern_f32_to_bf16(b)));
+			ck_assert(dtype_bf16_to_f32(dtype_f32_to_bf16(b)) != dtype_bf16_to_f32(dtype_f32_to_bf16(b)));
 		else
-			ck_assert_uint_eq(kern_f32_to_bf16(b), u);
+			ck_assert_uint_eq(dtype_f32_to_bf16(b), u);
 		if (h != h)
-			ck_assert((kern_f32_to_f16(h) & 0x7fffu) > 0x7c00u);
+			ck_assert((dtype_f32_to_f16(h) & 0x7fffu) > 0x7c00u);
 		else
-			ck_assert_uint_eq(kern_f32_to_f16(h), u);
+			ck_assert_uint_eq(dtype_f32_to_f16(h), u);
 	}
 }
 END_TEST
@@ -50,8 +50,8 @@ START_TEST(f16_rounding_matches_compiler)
 			continue;
 		ref = (_Float16)f;
 		memcpy(&rb, &ref, sizeof(rb));
-		ck_assert_msg(kern_f32_to_f16(f) == rb, "f=%a got %04x want %04x", (double)f,
-			      kern_f32_to_f16(f), rb);
+		ck_assert_msg(dtype_f32_to_f16(f) == rb, "f=%a got %04x want %04x", (double)f,
+			      dtype_f32_to_f16(f), rb);
 	}
 }
 END_TEST
@@ -73,12 +73,12 @@ START_TEST(bf16_rounding_is_nearest_even)
 		memcpy(&f, &bits, sizeof(f));
 		if (f != f || isinf(f))
 			continue;
-		b = kern_f32_to_bf16(f);
-		x = kern_bf16_to_f32(b);
+		b = dtype_f32_to_bf16(f);
+		x = dtype_bf16_to_f32(b);
 		if (isinf(x))
 			continue; /* overflow to infinity is right for the largest finite values */
-		lo = kern_bf16_to_f32((uint16_t)(b - 1));
-		hi = kern_bf16_to_f32((uint16_t)(b + 1));
+		lo = dtype_bf16_to_f32((uint16_t)(b - 1));
+		hi = dtype_bf16_to_f32((uint16_t)(b + 1));
 		dx = fabs(x - f);
 		if (!isnan(lo) && !isinf(lo) && (b & 0x7fffu))
 			ck_assert(dx < fabs(lo - f) || (dx == fabs(lo - f) && !(b & 1)));
@@ -90,21 +90,23 @@ END_TEST
 
 START_TEST(convert_between_dtypes)
 {
-	float in[5] = { 1.0f, -2.5f, 65504.0f, 1e-8f, 3.14159f }, back[5];
+	float in[5] = { 1.0f, -2.5f, 65504.0f, 1e-8f, 3.14159f }, mid[5], back[5];
 	uint16_t h[5], b[5];
 	int i;
 
-	ck_assert_int_eq(kern_convert(h, KERN_F16, in, KERN_F32, 5), 0);
-	ck_assert_int_eq(kern_convert(b, KERN_BF16, h, KERN_F16, 5), 0);
-	ck_assert_int_eq(kern_convert(back, KERN_F32, b, KERN_BF16, 5), 0);
 	for (i = 0; i < 5; i++)
-		ck_assert_float_eq(back[i], kern_bf16_to_f32(kern_f32_to_bf16(kern_f16_to_f32(h[i]))));
-	ck_assert_int_eq(kern_convert(h, (enum kern_dtype)9, in, KERN_F32, 5), -EINVAL);
-	ck_assert_int_eq(kern_convert(NULL, KERN_F16, in, KERN_F32, 5), -EINVAL);
-	ck_assert_int_eq(kern_convert(NULL, KERN_F16, NULL, KERN_F32, 0), 0);
-	ck_assert_uint_eq(kern_dtype_size(KERN_BF16), 2);
-	ck_assert_uint_eq(kern_dtype_size(KERN_F32), 4);
-	ck_assert_uint_eq(kern_dtype_size((enum kern_dtype)5), 0);
+		dtype_store_f32(h, ICE_DTYPE_F16, (size_t)i, in[i]);
+	ck_assert_int_eq(dtype_to_f32(h, ICE_DTYPE_F16, 5, mid), 0);
+	for (i = 0; i < 5; i++)
+		dtype_store_f32(b, ICE_DTYPE_BF16, (size_t)i, mid[i]);
+	ck_assert_int_eq(dtype_to_f32(b, ICE_DTYPE_BF16, 5, back), 0);
+	for (i = 0; i < 5; i++)
+		ck_assert_float_eq(back[i], dtype_bf16_to_f32(dtype_f32_to_bf16(dtype_f16_to_f32(h[i]))));
+	ck_assert_int_eq(dtype_to_f32(h, (enum ice_dtype)9, 5, back), -EINVAL);
+	ck_assert_int_eq(dtype_to_f32(NULL, ICE_DTYPE_F16, 5, back), -EINVAL);
+	ck_assert_uint_eq(dtype_size(ICE_DTYPE_BF16), 2);
+	ck_assert_uint_eq(dtype_size(ICE_DTYPE_F32), 4);
+	ck_assert_uint_eq(dtype_size((enum ice_dtype)5), 0);
 }
 END_TEST
 
@@ -152,7 +154,7 @@ START_TEST(gather_ref_moves_listed_pages)
 END_TEST
 
 struct shape {
-	enum kern_dtype dt;
+	enum ice_dtype dt;
 	uint32_t hq, hkv, d, P, max_pages;
 	double tol;
 };
@@ -165,12 +167,12 @@ struct shape {
  * or with a rest term its value.
  */
 static const struct shape ref_shapes[] = {
-	{ KERN_F32, 32, 8, 128, 16, 16, 1e-6 },
-	{ KERN_BF16, 32, 8, 128, 16, 16, 1e-2 },
-	{ KERN_F16, 9, 3, 64, 16, 12, 1e-3 },
-	{ KERN_F32, 4, 4, 64, 8, 30, 1e-6 },
-	{ KERN_BF16, 16, 2, 64, 16, 40, 1e-2 },
-	{ KERN_F32, 6, 1, 32, 4, 5, 1e-6 },
+	{ ICE_DTYPE_F32, 32, 8, 128, 16, 16, 1e-6 },
+	{ ICE_DTYPE_BF16, 32, 8, 128, 16, 16, 1e-2 },
+	{ ICE_DTYPE_F16, 9, 3, 64, 16, 12, 1e-3 },
+	{ ICE_DTYPE_F32, 4, 4, 64, 8, 30, 1e-6 },
+	{ ICE_DTYPE_BF16, 16, 2, 64, 16, 40, 1e-2 },
+	{ ICE_DTYPE_F32, 6, 1, 32, 4, 5, 1e-6 },
 };
 #define NSHAPES ((int)(sizeof(ref_shapes) / sizeof(ref_shapes[0])))
 
@@ -188,17 +190,17 @@ START_TEST(attn_ref_matches_dense_softmax)
 		ck_assert_int_eq(attn_case_add_rest(&c, 77 + (uint64_t)_i), 0);
 	want = calloc((size_t)sh->hq * sh->d, sizeof(double));
 	ck_assert_ptr_nonnull(want);
-	memset(c.out, 0xff, (size_t)sh->hq * sh->d * kern_dtype_size(sh->dt));
+	memset(c.out, 0xff, (size_t)sh->hq * sh->d * dtype_size(sh->dt));
 	ck_assert_int_eq(kern_ref_attn(&c.a), 0);
 	attn_case_naive(&c, want);
 	err = rel_err_dt(c.out, sh->dt, want, (size_t)sh->hq * sh->d);
-	ck_assert_msg(err <= sh->tol, "%s rel err %g > %g", kern_dtype_name(sh->dt), err, sh->tol);
+	ck_assert_msg(err <= sh->tol, "%s rel err %g > %g", dtype_name(sh->dt), err, sh->tol);
 	if (!rest && sh->hkv > 1) {
 		/* The empty head's queries get zeros (written, not left poisoned). */
 		uint32_t g = sh->hq / sh->hkv, i;
 
 		for (i = 0; i < g * sh->d; i++)
-			ck_assert_float_eq(kern_load_f32(c.out, sh->dt, (size_t)g * sh->d + i), 0.0f);
+			ck_assert_float_eq(dtype_load_f32(c.out, sh->dt, (size_t)g * sh->d + i), 0.0f);
 	}
 	if (rest) {
 		c.a.rest = NULL;
@@ -215,7 +217,7 @@ START_TEST(attn_ref_rejects_bad_tables)
 	struct attn_case c;
 	struct kern_attn_args a;
 
-	ck_assert_int_eq(attn_case_init(&c, KERN_BF16, 8, 2, 64, 16, 4, 99, 0, 1.0f, 5), 0);
+	ck_assert_int_eq(attn_case_init(&c, ICE_DTYPE_BF16, 8, 2, 64, 16, 4, 99, 0, 1.0f, 5), 0);
 	a = c.a;
 	ck_assert_int_eq(kern_attn_check(&a), 0);
 	c.pages[0].fill = 17;
@@ -236,7 +238,7 @@ START_TEST(attn_ref_rejects_bad_tables)
 	a.pool = NULL;
 	ck_assert_int_eq(kern_ref_attn(&a), -EINVAL);
 	a = c.a;
-	a.dtype = (enum kern_dtype)7;
+	a.dtype = (enum ice_dtype)7;
 	ck_assert_int_eq(kern_ref_attn(&a), -EINVAL);
 	ck_assert_int_eq(kern_ref_attn(NULL), -EINVAL);
 	a = c.a;
@@ -270,7 +272,7 @@ START_TEST(attn_ws_size_follows_split)
 {
 	struct attn_case c;
 
-	ck_assert_int_eq(attn_case_init(&c, KERN_BF16, 32, 8, 128, 16, 2, 99, 0, 1.0f, 5), 0);
+	ck_assert_int_eq(attn_case_init(&c, ICE_DTYPE_BF16, 32, 8, 128, 16, 2, 99, 0, 1.0f, 5), 0);
 	ck_assert_uint_eq(kern_attn_ws_size(&c.a), 0);
 	c.a.max_pages = 16384;
 	ck_assert_uint_gt(kern_attn_ws_size(&c.a), 0);
