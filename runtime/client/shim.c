@@ -16,6 +16,7 @@
 #include <unistd.h>
 
 #include "config.h"
+#include "dtype.h"
 #include "engine.h"
 #include "ops.h"
 #include "segment.h"
@@ -507,7 +508,7 @@ size_t ice_page_bytes(const struct ice_model_shape *shape)
 {
 	if (!shape)
 		return 0;
-	return 2ull * ICE_PAGE_TOKENS * shape->head_dim * engine_dtype_size(shape->dtype);
+	return 2ull * ICE_PAGE_TOKENS * shape->head_dim * dtype_size(shape->dtype);
 }
 
 int ice_append(struct ice_ctx *c, uint32_t seq, uint32_t layer, uint32_t n, const void *k,
@@ -526,7 +527,7 @@ int ice_append(struct ice_ctx *c, uint32_t seq, uint32_t layer, uint32_t n, cons
 		err = -ENOENT;
 		goto out;
 	}
-	row = (size_t)si->shape.head_dim * engine_dtype_size(si->shape.dtype);
+	row = (size_t)si->shape.head_dim * dtype_size(si->shape.dtype);
 	per_tok = 2 * row * si->shape.kv_heads;
 	if (!per_tok) {
 		err = -EINVAL;

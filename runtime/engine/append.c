@@ -119,8 +119,8 @@ static void sums_add(const struct seq *s, struct head_state *st, uint32_t pg,
 	float kf[MAX_HEAD_DIM], vf[MAX_HEAD_DIM];
 	float *ks = st->ksum + (size_t)pg * d, *vs = st->vsum + (size_t)pg * d;
 
-	idx_to_f32(kr, s->idt, d, kf);
-	idx_to_f32(vr, s->idt, d, vf);
+	dtype_to_f32(kr, s->dt, d, kf);
+	dtype_to_f32(vr, s->dt, d, vf);
 	for (i = 0; i < d; i++) {
 		ks[i] += kf[i];
 		vs[i] += vf[i];
@@ -144,7 +144,7 @@ static int index_tokens(struct engine *e, struct seq *s, uint32_t layer, uint32_
 	int err;
 
 	first = (uint32_t)idx_ntokens(st->ix);
-	err = first ? idx_insert(st->ix, ek, n, s->idt) : idx_build(st->ix, ek, n, s->idt);
+	err = first ? idx_insert(st->ix, ek, n, s->dt) : idx_build(st->ix, ek, n, s->dt);
 	if (err)
 		return err;
 	err = sums_grow(st, (uint32_t)idx_npages(st->ix), s->p.shape.head_dim);

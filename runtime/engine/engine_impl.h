@@ -16,6 +16,7 @@
 #include <pthread.h>
 #include <stdint.h>
 
+#include "dtype.h"
 #include "engine.h"
 #include "hist.h"
 #include "idx.h"
@@ -48,7 +49,7 @@ struct seq {
 	struct engine_params p;
 	uint32_t S, W, Wcap, kpages, g;
 	size_t es, row;			/* element size, bytes per token row (d * es) */
-	enum idx_dtype idt;
+	enum ice_dtype dt;		/* p.shape.dtype (checked), typed */
 	uint64_t bytes;			/* reserved from host_bytes */
 	uint64_t pages;			/* index pages over all layers and heads (stats) */
 	int broken;			/* an index/store update failed half-way: -errno */

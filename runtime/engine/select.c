@@ -124,7 +124,7 @@ static bool group_bias(const struct seq *s, const struct head_state *st, uint32_
 		if (dt == ICE_DTYPE_F32)
 			k = (const float *)(const void *)r;
 		else
-			idx_to_f32(r, dt == ICE_DTYPE_BF16 ? IDX_BF16 : IDX_F16, d, kf);
+			dtype_to_f32(r, dt, d, kf);
 		for (j = 0; j < s->g; j++) {
 			const float *q = qg + (size_t)j * d;
 			float x = 0;
