@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dtype.h"
 #include "idx.h"
 
 #ifdef ICERUN_HAVE_ICECACHE
@@ -249,8 +250,8 @@ static int dci_add(struct sel *s, const struct kv *kv, int layer, int h, int fro
 		return 0;
 	for (t = from; t < to; t++)
 		kv_key(kv, layer, h, t, s->keybuf + (size_t)(t - from) * s->d);
-	return idx_ntokens(ix) ? idx_insert(ix, s->keybuf, (size_t)(to - from), IDX_F32) :
-				 idx_build(ix, s->keybuf, (size_t)(to - from), IDX_F32);
+	return idx_ntokens(ix) ? idx_insert(ix, s->keybuf, (size_t)(to - from), ICE_DTYPE_F32) :
+				 idx_build(ix, s->keybuf, (size_t)(to - from), ICE_DTYPE_F32);
 }
 
 /*
@@ -626,8 +627,8 @@ static int ice_push(struct sel *s, const struct kv *kv, int layer, int from, int
 			kv_key(kv, layer, h, t, key);
 			vr = kv_vrow(kv, layer, h, t);
 			for (i = 0; i < s->d; i++) {
-				ko[i] = idx_f32_to_f16(key[i]);
-				vo[i] = idx_f32_to_f16(vr[i]);
+				ko[i] = dtype_f32_to_f16(key[i]);
+				vo[i] = dtype_f32_to_f16(vr[i]);
 			}
 		}
 	return ice_append(s->ice, s->seq, (uint32_t)layer, (uint32_t)n, kb, vb);
@@ -695,7 +696,7 @@ static int ice_attend(struct sel *s, const struct kv *kv, int layer, int pos, co
 		return err;
 	for (i = 0; i < nref; i++)
 		for (t = 0; t < 2 * P * s->d; t++)
-			s->pages[(size_t)i * pb + t] = idx_f16_to_f32(s->raw[(size_t)i * pb + t]);
+			s->pages[(size_t)i * pb + t] = dtype_f16_to_f32(s->raw[(size_t)i * pb + t]);
 	/* attention per KV head over its fetched pages (refs are grouped by head) */
 	for (h = 0; h < s->nkv; h++) {
 		const float *qg = q + (size_t)h * s->g * s->d;
