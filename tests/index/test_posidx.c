@@ -44,7 +44,7 @@ START_TEST(bounds_bound_and_exact_matches_reference)
 		size_t b = 1 + (size_t)rand() % 40;
 
 		b = b > n - at ? n - at : b;
-		ck_assert_int_eq(posidx_append(px, keys + at * dim, b, IDX_F32), 0);
+		ck_assert_int_eq(posidx_append(px, keys + at * dim, b, ICE_DTYPE_F32), 0);
 		at += b;
 	}
 	ck_assert_uint_eq(posidx_npages(px), 63);
@@ -107,13 +107,13 @@ START_TEST(group_search_and_bad_arguments)
 	ck_assert_int_eq(posidx_new(dim, NULL), -EINVAL);
 	ck_assert_int_eq(posidx_new(dim, &px), 0);
 	ck_assert_int_eq(posidx_search(px, q, 1, 8, ws, sizeof(ws), hits), 0);
-	ck_assert_int_eq(posidx_append(px, NULL, 1, IDX_F32), -EINVAL);
-	ck_assert_int_eq(posidx_append(px, keys, 0, IDX_F32), -EINVAL);
+	ck_assert_int_eq(posidx_append(px, NULL, 1, ICE_DTYPE_F32), -EINVAL);
+	ck_assert_int_eq(posidx_append(px, keys, 0, ICE_DTYPE_F32), -EINVAL);
 	keys[7] = NAN;
-	ck_assert_int_eq(posidx_append(px, keys, 2, IDX_F32), -EINVAL);
+	ck_assert_int_eq(posidx_append(px, keys, 2, ICE_DTYPE_F32), -EINVAL);
 	ck_assert_uint_eq(posidx_ntokens(px), 0);
 	keys[7] = 0;
-	ck_assert_int_eq(posidx_append(px, keys, 500, IDX_F32), 0);
+	ck_assert_int_eq(posidx_append(px, keys, 500, ICE_DTYPE_F32), 0);
 	ck_assert_int_eq(posidx_search(px, q, 4, 8, ws, sizeof(ws), hits), 8);
 	for (i = 0; i < 8; i++)
 		for (j = 0; j < i; j++)
@@ -137,7 +137,7 @@ START_TEST(kvdump_round_trip_and_rejects)
 	float keys[40 * 16], qs[3 * 2 * 16];
 	struct kvdump d = { .dim = dim, .group = 2, .nkeys = 40, .ngroups = 3, .layer = 5,
 			    .head = 1, .keys = keys, .queries = qs }, r;
-	enum idx_dtype dt = (enum idx_dtype)_i;
+	enum ice_dtype dt = (enum ice_dtype)_i;
 	FILE *f;
 	int fd = mkstemp(path);
 	size_t i;
@@ -171,7 +171,7 @@ START_TEST(kvdump_round_trip_and_rejects)
 	ck_assert_int_eq(kvdump_read(path, &r), -EINVAL);
 	unlink(path);
 	ck_assert_int_eq(kvdump_read(path, &r), -ENOENT);
-	ck_assert_int_eq(kvdump_write(path, NULL, IDX_F32), -EINVAL);
+	ck_assert_int_eq(kvdump_write(path, NULL, ICE_DTYPE_F32), -EINVAL);
 }
 END_TEST
 
