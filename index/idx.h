@@ -25,18 +25,6 @@
 
 #include "dtype.h"
 
-/* Transition only: the index's former dtype names, kept until every caller uses enum ice_dtype
- * and dtype_* (the values are ice_dtype's, so callers stay right while they move over). */
-#define idx_dtype ice_dtype
-#define IDX_F32 ICE_DTYPE_F32
-#define IDX_BF16 ICE_DTYPE_BF16
-#define IDX_F16 ICE_DTYPE_F16
-#define idx_to_f32 dtype_to_f32
-#define idx_bf16_to_f32 dtype_bf16_to_f32
-#define idx_f16_to_f32 dtype_f16_to_f32
-#define idx_f32_to_bf16 dtype_f32_to_bf16
-#define idx_f32_to_f16 dtype_f32_to_f16
-
 #define IDX_PAGE_CAP 16u
 /* Most queries searched together in one call (a GQA group). */
 #define IDX_MAX_GROUP 16u

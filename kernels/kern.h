@@ -22,20 +22,6 @@
 
 #include "dtype.h"
 
-/* Transition only: the kernels' former dtype names, kept until the remaining callers use
- * enum ice_dtype and dtype_* (the values are ice_dtype's). */
-#define kern_dtype ice_dtype
-#define KERN_F32 ICE_DTYPE_F32
-#define KERN_F16 ICE_DTYPE_F16
-#define KERN_BF16 ICE_DTYPE_BF16
-#define kern_dtype_size dtype_size
-#define kern_dtype_name dtype_name
-#define kern_f32_to_bf16 dtype_f32_to_bf16
-#define kern_bf16_to_f32 dtype_bf16_to_f32
-#define kern_f32_to_f16 dtype_f32_to_f16
-#define kern_f16_to_f32 dtype_f16_to_f32
-#define kern_load_f32 dtype_load_f32
-
 /* ---------------------------------------------------------------- page gather */
 
 /* One page move: `bytes` (kern_gather's argument) from src to dst. Addresses are device-visible:
