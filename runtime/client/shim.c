@@ -15,6 +15,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "buf.h"
 #include "config.h"
 #include "dtype.h"
 #include "engine.h"
@@ -462,17 +463,9 @@ int ice_seq_open(struct ice_ctx *c, const struct ice_model_shape *shape,
 		shape->head_dim, shape->dtype, budget->sink_tokens, budget->window_tokens,
 		budget->retrieved_tokens, budget->dense_layers, 0 };
 	pthread_mutex_lock(&c->lock);
-	if (c->nseqs == c->seqs_cap) {
-		size_t cap = c->seqs_cap ? 2 * c->seqs_cap : 16;
-		struct seq_info *n = realloc(c->seqs, cap * sizeof(*n));
-
-		if (!n) {
-			err = -ENOMEM;
-			goto out;
-		}
-		c->seqs = n;
-		c->seqs_cap = cap;
-	}
+	err = buf_grow(&c->seqs, &c->seqs_cap, c->nseqs + 1, sizeof(*c->seqs));
+	if (err)
+		goto out;
 	memcpy(c->arena, &a, sizeof(a));
 	err = call(c, &s, &q);
 	if (err)

@@ -58,20 +58,6 @@ out_free:
 	return -ENOMEM;
 }
 
-static int scratch(struct seq *s, size_t bytes)
-{
-	void *b;
-
-	if (s->scr_cap >= bytes)
-		return 0;
-	b = realloc(s->scr, bytes);
-	if (!b)
-		return -ENOMEM;
-	s->scr = b;
-	s->scr_cap = bytes;
-	return 0;
-}
-
 int engine_store_read(struct engine *e, struct store_page *pg, unsigned n)
 {
 	return e->pol ? policy_get(e->pol, pg, n) : store_get(e->store, pg, n);
@@ -251,7 +237,7 @@ int engine_append(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer,
 		err = engine_reserve(e, bytes);
 		if (err)
 			return err;
-		err = scratch(s, 2 * (size_t)etok * s->row + BATCH * e->o.slot_bytes);
+		err = buf_grow(&s->scr, &s->scr_cap, 2 * (size_t)etok * s->row + BATCH * e->o.slot_bytes, 1);
 		if (err) {
 			engine_unreserve(e, bytes);
 			return err;

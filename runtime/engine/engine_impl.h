@@ -16,6 +16,7 @@
 #include <pthread.h>
 #include <stdint.h>
 
+#include "buf.h"
 #include "dtype.h"
 #include "engine.h"
 #include "hist.h"
@@ -87,8 +88,6 @@ void engine_seq_free(struct engine *e, struct seq *s);
 /* Page reads and writes through the placement policy when there is one. */
 int engine_store_read(struct engine *e, struct store_page *pg, unsigned n);
 int engine_store_write(struct engine *e, struct store_page *pg, unsigned n);
-
-int engine_ws_reserve(struct engine_ws *ws, size_t bytes);
 
 static inline uint32_t sink_pages(const struct seq *s, uint32_t layer)
 {

@@ -66,20 +66,6 @@ int engine_select_cap(struct engine *e, uint32_t owner, uint32_t id, uint32_t la
 	return (int)table_size(e, s, layer);
 }
 
-int engine_ws_reserve(struct engine_ws *ws, size_t bytes)
-{
-	void *b;
-
-	if (ws->cap >= bytes)
-		return 0;
-	b = realloc(ws->buf, bytes);
-	if (!b)
-		return -ENOMEM;
-	ws->buf = b;
-	ws->cap = bytes;
-	return 0;
-}
-
 void engine_ws_done(struct engine_ws *ws)
 {
 	if (!ws)
@@ -278,7 +264,7 @@ int engine_select(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer,
 	ksz = ((size_t)hk * kmax * sizeof(*keys) + 63) & ~(size_t)63;
 	msz = ((size_t)kmax * sizeof(*mask) + 63) & ~(size_t)63;
 	psz = (idx_pick_ws_size(kmax) + 63) & ~(size_t)63;
-	err = engine_ws_reserve(ws, wsz + hsz + ksz + msz + psz + (rest ? npmax : 0));
+	err = buf_grow(&ws->buf, &ws->cap, wsz + hsz + ksz + msz + psz + (rest ? npmax : 0), 1);
 	if (err)
 		return err;
 	iws = ws->buf;
