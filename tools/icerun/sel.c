@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "buf.h"
 #include "dtype.h"
 #include "idx.h"
 
@@ -464,15 +465,8 @@ static int dci_set(struct sel *s, const struct kv *kv, int layer, int h, const f
 		s->ix_end[layer] = n - P;
 	}
 	need = idx_search_ws_size(ix, (uint32_t)s->g, (uint32_t)kf);
-	if (need > s->ws_cap) {
-		free(s->ws);
-		s->ws = malloc(need);
-		if (!s->ws) {
-			s->ws_cap = 0;
-			return -ENOMEM;
-		}
-		s->ws_cap = need;
-	}
+	if ((err = buf_grow(&s->ws, &s->ws_cap, need, 1)))
+		return err;
 	/* the group shares its pages by the weight each adds beside its own sink and window (as
 	 * the engine does): bias = log-sum-exp of the scores (q carries the 1/sqrt(d) scale) of
 	 * those tokens, from the full softmax sel_attend computed for this head */
@@ -609,14 +603,8 @@ static int ice_push(struct sel *s, const struct kv *kv, int layer, int from, int
 
 	if (n == 0)
 		return 0;
-	if (need > s->kvbuf_cap) {
-		uint16_t *nb = realloc(s->kvbuf, need * sizeof(uint16_t));
-
-		if (!nb)
-			return -ENOMEM;
-		s->kvbuf = nb;
-		s->kvbuf_cap = need;
-	}
+	if (buf_grow(&s->kvbuf, &s->kvbuf_cap, need, sizeof(*s->kvbuf)))
+		return -ENOMEM;
 	kb = s->kvbuf;
 	vb = s->kvbuf + (size_t)s->nkv * n * s->d;
 	for (h = 0; h < s->nkv; h++)
@@ -654,14 +642,8 @@ static int ice_attend(struct sel *s, const struct kv *kv, int layer, int pos, co
 	nref = ice_select_cap(s->ice, s->seq, (uint32_t)layer);
 	if (nref < 0)
 		return nref;
-	if ((size_t)nref > s->nrefs_cap) {
-		struct ice_page_ref *nr = realloc(s->refs, (size_t)nref * sizeof(*nr));
-
-		if (!nr)
-			return -ENOMEM;
-		s->refs = nr;
-		s->nrefs_cap = (size_t)nref;
-	}
+	if ((err = buf_grow(&s->refs, &s->nrefs_cap, (size_t)nref, sizeof(*s->refs))))
+		return err;
 	/* the model folds 1/sqrt(d) into q; the engine takes the query as the model computes it
 	 * and applies the scale itself when it weighs a group's queries against each other */
 	for (i = 0; i < s->g * s->nkv * s->d; i++)
@@ -674,22 +656,9 @@ static int ice_attend(struct sel *s, const struct kv *kv, int layer, int pos, co
 	if (nref < 0)
 		return nref;
 	need = (size_t)nref * pb;
-	if (need > s->pages_cap) {
-		float *np = realloc(s->pages, need * sizeof(float));
-
-		if (!np)
-			return -ENOMEM;
-		s->pages = np;
-		s->pages_cap = need;
-	}
-	if (need > s->raw_cap) {
-		uint16_t *nr16 = realloc(s->raw, need * sizeof(uint16_t));
-
-		if (!nr16)
-			return -ENOMEM;
-		s->raw = nr16;
-		s->raw_cap = need;
-	}
+	if ((err = buf_grow(&s->pages, &s->pages_cap, need, sizeof(*s->pages))) ||
+	    (err = buf_grow(&s->raw, &s->raw_cap, need, sizeof(*s->raw))))
+		return err;
 	err = ice_fetch(s->ice, s->seq, (uint32_t)layer, s->refs, (size_t)nref, s->raw,
 			need * sizeof(uint16_t));
 	if (err)
