@@ -15,6 +15,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "buf.h"
 #include "idx_impl.h"
 
 /* ---- small helpers ----------------------------------------------------------------------- */
@@ -45,15 +46,8 @@ static uint32_t promo_level(const struct idx *ix, uint32_t pos)
 
 static int vec_push(struct idx_vec *v, uint32_t x)
 {
-	if (v->n == v->cap) {
-		size_t cap = v->cap ? v->cap * 2 : 64;
-		uint32_t *nv = realloc(v->v, cap * sizeof(*nv));
-
-		if (!nv)
-			return -ENOMEM;
-		v->v = nv;
-		v->cap = cap;
-	}
+	if (buf_grow(&v->v, &v->cap, v->n + 1, sizeof(*v->v)))
+		return -ENOMEM;
 	v->v[v->n++] = x;
 	return 0;
 }
@@ -1119,14 +1113,8 @@ static int build_level(struct idx *ix, struct build_ctx *c, const uint32_t *toks
 			order[cnt[c->par[i]]++] = (uint32_t)i;
 	if (reserve_pages(ix, ix->npages + npg) < 0)
 		goto out;
-	if (ix->dirty.cap < ix->dirty.n + npg) {
-		uint32_t *d = realloc(ix->dirty.v, (ix->dirty.n + npg) * sizeof(uint32_t));
-
-		if (!d)
-			goto out;
-		ix->dirty.v = d;
-		ix->dirty.cap = ix->dirty.n + npg;
-	}
+	if (buf_grow(&ix->dirty.v, &ix->dirty.cap, ix->dirty.n + npg, sizeof(*ix->dirty.v)))
+		goto out;
 	c->cells = cells;
 	c->coff = coff;
 	c->pbase = pbase;
