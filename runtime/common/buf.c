@@ -10,9 +10,11 @@ int buf_grow(void *pbuf, size_t *cap, size_t need, size_t size)
 	size_t n;
 	void *old, *b;
 
+	if (!size)
+		return -EINVAL;
 	if (need <= *cap)
 		return 0;
-	if (!size || need > SIZE_MAX / size)
+	if (need > SIZE_MAX / size)
 		return -ENOMEM;
 	n = *cap <= SIZE_MAX / 2 / size ? 2 * *cap : need;
 	if (n < need)

@@ -1,5 +1,6 @@
-/* Unit tests for the CPU side of kernels/: dtype conversions and the references that define
- * what the CUDA kernels compute (checked against independent, plainer computations). */
+/* Unit tests for the CPU side of kernels/: the references that define what the CUDA kernels
+ * compute (checked against independent, plainer computations). The dtype conversions they use
+ * are tested with runtime/common (tests/common). */
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
@@ -8,107 +9,6 @@
 #include "attn_case.h"
 #include "check_main.h"
 #include "kern.h"
-
-/* Every bf16 and fp16 bit pattern survives a trip through float (NaNs stay NaN). */
-START_TEST(half_types_round_trip_exactly)
-{
-	uint32_t u;
-
-	for (u = 0; u < 65536; u++) {
-		float b = dtype_bf16_to_f32((uint16_t)u), h = dtype_f16_to_f32((uint16_t)u);
-
-		if (b != b)
-			ck_assert(dtype_bf16_to_f32(dtype_f32_to_bf16(b)) != dtype_bf16_to_f32(dtype_f32_to_bf16(b)));
-		else
-			ck_assert_uint_eq(dtype_f32_to_bf16(b), u);
-		if (h != h)
-			ck_assert((dtype_f32_to_f16(h) & 0x7fffu) > 0x7c00u);
-		else
-			ck_assert_uint_eq(dtype_f32_to_f16(h), u);
-	}
-}
-END_TEST
-
-/* fp16 rounding matches the compiler's own _Float16 conversion (round to nearest even),
- * on random floats across the whole range, subnormals and overflow included. */
-START_TEST(f16_rounding_matches_compiler)
-{
-	uint64_t s = 42 + (uint64_t)_i;
-	int i;
-
-	for (i = 0; i < 200000; i++) {
-		uint32_t bits = (uint32_t)case_rand(&s);
-		float f;
-		_Float16 ref;
-		uint16_t rb;
-
-		/* Half the draws land in fp16's exponent range, where rounding matters. */
-		if (i % 2)
-			bits = (bits & 0x807fffffu) | ((uint32_t)(96 + (bits >> 23) % 48) << 23);
-		memcpy(&f, &bits, sizeof(f));
-		if (f != f)
-			continue;
-		ref = (_Float16)f;
-		memcpy(&rb, &ref, sizeof(rb));
-		ck_assert_msg(dtype_f32_to_f16(f) == rb, "f=%a got %04x want %04x", (double)f,
-			      dtype_f32_to_f16(f), rb);
-	}
-}
-END_TEST
-
-/* bf16 rounding is to nearest, ties to even: no neighbour is closer. */
-START_TEST(bf16_rounding_is_nearest_even)
-{
-	uint64_t s = 7;
-	int i;
-
-	for (i = 0; i < 200000; i++) {
-		uint32_t bits = (uint32_t)case_rand(&s);
-		float f;
-		uint16_t b;
-		double x, lo, hi, dx;
-
-		if (i % 3 == 0)
-			bits = (bits & 0xffff0000u) | 0x8000u; /* exact ties */
-		memcpy(&f, &bits, sizeof(f));
-		if (f != f || isinf(f))
-			continue;
-		b = dtype_f32_to_bf16(f);
-		x = dtype_bf16_to_f32(b);
-		if (isinf(x))
-			continue; /* overflow to infinity is right for the largest finite values */
-		lo = dtype_bf16_to_f32((uint16_t)(b - 1));
-		hi = dtype_bf16_to_f32((uint16_t)(b + 1));
-		dx = fabs(x - f);
-		if (!isnan(lo) && !isinf(lo) && (b & 0x7fffu))
-			ck_assert(dx < fabs(lo - f) || (dx == fabs(lo - f) && !(b & 1)));
-		if (!isnan(hi) && !isinf(hi) && (b & 0x7fffu) != 0x7f7fu)
-			ck_assert(dx < fabs(hi - f) || (dx == fabs(hi - f) && !(b & 1)));
-	}
-}
-END_TEST
-
-START_TEST(convert_between_dtypes)
-{
-	float in[5] = { 1.0f, -2.5f, 65504.0f, 1e-8f, 3.14159f }, mid[5], back[5];
-	uint16_t h[5], b[5];
-	int i;
-
-	for (i = 0; i < 5; i++)
-		dtype_store_f32(h, ICE_DTYPE_F16, (size_t)i, in[i]);
-	ck_assert_int_eq(dtype_to_f32(h, ICE_DTYPE_F16, 5, mid), 0);
-	for (i = 0; i < 5; i++)
-		dtype_store_f32(b, ICE_DTYPE_BF16, (size_t)i, mid[i]);
-	ck_assert_int_eq(dtype_to_f32(b, ICE_DTYPE_BF16, 5, back), 0);
-	for (i = 0; i < 5; i++)
-		ck_assert_float_eq(back[i], dtype_bf16_to_f32(dtype_f32_to_bf16(dtype_f16_to_f32(h[i]))));
-	ck_assert_int_eq(dtype_to_f32(h, (enum ice_dtype)9, 5, back), -EINVAL);
-	ck_assert_int_eq(dtype_to_f32(NULL, ICE_DTYPE_F16, 5, back), -EINVAL);
-	ck_assert_uint_eq(dtype_size(ICE_DTYPE_BF16), 2);
-	ck_assert_uint_eq(dtype_size(ICE_DTYPE_F32), 4);
-	ck_assert_uint_eq(dtype_size((enum ice_dtype)5), 0);
-}
-END_TEST
 
 /* Gather moves exactly the listed pages, byte for byte, and nothing else. */
 START_TEST(gather_ref_moves_listed_pages)
@@ -289,10 +189,6 @@ static Suite *kern_suite(void)
 	TCase *tc = tcase_create("ref");
 
 	tcase_set_timeout(tc, 60);
-	tcase_add_test(tc, half_types_round_trip_exactly);
-	tcase_add_loop_test(tc, f16_rounding_matches_compiler, 0, 2);
-	tcase_add_test(tc, bf16_rounding_is_nearest_even);
-	tcase_add_test(tc, convert_between_dtypes);
 	tcase_add_loop_test(tc, gather_ref_moves_listed_pages, 0, 3);
 	tcase_add_loop_test(tc, attn_ref_matches_dense_softmax, 0, 2 * NSHAPES);
 	tcase_add_test(tc, attn_ref_rejects_bad_tables);
