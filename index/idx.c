@@ -15,6 +15,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "buf.h"
 #include "idx_impl.h"
 
 /* ---- small helpers ----------------------------------------------------------------------- */
@@ -45,15 +46,8 @@ static uint32_t promo_level(const struct idx *ix, uint32_t pos)
 
 static int vec_push(struct idx_vec *v, uint32_t x)
 {
-	if (v->n == v->cap) {
-		size_t cap = v->cap ? v->cap * 2 : 64;
-		uint32_t *nv = realloc(v->v, cap * sizeof(*nv));
-
-		if (!nv)
-			return -ENOMEM;
-		v->v = nv;
-		v->cap = cap;
-	}
+	if (buf_grow(&v->v, &v->cap, v->n + 1, sizeof(*v->v)))
+		return -ENOMEM;
 	v->v[v->n++] = x;
 	return 0;
 }
@@ -640,14 +634,14 @@ static int node_add(struct idx *ix, uint32_t pos, uint32_t level, const float *x
 
 /* ---- input checks ------------------------------------------------------------------------ */
 
-static int load_keys(const struct idx *ix, const void *keys, size_t n, enum idx_dtype dt,
+static int load_keys(const struct idx *ix, const void *keys, size_t n, enum ice_dtype dt,
 		     float **ret)
 {
 	size_t cnt, i;
 	float *k;
 	int rc;
 
-	if (!keys || n == 0 || (dt != IDX_F32 && dt != IDX_BF16 && dt != IDX_F16))
+	if (!keys || n == 0 || !dtype_size(dt))
 		return -EINVAL;
 	if (n > (size_t)UINT32_MAX - 1 - ix->ntok)
 		return -EINVAL;
@@ -655,7 +649,7 @@ static int load_keys(const struct idx *ix, const void *keys, size_t n, enum idx_
 	k = aligned_alloc(64, (cnt * sizeof(float) + 63) & ~(size_t)63);
 	if (!k)
 		return -ENOMEM;
-	rc = idx_to_f32(keys, dt, cnt, k);
+	rc = dtype_to_f32(keys, dt, cnt, k);
 	for (i = 0; rc == 0 && i < cnt; i++)
 		if (!isfinite(k[i]))
 			rc = -EINVAL;
@@ -771,7 +765,7 @@ static int batch_parents(struct idx *ix, const float *k, const float *n2, size_t
 	return 0;
 }
 
-int idx_insert(struct idx *ix, const void *keys, size_t n, enum idx_dtype dt)
+int idx_insert(struct idx *ix, const void *keys, size_t n, enum ice_dtype dt)
 {
 	struct pre_parent *pre = NULL;
 	float *k, *n2 = NULL;
@@ -1119,14 +1113,8 @@ static int build_level(struct idx *ix, struct build_ctx *c, const uint32_t *toks
 			order[cnt[c->par[i]]++] = (uint32_t)i;
 	if (reserve_pages(ix, ix->npages + npg) < 0)
 		goto out;
-	if (ix->dirty.cap < ix->dirty.n + npg) {
-		uint32_t *d = realloc(ix->dirty.v, (ix->dirty.n + npg) * sizeof(uint32_t));
-
-		if (!d)
-			goto out;
-		ix->dirty.v = d;
-		ix->dirty.cap = ix->dirty.n + npg;
-	}
+	if (buf_grow(&ix->dirty.v, &ix->dirty.cap, ix->dirty.n + npg, sizeof(*ix->dirty.v)))
+		goto out;
 	c->cells = cells;
 	c->coff = coff;
 	c->pbase = pbase;
@@ -1168,7 +1156,7 @@ static void build_norms(void *arg, size_t lo, size_t hi)
 		c->n2[i] = sq_norm(c->k + i * c->dim, c->dim);
 }
 
-int idx_build(struct idx *ix, const void *keys, size_t n, enum idx_dtype dt)
+int idx_build(struct idx *ix, const void *keys, size_t n, enum ice_dtype dt)
 {
 	struct build_ctx c = { 0 };
 	struct norm_ctx nc;

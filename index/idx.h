@@ -23,17 +23,13 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "dtype.h"
+
 #define IDX_PAGE_CAP 16u
 /* Most queries searched together in one call (a GQA group). */
 #define IDX_MAX_GROUP 16u
 /* Head dimension limits: a multiple of 16 between 16 and 512. */
 #define IDX_MAX_DIM 512u
-
-enum idx_dtype {
-	IDX_F32 = 0,
-	IDX_BF16 = 1,
-	IDX_F16 = 2,
-};
 
 struct idx_params {
 	uint32_t dim;          /* head dim d: multiple of 16, <= IDX_MAX_DIM */
@@ -76,9 +72,9 @@ void idx_free(struct idx *ix);
  * insert path. keys: n rows of dim elements of type dt. 0 on success; -EINVAL (NULL keys, n = 0,
  * bad dtype, non-finite key), -ENOMEM (the index is unchanged on error).
  */
-int idx_build(struct idx *ix, const void *keys, size_t n, enum idx_dtype dt);
+int idx_build(struct idx *ix, const void *keys, size_t n, enum ice_dtype dt);
 /* Decode insert: appends n >= 1 keys. Same arguments and errors as idx_build. */
-int idx_insert(struct idx *ix, const void *keys, size_t n, enum idx_dtype dt);
+int idx_insert(struct idx *ix, const void *keys, size_t n, enum ice_dtype dt);
 
 size_t idx_ntokens(const struct idx *ix);
 size_t idx_npages(const struct idx *ix);
@@ -195,12 +191,5 @@ int idx_simd_force(const char *name);
 /* Quickselect: reorders x[0..n) so that x[0..k) hold its k largest values (in no order) and
  * returns the k-th largest; 1 <= k <= n. Shared with icerun's mass-recall oracle. */
 float idx_top_k(float *x, size_t n, size_t k);
-
-/* dtype conversion helpers shared with posidx and the benchmark. */
-int idx_to_f32(const void *src, enum idx_dtype dt, size_t count, float *dst);
-float idx_bf16_to_f32(uint16_t h);
-float idx_f16_to_f32(uint16_t h);
-uint16_t idx_f32_to_bf16(float f);
-uint16_t idx_f32_to_f16(float f);
 
 #endif

@@ -12,7 +12,7 @@
 struct kvdump_hdr {
 	char magic[8];
 	uint32_t version;      /* 1 */
-	uint32_t dtype;        /* enum idx_dtype */
+	uint32_t dtype;        /* KVD_* below, not enum ice_dtype */
 	uint32_t dim;
 	uint32_t group;
 	uint64_t nkeys;
@@ -22,40 +22,54 @@ struct kvdump_hdr {
 };
 _Static_assert(sizeof(struct kvdump_hdr) == 64, "kvdump header is 64 bytes");
 
-static size_t esize(uint32_t dt)
+/* The header's dtype codes: those of the index's former dtype enum, whose order (bf16 before
+ * fp16) differs from enum ice_dtype's. Files already written keep them, so they are mapped
+ * here, at the file boundary, and never change. */
+static const enum ice_dtype kvd_dtype[] = { ICE_DTYPE_F32, ICE_DTYPE_BF16, ICE_DTYPE_F16 };
+#define KVD_NDTYPES (sizeof(kvd_dtype) / sizeof(kvd_dtype[0]))
+
+static int kvd_code(enum ice_dtype dt, uint32_t *ret_code)
 {
-	return dt == IDX_F32 ? 4 : 2;
+	uint32_t c;
+
+	for (c = 0; c < KVD_NDTYPES; c++)
+		if (kvd_dtype[c] == dt) {
+			*ret_code = c;
+			return 0;
+		}
+	return -EINVAL;
 }
 
-static int write_block(FILE *f, const float *v, size_t cnt, enum idx_dtype dt)
+static int write_block(FILE *f, const float *v, size_t cnt, enum ice_dtype dt)
 {
 	uint16_t buf[1024];
 	size_t i, j;
 
-	if (dt == IDX_F32)
+	if (dt == ICE_DTYPE_F32)
 		return fwrite(v, sizeof(float), cnt, f) == cnt ? 0 : -EIO;
 	for (i = 0; i < cnt; i += j) {
 		for (j = 0; j < 1024 && i + j < cnt; j++)
-			buf[j] = dt == IDX_BF16 ? idx_f32_to_bf16(v[i + j]) : idx_f32_to_f16(v[i + j]);
+			dtype_store_f32(buf, dt, j, v[i + j]);
 		if (fwrite(buf, 2, j, f) != j)
 			return -EIO;
 	}
 	return 0;
 }
 
-int kvdump_write(const char *path, const struct kvdump *d, enum idx_dtype dt)
+int kvdump_write(const char *path, const struct kvdump *d, enum ice_dtype dt)
 {
 	struct kvdump_hdr h;
+	uint32_t code;
 	FILE *f;
 	int rc;
 
 	if (!path || !d || !d->keys || d->dim == 0 || d->nkeys == 0 || d->group == 0 ||
-	    (d->ngroups && !d->queries) || (dt != IDX_F32 && dt != IDX_BF16 && dt != IDX_F16))
+	    (d->ngroups && !d->queries) || kvd_code(dt, &code))
 		return -EINVAL;
 	memset(&h, 0, sizeof(h));
 	memcpy(h.magic, KVDUMP_MAGIC, 8);
 	h.version = 1;
-	h.dtype = dt;
+	h.dtype = code;
 	h.dim = d->dim;
 	h.group = d->group;
 	h.nkeys = d->nkeys;
@@ -75,13 +89,13 @@ int kvdump_write(const char *path, const struct kvdump *d, enum idx_dtype dt)
 	return rc;
 }
 
-static int read_block(FILE *f, float *v, size_t cnt, uint32_t dt)
+static int read_block(FILE *f, float *v, size_t cnt, enum ice_dtype dt)
 {
-	size_t sz = esize(dt), i;
+	size_t sz = dtype_size(dt), i;
 	void *raw;
 	int rc;
 
-	if (dt == IDX_F32)
+	if (dt == ICE_DTYPE_F32)
 		rc = fread(v, 4, cnt, f) == cnt ? 0 : -EIO;
 	else {
 		raw = malloc(cnt * sz);
@@ -89,7 +103,7 @@ static int read_block(FILE *f, float *v, size_t cnt, uint32_t dt)
 			return -ENOMEM;
 		rc = fread(raw, sz, cnt, f) == cnt ? 0 : -EIO;
 		if (rc == 0)
-			rc = idx_to_f32(raw, (enum idx_dtype)dt, cnt, v);
+			rc = dtype_to_f32(raw, dt, cnt, v);
 		free(raw);
 	}
 	for (i = 0; rc == 0 && i < cnt; i++)
@@ -103,6 +117,7 @@ int kvdump_read(const char *path, struct kvdump *ret)
 	struct kvdump_hdr h;
 	struct kvdump d;
 	struct stat st;
+	enum ice_dtype dt;
 	size_t nk, nq;
 	FILE *f;
 	int rc = -EINVAL;
@@ -119,21 +134,22 @@ int kvdump_read(const char *path, struct kvdump *ret)
 	}
 	if (fread(&h, sizeof(h), 1, f) != 1 || memcmp(h.magic, KVDUMP_MAGIC, 8) || h.version != 1)
 		goto out;
-	if (h.dtype > IDX_F16 || h.dim == 0 || h.dim > 4096 || h.group == 0 || h.group > 1024 ||
+	if (h.dtype >= KVD_NDTYPES || h.dim == 0 || h.dim > 4096 || h.group == 0 || h.group > 1024 ||
 	    h.nkeys == 0 || h.nkeys > (1ull << 32) || h.ngroups > (1ull << 32))
 		goto out;
+	dt = kvd_dtype[h.dtype];
 	nk = (size_t)h.nkeys * h.dim;
 	nq = (size_t)h.ngroups * h.group * h.dim;
-	if ((uint64_t)st.st_size != sizeof(h) + (nk + nq) * esize(h.dtype))
+	if ((uint64_t)st.st_size != sizeof(h) + (nk + nq) * dtype_size(dt))
 		goto out;
 	rc = -ENOMEM;
 	d.keys = malloc(nk * sizeof(float));
 	d.queries = malloc((nq ? nq : 1) * sizeof(float));
 	if (!d.keys || !d.queries)
 		goto out;
-	rc = read_block(f, d.keys, nk, h.dtype);
+	rc = read_block(f, d.keys, nk, dt);
 	if (rc == 0 && nq)
-		rc = read_block(f, d.queries, nq, h.dtype);
+		rc = read_block(f, d.queries, nq, dt);
 	if (rc < 0)
 		goto out;
 	d.dim = h.dim;

@@ -25,7 +25,7 @@ struct kvdump {
 };
 
 /* Writes a dump (data given as fp32, stored as dt). -EINVAL, -errno from I/O. */
-int kvdump_write(const char *path, const struct kvdump *d, enum idx_dtype dt);
+int kvdump_write(const char *path, const struct kvdump *d, enum ice_dtype dt);
 /* Reads a dump, checking magic, sizes against the file length and finiteness. -EINVAL for a
  * malformed file, -errno from I/O, -ENOMEM. On success the caller frees with kvdump_done. */
 int kvdump_read(const char *path, struct kvdump *ret);

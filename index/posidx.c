@@ -86,13 +86,13 @@ static int reserve(struct posidx *px, size_t pages)
 	return 0;
 }
 
-int posidx_append(struct posidx *px, const void *keys, size_t n, enum idx_dtype dt)
+int posidx_append(struct posidx *px, const void *keys, size_t n, enum ice_dtype dt)
 {
 	float *k;
 	size_t i, cnt;
 	int rc;
 
-	if (!px || !keys || n == 0 || (dt != IDX_F32 && dt != IDX_BF16 && dt != IDX_F16))
+	if (!px || !keys || n == 0 || !dtype_size(dt))
 		return -EINVAL;
 	if (n > (size_t)UINT32_MAX - px->ntok)
 		return -EINVAL;
@@ -100,7 +100,7 @@ int posidx_append(struct posidx *px, const void *keys, size_t n, enum idx_dtype 
 	k = malloc(cnt * sizeof(float));
 	if (!k)
 		return -ENOMEM;
-	rc = idx_to_f32(keys, dt, cnt, k);
+	rc = dtype_to_f32(keys, dt, cnt, k);
 	for (i = 0; rc == 0 && i < cnt; i++)
 		if (!isfinite(k[i]))
 			rc = -EINVAL;

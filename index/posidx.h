@@ -20,7 +20,7 @@ int posidx_new(uint32_t dim, struct posidx **ret);
 void posidx_free(struct posidx *px);
 /* Appends n >= 1 keys (positions continue from ntokens). -EINVAL (NULL, n = 0, bad dtype,
  * non-finite key; nothing added), -ENOMEM (nothing added). */
-int posidx_append(struct posidx *px, const void *keys, size_t n, enum idx_dtype dt);
+int posidx_append(struct posidx *px, const void *keys, size_t n, enum ice_dtype dt);
 size_t posidx_ntokens(const struct posidx *px);
 size_t posidx_npages(const struct posidx *px);
 

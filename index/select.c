@@ -59,14 +59,14 @@ int select_sums_reserve(struct select_sums *ss, uint32_t npages)
 }
 
 void select_sums_add(struct select_sums *ss, uint32_t page, const void *k, const void *v,
-		     enum idx_dtype dt)
+		     enum ice_dtype dt)
 {
 	uint32_t d = ss->dim, i;
 	float kf[IDX_MAX_DIM], vf[IDX_MAX_DIM];
 	float *ks = ss->ksum + (size_t)page * d, *vs = ss->vsum + (size_t)page * d;
 
-	idx_to_f32(k, dt, d, kf);
-	idx_to_f32(v, dt, d, vf);
+	dtype_to_f32(k, dt, d, kf);
+	dtype_to_f32(v, dt, d, vf);
 	for (i = 0; i < d; i++) {
 		ks[i] += kf[i];
 		vs[i] += vf[i];
@@ -136,7 +136,7 @@ size_t select_ws_size(const struct idx *ix, uint32_t g, const struct select_opts
 }
 
 /* Row t of the runs att[0..natt) (t below their total). */
-static const void *att_row(const struct select_group *grp, uint32_t t, enum idx_dtype *ret_dt)
+static const void *att_row(const struct select_group *grp, uint32_t t, enum ice_dtype *ret_dt)
 {
 	uint32_t r = 0;
 
@@ -144,7 +144,7 @@ static const void *att_row(const struct select_group *grp, uint32_t t, enum idx_
 		t -= grp->att[r++].n;
 	*ret_dt = grp->att[r].dt;
 	return (const char *)grp->att[r].rows +
-	       (size_t)t * grp->dim * (grp->att[r].dt == IDX_F32 ? 4 : 2);
+	       (size_t)t * grp->dim * (grp->att[r].dt == ICE_DTYPE_F32 ? 4 : 2);
 }
 
 /*
@@ -167,14 +167,14 @@ static bool group_bias(const struct select_group *grp, float sc, float *bias)
 		sum[j] = 0;
 	}
 	for (t = 0; t < n; t++) {
-		enum idx_dtype dt;
+		enum ice_dtype dt;
 		const void *r = att_row(grp, t, &dt);
 		const float *k = kf;
 
-		if (dt == IDX_F32)
+		if (dt == ICE_DTYPE_F32)
 			k = r;
 		else
-			idx_to_f32(r, dt, d, kf);
+			dtype_to_f32(r, dt, d, kf);
 		for (j = 0; j < g; j++) {
 			const float *q = grp->q + (size_t)j * d;
 			float x = 0;
@@ -265,8 +265,8 @@ static int check_args(const struct idx *ix, const struct select_sums *sums,
 			return -EINVAL;
 	for (i = 0; i < grp->natt; i++)
 		if ((grp->att[i].n && !grp->att[i].rows) ||
-		    (grp->att[i].dt != IDX_F32 && grp->att[i].dt != IDX_BF16 &&
-		     grp->att[i].dt != IDX_F16))
+		    (grp->att[i].dt != ICE_DTYPE_F32 && grp->att[i].dt != ICE_DTYPE_BF16 &&
+		     grp->att[i].dt != ICE_DTYPE_F16))
 			return -EINVAL;
 	if (rest && !o->dense && np &&
 	    (!sums || sums->dim != grp->dim || sums->cap < np || !sums->cnt))

@@ -65,7 +65,7 @@ struct select_opts {
 struct select_rows {
 	const void *rows;
 	uint32_t n;
-	enum idx_dtype dt;
+	enum ice_dtype dt;
 };
 
 /*
@@ -87,7 +87,7 @@ int select_sums_reserve(struct select_sums *ss, uint32_t npages);
 /* Adds one token's key and value rows (dim elements of dtype dt) to page `page`'s sums; the
  * page must be below the reserved count. */
 void select_sums_add(struct select_sums *ss, uint32_t page, const void *k, const void *v,
-		     enum idx_dtype dt);
+		     enum ice_dtype dt);
 /* Bytes the sums hold per page (for memory accounting). */
 size_t select_sums_page_bytes(uint32_t dim);
 

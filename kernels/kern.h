@@ -2,7 +2,8 @@
  * kern: the GPU data path (page gather, sparse decode attention, CUDA IPC export) and the CPU
  * references it is checked against.
  *
- * The references (kern_ref_*) and the dtype conversions are always built. The GPU functions
+ * The references (kern_ref_*) are always built; dtypes and their conversions are runtime/common's
+ * (dtype.h). The GPU functions
  * (kern_gpu_*, kern_gather, kern_attn, kern_ipc_*) are always declared; without CUDA, or with
  * no usable device, they return -ENODEV. CUDA types never leave this module: streams are
  * `void *` (a cudaStream_t, NULL for the default stream), device memory is `void *` or a
@@ -19,29 +20,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
-enum kern_dtype {
-	KERN_F32 = 0,
-	KERN_F16 = 1,
-	KERN_BF16 = 2,
-};
-
-/* Element size in bytes, 0 for an unknown dtype. */
-size_t kern_dtype_size(enum kern_dtype dt);
-const char *kern_dtype_name(enum kern_dtype dt);
-
-/* Round to nearest even; NaN stays NaN, overflow goes to infinity (IEEE behaviour). */
-uint16_t kern_f32_to_bf16(float f);
-float kern_bf16_to_f32(uint16_t h);
-uint16_t kern_f32_to_f16(float f);
-float kern_f16_to_f32(uint16_t h);
-
-/* Converts n elements between any two dtypes (src and dst must not overlap). -EINVAL on a bad
- * dtype or NULL buffer with n > 0. */
-int kern_convert(void *dst, enum kern_dtype dst_dt, const void *src, enum kern_dtype src_dt,
-		 size_t n);
-
-/* Element i of a buffer of dtype dt, as float. */
-float kern_load_f32(const void *buf, enum kern_dtype dt, size_t i);
+#include "dtype.h"
 
 /* ---------------------------------------------------------------- page gather */
 
@@ -95,7 +74,7 @@ struct kern_page {
  * tokens and no rest term gets zeros.
  */
 struct kern_attn_args {
-	enum kern_dtype dtype;   /* q, pool and out */
+	enum ice_dtype dtype;    /* q, pool and out */
 	uint32_t hq, hkv;        /* hq % hkv == 0, hq / hkv <= KERN_ATTN_MAX_GROUP on the GPU */
 	uint32_t d;              /* head dim; the GPU kernel takes 64 or 128 */
 	uint32_t page_cap;       /* P, tokens per page */

@@ -592,13 +592,13 @@ extern "C" int kern_attn(const struct kern_attn_args *a, void *ws, void *stream)
 	pr.rest = a->rest;
 	launch_err = cudaSuccess;
 	switch (a->dtype) {
-	case KERN_F32:
+	case ICE_DTYPE_F32:
 		attn_launch_d<float>(pr, a->d, st);
 		break;
-	case KERN_F16:
+	case ICE_DTYPE_F16:
 		attn_launch_d<__half>(pr, a->d, st);
 		break;
-	case KERN_BF16:
+	case ICE_DTYPE_BF16:
 		attn_launch_d<__nv_bfloat16>(pr, a->d, st);
 		break;
 	}

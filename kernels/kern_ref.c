@@ -1,5 +1,5 @@
 /*
- * CPU side of kern: dtype conversions and the references the CUDA kernels are checked against.
+ * CPU side of kern: the references the CUDA kernels are checked against.
  * The references favour being obviously right over being fast (double accumulation, one query
  * head at a time), since CI trusts them as the definition of each kernel.
  */
@@ -12,158 +12,6 @@
 
 /* Largest head dim the reference takes (its accumulator lives on the stack). */
 #define KERN_REF_MAX_D 512
-
-size_t kern_dtype_size(enum kern_dtype dt)
-{
-	switch (dt) {
-	case KERN_F32:
-		return 4;
-	case KERN_F16:
-	case KERN_BF16:
-		return 2;
-	}
-	return 0;
-}
-
-const char *kern_dtype_name(enum kern_dtype dt)
-{
-	switch (dt) {
-	case KERN_F32:
-		return "fp32";
-	case KERN_F16:
-		return "fp16";
-	case KERN_BF16:
-		return "bf16";
-	}
-	return "?";
-}
-
-static uint32_t f32_bits(float f)
-{
-	uint32_t u;
-
-	memcpy(&u, &f, sizeof(u));
-	return u;
-}
-
-static float bits_f32(uint32_t u)
-{
-	float f;
-
-	memcpy(&f, &u, sizeof(f));
-	return f;
-}
-
-uint16_t kern_f32_to_bf16(float f)
-{
-	uint32_t u = f32_bits(f);
-
-	if ((u & 0x7fffffffu) > 0x7f800000u)
-		return (uint16_t)((u >> 16) | 0x40); /* quiet NaN, sign kept */
-	/* Round to nearest even on the 16 dropped bits; a carry into the exponent is correct
-	 * (rounds up to the next binade or to infinity). */
-	u += 0x7fffu + ((u >> 16) & 1u);
-	return (uint16_t)(u >> 16);
-}
-
-float kern_bf16_to_f32(uint16_t h)
-{
-	return bits_f32((uint32_t)h << 16);
-}
-
-uint16_t kern_f32_to_f16(float f)
-{
-	uint32_t u = f32_bits(f);
-	uint32_t sign = (u >> 16) & 0x8000u;
-	uint32_t absu = u & 0x7fffffffu;
-	int32_t exp;
-	uint32_t mant, half, rest, halfway;
-	int shift;
-
-	if (absu > 0x7f800000u)
-		return (uint16_t)(sign | 0x7e00u);
-	if (absu >= 0x477ff000u) /* rounds to >= 65520: infinity */
-		return (uint16_t)(sign | 0x7c00u);
-	exp = (int32_t)(absu >> 23) - 127;
-	mant = absu & 0x7fffffu;
-	if (exp >= -14) {
-		/* Normal half: keep 10 mantissa bits, round the 13 dropped ones to nearest even. */
-		half = ((uint32_t)(exp + 15) << 10) | (mant >> 13);
-		rest = mant & 0x1fffu;
-		if (rest > 0x1000u || (rest == 0x1000u && (half & 1u)))
-			half++;
-		return (uint16_t)(sign | half);
-	}
-	if (exp < -25)
-		return (uint16_t)sign; /* below half the smallest subnormal: zero */
-	/* Subnormal half: value = mant24 * 2^(exp-23), unit 2^-24. */
-	mant |= 0x800000u;
-	shift = -exp - 1; /* 14 .. 24: bits of mant24 dropped to reach units of 2^-24 */
-	half = mant >> shift;
-	rest = mant & ((1u << shift) - 1u);
-	halfway = 1u << (shift - 1);
-	if (rest > halfway || (rest == halfway && (half & 1u)))
-		half++;
-	return (uint16_t)(sign | half);
-}
-
-float kern_f16_to_f32(uint16_t h)
-{
-	uint32_t sign = (uint32_t)(h & 0x8000u) << 16;
-	uint32_t exp = (h >> 10) & 0x1fu;
-	uint32_t mant = h & 0x3ffu;
-
-	if (exp == 0x1f)
-		return bits_f32(sign | 0x7f800000u | (mant << 13));
-	if (exp == 0) {
-		float v = ldexpf((float)mant, -24);
-
-		return sign ? -v : v;
-	}
-	return bits_f32(sign | ((exp + 112u) << 23) | (mant << 13));
-}
-
-float kern_load_f32(const void *buf, enum kern_dtype dt, size_t i)
-{
-	switch (dt) {
-	case KERN_F32:
-		return ((const float *)buf)[i];
-	case KERN_F16:
-		return kern_f16_to_f32(((const uint16_t *)buf)[i]);
-	case KERN_BF16:
-		return kern_bf16_to_f32(((const uint16_t *)buf)[i]);
-	}
-	return NAN;
-}
-
-static void store_f32(void *buf, enum kern_dtype dt, size_t i, float v)
-{
-	switch (dt) {
-	case KERN_F32:
-		((float *)buf)[i] = v;
-		break;
-	case KERN_F16:
-		((uint16_t *)buf)[i] = kern_f32_to_f16(v);
-		break;
-	case KERN_BF16:
-		((uint16_t *)buf)[i] = kern_f32_to_bf16(v);
-		break;
-	}
-}
-
-int kern_convert(void *dst, enum kern_dtype dst_dt, const void *src, enum kern_dtype src_dt,
-		 size_t n)
-{
-	size_t i;
-
-	if (!kern_dtype_size(dst_dt) || !kern_dtype_size(src_dt))
-		return -EINVAL;
-	if (n && (!dst || !src))
-		return -EINVAL;
-	for (i = 0; i < n; i++)
-		store_f32(dst, dst_dt, i, kern_load_f32(src, src_dt, i));
-	return 0;
-}
 
 int kern_ref_gather(const struct kern_copy *copies, uint32_t n, size_t bytes)
 {
@@ -185,7 +33,7 @@ int kern_attn_check(const struct kern_attn_args *a)
 
 	if (!a)
 		return -EINVAL;
-	es = kern_dtype_size(a->dtype);
+	es = dtype_size(a->dtype);
 	if (!es || !a->hq || !a->hkv || a->hq % a->hkv || !a->d || a->d % 8 || !a->page_cap)
 		return -EINVAL;
 	if (!a->q || !a->out || !a->pool || !a->pages || !a->head_off)
@@ -213,7 +61,7 @@ int kern_ref_attn(const struct kern_attn_args *a)
 		return r;
 	if (a->d > KERN_REF_MAX_D)
 		return -EINVAL;
-	es = kern_dtype_size(a->dtype);
+	es = dtype_size(a->dtype);
 	g = a->hq / a->hkv;
 	pool = a->pool;
 	if (a->head_off[0] != 0)
@@ -246,8 +94,8 @@ int kern_ref_attn(const struct kern_attn_args *a)
 					if (row_skipped(&a->pages[p], t))
 						continue;
 					for (c = 0; c < a->d; c++)
-						s += (double)kern_load_f32(a->q, a->dtype, (size_t)qi * a->d + c) *
-						     kern_load_f32(k, a->dtype, (size_t)t * a->d + c);
+						s += (double)dtype_load_f32(a->q, a->dtype, (size_t)qi * a->d + c) *
+						     dtype_load_f32(k, a->dtype, (size_t)t * a->d + c);
 					s *= a->scale;
 					if (s > m)
 						m = s;
@@ -271,17 +119,17 @@ int kern_ref_attn(const struct kern_attn_args *a)
 					if (row_skipped(&a->pages[p], t))
 						continue;
 					for (c = 0; c < a->d; c++)
-						s += (double)kern_load_f32(a->q, a->dtype, (size_t)qi * a->d + c) *
-						     kern_load_f32(k, a->dtype, (size_t)t * a->d + c);
+						s += (double)dtype_load_f32(a->q, a->dtype, (size_t)qi * a->d + c) *
+						     dtype_load_f32(k, a->dtype, (size_t)t * a->d + c);
 					w = exp(s * a->scale - m);
 					l += w;
 					for (c = 0; c < a->d; c++)
-						accp[c] += w * kern_load_f32(v, a->dtype, (size_t)t * a->d + c);
+						accp[c] += w * dtype_load_f32(v, a->dtype, (size_t)t * a->d + c);
 				}
 			}
 			for (c = 0; c < a->d; c++)
-				store_f32(a->out, a->dtype, (size_t)qi * a->d + c,
-					  l > 0.0 ? (float)(accp[c] / l) : 0.0f);
+				dtype_store_f32(a->out, a->dtype, (size_t)qi * a->d + c,
+						l > 0.0 ? (float)(accp[c] / l) : 0.0f);
 		}
 	}
 	return 0;

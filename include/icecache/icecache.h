@@ -27,19 +27,14 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include <icecache/dtype.h> /* enum ice_dtype */
+
 #ifdef __cplusplus
 extern "C" {
 #endif
 
 #define ICE_API_VERSION 2
 #define ICE_PAGE_TOKENS 16
-
-/* Storage dtype of K and V. Search arithmetic is float32 whatever the storage. */
-enum ice_dtype {
-	ICE_DTYPE_F32 = 0,
-	ICE_DTYPE_F16 = 1,
-	ICE_DTYPE_BF16 = 2,
-};
 
 struct ice_model_shape {
 	uint32_t layers;   /* 1..1024 */

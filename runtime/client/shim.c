@@ -15,7 +15,9 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "buf.h"
 #include "config.h"
+#include "dtype.h"
 #include "engine.h"
 #include "ops.h"
 #include "segment.h"
@@ -461,17 +463,9 @@ int ice_seq_open(struct ice_ctx *c, const struct ice_model_shape *shape,
 		shape->head_dim, shape->dtype, budget->sink_tokens, budget->window_tokens,
 		budget->retrieved_tokens, budget->dense_layers, 0 };
 	pthread_mutex_lock(&c->lock);
-	if (c->nseqs == c->seqs_cap) {
-		size_t cap = c->seqs_cap ? 2 * c->seqs_cap : 16;
-		struct seq_info *n = realloc(c->seqs, cap * sizeof(*n));
-
-		if (!n) {
-			err = -ENOMEM;
-			goto out;
-		}
-		c->seqs = n;
-		c->seqs_cap = cap;
-	}
+	err = buf_grow(&c->seqs, &c->seqs_cap, c->nseqs + 1, sizeof(*c->seqs));
+	if (err)
+		goto out;
 	memcpy(c->arena, &a, sizeof(a));
 	err = call(c, &s, &q);
 	if (err)
@@ -507,7 +501,7 @@ size_t ice_page_bytes(const struct ice_model_shape *shape)
 {
 	if (!shape)
 		return 0;
-	return 2ull * ICE_PAGE_TOKENS * shape->head_dim * engine_dtype_size(shape->dtype);
+	return 2ull * ICE_PAGE_TOKENS * shape->head_dim * dtype_size(shape->dtype);
 }
 
 int ice_append(struct ice_ctx *c, uint32_t seq, uint32_t layer, uint32_t n, const void *k,
@@ -526,7 +520,7 @@ int ice_append(struct ice_ctx *c, uint32_t seq, uint32_t layer, uint32_t n, cons
 		err = -ENOENT;
 		goto out;
 	}
-	row = (size_t)si->shape.head_dim * engine_dtype_size(si->shape.dtype);
+	row = (size_t)si->shape.head_dim * dtype_size(si->shape.dtype);
 	per_tok = 2 * row * si->shape.kv_heads;
 	if (!per_tok) {
 		err = -EINVAL;

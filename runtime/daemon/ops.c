@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "buf.h"
 #include "clock.h"
 
 /* [off, off+len) inside the arena, 8-byte aligned; len 0 only with off 0. */
@@ -223,17 +224,13 @@ static int check_fetch(const struct ops_ctx *oc, const struct ring_sqe *s)
 static int handle_fetch(struct ops_ctx *oc, const struct ring_sqe *s, struct ring_cqe *c)
 {
 	struct ice_page_ref *refs;
-	void *b;
+	int err;
 
 	/* The refs are indexes: copy them out of shared memory before checking them, so what is
 	 * checked is what is used. */
-	if (oc->ws_refs.cap < s->in_len) {
-		b = realloc(oc->ws_refs.buf, s->in_len);
-		if (!b)
-			return -ENOMEM;
-		oc->ws_refs.buf = b;
-		oc->ws_refs.cap = s->in_len;
-	}
+	err = buf_grow(&oc->ws_refs.buf, &oc->ws_refs.cap, s->in_len, 1);
+	if (err)
+		return err;
 	refs = oc->ws_refs.buf;
 	memcpy(refs, oc->arena + s->in_off, s->in_len);
 	return engine_fetch(oc->eng, oc->owner, s->seq, s->layer, refs,

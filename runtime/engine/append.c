@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "buf.h"
 #include "clock.h"
 #include "engine_impl.h"
 #include "policy.h"
@@ -59,20 +60,6 @@ out_free:
 	return -ENOMEM;
 }
 
-static int scratch(struct seq *s, size_t bytes)
-{
-	void *b;
-
-	if (s->scr_cap >= bytes)
-		return 0;
-	b = realloc(s->scr, bytes);
-	if (!b)
-		return -ENOMEM;
-	s->scr = b;
-	s->scr_cap = bytes;
-	return 0;
-}
-
 int engine_store_read(struct engine *e, struct store_page *pg, unsigned n)
 {
 	return e->pol ? policy_get(e->pol, pg, n) : store_get(e->store, pg, n);
@@ -99,7 +86,7 @@ static int index_tokens(struct engine *e, struct seq *s, uint32_t layer, uint32_
 	int err;
 
 	first = (uint32_t)idx_ntokens(st->ix);
-	err = first ? idx_insert(st->ix, ek, n, s->idt) : idx_build(st->ix, ek, n, s->idt);
+	err = first ? idx_insert(st->ix, ek, n, s->dt) : idx_build(st->ix, ek, n, s->dt);
 	if (err)
 		return err;
 	err = select_sums_reserve(&st->sums, (uint32_t)idx_npages(st->ix));
@@ -140,7 +127,7 @@ static int index_tokens(struct engine *e, struct seq *s, uint32_t layer, uint32_
 				memcpy(b + (size_t)t * s->row, ek + (size_t)r * s->row, s->row);
 				memcpy(b + (size_t)(fill + t) * s->row, ev + (size_t)r * s->row, s->row);
 				select_sums_add(&st->sums, ids[i], ek + (size_t)r * s->row,
-						ev + (size_t)r * s->row, s->idt);
+						ev + (size_t)r * s->row, s->dt);
 			}
 			pg[i].buf = b;
 			pg[i].len = (uint32_t)(2 * fill * s->row);
@@ -207,7 +194,7 @@ int engine_append(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer,
 		err = engine_reserve(e, bytes);
 		if (err)
 			return err;
-		err = scratch(s, 2 * (size_t)etok * s->row + BATCH * e->o.slot_bytes);
+		err = buf_grow(&s->scr, &s->scr_cap, 2 * (size_t)etok * s->row + BATCH * e->o.slot_bytes, 1);
 		if (err) {
 			engine_unreserve(e, bytes);
 			return err;

@@ -13,19 +13,6 @@
 #include "nvme.h"
 #include "policy.h"
 
-size_t engine_dtype_size(uint32_t dtype)
-{
-	switch (dtype) {
-	case ICE_DTYPE_F32:
-		return 4;
-	case ICE_DTYPE_F16:
-	case ICE_DTYPE_BF16:
-		return 2;
-	default:
-		return 0;
-	}
-}
-
 int engine_reserve(struct engine *e, uint64_t bytes)
 {
 	uint64_t now = __atomic_add_fetch(&e->used, bytes, __ATOMIC_RELAXED);
@@ -164,7 +151,6 @@ void engine_stats(struct engine *e, struct stats_buf *sb)
 
 void engine_seqs(struct engine *e, struct stats_buf *sb)
 {
-	static const char *const dt[] = { "f32", "f16", "bf16" };
 	uint32_t i;
 
 	pthread_mutex_lock(&e->lock);
@@ -180,7 +166,7 @@ void engine_seqs(struct engine *e, struct stats_buf *sb)
 		stats_put_u64(sb, pfx, "q_heads", s->p.shape.q_heads);
 		stats_put_u64(sb, pfx, "kv_heads", s->p.shape.kv_heads);
 		stats_put_u64(sb, pfx, "head_dim", s->p.shape.head_dim);
-		stats_put_str(sb, pfx, "dtype", dt[s->p.shape.dtype]);
+		stats_put_str(sb, pfx, "dtype", dtype_name(s->dt));
 		stats_put_u64(sb, pfx, "tokens", __atomic_load_n(&s->ntok[0], __ATOMIC_RELAXED));
 		stats_put_u64(sb, pfx, "pages", __atomic_load_n(&s->pages, __ATOMIC_RELAXED));
 		stats_put_u64(sb, pfx, "bytes", __atomic_load_n(&s->bytes, __ATOMIC_RELAXED));

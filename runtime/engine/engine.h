@@ -82,6 +82,4 @@ void engine_seqs(struct engine *e, struct stats_buf *sb);
 
 void engine_ws_done(struct engine_ws *ws);
 
-size_t engine_dtype_size(uint32_t dtype);
-
 #endif

@@ -16,6 +16,8 @@
 #include <pthread.h>
 #include <stdint.h>
 
+#include "buf.h"
+#include "dtype.h"
 #include "engine.h"
 #include "hist.h"
 #include "idx.h"
@@ -45,7 +47,7 @@ struct seq {
 	struct engine_params p;
 	uint32_t S, W, Wcap, kpages, g;
 	size_t es, row;			/* element size, bytes per token row (d * es) */
-	enum idx_dtype idt;
+	enum ice_dtype dt;		/* p.shape.dtype (checked), typed */
 	uint64_t bytes;			/* reserved from host_bytes */
 	uint64_t pages;			/* index pages over all layers and heads (stats) */
 	int broken;			/* an index/store update failed half-way: -errno */
@@ -83,8 +85,6 @@ void engine_seq_free(struct engine *e, struct seq *s);
 /* Page reads and writes through the placement policy when there is one. */
 int engine_store_read(struct engine *e, struct store_page *pg, unsigned n);
 int engine_store_write(struct engine *e, struct store_page *pg, unsigned n);
-
-int engine_ws_reserve(struct engine_ws *ws, size_t bytes);
 
 static inline uint32_t sink_pages(const struct seq *s, uint32_t layer)
 {

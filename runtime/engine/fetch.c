@@ -63,7 +63,7 @@ int engine_fetch(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer,
 		    r->kind > ICE_PAGE_WINDOW)
 			return -EINVAL;
 	}
-	err = engine_ws_reserve(ws, BATCH * e->o.slot_bytes);
+	err = buf_grow(&ws->buf, &ws->cap, BATCH * e->o.slot_bytes, 1);
 	if (err)
 		return err;
 	for (i = 0; i < n; i++) {

@@ -9,6 +9,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "buf.h"
 #include "clock.h"
 #include "engine_impl.h"
 
@@ -58,20 +59,6 @@ int engine_select_cap(struct engine *e, uint32_t owner, uint32_t id, uint32_t la
 	return (int)table_size(e, s, layer);
 }
 
-int engine_ws_reserve(struct engine_ws *ws, size_t bytes)
-{
-	void *b;
-
-	if (ws->cap >= bytes)
-		return 0;
-	b = realloc(ws->buf, bytes);
-	if (!b)
-		return -ENOMEM;
-	ws->buf = b;
-	ws->cap = bytes;
-	return 0;
-}
-
 void engine_ws_done(struct engine_ws *ws)
 {
 	if (!ws)
@@ -116,12 +103,12 @@ static uint32_t attended_rows(const struct seq *s, const struct head_state *st, 
 	if (first > st->win_n)
 		first = st->win_n;
 	if (s->sink_n[layer])
-		att[n++] = (struct select_rows){ st->sink_k, s->sink_n[layer], s->idt };
+		att[n++] = (struct select_rows){ st->sink_k, s->sink_n[layer], s->dt };
 	if (first)
 		att[n++] = (struct select_rows){ st->win_k + (size_t)st->win_start * s->row, first,
-						 s->idt };
+						 s->dt };
 	if (st->win_n > first)
-		att[n++] = (struct select_rows){ st->win_k, st->win_n - first, s->idt };
+		att[n++] = (struct select_rows){ st->win_k, st->win_n - first, s->dt };
 	return n;
 }
 
@@ -171,7 +158,7 @@ int engine_select(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer,
 	hsz = ((size_t)kmax * sizeof(*hits) + 63) & ~(size_t)63;
 	ksz = ((size_t)hk * kmax * sizeof(*keys) + 63) & ~(size_t)63;
 	msz = (size_t)kmax * sizeof(*mask);
-	err = engine_ws_reserve(ws, need + hsz + ksz + msz);
+	err = buf_grow(&ws->buf, &ws->cap, need + hsz + ksz + msz, 1);
 	if (err)
 		return err;
 	sws = ws->buf;

@@ -41,9 +41,9 @@ static int check_params(const struct engine *e, const struct engine_params *p)
 	if (!s->layers || s->layers > 1024 || !s->kv_heads || s->kv_heads > 64 || !s->q_heads ||
 	    s->q_heads > 256 || s->q_heads % s->kv_heads || s->q_heads / s->kv_heads > IDX_MAX_GROUP ||
 	    s->head_dim < 16 || s->head_dim > MAX_HEAD_DIM || s->head_dim % 16 ||
-	    !engine_dtype_size(s->dtype))
+	    !dtype_size(s->dtype))
 		return -EINVAL;
-	if (2ull * P * s->head_dim * engine_dtype_size(s->dtype) > e->o.slot_bytes)
+	if (2ull * P * s->head_dim * dtype_size(s->dtype) > e->o.slot_bytes)
 		return -EINVAL;
 	if (b->sink_tokens > 4096 || b->window_tokens > 4096 || b->retrieved_tokens > 16384 ||
 	    b->dense_layers > s->layers)
@@ -79,10 +79,9 @@ int engine_seq_open(struct engine *e, uint32_t owner, const struct engine_params
 	s->Wcap = s->W + P;
 	s->kpages = p->budget.retrieved_tokens / P;
 	s->g = p->shape.q_heads / p->shape.kv_heads;
-	s->es = engine_dtype_size(p->shape.dtype);
+	s->es = dtype_size(p->shape.dtype);
 	s->row = (size_t)p->shape.head_dim * s->es;
-	s->idt = p->shape.dtype == ICE_DTYPE_F32 ? IDX_F32 :
-		 p->shape.dtype == ICE_DTYPE_BF16 ? IDX_BF16 : IDX_F16;
+	s->dt = p->shape.dtype;
 	nh = p->shape.layers * p->shape.kv_heads;
 	base = sizeof(*s) + (uint64_t)nh * (sizeof(struct head_state) + 4096) +
 	       8ull * p->shape.layers;

@@ -167,7 +167,7 @@ START_TEST(build_invariants_and_exact_parents)
 	struct idx *ix = new_idx(dim, 0.05f, 100000, 2);
 	struct idx_info info;
 
-	ck_assert_int_eq(idx_build(ix, keys, n, IDX_F32), 0);
+	ck_assert_int_eq(idx_build(ix, keys, n, ICE_DTYPE_F32), 0);
 	check_structure(ix, keys, n, dim);
 	check_parents_exact(ix, keys, n, dim, n, NULL);
 	idx_get_info(ix, &info);
@@ -197,7 +197,7 @@ START_TEST(inserts_keep_pages_growing)
 	size_t at = n0, np0, nd, p, i;
 
 	srand(7);
-	ck_assert_int_eq(idx_build(ix, keys, n0, IDX_F32), 0);
+	ck_assert_int_eq(idx_build(ix, keys, n0, ICE_DTYPE_F32), 0);
 	/* build reports every page dirty, each once */
 	nd = idx_take_dirty(ix, dirty, 5);
 	ck_assert_uint_eq(nd, 5);
@@ -213,7 +213,7 @@ START_TEST(inserts_keep_pages_growing)
 		for (p = 0; p < np0; p++)
 			ck_assert_int_eq(idx_page_tokens(ix, (uint32_t)p, old[p].pos, &old[p].fill,
 							 &old[p].ver), 0);
-		ck_assert_int_eq(idx_insert(ix, keys + at * dim, b, IDX_F32), 0);
+		ck_assert_int_eq(idx_insert(ix, keys + at * dim, b, ICE_DTYPE_F32), 0);
 		for (i = at; i < at + b; i++)
 			mend[i] = at + b;
 		at += b;
@@ -265,11 +265,11 @@ START_TEST(insert_bounds_cells)
 	p.cell_cap = 100;
 	ck_assert_int_eq(idx_new(&p, &ix), 0);
 	if (_i) { /* bulk build splits big cells */
-		ck_assert_int_eq(idx_build(ix, keys, n, IDX_F32), 0);
+		ck_assert_int_eq(idx_build(ix, keys, n, ICE_DTYPE_F32), 0);
 	} else { /* inserts send newcomers of a full cell to a new seed */
-		ck_assert_int_eq(idx_insert(ix, keys, 10, IDX_F32), 0);
+		ck_assert_int_eq(idx_insert(ix, keys, 10, ICE_DTYPE_F32), 0);
 		for (t = 10; t < n; t++)
-			ck_assert_int_eq(idx_insert(ix, keys + t * dim, 1, IDX_F32), 0);
+			ck_assert_int_eq(idx_insert(ix, keys + t * dim, 1, ICE_DTYPE_F32), 0);
 	}
 	idx_get_info(ix, &info);
 	ck_assert_uint_le(info.max_cell, 100);
@@ -289,7 +289,7 @@ START_TEST(lifting_preserves_mips_order)
 	struct idx_info info;
 	size_t t, u, trial;
 
-	ck_assert_int_eq(idx_build(ix, keys, n, IDX_F32), 0);
+	ck_assert_int_eq(idx_build(ix, keys, n, ICE_DTYPE_F32), 0);
 	idx_get_info(ix, &info);
 	for (t = 0; t < n; t++)
 		ck_assert(dotd(keys + t * dim, keys + t * dim, dim) <= info.lift_m * (1 + 1e-5));
@@ -366,8 +366,8 @@ START_TEST(unlimited_beam_equals_brute_force)
 	size_t ws_size;
 	void *ws;
 
-	ck_assert_int_eq(idx_build(ix, keys, n / 2, IDX_F32), 0);
-	ck_assert_int_eq(idx_insert(ix, keys + n / 2 * dim, n / 2, IDX_F32), 0);
+	ck_assert_int_eq(idx_build(ix, keys, n / 2, ICE_DTYPE_F32), 0);
+	ck_assert_int_eq(idx_insert(ix, keys + n / 2 * dim, n / 2, ICE_DTYPE_F32), 0);
 	synth_params_default(&sp, dim);
 	sp.seed = 4;
 	sp.nclusters = 32;
@@ -469,7 +469,7 @@ START_TEST(page_scores_match_dot_products)
 
 	for (i = 0; i < g * dim; i++)
 		q[i] = (float)sin(0.37 * i + 1.0);
-	ck_assert_int_eq(idx_build(ix, keys, n, IDX_F32), 0);
+	ck_assert_int_eq(idx_build(ix, keys, n, ICE_DTYPE_F32), 0);
 	np = (uint32_t)idx_npages(ix);
 	for (pg = 0; pg < np; pg++) {
 		ck_assert_int_eq(idx_page_tokens(ix, pg, pos, &fill, NULL), 0);
@@ -516,7 +516,7 @@ START_TEST(picked_tokens_are_the_heaviest)
 	void *ws, *pws;
 	int got, taken;
 
-	ck_assert_int_eq(idx_build(ix, keys, n, IDX_F32), 0);
+	ck_assert_int_eq(idx_build(ix, keys, n, ICE_DTYPE_F32), 0);
 	ws_size = idx_search_ws_size(ix, g, k);
 	ws = malloc(ws_size);
 	pws = malloc(idx_pick_ws_size(k));
@@ -599,7 +599,7 @@ START_TEST(biased_group_merge_equals_brute_force)
 	size_t ws_size;
 	void *ws;
 
-	ck_assert_int_eq(idx_build(ix, keys, n, IDX_F32), 0);
+	ck_assert_int_eq(idx_build(ix, keys, n, ICE_DTYPE_F32), 0);
 	np = (uint32_t)idx_npages(ix);
 	adj = malloc(np * sizeof(double));
 	best = malloc((size_t)np * g * sizeof(double));
@@ -713,9 +713,9 @@ START_TEST(planted_needles_found_at_every_budget)
 		for (j = 0; j < dim; j++)
 			nk[j] = (float)(nk[j] / sqrt(nn) * 1.5 * maxn);
 	}
-	ck_assert_int_eq(idx_build(ix, keys, n / 2, IDX_F32), 0);
+	ck_assert_int_eq(idx_build(ix, keys, n / 2, ICE_DTYPE_F32), 0);
 	for (j = n / 2; j < n; j += 100)
-		ck_assert_int_eq(idx_insert(ix, keys + j * dim, 100, IDX_F32), 0);
+		ck_assert_int_eq(idx_insert(ix, keys + j * dim, 100, ICE_DTYPE_F32), 0);
 	ws_size = idx_search_ws_size(ix, 1, 16);
 	ws = malloc(ws_size);
 	for (trial = 0; trial < 3; trial++) {
@@ -773,7 +773,8 @@ START_TEST(insert_only_index_searches_through_its_sketch)
 	for (j = 0; j < dim; j++) /* needle at 4321: 1.5x the longest key, along channel 5 */
 		keys[4321 * dim + j] = j == 5 ? (float)(1.5 * maxn) : 0.0f;
 	for (at = 0; at < n; at += 7)
-		ck_assert_int_eq(idx_insert(ix, keys + at * dim, at + 7 <= n ? 7 : n - at, IDX_F32), 0);
+		ck_assert_int_eq(idx_insert(ix, keys + at * dim, at + 7 <= n ? 7 : n - at,
+					    ICE_DTYPE_F32), 0);
 	check_structure(ix, keys, n, dim);
 	for (j = 0; j < dim; j++)
 		q[j] = j == 5 ? 1.0f : 0.0f;
@@ -811,7 +812,7 @@ START_TEST(simd_paths_agree)
 	sp.nclusters = 32;
 	ck_assert_int_eq(synth_queries(&sp, keys, n, 1, 4, q, NULL), 0);
 	ck_assert_int_eq(idx_simd_force("portable"), 0);
-	ck_assert_int_eq(idx_build(ix, keys, n, IDX_F32), 0);
+	ck_assert_int_eq(idx_build(ix, keys, n, ICE_DTYPE_F32), 0);
 	ws_size = idx_search_ws_size(ix, 4, k);
 	ws = malloc(ws_size);
 	ck_assert_int_eq(idx_exact_search(ix, q, 4, k, ws, ws_size, ref), (int)k);
@@ -940,18 +941,19 @@ START_TEST(half_precision_input)
 	const size_t n = 1500;
 	float *keys = gen_keys(dim, n, 8), *conv = malloc(n * dim * sizeof(float));
 	uint16_t *h = malloc(n * dim * 2);
-	enum idx_dtype dt = _i ? IDX_F16 : IDX_BF16;
+	enum ice_dtype dt = _i ? ICE_DTYPE_F16 : ICE_DTYPE_BF16;
 	struct idx *a = new_idx(dim, 0.02f, 64, 1), *b = new_idx(dim, 0.02f, 64, 1);
 	size_t i;
 
 	for (i = 0; i < n * dim; i++) {
-		h[i] = dt == IDX_BF16 ? idx_f32_to_bf16(keys[i]) : idx_f32_to_f16(keys[i]);
-		conv[i] = dt == IDX_BF16 ? idx_bf16_to_f32(h[i]) : idx_f16_to_f32(h[i]);
+		h[i] = dt == ICE_DTYPE_BF16 ? dtype_f32_to_bf16(keys[i]) : dtype_f32_to_f16(keys[i]);
+		conv[i] = dt == ICE_DTYPE_BF16 ? dtype_bf16_to_f32(h[i]) : dtype_f16_to_f32(h[i]);
 		/* conversions round to the nearest representable value */
-		ck_assert(fabsf(conv[i] - keys[i]) <= fabsf(keys[i]) * (dt == IDX_BF16 ? 4e-3f : 1e-3f) + 1e-4f);
+		ck_assert(fabsf(conv[i] - keys[i]) <=
+			  fabsf(keys[i]) * (dt == ICE_DTYPE_BF16 ? 4e-3f : 1e-3f) + 1e-4f);
 	}
 	ck_assert_int_eq(idx_build(a, h, n, dt), 0);
-	ck_assert_int_eq(idx_build(b, conv, n, IDX_F32), 0);
+	ck_assert_int_eq(idx_build(b, conv, n, ICE_DTYPE_F32), 0);
 	check_structure(a, conv, n, dim);
 	ck_assert_uint_eq(idx_npages(a), idx_npages(b));
 	/* the same values give the same index */
@@ -962,11 +964,11 @@ START_TEST(half_precision_input)
 		idx_token_page(b, (uint32_t)i, &pb);
 		ck_assert_uint_eq(pa, pb);
 	}
-	ck_assert_float_eq(idx_bf16_to_f32(idx_f32_to_bf16(1.5f)), 1.5f);
-	ck_assert_float_eq(idx_f16_to_f32(idx_f32_to_f16(-2.25f)), -2.25f);
-	ck_assert_float_eq(idx_f16_to_f32(idx_f32_to_f16(65504.0f)), 65504.0f);
-	ck_assert(isinf(idx_f16_to_f32(idx_f32_to_f16(1e6f))));
-	ck_assert_float_eq(idx_f16_to_f32(idx_f32_to_f16(5.9604644775390625e-8f)),
+	ck_assert_float_eq(dtype_bf16_to_f32(dtype_f32_to_bf16(1.5f)), 1.5f);
+	ck_assert_float_eq(dtype_f16_to_f32(dtype_f32_to_f16(-2.25f)), -2.25f);
+	ck_assert_float_eq(dtype_f16_to_f32(dtype_f32_to_f16(65504.0f)), 65504.0f);
+	ck_assert(isinf(dtype_f16_to_f32(dtype_f32_to_f16(1e6f))));
+	ck_assert_float_eq(dtype_f16_to_f32(dtype_f32_to_f16(5.9604644775390625e-8f)),
 			   5.9604644775390625e-8f);
 	idx_free(a);
 	idx_free(b);
@@ -998,18 +1000,18 @@ START_TEST(bad_arguments)
 	idx_params_default(&p, 64);
 	ck_assert_int_eq(idx_new(&p, NULL), -EINVAL);
 	ck_assert_int_eq(idx_new(&p, &ix), 0);
-	ck_assert_int_eq(idx_build(NULL, keys, 1, IDX_F32), -EINVAL);
-	ck_assert_int_eq(idx_build(ix, NULL, 1, IDX_F32), -EINVAL);
-	ck_assert_int_eq(idx_build(ix, keys, 0, IDX_F32), -EINVAL);
-	ck_assert_int_eq(idx_build(ix, keys, 1, (enum idx_dtype)9), -EINVAL);
-	ck_assert_int_eq(idx_insert(ix, keys, 0, IDX_F32), -EINVAL);
+	ck_assert_int_eq(idx_build(NULL, keys, 1, ICE_DTYPE_F32), -EINVAL);
+	ck_assert_int_eq(idx_build(ix, NULL, 1, ICE_DTYPE_F32), -EINVAL);
+	ck_assert_int_eq(idx_build(ix, keys, 0, ICE_DTYPE_F32), -EINVAL);
+	ck_assert_int_eq(idx_build(ix, keys, 1, (enum ice_dtype)9), -EINVAL);
+	ck_assert_int_eq(idx_insert(ix, keys, 0, ICE_DTYPE_F32), -EINVAL);
 	keys[5] = NAN;
-	ck_assert_int_eq(idx_build(ix, keys, 4, IDX_F32), -EINVAL);
+	ck_assert_int_eq(idx_build(ix, keys, 4, ICE_DTYPE_F32), -EINVAL);
 	ck_assert_uint_eq(idx_ntokens(ix), 0);
 	keys[5] = 1;
 	/* searching an empty index finds nothing */
 	ck_assert_int_eq(idx_search(ix, q, 1, 4, NULL, ws, sizeof(ws), hits), 0);
-	ck_assert_int_eq(idx_build(ix, keys, 4, IDX_F32), 0);
+	ck_assert_int_eq(idx_build(ix, keys, 4, ICE_DTYPE_F32), 0);
 	ck_assert_int_eq(idx_search(ix, q, 1, 4, NULL, ws, sizeof(ws), hits), 1);
 	ck_assert_uint_eq(hits[0].fill, 4);
 	ck_assert_int_eq(idx_search(ix, NULL, 1, 4, NULL, ws, sizeof(ws), hits), -EINVAL);
@@ -1073,7 +1075,7 @@ START_TEST(concurrent_searches_match_serial)
 	synth_params_default(&sp, dim);
 	sp.nclusters = 32;
 	ck_assert_int_eq(synth_queries(&sp, keys, n, nq, 1, q, NULL), 0);
-	ck_assert_int_eq(idx_build(ix, keys, n, IDX_F32), 0);
+	ck_assert_int_eq(idx_build(ix, keys, n, ICE_DTYPE_F32), 0);
 	ta[0] = (struct thr_arg){ ix, q, nq, dim, serial, 0 };
 	search_thread(&ta[0]);
 	ck_assert_int_eq(ta[0].rc, 0);

@@ -1,5 +1,6 @@
 /* Positional baseline and dump-file tests: Quest bounds really bound, exact scan matches a
- * plain reference, appends in odd batch sizes, bad arguments; kvdump round trip and rejects. */
+ * plain reference, appends in odd batch sizes, bad arguments; kvdump round trip, rejects and
+ * the file's own dtype codes. */
 #include <errno.h>
 #include <math.h>
 #include <stdio.h>
@@ -44,7 +45,7 @@ START_TEST(bounds_bound_and_exact_matches_reference)
 		size_t b = 1 + (size_t)rand() % 40;
 
 		b = b > n - at ? n - at : b;
-		ck_assert_int_eq(posidx_append(px, keys + at * dim, b, IDX_F32), 0);
+		ck_assert_int_eq(posidx_append(px, keys + at * dim, b, ICE_DTYPE_F32), 0);
 		at += b;
 	}
 	ck_assert_uint_eq(posidx_npages(px), 63);
@@ -107,13 +108,13 @@ START_TEST(group_search_and_bad_arguments)
 	ck_assert_int_eq(posidx_new(dim, NULL), -EINVAL);
 	ck_assert_int_eq(posidx_new(dim, &px), 0);
 	ck_assert_int_eq(posidx_search(px, q, 1, 8, ws, sizeof(ws), hits), 0);
-	ck_assert_int_eq(posidx_append(px, NULL, 1, IDX_F32), -EINVAL);
-	ck_assert_int_eq(posidx_append(px, keys, 0, IDX_F32), -EINVAL);
+	ck_assert_int_eq(posidx_append(px, NULL, 1, ICE_DTYPE_F32), -EINVAL);
+	ck_assert_int_eq(posidx_append(px, keys, 0, ICE_DTYPE_F32), -EINVAL);
 	keys[7] = NAN;
-	ck_assert_int_eq(posidx_append(px, keys, 2, IDX_F32), -EINVAL);
+	ck_assert_int_eq(posidx_append(px, keys, 2, ICE_DTYPE_F32), -EINVAL);
 	ck_assert_uint_eq(posidx_ntokens(px), 0);
 	keys[7] = 0;
-	ck_assert_int_eq(posidx_append(px, keys, 500, IDX_F32), 0);
+	ck_assert_int_eq(posidx_append(px, keys, 500, ICE_DTYPE_F32), 0);
 	ck_assert_int_eq(posidx_search(px, q, 4, 8, ws, sizeof(ws), hits), 8);
 	for (i = 0; i < 8; i++)
 		for (j = 0; j < i; j++)
@@ -137,7 +138,7 @@ START_TEST(kvdump_round_trip_and_rejects)
 	float keys[40 * 16], qs[3 * 2 * 16];
 	struct kvdump d = { .dim = dim, .group = 2, .nkeys = 40, .ngroups = 3, .layer = 5,
 			    .head = 1, .keys = keys, .queries = qs }, r;
-	enum idx_dtype dt = (enum idx_dtype)_i;
+	enum ice_dtype dt = (enum ice_dtype)_i;
 	FILE *f;
 	int fd = mkstemp(path);
 	size_t i;
@@ -171,7 +172,71 @@ START_TEST(kvdump_round_trip_and_rejects)
 	ck_assert_int_eq(kvdump_read(path, &r), -EINVAL);
 	unlink(path);
 	ck_assert_int_eq(kvdump_read(path, &r), -ENOENT);
-	ck_assert_int_eq(kvdump_write(path, NULL, IDX_F32), -EINVAL);
+	ck_assert_int_eq(kvdump_write(path, NULL, ICE_DTYPE_F32), -EINVAL);
+}
+END_TEST
+
+/* The header's dtype codes are the file format's (0 fp32, 1 bf16, 2 fp16, docs/KVDUMP.md), not
+ * enum ice_dtype's order: a dump written by hand with them reads as the right type, and the
+ * writer puts them in the header. */
+START_TEST(kvdump_dtype_codes_are_the_files)
+{
+	/* 1.5 and -2.25 as bf16 (0x3fc0, 0xc010) and as fp16 (0x3e00, 0xc080) */
+	static const struct {
+		uint32_t code;
+		uint16_t v[2];
+		enum ice_dtype dt;
+	} cases[] = {
+		{ 1, { 0x3fc0, 0xc010 }, ICE_DTYPE_BF16 },
+		{ 2, { 0x3e00, 0xc080 }, ICE_DTYPE_F16 },
+	};
+	char path[] = "/tmp/ice_kvdump_XXXXXX";
+	unsigned char hdr[64];
+	uint32_t code, i, dim = 1, group = 1;
+	uint64_t nkeys = 2, ngroups = 0;
+	float keys[2] = { 1.5f, -2.25f };
+	struct kvdump d = { .dim = 1, .group = 1, .nkeys = 2, .keys = keys }, r;
+	int fd = mkstemp(path);
+	FILE *f;
+
+	ck_assert_int_ge(fd, 0);
+	close(fd);
+	for (i = 0; i < 2; i++) {
+		memset(hdr, 0, sizeof(hdr));
+		memcpy(hdr, KVDUMP_MAGIC, 8);
+		memcpy(hdr + 8, &(uint32_t){ 1 }, 4);
+		memcpy(hdr + 12, &cases[i].code, 4);
+		memcpy(hdr + 16, &dim, 4);
+		memcpy(hdr + 20, &group, 4);
+		memcpy(hdr + 24, &nkeys, 8);
+		memcpy(hdr + 32, &ngroups, 8);
+		f = fopen(path, "wb");
+		ck_assert_ptr_nonnull(f);
+		ck_assert_uint_eq(fwrite(hdr, 1, 64, f), 64);
+		ck_assert_uint_eq(fwrite(cases[i].v, 2, 2, f), 2);
+		fclose(f);
+		ck_assert_int_eq(kvdump_read(path, &r), 0);
+		ck_assert_float_eq(r.keys[0], 1.5f);
+		ck_assert_float_eq(r.keys[1], -2.25f);
+		kvdump_done(&r);
+
+		ck_assert_int_eq(kvdump_write(path, &d, cases[i].dt), 0);
+		f = fopen(path, "rb");
+		ck_assert_ptr_nonnull(f);
+		ck_assert_uint_eq(fread(hdr, 1, 64, f), 64);
+		fclose(f);
+		memcpy(&code, hdr + 12, 4);
+		ck_assert_uint_eq(code, cases[i].code);
+	}
+	/* a code past the format's is refused */
+	memcpy(hdr + 12, &(uint32_t){ 3 }, 4);
+	f = fopen(path, "r+b");
+	ck_assert_ptr_nonnull(f);
+	ck_assert_uint_eq(fwrite(hdr, 1, 64, f), 64);
+	fclose(f);
+	ck_assert_int_eq(kvdump_read(path, &r), -EINVAL);
+	ck_assert_int_eq(kvdump_write(path, &d, (enum ice_dtype)3), -EINVAL);
+	unlink(path);
 }
 END_TEST
 
@@ -183,6 +248,7 @@ static Suite *posidx_suite(void)
 	tcase_add_test(tc, bounds_bound_and_exact_matches_reference);
 	tcase_add_test(tc, group_search_and_bad_arguments);
 	tcase_add_loop_test(tc, kvdump_round_trip_and_rejects, 0, 3);
+	tcase_add_test(tc, kvdump_dtype_codes_are_the_files);
 	suite_add_tcase(s, tc);
 	return s;
 }

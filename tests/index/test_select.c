@@ -54,7 +54,7 @@ static void fix_init(struct fix *f, uint32_t dim, size_t n, uint64_t seed)
 	ip.r1 = 0.01f;
 	ip.threads = 2;
 	ck_assert_int_eq(idx_new(&ip, &f->ix), 0);
-	ck_assert_int_eq(idx_build(f->ix, f->keys, n - NATT, IDX_F32), 0);
+	ck_assert_int_eq(idx_build(f->ix, f->keys, n - NATT, ICE_DTYPE_F32), 0);
 	f->np = (uint32_t)idx_npages(f->ix);
 	f->pos = malloc(f->np * sizeof(*f->pos));
 	f->fill = malloc(f->np * sizeof(*f->fill));
@@ -64,7 +64,7 @@ static void fix_init(struct fix *f, uint32_t dim, size_t n, uint64_t seed)
 		ck_assert_int_eq(idx_page_tokens(f->ix, p, f->pos[p], &f->fill[p], NULL), 0);
 		for (t = 0; t < f->fill[p]; t++)
 			select_sums_add(&f->sums, p, f->keys + (size_t)f->pos[p][t] * dim,
-					f->vals + (size_t)f->pos[p][t] * dim, IDX_F32);
+					f->vals + (size_t)f->pos[p][t] * dim, ICE_DTYPE_F32);
 	}
 }
 
@@ -235,7 +235,7 @@ START_TEST(exact_selection_is_the_best_tokens)
 	void *ws;
 
 	fix_init(&f, dim, 3000, 11);
-	att = (struct select_rows){ att_keys(&f), NATT, IDX_F32 };
+	att = (struct select_rows){ att_keys(&f), NATT, ICE_DTYPE_F32 };
 	hits = malloc(f.np * sizeof(*hits));
 	mask = malloc(f.np * sizeof(*mask));
 	in = malloc(f.np);
@@ -357,12 +357,12 @@ START_TEST(rest_term_equals_direct_computation)
 			float *v = f.vals + (size_t)f.pos[p][t] * dim;
 
 			for (i = 0; i < dim; i++) {
-				kb[i] = idx_f32_to_f16(k[i]);
-				vb[i] = idx_f32_to_f16(v[i]);
-				k[i] = idx_f16_to_f32(kb[i]);
-				v[i] = idx_f16_to_f32(vb[i]);
+				kb[i] = dtype_f32_to_f16(k[i]);
+				vb[i] = dtype_f32_to_f16(v[i]);
+				k[i] = dtype_f16_to_f32(kb[i]);
+				v[i] = dtype_f16_to_f32(vb[i]);
 			}
-			select_sums_add(&h16, p, kb, vb, IDX_F16);
+			select_sums_add(&h16, p, kb, vb, ICE_DTYPE_F16);
 		}
 	for (trial = 0; trial < 8; trial++) {
 		static const uint32_t want[8] = { 0, 0, 0, 0, 1, 1, 2, 2 }; /* 0, few, np - 1, np */
@@ -439,7 +439,7 @@ START_TEST(group_merge_serves_the_query_that_gains_most)
 		for (i = 0; i < dim; i++)
 			hot[j * dim + i] = 2 * f.keys[(size_t)b * dim + i];
 	}
-	att = (struct select_rows){ hot, PC, IDX_F32 };
+	att = (struct select_rows){ hot, PC, ICE_DTYPE_F32 };
 	ref_bias(hot, PC, q, g, dim, s, bias);
 	{
 		struct select_opts o = { .budget_pages = bp, .overfetch = 2, .scale = (float)s,
@@ -525,16 +525,16 @@ START_TEST(attended_rows_in_runs_and_dtypes)
 
 	fix_init(&f, dim, 2500, 14);
 	for (i = 0; i < NATT * dim; i++) {
-		r16[i] = idx_f32_to_f16(att_keys(&f)[i]);
-		r32[i] = idx_f16_to_f32(r16[i]);
+		r16[i] = dtype_f32_to_f16(att_keys(&f)[i]);
+		r32[i] = dtype_f16_to_f32(r16[i]);
 	}
 	for (i = 0; i < g * dim; i++)
 		q[i] = (float)cos(0.29 * i) * 2.5f;
-	one = (struct select_rows){ r32, NATT, IDX_F32 };
-	two[0] = (struct select_rows){ r32, 5, IDX_F32 };
-	two[1] = (struct select_rows){ r32 + 5 * dim, NATT - 5, IDX_F32 };
-	half[0] = (struct select_rows){ r16, 20, IDX_F16 };
-	half[1] = (struct select_rows){ r16 + 20 * dim, NATT - 20, IDX_F16 };
+	one = (struct select_rows){ r32, NATT, ICE_DTYPE_F32 };
+	two[0] = (struct select_rows){ r32, 5, ICE_DTYPE_F32 };
+	two[1] = (struct select_rows){ r32 + 5 * dim, NATT - 5, ICE_DTYPE_F32 };
+	half[0] = (struct select_rows){ r16, 20, ICE_DTYPE_F16 };
+	half[1] = (struct select_rows){ r16 + 20 * dim, NATT - 20, ICE_DTYPE_F16 };
 	ws = ws_for(&f, g, &o, &ws_size);
 	na = select_head(f.ix, NULL, &o, &grp, ws, ws_size, a, ma, NULL);
 	grp.att = two;
@@ -682,7 +682,7 @@ START_TEST(edges_and_bad_arguments)
 	grp.natt = 1; /* att NULL */
 	ck_assert_int_eq(BAD(), -EINVAL);
 	{
-		struct select_rows bad = { q, 1, (enum idx_dtype)7 };
+		struct select_rows bad = { q, 1, (enum ice_dtype)7 };
 
 		grp.att = &bad;
 		ck_assert_int_eq(BAD(), -EINVAL);

@@ -43,10 +43,10 @@ static inline float case_unif(uint64_t *s)
 	return (float)((case_rand(s) >> 11) * (1.0 / 9007199254740992.0)) * 2.0f - 1.0f;
 }
 
-static inline void case_store(void *buf, enum kern_dtype dt, size_t i, float v, float *ret_rounded)
+static inline void case_store(void *buf, enum ice_dtype dt, size_t i, float v, float *ret_rounded)
 {
-	kern_convert((char *)buf + i * kern_dtype_size(dt), dt, &v, KERN_F32, 1);
-	*ret_rounded = kern_load_f32(buf, dt, i);
+	dtype_store_f32(buf, dt, i, v);
+	*ret_rounded = dtype_load_f32(buf, dt, i);
 }
 
 static inline void attn_case_free(struct attn_case *c)
@@ -66,7 +66,7 @@ static inline void attn_case_free(struct attn_case *c)
 
 /* Writes a page's rows: random K/V for the rows it attends (also appended to head h's dense
  * arrays), NaN for the rows it skips. Returns the rows attended. */
-static inline uint32_t case_fill_rows(struct attn_case *c, enum kern_dtype dt, uint32_t d,
+static inline uint32_t case_fill_rows(struct attn_case *c, enum ice_dtype dt, uint32_t d,
 				      uint32_t h, const struct kern_page *pg, unsigned char *slot,
 				      uint64_t *s)
 {
@@ -101,11 +101,11 @@ static inline uint32_t case_fill_rows(struct attn_case *c, enum kern_dtype dt, u
  * of a pool with `spare` extra unused slots. Query magnitudes are scaled by `qscale` so that
  * softmax is neither flat nor one-hot. Returns 0 or -ENOMEM.
  */
-static inline int attn_case_init(struct attn_case *c, enum kern_dtype dt, uint32_t hq, uint32_t hkv,
+static inline int attn_case_init(struct attn_case *c, enum ice_dtype dt, uint32_t hq, uint32_t hkv,
 				 uint32_t d, uint32_t P, uint32_t max_pages, uint32_t empty_head,
 				 uint32_t spare, float qscale, uint64_t seed)
 {
-	size_t es = kern_dtype_size(dt), slot_bytes = 2 * (size_t)P * d * es;
+	size_t es = dtype_size(dt), slot_bytes = 2 * (size_t)P * d * es;
 	uint32_t nslots = hkv * max_pages + spare, h, p, i, x;
 	uint32_t *perm = NULL;
 	uint64_t s = seed;
@@ -268,13 +268,13 @@ static inline void attn_case_naive(const struct attn_case *c, double *out)
 }
 
 /* ||x - y|| / ||y||, with x read from a dtype buffer (NaN in x gives +inf). */
-static inline double rel_err_dt(const void *x, enum kern_dtype dt, const double *y, size_t n)
+static inline double rel_err_dt(const void *x, enum ice_dtype dt, const double *y, size_t n)
 {
 	double num = 0.0, den = 0.0;
 	size_t i;
 
 	for (i = 0; i < n; i++) {
-		double xi = kern_load_f32(x, dt, i);
+		double xi = dtype_load_f32(x, dt, i);
 
 		if (!(xi == xi))
 			return INFINITY;

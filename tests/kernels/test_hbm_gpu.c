@@ -194,7 +194,7 @@ START_TEST(hbm_working_set_feeds_attention)
 	size_t qb, i;
 	int moved;
 
-	ck_assert_int_eq(attn_case_init(&c, KERN_BF16, 32, 8, 128, 16, 16, 99, 40, 3.0f,
+	ck_assert_int_eq(attn_case_init(&c, ICE_DTYPE_BF16, 32, 8, 128, 16, 16, 99, 40, 3.0f,
 					fresh_seed()), 0);
 	cfg.slot_bytes = c.a.slot_bytes;
 	ck_assert_int_eq(hbm_open(&cfg, &h), 0);
@@ -246,8 +246,8 @@ START_TEST(hbm_working_set_feeds_attention)
 	ck_assert_int_eq(kern_memcpy(got, dout, qb), 0);
 	ck_assert_int_eq(kern_ref_attn(&c.a), 0);
 	for (i = 0; i < (size_t)c.a.hq * c.a.d; i++)
-		want[i] = kern_load_f32(c.out, KERN_BF16, i);
-	err = rel_err_dt(got, KERN_BF16, want, (size_t)c.a.hq * c.a.d);
+		want[i] = dtype_load_f32(c.out, ICE_DTYPE_BF16, i);
+	err = rel_err_dt(got, ICE_DTYPE_BF16, want, (size_t)c.a.hq * c.a.d);
 	ck_assert_msg(err <= 1e-2, "rel err %g", err);
 	free(want);
 	free(got);

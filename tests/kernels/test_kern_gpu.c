@@ -138,29 +138,29 @@ START_TEST(gather_matches_ref)
 END_TEST
 
 struct attn_shape {
-	enum kern_dtype dt;
+	enum ice_dtype dt;
 	uint32_t hq, hkv, d, P, max_pages;
 };
 
 /* Budget-sized tables (one block per head or a few), and long ones that take the split +
  * combine path; every dtype, d 64 and 128, GQA groups 1 to 8, odd groups (3) and P != 16. */
 static const struct attn_shape attn_shapes[] = {
-	{ KERN_BF16, 32, 8, 128, 16, 16 },   { KERN_BF16, 32, 8, 128, 16, 2048 },
-	{ KERN_F16, 9, 3, 64, 16, 12 },      { KERN_F32, 32, 8, 128, 16, 16 },
-	{ KERN_F32, 4, 4, 64, 16, 300 },     { KERN_BF16, 16, 2, 64, 16, 40 },
-	{ KERN_F32, 8, 1, 128, 16, 1000 },   { KERN_F16, 32, 8, 128, 16, 257 },
-	{ KERN_BF16, 6, 2, 128, 8, 3 },      { KERN_F32, 24, 8, 64, 32, 70 },
+	{ ICE_DTYPE_BF16, 32, 8, 128, 16, 16 },  { ICE_DTYPE_BF16, 32, 8, 128, 16, 2048 },
+	{ ICE_DTYPE_F16, 9, 3, 64, 16, 12 },     { ICE_DTYPE_F32, 32, 8, 128, 16, 16 },
+	{ ICE_DTYPE_F32, 4, 4, 64, 16, 300 },    { ICE_DTYPE_BF16, 16, 2, 64, 16, 40 },
+	{ ICE_DTYPE_F32, 8, 1, 128, 16, 1000 },  { ICE_DTYPE_F16, 32, 8, 128, 16, 257 },
+	{ ICE_DTYPE_BF16, 6, 2, 128, 8, 3 },     { ICE_DTYPE_F32, 24, 8, 64, 32, 70 },
 };
 
-static double attn_tol(enum kern_dtype dt)
+static double attn_tol(enum ice_dtype dt)
 {
-	return dt == KERN_F32 ? 1e-5 : 1e-2;
+	return dt == ICE_DTYPE_F32 ? 1e-5 : 1e-2;
 }
 
 START_TEST(attn_matches_ref)
 {
 	const struct attn_shape *sh = &attn_shapes[_i];
-	size_t es = kern_dtype_size(sh->dt), qb = (size_t)sh->hq * sh->d * es, pb, ws_bytes;
+	size_t es = dtype_size(sh->dt), qb = (size_t)sh->hq * sh->d * es, pb, ws_bytes;
 	struct attn_case c;
 	struct kern_attn_args a;
 	void *dpool, *dq, *dout, *dpages, *doff, *ws = NULL, *drest = NULL;
@@ -219,12 +219,12 @@ START_TEST(attn_matches_ref)
 		ck_assert_int_eq(kern_memcpy(got, dout, qb), 0);
 		ck_assert_int_eq(kern_ref_attn(&c.a), 0);
 		for (size_t i = 0; i < (size_t)sh->hq * sh->d; i++)
-			want[i] = kern_load_f32(c.out, sh->dt, i);
+			want[i] = dtype_load_f32(c.out, sh->dt, i);
 		err = rel_err_dt(got, sh->dt, want, (size_t)sh->hq * sh->d);
 		ck_assert_msg(err <= attn_tol(sh->dt), "%s hq %u hkv %u d %u pages %u: rel err %g",
-			      kern_dtype_name(sh->dt), sh->hq, sh->hkv, sh->d, sh->max_pages, err);
+			      dtype_name(sh->dt), sh->hq, sh->hkv, sh->d, sh->max_pages, err);
 		printf("attn %s hq %u hkv %u d %u P %u pages %u split-ws %zu: rel err %.3g\n",
-		       kern_dtype_name(sh->dt), sh->hq, sh->hkv, sh->d, sh->P, sh->max_pages, ws_bytes,
+		       dtype_name(sh->dt), sh->hq, sh->hkv, sh->d, sh->P, sh->max_pages, ws_bytes,
 		       err);
 		free(want);
 		free(got);
@@ -261,7 +261,7 @@ START_TEST(gather_attend_chain_keeps_order)
 	int rep, k;
 
 	for (rep = 0; rep < 3; rep++) {
-		ck_assert_int_eq(attn_case_init(&c, KERN_BF16, 32, 8, 128, 16, 16, 99, 3, 3.0f,
+		ck_assert_int_eq(attn_case_init(&c, ICE_DTYPE_BF16, 32, 8, 128, 16, 16, 99, 3, 3.0f,
 						fresh_seed() + (uint64_t)rep), 0);
 		pb = (size_t)c.a.nslots * c.a.slot_bytes;
 		qb = (size_t)c.a.hq * c.a.d * 2;
@@ -273,7 +273,7 @@ START_TEST(gather_attend_chain_keeps_order)
 			ck_assert_ptr_nonnull(want[k]);
 			ck_assert_int_eq(kern_ref_attn(&c.a), 0);
 			for (i = 0; i < (size_t)c.a.hq * c.a.d; i++)
-				want[k][i] = kern_load_f32(c.out, KERN_BF16, i);
+				want[k][i] = dtype_load_f32(c.out, ICE_DTYPE_BF16, i);
 			memcpy(k ? h2 : h1, c.pool, pb);
 			attn_case_refill(&c, fresh_seed() ^ 0x5555);
 		}
@@ -313,7 +313,7 @@ START_TEST(gather_attend_chain_keeps_order)
 		ck_assert_ptr_nonnull(got);
 		for (k = 0; k < 2; k++) {
 			ck_assert_int_eq(kern_memcpy(got, dout[k], qb), 0);
-			err = rel_err_dt(got, KERN_BF16, want[k], (size_t)c.a.hq * c.a.d);
+			err = rel_err_dt(got, ICE_DTYPE_BF16, want[k], (size_t)c.a.hq * c.a.d);
 			ck_assert_msg(err <= 1e-2, "step %d rel err %g", k, err);
 			free(want[k]);
 		}
@@ -337,7 +337,7 @@ START_TEST(attn_rejects_unsupported_shapes)
 	struct attn_case c;
 	struct kern_attn_args a;
 
-	ck_assert_int_eq(attn_case_init(&c, KERN_BF16, 32, 2, 32, 16, 2, 99, 0, 1.0f, 3), 0);
+	ck_assert_int_eq(attn_case_init(&c, ICE_DTYPE_BF16, 32, 2, 32, 16, 2, 99, 0, 1.0f, 3), 0);
 	a = c.a; /* host pointers, but each call fails its checks before touching them */
 	ck_assert_int_eq(kern_attn(&a, NULL, NULL), -EINVAL); /* d 32 */
 	a.d = 128;

@@ -1,5 +1,6 @@
-/* Unit tests for the CPU side of kernels/: dtype conversions and the references that define
- * what the CUDA kernels compute (checked against independent, plainer computations). */
+/* Unit tests for the CPU side of kernels/: the references that define what the CUDA kernels
+ * compute (checked against independent, plainer computations). The dtype conversions they use
+ * are tested with runtime/common (tests/common). */
 #include <errno.h>
 #include <math.h>
 #include <stdlib.h>
@@ -8,105 +9,6 @@
 #include "attn_case.h"
 #include "check_main.h"
 #include "kern.h"
-
-/* Every bf16 and fp16 bit pattern survives a trip through float (NaNs stay NaN). */
-START_TEST(half_types_round_trip_exactly)
-{
-	uint32_t u;
-
-	for (u = 0; u < 65536; u++) {
-		float b = kern_bf16_to_f32((uint16_t)u), h = kern_f16_to_f32((uint16_t)u);
-
-		if (b != b)
-			ck_assert(kern_bf16_to_f32(kern_f32_to_bf16(b)) != kern_bf16_to_f32(kern_f32_to_bf16(b)));
-		else
-			ck_assert_uint_eq(kern_f32_to_bf16(b), u);
-		if (h != h)
-			ck_assert((kern_f32_to_f16(h) & 0x7fffu) > 0x7c00u);
-		else
-			ck_assert_uint_eq(kern_f32_to_f16(h), u);
-	}
-}
-END_TEST
-
-/* fp16 rounding matches the compiler's own _Float16 conversion (round to nearest even),
- * on random floats across the whole range, subnormals and overflow included. */
-START_TEST(f16_rounding_matches_compiler)
-{
-	uint64_t s = 42 + (uint64_t)_i;
-	int i;
-
-	for (i = 0; i < 200000; i++) {
-		uint32_t bits = (uint32_t)case_rand(&s);
-		float f;
-		_Float16 ref;
-		uint16_t rb;
-
-		/* Half the draws land in fp16's exponent range, where rounding matters. */
-		if (i % 2)
-			bits = (bits & 0x807fffffu) | ((uint32_t)(96 + (bits >> 23) % 48) << 23);
-		memcpy(&f, &bits, sizeof(f));
-		if (f != f)
-			continue;
-		ref = (_Float16)f;
-		memcpy(&rb, &ref, sizeof(rb));
-		ck_assert_msg(kern_f32_to_f16(f) == rb, "f=%a got %04x want %04x", (double)f,
-			      kern_f32_to_f16(f), rb);
-	}
-}
-END_TEST
-
-/* bf16 rounding is to nearest, ties to even: no neighbour is closer. */
-START_TEST(bf16_rounding_is_nearest_even)
-{
-	uint64_t s = 7;
-	int i;
-
-	for (i = 0; i < 200000; i++) {
-		uint32_t bits = (uint32_t)case_rand(&s);
-		float f;
-		uint16_t b;
-		double x, lo, hi, dx;
-
-		if (i % 3 == 0)
-			bits = (bits & 0xffff0000u) | 0x8000u; /* exact ties */
-		memcpy(&f, &bits, sizeof(f));
-		if (f != f || isinf(f))
-			continue;
-		b = kern_f32_to_bf16(f);
-		x = kern_bf16_to_f32(b);
-		if (isinf(x))
-			continue; /* overflow to infinity is right for the largest finite values */
-		lo = kern_bf16_to_f32((uint16_t)(b - 1));
-		hi = kern_bf16_to_f32((uint16_t)(b + 1));
-		dx = fabs(x - f);
-		if (!isnan(lo) && !isinf(lo) && (b & 0x7fffu))
-			ck_assert(dx < fabs(lo - f) || (dx == fabs(lo - f) && !(b & 1)));
-		if (!isnan(hi) && !isinf(hi) && (b & 0x7fffu) != 0x7f7fu)
-			ck_assert(dx < fabs(hi - f) || (dx == fabs(hi - f) && !(b & 1)));
-	}
-}
-END_TEST
-
-START_TEST(convert_between_dtypes)
-{
-	float in[5] = { 1.0f, -2.5f, 65504.0f, 1e-8f, 3.14159f }, back[5];
-	uint16_t h[5], b[5];
-	int i;
-
-	ck_assert_int_eq(kern_convert(h, KERN_F16, in, KERN_F32, 5), 0);
-	ck_assert_int_eq(kern_convert(b, KERN_BF16, h, KERN_F16, 5), 0);
-	ck_assert_int_eq(kern_convert(back, KERN_F32, b, KERN_BF16, 5), 0);
-	for (i = 0; i < 5; i++)
-		ck_assert_float_eq(back[i], kern_bf16_to_f32(kern_f32_to_bf16(kern_f16_to_f32(h[i]))));
-	ck_assert_int_eq(kern_convert(h, (enum kern_dtype)9, in, KERN_F32, 5), -EINVAL);
-	ck_assert_int_eq(kern_convert(NULL, KERN_F16, in, KERN_F32, 5), -EINVAL);
-	ck_assert_int_eq(kern_convert(NULL, KERN_F16, NULL, KERN_F32, 0), 0);
-	ck_assert_uint_eq(kern_dtype_size(KERN_BF16), 2);
-	ck_assert_uint_eq(kern_dtype_size(KERN_F32), 4);
-	ck_assert_uint_eq(kern_dtype_size((enum kern_dtype)5), 0);
-}
-END_TEST
 
 /* Gather moves exactly the listed pages, byte for byte, and nothing else. */
 START_TEST(gather_ref_moves_listed_pages)
@@ -152,7 +54,7 @@ START_TEST(gather_ref_moves_listed_pages)
 END_TEST
 
 struct shape {
-	enum kern_dtype dt;
+	enum ice_dtype dt;
 	uint32_t hq, hkv, d, P, max_pages;
 	double tol;
 };
@@ -165,12 +67,12 @@ struct shape {
  * or with a rest term its value.
  */
 static const struct shape ref_shapes[] = {
-	{ KERN_F32, 32, 8, 128, 16, 16, 1e-6 },
-	{ KERN_BF16, 32, 8, 128, 16, 16, 1e-2 },
-	{ KERN_F16, 9, 3, 64, 16, 12, 1e-3 },
-	{ KERN_F32, 4, 4, 64, 8, 30, 1e-6 },
-	{ KERN_BF16, 16, 2, 64, 16, 40, 1e-2 },
-	{ KERN_F32, 6, 1, 32, 4, 5, 1e-6 },
+	{ ICE_DTYPE_F32, 32, 8, 128, 16, 16, 1e-6 },
+	{ ICE_DTYPE_BF16, 32, 8, 128, 16, 16, 1e-2 },
+	{ ICE_DTYPE_F16, 9, 3, 64, 16, 12, 1e-3 },
+	{ ICE_DTYPE_F32, 4, 4, 64, 8, 30, 1e-6 },
+	{ ICE_DTYPE_BF16, 16, 2, 64, 16, 40, 1e-2 },
+	{ ICE_DTYPE_F32, 6, 1, 32, 4, 5, 1e-6 },
 };
 #define NSHAPES ((int)(sizeof(ref_shapes) / sizeof(ref_shapes[0])))
 
@@ -188,17 +90,17 @@ START_TEST(attn_ref_matches_dense_softmax)
 		ck_assert_int_eq(attn_case_add_rest(&c, 77 + (uint64_t)_i), 0);
 	want = calloc((size_t)sh->hq * sh->d, sizeof(double));
 	ck_assert_ptr_nonnull(want);
-	memset(c.out, 0xff, (size_t)sh->hq * sh->d * kern_dtype_size(sh->dt));
+	memset(c.out, 0xff, (size_t)sh->hq * sh->d * dtype_size(sh->dt));
 	ck_assert_int_eq(kern_ref_attn(&c.a), 0);
 	attn_case_naive(&c, want);
 	err = rel_err_dt(c.out, sh->dt, want, (size_t)sh->hq * sh->d);
-	ck_assert_msg(err <= sh->tol, "%s rel err %g > %g", kern_dtype_name(sh->dt), err, sh->tol);
+	ck_assert_msg(err <= sh->tol, "%s rel err %g > %g", dtype_name(sh->dt), err, sh->tol);
 	if (!rest && sh->hkv > 1) {
 		/* The empty head's queries get zeros (written, not left poisoned). */
 		uint32_t g = sh->hq / sh->hkv, i;
 
 		for (i = 0; i < g * sh->d; i++)
-			ck_assert_float_eq(kern_load_f32(c.out, sh->dt, (size_t)g * sh->d + i), 0.0f);
+			ck_assert_float_eq(dtype_load_f32(c.out, sh->dt, (size_t)g * sh->d + i), 0.0f);
 	}
 	if (rest) {
 		c.a.rest = NULL;
@@ -215,7 +117,7 @@ START_TEST(attn_ref_rejects_bad_tables)
 	struct attn_case c;
 	struct kern_attn_args a;
 
-	ck_assert_int_eq(attn_case_init(&c, KERN_BF16, 8, 2, 64, 16, 4, 99, 0, 1.0f, 5), 0);
+	ck_assert_int_eq(attn_case_init(&c, ICE_DTYPE_BF16, 8, 2, 64, 16, 4, 99, 0, 1.0f, 5), 0);
 	a = c.a;
 	ck_assert_int_eq(kern_attn_check(&a), 0);
 	c.pages[0].fill = 17;
@@ -236,7 +138,7 @@ START_TEST(attn_ref_rejects_bad_tables)
 	a.pool = NULL;
 	ck_assert_int_eq(kern_ref_attn(&a), -EINVAL);
 	a = c.a;
-	a.dtype = (enum kern_dtype)7;
+	a.dtype = (enum ice_dtype)7;
 	ck_assert_int_eq(kern_ref_attn(&a), -EINVAL);
 	ck_assert_int_eq(kern_ref_attn(NULL), -EINVAL);
 	a = c.a;
@@ -270,7 +172,7 @@ START_TEST(attn_ws_size_follows_split)
 {
 	struct attn_case c;
 
-	ck_assert_int_eq(attn_case_init(&c, KERN_BF16, 32, 8, 128, 16, 2, 99, 0, 1.0f, 5), 0);
+	ck_assert_int_eq(attn_case_init(&c, ICE_DTYPE_BF16, 32, 8, 128, 16, 2, 99, 0, 1.0f, 5), 0);
 	ck_assert_uint_eq(kern_attn_ws_size(&c.a), 0);
 	c.a.max_pages = 16384;
 	ck_assert_uint_gt(kern_attn_ws_size(&c.a), 0);
@@ -287,10 +189,6 @@ static Suite *kern_suite(void)
 	TCase *tc = tcase_create("ref");
 
 	tcase_set_timeout(tc, 60);
-	tcase_add_test(tc, half_types_round_trip_exactly);
-	tcase_add_loop_test(tc, f16_rounding_matches_compiler, 0, 2);
-	tcase_add_test(tc, bf16_rounding_is_nearest_even);
-	tcase_add_test(tc, convert_between_dtypes);
 	tcase_add_loop_test(tc, gather_ref_moves_listed_pages, 0, 3);
 	tcase_add_loop_test(tc, attn_ref_matches_dense_softmax, 0, 2 * NSHAPES);
 	tcase_add_test(tc, attn_ref_rejects_bad_tables);

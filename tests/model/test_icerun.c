@@ -11,6 +11,7 @@
 #include <unistd.h>
 
 #include "check_main.h"
+#include "dtype.h"
 #include "gguf.h"
 #include "mm.h"
 #include "pool.h"
@@ -30,19 +31,6 @@ static float frnd(void)
 	return (float)(rnd() % 20001) / 10000.0f - 1.0f;
 }
 
-/* f32 -> f16 bits for values in normal range (test data only) */
-static uint16_t to_f16(float f)
-{
-	uint32_t u;
-	int e;
-
-	memcpy(&u, &f, 4);
-	e = (int)((u >> 23) & 0xFF) - 127 + 15;
-	if (e <= 0 || e >= 31)
-		return (uint16_t)((u >> 16) & 0x8000);	/* flush tiny values to zero */
-	return (uint16_t)(((u >> 16) & 0x8000) | (uint32_t)(e << 10) | ((u >> 13) & 0x3FF));
-}
-
 /* Random matrix of the given type; blocks are filled with random bytes and finite scales. */
 static uint8_t *make_mat(uint32_t type, int rows, int cols, struct qmat *w)
 {
@@ -59,17 +47,17 @@ static uint8_t *make_mat(uint32_t type, int rows, int cols, struct qmat *w)
 		for (b = 0; b < nb; b++) {
 			switch (type) {
 			case GGUF_T_Q4_1:
-				h = to_f16(frnd() * 0.1f);
+				h = dtype_f32_to_f16(frnd() * 0.1f);
 				memcpy(row + b * 20, &h, 2);
-				h = to_f16(frnd() * 0.5f);
+				h = dtype_f32_to_f16(frnd() * 0.5f);
 				memcpy(row + b * 20 + 2, &h, 2);
 				break;
 			case GGUF_T_Q8_0:
-				h = to_f16(frnd() * 0.01f);
+				h = dtype_f32_to_f16(frnd() * 0.01f);
 				memcpy(row + b * 34, &h, 2);
 				break;
 			case GGUF_T_Q4_0:
-				h = to_f16(frnd() * 0.1f);
+				h = dtype_f32_to_f16(frnd() * 0.1f);
 				memcpy(row + b * 18, &h, 2);
 				break;
 			}
@@ -82,7 +70,7 @@ static uint8_t *make_mat(uint32_t type, int rows, int cols, struct qmat *w)
 			}
 		if (type == GGUF_T_F16)
 			for (i = 0; i < (size_t)cols; i++) {
-				h = to_f16(frnd());
+				h = dtype_f32_to_f16(frnd());
 				memcpy(row + 2 * i, &h, 2);
 			}
 	}
@@ -147,7 +135,7 @@ START_TEST(test_dequant_q4_1_layout)
 	uint8_t blk[20] = { 0 };
 	struct qmat w = { GGUF_T_Q4_1, 1, 32, 20, blk };
 	float out[32];
-	uint16_t d = to_f16(2.0f), m = to_f16(-1.0f);
+	uint16_t d = dtype_f32_to_f16(2.0f), m = dtype_f32_to_f16(-1.0f);
 	int j;
 
 	memcpy(blk, &d, 2);

@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "buf.h"
 #include "icecache/icecache.h"
 #include "proto.h"
 #include "shim.h"
@@ -31,27 +32,19 @@ struct kvs {
 /* Splits "name value" lines in place. */
 static int kvs_parse(char *text, struct kvs *out)
 {
-	size_t cap = 64;
+	size_t cap = 0;
 	char *line, *save = NULL;
 
 	out->n = 0;
-	out->v = malloc(cap * sizeof(*out->v));
-	if (!out->v)
-		return -ENOMEM;
+	out->v = NULL;
 	for (line = strtok_r(text, "\n", &save); line; line = strtok_r(NULL, "\n", &save)) {
 		char *sp = strchr(line, ' ');
 
 		if (!sp)
 			continue;
 		*sp = '\0';
-		if (out->n == cap) {
-			struct kv *n = realloc(out->v, 2 * cap * sizeof(*n));
-
-			if (!n)
-				return -ENOMEM;
-			out->v = n;
-			cap *= 2;
-		}
+		if (buf_grow(&out->v, &cap, out->n + 1, sizeof(*out->v)))
+			return -ENOMEM;
 		out->v[out->n].name = line;
 		out->v[out->n].value = sp + 1;
 		out->n++;

@@ -18,6 +18,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "buf.h"
 #include "clock.h"
 #include "model.h"
 #include "sel.h"
@@ -59,25 +60,18 @@ int eval_argmax(const float *x, int n)
 
 struct ids {
 	int32_t *v;
-	int n, cap;
+	int n;
+	size_t cap;
 };
 
 static int ids_push_text(const struct tok *t, struct ids *b, const char *s, bool special)
 {
 	size_t len = strlen(s);
-	int32_t *tmp;
 	int n;
 
-	if (b->n + (int)len + 1 > b->cap) {
-		int cap = (b->n + (int)len + 1) * 2;
-
-		tmp = realloc(b->v, (size_t)cap * sizeof(*tmp));
-		if (!tmp)
-			return -ENOMEM;
-		b->v = tmp;
-		b->cap = cap;
-	}
-	n = tok_encode(t, s, len, special, b->v + b->n, (size_t)(b->cap - b->n));
+	if (buf_grow(&b->v, &b->cap, (size_t)b->n + len + 1, sizeof(*b->v)))
+		return -ENOMEM;
+	n = tok_encode(t, s, len, special, b->v + b->n, b->cap - (size_t)b->n);
 	if (n < 0)
 		return n;
 	b->n += n;
@@ -86,17 +80,8 @@ static int ids_push_text(const struct tok *t, struct ids *b, const char *s, bool
 
 static int ids_push(struct ids *b, const int32_t *v, int n)
 {
-	int32_t *tmp;
-
-	if (b->n + n > b->cap) {
-		int cap = (b->n + n) * 2 + 16;
-
-		tmp = realloc(b->v, (size_t)cap * sizeof(*tmp));
-		if (!tmp)
-			return -ENOMEM;
-		b->v = tmp;
-		b->cap = cap;
-	}
+	if (buf_grow(&b->v, &b->cap, (size_t)(b->n + n), sizeof(*b->v)))
+		return -ENOMEM;
 	memcpy(b->v + b->n, v, (size_t)n * sizeof(*v));
 	b->n += n;
 	return 0;
@@ -164,7 +149,8 @@ struct run {
 	struct sel *sels[MAX_LIST * MAX_LIST];
 	int nsels;
 	struct row *rows;
-	int nrows, caprows;
+	int nrows;
+	size_t caprows;
 	struct ids austen, repeat;
 	double prefill_tok, prefill_s, decode_tok[MAX_LIST * MAX_LIST], decode_s[MAX_LIST * MAX_LIST];
 	uint64_t rng;
@@ -329,15 +315,8 @@ out:
 
 static int add_row(struct run *r, const struct row *w)
 {
-	struct row *tmp;
-
-	if (r->nrows == r->caprows) {
-		r->caprows = r->caprows ? r->caprows * 2 : 256;
-		tmp = realloc(r->rows, (size_t)r->caprows * sizeof(*tmp));
-		if (!tmp)
-			return -ENOMEM;
-		r->rows = tmp;
-	}
+	if (buf_grow(&r->rows, &r->caprows, (size_t)r->nrows + 1, sizeof(*r->rows)))
+		return -ENOMEM;
 	r->rows[r->nrows++] = *w;
 	return 0;
 }

@@ -16,6 +16,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "buf.h"
 #include "clock.h"
 #include "eval.h"
 #include "gguf.h"
@@ -200,8 +201,9 @@ out:
 
 static int parse_ids(const char *s, int32_t **ret, int *ret_n)
 {
-	int cap = 16, n = 0;
-	int32_t *ids = malloc((size_t)cap * sizeof(*ids)), *tmp;
+	size_t cap = 16;
+	int n = 0;
+	int32_t *ids = malloc(cap * sizeof(*ids));
 	char *end;
 	long v;
 
@@ -213,14 +215,9 @@ static int parse_ids(const char *s, int32_t **ret, int *ret_n)
 			free(ids);
 			return -EINVAL;
 		}
-		if (n == cap) {
-			cap *= 2;
-			tmp = realloc(ids, (size_t)cap * sizeof(*ids));
-			if (!tmp) {
-				free(ids);
-				return -ENOMEM;
-			}
-			ids = tmp;
+		if (buf_grow(&ids, &cap, (size_t)n + 1, sizeof(*ids))) {
+			free(ids);
+			return -ENOMEM;
 		}
 		ids[n++] = (int32_t)v;
 		s = *end == ',' ? end + 1 : end;

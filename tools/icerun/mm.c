@@ -7,6 +7,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "dtype.h"
 #include "gguf.h"
 
 #define TILE_ROWS 16
@@ -29,25 +30,6 @@ int mm_simd(void)
 	return have_avx512 && !force_scalar;
 }
 
-float mm_f16_to_f32(uint16_t h)
-{
-	uint32_t sign = (uint32_t)(h & 0x8000) << 16, exp = (h >> 10) & 0x1F, man = h & 0x3FF, u;
-	float f;
-
-	if (exp == 0) {
-		/* zero or subnormal: man * 2^-24 */
-		f = ldexpf((float)man, -24);
-		memcpy(&u, &f, 4);
-		u |= sign;
-	} else if (exp == 31) {
-		u = sign | 0x7F800000u | (man << 13);
-	} else {
-		u = sign | ((exp + 112) << 23) | (man << 13);
-	}
-	memcpy(&f, &u, 4);
-	return f;
-}
-
 static uint16_t rd16(const uint8_t *p)
 {
 	uint16_t v;
@@ -68,12 +50,12 @@ void mm_dequant_row(const struct qmat *w, int r, float *out)
 		return;
 	case GGUF_T_F16:
 		for (i = 0; i < w->cols; i++)
-			out[i] = mm_f16_to_f32(rd16(row + 2 * i));
+			out[i] = dtype_f16_to_f32(rd16(row + 2 * i));
 		return;
 	case GGUF_T_Q4_0:
 		for (i = 0; i < nb; i++) {
 			b = row + i * 18;
-			d = mm_f16_to_f32(rd16(b));
+			d = dtype_f16_to_f32(rd16(b));
 			for (j = 0; j < 16; j++) {
 				out[i * QK + j] = d * (float)((b[2 + j] & 0x0F) - 8);
 				out[i * QK + j + 16] = d * (float)((b[2 + j] >> 4) - 8);
@@ -84,8 +66,8 @@ void mm_dequant_row(const struct qmat *w, int r, float *out)
 		/* block: f16 d, f16 m, 16 bytes; element j = low nibble, j + 16 = high nibble */
 		for (i = 0; i < nb; i++) {
 			b = row + i * 20;
-			d = mm_f16_to_f32(rd16(b));
-			m = mm_f16_to_f32(rd16(b + 2));
+			d = dtype_f16_to_f32(rd16(b));
+			m = dtype_f16_to_f32(rd16(b + 2));
 			for (j = 0; j < 16; j++) {
 				out[i * QK + j] = d * (float)(b[4 + j] & 0x0F) + m;
 				out[i * QK + j + 16] = d * (float)(b[4 + j] >> 4) + m;
@@ -95,7 +77,7 @@ void mm_dequant_row(const struct qmat *w, int r, float *out)
 	case GGUF_T_Q8_0:
 		for (i = 0; i < nb; i++) {
 			b = row + i * 34;
-			d = mm_f16_to_f32(rd16(b));
+			d = dtype_f16_to_f32(rd16(b));
 			for (j = 0; j < QK; j++)
 				out[i * QK + j] = d * (float)(int8_t)b[2 + j];
 		}

@@ -22,7 +22,6 @@ struct qmat {
 void mm_force_scalar(int on);
 int mm_simd(void);
 
-float mm_f16_to_f32(uint16_t h);
 /* Dequantises row r of W into out[cols]. */
 void mm_dequant_row(const struct qmat *w, int r, float *out);
 

@@ -7,6 +7,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "buf.h"
+#include "dtype.h"
 #include "idx.h"
 #include "posidx.h"
 #include "select.h"
@@ -248,8 +250,8 @@ static int dci_add(struct sel *s, const struct kv *kv, int layer, int h, int fro
 		return 0;
 	for (t = from; t < to; t++)
 		kv_key(kv, layer, h, t, s->keybuf + (size_t)(t - from) * s->d);
-	return idx_ntokens(ix) ? idx_insert(ix, s->keybuf, (size_t)(to - from), IDX_F32) :
-				 idx_build(ix, s->keybuf, (size_t)(to - from), IDX_F32);
+	return idx_ntokens(ix) ? idx_insert(ix, s->keybuf, (size_t)(to - from), ICE_DTYPE_F32) :
+				 idx_build(ix, s->keybuf, (size_t)(to - from), ICE_DTYPE_F32);
 }
 
 /*
@@ -299,7 +301,7 @@ static int quest_add(struct sel *s, const struct kv *kv, int layer, int n)
 		for (t = from; t < to; t++)
 			kv_key(kv, layer, h, t, s->keybuf + (size_t)(t - from) * s->d);
 		err = posidx_append(s->px[layer * s->nkv + h], s->keybuf, (size_t)(to - from),
-				    IDX_F32);
+				    ICE_DTYPE_F32);
 		if (err)
 			return err;
 	}
@@ -473,17 +475,6 @@ static void account(struct sel *s, int layer, int n, double mass_g, int nsel)
 	s->mcnt[(size_t)s->slot * s->L + layer] += s->g;
 }
 
-/* Grows the search workspace to need bytes. */
-static int ws_grow(struct sel *s, size_t need)
-{
-	if (need <= s->ws_cap)
-		return 0;
-	free(s->ws);
-	s->ws = malloc(need);
-	s->ws_cap = s->ws ? need : 0;
-	return s->ws ? 0 : -ENOMEM;
-}
-
 /* IceCache's selection (index/select.h, the engine's defaults) over the head's tree, with its
  * sink and window keys as the rows the group attends anyway. */
 static int dci_set(struct sel *s, const struct kv *kv, int layer, int h, const float *qg, int n)
@@ -493,7 +484,7 @@ static int dci_set(struct sel *s, const struct kv *kv, int layer, int h, const f
 	struct select_opts so = { .budget_pages = (uint32_t)(s->c.budget / P - 2),
 				  .overfetch = SELECT_OVERFETCH, .scale = 1.0f, .group_merge = 1,
 				  .page_mass = 1 };
-	struct select_rows att = { s->attk, 2 * P, IDX_F32 };
+	struct select_rows att = { s->attk, 2 * P, ICE_DTYPE_F32 };
 	struct select_group grp = { qg, (uint32_t)s->g, (uint32_t)s->d, &att, 1 };
 	uint32_t pos[IDX_PAGE_CAP], fill;
 	int ns = 0, t, j, got, err;
@@ -509,7 +500,7 @@ static int dci_set(struct sel *s, const struct kv *kv, int layer, int h, const f
 		kv_key(kv, layer, h, t, s->attk + (size_t)t * s->d);
 		kv_key(kv, layer, h, n - P + t, s->attk + (size_t)(P + t) * s->d);
 	}
-	err = ws_grow(s, select_ws_size(ix, grp.g, &so));
+	err = buf_grow(&s->ws, &s->ws_cap, select_ws_size(ix, grp.g, &so), 1);
 	if (err)
 		return err;
 	got = select_head(ix, NULL, &so, &grp, s->ws, s->ws_cap, s->hits, s->hmask, NULL);
@@ -541,7 +532,7 @@ static int quest_set(struct sel *s, const struct kv *kv, int layer, int h, const
 	if (h == 0 && (err = quest_add(s, kv, layer, n)))
 		return err;
 	if (posidx_npages(px)) {
-		err = ws_grow(s, posidx_ws_size(px, (uint32_t)s->g, (uint32_t)k));
+		err = buf_grow(&s->ws, &s->ws_cap, posidx_ws_size(px, (uint32_t)s->g, (uint32_t)k), 1);
 		if (err)
 			return err;
 		got = posidx_search(px, qg, (uint32_t)s->g, (uint32_t)k, s->ws, s->ws_cap, s->hits);
@@ -626,14 +617,8 @@ static int ice_push(struct sel *s, const struct kv *kv, int layer, int from, int
 
 	if (n == 0)
 		return 0;
-	if (need > s->kvbuf_cap) {
-		uint16_t *nb = realloc(s->kvbuf, need * sizeof(uint16_t));
-
-		if (!nb)
-			return -ENOMEM;
-		s->kvbuf = nb;
-		s->kvbuf_cap = need;
-	}
+	if (buf_grow(&s->kvbuf, &s->kvbuf_cap, need, sizeof(*s->kvbuf)))
+		return -ENOMEM;
 	kb = s->kvbuf;
 	vb = s->kvbuf + (size_t)s->nkv * n * s->d;
 	for (h = 0; h < s->nkv; h++)
@@ -644,8 +629,8 @@ static int ice_push(struct sel *s, const struct kv *kv, int layer, int from, int
 			kv_key(kv, layer, h, t, key);
 			vr = kv_vrow(kv, layer, h, t);
 			for (i = 0; i < s->d; i++) {
-				ko[i] = idx_f32_to_f16(key[i]);
-				vo[i] = idx_f32_to_f16(vr[i]);
+				ko[i] = dtype_f32_to_f16(key[i]);
+				vo[i] = dtype_f32_to_f16(vr[i]);
 			}
 		}
 	return ice_append(s->ice, s->seq, (uint32_t)layer, (uint32_t)n, kb, vb);
@@ -671,14 +656,8 @@ static int ice_attend(struct sel *s, const struct kv *kv, int layer, int pos, co
 	nref = ice_select_cap(s->ice, s->seq, (uint32_t)layer);
 	if (nref < 0)
 		return nref;
-	if ((size_t)nref > s->nrefs_cap) {
-		struct ice_page_ref *nr = realloc(s->refs, (size_t)nref * sizeof(*nr));
-
-		if (!nr)
-			return -ENOMEM;
-		s->refs = nr;
-		s->nrefs_cap = (size_t)nref;
-	}
+	if ((err = buf_grow(&s->refs, &s->nrefs_cap, (size_t)nref, sizeof(*s->refs))))
+		return err;
 	/* the model folds 1/sqrt(d) into q; the engine takes the query as the model computes it
 	 * and applies the scale itself when it weighs a group's queries against each other */
 	for (i = 0; i < s->g * s->nkv * s->d; i++)
@@ -691,43 +670,24 @@ static int ice_attend(struct sel *s, const struct kv *kv, int layer, int pos, co
 	if (nref < 0)
 		return nref;
 	need = (size_t)nref * pb;
-	if (need > s->pages_cap) {
-		float *np = realloc(s->pages, need * sizeof(float));
-
-		if (!np)
-			return -ENOMEM;
-		s->pages = np;
-		s->pages_cap = need;
-	}
-	if (need > s->raw_cap) {
-		uint16_t *nr16 = realloc(s->raw, need * sizeof(uint16_t));
-
-		if (!nr16)
-			return -ENOMEM;
-		s->raw = nr16;
-		s->raw_cap = need;
-	}
+	if ((err = buf_grow(&s->pages, &s->pages_cap, need, sizeof(*s->pages))) ||
+	    (err = buf_grow(&s->raw, &s->raw_cap, need, sizeof(*s->raw))))
+		return err;
 	err = ice_fetch(s->ice, s->seq, (uint32_t)layer, s->refs, (size_t)nref, s->raw,
 			need * sizeof(uint16_t));
 	if (err)
 		return err;
 	for (i = 0; i < nref; i++)
 		for (t = 0; t < 2 * P * s->d; t++)
-			s->pages[(size_t)i * pb + t] = idx_f16_to_f32(s->raw[(size_t)i * pb + t]);
+			s->pages[(size_t)i * pb + t] = dtype_f16_to_f32(s->raw[(size_t)i * pb + t]);
 	/*
 	 * Attention over the fetched pages: the kernels' CPU reference. A fetched page is P rows of
 	 * K then P of V with zeros past its fill, so as a kern page it holds P rows with those past
 	 * the fill and those not in its mask skipped. q stays the model's float32 query, which
 	 * carries the 1/sqrt(d) (scale 1); the rest term's log weight is at that scale too.
 	 */
-	if ((size_t)nref > s->kpages_cap) {
-		struct kern_page *nk = realloc(s->kpages, (size_t)nref * sizeof(*nk));
-
-		if (!nk)
-			return -ENOMEM;
-		s->kpages = nk;
-		s->kpages_cap = (size_t)nref;
-	}
+	if ((err = buf_grow(&s->kpages, &s->kpages_cap, (size_t)nref, sizeof(*s->kpages))))
+		return err;
 	for (i = 0; i < nref; i++) {
 		/* ice_select groups refs by KV head, in head order */
 		if (s->refs[i].kv_head >= s->nkv ||
@@ -741,7 +701,7 @@ static int ice_attend(struct sel *s, const struct kv *kv, int layer, int pos, co
 			i++;
 		s->head_off[h] = (uint32_t)i;
 	}
-	err = kern_ref_attn(&(struct kern_attn_args){ .dtype = KERN_F32,
+	err = kern_ref_attn(&(struct kern_attn_args){ .dtype = ICE_DTYPE_F32,
 		.hq = (uint32_t)(s->g * s->nkv), .hkv = (uint32_t)s->nkv, .d = (uint32_t)s->d,
 		.page_cap = P, .scale = 1.0f, .q = q, .out = out, .pool = s->pages,
 		.slot_bytes = pb * sizeof(float), .nslots = (uint32_t)nref, .pages = s->kpages,

@@ -26,6 +26,7 @@
 
 #include "bench.h"
 #include "clock.h"
+#include "dtype.h"
 #include "hbm.h"
 #include "idx.h"
 #include "kern.h"
@@ -136,7 +137,7 @@ static void fill_bf16(uint16_t *p, size_t n_elems, uint64_t seed)
 		uint64_t r = mix64(seed + i);
 		float f = (float)((r >> 40) * (1.0 / 16777216.0)) * 2.0f - 1.0f;
 
-		p[i] = kern_f32_to_bf16(f);
+		p[i] = dtype_f32_to_bf16(f);
 	}
 }
 
@@ -217,7 +218,7 @@ static int measure_select(const struct gpu_opts *o, uint32_t ctx, struct ctx_res
 	}
 	if (!rc) {
 		t0 = clock_now_ns();
-		rc = idx_build(ix, keys, ctx, IDX_F32);
+		rc = idx_build(ix, keys, ctx, ICE_DTYPE_F32);
 		r->select_build_s = (double)(clock_now_ns() - t0) * 1e-9;
 	}
 	ws_size = ix ? idx_search_ws_size(ix, g, k) : 0;
@@ -588,7 +589,7 @@ static int bench_gpu_main(int argc, char **argv)
 			       (size_t)o.layers * (o.hkv + 1) * sizeof(*head_off)));
 		/* Real bf16 data in every slot (the gather above copied pool pages in). */
 		memset(&a, 0, sizeof(a));
-		a.dtype = KERN_BF16;
+		a.dtype = ICE_DTYPE_BF16;
 		a.hq = o.hq;
 		a.hkv = o.hkv;
 		a.d = o.d;

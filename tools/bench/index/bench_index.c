@@ -396,7 +396,7 @@ static int run_config(const struct opts *o, const float *keys, size_t n, uint32_
 		if ((rc = idx_new(&ip, &ix1)) < 0)
 			goto out;
 		t0 = clock_now_ns();
-		if ((rc = idx_build(ix1, keys, n, IDX_F32)) < 0)
+		if ((rc = idx_build(ix1, keys, n, ICE_DTYPE_F32)) < 0)
 			goto out;
 		tb1 = (double)(clock_now_ns() - t0) / 1e9;
 		idx_free(ix1);
@@ -406,7 +406,7 @@ static int run_config(const struct opts *o, const float *keys, size_t n, uint32_
 	if ((rc = idx_new(&ip, &ix)) < 0)
 		goto out;
 	t0 = clock_now_ns();
-	if ((rc = idx_build(ix, keys, n, IDX_F32)) < 0)
+	if ((rc = idx_build(ix, keys, n, ICE_DTYPE_F32)) < 0)
 		goto out;
 	tbn = (double)(clock_now_ns() - t0) / 1e9;
 	if (threads == 1)
@@ -418,19 +418,20 @@ static int run_config(const struct opts *o, const float *keys, size_t n, uint32_
 		size_t nb = n - 2048, t;
 
 		ip.threads = threads;
-		if ((rc = idx_new(&ip, &ixd)) < 0 || (rc = idx_build(ixd, keys, nb, IDX_F32)) < 0) {
+		if ((rc = idx_new(&ip, &ixd)) < 0 ||
+		    (rc = idx_build(ixd, keys, nb, ICE_DTYPE_F32)) < 0) {
 			idx_free(ixd);
 			goto out;
 		}
 		t0 = clock_now_ns();
 		for (t = nb; t < n && rc == 0; t += 16) /* the engine's 16-token window */
-			rc = idx_insert(ixd, keys + t * d, 16, IDX_F32);
+			rc = idx_insert(ixd, keys + t * d, 16, ICE_DTYPE_F32);
 		tins = (double)(clock_now_ns() - t0) / 1e3 / (double)(n - nb);
 		idx_free(ixd);
 		if (rc < 0)
 			goto out;
 	}
-	if ((rc = posidx_new(d, &px)) < 0 || (rc = posidx_append(px, keys, n, IDX_F32)) < 0)
+	if ((rc = posidx_new(d, &px)) < 0 || (rc = posidx_append(px, keys, n, ICE_DTYPE_F32)) < 0)
 		goto out;
 	for (i = 0; i < nq; i++)
 		softmax_ref(keys, n, d, q1 + (size_t)i * d, ref.p + (size_t)i * n,

@@ -15,6 +15,7 @@
 #include <unistd.h>
 
 #include "bench.h"
+#include "buf.h"
 #include "clock.h"
 #include "crc32c.h"
 #include "dram.h"
@@ -226,14 +227,8 @@ static double fio_randread(const char *path, uint64_t size, unsigned bs, unsigne
 	for (;;) {
 		size_t n;
 
-		if (len + 4096 > cap) {
-			char *nb = realloc(out, cap + 65536);
-
-			if (!nb)
-				break;
-			out = nb;
-			cap += 65536;
-		}
+		if (buf_grow(&out, &cap, len + 4096, 1))
+			break;
 		n = fread(out + len, 1, cap - len - 1, f);
 		if (n == 0)
 			break;
