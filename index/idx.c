@@ -637,7 +637,7 @@ static int node_add(struct idx *ix, uint32_t pos, uint32_t level, const float *x
 static int load_keys(const struct idx *ix, const void *keys, size_t n, enum ice_dtype dt,
 		     float **ret)
 {
-	size_t cnt, i;
+	size_t cnt;
 	float *k;
 	int rc;
 
@@ -649,10 +649,7 @@ static int load_keys(const struct idx *ix, const void *keys, size_t n, enum ice_
 	k = aligned_alloc(64, (cnt * sizeof(float) + 63) & ~(size_t)63);
 	if (!k)
 		return -ENOMEM;
-	rc = dtype_to_f32(keys, dt, cnt, k);
-	for (i = 0; rc == 0 && i < cnt; i++)
-		if (!isfinite(k[i]))
-			rc = -EINVAL;
+	rc = dtype_to_f32_finite(keys, dt, cnt, k);
 	if (rc < 0) {
 		free(k);
 		return rc;

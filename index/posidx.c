@@ -100,10 +100,7 @@ int posidx_append(struct posidx *px, const void *keys, size_t n, enum ice_dtype 
 	k = malloc(cnt * sizeof(float));
 	if (!k)
 		return -ENOMEM;
-	rc = dtype_to_f32(keys, dt, cnt, k);
-	for (i = 0; rc == 0 && i < cnt; i++)
-		if (!isfinite(k[i]))
-			rc = -EINVAL;
+	rc = dtype_to_f32_finite(keys, dt, cnt, k);
 	if (rc == 0)
 		rc = reserve(px, (px->ntok + n + IDX_PAGE_CAP - 1) / IDX_PAGE_CAP);
 	for (i = 0; rc == 0 && i < n; i++) {

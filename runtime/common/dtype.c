@@ -2,6 +2,7 @@
 #include "dtype.h"
 
 #include <errno.h>
+#include <math.h>
 
 size_t dtype_size(enum ice_dtype dt)
 {
@@ -49,4 +50,15 @@ int dtype_to_f32(const void *src, enum ice_dtype dt, size_t n, float *dst)
 		return 0;
 	}
 	return -EINVAL;
+}
+
+int dtype_to_f32_finite(const void *src, enum ice_dtype dt, size_t n, float *dst)
+{
+	int rc = dtype_to_f32(src, dt, n, dst);
+	size_t i;
+
+	for (i = 0; rc == 0 && i < n; i++)
+		if (!isfinite(dst[i]))
+			rc = -EINVAL;
+	return rc;
 }

@@ -28,6 +28,9 @@ const char *dtype_name(enum ice_dtype dt);
  * -EINVAL on NULL src or dst or an unknown dtype. The other direction, rarer, goes element by
  * element through dtype_store_f32. */
 int dtype_to_f32(const void *src, enum ice_dtype dt, size_t n, float *dst);
+/* dtype_to_f32 for keys and queries, which must be finite: -EINVAL also when a converted value
+ * is NaN or infinite (dst then holds the conversion, unchecked past that value). */
+int dtype_to_f32_finite(const void *src, enum ice_dtype dt, size_t n, float *dst);
 
 static inline uint32_t dtype_f32_bits(float f)
 {

@@ -418,6 +418,37 @@ START_TEST(dtype_sizes_names_and_rows)
 }
 END_TEST
 
+/* Keys and queries must be finite: the checked conversion refuses NaN and infinities in any
+ * dtype, wherever they sit, and converts finite rows as dtype_to_f32 does. */
+START_TEST(dtype_finite_rows_refuse_nan_and_inf)
+{
+	const float bad[3] = { NAN, INFINITY, -INFINITY };
+	float row[8], out[8], want[8];
+	unsigned char buf[8 * 4];
+	unsigned i, b, at;
+	int d;
+
+	for (d = ICE_DTYPE_F32; d <= ICE_DTYPE_BF16; d++) {
+		enum ice_dtype dt = (enum ice_dtype)d;
+
+		for (i = 0; i < 8; i++) {
+			row[i] = (float)i - 3.5f;
+			dtype_store_f32(buf, dt, i, row[i]);
+		}
+		ck_assert_int_eq(dtype_to_f32_finite(buf, dt, 8, out), 0);
+		ck_assert_int_eq(dtype_to_f32(buf, dt, 8, want), 0);
+		ck_assert_mem_eq(out, want, sizeof(out));
+		for (b = 0; b < 3; b++)
+			for (at = 0; at < 8; at += 7) {
+				dtype_store_f32(buf, dt, at, bad[b]);
+				ck_assert_int_eq(dtype_to_f32_finite(buf, dt, 8, out), -EINVAL);
+				dtype_store_f32(buf, dt, at, row[at]);
+			}
+		ck_assert_int_eq(dtype_to_f32_finite(buf, (enum ice_dtype)7, 8, out), -EINVAL);
+	}
+}
+END_TEST
+
 /* ---- buf_grow ---------------------------------------------------------------------------- */
 
 START_TEST(buf_grow_keeps_contents_and_doubles)
@@ -503,6 +534,7 @@ static Suite *common_suite(void)
 	tcase_add_test(tc, dtype_bf16_rounds_to_nearest_even);
 	tcase_add_test(tc, dtype_special_values);
 	tcase_add_test(tc, dtype_sizes_names_and_rows);
+	tcase_add_test(tc, dtype_finite_rows_refuse_nan_and_inf);
 	tcase_add_test(tc, buf_grow_keeps_contents_and_doubles);
 	tcase_add_test(tc, buf_grow_failure_leaves_the_buffer);
 	tcase_set_timeout(tc, 60); /* the conversion sweeps take seconds under the sanitizers */
