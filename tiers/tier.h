@@ -84,9 +84,18 @@ struct tier_io {
 
 struct tier;
 
+/* What a tier is, for the code that must tell tiers apart (the engine reports it in each page
+ * ref as enum ice_tier). Code asks the kind, never the name. A kind comes with the tier that
+ * has it: the HBM page cache (tiers/hbm) is not a tier. */
+enum tier_kind {
+	TIER_DRAM = 0,
+	TIER_NVME = 1,
+};
+
 struct tier_ops {
-	/* Stats prefix "tier.<name>", and how a store shows residency. */
+	/* Stats prefix "tier.<name>", and what icectl shows; for people, not for comparing. */
 	const char *name;
+	enum tier_kind kind;
 	int (*open)(const struct tier_config *cfg, struct tier **ret_tier);
 	void (*close)(struct tier *t);
 	/* Batches: 0 if every entry succeeded, else the first entry's -errno (all entries get res). */

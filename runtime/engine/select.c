@@ -99,8 +99,7 @@ static void page_where(struct engine *e, const struct store_key *key, struct ice
 	for (i = 0; i < e->ntiers; i++) {
 		if (!(info.resident & (1u << i)))
 			continue;
-		r->tier = !strcmp(e->tiers[i]->name, "nvme") ? ICE_TIER_NVME :
-			  !strcmp(e->tiers[i]->name, "hbm") ? ICE_TIER_HBM : ICE_TIER_DRAM;
+		r->tier = e->tiers[i]->ops->kind == TIER_NVME ? ICE_TIER_NVME : ICE_TIER_DRAM;
 		r->location = info.slot[i] * e->o.slot_bytes;
 		return;
 	}

@@ -502,6 +502,60 @@ START_TEST(full_dram_tier_is_an_error_not_a_crash)
 }
 END_TEST
 
+/* Pages the policy demoted to the NVMe tier say so in their refs (the engine asks each tier its
+ * kind), and still fetch; sink and window pages live in the engine's host memory (DRAM). */
+START_TEST(refs_name_the_tier_that_holds_the_page)
+{
+	struct ice_model_shape sh = { 1, 1, 1, 64, ICE_DTYPE_F32 };
+	struct ice_budget b = { 16, 16, 16, 1 }; /* dense: select returns every page */
+	static float kv[4096 * 64];
+	static struct ice_page_ref r[512];
+	char cfg[256], nvme[64] = "/tmp/icert-kind-XXXXXX";
+	float q[64] = { 1 }, page[2 * 16 * 64];
+	uint32_t seq, ndram = 0, nnvme = 0;
+	uint64_t in_dram, pages;
+	char stats[1 << 16];
+	struct ice_ctx *c;
+	int fd, n, i;
+
+	fd = mkstemp(nvme);
+	ck_assert_int_ge(fd, 0);
+	close(fd);
+	/* 128 DRAM slots of 8 KiB for ~280 pages: the policy demotes the rest to NVMe. */
+	snprintf(cfg, sizeof(cfg), "dram_bytes = 1048576\nnvme_path = %s\nnvme_bytes = 67108864\n",
+		 nvme);
+	ck_assert_int_eq(ice_open_embedded(cfg, &c), 0);
+	ck_assert_int_eq(ice_seq_open(c, &sh, &b, &seq), 0);
+	for (i = 0; i < 4096 * 64; i++)
+		kv[i] = (float)((i * 7) % 19) - 9.0f;
+	ck_assert_int_eq(ice_append(c, seq, 0, 4096, kv, kv), 0);
+	n = ice_select(c, seq, 0, q, r, 512);
+	ck_assert_int_gt(n, 0);
+	/* Before any fetch (a fetch from NVMe may promote the page). */
+	ck_assert_int_gt(ice_stats(c, stats, sizeof(stats)), 0);
+	ck_assert_int_eq(stats_find_u64(stats, "tier.dram.pages", &in_dram), 0);
+	ck_assert_int_eq(stats_find_u64(stats, "store.pages", &pages), 0);
+	for (i = 0; i < n; i++) {
+		ck_assert(r[i].tier == ICE_TIER_DRAM || r[i].tier == ICE_TIER_NVME);
+		if (r[i].kind != ICE_PAGE_RETRIEVED) {
+			ck_assert_uint_eq(r[i].tier, ICE_TIER_DRAM);
+			continue;
+		}
+		ndram += r[i].tier == ICE_TIER_DRAM;
+		nnvme += r[i].tier == ICE_TIER_NVME;
+	}
+	/* Every stored page is in the table once: those with a DRAM copy say DRAM. */
+	ck_assert_uint_eq(ndram + nnvme, pages);
+	ck_assert_uint_eq(ndram, in_dram);
+	ck_assert_uint_gt(nnvme, 0);
+	for (i = 0; i < n; i++)
+		if (r[i].tier == ICE_TIER_NVME)
+			ck_assert_int_eq(ice_fetch(c, seq, 0, &r[i], 1, page, sizeof(page)), 0);
+	ice_close(c);
+	unlink(nvme);
+}
+END_TEST
+
 /* The same table in-process: random entries never crash and never succeed when malformed. */
 START_TEST(embedded_random_entries_get_errors)
 {
@@ -596,6 +650,7 @@ static Suite *rt_suite(void)
 	tcase_add_loop_test(t, group_gives_its_page_to_the_query_that_gains_most, 0, 3);
 	tcase_add_test(t, bad_arguments_get_errors);
 	tcase_add_test(t, full_dram_tier_is_an_error_not_a_crash);
+	tcase_add_test(t, refs_name_the_tier_that_holds_the_page);
 	tcase_add_test(t, embedded_random_entries_get_errors);
 	suite_add_tcase(s, t);
 	return s;
