@@ -68,6 +68,8 @@ enum ice_page_kind {
 	ICE_PAGE_WINDOW = 2,    /* the most recent tokens, not indexed yet */
 };
 
+/* Where a page can be read now. The engine opens DRAM and NVMe tiers only: ICE_TIER_HBM is
+ * reserved for a GPU tier and no select returns it yet. */
 enum ice_tier {
 	ICE_TIER_HBM = 0,
 	ICE_TIER_DRAM = 1,
