@@ -126,7 +126,7 @@ static uint32_t attended_rows(const struct seq *s, const struct head_state *st, 
 
 int engine_select(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer, const float *q,
 		  size_t q_len, struct ice_page_ref *out, size_t cap, float *rest, size_t rest_len,
-		  struct engine_ws *ws)
+		  struct engine_ws *ws, size_t *ret_need)
 {
 	struct seq *s = engine_seq_get(e, owner, id);
 	uint64_t t0 = clock_now_ns();
@@ -152,8 +152,11 @@ int engine_select(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer,
 	    (rest && (rest_len < (size_t)s->p.shape.q_heads * (d + 1) * sizeof(float) ||
 		      rest_len >= (size_t)s->p.shape.q_heads * (d + 1) * sizeof(float) + 8)))
 		return -EINVAL;
-	if (table_size(e, s, layer) > cap)
+	if (table_size(e, s, layer) > cap) {
+		if (ret_need) /* so the caller's retry is the last one */
+			*ret_need = table_size(e, s, layer);
 		return -ENOSPC;
+	}
 	so = layer_opts(e, s, layer);
 	sp = sink_pages(s, layer);
 	wp = win_pages(s, layer);
