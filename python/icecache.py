@@ -70,10 +70,10 @@ def _load():
                          ctypes.POINTER(u32)],
         "ice_seq_close": [vp, u32],
         "ice_append": [vp, u32, u32, u32, vp, vp],
-        "ice_select": [vp, u32, u32, vp, ctypes.POINTER(PageRef), sz],
+        "ice_select": [vp, u32, u32, vp, ctypes.POINTER(PageRef), sz, ctypes.POINTER(sz)],
         "ice_select_cap": [vp, u32, u32],
         "ice_select_rest": [vp, u32, u32, vp, ctypes.POINTER(PageRef), sz,
-                            ctypes.POINTER(ctypes.c_float), sz],
+                            ctypes.POINTER(ctypes.c_float), sz, ctypes.POINTER(sz)],
         "ice_fetch": [vp, u32, u32, ctypes.POINTER(PageRef), sz, vp, sz],
         "ice_stats": [vp, ctypes.c_char_p, sz],
         "ice_seqs": [vp, ctypes.c_char_p, sz],
@@ -183,7 +183,7 @@ class Context:
         sh = self._shapes.get(seq)
         if sh is not None and qn != sh.q_heads * sh.head_dim * 4:
             raise OSError(errno.EINVAL, "q must be q_heads * head_dim float32")
-        n = _check(lib.ice_select(self._h, seq, layer, qp, out, len(out)))
+        n = _check(lib.ice_select(self._h, seq, layer, qp, out, len(out), None))
         return list(out[:n])
 
     def select_rest(self, seq, layer, q):
@@ -203,7 +203,7 @@ class Context:
         nr = sh.q_heads * (sh.head_dim + 1)
         rest = (ctypes.c_float * nr)()
         n = _check(lib.ice_select_rest(self._h, seq, layer, qp, out, len(out), rest,
-                                       nr * 4))
+                                       nr * 4, None))
         d1 = sh.head_dim + 1
         return list(out[:n]), [(rest[i * d1], list(rest[i * d1 + 1:(i + 1) * d1]))
                                for i in range(sh.q_heads)]

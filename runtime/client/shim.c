@@ -581,11 +581,11 @@ static uint64_t align64(uint64_t x)
 /*
  * select and select_rest: q goes first in the arena; the output area follows it, the rest block
  * (select_rest: rest_len bytes padded to 8) first, then as many refs as fit and the caller
- * takes.
+ * takes. On -ENOSPC the completion says how many refs the table needs.
  */
 static int select_call(struct ice_ctx *c, uint8_t op, uint32_t seq, uint32_t layer,
 		       const float *qv, struct ice_page_ref *out, size_t cap, float *rest,
-		       size_t rest_len)
+		       size_t rest_len, size_t *ret_need)
 {
 	struct ring_sqe s = { .opcode = op, .seq = seq, .layer = (uint16_t)layer };
 	struct seq_info *si;
@@ -625,21 +625,28 @@ static int select_call(struct ice_ctx *c, uint8_t op, uint32_t seq, uint32_t lay
 		memcpy(rest, c->arena + s.out_off, rest_len);
 	if (err > 0)
 		memcpy(out, c->arena + s.out_off + rb, (size_t)err * sizeof(*out));
+	if (err >= 0 && ret_need)
+		*ret_need = (size_t)err;
+	if (err == -ENOSPC && q.val[0] > room)
+		err = -E2BIG; /* no cap helps: the table does not fit this context's arena */
+	else if (err == -ENOSPC && ret_need)
+		*ret_need = q.val[0];
 out:
 	pthread_mutex_unlock(&c->lock);
 	return err;
 }
 
 int ice_select(struct ice_ctx *c, uint32_t seq, uint32_t layer, const float *qv,
-	       struct ice_page_ref *out, size_t cap)
+	       struct ice_page_ref *out, size_t cap, size_t *ret_need)
 {
-	return select_call(c, OP_SELECT, seq, layer, qv, out, cap, NULL, 0);
+	return select_call(c, OP_SELECT, seq, layer, qv, out, cap, NULL, 0, ret_need);
 }
 
 int ice_select_rest(struct ice_ctx *c, uint32_t seq, uint32_t layer, const float *qv,
-		    struct ice_page_ref *out, size_t cap, float *rest, size_t rest_len)
+		    struct ice_page_ref *out, size_t cap, float *rest, size_t rest_len,
+		    size_t *ret_need)
 {
-	return select_call(c, OP_SELECT_REST, seq, layer, qv, out, cap, rest, rest_len);
+	return select_call(c, OP_SELECT_REST, seq, layer, qv, out, cap, rest, rest_len, ret_need);
 }
 
 int ice_fetch(struct ice_ctx *c, uint32_t seq, uint32_t layer, const struct ice_page_ref *refs,

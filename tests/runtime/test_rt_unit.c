@@ -232,7 +232,7 @@ START_TEST(half_precision_is_stored_exactly_and_ranked_in_f32)
 	ck_assert_int_eq(ice_open_embedded("dram_bytes = 4194304\nslot_bytes = 4096", &c), 0);
 	ck_assert_int_eq(ice_seq_open(c, &sh, &b, &seq), 0);
 	ck_assert_int_eq(ice_append(c, seq, 0, 64, k, v), 0);
-	n = ice_select(c, seq, 0, q, r, 8);
+	n = ice_select(c, seq, 0, q, r, 8, NULL);
 	ck_assert_int_ge(n, 1);
 	ck_assert_uint_eq(r[0].kind, ICE_PAGE_RETRIEVED);
 	/* The page's mass at scale 1/sqrt(16): token 37 scores 1, its page-mates 0 (the page ranks
@@ -294,7 +294,7 @@ START_TEST(group_gives_its_page_to_the_query_that_gains_most)
 	ck_assert_int_eq(ice_open_embedded(cfgs[_i], &c), 0);
 	ck_assert_int_eq(ice_seq_open(c, &sh, &b, &seq), 0);
 	ck_assert_int_eq(ice_append(c, seq, 0, N, k, v), 0);
-	n = ice_select(c, seq, 0, q, r, 16);
+	n = ice_select(c, seq, 0, q, r, 16, NULL);
 	ck_assert_int_gt(n, 0);
 	for (i = 0; i < (uint32_t)n; i++) {
 		if (r[i].kind != ICE_PAGE_RETRIEVED)
@@ -357,8 +357,8 @@ START_TEST(dci_search_agrees_with_exact_search)
 		for (i = 0; i < 8 * 64; i++)
 			q[i] = k[(size_t)(i / 64 / 4) * N * 64 + (size_t)tok * 64 + i % 64] +
 			       0.3f * rt_frand(&rng);
-		na = ice_select(a, sa, 0, q, ra, 256);
-		nb = ice_select(x, sx, 0, q, rb, 256);
+		na = ice_select(a, sa, 0, q, ra, 256, NULL);
+		nb = ice_select(x, sx, 0, q, rb, 256, NULL);
 		ck_assert_int_gt(na, 0);
 		ck_assert_int_gt(nb, 0);
 		tokens[0] = tokens[1] = 0;
@@ -393,6 +393,7 @@ START_TEST(bad_arguments_get_errors)
 	struct ice_budget b = { 16, 16, 32, 0 };
 	struct ice_page_ref r[16];
 	float kv[2 * 40 * 16] = { 0 }, q[4 * 16] = { 0 }, out[2 * 16 * 16], rest[4 * 17];
+	size_t need, rl = sizeof(rest);
 	struct ice_ctx *c, *c2;
 	uint32_t seq, seq2;
 	char small[8];
@@ -418,15 +419,26 @@ START_TEST(bad_arguments_get_errors)
 	ck_assert_int_eq(ice_append(c, seq, 0, 0, kv, kv), -EINVAL);
 	ck_assert_int_eq(ice_append(c, seq + 1, 0, 40, kv, kv), -ENOENT);
 	ck_assert_int_eq(ice_append(c, seq, 0, 40, kv, kv), 0);
-	ck_assert_int_eq(ice_select(c, seq, 5, q, r, 16), -EINVAL);
-	ck_assert_int_eq(ice_select(c, seq, 0, q, r, 1), -ENOSPC);
-	ck_assert_int_gt(ice_select(c, seq, 0, q, r, 16), 0);
-	ck_assert_int_eq(ice_select_rest(c, seq, 0, q, r, 16, NULL, sizeof(rest)), -EINVAL);
-	ck_assert_int_eq(ice_select_rest(c, seq, 0, q, r, 16, rest, sizeof(rest) - 4), -EINVAL);
-	ck_assert_int_eq(ice_select_rest(c, seq, 5, q, r, 16, rest, sizeof(rest)), -EINVAL);
-	ck_assert_int_eq(ice_select_rest(c, seq + 1, 0, q, r, 16, rest, sizeof(rest)), -ENOENT);
-	ck_assert_int_eq(ice_select_rest(c, seq, 0, q, r, 1, rest, sizeof(rest)), -ENOSPC);
-	ck_assert_int_gt(ice_select_rest(c, seq, 0, q, r, 16, rest, sizeof(rest)), 0);
+	/* ret_need: written on success and on -ENOSPC, untouched by any other error. */
+	need = 77;
+	ck_assert_int_eq(ice_select(c, seq, 5, q, r, 16, &need), -EINVAL);
+	ck_assert_int_eq(ice_select(c, seq + 1, 0, q, r, 16, &need), -ENOENT);
+	ck_assert_int_eq(ice_select(c, seq, 0, q, r, 0, &need), -EINVAL);
+	ck_assert_int_eq(ice_select(c, seq, 0, NULL, r, 16, &need), -EINVAL);
+	ck_assert_uint_eq(need, 77);
+	ck_assert_int_eq(ice_select(c, seq, 0, q, r, 1, &need), -ENOSPC);
+	ck_assert_uint_eq(need, (size_t)ice_select_cap(c, seq, 0));
+	ck_assert_int_eq(ice_select(c, seq, 0, q, r, 1, NULL), -ENOSPC);
+	ck_assert_int_gt(ice_select(c, seq, 0, q, r, 16, NULL), 0);
+	need = 77;
+	ck_assert_int_eq(ice_select_rest(c, seq, 0, q, r, 16, NULL, rl, &need), -EINVAL);
+	ck_assert_int_eq(ice_select_rest(c, seq, 0, q, r, 16, rest, rl - 4, &need), -EINVAL);
+	ck_assert_int_eq(ice_select_rest(c, seq, 5, q, r, 16, rest, rl, &need), -EINVAL);
+	ck_assert_int_eq(ice_select_rest(c, seq + 1, 0, q, r, 16, rest, rl, &need), -ENOENT);
+	ck_assert_uint_eq(need, 77);
+	ck_assert_int_eq(ice_select_rest(c, seq, 0, q, r, 1, rest, rl, &need), -ENOSPC);
+	ck_assert_uint_eq(need, (size_t)ice_select_cap(c, seq, 0));
+	ck_assert_int_gt(ice_select_rest(c, seq, 0, q, r, 16, rest, rl, NULL), 0);
 	r[0].page = 99;
 	ck_assert_int_eq(ice_fetch(c, seq, 0, r, 1, out, sizeof(out)), -EINVAL);
 	r[0].page = 0;
@@ -461,6 +473,36 @@ START_TEST(bad_arguments_get_errors)
 }
 END_TEST
 
+/* A dense layer whose table outgrows the context's arena: -E2BIG (no cap would do), not an
+ * -ENOSPC that a caller growing its buffer would retry for ever. The queries of 240 heads take
+ * most of a 64 KiB arena, leaving room for 170 refs; 15 KV heads of 256 tokens need more. */
+START_TEST(table_beyond_the_arena_is_e2big)
+{
+	struct ice_model_shape sh = { 1, 240, 15, 64, ICE_DTYPE_F32 };
+	struct ice_budget b = { 0, 16, 16, 1 };
+	const size_t room = (65536 - 240 * 64 * sizeof(float)) / sizeof(struct ice_page_ref);
+	static float kv[15 * 256 * 64], q[240 * 64];
+	static struct ice_page_ref r[1024];
+	struct ice_ctx *c;
+	size_t need = 77;
+	uint32_t seq;
+	int i, cap;
+
+	for (i = 0; i < 15 * 256 * 64; i++)
+		kv[i] = (float)((i * 7) % 19) - 9.0f;
+	ck_assert_int_eq(ice_open_embedded("arena_bytes = 65536\ndram_bytes = 67108864", &c), 0);
+	ck_assert_int_eq(ice_seq_open(c, &sh, &b, &seq), 0);
+	ck_assert_int_eq(ice_append(c, seq, 0, 256, kv, kv), 0);
+	cap = ice_select_cap(c, seq, 0);
+	ck_assert_int_gt(cap, (int)room);
+	ck_assert_int_le(cap, 1024);
+	ck_assert_int_eq(ice_select(c, seq, 0, q, r, 1024, &need), -E2BIG);
+	ck_assert_int_eq(ice_select(c, seq, 0, q, r, 1, &need), -E2BIG);
+	ck_assert_uint_eq(need, 77);
+	ice_close(c);
+}
+END_TEST
+
 /* A DRAM cap that fills up: -ENOSPC, and the sequence keeps working with what it has. */
 START_TEST(full_dram_tier_is_an_error_not_a_crash)
 {
@@ -483,10 +525,10 @@ START_TEST(full_dram_tier_is_an_error_not_a_crash)
 		err = ice_append(c, seq, 0, 64, kv, kv);
 	ck_assert_int_gt(i, 2);
 	ck_assert_int_eq(err, -ENOSPC);
-	n1 = ice_select(c, seq, 0, q, r, 64);
+	n1 = ice_select(c, seq, 0, q, r, 64, NULL);
 	ck_assert_int_gt(n1, 0);
 	ck_assert_int_eq(ice_append(c, seq, 0, 64, kv, kv), -ENOSPC);
-	n2 = ice_select(c, seq, 0, q, r, 64);
+	n2 = ice_select(c, seq, 0, q, r, 64, NULL);
 	ck_assert_int_eq(n1, n2);
 	ck_assert_int_gt(ice_stats(c, stats, sizeof(stats)), 0);
 	ck_assert_int_eq(stats_find_u64(stats, "tier.dram.used_bytes", &used), 0);
@@ -529,7 +571,7 @@ START_TEST(refs_name_the_tier_that_holds_the_page)
 	for (i = 0; i < 4096 * 64; i++)
 		kv[i] = (float)((i * 7) % 19) - 9.0f;
 	ck_assert_int_eq(ice_append(c, seq, 0, 4096, kv, kv), 0);
-	n = ice_select(c, seq, 0, q, r, 512);
+	n = ice_select(c, seq, 0, q, r, 512, NULL);
 	ck_assert_int_gt(n, 0);
 	/* Before any fetch (a fetch from NVMe may promote the page). */
 	ck_assert_int_gt(ice_stats(c, stats, sizeof(stats)), 0);
@@ -601,28 +643,45 @@ START_TEST(embedded_random_entries_get_errors)
 }
 END_TEST
 
-/* Only ice_* leaves libicecache.so. */
-START_TEST(library_exports_only_ice_symbols)
+/* libicecache.so exports the public API, exactly: every function of icecache.h, at the API
+ * version's node (libicecache.map), and nothing else. */
+START_TEST(library_exports_exactly_the_public_api)
 {
+	static const char *const api[] = {
+		"ice_append", "ice_close", "ice_config", "ice_connect", "ice_default_socket",
+		"ice_fetch", "ice_is_embedded", "ice_noop", "ice_open_embedded", "ice_page_bytes",
+		"ice_select", "ice_select_cap", "ice_select_rest", "ice_seq_close", "ice_seq_open",
+		"ice_seqs", "ice_stats",
+	};
+	const size_t napi = sizeof(api) / sizeof(api[0]);
 	const char *root = getenv("ICE_BUILD_ROOT");
-	char cmd[1024], line[512];
-	int n = 0;
+	char cmd[1024], line[512], node[32];
+	unsigned char seen[sizeof(api) / sizeof(api[0])] = { 0 };
+	size_t i;
 	FILE *f;
 
+	snprintf(node, sizeof(node), "ICECACHE_%d", ICE_API_VERSION);
 	snprintf(cmd, sizeof(cmd),
 		 "nm -D --defined-only %s/runtime/libicecache.so 2>/dev/null | awk '{print $3}'",
 		 root ? root : "build");
 	f = popen(cmd, "r");
 	ck_assert_ptr_nonnull(f);
 	while (fgets(line, sizeof(line), f)) {
-		line[strcspn(line, "@\n")] = '\0';
-		if (!line[0] || !strcmp(line, "ICECACHE_0"))
+		char *at = strstr(line, "@@");
+
+		line[strcspn(line, "\n")] = '\0';
+		if (!line[0] || !strcmp(line, node))
 			continue;
-		ck_assert_msg(!strncmp(line, "ice_", 4), "exported: %s", line);
-		n++;
+		ck_assert_msg(at && !strcmp(at + 2, node), "exported outside %s: %s", node, line);
+		*at = '\0';
+		for (i = 0; i < napi && strcmp(line, api[i]); i++)
+			;
+		ck_assert_msg(i < napi, "exported: %s", line);
+		seen[i] = 1;
 	}
 	pclose(f);
-	ck_assert_int_ge(n, 15);
+	for (i = 0; i < napi; i++)
+		ck_assert_msg(seen[i], "not exported: %s", api[i]);
 }
 END_TEST
 
@@ -640,7 +699,7 @@ static Suite *rt_suite(void)
 	t = tcase_create("control");
 	tcase_add_test(t, config_round_trips_and_rejects_bad_values);
 	tcase_add_test(t, opcode_table_is_complete);
-	tcase_add_test(t, library_exports_only_ice_symbols);
+	tcase_add_test(t, library_exports_exactly_the_public_api);
 	suite_add_tcase(s, t);
 	t = tcase_create("engine");
 	tcase_set_timeout(t, 120);
@@ -649,6 +708,7 @@ static Suite *rt_suite(void)
 	tcase_add_test(t, dci_search_agrees_with_exact_search);
 	tcase_add_loop_test(t, group_gives_its_page_to_the_query_that_gains_most, 0, 3);
 	tcase_add_test(t, bad_arguments_get_errors);
+	tcase_add_test(t, table_beyond_the_arena_is_e2big);
 	tcase_add_test(t, full_dram_tier_is_an_error_not_a_crash);
 	tcase_add_test(t, refs_name_the_tier_that_holds_the_page);
 	tcase_add_test(t, embedded_random_entries_get_errors);
