@@ -33,7 +33,7 @@
 extern "C" {
 #endif
 
-/* 3: ice_select and ice_select_rest take ret_need. */
+/* 3: ice_select and ice_select_rest take ret_need; ice_seq_info. */
 #define ICE_API_VERSION 3
 #define ICE_PAGE_TOKENS 16
 
@@ -134,6 +134,23 @@ int ice_seq_open(struct ice_ctx *ctx, const struct ice_model_shape *shape,
 
 /* Drops a sequence and frees everything it holds in every tier. -ENOENT if not ours. */
 int ice_seq_close(struct ice_ctx *ctx, uint32_t seq);
+
+/* What a sequence is, as ice_seq_open took it, and how long it is. */
+struct ice_seq_info {
+	struct ice_model_shape shape;
+	struct ice_budget budget;
+	uint64_t tokens;   /* the most tokens ice_append has added to any one layer: the length
+			    * once every layer has had its step's tokens */
+	size_t page_bytes; /* ice_page_bytes(&shape): what ice_fetch writes per ref */
+};
+
+/*
+ * Writes what this context knows of seq into *ret. Answered from the context's own records:
+ * no round trip to the daemon, so a binding may call it before every request to size its
+ * buffers instead of keeping copies. -ENOENT if the sequence is not this context's, -EINVAL
+ * when ctx or ret is NULL.
+ */
+int ice_seq_info(struct ice_ctx *ctx, uint32_t seq, struct ice_seq_info *ret);
 
 /*
  * Appends n tokens (n >= 1) of K and V for one layer, all KV heads (layout above). Tokens fill

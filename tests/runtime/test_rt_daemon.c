@@ -132,6 +132,7 @@ START_TEST(sequences_are_isolated_between_clients)
 	struct ring_cqe q;
 	float kv[2 * 64 * 16] = { 0 }, qv[2 * 16] = { 0 };
 	struct ice_page_ref r[16];
+	struct ice_seq_info si;
 	uint32_t seq;
 
 	daemon_up();
@@ -151,6 +152,9 @@ START_TEST(sequences_are_isolated_between_clients)
 	ck_assert_int_eq(q.res, -EINVAL);
 	s.opcode = OP_SELECT_CAP;
 	ck_assert_int_eq(ice_seq_close(x, seq), -ENOENT);
+	ck_assert_int_eq(ice_seq_info(x, seq, &si), -ENOENT);
+	ck_assert_int_eq(ice_seq_info(a, seq, &si), 0);
+	ck_assert_uint_eq(si.tokens, 64);
 	ck_assert_int_gt(ice_select(a, seq, 0, qv, r, 16, NULL), 0);
 	/* icectl with these two clients: per-tier occupancy in the table and in JSON. */
 	ck_assert_int_eq(icectl_json("status", "\"name\":\"dram\"", "\"pages\":") > 0, 1);

@@ -1,5 +1,6 @@
 /* Unit tests for runtime/: the ring, the config table, the opcode table, and the engine through
  * the public API in embedded mode (checked against a brute-force reference). */
+#include <inttypes.h>
 #include <math.h>
 #include <pthread.h>
 
@@ -394,6 +395,7 @@ START_TEST(bad_arguments_get_errors)
 	struct ice_page_ref r[16];
 	float kv[2 * 40 * 16] = { 0 }, q[4 * 16] = { 0 }, out[2 * 16 * 16], rest[4 * 17];
 	size_t need, rl = sizeof(rest);
+	struct ice_seq_info si;
 	struct ice_ctx *c, *c2;
 	uint32_t seq, seq2;
 	char small[8];
@@ -439,6 +441,9 @@ START_TEST(bad_arguments_get_errors)
 	ck_assert_int_eq(ice_select_rest(c, seq, 0, q, r, 1, rest, rl, &need), -ENOSPC);
 	ck_assert_uint_eq(need, (size_t)ice_select_cap(c, seq, 0));
 	ck_assert_int_gt(ice_select_rest(c, seq, 0, q, r, 16, rest, rl, NULL), 0);
+	ck_assert_int_eq(ice_seq_info(NULL, seq, &si), -EINVAL);
+	ck_assert_int_eq(ice_seq_info(c, seq, NULL), -EINVAL);
+	ck_assert_int_eq(ice_seq_info(c, seq + 1, &si), -ENOENT);
 	r[0].page = 99;
 	ck_assert_int_eq(ice_fetch(c, seq, 0, r, 1, out, sizeof(out)), -EINVAL);
 	r[0].page = 0;
@@ -469,6 +474,63 @@ START_TEST(bad_arguments_get_errors)
 	ck_assert_int_eq(ice_seq_open(c2, &sh, &b, &seq2), 0);
 	ck_assert_int_eq(ice_seq_close(c2, seq2), 0);
 	ice_close(c2);
+	ice_close(c);
+}
+END_TEST
+
+/* Sum of op.<name>.count over every opcode but stats: what the context sent the engine. */
+static uint64_t ops_sent(struct ice_ctx *c)
+{
+	static char st[1 << 16];
+	uint64_t n = 0, v;
+	char *p;
+
+	ck_assert_int_gt(ice_stats(c, st, sizeof(st)), 0);
+	for (p = st; (p = strstr(p, "\nop.")); p++) {
+		char name[64];
+
+		if (sscanf(p + 1, "%63s %" SCNu64, name, &v) == 2 &&
+		    strlen(name) > 6 && !strcmp(name + strlen(name) - 6, ".count") &&
+		    strncmp(name, "op.stats.", 9))
+			n += v;
+	}
+	return n;
+}
+
+/* ice_seq_info answers from what the context knows, without a request: the shape and budget
+ * it opened with, the longest layer, and the page size fetch uses. */
+START_TEST(seq_info_is_answered_without_a_round_trip)
+{
+	struct ice_model_shape sh = { 3, 4, 2, 16, ICE_DTYPE_BF16 };
+	struct ice_budget b = { 16, 16, 32, 1 };
+	static uint16_t kv[2 * 100 * 16];
+	struct ice_seq_info si;
+	struct ice_ctx *c;
+	uint64_t sent;
+	uint32_t seq;
+	int i;
+
+	ck_assert_int_eq(ice_open_embedded("dram_bytes = 67108864", &c), 0);
+	ck_assert_int_eq(ice_seq_open(c, &sh, &b, &seq), 0);
+	ck_assert_int_eq(ice_seq_info(c, seq, &si), 0);
+	ck_assert_mem_eq(&si.shape, &sh, sizeof(sh));
+	ck_assert_mem_eq(&si.budget, &b, sizeof(b));
+	ck_assert_uint_eq(si.tokens, 0);
+	ck_assert_uint_eq(si.page_bytes, ice_page_bytes(&sh));
+	ck_assert_int_eq(ice_append(c, seq, 0, 40, kv, kv), 0);
+	ck_assert_int_eq(ice_append(c, seq, 1, 10, kv, kv), 0);
+	ck_assert_int_eq(ice_append(c, seq, 3, 100, kv, kv), -EINVAL); /* no layer 3 */
+	ck_assert_int_eq(ice_seq_info(c, seq, &si), 0);
+	ck_assert_uint_eq(si.tokens, 40);
+	ck_assert_int_eq(ice_append(c, seq, 1, 100, kv, kv), 0);
+	sent = ops_sent(c);
+	ck_assert_uint_ge(sent, 5); /* seq_open and four appends, at least */
+	for (i = 0; i < 100; i++)
+		ck_assert_int_eq(ice_seq_info(c, seq, &si), 0);
+	ck_assert_uint_eq(ops_sent(c), sent);
+	ck_assert_uint_eq(si.tokens, 110);
+	ck_assert_int_eq(ice_seq_close(c, seq), 0);
+	ck_assert_int_eq(ice_seq_info(c, seq, &si), -ENOENT);
 	ice_close(c);
 }
 END_TEST
@@ -650,8 +712,8 @@ START_TEST(library_exports_exactly_the_public_api)
 	static const char *const api[] = {
 		"ice_append", "ice_close", "ice_config", "ice_connect", "ice_default_socket",
 		"ice_fetch", "ice_is_embedded", "ice_noop", "ice_open_embedded", "ice_page_bytes",
-		"ice_select", "ice_select_cap", "ice_select_rest", "ice_seq_close", "ice_seq_open",
-		"ice_seqs", "ice_stats",
+		"ice_select", "ice_select_cap", "ice_select_rest", "ice_seq_close", "ice_seq_info",
+		"ice_seq_open", "ice_seqs", "ice_stats",
 	};
 	const size_t napi = sizeof(api) / sizeof(api[0]);
 	const char *root = getenv("ICE_BUILD_ROOT");
@@ -708,6 +770,7 @@ static Suite *rt_suite(void)
 	tcase_add_test(t, dci_search_agrees_with_exact_search);
 	tcase_add_loop_test(t, group_gives_its_page_to_the_query_that_gains_most, 0, 3);
 	tcase_add_test(t, bad_arguments_get_errors);
+	tcase_add_test(t, seq_info_is_answered_without_a_round_trip);
 	tcase_add_test(t, table_beyond_the_arena_is_e2big);
 	tcase_add_test(t, full_dram_tier_is_an_error_not_a_crash);
 	tcase_add_test(t, refs_name_the_tier_that_holds_the_page);
