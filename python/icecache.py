@@ -13,6 +13,10 @@
 Buffers are anything exposing the buffer protocol (bytes, bytearray, array.array, numpy).
 Errors raise OSError with the errno the library returned. The library is found through
 $ICECACHE_LIB, else ctypes' normal search for libicecache.so.
+
+A select is one request: the binding remembers the largest table it has been told about and
+grows only when ice_select answers -ENOSPC with the size it needs. Shapes and sizes come from
+ice_seq_info, which the library answers without a request; the binding keeps no copy.
 """
 import ctypes
 import errno
@@ -52,6 +56,19 @@ class PageRef(ctypes.Structure):
 
 assert ctypes.sizeof(PageRef) == 24
 
+
+class SeqInfo(ctypes.Structure):
+    """ice_seq_info: the shape and budget a sequence was opened with, the most tokens appended
+    to any one layer, and the bytes ice_fetch writes per ref."""
+    _fields_ = [("shape", ModelShape), ("budget", Budget), ("tokens", ctypes.c_uint64),
+                ("page_bytes", ctypes.c_size_t)]
+
+
+assert ctypes.sizeof(SeqInfo) == 56
+
+# Refs the first select of a context makes room for; more when the library says so.
+_FIRST_CAP = 256
+
 _lib = None
 
 
@@ -70,10 +87,11 @@ def _load():
                          ctypes.POINTER(u32)],
         "ice_seq_close": [vp, u32],
         "ice_append": [vp, u32, u32, u32, vp, vp],
-        "ice_select": [vp, u32, u32, vp, ctypes.POINTER(PageRef), sz],
+        "ice_seq_info": [vp, u32, ctypes.POINTER(SeqInfo)],
+        "ice_select": [vp, u32, u32, vp, ctypes.POINTER(PageRef), sz, ctypes.POINTER(sz)],
         "ice_select_cap": [vp, u32, u32],
         "ice_select_rest": [vp, u32, u32, vp, ctypes.POINTER(PageRef), sz,
-                            ctypes.POINTER(ctypes.c_float), sz],
+                            ctypes.POINTER(ctypes.c_float), sz, ctypes.POINTER(sz)],
         "ice_fetch": [vp, u32, u32, ctypes.POINTER(PageRef), sz, vp, sz],
         "ice_stats": [vp, ctypes.c_char_p, sz],
         "ice_seqs": [vp, ctypes.c_char_p, sz],
@@ -110,7 +128,7 @@ def _ptr(buf):
 class Context:
     def __init__(self, handle):
         self._h = handle
-        self._shapes = {}
+        self._cap = _FIRST_CAP  # refs the next select makes room for
 
     @classmethod
     def connect(cls, socket_path=None):
@@ -151,62 +169,70 @@ class Context:
         seq = ctypes.c_uint32()
         _check(_load().ice_seq_open(self._h, ctypes.byref(shape), ctypes.byref(budget),
                                     ctypes.byref(seq)))
-        self._shapes[seq.value] = shape
         return seq.value
 
     def seq_close(self, seq):
         _check(_load().ice_seq_close(self._h, seq))
-        self._shapes.pop(seq, None)
+
+    def seq_info(self, seq):
+        """SeqInfo of one of this context's sequences (no request to the daemon)."""
+        info = SeqInfo()
+        _check(_load().ice_seq_info(self._h, seq, ctypes.byref(info)))
+        return info
 
     def page_bytes(self, seq):
-        return _load().ice_page_bytes(ctypes.byref(self._shapes[seq]))
+        return self.seq_info(seq).page_bytes
 
     def append(self, seq, layer, n, k, v):
         kp, ka, kn = _ptr(k)
         vp, va, vn = _ptr(v)
-        sh = self._shapes.get(seq)
-        if sh is not None:
-            want = sh.kv_heads * n * sh.head_dim * (4 if sh.dtype == F32 else 2)
-            if kn != want or vn != want:
-                raise OSError(errno.EINVAL, "k and v must be %d bytes each" % want)
+        sh = self.seq_info(seq).shape
+        want = sh.kv_heads * n * sh.head_dim * (4 if sh.dtype == F32 else 2)
+        if kn != want or vn != want:
+            raise OSError(errno.EINVAL, "k and v must be %d bytes each" % want)
         _check(_load().ice_append(self._h, seq, layer, n, kp, vp))
+
+    def _query(self, seq, q):
+        sh = self.seq_info(seq).shape
+        qp, qa, qn = _ptr(q)
+        if qn != sh.q_heads * sh.head_dim * 4:
+            raise OSError(errno.EINVAL, "q must be q_heads * head_dim float32")
+        return sh, qp, qa
+
+    def _select(self, fn, seq, layer, qp, *rest):
+        """One ice_select(_rest) call, and one more only when the table outgrew the room made
+        for it (the library says how much it needs)."""
+        need = ctypes.c_size_t()
+        while True:
+            cap = self._cap
+            out = (PageRef * cap)()
+            rc = fn(self._h, seq, layer, qp, out, cap, *rest, ctypes.byref(need))
+            if rc != -errno.ENOSPC or need.value <= cap:
+                break
+            # Doubling keeps a growing dense layer from asking again at every step.
+            self._cap = max(self._cap, need.value, 2 * cap)
+        return list(out[:_check(rc)])
 
     def select(self, seq, layer, q):
         """Page table for one decode step of one layer. q: [q_heads][head_dim] float32, the
         queries before the 1/sqrt(head_dim) softmax scale (the engine applies it when it shares
         a KV head's pages among its query heads). Attend only each ref's rows() (its mask):
         retrieved pages carry the budget's tokens chosen among more pages than it holds."""
-        lib = _load()
-        cap = _check(lib.ice_select_cap(self._h, seq, layer))
-        out = (PageRef * max(cap, 1))()
-        qp, qa, qn = _ptr(q)
-        sh = self._shapes.get(seq)
-        if sh is not None and qn != sh.q_heads * sh.head_dim * 4:
-            raise OSError(errno.EINVAL, "q must be q_heads * head_dim float32")
-        n = _check(lib.ice_select(self._h, seq, layer, qp, out, len(out)))
-        return list(out[:n])
+        sh, qp, qa = self._query(seq, q)
+        return self._select(_load().ice_select, seq, layer, qp)
 
     def select_rest(self, seq, layer, q):
         """select, plus the engine's estimate of what the query heads would attend beyond the
         table: a list per query head of (lse, value), lse the log of that part's softmax weight
         at scale 1/sqrt(head_dim) (-inf when nothing is left out) and value its mean V
         (head_dim floats). Merge: (sum e^s v + e^lse value) / (sum e^s + e^lse)."""
-        lib = _load()
-        sh = self._shapes.get(seq)
-        if sh is None:
-            raise OSError(errno.ENOENT, "unknown sequence")
-        cap = _check(lib.ice_select_cap(self._h, seq, layer))
-        out = (PageRef * max(cap, 1))()
-        qp, qa, qn = _ptr(q)
-        if qn != sh.q_heads * sh.head_dim * 4:
-            raise OSError(errno.EINVAL, "q must be q_heads * head_dim float32")
+        sh, qp, qa = self._query(seq, q)
         nr = sh.q_heads * (sh.head_dim + 1)
         rest = (ctypes.c_float * nr)()
-        n = _check(lib.ice_select_rest(self._h, seq, layer, qp, out, len(out), rest,
-                                       nr * 4))
+        refs = self._select(_load().ice_select_rest, seq, layer, qp, rest, nr * 4)
         d1 = sh.head_dim + 1
-        return list(out[:n]), [(rest[i * d1], list(rest[i * d1 + 1:(i + 1) * d1]))
-                               for i in range(sh.q_heads)]
+        return refs, [(rest[i * d1], list(rest[i * d1 + 1:(i + 1) * d1]))
+                      for i in range(sh.q_heads)]
 
     def fetch(self, seq, layer, refs):
         n = len(refs)

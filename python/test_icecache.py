@@ -14,6 +14,70 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import icecache  # noqa: E402
 
 
+class Calls:
+    """Wraps the library's functions by name and counts the calls and their results, so a test
+    can check what one binding call costs in library (and so ring) calls."""
+
+    def __init__(self, *names):
+        self.lib = icecache._load()
+        self.saved = {n: getattr(self.lib, n) for n in names}  # with their argtypes
+        self.calls = {n: [] for n in names}
+
+    def __enter__(self):
+        for name, fn in self.saved.items():
+            def wrapped(*args, _fn=fn, _log=self.calls[name]):
+                rc = _fn(*args)
+                _log.append(rc)
+                return rc
+            setattr(self.lib, name, wrapped)
+        return self.calls
+
+    def __exit__(self, *exc):
+        for name, fn in self.saved.items():
+            setattr(self.lib, name, fn)
+
+
+def one_call_per_select(c, seq, q, n):
+    """select and select_rest cost one library call each once the table fits, and no
+    ice_select_cap; both still give the same table."""
+    c.select(seq, 0, q)  # room for this table, whatever the context did before
+    with Calls("ice_select", "ice_select_rest", "ice_select_cap") as calls:
+        for _ in range(n):
+            refs = c.select(seq, 0, q)
+            refs2, _ = c.select_rest(seq, 0, q)
+            assert [(r.page, r.kv_head, r.mask) for r in refs] == \
+                [(r.page, r.kv_head, r.mask) for r in refs2]
+    assert len(calls["ice_select"]) == n and len(calls["ice_select_rest"]) == n, calls
+    assert not calls["ice_select_cap"], calls
+
+
+def growing_table(c):
+    """A dense layer's table grows with the sequence past the room the binding made: each
+    select still returns the whole table, and costs a second call only when the library said
+    -ENOSPC, a few times in all (the room doubles)."""
+    hkv, hq, d, steps, step = 2, 4, 16, 60, 96
+    seq = c.seq_open(layers=2, q_heads=hq, kv_heads=hkv, head_dim=d, sink=16, window=16,
+                     retrieved=32, dense_layers=1)
+    q = array.array("f", [0.25 if i % 3 else -0.5 for i in range(hq * d)])
+    lib = icecache._load()
+    selects = 0
+    with Calls("ice_select") as calls:
+        for t in range(steps):
+            k = array.array("f", [((t * 131 + i * 7919) % 101) / 50.0 - 1.0
+                                  for i in range(hkv * step * d)])
+            for layer in (0, 1):
+                c.append(seq, layer, step, k, k)
+            refs = c.select(seq, 0, q)  # dense: every page
+            assert len(refs) == lib.ice_select_cap(c._h, seq, 0), t
+            assert len(c.select(seq, 1, q)) > 0
+            selects += 2
+    grows = calls["ice_select"].count(-errno.ENOSPC)
+    assert len(calls["ice_select"]) == selects + grows, (selects, grows)
+    assert 1 <= grows <= 3, grows
+    assert c.seq_info(seq).tokens == steps * step
+    c.seq_close(seq)
+
+
 def workload(c):
     hkv, hq, d, n = 2, 4, 16, 100
     seq = c.seq_open(layers=1, q_heads=hq, kv_heads=hkv, head_dim=d, sink=16, window=16,
@@ -42,8 +106,13 @@ def workload(c):
     assert all((lse == float("-inf") and not any(v)) or
                (abs(lse) < 1e30 and 0 <= v[0] < n) for lse, v in rest), rest
     assert any(lse > float("-inf") for lse, _ in rest), rest
+    one_call_per_select(c, seq, q, 5)
+    info = c.seq_info(seq)
+    assert (info.shape.q_heads, info.shape.kv_heads, info.shape.head_dim) == (hq, hkv, d)
+    assert (info.budget.sink_tokens, info.budget.retrieved_tokens, info.tokens) == (16, 32, n)
     data = c.fetch(seq, 0, refs)
     pb = c.page_bytes(seq)
+    assert pb == info.page_bytes == 2 * 16 * d * 4
     assert len(data) == pb * len(refs)
     # Every fetched row is the row appended for the token its V row names.
     for i, r in enumerate(refs):
@@ -61,6 +130,12 @@ def workload(c):
     assert any(name.endswith(".tokens") and val == n for name, val in c.seqs().items())
     assert "dram_bytes" in c.config()
     c.seq_close(seq)
+    try:
+        c.seq_info(seq)
+        raise AssertionError("seq_info on a closed sequence worked")
+    except OSError as e:
+        assert e.errno == errno.ENOENT, e
+    growing_table(c)
     return [(r.page, r.kv_head, r.kind, r.fill, r.mask, r.score) for r in refs], data, rest
 
 

@@ -16,7 +16,8 @@
 #define NIL UINT32_MAX
 /* Pages handled per internal batch: bounds the stack arrays of the data path. */
 #define STORE_CHUNK 256u
-/* Staging slots for moves between two tiers the CPU cannot address (hbm <-> nvme). */
+/* Staging slots for moves between two tiers the CPU cannot address (none with dram + nvme: a
+ * move then reads or writes the dram slot in place). */
 #define STORE_STAGE 256u
 
 struct store_ent {

@@ -8,9 +8,9 @@
  * slot in each. The store is mechanism only: it puts, gets, migrates and drops what it is told
  * to; tiers/policy.h decides what moves where (watermarks, heat).
  *
- * Tiers are given at open, fastest first (e.g. {dram, nvme} or {hbm, dram, nvme}); a tier's
- * index in that array is how the calls below name it. The store borrows the tiers: close the
- * store before the tiers.
+ * Tiers are given at open, fastest first ({dram} or {dram, nvme}: what the engine opens); a
+ * tier's index in that array is how the calls below name it. The store borrows the tiers:
+ * close the store before the tiers.
  *
  * Batch calls take arrays and fill a per-entry result; they return 0 when every entry
  * succeeded, otherwise the first failing entry's -errno (the other entries are still done).

@@ -1,5 +1,5 @@
 /*
- * The tier interface: what a storage tier (hbm, dram, nvme) implements so the page store can
+ * The tier interface: what a storage tier (dram, nvme) implements so the page store can
  * keep pages in it. Modelled on SPDK's bdev_module: each tier folder (tiers/<name>/) provides one
  * `const struct tier_ops` and a small header declaring it; the store only calls through the table.
  *
@@ -31,9 +31,9 @@
 
 /* Slot sizes and NVMe transfers are multiples of this (the O_DIRECT logical block). */
 #define TIER_ALIGN 4096u
-/* Most tiers one store holds (hbm, dram, nvme, and one spare). */
+/* Most tiers one store holds (dram, nvme, and room for two more). */
 #define TIER_MAX 4
-/* Longest tier name ("dram", "nvme", "hbm"); the stats prefix is "tier.<name>". */
+/* Longest tier name ("dram", "nvme"); the stats prefix is "tier.<name>". */
 #define TIER_NAME_MAX 16
 
 /* dram: do not try huge pages (MAP_HUGETLB, then transparent huge pages). */
@@ -58,8 +58,6 @@ struct tier_config {
 	const char *path;
 	/* dram: NUMA node for the pool, -1 = nearest the GPU if one is found, else the local node. */
 	int numa_node;
-	/* hbm: CUDA device ordinal. */
-	int device;
 	/* TIER_F_*. */
 	unsigned flags;
 	/* nvme: io_uring entries per ring, i.e. the most reads in flight per batch (0 = 256). */
@@ -86,9 +84,18 @@ struct tier_io {
 
 struct tier;
 
+/* What a tier is, for the code that must tell tiers apart (the engine reports it in each page
+ * ref as enum ice_tier). Code asks the kind, never the name. A kind comes with the tier that
+ * has it: the HBM page cache (tiers/hbm) is not a tier. */
+enum tier_kind {
+	TIER_DRAM = 0,
+	TIER_NVME = 1,
+};
+
 struct tier_ops {
-	/* Stats prefix "tier.<name>", and how a store shows residency. */
+	/* Stats prefix "tier.<name>", and what icectl shows; for people, not for comparing. */
 	const char *name;
+	enum tier_kind kind;
 	int (*open)(const struct tier_config *cfg, struct tier **ret_tier);
 	void (*close)(struct tier *t);
 	/* Batches: 0 if every entry succeeded, else the first entry's -errno (all entries get res). */

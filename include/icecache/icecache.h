@@ -7,7 +7,9 @@
  *
  * Conventions
  * - Every function that can fail returns 0 (or a count) on success and a negative errno value on
- *   failure; out-parameters (ret_*) are written only on success. Nothing here aborts or exits.
+ *   failure; out-parameters (ret_*) are written only on success, except ret_need of ice_select
+ *   and ice_select_rest, which -ENOSPC writes too (that is its purpose). Nothing here aborts
+ *   or exits.
  * - Thread safety: one context may be shared by threads; its calls are serialized by a lock
  *   inside the context. For parallel requests, open one context per thread.
  * - Ownership: the library keeps no pointer the caller passes once a call returns.
@@ -33,7 +35,8 @@
 extern "C" {
 #endif
 
-#define ICE_API_VERSION 2
+/* 3: ice_select and ice_select_rest take ret_need; ice_seq_info. */
+#define ICE_API_VERSION 3
 #define ICE_PAGE_TOKENS 16
 
 struct ice_model_shape {
@@ -63,6 +66,8 @@ enum ice_page_kind {
 	ICE_PAGE_WINDOW = 2,    /* the most recent tokens, not indexed yet */
 };
 
+/* Where a page can be read now. The engine opens DRAM and NVMe tiers only: ICE_TIER_HBM is
+ * reserved for a GPU tier and no select returns it yet. */
 enum ice_tier {
 	ICE_TIER_HBM = 0,
 	ICE_TIER_DRAM = 1,
@@ -125,6 +130,23 @@ int ice_seq_open(struct ice_ctx *ctx, const struct ice_model_shape *shape,
 /* Drops a sequence and frees everything it holds in every tier. -ENOENT if not ours. */
 int ice_seq_close(struct ice_ctx *ctx, uint32_t seq);
 
+/* What a sequence is, as ice_seq_open took it, and how long it is. */
+struct ice_seq_info {
+	struct ice_model_shape shape;
+	struct ice_budget budget;
+	uint64_t tokens;   /* the most tokens ice_append has added to any one layer: the length
+			    * once every layer has had its step's tokens */
+	size_t page_bytes; /* ice_page_bytes(&shape): what ice_fetch writes per ref */
+};
+
+/*
+ * Writes what this context knows of seq into *ret. Answered from the context's own records:
+ * no round trip to the daemon, so a binding may call it before every request to size its
+ * buffers instead of keeping copies. -ENOENT if the sequence is not this context's, -EINVAL
+ * when ctx or ret is NULL.
+ */
+int ice_seq_info(struct ice_ctx *ctx, uint32_t seq, struct ice_seq_info *ret);
+
 /*
  * Appends n tokens (n >= 1) of K and V for one layer, all KV heads (layout above). Tokens fill
  * the window first; full pages leave the window for the index and the page store. Large
@@ -153,11 +175,17 @@ int ice_append(struct ice_ctx *ctx, uint32_t seq, uint32_t layer, uint32_t n, co
  * overfetch = 1 attends whole pages. Writes at most cap refs into out, grouped by KV head in
  * ascending order; within a head: sink pages, then retrieved pages best first, then window
  * pages (oldest first).
- * Returns the number written; -ENOSPC when cap is too small for the budget (ice_select_cap
- * tells the size).
+ *
+ * out holds cap >= 1 refs. Returns the number written, and writes it to *ret_need too.
+ * -ENOSPC when cap is below what this select may return (a dense layer's table grows with the
+ * sequence): out is left alone and *ret_need is the cap that suffices now, so a caller keeps
+ * one buffer, grows it when told and retries, and a select costs one round trip otherwise.
+ * ret_need may be NULL. -E2BIG when the table would not fit the context's arena (config
+ * arena_bytes): no cap helps. -EINVAL on a bad argument or layer, -ENOENT when seq is not
+ * this context's.
  */
 int ice_select(struct ice_ctx *ctx, uint32_t seq, uint32_t layer, const float *q,
-	       struct ice_page_ref *out, size_t cap);
+	       struct ice_page_ref *out, size_t cap, size_t *ret_need);
 
 /*
  * ice_select, plus what the query heads would attend beyond the table, estimated: every index
@@ -170,12 +198,18 @@ int ice_select(struct ice_ctx *ctx, uint32_t seq, uint32_t layer, const float *q
  * attention is (sum_t e^{s_t} v_t + e^{rest} v_rest) / (sum_t e^{s_t} + e^{rest}): it puts
  * back the diffuse background that attending only the budget drops. Costs one dot product and
  * one axpy per page and query head in the engine. rest_len: q_heads * (head_dim + 1) *
- * sizeof(float), else -EINVAL; otherwise as ice_select.
+ * sizeof(float), else -EINVAL; otherwise as ice_select (ret_need included; rest is written
+ * only on success).
  */
 int ice_select_rest(struct ice_ctx *ctx, uint32_t seq, uint32_t layer, const float *q,
-		    struct ice_page_ref *out, size_t cap, float *rest, size_t rest_len);
+		    struct ice_page_ref *out, size_t cap, float *rest, size_t rest_len,
+		    size_t *ret_need);
 
-/* Refs ice_select can return at most for this sequence and layer at its current length. */
+/*
+ * Refs ice_select can return at most for this sequence and layer at its current length, without
+ * selecting: one round trip. Optional: ice_select's ret_need gives the same size when it is
+ * needed, so a select loop does not have to ask first.
+ */
 int ice_select_cap(struct ice_ctx *ctx, uint32_t seq, uint32_t layer);
 
 /*

@@ -24,9 +24,14 @@
 
 #define CQ_SLICE_NS 20000000ull /* between checks that the daemon is still there */
 
+/* What the context knows of its own sequences: enough to size and split requests and to
+ * answer ice_seq_info without a round trip. */
 struct seq_info {
 	uint32_t id;
 	struct ice_model_shape shape;
+	struct ice_budget budget;
+	uint64_t *layer_tokens;	/* tokens appended per layer, shape.layers of them */
+	uint64_t tokens;	/* the largest of those */
 };
 
 struct ice_ctx {
@@ -46,7 +51,7 @@ struct ice_ctx {
 	struct engine *eng;
 	struct ops_ctx oc;
 	struct ops_stats st;
-	/* shapes of this context's sequences, to size and split requests */
+	/* this context's sequences */
 	struct seq_info *seqs;
 	size_t nseqs, seqs_cap;
 };
@@ -234,6 +239,8 @@ out_free:
 
 void ice_close(struct ice_ctx *c)
 {
+	size_t i;
+
 	if (!c)
 		return;
 	if (c->embedded) {
@@ -250,6 +257,8 @@ void ice_close(struct ice_ctx *c)
 	/* Closing the socket is what tells the daemon to free this client's sequences. */
 	if (c->sock >= 0)
 		close(c->sock);
+	for (i = 0; i < c->nseqs; i++)
+		free(c->seqs[i].layer_tokens);
 	free(c->seqs);
 	pthread_mutex_destroy(&c->lock);
 	free(c);
@@ -454,11 +463,19 @@ int ice_seq_open(struct ice_ctx *c, const struct ice_model_shape *shape,
 {
 	struct ring_sqe s = { .opcode = OP_SEQ_OPEN, .in_len = sizeof(struct proto_open_args) };
 	struct proto_open_args a;
+	uint64_t *lt = NULL;
 	struct ring_cqe q;
 	int err;
 
 	if (!c || !shape || !budget || !ret_seq)
 		return -EINVAL;
+	/* Counters first, so nothing can fail once the engine holds the sequence; layers outside
+	 * 1..1024 (icecache.h) get -EINVAL from the engine and need none. */
+	if (shape->layers && shape->layers <= 1024) {
+		lt = calloc(shape->layers, sizeof(*lt));
+		if (!lt)
+			return -ENOMEM;
+	}
 	a = (struct proto_open_args){ shape->layers, shape->q_heads, shape->kv_heads,
 		shape->head_dim, shape->dtype, budget->sink_tokens, budget->window_tokens,
 		budget->retrieved_tokens, budget->dense_layers, 0 };
@@ -470,12 +487,18 @@ int ice_seq_open(struct ice_ctx *c, const struct ice_model_shape *shape,
 	err = call(c, &s, &q);
 	if (err)
 		goto out;
-	c->seqs[c->nseqs].id = (uint32_t)q.val[0];
-	c->seqs[c->nseqs].shape = *shape;
+	if (!lt) { /* the engine took a shape it should have refused */
+		err = -EPROTO;
+		goto out;
+	}
+	c->seqs[c->nseqs] = (struct seq_info){ .id = (uint32_t)q.val[0], .shape = *shape,
+					       .budget = *budget, .layer_tokens = lt };
+	lt = NULL;
 	c->nseqs++;
 	*ret_seq = (uint32_t)q.val[0];
 out:
 	pthread_mutex_unlock(&c->lock);
+	free(lt);
 	return err;
 }
 
@@ -491,8 +514,10 @@ int ice_seq_close(struct ice_ctx *c, uint32_t seq)
 	pthread_mutex_lock(&c->lock);
 	err = call(c, &s, &q);
 	si = seq_find(c, seq);
-	if (si && (!err || err == -ENOENT))
+	if (si && (!err || err == -ENOENT)) {
+		free(si->layer_tokens);
 		*si = c->seqs[--c->nseqs];
+	}
 	pthread_mutex_unlock(&c->lock);
 	return err;
 }
@@ -547,8 +572,32 @@ int ice_append(struct ice_ctx *c, uint32_t seq, uint32_t layer, uint32_t n, cons
 		err = call(c, &s, &q);
 		if (err)
 			break;
+		if (layer < si->shape.layers) { /* else the engine said -EINVAL */
+			si->layer_tokens[layer] += m;
+			if (si->layer_tokens[layer] > si->tokens)
+				si->tokens = si->layer_tokens[layer];
+		}
 	}
 out:
+	pthread_mutex_unlock(&c->lock);
+	return err;
+}
+
+int ice_seq_info(struct ice_ctx *c, uint32_t seq, struct ice_seq_info *ret)
+{
+	struct seq_info *si;
+	int err = 0;
+
+	if (!c || !ret)
+		return -EINVAL;
+	pthread_mutex_lock(&c->lock);
+	si = seq_find(c, seq);
+	if (!si)
+		err = -ENOENT;
+	else
+		*ret = (struct ice_seq_info){ .shape = si->shape, .budget = si->budget,
+					      .tokens = si->tokens,
+					      .page_bytes = ice_page_bytes(&si->shape) };
 	pthread_mutex_unlock(&c->lock);
 	return err;
 }
@@ -575,11 +624,11 @@ static uint64_t align64(uint64_t x)
 /*
  * select and select_rest: q goes first in the arena; the output area follows it, the rest block
  * (select_rest: rest_len bytes padded to 8) first, then as many refs as fit and the caller
- * takes.
+ * takes. On -ENOSPC the completion says how many refs the table needs.
  */
 static int select_call(struct ice_ctx *c, uint8_t op, uint32_t seq, uint32_t layer,
 		       const float *qv, struct ice_page_ref *out, size_t cap, float *rest,
-		       size_t rest_len)
+		       size_t rest_len, size_t *ret_need)
 {
 	struct ring_sqe s = { .opcode = op, .seq = seq, .layer = (uint16_t)layer };
 	struct seq_info *si;
@@ -619,21 +668,28 @@ static int select_call(struct ice_ctx *c, uint8_t op, uint32_t seq, uint32_t lay
 		memcpy(rest, c->arena + s.out_off, rest_len);
 	if (err > 0)
 		memcpy(out, c->arena + s.out_off + rb, (size_t)err * sizeof(*out));
+	if (err >= 0 && ret_need)
+		*ret_need = (size_t)err;
+	if (err == -ENOSPC && q.val[0] > room)
+		err = -E2BIG; /* no cap helps: the table does not fit this context's arena */
+	else if (err == -ENOSPC && ret_need)
+		*ret_need = q.val[0];
 out:
 	pthread_mutex_unlock(&c->lock);
 	return err;
 }
 
 int ice_select(struct ice_ctx *c, uint32_t seq, uint32_t layer, const float *qv,
-	       struct ice_page_ref *out, size_t cap)
+	       struct ice_page_ref *out, size_t cap, size_t *ret_need)
 {
-	return select_call(c, OP_SELECT, seq, layer, qv, out, cap, NULL, 0);
+	return select_call(c, OP_SELECT, seq, layer, qv, out, cap, NULL, 0, ret_need);
 }
 
 int ice_select_rest(struct ice_ctx *c, uint32_t seq, uint32_t layer, const float *qv,
-		    struct ice_page_ref *out, size_t cap, float *rest, size_t rest_len)
+		    struct ice_page_ref *out, size_t cap, float *rest, size_t rest_len,
+		    size_t *ret_need)
 {
-	return select_call(c, OP_SELECT_REST, seq, layer, qv, out, cap, rest, rest_len);
+	return select_call(c, OP_SELECT_REST, seq, layer, qv, out, cap, rest, rest_len, ret_need);
 }
 
 int ice_fetch(struct ice_ctx *c, uint32_t seq, uint32_t layer, const struct ice_page_ref *refs,

@@ -178,12 +178,25 @@ static int check_select(const struct ops_ctx *oc, const struct ring_sqe *s)
 	return 0;
 }
 
+/* -ENOSPC carries the refs the table needs in val[0]: the client grows its buffer to that and
+ * its next select succeeds, instead of asking select_cap before every select. */
+static int select_done(int res, size_t need, struct ring_cqe *c)
+{
+	if (res == -ENOSPC)
+		c->val[0] = need;
+	return res;
+}
+
 static int handle_select(struct ops_ctx *oc, const struct ring_sqe *s, struct ring_cqe *c)
 {
-	return engine_select(oc->eng, oc->owner, s->seq, s->layer,
-			     (const float *)(const void *)(oc->arena + s->in_off), s->in_len,
-			     (struct ice_page_ref *)(void *)(oc->arena + s->out_off),
-			     s->out_len / sizeof(struct ice_page_ref), NULL, 0, &oc->ws);
+	size_t need = 0;
+	int r;
+
+	r = engine_select(oc->eng, oc->owner, s->seq, s->layer,
+			  (const float *)(const void *)(oc->arena + s->in_off), s->in_len,
+			  (struct ice_page_ref *)(void *)(oc->arena + s->out_off),
+			  s->out_len / sizeof(struct ice_page_ref), NULL, 0, &oc->ws, &need);
+	return select_done(r, need, c);
 }
 
 /* select_rest: out = the rest term (arg[0] bytes, a multiple of 8), then the refs. */
@@ -202,14 +215,17 @@ static int check_select_rest(const struct ops_ctx *oc, const struct ring_sqe *s)
 static int handle_select_rest(struct ops_ctx *oc, const struct ring_sqe *s, struct ring_cqe *c)
 {
 	uint64_t rb = s->arg[0];
+	size_t need = 0;
+	int r;
 
 	/* The rest block is q_heads * (head_dim + 1) floats padded to 8 bytes; the engine checks
 	 * that size against the sequence's shape. */
-	return engine_select(oc->eng, oc->owner, s->seq, s->layer,
-			     (const float *)(const void *)(oc->arena + s->in_off), s->in_len,
-			     (struct ice_page_ref *)(void *)(oc->arena + s->out_off + rb),
-			     (s->out_len - rb) / sizeof(struct ice_page_ref),
-			     (float *)(void *)(oc->arena + s->out_off), rb, &oc->ws);
+	r = engine_select(oc->eng, oc->owner, s->seq, s->layer,
+			  (const float *)(const void *)(oc->arena + s->in_off), s->in_len,
+			  (struct ice_page_ref *)(void *)(oc->arena + s->out_off + rb),
+			  (s->out_len - rb) / sizeof(struct ice_page_ref),
+			  (float *)(void *)(oc->arena + s->out_off), rb, &oc->ws, &need);
+	return select_done(r, need, c);
 }
 
 static int check_fetch(const struct ops_ctx *oc, const struct ring_sqe *s)

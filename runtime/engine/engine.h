@@ -64,12 +64,14 @@ int engine_append(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer,
 		  const void *k, const void *v);
 
 int engine_select_cap(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer);
-/* q: q_heads * head_dim floats (q_len bytes, checked). Returns the number of refs written.
+/* q: q_heads * head_dim floats (q_len bytes, checked). Returns the number of refs written;
+ * -ENOSPC when cap is below the table's size (engine_select_cap), which then goes to
+ * *ret_need (NULL: not wanted; untouched on any other result).
  * rest: NULL, or q_heads * (head_dim + 1) floats for the rest term (ice_select_rest); rest_len
  * is that size in bytes, or up to 7 bytes more (the ring pads it to 8). */
 int engine_select(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer, const float *q,
 		  size_t q_len, struct ice_page_ref *out, size_t cap, float *rest, size_t rest_len,
-		  struct engine_ws *ws);
+		  struct engine_ws *ws, size_t *ret_need);
 /* refs must be private memory (they are checked, then used). ws: scratch for store reads. */
 int engine_fetch(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer,
 		 const struct ice_page_ref *refs, size_t n, void *buf, size_t cap,

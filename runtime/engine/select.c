@@ -86,8 +86,7 @@ static void page_where(struct engine *e, const struct store_key *key, struct ice
 	for (i = 0; i < e->ntiers; i++) {
 		if (!(info.resident & (1u << i)))
 			continue;
-		r->tier = !strcmp(e->tiers[i]->name, "nvme") ? ICE_TIER_NVME :
-			  !strcmp(e->tiers[i]->name, "hbm") ? ICE_TIER_HBM : ICE_TIER_DRAM;
+		r->tier = e->tiers[i]->ops->kind == TIER_NVME ? ICE_TIER_NVME : ICE_TIER_DRAM;
 		r->location = info.slot[i] * e->o.slot_bytes;
 		return;
 	}
@@ -114,7 +113,7 @@ static uint32_t attended_rows(const struct seq *s, const struct head_state *st, 
 
 int engine_select(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer, const float *q,
 		  size_t q_len, struct ice_page_ref *out, size_t cap, float *rest, size_t rest_len,
-		  struct engine_ws *ws)
+		  struct engine_ws *ws, size_t *ret_need)
 {
 	struct seq *s = engine_seq_get(e, owner, id);
 	uint64_t t0 = clock_now_ns();
@@ -140,8 +139,11 @@ int engine_select(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer,
 	    (rest && (rest_len < (size_t)s->p.shape.q_heads * (d + 1) * sizeof(float) ||
 		      rest_len >= (size_t)s->p.shape.q_heads * (d + 1) * sizeof(float) + 8)))
 		return -EINVAL;
-	if (table_size(e, s, layer) > cap)
+	if (table_size(e, s, layer) > cap) {
+		if (ret_need) /* so the caller's retry is the last one */
+			*ret_need = table_size(e, s, layer);
 		return -ENOSPC;
+	}
 	so = layer_opts(e, s, layer);
 	sp = sink_pages(s, layer);
 	wp = win_pages(s, layer);

@@ -12,7 +12,8 @@
 #include "ring.h"
 
 #define PROTO_MAGIC 0x31454349u /* "ICE1" little-endian */
-#define PROTO_VERSION 2 /* 2: ice_page_ref carries a token mask */
+/* 2: ice_page_ref carries a token mask; 3: select's -ENOSPC gives the refs needed in val[0] */
+#define PROTO_VERSION 3
 
 /* Handshake: the client sends hello, the daemon answers welcome (+ the memfd on success). */
 enum proto_kind {

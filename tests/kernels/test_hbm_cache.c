@@ -1,13 +1,13 @@
-/* Unit tests for the HBM tier's slot bookkeeping (tiers/hbm/hbm_cache.c), checked against a
- * plain model: a page selected again unchanged is a hit, pinned slots are never evicted, the
- * least recently released slot goes first, stale versions are replaced. */
+/* Unit tests for the HBM page cache's slot bookkeeping (tiers/hbm/hbm_cache.c), checked
+ * against a plain model: a page selected again unchanged is a hit, pinned slots are never
+ * evicted, the least recently released slot goes first, stale versions are replaced. */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "check_main.h"
 #include "hbm_cache.h"
-#include "hbm_tier.h"
+#include "hbm.h"
 #include "kern.h"
 
 struct model_slot {
@@ -212,19 +212,17 @@ START_TEST(cache_reset_keeps_pins)
 }
 END_TEST
 
-/* Without a GPU the tier does not open (the store then runs on the other tiers). */
-START_TEST(hbm_tier_needs_a_gpu)
+/* Without a GPU the page cache does not open (its callers then stay on host memory). */
+START_TEST(hbm_needs_a_gpu)
 {
-	struct tier_config cfg = { 0 };
-	struct tier *t = NULL;
+	struct hbm_config cfg = { .nslots = 64, .slot_bytes = 8192 };
+	struct hbm *h = NULL;
 
 	if (kern_gpu_count() > 0)
 		return; /* the gpu suite opens it for real */
-	cfg.capacity_bytes = 64 * 8192;
-	cfg.slot_size = 8192;
-	ck_assert_int_eq(tier_open(&hbm_tier_ops, &cfg, &t), -ENODEV);
-	ck_assert_ptr_null(t);
-	ck_assert_ptr_null(hbm_tier_hbm(NULL));
+	ck_assert_int_eq(hbm_open(&cfg, &h), -ENODEV);
+	ck_assert_ptr_null(h);
+	ck_assert_int_eq(hbm_failed(NULL), 1);
 }
 END_TEST
 
@@ -237,7 +235,7 @@ static Suite *hbm_cache_suite(void)
 	tcase_add_loop_test(tc, cache_matches_model, 0, 3);
 	tcase_add_test(tc, cache_decode_steps);
 	tcase_add_test(tc, cache_reset_keeps_pins);
-	tcase_add_test(tc, hbm_tier_needs_a_gpu);
+	tcase_add_test(tc, hbm_needs_a_gpu);
 	suite_add_tcase(s, tc);
 	return s;
 }

@@ -1,8 +1,8 @@
 /*
- * GPU tests for the HBM tier (suite gpu): working sets loaded from pinned DRAM land byte for
- * byte, reselected unchanged pages are not moved, the attention kernel reading the loaded
- * working set matches the CPU reference, the pool exported over CUDA IPC reads the same in a
- * second process, and a GPU fault marks the tier failed. Exits 77 without a device; the tests
+ * GPU tests for the HBM page cache (suite gpu): working sets loaded from pinned DRAM land byte
+ * for byte, reselected unchanged pages are not moved, the attention kernel reading the loaded
+ * working set matches the CPU reference, single slots round-trip, the pool exported over CUDA
+ * IPC reads the same in a second process, and a GPU fault marks the cache failed. Exits 77 without a device; the tests
  * run unforked (CUDA does not survive a fork; second processes are spawned with a fresh exec).
  */
 #include <errno.h>
@@ -17,7 +17,6 @@
 #include "attn_case.h"
 #include "check_main.h"
 #include "hbm.h"
-#include "hbm_tier.h"
 #include "kern.h"
 
 extern char **environ;
@@ -165,12 +164,12 @@ START_TEST(hbm_load_moves_only_what_changed)
 		ids[i] = 460 + i; /* none of the 40 above (multiples of 11 up to 429) */
 	ck_assert_int_eq(load_check(&g, ids, 48), 48);
 	stats_buf_init(&sb, text, sizeof(text));
-	hbm_stats(g.h, &sb, "tier.hbm");
-	ck_assert_int_eq(stats_find_u64(text, "tier.hbm.evictions", &v), 0);
+	hbm_stats(g.h, &sb, "hbm");
+	ck_assert_int_eq(stats_find_u64(text, "hbm.evictions", &v), 0);
 	ck_assert_uint_eq(v, 24);
-	ck_assert_int_eq(stats_find_u64(text, "tier.hbm.moved_pages", &v), 0);
+	ck_assert_int_eq(stats_find_u64(text, "hbm.moved_pages", &v), 0);
 	ck_assert_uint_eq(v, 91);
-	ck_assert_int_eq(stats_find_u64(text, "tier.hbm.failed", &v), 0);
+	ck_assert_int_eq(stats_find_u64(text, "hbm.failed", &v), 0);
 	ck_assert_uint_eq(v, 0);
 	ck_assert_int_eq(hbm_load(g.h, NULL, 3, NULL, g.stream), -EINVAL);
 	rig_close(&g);
@@ -325,7 +324,7 @@ START_TEST(hbm_export_reads_in_place_elsewhere)
 }
 END_TEST
 
-/* Second process: a gather from an address nothing maps faults the GPU; the tier must say so
+/* Second process: a gather from an address nothing maps faults the GPU; the cache must say so
  * and refuse further work without touching the device. Prints "failed <rc...>". */
 static int fault_child(void)
 {
@@ -364,7 +363,7 @@ static int fault_child(void)
 	return 0;
 }
 
-START_TEST(hbm_gpu_fault_marks_tier_failed)
+START_TEST(hbm_gpu_fault_marks_cache_failed)
 {
 	char *argv[] = { (char *)"test_hbm_gpu", (char *)"--fault-child", NULL };
 	char line[128];
@@ -382,46 +381,34 @@ START_TEST(hbm_gpu_fault_marks_tier_failed)
 END_TEST
 
 /* ICE_GPU_SKIP="ipc fault": leave cases out (the sanitizer runs; see kernels/gpu-run.sh). */
-/* Through the tier interface: slots round-trip byte for byte, the store cannot allocate HBM
- * slots behind the working sets' back, stats come out under tier.hbm. */
-START_TEST(hbm_tier_interface)
+/* Single slots (hbm_write_slot / hbm_read_slot, for checks and tools) round-trip byte for byte;
+ * a slot out of range is -EINVAL; a fresh pool is not failed. */
+START_TEST(hbm_slots_round_trip)
 {
-	struct tier_config cfg = { 0 };
-	struct tier *t;
-	struct tier_io io[3];
+	struct hbm_config cfg = { .nslots = 32, .slot_bytes = SLOT };
 	static unsigned char a[3][SLOT], b[3][SLOT];
+	struct hbm *h;
 	char text[4096];
 	struct stats_buf sb;
-	uint64_t slot, v, s = fresh_seed();
+	uint64_t v, s = fresh_seed();
 	int i;
 
-	cfg.capacity_bytes = 32 * SLOT;
-	cfg.slot_size = SLOT;
-	ck_assert_int_eq(tier_open(&hbm_tier_ops, &cfg, &t), 0);
-	ck_assert_ptr_nonnull(hbm_tier_hbm(t));
-	ck_assert_uint_eq(hbm_nslots(hbm_tier_hbm(t)), 32);
-	ck_assert_int_eq(tier_alloc(t, 1, &slot), -ENOSPC);
+	ck_assert_int_eq(hbm_open(&cfg, &h), 0);
+	ck_assert_uint_eq(hbm_nslots(h), 32);
 	for (i = 0; i < 3; i++) {
 		for (size_t k = 0; k < SLOT; k++)
 			a[i][k] = (unsigned char)case_rand(&s);
-		io[i].slot = (uint64_t)(i * 13);
-		io[i].buf = a[i];
-		io[i].len = SLOT;
-		io[i].cap = SLOT;
+		ck_assert_int_eq(hbm_write_slot(h, (uint32_t)(i * 13), a[i], SLOT), 0);
 	}
-	ck_assert_int_eq(tier_write(t, io, 3), 0);
 	for (i = 0; i < 3; i++)
-		io[i].buf = b[i];
-	ck_assert_int_eq(tier_read(t, io, 3), 0);
+		ck_assert_int_eq(hbm_read_slot(h, (uint32_t)(i * 13), b[i], SLOT), 0);
 	ck_assert_int_eq(memcmp(a, b, sizeof(a)), 0);
-	io[0].slot = 32;
-	ck_assert_int_eq(tier_read(t, io, 1), -EINVAL);
-	ck_assert_int_eq(io[0].res, -EINVAL);
+	ck_assert_int_eq(hbm_read_slot(h, 32, b[0], SLOT), -EINVAL);
 	stats_buf_init(&sb, text, sizeof(text));
-	tier_stats(t, &sb);
-	ck_assert_int_eq(stats_find_u64(text, "tier.hbm.failed", &v), 0);
+	hbm_stats(h, &sb, "hbm");
+	ck_assert_int_eq(stats_find_u64(text, "hbm.failed", &v), 0);
 	ck_assert_uint_eq(v, 0);
-	tier_close(t);
+	hbm_close(h);
 }
 END_TEST
 
@@ -433,7 +420,7 @@ static Suite *hbm_suite(void)
 	tcase_set_timeout(tc, 120);
 	tcase_add_test(tc, hbm_load_moves_only_what_changed);
 	tcase_add_test(tc, hbm_working_set_feeds_attention);
-	tcase_add_test(tc, hbm_tier_interface);
+	tcase_add_test(tc, hbm_slots_round_trip);
 	suite_add_tcase(s, tc);
 	if (!check_case_skipped("ipc")) { /* initcheck cannot see the other process's writes */
 		tc = tcase_create("ipc");
@@ -444,7 +431,7 @@ static Suite *hbm_suite(void)
 	if (!check_case_skipped("fault")) { /* a deliberate illegal access: left out under memcheck */
 		tc = tcase_create("fault");
 		tcase_set_timeout(tc, 60);
-		tcase_add_test(tc, hbm_gpu_fault_marks_tier_failed);
+		tcase_add_test(tc, hbm_gpu_fault_marks_cache_failed);
 		suite_add_tcase(s, tc);
 	}
 	return s;

@@ -92,6 +92,7 @@ static inline uint64_t rt_scenario(struct ice_ctx *c, const struct rt_scn *s)
 	float *rest = malloc(rest_len);
 	unsigned char *seen = malloc(s->ntok);
 	uint32_t seq, layer, pos, h, i, n;
+	size_t need;
 	int got, cap;
 
 	ck_assert_int_eq(ice_seq_open(c, sh, &s->budget, &seq), 0);
@@ -115,14 +116,28 @@ static inline uint64_t rt_scenario(struct ice_ctx *c, const struct rt_scn *s)
 		cap = ice_select_cap(c, seq, layer);
 		ck_assert_int_gt(cap, 0);
 		ck_assert_int_le(cap, 4096);
-		if (cap > 1)
-			ck_assert_int_eq(ice_select(c, seq, layer, q, refs, (size_t)cap - 1), -ENOSPC);
-		got = ice_select(c, seq, layer, q, refs, 4096);
+		/* One buffer, grown when told: a cap too small is -ENOSPC, out untouched, with the
+		 * cap that suffices (select_cap's) in need; the retry with it is the last one. */
+		memset(refs, 0xa5, sizeof(*refs));
+		need = 0;
+		got = ice_select(c, seq, layer, q, refs, 1, &need);
+		if (cap > 1) {
+			ck_assert_int_eq(got, -ENOSPC);
+			ck_assert_uint_eq(need, (size_t)cap);
+			ck_assert_uint_eq(refs[0].page, 0xa5a5a5a5u);
+			need = 0;
+			ck_assert_int_eq(ice_select_rest(c, seq, layer, q, refs2, (size_t)cap - 1,
+							 rest, rest_len, &need), -ENOSPC);
+			ck_assert_uint_eq(need, (size_t)cap);
+			got = ice_select(c, seq, layer, q, refs, need, &need);
+		}
 		ck_assert_int_eq(got, cap);
+		ck_assert_uint_eq(need, (size_t)got);
 		/* select_rest: the same table, and the rest term checked per head below. */
-		ck_assert_int_eq(ice_select_rest(c, seq, layer, q, refs2, 4096, rest, rest_len - 4),
-				 -EINVAL);
-		ck_assert_int_eq(ice_select_rest(c, seq, layer, q, refs2, 4096, rest, rest_len), got);
+		ck_assert_int_eq(ice_select_rest(c, seq, layer, q, refs2, 4096, rest, rest_len - 4,
+						 NULL), -EINVAL);
+		ck_assert_int_eq(ice_select_rest(c, seq, layer, q, refs2, 4096, rest, rest_len,
+						 NULL), got);
 		for (i = 0; i < (uint32_t)got; i++) {
 			ck_assert_uint_eq(refs2[i].page, refs[i].page);
 			ck_assert_uint_eq(refs2[i].kv_head, refs[i].kv_head);

@@ -132,6 +132,7 @@ START_TEST(sequences_are_isolated_between_clients)
 	struct ring_cqe q;
 	float kv[2 * 64 * 16] = { 0 }, qv[2 * 16] = { 0 };
 	struct ice_page_ref r[16];
+	struct ice_seq_info si;
 	uint32_t seq;
 
 	daemon_up();
@@ -151,7 +152,10 @@ START_TEST(sequences_are_isolated_between_clients)
 	ck_assert_int_eq(q.res, -EINVAL);
 	s.opcode = OP_SELECT_CAP;
 	ck_assert_int_eq(ice_seq_close(x, seq), -ENOENT);
-	ck_assert_int_gt(ice_select(a, seq, 0, qv, r, 16), 0);
+	ck_assert_int_eq(ice_seq_info(x, seq, &si), -ENOENT);
+	ck_assert_int_eq(ice_seq_info(a, seq, &si), 0);
+	ck_assert_uint_eq(si.tokens, 64);
+	ck_assert_int_gt(ice_select(a, seq, 0, qv, r, 16, NULL), 0);
 	/* icectl with these two clients: per-tier occupancy in the table and in JSON. */
 	ck_assert_int_eq(icectl_json("status", "\"name\":\"dram\"", "\"pages\":") > 0, 1);
 	ck_assert_int_gt(icectl_json("status", "\"name\":\"dram\"", "\"used_bytes\":"), 0);
@@ -187,7 +191,7 @@ START_TEST(killed_client_is_cleaned_up_others_keep_working)
 	ck_assert_int_eq(ice_connect(sock, &c), 0);
 	ck_assert_int_eq(ice_seq_open(c, &sh, &b, &seq), 0);
 	ck_assert_int_eq(ice_append(c, seq, 0, 256, k, v), 0);
-	n0 = ice_select(c, seq, 0, q, r0, 64);
+	n0 = ice_select(c, seq, 0, q, r0, 64, NULL);
 	ck_assert_int_gt(n0, 0);
 	used_before = stat_of(c, "tier.dram.used_bytes");
 	ck_assert_int_eq(pipe(pfd), 0);
@@ -215,7 +219,7 @@ START_TEST(killed_client_is_cleaned_up_others_keep_working)
 	waitpid(child, NULL, 0);
 	for (i = 0; i < 500; i++) {
 		/* the survivor works all along */
-		n = ice_select(c, seq, 0, q, r, 64);
+		n = ice_select(c, seq, 0, q, r, 64, NULL);
 		ck_assert_int_eq(n, n0);
 		ck_assert_mem_eq(r, r0, (size_t)n * sizeof(*r));
 		/* The dead client's sequences are freed by its own thread, its slot a little later

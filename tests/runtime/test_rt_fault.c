@@ -36,13 +36,13 @@ static void *victim_main(void *arg)
 
 	for (i = 0; i < 4 * 32; i++)
 		q[i] = (float)((i * 13) % 11) - 5.0f;
-	n0 = ice_select(v->c, v->seq, 0, q, r0, 64);
+	n0 = ice_select(v->c, v->seq, 0, q, r0, 64, NULL);
 	if (n0 <= 0 || ice_fetch(v->c, v->seq, 0, r0, (size_t)n0, b0, sizeof(b0))) {
 		v->bad = 1;
 		return NULL;
 	}
 	while (!__atomic_load_n(&v->stop, __ATOMIC_RELAXED)) {
-		n = ice_select(v->c, v->seq, 0, q, r, 64);
+		n = ice_select(v->c, v->seq, 0, q, r, 64, NULL);
 		if (n != n0 || memcmp(r, r0, (size_t)n * sizeof(*r)) ||
 		    ice_fetch(v->c, v->seq, 0, r, (size_t)n, b1, sizeof(b1)) ||
 		    memcmp(b0, b1, (size_t)n * ice_page_bytes(&vsh))) {

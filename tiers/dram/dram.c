@@ -164,6 +164,7 @@ void dram_get_info(struct tier *t, struct dram_info *ret_info)
 
 const struct tier_ops dram_tier_ops = {
 	.name = "dram",
+	.kind = TIER_DRAM,
 	.open = dram_open,
 	.close = dram_close,
 	.read = dram_read,

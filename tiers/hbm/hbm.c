@@ -1,6 +1,7 @@
 /*
- * HBM tier: the slot pool in GPU memory and the per-layer working-set loads. CUDA stays behind
- * kern_* (kernels/kern.h); this file only decides what moves where.
+ * HBM page cache: the slot pool in GPU memory and the per-layer working-set loads, driven by
+ * the GPU tests and `icebench gpu` (not yet by the engine, see hbm.h). CUDA stays behind kern_*
+ * (kernels/kern.h); this file only decides what moves where.
  */
 #include <errno.h>
 #include <stdlib.h>

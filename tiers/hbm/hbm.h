@@ -1,16 +1,21 @@
 /*
- * The HBM tier: a pool of page slots in GPU memory (cudaMalloc, never managed memory) holding
- * each layer's attention working set (sink + selected + window pages) and, in the slots not in
- * use, a cache of recently selected pages so that a page selected again, unchanged, is not
- * moved again (tiers/hbm/hbm_cache.h keeps the books).
+ * The HBM page cache: a pool of page slots in GPU memory (cudaMalloc, never managed memory)
+ * holding each layer's attention working set (sink + selected + window pages) and, in the slots
+ * not in use, a cache of recently selected pages so that a page selected again, unchanged, is
+ * not moved again (tiers/hbm/hbm_cache.h keeps the books).
+ *
+ * What drives it today: the GPU tests (tests/kernels/test_hbm_gpu.c) and `icebench gpu`. It is
+ * not yet a tier the engine opens: icecached and embedded contexts keep pages in the DRAM and
+ * NVMe tiers only, and clients fetch them (ice_fetch) and attend them themselves. Nor is it a
+ * struct tier_ops tier: the working sets own every slot, the page store places nothing here.
  *
  * A step, per layer: hbm_load() places every requested page (hit: nothing to do; miss: a slot,
  * then one kern_gather launch moves all misses from pinned DRAM, zero-copy), and fills the
  * kern_attn page table; after the attention has been enqueued, hbm_release() unpins them.
  *
  * Failure: a CUDA error other than a bad argument or out-of-memory (an illegal address, a lost
- * device) marks the tier failed: every later call returns -EIO without touching the GPU, and
- * the engine keeps serving from the other tiers (it checks hbm_failed()).
+ * device) marks the cache failed: every later call returns -EIO without touching the GPU, so a
+ * caller (hbm_failed()) can keep serving from host memory.
  *
  * Export: hbm_export() gives a CUDA IPC handle for the whole pool; a client process opens it
  * (kern_ipc_open) and reads slot s at s * slot_bytes, so its attention kernel reads the working
@@ -63,7 +68,7 @@ int hbm_load(struct hbm *h, const struct hbm_req *reqs, uint32_t n, struct kern_
 	     void *stream);
 /* Unpins pages returned by hbm_load (after the work that reads them is enqueued). */
 void hbm_release(struct hbm *h, const struct kern_page *pages, uint32_t n);
-/* Waits for `stream`; a GPU error found here marks the tier failed (-EIO). */
+/* Waits for `stream`; a GPU error found here marks the cache failed (-EIO). */
 int hbm_sync(struct hbm *h, void *stream);
 /* Drops a sequence's cached pages. */
 uint32_t hbm_drop_seq(struct hbm *h, uint64_t seq);
@@ -77,12 +82,12 @@ uint32_t hbm_nslots(const struct hbm *h);
 /* CUDA IPC handle of the pool (the client opens it with kern_ipc_open). */
 int hbm_export(struct hbm *h, struct kern_ipc_handle *ret_handle);
 
-/* Host <-> slot copies (synchronous), for the store's put/get through this tier. */
+/* Host <-> slot copies (synchronous), for checks and tools. */
 int hbm_write_slot(struct hbm *h, uint32_t slot, const void *buf, size_t len);
 int hbm_read_slot(struct hbm *h, uint32_t slot, void *buf, size_t len);
 
 /* <prefix>.{failed,hits,misses,evictions,stale,pinned,cached,loads,moved_pages,moved_bytes}
- * (the tier passes "tier.hbm"). */
+ * (the GPU tests pass "hbm"). */
 void hbm_stats(const struct hbm *h, struct stats_buf *sb, const char *prefix);
 
 #endif

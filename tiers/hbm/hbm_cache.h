@@ -1,13 +1,14 @@
 /*
- * Which HBM slot holds which page: the bookkeeping of the HBM tier's working sets, kept apart
- * from CUDA so that it is tested everywhere.
+ * Which HBM slot holds which page: the bookkeeping of the HBM page cache's working sets
+ * (tiers/hbm/hbm.h: a GPU-side page cache that the GPU tests and `icebench gpu` drive, not yet a
+ * tier the engine opens), kept apart from CUDA so that it is tested everywhere.
  *
  * A page is cached by (key, version): asked for again unchanged, it is a hit and nothing moves;
  * asked for at a newer version (a window page that grew), its old copy is replaced. Slots in a
  * step's working set are pinned (a count, so two sets may share a page) and never evicted;
  * unpinned slots that hold valid pages are the cache, evicted least recently used first.
  *
- * One owner thread (the engine's GPU thread); no locking.
+ * One owner thread (the one that enqueues the GPU work); no locking.
  */
 #ifndef ICE_TIERS_HBM_CACHE_H
 #define ICE_TIERS_HBM_CACHE_H

@@ -635,6 +635,7 @@ void nvme_get_info(struct tier *t, struct nvme_info *ret_info)
 
 const struct tier_ops nvme_tier_ops = {
 	.name = "nvme",
+	.kind = TIER_NVME,
 	.open = nvme_open,
 	.close = nvme_close,
 	.read = nvme_read,

@@ -653,20 +653,24 @@ static int ice_attend(struct sel *s, const struct kv *kv, int layer, int pos, co
 		return err;
 	if (layer == s->L - 1)
 		s->ice_n = n;
-	nref = ice_select_cap(s->ice, s->seq, (uint32_t)layer);
-	if (nref < 0)
-		return nref;
-	if ((err = buf_grow(&s->refs, &s->nrefs_cap, (size_t)nref, sizeof(*s->refs))))
-		return err;
 	/* the model folds 1/sqrt(d) into q; the engine takes the query as the model computes it
 	 * and applies the scale itself when it weighs a group's queries against each other */
 	for (i = 0; i < s->g * s->nkv * s->d; i++)
 		s->qun[i] = q[i] * sqrtf((float)s->d);
-	if (s->c.rest)
-		nref = ice_select_rest(s->ice, s->seq, (uint32_t)layer, s->qun, s->refs, s->nrefs_cap,
-				       s->rest, (size_t)s->g * s->nkv * (s->d + 1) * sizeof(float));
-	else
-		nref = ice_select(s->ice, s->seq, (uint32_t)layer, s->qun, s->refs, s->nrefs_cap);
+	/* one round trip per select: s->refs grows only when the engine says it needs more */
+	for (size_t want = s->nrefs_cap ? s->nrefs_cap : 64;;) {
+		if ((err = buf_grow(&s->refs, &s->nrefs_cap, want, sizeof(*s->refs))))
+			return err;
+		if (s->c.rest)
+			nref = ice_select_rest(s->ice, s->seq, (uint32_t)layer, s->qun, s->refs,
+					       s->nrefs_cap, s->rest, (size_t)s->g * s->nkv *
+					       (s->d + 1) * sizeof(float), &want);
+		else
+			nref = ice_select(s->ice, s->seq, (uint32_t)layer, s->qun, s->refs,
+					  s->nrefs_cap, &want);
+		if (nref != -ENOSPC || want <= s->nrefs_cap)
+			break;
+	}
 	if (nref < 0)
 		return nref;
 	need = (size_t)nref * pb;

@@ -642,7 +642,7 @@ static int bench_gpu_main(int argc, char **argv)
 		r->move_attend_token_us = median(samples, o.iters);
 
 		/*
-		 * The same move through the HBM tier (tiers/hbm): per layer hbm_load (cache lookup,
+		 * The same move through the HBM page cache (tiers/hbm): per layer hbm_load (lookup,
 		 * one inline gather for the misses) and hbm_release; host clock to the stream's end.
 		 * "fresh": a new selection every token (sink hits, window page at a new version);
 		 * "repeat": the previous token's selection again (only the window page moves).
@@ -828,7 +828,7 @@ static int bench_gpu_main(int argc, char **argv)
 				r->sdpa_layer_us * o.layers);
 		}
 		for (c = 0; c < o.nctx; c++)
-			fprintf(f, "hbm tier: %7u  new selection %7.0f us/token (%.0f pages moved), same "
+			fprintf(f, "hbm cache: %6u  new selection %7.0f us/token (%.0f pages moved), same "
 				   "selection again %7.0f us/token (%.0f pages moved)\n",
 				res[c].ctx, res[c].tier_fresh_us, res[c].tier_fresh_pages,
 				res[c].tier_repeat_us, res[c].tier_repeat_pages);

@@ -102,7 +102,7 @@ static void *worker_main(void *arg)
 			err = ice_noop(c);
 			break;
 		case M_RING_SELECT:
-			err = ice_select(c, seq, 0, q, refs, 64);
+			err = ice_select(c, seq, 0, q, refs, 64, NULL);
 			err = err < 0 ? err : 0;
 			break;
 		default:
