@@ -12,6 +12,7 @@
 
 #include "check_main.h"
 #include "idx.h"
+#include "ref_rest.h"
 #include "select.h"
 #include "synth.h"
 
@@ -147,56 +148,22 @@ static int cmp_desc(const void *a, const void *b)
 	return x < y ? 1 : x > y ? -1 : 0;
 }
 
-/* The rest term in double over pages not in in[] (select.h), checked against r[g][d + 1]. */
+static const float *fix_row(const void *ctx, uint32_t p, uint32_t t, int v)
+{
+	const struct fix *f = ctx;
+
+	return (v ? f->vals : f->keys) + (size_t)f->pos[p][t] * f->dim;
+}
+
+/* The rest term over pages not in in[] (select.h), checked against r[g][d + 1]. */
 static void check_rest(const struct fix *f, const unsigned char *in, const float *q, uint32_t g,
 		       double s, const float *r)
 {
-	uint32_t d = f->dim, j, p, t, i;
-	double *acc = malloc(d * sizeof(double)), *x = malloc(f->np * sizeof(double));
+	uint32_t j;
 
-	for (j = 0; j < g; j++) {
-		const float *rj = r + (size_t)j * (d + 1);
-		double m = -INFINITY, l = 0;
-
-		memset(acc, 0, d * sizeof(double));
-		for (p = 0; p < f->np; p++) {
-			double dot = 0;
-
-			x[p] = -INFINITY;
-			if (in[p])
-				continue;
-			for (t = 0; t < f->fill[p]; t++)
-				dot += dotd(q + (size_t)j * d, f->keys + (size_t)f->pos[p][t] * d,
-					    d);
-			x[p] = s * dot / f->fill[p] + log((double)f->fill[p]);
-			m = fmax(m, x[p]);
-		}
-		for (p = 0; p < f->np; p++) {
-			double w;
-
-			if (in[p])
-				continue;
-			w = exp(x[p] - m);
-			l += w;
-			for (t = 0; t < f->fill[p]; t++)
-				for (i = 0; i < d; i++)
-					acc[i] += w / f->fill[p] *
-						  f->vals[(size_t)f->pos[p][t] * d + i];
-		}
-		if (l == 0) {
-			ck_assert(isinf(rj[0]) && rj[0] < 0);
-			for (i = 0; i < d; i++)
-				ck_assert(rj[1 + i] == 0);
-			continue;
-		}
-		ck_assert_msg(fabs(rj[0] - (m + log(l))) <= 1e-4 * (1 + fabs(m + log(l))),
-			      "rest lse %g, reference %g", rj[0], m + log(l));
-		for (i = 0; i < d; i++)
-			ck_assert_msg(fabs(rj[1 + i] - acc[i] / l) <= 1e-4 * (1 + fabs(acc[i] / l)),
-				      "rest v[%u] %g, reference %g", i, rj[1 + i], acc[i] / l);
-	}
-	free(acc);
-	free(x);
+	for (j = 0; j < g; j++)
+		ref_rest_check(f->np, in, f->fill, fix_row, f, q + (size_t)j * f->dim, f->dim, s,
+			       1e-4, r + (size_t)j * (f->dim + 1));
 }
 
 static void *ws_for(const struct fix *f, uint32_t g, const struct select_opts *o, size_t *ret)

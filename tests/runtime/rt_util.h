@@ -20,6 +20,7 @@
 #include <unistd.h>
 
 #include "icecache/icecache.h"
+#include "ref_rest.h"
 
 #define PT ICE_PAGE_TOKENS
 
@@ -183,56 +184,38 @@ static inline void rt_ref_token_weights(const struct rt_page *pg, const float *q
  * pg[0..np) that is not in the table (want[j] with wmask[j] != 0 is; wmask NULL: every page
  * is, a dense layer) counts fill * exp(q . mean key / sqrt(d)) with its mean V.
  */
+struct rt_pages {
+	const struct rt_page *pg;
+	uint32_t d;
+};
+
+static inline const float *rt_page_row(const void *ctx, uint32_t p, uint32_t t, int v)
+{
+	const struct rt_pages *r = ctx;
+
+	return r->pg[p].k + (size_t)((v ? PT : 0) + t) * r->d;
+}
+
 static inline void rt_check_rest(const struct rt_page *pg, uint32_t np, const uint16_t *wmask,
 				 const uint32_t *want, uint32_t nwant, const float *q, uint32_t g,
 				 uint32_t d, const float *rest)
 {
 	unsigned char *in = calloc(np ? np : 1, 1);
-	uint32_t j, p, t, i;
+	uint32_t *fill = calloc(np ? np : 1, sizeof(*fill));
+	struct rt_pages rows = { pg, d };
+	uint32_t j, p;
 
+	ck_assert(in && fill);
 	for (j = 0; wmask && j < nwant; j++)
 		in[want[j]] = wmask[j] != 0;
-	for (p = 0; !wmask && p < np; p++)
-		in[p] = 1;
-	for (j = 0; j < g; j++) {
-		const float *r = rest + (size_t)j * (d + 1);
-		double m = -1e300, l = 0, acc[512] = { 0 }, x[1024];
-
-		for (p = 0; p < np; p++) {
-			double dot = 0;
-
-			x[p] = -1e300;
-			if (in[p] || !pg[p].fill)
-				continue;
-			for (t = 0; t < pg[p].fill; t++)
-				for (i = 0; i < d; i++)
-					dot += (double)q[j * d + i] * pg[p].k[t * d + i];
-			x[p] = dot / pg[p].fill / sqrt((double)d) + log((double)pg[p].fill);
-			m = x[p] > m ? x[p] : m;
-		}
-		for (p = 0; p < np; p++) {
-			double w;
-
-			if (x[p] <= -1e299)
-				continue;
-			w = exp(x[p] - m);
-			l += w;
-			for (t = 0; t < pg[p].fill; t++)
-				for (i = 0; i < d; i++)
-					acc[i] += w / pg[p].fill * pg[p].k[(PT + t) * d + i];
-		}
-		if (l == 0) {
-			ck_assert(isinf(r[0]) && r[0] < 0);
-			for (i = 0; i < d; i++)
-				ck_assert(r[1 + i] == 0);
-			continue;
-		}
-		ck_assert_msg(fabs(r[0] - (m + log(l))) <= 1e-3 * (1 + fabs(m + log(l))),
-			      "rest lse %g, reference %g", r[0], m + log(l));
-		for (i = 0; i < d; i++)
-			ck_assert_msg(fabs(r[1 + i] - acc[i] / l) <= 1e-3 * (1 + fabs(acc[i] / l)),
-				      "rest v[%u] %g, reference %g", i, r[1 + i], acc[i] / l);
+	for (p = 0; p < np; p++) {
+		in[p] |= !wmask;
+		fill[p] = pg[p].fill;
 	}
+	for (j = 0; j < g; j++)
+		ref_rest_check(np, in, fill, rt_page_row, &rows, q + (size_t)j * d, d, 1 / sqrt((double)d),
+			       1e-3, rest + (size_t)j * (d + 1));
+	free(fill);
 	free(in);
 }
 
