@@ -212,13 +212,20 @@ int config_print(const struct rt_config *c, char *buf, size_t cap)
 	return (int)len;
 }
 
-int config_default_socket(char *buf, size_t cap)
+const char *config_env_socket(void)
 {
 	const char *env = getenv("ICECACHE_SOCKET");
+
+	return env && *env ? env : NULL;
+}
+
+int config_default_socket(char *buf, size_t cap)
+{
+	const char *env = config_env_socket();
 	const char *xdg = getenv("XDG_RUNTIME_DIR");
 	int n;
 
-	if (env && *env)
+	if (env)
 		n = snprintf(buf, cap, "%s", env);
 	else if (xdg && *xdg)
 		n = snprintf(buf, cap, "%s/icecache/icecached.sock", xdg);

@@ -44,6 +44,10 @@ int config_print(const struct rt_config *c, char *buf, size_t cap);
 
 /* The default socket path for this user (creates nothing). */
 int config_default_socket(char *buf, size_t cap);
+/* $ICECACHE_SOCKET when set and not empty, else NULL. A path named there is treated as one
+ * named by --socket: the daemon creates no directory for it and neither side expects the
+ * default path's private directory. */
+const char *config_env_socket(void);
 
 struct engine_opts;
 /* The engine options a configuration names (o->nvme_path points into c: engine_new reads it

@@ -6,6 +6,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -62,17 +63,86 @@ const char *server_socket_path(const struct server *srv)
 	return srv->path;
 }
 
-/* The default directory must be ours and private; anything else is someone's trap. */
+__attribute__((format(printf, 2, 3)))
+static int refuse_start(int err, const char *fmt, ...)
+{
+	va_list ap;
+
+	fputs("icecached: ", stderr);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+	return err;
+}
+
+/* The default directory must be ours and private: in /tmp anyone could have made it first. */
 static int private_dir(const char *dir)
 {
 	struct stat st;
 
 	if (mkdir(dir, 0700) < 0 && errno != EEXIST)
-		return -errno;
+		return refuse_start(-errno, "cannot create %s: %s", dir, strerror(errno));
 	if (lstat(dir, &st) < 0)
-		return -errno;
-	if (!S_ISDIR(st.st_mode) || st.st_uid != getuid() || (st.st_mode & 077))
-		return -EPERM;
+		return refuse_start(-errno, "%s: %s", dir, strerror(errno));
+	if (S_ISLNK(st.st_mode))
+		return refuse_start(-EPERM, "%s is a symbolic link, not a directory of ours: "
+				    "refusing it (remove it, or choose --socket)", dir);
+	if (!S_ISDIR(st.st_mode))
+		return refuse_start(-EPERM, "%s is not a directory: refusing it", dir);
+	if (st.st_uid != getuid())
+		return refuse_start(-EPERM, "%s is owned by uid %u, not %u: someone else's "
+				    "directory, refusing it (remove it, or choose --socket)", dir,
+				    (unsigned)st.st_uid, (unsigned)getuid());
+	if (st.st_mode & 077)
+		return refuse_start(-EPERM, "%s has mode %04o: group and others must have no "
+				    "access (chmod 0700 it)", dir, (unsigned)(st.st_mode & 07777));
+	return 0;
+}
+
+/* A socket path chosen by name may lie in a shared directory such as /tmp, but only one where
+ * no one else can replace what we create there: ours or root's, and writable by no one else
+ * unless sticky. Clients check the daemon's peer credentials whatever the directory. */
+static int named_dir(const char *dir)
+{
+	struct stat st;
+
+	if (stat(dir, &st) < 0)
+		return refuse_start(-errno, "socket directory %s: %s", dir, strerror(errno));
+	if (!S_ISDIR(st.st_mode))
+		return refuse_start(-ENOTDIR, "socket directory %s is not a directory", dir);
+	if (st.st_uid != getuid() && st.st_uid != 0)
+		return refuse_start(-EPERM, "socket directory %s is owned by uid %u: refusing to "
+				    "serve from someone else's directory", dir,
+				    (unsigned)st.st_uid);
+	if ((st.st_mode & 022) && !(st.st_mode & S_ISVTX))
+		return refuse_start(-EPERM, "socket directory %s has mode %04o: writable by "
+				    "others and not sticky, anyone could replace the socket", dir,
+				    (unsigned)(st.st_mode & 07777));
+	return 0;
+}
+
+/* What the path names now: nothing, or a socket of ours (a live daemon's, or one left over by
+ * a dead one). Anything else is someone's file: never delete it. */
+static int socket_path_free(const char *path, int *ret_stale)
+{
+	struct stat st;
+
+	*ret_stale = 0;
+	if (lstat(path, &st) < 0) {
+		if (errno == ENOENT)
+			return 0;
+		return refuse_start(-errno, "%s: %s", path, strerror(errno));
+	}
+	if (!S_ISSOCK(st.st_mode))
+		return refuse_start(-EEXIST, "%s exists and is not a socket (%s): refusing to "
+				    "replace it", path, S_ISLNK(st.st_mode) ? "a symbolic link" :
+				    S_ISREG(st.st_mode) ? "a regular file" :
+				    S_ISDIR(st.st_mode) ? "a directory" : "a special file");
+	if (st.st_uid != getuid())
+		return refuse_start(-EPERM, "%s is a socket of uid %u: refusing to replace it",
+				    path, (unsigned)st.st_uid);
+	*ret_stale = 1;
 	return 0;
 }
 
@@ -80,7 +150,7 @@ static int bind_socket(struct server *srv)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	char dir[108];
-	int fd, err;
+	int fd, err, stale;
 
 	if (srv->cfg.socket_path[0]) {
 		snprintf(srv->path, sizeof(srv->path), "%s", srv->cfg.socket_path);
@@ -88,32 +158,40 @@ static int bind_socket(struct server *srv)
 		err = config_default_socket(srv->path, sizeof(srv->path));
 		if (err)
 			return err;
-		snprintf(dir, sizeof(dir), "%s", srv->path);
-		err = private_dir(dirname(dir));
-		if (err)
-			return err;
 	}
+	snprintf(dir, sizeof(dir), "%s", srv->path);
+	if (srv->cfg.socket_path[0] || config_env_socket())
+		err = named_dir(dirname(dir));
+	else
+		err = private_dir(dirname(dir));
+	if (err)
+		return err;
 	if (strlen(srv->path) >= sizeof(sa.sun_path))
 		return -ENAMETOOLONG;
 	memcpy(sa.sun_path, srv->path, strlen(srv->path) + 1);
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return -errno;
+	err = socket_path_free(srv->path, &stale);
+	if (err)
+		return err;
 	/* A socket file nobody answers on is left over from a dead daemon: replace it. One that
 	 * answers belongs to a live daemon: refuse to steal it. */
-	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
+	if (stale) {
+		fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (fd < 0)
+			return -errno;
+		if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
+			close(fd);
+			return refuse_start(-EADDRINUSE, "a live daemon answers on %s", srv->path);
+		}
 		close(fd);
-		return -EADDRINUSE;
+		unlink(srv->path);
 	}
-	close(fd);
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	if (fd < 0)
 		return -errno;
-	unlink(srv->path);
 	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, 64) < 0) {
 		err = -errno;
 		close(fd);
-		return err;
+		return refuse_start(err, "cannot listen on %s: %s", srv->path, strerror(-err));
 	}
 	srv->lfd = fd;
 	return 0;
@@ -437,10 +515,12 @@ int server_new(const struct rt_config *cfg, struct server **ret_srv)
 		err = -ENOMEM;
 		goto out_free;
 	}
-	err = engine_new(&eo, &srv->eng);
+	/* The socket first: a path that is not ours to take is refused before the tiers are
+	 * allocated (and the socket is removed again if they cannot be). */
+	err = bind_socket(srv);
 	if (err)
 		goto out_free;
-	err = bind_socket(srv);
+	err = engine_new(&eo, &srv->eng);
 	if (err)
 		goto out_free;
 	sigemptyset(&ss);

@@ -1,0 +1,78 @@
+/*
+ * Fault tests of the daemon's edges, where a careless or hostile local user pushes: a socket
+ * path that names someone's file.
+ */
+#include "check_main.h"
+#include "rt_util.h"
+
+static void write_text(const char *path, const char *text)
+{
+	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0644);
+
+	ck_assert_int_ge(fd, 0);
+	ck_assert_int_eq(write(fd, text, strlen(text)), (ssize_t)strlen(text));
+	close(fd);
+}
+
+START_TEST(socket_path_that_is_not_a_socket_is_left_alone)
+{
+	char bin[512], dir[64], path[128], lnk[128], out[128], sock[256], stale[64];
+	char *argv[] = { bin, (char *)"--socket", path, (char *)"--set",
+			 (char *)"dram_bytes=67108864", NULL };
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	struct stat st;
+	pid_t d;
+	int rc, fd;
+
+	rt_bin("runtime/icecached", bin, sizeof(bin));
+	snprintf(dir, sizeof(dir), "%s", rt_tmpdir());
+	snprintf(path, sizeof(path), "%s/icecached.sock", dir);
+	snprintf(lnk, sizeof(lnk), "%s/link.sock", dir);
+	snprintf(out, sizeof(out), "%s/out", dir);
+	write_text(path, "precious\n");
+	rc = rt_run(argv, out, 3000, NULL);
+	ck_assert_msg(rc == 1, "icecached --socket <regular file>: status %d (-1: it started "
+		      "serving there); it said: %s", rc, rt_slurp(out));
+	ck_assert_str_eq(rt_slurp(path), "precious\n");
+	ck_assert_msg(strstr(rt_slurp(out), path) && strstr(rt_slurp(out), "not a socket"),
+		      "no message naming %s: %s", path, rt_slurp(out));
+	/* A symbolic link (here to that file) is not a stale socket either: link and file stay. */
+	ck_assert_int_eq(symlink(path, lnk), 0);
+	argv[2] = lnk;
+	rc = rt_run(argv, out, 3000, NULL);
+	ck_assert_msg(rc == 1, "icecached --socket <symlink>: status %d; it said: %s", rc,
+		      rt_slurp(out));
+	ck_assert_int_eq(lstat(lnk, &st), 0);
+	ck_assert(S_ISLNK(st.st_mode));
+	ck_assert_str_eq(rt_slurp(path), "precious\n");
+	/* A stale socket of ours (a daemon that died without unlinking) is still replaced. */
+	snprintf(stale, sizeof(stale), "%s", rt_tmpdir());
+	snprintf(sa.sun_path, sizeof(sa.sun_path), "%s/icecached.sock", stale);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	ck_assert_int_eq(bind(fd, (struct sockaddr *)&sa, sizeof(sa)), 0);
+	close(fd);
+	d = rt_daemon_start(stale, sock, sizeof(sock), NULL);
+	ck_assert_int_gt(d, 0);
+	ck_assert_int_eq(rt_daemon_stop(d), 0);
+}
+END_TEST
+
+#define SILENT 20
+
+static Suite *limits_suite(void)
+{
+	Suite *s = suite_create("runtime-limits");
+	TCase *t = tcase_create("limits");
+
+	tcase_set_timeout(t, 60);
+	tcase_add_test(t, socket_path_that_is_not_a_socket_is_left_alone);
+	suite_add_tcase(s, t);
+	return s;
+}
+
+int main(void)
+{
+	Suite *const suites[] = { limits_suite(), NULL };
+
+	return check_run_suites(suites);
+}
