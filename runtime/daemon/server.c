@@ -15,6 +15,7 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -490,6 +491,22 @@ static void mark_dead(struct client *c)
 	ring_kick(&c->seg.cq);
 }
 
+/* engine_new said -ENOSPC with an NVMe tier configured: the tier file does not fit (the tier
+ * checked before allocating and left nothing behind). Say so with the figures. */
+static void nvme_space_message(const struct rt_config *cfg)
+{
+	char dir[sizeof(cfg->nvme_path)];
+	struct statvfs vs;
+	uint64_t avail = 0;
+
+	snprintf(dir, sizeof(dir), "%s", cfg->nvme_path);
+	if (statvfs(cfg->nvme_path, &vs) == 0 || statvfs(dirname(dir), &vs) == 0)
+		avail = (uint64_t)vs.f_bavail * vs.f_frsize;
+	refuse_start(-ENOSPC, "NVMe tier %s: nvme_bytes = %llu does not fit, its file system has "
+		     "%llu bytes free", cfg->nvme_path, (unsigned long long)cfg->nvme_bytes,
+		     (unsigned long long)avail);
+}
+
 int server_new(const struct rt_config *cfg, struct server **ret_srv)
 {
 	struct engine_opts eo;
@@ -521,6 +538,8 @@ int server_new(const struct rt_config *cfg, struct server **ret_srv)
 	if (err)
 		goto out_free;
 	err = engine_new(&eo, &srv->eng);
+	if (err == -ENOSPC && cfg->nvme_path[0])
+		nvme_space_message(cfg);
 	if (err)
 		goto out_free;
 	sigemptyset(&ss);

@@ -1,7 +1,9 @@
 /*
  * Fault tests of the daemon's edges, where a careless or hostile local user pushes: a socket
- * path that names someone's file.
+ * path that names someone's file, and an NVMe tier file larger than its filesystem.
  */
+#include <sys/statvfs.h>
+
 #include "check_main.h"
 #include "rt_util.h"
 
@@ -57,7 +59,56 @@ START_TEST(socket_path_that_is_not_a_socket_is_left_alone)
 }
 END_TEST
 
-#define SILENT 20
+START_TEST(nvme_tier_larger_than_its_filesystem_is_refused)
+{
+	char bin[512], dir[64], sock[128], tier[128], keep[128], out[128], pv[160], bv[64];
+	char *argv[] = { bin, (char *)"--socket", sock, (char *)"--set",
+			 (char *)"dram_bytes=67108864", (char *)"--set", pv, (char *)"--set", bv,
+			 NULL };
+	struct statvfs vs;
+	struct stat st;
+	uint64_t free_b, want;
+	int rc;
+
+	rt_bin("runtime/icecached", bin, sizeof(bin));
+	snprintf(dir, sizeof(dir), "%s", rt_tmpdir());
+	snprintf(sock, sizeof(sock), "%s/icecached.sock", dir);
+	snprintf(tier, sizeof(tier), "%s/tier", dir);
+	snprintf(keep, sizeof(keep), "%s/keep", dir);
+	snprintf(out, sizeof(out), "%s/out", dir);
+	ck_assert_int_eq(statvfs(dir, &vs), 0);
+	/* More than even root may take (reserved blocks included), so that only the daemon's own
+	 * check stands between this request and a full disk: without it the daemon would allocate
+	 * all that is free before it failed. */
+	free_b = (uint64_t)(vs.f_bfree > vs.f_bavail ? vs.f_bfree : vs.f_bavail) * vs.f_frsize;
+	want = (free_b + (256ull << 20) + (1ull << 20) - 1) & ~((1ull << 20) - 1);
+	if (want > (1ull << 44)) {
+		printf("skipped: %s has more free space than nvme_bytes may ask for\n", dir);
+		return;
+	}
+	snprintf(pv, sizeof(pv), "nvme_path=%s", tier);
+	snprintf(bv, sizeof(bv), "nvme_bytes=%llu", (unsigned long long)want);
+	rc = rt_run(argv, out, 10000, NULL);
+	if (lstat(tier, &st) == 0) {
+		unlink(tier);
+		ck_abort_msg("icecached (status %d) left a %lld-byte tier file (%lld bytes "
+			     "allocated); it said: %s", rc, (long long)st.st_size,
+			     (long long)st.st_blocks * 512, rt_slurp(out));
+	}
+	ck_assert_msg(rc == 1, "status %d (-1: it started); it said: %s", rc, rt_slurp(out));
+	ck_assert_msg(strstr(rt_slurp(out), tier) && strstr(rt_slurp(out), "free"),
+		      "no message naming %s and its free space: %s", tier, rt_slurp(out));
+	ck_assert_int_ne(access(sock, F_OK), 0);
+	/* A file that was there before is left as it was. */
+	write_text(keep, "keep me\n");
+	snprintf(pv, sizeof(pv), "nvme_path=%s", keep);
+	rc = rt_run(argv, out, 10000, NULL);
+	ck_assert_msg(rc == 1, "status %d; it said: %s", rc, rt_slurp(out));
+	ck_assert_int_eq(stat(keep, &st), 0);
+	ck_assert_int_eq(st.st_size, 8);
+	ck_assert_str_eq(rt_slurp(keep), "keep me\n");
+}
+END_TEST
 
 static Suite *limits_suite(void)
 {
@@ -66,6 +117,7 @@ static Suite *limits_suite(void)
 
 	tcase_set_timeout(t, 60);
 	tcase_add_test(t, socket_path_that_is_not_a_socket_is_left_alone);
+	tcase_add_test(t, nvme_tier_larger_than_its_filesystem_is_refused);
 	suite_add_tcase(s, t);
 	return s;
 }
