@@ -95,9 +95,21 @@ struct ice_ctx;
 /*
  * Connects to a daemon. socket_path NULL means $ICECACHE_SOCKET if set, else the default
  * (see ice_default_socket). -ENOENT/-ECONNREFUSED when no daemon listens, -EPERM when the
- * daemon refuses this user, -EPROTO on a handshake it cannot understand.
+ * daemon refuses this user or this side refuses the daemon, -EPROTO on a handshake it cannot
+ * understand. The daemon must run as this user, as root, or as the uid $ICECACHE_DAEMON_UID
+ * names (its peer credentials are checked before anything is sent); on the default path (not
+ * one the caller or $ICECACHE_SOCKET names) its directory must also be such a user's, with
+ * no group or other access, and not a symbolic link. A refused daemon is reported on stderr
+ * too. ice_last_error says why a connect failed.
  */
 int ice_connect(const char *socket_path, struct ice_ctx **ret_ctx);
+
+/*
+ * Writes (NUL-terminated) why this thread's last ice_connect failed, naming the path and what
+ * was wrong: "" after one that succeeded. Returns the length; -ENOSPC when cap is too small
+ * (the text is cut), -EINVAL without a buffer.
+ */
+int ice_last_error(char *buf, size_t cap);
 
 /*
  * Opens an engine inside this process. config is NULL (defaults) or text in the daemon's config

@@ -6,12 +6,16 @@
 #include "shim.h"
 
 #include <errno.h>
+#include <libgen.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -68,6 +72,97 @@ int ice_is_embedded(const struct ice_ctx *ctx)
 	return ctx && ctx->embedded;
 }
 
+/* Why this thread's last ice_connect failed, for ice_last_error. */
+static __thread char last_error[320];
+
+int ice_last_error(char *buf, size_t cap)
+{
+	size_t n = strlen(last_error);
+
+	if (!buf || !cap)
+		return -EINVAL;
+	snprintf(buf, cap, "%s", last_error);
+	return n < cap ? (int)n : -ENOSPC;
+}
+
+/*
+ * Refuses a daemon that may not be ours (-EPERM). Said on stderr as well as kept for
+ * ice_last_error: a process that meets an impostor should not have to ask to hear of it.
+ */
+__attribute__((format(printf, 2, 3)))
+static int distrust(const char *path, const char *fmt, ...)
+{
+	int n = snprintf(last_error, sizeof(last_error), "refusing the daemon socket %s: ", path);
+	va_list ap;
+
+	if (n > 0 && (size_t)n < sizeof(last_error)) {
+		va_start(ap, fmt);
+		vsnprintf(last_error + n, sizeof(last_error) - (size_t)n, fmt, ap);
+		va_end(ap);
+	}
+	fprintf(stderr, "libicecache: %s\n", last_error);
+	return -EPERM;
+}
+
+/* Who may serve us: this user, root, or the one uid $ICECACHE_DAEMON_UID names. */
+static int trusted_uid(uid_t u)
+{
+	const char *env = getenv("ICECACHE_DAEMON_UID");
+	unsigned long v;
+	char *end;
+
+	if (u == getuid() || u == 0)
+		return 1;
+	if (!env || !*env)
+		return 0;
+	errno = 0;
+	v = strtoul(env, &end, 10);
+	return !errno && !*end && v == (unsigned long)u;
+}
+
+/*
+ * The default path's directory must be a private one of a trusted user: under /tmp anyone can
+ * create it first, and whoever owns it decides what the socket in it is. A path the caller
+ * names is the caller's choice; the peer credentials are checked for every path.
+ */
+static int check_default_dir(const char *path)
+{
+	char buf[108], *dir;
+	struct stat st;
+
+	snprintf(buf, sizeof(buf), "%s", path);
+	dir = dirname(buf);
+	if (lstat(dir, &st) < 0)
+		return 0; /* nothing there: connect answers -ENOENT */
+	if (S_ISLNK(st.st_mode))
+		return distrust(path, "its directory %s is a symbolic link", dir);
+	if (!S_ISDIR(st.st_mode))
+		return distrust(path, "%s is not a directory", dir);
+	if (!trusted_uid(st.st_uid))
+		return distrust(path, "its directory %s is owned by uid %u, not by this user "
+				"(uid %u), root or $ICECACHE_DAEMON_UID", dir,
+				(unsigned)st.st_uid, (unsigned)getuid());
+	if (st.st_mode & 077)
+		return distrust(path, "its directory %s has mode %04o: group and others must "
+				"have no access", dir, (unsigned)(st.st_mode & 07777));
+	return 0;
+}
+
+/* The process that listens on the socket: a trusted user's, before we say anything to it. */
+static int check_peer(int fd, const char *path)
+{
+	struct ucred cr;
+	socklen_t len = sizeof(cr);
+
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) < 0)
+		return -errno;
+	if (!trusted_uid(cr.uid))
+		return distrust(path, "it is served by uid %u (pid %d), not by this user "
+				"(uid %u), root or $ICECACHE_DAEMON_UID", (unsigned)cr.uid,
+				(int)cr.pid, (unsigned)getuid());
+	return 0;
+}
+
 static struct ice_ctx *ctx_alloc(void)
 {
 	struct ice_ctx *c = calloc(1, sizeof(*c));
@@ -120,6 +215,7 @@ int shim_connect(const char *socket_path, uint32_t kind, struct ice_ctx **ret_ct
 	ssize_t sent;
 	int fd, segfd = -1, err;
 
+	last_error[0] = '\0';
 	if (!ret_ctx)
 		return -EINVAL;
 	if (socket_path) {
@@ -130,6 +226,11 @@ int shim_connect(const char *socket_path, uint32_t kind, struct ice_ctx **ret_ct
 		err = config_default_socket(path, sizeof(path));
 		if (err)
 			return err;
+		if (!config_env_socket()) {
+			err = check_default_dir(path);
+			if (err)
+				return err;
+		}
 	}
 	memcpy(sa.sun_path, path, strlen(path) + 1);
 	c = ctx_alloc();
@@ -145,6 +246,9 @@ int shim_connect(const char *socket_path, uint32_t kind, struct ice_ctx **ret_ct
 		err = -errno;
 		goto out_free;
 	}
+	err = check_peer(fd, path);
+	if (err)
+		goto out_free;
 	/* A daemon that refuses us may answer and close before reading the hello: a failed send
 	 * is not the verdict, the welcome (if any) is. */
 	sent = send(fd, &h, sizeof(h), MSG_NOSIGNAL);
@@ -179,6 +283,8 @@ out_closefd:
 		close(segfd);
 out_free:
 	ice_close(c);
+	if (!last_error[0])
+		snprintf(last_error, sizeof(last_error), "%s: %s", path, strerror(-err));
 	return err;
 }
 
