@@ -46,6 +46,7 @@ static const struct cfg_item cfg_items[] = {
 	U64(overfetch, 1, 8, "retrieved pages per page of budget; the budget's worth of their best tokens is attended (1: whole pages)"),
 	U64(allow_uid, 0, UINT64_MAX, "one more uid allowed to connect (18446744073709551615: none)"),
 	U64(drain_ms, 0, 600000, "on SIGTERM, time clients get to finish queued requests"),
+	U64(handshake_ms, 1, 600000, "ms a new connection has for its hello before it is closed"),
 };
 
 #define NITEMS (sizeof(cfg_items) / sizeof(cfg_items[0]))
@@ -68,6 +69,7 @@ void config_defaults(struct rt_config *c)
 	c->nvme_bytes = 1ull << 30;
 	c->allow_uid = UINT64_MAX;
 	c->drain_ms = 2000;
+	c->handshake_ms = 2000;
 	c->group_merge = 1;
 	c->page_mass = 1;
 	c->overfetch = 2;

@@ -30,6 +30,7 @@ struct rt_config {
 	uint64_t overfetch;     /* pages retrieved per budget page; the best tokens among them attended */
 	uint64_t allow_uid;     /* besides the daemon's own uid (and root): one more uid, or -1 */
 	uint64_t drain_ms;      /* SIGTERM: how long clients get to finish queued work */
+	uint64_t handshake_ms;  /* a connection's hello must arrive within this */
 };
 
 void config_defaults(struct rt_config *c);

@@ -1,11 +1,16 @@
 /*
  * Fault tests of the daemon's edges, where a careless or hostile local user pushes: a socket
- * path that names someone's file, and an NVMe tier file larger than its filesystem.
+ * path that names someone's file, connections that never say hello, and an NVMe tier file
+ * larger than its filesystem.
  */
+#include <poll.h>
 #include <sys/statvfs.h>
 
 #include "check_main.h"
+#include "clock.h"
+#include "proto.h"
 #include "rt_util.h"
+#include "stats.h"
 
 static void write_text(const char *path, const char *text)
 {
@@ -14,6 +19,11 @@ static void write_text(const char *path, const char *text)
 	ck_assert_int_ge(fd, 0);
 	ck_assert_int_eq(write(fd, text, strlen(text)), (ssize_t)strlen(text));
 	close(fd);
+}
+
+static long ms_since(uint64_t t0)
+{
+	return (long)((clock_now_ns() - t0) / 1000000);
 }
 
 START_TEST(socket_path_that_is_not_a_socket_is_left_alone)
@@ -55,6 +65,71 @@ START_TEST(socket_path_that_is_not_a_socket_is_left_alone)
 	close(fd);
 	d = rt_daemon_start(stale, sock, sizeof(sock), NULL);
 	ck_assert_int_gt(d, 0);
+	ck_assert_int_eq(rt_daemon_stop(d), 0);
+}
+END_TEST
+
+#define SILENT 20
+
+START_TEST(silent_connections_do_not_delay_a_handshake)
+{
+	char sock[256], buf[4096];
+	int fds[SILENT], i, open_n;
+	struct ice_ctx *c;
+	uint64_t t0, v = 0;
+	long took, closed_ms = 0;
+	pid_t d;
+
+	d = rt_daemon_start(rt_tmpdir(), sock, sizeof(sock), NULL);
+	ck_assert_int_gt(d, 0);
+	for (i = 0; i < SILENT; i++) {
+		fds[i] = rt_raw_connect(sock);
+		ck_assert_int_ge(fds[i], 0);
+	}
+	t0 = clock_now_ns();
+	ck_assert_int_eq(ice_connect(sock, &c), 0);
+	took = ms_since(t0);
+	/* A bound on correctness, not a benchmark: the accept path must not wait on anyone. */
+	ck_assert_msg(took < 1000, "ice_connect behind %d silent connections took %ld ms", SILENT,
+		      took);
+	ck_assert_int_eq(ice_noop(c), 0);
+	/* The silent ones get a -ETIMEDOUT welcome and are closed once handshake_ms (2 s by
+	 * default) has passed, not before. */
+	for (open_n = SILENT; open_n && ms_since(t0) < 6000;) {
+		struct pollfd p[SILENT];
+
+		for (i = 0; i < SILENT; i++)
+			p[i] = (struct pollfd){ fds[i], POLLIN, 0 };
+		if (poll(p, SILENT, 100) <= 0)
+			continue;
+		for (i = 0; i < SILENT; i++) {
+			struct proto_welcome w;
+			ssize_t n;
+
+			if (fds[i] < 0 || !p[i].revents)
+				continue;
+			n = recv(fds[i], &w, sizeof(w), MSG_DONTWAIT);
+			if (n == sizeof(w)) {
+				ck_assert_int_eq(w.status, -ETIMEDOUT);
+				continue;
+			}
+			ck_assert_int_eq(n, 0);
+			close(fds[i]);
+			fds[i] = -1;
+			open_n--;
+			closed_ms = ms_since(t0);
+			ck_assert_msg(closed_ms >= 1500, "a silent connection was closed after "
+				      "%ld ms, before the 2 s deadline", closed_ms);
+		}
+	}
+	ck_assert_msg(!open_n, "%d silent connections still open after %ld ms", open_n,
+		      ms_since(t0));
+	ck_assert_int_gt(ice_stats(c, buf, sizeof(buf)), 0);
+	ck_assert_int_eq(stats_find_u64(buf, "daemon.handshake_timeouts", &v), 0);
+	ck_assert_uint_eq(v, SILENT);
+	printf("handshake behind %d silent connections: %ld ms; they were closed by %ld ms\n",
+	       SILENT, took, closed_ms);
+	ice_close(c);
 	ck_assert_int_eq(rt_daemon_stop(d), 0);
 }
 END_TEST
@@ -117,6 +192,7 @@ static Suite *limits_suite(void)
 
 	tcase_set_timeout(t, 60);
 	tcase_add_test(t, socket_path_that_is_not_a_socket_is_left_alone);
+	tcase_add_test(t, silent_connections_do_not_delay_a_handshake);
 	tcase_add_test(t, nvme_tier_larger_than_its_filesystem_is_refused);
 	suite_add_tcase(s, t);
 	return s;
