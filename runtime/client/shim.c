@@ -16,10 +16,12 @@
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include "buf.h"
+#include "clock.h"
 #include "config.h"
 #include "dtype.h"
 #include "engine.h"
@@ -27,6 +29,7 @@
 #include "segment.h"
 
 #define CQ_SLICE_NS 20000000ull /* between checks that the daemon is still there */
+#define TIMEOUT_DEFAULT_MS 5000 /* without $ICECACHE_TIMEOUT_MS */
 
 /* What the context knows of its own sequences: enough to size and split requests and to
  * answer ice_seq_info without a round trip. */
@@ -50,6 +53,7 @@ struct ice_ctx {
 	int sock;
 	struct segment seg;
 	uint64_t spin_ns;
+	uint64_t timeout_ns;	/* longest wait for the daemon; 0: for ever */
 	/* embedded mode */
 	struct rt_config cfg;
 	struct engine *eng;
@@ -163,6 +167,36 @@ static int check_peer(int fd, const char *path)
 	return 0;
 }
 
+/* SHIM_TIMEOUT_DEFAULT: $ICECACHE_TIMEOUT_MS, else 5 s. Returns ns, 0 for no limit. */
+static uint64_t resolve_timeout(uint64_t timeout_ns)
+{
+	const char *env = getenv("ICECACHE_TIMEOUT_MS");
+	unsigned long long ms = TIMEOUT_DEFAULT_MS;
+	char *end;
+
+	if (timeout_ns == SHIM_TIMEOUT_NONE)
+		return 0;
+	if (timeout_ns != SHIM_TIMEOUT_DEFAULT)
+		return timeout_ns;
+	if (env && *env) {
+		errno = 0;
+		ms = strtoull(env, &end, 10);
+		if (errno || *end || ms > UINT64_MAX / 1000000)
+			ms = TIMEOUT_DEFAULT_MS;
+	}
+	return ms * 1000000ull;
+}
+
+/* SO_SNDTIMEO / SO_RCVTIMEO of ns (at least 1 us: 0 would mean no limit at all). */
+static void sock_timeout(int fd, int opt, uint64_t ns)
+{
+	struct timeval tv = { (time_t)(ns / 1000000000ull), (long)(ns % 1000000000ull / 1000) };
+
+	if (!tv.tv_sec && !tv.tv_usec)
+		tv.tv_usec = 1;
+	setsockopt(fd, SOL_SOCKET, opt, &tv, sizeof(tv));
+}
+
 static struct ice_ctx *ctx_alloc(void)
 {
 	struct ice_ctx *c = calloc(1, sizeof(*c));
@@ -203,7 +237,8 @@ static int recv_welcome(int fd, struct proto_welcome *w, int *ret_fd)
 	return 0;
 }
 
-int shim_connect(const char *socket_path, uint32_t kind, struct ice_ctx **ret_ctx)
+int shim_connect(const char *socket_path, uint32_t kind, uint64_t timeout_ns,
+		 struct ice_ctx **ret_ctx)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	struct proto_hello h = { PROTO_MAGIC, PROTO_VERSION, kind, 0 };
@@ -212,6 +247,7 @@ int shim_connect(const char *socket_path, uint32_t kind, struct ice_ctx **ret_ct
 	char path[108];
 	struct ice_ctx *c;
 	const char *env;
+	uint64_t deadline = 0, now;
 	ssize_t sent;
 	int fd, segfd = -1, err;
 
@@ -242,18 +278,35 @@ int shim_connect(const char *socket_path, uint32_t kind, struct ice_ctx **ret_ct
 		goto out_free;
 	}
 	c->sock = fd;
+	/* A stopped or wedged daemon still has a listening socket: connect waits while its backlog
+	 * is full, the welcome never comes. Both waits share one deadline. */
+	c->timeout_ns = resolve_timeout(timeout_ns);
+	if (c->timeout_ns) {
+		deadline = clock_now_ns() + c->timeout_ns;
+		sock_timeout(fd, SO_SNDTIMEO, c->timeout_ns);
+	}
 	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-		err = -errno;
+		err = errno == EAGAIN && deadline ? -ETIMEDOUT : -errno;
 		goto out_free;
 	}
 	err = check_peer(fd, path);
 	if (err)
 		goto out_free;
+	if (deadline) {
+		now = clock_now_ns();
+		if (now >= deadline) {
+			err = -ETIMEDOUT;
+			goto out_free;
+		}
+		sock_timeout(fd, SO_RCVTIMEO, deadline - now);
+	}
 	/* A daemon that refuses us may answer and close before reading the hello: a failed send
 	 * is not the verdict, the welcome (if any) is. */
 	sent = send(fd, &h, sizeof(h), MSG_NOSIGNAL);
 	err = recv_welcome(fd, &w, &segfd);
-	if (err && sent != sizeof(h))
+	if (err == -EAGAIN && deadline)
+		err = -ETIMEDOUT;
+	else if (err && sent != sizeof(h))
 		err = -ECONNRESET;
 	if (err)
 		goto out_free;
@@ -282,6 +335,10 @@ out_closefd:
 	if (segfd >= 0)
 		close(segfd);
 out_free:
+	if (err == -ETIMEDOUT)
+		snprintf(last_error, sizeof(last_error), "%s: %s: no answer within %.3g s (is "
+			 "the daemon stopped?)", path, strerror(ETIMEDOUT),
+			 (double)c->timeout_ns / 1e9);
 	ice_close(c);
 	if (!last_error[0])
 		snprintf(last_error, sizeof(last_error), "%s: %s", path, strerror(-err));
@@ -290,7 +347,7 @@ out_free:
 
 int ice_connect(const char *socket_path, struct ice_ctx **ret_ctx)
 {
-	return shim_connect(socket_path, PROTO_KIND_CLIENT, ret_ctx);
+	return shim_connect(socket_path, PROTO_KIND_CLIENT, SHIM_TIMEOUT_DEFAULT, ret_ctx);
 }
 
 int ice_open_embedded(const char *config, struct ice_ctx **ret_ctx)
@@ -405,9 +462,27 @@ static int daemon_gone(struct ice_ctx *c)
 	return 0;
 }
 
+/*
+ * A wait for the daemon found nothing for one more slice: -ETIMEDOUT once the wait has lasted
+ * the context's timeout. The clock starts with the first empty slice, so a request answered
+ * within the spin never reads it.
+ */
+static int waited_too_long(const struct ice_ctx *c, uint64_t *start)
+{
+	uint64_t now;
+
+	if (!c->timeout_ns)
+		return 0;
+	now = clock_now_ns();
+	if (!*start)
+		*start = now;
+	return now - *start >= c->timeout_ns ? -ETIMEDOUT : 0;
+}
+
 /* Caller holds c->lock. Waits for one completion, copies it out. */
 static int reap_one(struct ice_ctx *c, struct ring_cqe *cqe)
 {
+	uint64_t start = 0;
 	const void *e;
 	int err;
 
@@ -420,6 +495,8 @@ static int reap_one(struct ice_ctx *c, struct ring_cqe *cqe)
 		if (ring_wait_ready(&c->seg.cq, c->spin_ns, CQ_SLICE_NS) == 0)
 			continue;
 		err = daemon_gone(c);
+		if (!err)
+			err = waited_too_long(c, &start);
 		if (err)
 			return err;
 	}
@@ -431,6 +508,7 @@ static int reap_one(struct ice_ctx *c, struct ring_cqe *cqe)
 /* Caller holds c->lock. */
 static int submit(struct ice_ctx *c, struct ring_sqe *sqe, struct ring_cqe *cqe)
 {
+	uint64_t start = 0;
 	void *slot;
 	int err;
 
@@ -445,6 +523,8 @@ static int submit(struct ice_ctx *c, struct ring_sqe *sqe, struct ring_cqe *cqe)
 		if (err)
 			goto out_broken;
 		err = daemon_gone(c);
+		if (!err)
+			err = waited_too_long(c, &start);
 		if (err)
 			goto out_broken;
 		ring_wait_space(&c->seg.sq, c->spin_ns, CQ_SLICE_NS);

@@ -1,7 +1,7 @@
 /*
  * Fault tests of the daemon's edges, where a careless or hostile local user pushes: a socket
- * path that names someone's file, connections that never say hello, and an NVMe tier file
- * larger than its filesystem.
+ * path that names someone's file, connections that never say hello, a daemon that stops
+ * answering (SIGSTOP), and an NVMe tier file larger than its filesystem.
  */
 #include <poll.h>
 #include <sys/statvfs.h>
@@ -10,6 +10,7 @@
 #include "clock.h"
 #include "proto.h"
 #include "rt_util.h"
+#include "shim.h"
 #include "stats.h"
 
 static void write_text(const char *path, const char *text)
@@ -134,6 +135,88 @@ START_TEST(silent_connections_do_not_delay_a_handshake)
 }
 END_TEST
 
+/* Waits for a child up to ms; its exit status, or -1 when it had to be killed. */
+static int wait_child(pid_t pid, int ms)
+{
+	int st, i;
+
+	for (i = 0; i < ms; i++) {
+		if (waitpid(pid, &st, WNOHANG) == pid)
+			return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+		usleep(1000);
+	}
+	kill(pid, SIGKILL);
+	waitpid(pid, NULL, 0);
+	return -1;
+}
+
+START_TEST(stopped_daemon_times_out_connect_requests_and_icectl)
+{
+	char sock[256], bin[512], out[300], why[2048] = "";
+	char *argv[] = { bin, (char *)"--socket", sock, (char *)"--timeout", (char *)"0.3",
+			 (char *)"status", NULL };
+	int ready[2], go[2], rc;
+	long took;
+	pid_t d, child;
+	char b;
+
+	rt_bin("tools/icectl/icectl", bin, sizeof(bin));
+	d = rt_daemon_start(rt_tmpdir(), sock, sizeof(sock), NULL);
+	ck_assert_int_gt(d, 0);
+	snprintf(out, sizeof(out), "%s.out", sock);
+	ck_assert_int_eq(pipe(ready), 0);
+	ck_assert_int_eq(pipe(go), 0);
+	child = fork();
+	if (child == 0) {
+		struct ice_ctx *c, *x;
+		uint64_t t0;
+		int r, bad = 0;
+
+		setenv("ICECACHE_TIMEOUT_MS", "300", 1);
+		if (ice_connect(sock, &c))
+			_exit(100);
+		setvbuf(stdout, NULL, _IONBF, 0);
+		if (write(ready[1], "r", 1) != 1 || read(go[0], &b, 1) != 1)
+			_exit(101);
+		/* A request on the established connection... */
+		t0 = clock_now_ns();
+		r = ice_noop(c);
+		printf("stopped daemon: ice_noop %s after %ld ms\n", strerror(-r), ms_since(t0));
+		if (r != -ETIMEDOUT || ms_since(t0) > 2000)
+			bad |= 1;
+		/* ...leaves the context failed: a late completion must not answer the next. */
+		if (ice_noop(c) != -EPIPE)
+			bad |= 2;
+		/* ...and a new connection. */
+		t0 = clock_now_ns();
+		r = ice_connect(sock, &x);
+		printf("stopped daemon: ice_connect %s after %ld ms\n", strerror(-r),
+		       ms_since(t0));
+		if (r != -ETIMEDOUT || ms_since(t0) > 2000)
+			bad |= 4;
+		ice_close(c);
+		_exit(bad);
+	}
+	ck_assert_int_eq(read(ready[0], &b, 1), 1);
+	ck_assert_int_eq(kill(d, SIGSTOP), 0);
+	ck_assert_int_eq(write(go[1], "g", 1), 1);
+	rc = wait_child(child, 6000);
+	if (rc)
+		snprintf(why, sizeof(why), "client with ICECACHE_TIMEOUT_MS=300: %s (status %d); ",
+			 rc < 0 ? "still blocked 6 s after SIGSTOP" : "wrong answers", rc);
+	rc = rt_run(argv, out, 4000, &took);
+	printf("stopped daemon: icectl --timeout 0.3 exit %d after %ld ms: %s", rc, took,
+	       rt_slurp(out));
+	if (rc != 1 || !strstr(rt_slurp(out), "timed out"))
+		snprintf(why + strlen(why), sizeof(why) - strlen(why),
+			 "icectl --timeout 0.3: status %d after %ld ms (-1: still waiting), "
+			 "said: %.1000s", rc, took, rt_slurp(out));
+	ck_assert_int_eq(kill(d, SIGCONT), 0);
+	ck_assert_msg(!why[0], "%s", why);
+	ck_assert_int_eq(rt_daemon_stop(d), 0);
+}
+END_TEST
+
 START_TEST(nvme_tier_larger_than_its_filesystem_is_refused)
 {
 	char bin[512], dir[64], sock[128], tier[128], keep[128], out[128], pv[160], bv[64];
@@ -193,6 +276,7 @@ static Suite *limits_suite(void)
 	tcase_set_timeout(t, 60);
 	tcase_add_test(t, socket_path_that_is_not_a_socket_is_left_alone);
 	tcase_add_test(t, silent_connections_do_not_delay_a_handshake);
+	tcase_add_test(t, stopped_daemon_times_out_connect_requests_and_icectl);
 	tcase_add_test(t, nvme_tier_larger_than_its_filesystem_is_refused);
 	suite_add_tcase(s, t);
 	return s;
