@@ -474,11 +474,14 @@ static void pending_drop(struct server *srv, struct pending *pd, int status)
 /* Takes what has arrived of a pending hello; the whole of it starts the client. */
 static void pending_read(struct server *srv, struct pending *pd)
 {
-	ssize_t n = recv(pd->fd, (char *)&pd->h + pd->got, sizeof(pd->h) - pd->got, MSG_DONTWAIT);
+	ssize_t n;
 	struct proto_hello h;
 	struct ucred cr;
 	int fd;
 
+	if (pd->fd < 0)
+		return; /* an event of this batch for a slot dropped earlier in it */
+	n = recv(pd->fd, (char *)&pd->h + pd->got, sizeof(pd->h) - pd->got, MSG_DONTWAIT);
 	if (n < 0 && (errno == EAGAIN || errno == EINTR))
 		return;
 	if (n <= 0) {
