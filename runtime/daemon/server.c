@@ -212,7 +212,7 @@ static int bind_socket(struct server *srv)
 	return 0;
 }
 
-static void host_stats(void *arg, struct stats_buf *sb)
+static void host_stats(void *arg, uint32_t viewer, struct stats_buf *sb)
 {
 	struct server *srv = arg;
 	uint32_t i;
@@ -235,7 +235,7 @@ static void host_stats(void *arg, struct stats_buf *sb)
 		struct client *c = srv->cl[i];
 		char pfx[32];
 
-		if (!c || c->kind != PROTO_KIND_CLIENT)
+		if (!c || c->kind != PROTO_KIND_CLIENT || (viewer && c->id != viewer))
 			continue;
 		snprintf(pfx, sizeof(pfx), "client.%u", c->id);
 		stats_put_u64(sb, pfx, "pid", (uint64_t)c->pid);
@@ -424,6 +424,8 @@ static void start_client(struct server *srv, int fd, const struct ucred *cr,
 	c->oc.st = &srv->st;
 	c->oc.host_stats = host_stats;
 	c->oc.host_arg = srv;
+	/* Other clients' sequences, shapes, pids and uids are for the daemon's user and root. */
+	c->oc.own_only = cr->uid != getuid() && cr->uid != 0;
 	w.client_id = c->id;
 	w.seg_bytes = lay.total_bytes;
 	err = send_welcome(fd, &w, c->seg.fd);

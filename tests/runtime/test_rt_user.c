@@ -203,6 +203,77 @@ START_TEST(impostor_daemon_is_refused)
 }
 END_TEST
 
+START_TEST(other_user_sees_only_its_own_sequences)
+{
+	static const struct ice_model_shape sh = { 1, 2, 1, 32, ICE_DTYPE_F32 };
+	static const struct ice_budget bg = { 16, 16, 32, 0 };
+	char sock[256], *dir = rt_tmpdir(), allow[64], mine[64], theirs[64];
+	static char buf[1 << 16];
+	struct { uint32_t seq, id; } kid;
+	uint32_t sa;
+	struct ice_ctx *c;
+	int ready[2], go[2], st;
+	pid_t d, child;
+	char b;
+
+	find_nobody();
+	snprintf(allow, sizeof(allow), "allow_uid=%u", (unsigned)nobody);
+	d = rt_daemon_start(dir, sock, sizeof(sock), allow);
+	ck_assert_int_gt(d, 0);
+	/* The way in for nobody: the daemon lets it (allow_uid), the file system too. */
+	ck_assert_int_eq(chmod(dir, 0755), 0);
+	ck_assert_int_eq(chmod(sock, 0777), 0);
+	ck_assert_int_eq(ice_connect(sock, &c), 0);
+	ck_assert_int_eq(ice_seq_open(c, &sh, &bg, &sa), 0);
+	ck_assert_int_eq(pipe(ready), 0);
+	ck_assert_int_eq(pipe(go), 0);
+	child = fork();
+	if (child == 0) {
+		struct ice_ctx *x;
+		int bad = 0;
+
+		become_nobody();
+		if (ice_connect(sock, &x) || ice_seq_open(x, &sh, &bg, &kid.seq))
+			_exit(101);
+		kid.id = shim_client_id(x);
+		if (write(ready[1], &kid, sizeof(kid)) != sizeof(kid) || read(go[0], &b, 1) != 1)
+			_exit(102);
+		snprintf(mine, sizeof(mine), "seq.%u.owner %u\n", kid.seq, kid.id);
+		snprintf(theirs, sizeof(theirs), "seq.%u.", sa);
+		if (ice_seqs(x, buf, sizeof(buf)) < 0 || !strstr(buf, mine) || strstr(buf, theirs)) {
+			fprintf(stderr, "nobody's seqs:\n%s", buf);
+			bad |= 1;
+		}
+		snprintf(mine, sizeof(mine), "client.%u.uid %u\n", kid.id, (unsigned)nobody);
+		snprintf(theirs, sizeof(theirs), "client.%u.", shim_client_id(c));
+		if (ice_stats(x, buf, sizeof(buf)) < 0 || !strstr(buf, mine) || strstr(buf, theirs)) {
+			fprintf(stderr, "nobody's stats (client lines):\n");
+			for (char *l = strtok(buf, "\n"); l; l = strtok(NULL, "\n"))
+				if (!strncmp(l, "client.", 7))
+					fprintf(stderr, "%s\n", l);
+			bad |= 2;
+		}
+		_exit(bad);
+	}
+	ck_assert_int_eq(read(ready[0], &kid, sizeof(kid)), sizeof(kid));
+	/* Root (and the daemon's own user) sees everyone. */
+	ck_assert_int_gt(ice_seqs(c, buf, sizeof(buf)), 0);
+	snprintf(mine, sizeof(mine), "seq.%u.owner %u\n", sa, shim_client_id(c));
+	snprintf(theirs, sizeof(theirs), "seq.%u.owner %u\n", kid.seq, kid.id);
+	ck_assert_msg(strstr(buf, mine) && strstr(buf, theirs), "root's seqs: %s", buf);
+	ck_assert_int_gt(ice_stats(c, buf, sizeof(buf)), 0);
+	snprintf(theirs, sizeof(theirs), "client.%u.uid %u\n", kid.id, (unsigned)nobody);
+	ck_assert_msg(strstr(buf, theirs) != NULL, "root's stats lack %s", theirs);
+	ck_assert_int_eq(write(go[1], "g", 1), 1);
+	ck_assert_int_eq(waitpid(child, &st, 0), child);
+	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0,
+		      "nobody's view (status %d: 1 = others' sequences, 2 = others' clients)",
+		      WEXITSTATUS(st));
+	ice_close(c);
+	ck_assert_int_eq(rt_daemon_stop(d), 0);
+}
+END_TEST
+
 static Suite *user_suite(void)
 {
 	Suite *s = suite_create("runtime-user");
@@ -211,6 +282,7 @@ static Suite *user_suite(void)
 	tcase_set_timeout(t, 60);
 	tcase_add_test(t, other_user_cannot_reach_segment_or_daemon);
 	tcase_add_test(t, impostor_daemon_is_refused);
+	tcase_add_test(t, other_user_sees_only_its_own_sequences);
 	suite_add_tcase(s, t);
 	return s;
 }
