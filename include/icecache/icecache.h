@@ -15,6 +15,10 @@
  * - Ownership: the library keeps no pointer the caller passes once a call returns.
  * - Sequences belong to the context that opened them; another context (another process) sees
  *   them as nonexistent (-ENOENT). Closing a context, or the death of its process, frees them.
+ * - No call waits for a daemon for ever: ice_connect and every request of a daemon context give
+ *   up after $ICECACHE_TIMEOUT_MS milliseconds (default 5000; 0 waits for ever) of no answer
+ *   with -ETIMEDOUT. A request that timed out leaves its context failed (-EPIPE from then on):
+ *   its answer may still come, and must not be taken for the next one's.
  *
  * Data layout
  * - K and V for ice_append are [kv_heads][n][head_dim] in the sequence's storage dtype
@@ -95,9 +99,22 @@ struct ice_ctx;
 /*
  * Connects to a daemon. socket_path NULL means $ICECACHE_SOCKET if set, else the default
  * (see ice_default_socket). -ENOENT/-ECONNREFUSED when no daemon listens, -EPERM when the
- * daemon refuses this user, -EPROTO on a handshake it cannot understand.
+ * daemon refuses this user or this side refuses the daemon, -EPROTO on a handshake it cannot
+ * understand, -ETIMEDOUT when it does not answer in time (see above). The daemon must run as
+ * this user, as root, or as the uid $ICECACHE_DAEMON_UID names (its peer credentials are
+ * checked before anything is sent); on the default path (not one the caller or
+ * $ICECACHE_SOCKET names) its directory must also be such a user's, with no group or other
+ * access, and not a symbolic link. A refused daemon is reported on stderr too. ice_last_error
+ * says why a connect failed.
  */
 int ice_connect(const char *socket_path, struct ice_ctx **ret_ctx);
+
+/*
+ * Writes (NUL-terminated) why this thread's last ice_connect failed, naming the path and what
+ * was wrong: "" after one that succeeded. Returns the length; -ENOSPC when cap is too small
+ * (the text is cut), -EINVAL without a buffer.
+ */
+int ice_last_error(char *buf, size_t cap);
 
 /*
  * Opens an engine inside this process. config is NULL (defaults) or text in the daemon's config

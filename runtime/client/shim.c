@@ -6,16 +6,22 @@
 #include "shim.h"
 
 #include <errno.h>
+#include <libgen.h>
 #include <poll.h>
 #include <pthread.h>
+#include <stdarg.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/time.h>
 #include <sys/un.h>
 #include <unistd.h>
 
 #include "buf.h"
+#include "clock.h"
 #include "config.h"
 #include "dtype.h"
 #include "engine.h"
@@ -23,6 +29,7 @@
 #include "segment.h"
 
 #define CQ_SLICE_NS 20000000ull /* between checks that the daemon is still there */
+#define TIMEOUT_DEFAULT_MS 5000 /* without $ICECACHE_TIMEOUT_MS */
 
 /* What the context knows of its own sequences: enough to size and split requests and to
  * answer ice_seq_info without a round trip. */
@@ -46,6 +53,7 @@ struct ice_ctx {
 	int sock;
 	struct segment seg;
 	uint64_t spin_ns;
+	uint64_t timeout_ns;	/* longest wait for the daemon; 0: for ever */
 	/* embedded mode */
 	struct rt_config cfg;
 	struct engine *eng;
@@ -66,6 +74,127 @@ int ice_default_socket(char *buf, size_t cap)
 int ice_is_embedded(const struct ice_ctx *ctx)
 {
 	return ctx && ctx->embedded;
+}
+
+/* Why this thread's last ice_connect failed, for ice_last_error. */
+static __thread char last_error[320];
+
+int ice_last_error(char *buf, size_t cap)
+{
+	size_t n = strlen(last_error);
+
+	if (!buf || !cap)
+		return -EINVAL;
+	snprintf(buf, cap, "%s", last_error);
+	return n < cap ? (int)n : -ENOSPC;
+}
+
+/*
+ * Refuses a daemon that may not be ours (-EPERM). Said on stderr as well as kept for
+ * ice_last_error: a process that meets an impostor should not have to ask to hear of it.
+ */
+__attribute__((format(printf, 2, 3)))
+static int distrust(const char *path, const char *fmt, ...)
+{
+	int n = snprintf(last_error, sizeof(last_error), "refusing the daemon socket %s: ", path);
+	va_list ap;
+
+	if (n > 0 && (size_t)n < sizeof(last_error)) {
+		va_start(ap, fmt);
+		vsnprintf(last_error + n, sizeof(last_error) - (size_t)n, fmt, ap);
+		va_end(ap);
+	}
+	fprintf(stderr, "libicecache: %s\n", last_error);
+	return -EPERM;
+}
+
+/* Who may serve us: this user, root, or the one uid $ICECACHE_DAEMON_UID names. */
+static int trusted_uid(uid_t u)
+{
+	const char *env = getenv("ICECACHE_DAEMON_UID");
+	unsigned long v;
+	char *end;
+
+	if (u == getuid() || u == 0)
+		return 1;
+	if (!env || !*env)
+		return 0;
+	errno = 0;
+	v = strtoul(env, &end, 10);
+	return !errno && !*end && v == (unsigned long)u;
+}
+
+/*
+ * The default path's directory must be a private one of a trusted user: under /tmp anyone can
+ * create it first, and whoever owns it decides what the socket in it is. A path the caller
+ * names is the caller's choice; the peer credentials are checked for every path.
+ */
+static int check_default_dir(const char *path)
+{
+	char buf[108], *dir;
+	struct stat st;
+
+	snprintf(buf, sizeof(buf), "%s", path);
+	dir = dirname(buf);
+	if (lstat(dir, &st) < 0)
+		return 0; /* nothing there: connect answers -ENOENT */
+	if (S_ISLNK(st.st_mode))
+		return distrust(path, "its directory %s is a symbolic link", dir);
+	if (!S_ISDIR(st.st_mode))
+		return distrust(path, "%s is not a directory", dir);
+	if (!trusted_uid(st.st_uid))
+		return distrust(path, "its directory %s is owned by uid %u, not by this user "
+				"(uid %u), root or $ICECACHE_DAEMON_UID", dir,
+				(unsigned)st.st_uid, (unsigned)getuid());
+	if (st.st_mode & 077)
+		return distrust(path, "its directory %s has mode %04o: group and others must "
+				"have no access", dir, (unsigned)(st.st_mode & 07777));
+	return 0;
+}
+
+/* The process that listens on the socket: a trusted user's, before we say anything to it. */
+static int check_peer(int fd, const char *path)
+{
+	struct ucred cr;
+	socklen_t len = sizeof(cr);
+
+	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) < 0)
+		return -errno;
+	if (!trusted_uid(cr.uid))
+		return distrust(path, "it is served by uid %u (pid %d), not by this user "
+				"(uid %u), root or $ICECACHE_DAEMON_UID", (unsigned)cr.uid,
+				(int)cr.pid, (unsigned)getuid());
+	return 0;
+}
+
+/* SHIM_TIMEOUT_DEFAULT: $ICECACHE_TIMEOUT_MS, else 5 s. Returns ns, 0 for no limit. */
+static uint64_t resolve_timeout(uint64_t timeout_ns)
+{
+	const char *env = getenv("ICECACHE_TIMEOUT_MS");
+	unsigned long long ms = TIMEOUT_DEFAULT_MS;
+	char *end;
+
+	if (timeout_ns == SHIM_TIMEOUT_NONE)
+		return 0;
+	if (timeout_ns != SHIM_TIMEOUT_DEFAULT)
+		return timeout_ns;
+	if (env && *env) {
+		errno = 0;
+		ms = strtoull(env, &end, 10);
+		if (errno || *end || ms > UINT64_MAX / 1000000)
+			ms = TIMEOUT_DEFAULT_MS;
+	}
+	return ms * 1000000ull;
+}
+
+/* SO_SNDTIMEO / SO_RCVTIMEO of ns (at least 1 us: 0 would mean no limit at all). */
+static void sock_timeout(int fd, int opt, uint64_t ns)
+{
+	struct timeval tv = { (time_t)(ns / 1000000000ull), (long)(ns % 1000000000ull / 1000) };
+
+	if (!tv.tv_sec && !tv.tv_usec)
+		tv.tv_usec = 1;
+	setsockopt(fd, SOL_SOCKET, opt, &tv, sizeof(tv));
 }
 
 static struct ice_ctx *ctx_alloc(void)
@@ -108,7 +237,8 @@ static int recv_welcome(int fd, struct proto_welcome *w, int *ret_fd)
 	return 0;
 }
 
-int shim_connect(const char *socket_path, uint32_t kind, struct ice_ctx **ret_ctx)
+int shim_connect(const char *socket_path, uint32_t kind, uint64_t timeout_ns,
+		 struct ice_ctx **ret_ctx)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	struct proto_hello h = { PROTO_MAGIC, PROTO_VERSION, kind, 0 };
@@ -117,9 +247,11 @@ int shim_connect(const char *socket_path, uint32_t kind, struct ice_ctx **ret_ct
 	char path[108];
 	struct ice_ctx *c;
 	const char *env;
+	uint64_t deadline = 0, now;
 	ssize_t sent;
 	int fd, segfd = -1, err;
 
+	last_error[0] = '\0';
 	if (!ret_ctx)
 		return -EINVAL;
 	if (socket_path) {
@@ -130,6 +262,11 @@ int shim_connect(const char *socket_path, uint32_t kind, struct ice_ctx **ret_ct
 		err = config_default_socket(path, sizeof(path));
 		if (err)
 			return err;
+		if (!config_env_socket()) {
+			err = check_default_dir(path);
+			if (err)
+				return err;
+		}
 	}
 	memcpy(sa.sun_path, path, strlen(path) + 1);
 	c = ctx_alloc();
@@ -141,15 +278,35 @@ int shim_connect(const char *socket_path, uint32_t kind, struct ice_ctx **ret_ct
 		goto out_free;
 	}
 	c->sock = fd;
+	/* A stopped or wedged daemon still has a listening socket: connect waits while its backlog
+	 * is full, the welcome never comes. Both waits share one deadline. */
+	c->timeout_ns = resolve_timeout(timeout_ns);
+	if (c->timeout_ns) {
+		deadline = clock_now_ns() + c->timeout_ns;
+		sock_timeout(fd, SO_SNDTIMEO, c->timeout_ns);
+	}
 	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
-		err = -errno;
+		err = errno == EAGAIN && deadline ? -ETIMEDOUT : -errno;
 		goto out_free;
+	}
+	err = check_peer(fd, path);
+	if (err)
+		goto out_free;
+	if (deadline) {
+		now = clock_now_ns();
+		if (now >= deadline) {
+			err = -ETIMEDOUT;
+			goto out_free;
+		}
+		sock_timeout(fd, SO_RCVTIMEO, deadline - now);
 	}
 	/* A daemon that refuses us may answer and close before reading the hello: a failed send
 	 * is not the verdict, the welcome (if any) is. */
 	sent = send(fd, &h, sizeof(h), MSG_NOSIGNAL);
 	err = recv_welcome(fd, &w, &segfd);
-	if (err && sent != sizeof(h))
+	if (err == -EAGAIN && deadline)
+		err = -ETIMEDOUT;
+	else if (err && sent != sizeof(h))
 		err = -ECONNRESET;
 	if (err)
 		goto out_free;
@@ -178,13 +335,19 @@ out_closefd:
 	if (segfd >= 0)
 		close(segfd);
 out_free:
+	if (err == -ETIMEDOUT)
+		snprintf(last_error, sizeof(last_error), "%s: %s: no answer within %.3g s (is "
+			 "the daemon stopped?)", path, strerror(ETIMEDOUT),
+			 (double)c->timeout_ns / 1e9);
 	ice_close(c);
+	if (!last_error[0])
+		snprintf(last_error, sizeof(last_error), "%s: %s", path, strerror(-err));
 	return err;
 }
 
 int ice_connect(const char *socket_path, struct ice_ctx **ret_ctx)
 {
-	return shim_connect(socket_path, PROTO_KIND_CLIENT, ret_ctx);
+	return shim_connect(socket_path, PROTO_KIND_CLIENT, SHIM_TIMEOUT_DEFAULT, ret_ctx);
 }
 
 int ice_open_embedded(const char *config, struct ice_ctx **ret_ctx)
@@ -299,9 +462,27 @@ static int daemon_gone(struct ice_ctx *c)
 	return 0;
 }
 
+/*
+ * A wait for the daemon found nothing for one more slice: -ETIMEDOUT once the wait has lasted
+ * the context's timeout. The clock starts with the first empty slice, so a request answered
+ * within the spin never reads it.
+ */
+static int waited_too_long(const struct ice_ctx *c, uint64_t *start)
+{
+	uint64_t now;
+
+	if (!c->timeout_ns)
+		return 0;
+	now = clock_now_ns();
+	if (!*start)
+		*start = now;
+	return now - *start >= c->timeout_ns ? -ETIMEDOUT : 0;
+}
+
 /* Caller holds c->lock. Waits for one completion, copies it out. */
 static int reap_one(struct ice_ctx *c, struct ring_cqe *cqe)
 {
+	uint64_t start = 0;
 	const void *e;
 	int err;
 
@@ -314,6 +495,8 @@ static int reap_one(struct ice_ctx *c, struct ring_cqe *cqe)
 		if (ring_wait_ready(&c->seg.cq, c->spin_ns, CQ_SLICE_NS) == 0)
 			continue;
 		err = daemon_gone(c);
+		if (!err)
+			err = waited_too_long(c, &start);
 		if (err)
 			return err;
 	}
@@ -325,6 +508,7 @@ static int reap_one(struct ice_ctx *c, struct ring_cqe *cqe)
 /* Caller holds c->lock. */
 static int submit(struct ice_ctx *c, struct ring_sqe *sqe, struct ring_cqe *cqe)
 {
+	uint64_t start = 0;
 	void *slot;
 	int err;
 
@@ -339,6 +523,8 @@ static int submit(struct ice_ctx *c, struct ring_sqe *sqe, struct ring_cqe *cqe)
 		if (err)
 			goto out_broken;
 		err = daemon_gone(c);
+		if (!err)
+			err = waited_too_long(c, &start);
 		if (err)
 			goto out_broken;
 		ring_wait_space(&c->seg.sq, c->spin_ns, CQ_SLICE_NS);

@@ -7,8 +7,14 @@
 #include "icecache/icecache.h"
 #include "proto.h"
 
-/* ice_connect with a connection kind (PROTO_KIND_CONTROL for icectl). */
-int shim_connect(const char *socket_path, uint32_t kind, struct ice_ctx **ret_ctx);
+/* timeout_ns for shim_connect: the default takes $ICECACHE_TIMEOUT_MS (else 5 s). */
+#define SHIM_TIMEOUT_DEFAULT 0
+#define SHIM_TIMEOUT_NONE UINT64_MAX
+
+/* ice_connect with a connection kind (PROTO_KIND_CONTROL for icectl) and a timeout, which
+ * bounds the handshake and every later wait for the daemon (see ice_connect). */
+int shim_connect(const char *socket_path, uint32_t kind, uint64_t timeout_ns,
+		 struct ice_ctx **ret_ctx);
 /* Sends one raw entry and waits for its completion (tests and fuzzing: the entry is not
  * checked here). The arena is the context's; shim_arena tells where and how big. */
 int shim_raw(struct ice_ctx *ctx, const struct ring_sqe *sqe, struct ring_cqe *ret_cqe);

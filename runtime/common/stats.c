@@ -13,8 +13,41 @@ void stats_buf_init(struct stats_buf *sb, char *buf, size_t cap)
 	sb->cap = cap;
 	sb->len = 0;
 	sb->err = 0;
+	sb->keep = NULL;
+	sb->keep_arg = NULL;
 	if (cap)
 		buf[0] = '\0';
+}
+
+/* A filtered buffer: the line is made aside, asked about, then copied. */
+static void stats_line_keep(struct stats_buf *sb, const char *prefix, const char *key,
+			    const char *fmt, va_list ap)
+{
+	size_t room = sb->cap - sb->len;
+	char line[512];
+	int n, m;
+
+	if (prefix && *prefix)
+		n = snprintf(line, sizeof(line), "%s.%s ", prefix, key);
+	else
+		n = snprintf(line, sizeof(line), "%s ", key);
+	if (n < 0 || (size_t)n >= sizeof(line))
+		goto out_full;
+	m = vsnprintf(line + n, sizeof(line) - (size_t)n, fmt, ap);
+	if (m < 0 || (size_t)(n + m) >= sizeof(line))
+		goto out_full;
+	if (!sb->keep(sb->keep_arg, line, (size_t)(n + m)))
+		return;
+	if ((size_t)(n + m) + 1 >= room)
+		goto out_full;
+	memcpy(sb->buf + sb->len, line, (size_t)(n + m));
+	sb->buf[sb->len + (size_t)(n + m)] = '\n';
+	sb->len += (size_t)(n + m) + 1;
+	sb->buf[sb->len] = '\0';
+	return;
+out_full:
+	sb->buf[sb->len] = '\0';
+	sb->err = -ENOSPC;
 }
 
 __attribute__((format(printf, 4, 5)))
@@ -26,6 +59,12 @@ static void stats_line(struct stats_buf *sb, const char *prefix, const char *key
 
 	if (sb->err || sb->cap == 0)
 		goto out_full;
+	if (sb->keep) {
+		va_start(ap, fmt);
+		stats_line_keep(sb, prefix, key, fmt, ap);
+		va_end(ap);
+		return;
+	}
 	if (prefix && *prefix)
 		n = snprintf(sb->buf + sb->len, room, "%s.%s ", prefix, key);
 	else

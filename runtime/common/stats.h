@@ -17,6 +17,10 @@ struct stats_buf {
 	size_t cap;
 	size_t len;
 	int err;
+	/* When set (after stats_buf_init), only lines it returns nonzero for are written; it sees
+	 * each line NUL-terminated, without its newline (at most 511 bytes). */
+	int (*keep)(void *arg, const char *line, size_t len);
+	void *keep_arg;
 };
 
 void stats_buf_init(struct stats_buf *sb, char *buf, size_t cap);

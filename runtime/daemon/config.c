@@ -46,6 +46,7 @@ static const struct cfg_item cfg_items[] = {
 	U64(overfetch, 1, 8, "retrieved pages per page of budget; the budget's worth of their best tokens is attended (1: whole pages)"),
 	U64(allow_uid, 0, UINT64_MAX, "one more uid allowed to connect (18446744073709551615: none)"),
 	U64(drain_ms, 0, 600000, "on SIGTERM, time clients get to finish queued requests"),
+	U64(handshake_ms, 1, 600000, "ms a new connection has for its hello before it is closed"),
 };
 
 #define NITEMS (sizeof(cfg_items) / sizeof(cfg_items[0]))
@@ -68,6 +69,7 @@ void config_defaults(struct rt_config *c)
 	c->nvme_bytes = 1ull << 30;
 	c->allow_uid = UINT64_MAX;
 	c->drain_ms = 2000;
+	c->handshake_ms = 2000;
 	c->group_merge = 1;
 	c->page_mass = 1;
 	c->overfetch = 2;
@@ -212,13 +214,20 @@ int config_print(const struct rt_config *c, char *buf, size_t cap)
 	return (int)len;
 }
 
-int config_default_socket(char *buf, size_t cap)
+const char *config_env_socket(void)
 {
 	const char *env = getenv("ICECACHE_SOCKET");
+
+	return env && *env ? env : NULL;
+}
+
+int config_default_socket(char *buf, size_t cap)
+{
+	const char *env = config_env_socket();
 	const char *xdg = getenv("XDG_RUNTIME_DIR");
 	int n;
 
-	if (env && *env)
+	if (env)
 		n = snprintf(buf, cap, "%s", env);
 	else if (xdg && *xdg)
 		n = snprintf(buf, cap, "%s/icecache/icecached.sock", xdg);

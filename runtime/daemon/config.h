@@ -30,6 +30,7 @@ struct rt_config {
 	uint64_t overfetch;     /* pages retrieved per budget page; the best tokens among them attended */
 	uint64_t allow_uid;     /* besides the daemon's own uid (and root): one more uid, or -1 */
 	uint64_t drain_ms;      /* SIGTERM: how long clients get to finish queued work */
+	uint64_t handshake_ms;  /* a connection's hello must arrive within this */
 };
 
 void config_defaults(struct rt_config *c);
@@ -44,6 +45,10 @@ int config_print(const struct rt_config *c, char *buf, size_t cap);
 
 /* The default socket path for this user (creates nothing). */
 int config_default_socket(char *buf, size_t cap);
+/* $ICECACHE_SOCKET when set and not empty, else NULL. A path named there is treated as one
+ * named by --socket: the daemon creates no directory for it and neither side expects the
+ * default path's private directory. */
+const char *config_env_socket(void);
 
 struct engine_opts;
 /* The engine options a configuration names (o->nvme_path points into c: engine_new reads it

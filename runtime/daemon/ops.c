@@ -72,18 +72,55 @@ static int handle_stats(struct ops_ctx *oc, const struct ring_sqe *s, struct rin
 
 	stats_buf_init(&sb, (char *)oc->arena + s->out_off, s->out_len);
 	if (oc->host_stats)
-		oc->host_stats(oc->host_arg, &sb);
+		oc->host_stats(oc->host_arg, oc->own_only ? oc->owner : 0, &sb);
 	engine_stats(oc->eng, &sb);
 	if (oc->st)
 		ops_stats_put(oc->st, &sb);
 	return text_done(&sb, c);
 }
 
+/*
+ * A restricted client's view of seqs: its own sequences only. engine_seqs writes a sequence's
+ * owner line first, and that line decides the rest of its group. It fails closed: a line of a
+ * group whose owner line it has not seen is dropped.
+ */
+struct own_seqs {
+	char owner[16];	/* the viewer, as the owner line writes it */
+	char id[16];	/* the group the last owner line opened */
+	int keep;	/* that group is the viewer's */
+};
+
+static int keep_own_seq(void *arg, const char *line, size_t len)
+{
+	struct own_seqs *f = arg;
+	const char *id = line + 4, *dot;
+	size_t idlen;
+
+	if (len < 4 || memcmp(line, "seq.", 4))
+		return 0;
+	dot = memchr(id, '.', len - 4);
+	if (!dot || (idlen = (size_t)(dot - id)) >= sizeof(f->id))
+		return 0;
+	if (!strncmp(dot, ".owner ", 7)) {
+		memcpy(f->id, id, idlen);
+		f->id[idlen] = '\0';
+		f->keep = !strcmp(dot + 7, f->owner);
+		return f->keep;
+	}
+	return f->keep && strlen(f->id) == idlen && !memcmp(f->id, id, idlen);
+}
+
 static int handle_seqs(struct ops_ctx *oc, const struct ring_sqe *s, struct ring_cqe *c)
 {
+	struct own_seqs f = { .keep = 0 };
 	struct stats_buf sb;
 
 	stats_buf_init(&sb, (char *)oc->arena + s->out_off, s->out_len);
+	if (oc->own_only) {
+		snprintf(f.owner, sizeof(f.owner), "%u", oc->owner);
+		sb.keep = keep_own_seq;
+		sb.keep_arg = &f;
+	}
 	engine_seqs(oc->eng, &sb);
 	return text_done(&sb, c);
 }

@@ -34,9 +34,13 @@ struct ops_ctx {
 	struct engine_ws ws_refs;	/* private copy of fetch refs */
 	const struct rt_config *cfg;
 	struct ops_stats *st;		/* shared by all clients (atomics) */
-	/* Adds the host's lines (daemon, clients) to OP_STATS; may be NULL. */
-	void (*host_stats)(void *arg, struct stats_buf *sb);
+	/* Adds the host's lines (daemon, clients) to OP_STATS; may be NULL. viewer 0: every
+	 * client's lines; else only that client's. */
+	void (*host_stats)(void *arg, uint32_t viewer, struct stats_buf *sb);
 	void *host_arg;
+	/* 1: this connection sees only its own clients and sequences in stats and seqs (a user
+	 * other than the daemon's and root); the totals it sees are everyone's. */
+	int own_only;
 };
 
 struct op_def {

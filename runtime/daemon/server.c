@@ -6,6 +6,7 @@
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
+#include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +15,7 @@
 #include <sys/signalfd.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -41,6 +43,16 @@ struct client {
 	const char *why; /* why the thread stopped */
 };
 
+/* An accepted connection whose hello has not all arrived: the main thread polls it with the
+ * rest and drops it at its deadline, so a silent one holds up no one. */
+struct pending {
+	int fd; /* -1: a free slot */
+	struct ucred cr;
+	uint64_t deadline_ns;
+	size_t got;
+	struct proto_hello h;
+};
+
 struct server {
 	struct rt_config cfg;
 	char path[108];
@@ -55,6 +67,10 @@ struct server {
 	uint64_t stop_deadline_ns;
 	uint64_t start_ns;
 	uint64_t accepted, refused, died, bad_rings;
+	struct pending *pend;	/* main thread only */
+	uint32_t npend;
+	uint32_t pending;	/* in use now (atomic: stats readers) */
+	uint64_t handshake_timeouts; /* atomic */
 };
 
 const char *server_socket_path(const struct server *srv)
@@ -62,17 +78,86 @@ const char *server_socket_path(const struct server *srv)
 	return srv->path;
 }
 
-/* The default directory must be ours and private; anything else is someone's trap. */
+__attribute__((format(printf, 2, 3)))
+static int refuse_start(int err, const char *fmt, ...)
+{
+	va_list ap;
+
+	fputs("icecached: ", stderr);
+	va_start(ap, fmt);
+	vfprintf(stderr, fmt, ap);
+	va_end(ap);
+	fputc('\n', stderr);
+	return err;
+}
+
+/* The default directory must be ours and private: in /tmp anyone could have made it first. */
 static int private_dir(const char *dir)
 {
 	struct stat st;
 
 	if (mkdir(dir, 0700) < 0 && errno != EEXIST)
-		return -errno;
+		return refuse_start(-errno, "cannot create %s: %s", dir, strerror(errno));
 	if (lstat(dir, &st) < 0)
-		return -errno;
-	if (!S_ISDIR(st.st_mode) || st.st_uid != getuid() || (st.st_mode & 077))
-		return -EPERM;
+		return refuse_start(-errno, "%s: %s", dir, strerror(errno));
+	if (S_ISLNK(st.st_mode))
+		return refuse_start(-EPERM, "%s is a symbolic link, not a directory of ours: "
+				    "refusing it (remove it, or choose --socket)", dir);
+	if (!S_ISDIR(st.st_mode))
+		return refuse_start(-EPERM, "%s is not a directory: refusing it", dir);
+	if (st.st_uid != getuid())
+		return refuse_start(-EPERM, "%s is owned by uid %u, not %u: someone else's "
+				    "directory, refusing it (remove it, or choose --socket)", dir,
+				    (unsigned)st.st_uid, (unsigned)getuid());
+	if (st.st_mode & 077)
+		return refuse_start(-EPERM, "%s has mode %04o: group and others must have no "
+				    "access (chmod 0700 it)", dir, (unsigned)(st.st_mode & 07777));
+	return 0;
+}
+
+/* A socket path chosen by name may lie in a shared directory such as /tmp, but only one where
+ * no one else can replace what we create there: ours or root's, and writable by no one else
+ * unless sticky. Clients check the daemon's peer credentials whatever the directory. */
+static int named_dir(const char *dir)
+{
+	struct stat st;
+
+	if (stat(dir, &st) < 0)
+		return refuse_start(-errno, "socket directory %s: %s", dir, strerror(errno));
+	if (!S_ISDIR(st.st_mode))
+		return refuse_start(-ENOTDIR, "socket directory %s is not a directory", dir);
+	if (st.st_uid != getuid() && st.st_uid != 0)
+		return refuse_start(-EPERM, "socket directory %s is owned by uid %u: refusing to "
+				    "serve from someone else's directory", dir,
+				    (unsigned)st.st_uid);
+	if ((st.st_mode & 022) && !(st.st_mode & S_ISVTX))
+		return refuse_start(-EPERM, "socket directory %s has mode %04o: writable by "
+				    "others and not sticky, anyone could replace the socket", dir,
+				    (unsigned)(st.st_mode & 07777));
+	return 0;
+}
+
+/* What the path names now: nothing, or a socket of ours (a live daemon's, or one left over by
+ * a dead one). Anything else is someone's file: never delete it. */
+static int socket_path_free(const char *path, int *ret_stale)
+{
+	struct stat st;
+
+	*ret_stale = 0;
+	if (lstat(path, &st) < 0) {
+		if (errno == ENOENT)
+			return 0;
+		return refuse_start(-errno, "%s: %s", path, strerror(errno));
+	}
+	if (!S_ISSOCK(st.st_mode))
+		return refuse_start(-EEXIST, "%s exists and is not a socket (%s): refusing to "
+				    "replace it", path, S_ISLNK(st.st_mode) ? "a symbolic link" :
+				    S_ISREG(st.st_mode) ? "a regular file" :
+				    S_ISDIR(st.st_mode) ? "a directory" : "a special file");
+	if (st.st_uid != getuid())
+		return refuse_start(-EPERM, "%s is a socket of uid %u: refusing to replace it",
+				    path, (unsigned)st.st_uid);
+	*ret_stale = 1;
 	return 0;
 }
 
@@ -80,7 +165,7 @@ static int bind_socket(struct server *srv)
 {
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	char dir[108];
-	int fd, err;
+	int fd, err, stale;
 
 	if (srv->cfg.socket_path[0]) {
 		snprintf(srv->path, sizeof(srv->path), "%s", srv->cfg.socket_path);
@@ -88,38 +173,46 @@ static int bind_socket(struct server *srv)
 		err = config_default_socket(srv->path, sizeof(srv->path));
 		if (err)
 			return err;
-		snprintf(dir, sizeof(dir), "%s", srv->path);
-		err = private_dir(dirname(dir));
-		if (err)
-			return err;
 	}
+	snprintf(dir, sizeof(dir), "%s", srv->path);
+	if (srv->cfg.socket_path[0] || config_env_socket())
+		err = named_dir(dirname(dir));
+	else
+		err = private_dir(dirname(dir));
+	if (err)
+		return err;
 	if (strlen(srv->path) >= sizeof(sa.sun_path))
 		return -ENAMETOOLONG;
 	memcpy(sa.sun_path, srv->path, strlen(srv->path) + 1);
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (fd < 0)
-		return -errno;
+	err = socket_path_free(srv->path, &stale);
+	if (err)
+		return err;
 	/* A socket file nobody answers on is left over from a dead daemon: replace it. One that
 	 * answers belongs to a live daemon: refuse to steal it. */
-	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
+	if (stale) {
+		fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+		if (fd < 0)
+			return -errno;
+		if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) == 0) {
+			close(fd);
+			return refuse_start(-EADDRINUSE, "a live daemon answers on %s", srv->path);
+		}
 		close(fd);
-		return -EADDRINUSE;
+		unlink(srv->path);
 	}
-	close(fd);
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC | SOCK_NONBLOCK, 0);
 	if (fd < 0)
 		return -errno;
-	unlink(srv->path);
 	if (bind(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0 || listen(fd, 64) < 0) {
 		err = -errno;
 		close(fd);
-		return err;
+		return refuse_start(err, "cannot listen on %s: %s", srv->path, strerror(-err));
 	}
 	srv->lfd = fd;
 	return 0;
 }
 
-static void host_stats(void *arg, struct stats_buf *sb)
+static void host_stats(void *arg, uint32_t viewer, struct stats_buf *sb)
 {
 	struct server *srv = arg;
 	uint32_t i;
@@ -134,11 +227,15 @@ static void host_stats(void *arg, struct stats_buf *sb)
 	stats_put_u64(sb, "daemon", "refused", srv->refused);
 	stats_put_u64(sb, "daemon", "clients_died", srv->died);
 	stats_put_u64(sb, "daemon", "bad_rings", srv->bad_rings);
+	stats_put_u64(sb, "daemon", "handshakes_pending",
+		      __atomic_load_n(&srv->pending, __ATOMIC_RELAXED));
+	stats_put_u64(sb, "daemon", "handshake_timeouts",
+		      __atomic_load_n(&srv->handshake_timeouts, __ATOMIC_RELAXED));
 	for (i = 0; i < srv->cfg.max_clients; i++) {
 		struct client *c = srv->cl[i];
 		char pfx[32];
 
-		if (!c || c->kind != PROTO_KIND_CLIENT)
+		if (!c || c->kind != PROTO_KIND_CLIENT || (viewer && c->id != viewer))
 			continue;
 		snprintf(pfx, sizeof(pfx), "client.%u", c->id);
 		stats_put_u64(sb, pfx, "pid", (uint64_t)c->pid);
@@ -272,36 +369,19 @@ static void client_free(struct client *c)
 	free(c);
 }
 
-static void accept_one(struct server *srv)
+/* The hello has arrived whole: check it, make the segment, welcome, start the thread. */
+static void start_client(struct server *srv, int fd, const struct ucred *cr,
+			 const struct proto_hello *h)
 {
-	struct timeval tv = { 0, 200000 };
 	struct proto_welcome w = { PROTO_MAGIC, PROTO_VERSION, 0, 0, 0 };
-	struct proto_hello h;
 	struct seg_layout lay;
-	struct ucred cr;
-	socklen_t crlen = sizeof(cr);
 	struct epoll_event ev;
 	struct client *c;
 	uint32_t i;
-	ssize_t n;
-	int fd, err;
+	int err;
 
-	fd = accept4(srv->lfd, NULL, NULL, SOCK_CLOEXEC);
-	if (fd < 0)
-		return;
-	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &crlen) < 0) {
-		refuse(srv, fd, -EPERM);
-		return;
-	}
-	if (cr.uid != getuid() && cr.uid != 0 && (uint64_t)cr.uid != srv->cfg.allow_uid) {
-		refuse(srv, fd, -EPERM);
-		return;
-	}
-	/* A client that connects and says nothing must not stall the accept loop. */
-	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	n = recv(fd, &h, sizeof(h), MSG_WAITALL);
-	if (n != sizeof(h) || h.magic != PROTO_MAGIC || h.version != PROTO_VERSION ||
-	    h.kind > PROTO_KIND_CONTROL || h.reserved) {
+	if (h->magic != PROTO_MAGIC || h->version != PROTO_VERSION ||
+	    h->kind > PROTO_KIND_CONTROL || h->reserved) {
 		refuse(srv, fd, -EPROTO);
 		return;
 	}
@@ -325,13 +405,13 @@ static void accept_one(struct server *srv)
 	c->sock = fd;
 	c->seg.fd = -1;
 	c->id = ++srv->next_id;
-	c->kind = h.kind;
-	c->pid = cr.pid;
-	c->uid = cr.uid;
+	c->kind = h->kind;
+	c->pid = cr->pid;
+	c->uid = cr->uid;
 	c->started_ns = clock_now_ns();
 	/* icectl needs only small text answers: give control clients a small arena. */
 	err = seg_layout((uint32_t)srv->cfg.sq_entries, (uint32_t)srv->cfg.cq_entries,
-			 h.kind == PROTO_KIND_CONTROL ? (1u << 20) : srv->cfg.arena_bytes, &lay);
+			 h->kind == PROTO_KIND_CONTROL ? (1u << 20) : srv->cfg.arena_bytes, &lay);
 	if (!err)
 		err = seg_create(&c->seg, &lay, c->id);
 	if (err)
@@ -344,6 +424,8 @@ static void accept_one(struct server *srv)
 	c->oc.st = &srv->st;
 	c->oc.host_stats = host_stats;
 	c->oc.host_arg = srv;
+	/* Other clients' sequences, shapes, pids and uids are for the daemon's user and root. */
+	c->oc.own_only = cr->uid != getuid() && cr->uid != 0;
 	w.client_id = c->id;
 	w.seg_bytes = lay.total_bytes;
 	err = send_welcome(fd, &w, c->seg.fd);
@@ -380,6 +462,135 @@ out_free:
 	srv->refused++;
 }
 
+static void pending_drop(struct server *srv, struct pending *pd, int status)
+{
+	epoll_ctl(srv->efd, EPOLL_CTL_DEL, pd->fd, NULL);
+	if (status)
+		refuse(srv, pd->fd, status);
+	else
+		close(pd->fd);
+	pd->fd = -1;
+	__atomic_sub_fetch(&srv->pending, 1, __ATOMIC_RELAXED);
+}
+
+/* Takes what has arrived of a pending hello; the whole of it starts the client. */
+static void pending_read(struct server *srv, struct pending *pd)
+{
+	ssize_t n;
+	struct proto_hello h;
+	struct ucred cr;
+	int fd;
+
+	if (pd->fd < 0)
+		return; /* an event of this batch for a slot dropped earlier in it */
+	n = recv(pd->fd, (char *)&pd->h + pd->got, sizeof(pd->h) - pd->got, MSG_DONTWAIT);
+	if (n < 0 && (errno == EAGAIN || errno == EINTR))
+		return;
+	if (n <= 0) {
+		pending_drop(srv, pd, 0); /* gone before it said hello */
+		return;
+	}
+	pd->got += (size_t)n;
+	if (pd->got < sizeof(pd->h))
+		return;
+	fd = pd->fd;
+	cr = pd->cr;
+	h = pd->h;
+	epoll_ctl(srv->efd, EPOLL_CTL_DEL, fd, NULL);
+	pd->fd = -1;
+	__atomic_sub_fetch(&srv->pending, 1, __ATOMIC_RELAXED);
+	start_client(srv, fd, &cr, &h);
+}
+
+static int is_pending(const struct server *srv, const void *p)
+{
+	uintptr_t a = (uintptr_t)p, b = (uintptr_t)srv->pend;
+
+	return a >= b && a < b + srv->npend * sizeof(*srv->pend);
+}
+
+/* A free slot; when every one holds a silent connection, the oldest is let go for this one. */
+static struct pending *pending_slot(struct server *srv)
+{
+	struct pending *old = NULL;
+	uint32_t i;
+
+	for (i = 0; i < srv->npend; i++) {
+		struct pending *pd = &srv->pend[i];
+
+		if (pd->fd < 0)
+			return pd;
+		if (!old || pd->deadline_ns < old->deadline_ns)
+			old = pd;
+	}
+	__atomic_add_fetch(&srv->handshake_timeouts, 1, __ATOMIC_RELAXED);
+	pending_drop(srv, old, -ETIMEDOUT);
+	return old;
+}
+
+/*
+ * Accepts what the listening socket holds (a bounded batch: signals and deaths are served
+ * between batches). Peer credentials are checked at once; the hello is then read as it comes,
+ * by the main loop, so no connection waits for another's.
+ */
+static void accept_ready(struct server *srv)
+{
+	struct epoll_event ev;
+	struct pending *pd;
+	struct ucred cr;
+	socklen_t crlen;
+	int n, fd;
+
+	for (n = 0; n < 64; n++) {
+		fd = accept4(srv->lfd, NULL, NULL, SOCK_CLOEXEC | SOCK_NONBLOCK);
+		if (fd < 0)
+			return;
+		crlen = sizeof(cr);
+		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &crlen) < 0 ||
+		    (cr.uid != getuid() && cr.uid != 0 &&
+		     (uint64_t)cr.uid != srv->cfg.allow_uid)) {
+			refuse(srv, fd, -EPERM);
+			continue;
+		}
+		pd = pending_slot(srv);
+		*pd = (struct pending){ .fd = fd, .cr = cr, .got = 0,
+			.deadline_ns = clock_now_ns() + srv->cfg.handshake_ms * 1000000ull };
+		ev.events = EPOLLIN | EPOLLRDHUP;
+		ev.data.ptr = pd;
+		if (epoll_ctl(srv->efd, EPOLL_CTL_ADD, fd, &ev) < 0) {
+			refuse(srv, fd, -ENOMEM);
+			pd->fd = -1;
+			continue;
+		}
+		__atomic_add_fetch(&srv->pending, 1, __ATOMIC_RELAXED);
+		pending_read(srv, pd); /* the hello is usually there already */
+	}
+}
+
+/* Drops pending connections past their deadline (-ETIMEDOUT welcome); returns the
+ * milliseconds until the next deadline, or -1 when none is pending. */
+static int pending_expire(struct server *srv)
+{
+	uint64_t now = clock_now_ns(), next = UINT64_MAX;
+	uint32_t i;
+
+	if (!__atomic_load_n(&srv->pending, __ATOMIC_RELAXED))
+		return -1;
+	for (i = 0; i < srv->npend; i++) {
+		struct pending *pd = &srv->pend[i];
+
+		if (pd->fd < 0)
+			continue;
+		if (now >= pd->deadline_ns) {
+			__atomic_add_fetch(&srv->handshake_timeouts, 1, __ATOMIC_RELAXED);
+			pending_drop(srv, pd, -ETIMEDOUT);
+		} else if (pd->deadline_ns < next) {
+			next = pd->deadline_ns;
+		}
+	}
+	return next == UINT64_MAX ? -1 : (int)((next - now + 999999) / 1000000);
+}
+
 /* Main thread: joins client threads that finished and frees their slots. */
 static void reap(struct server *srv)
 {
@@ -412,12 +623,29 @@ static void mark_dead(struct client *c)
 	ring_kick(&c->seg.cq);
 }
 
+/* engine_new said -ENOSPC with an NVMe tier configured: the tier file does not fit (the tier
+ * checked before allocating and left nothing behind). Say so with the figures. */
+static void nvme_space_message(const struct rt_config *cfg)
+{
+	char dir[sizeof(cfg->nvme_path)];
+	struct statvfs vs;
+	uint64_t avail = 0;
+
+	snprintf(dir, sizeof(dir), "%s", cfg->nvme_path);
+	if (statvfs(cfg->nvme_path, &vs) == 0 || statvfs(dirname(dir), &vs) == 0)
+		avail = (uint64_t)vs.f_bavail * vs.f_frsize;
+	refuse_start(-ENOSPC, "NVMe tier %s: nvme_bytes = %llu does not fit, its file system has "
+		     "%llu bytes free", cfg->nvme_path, (unsigned long long)cfg->nvme_bytes,
+		     (unsigned long long)avail);
+}
+
 int server_new(const struct rt_config *cfg, struct server **ret_srv)
 {
 	struct engine_opts eo;
 	struct epoll_event ev;
 	struct server *srv;
 	sigset_t ss;
+	uint32_t i;
 	int err;
 
 	config_engine_opts(cfg, &eo);
@@ -433,14 +661,22 @@ int server_new(const struct rt_config *cfg, struct server **ret_srv)
 	pthread_mutex_init(&srv->lock, NULL);
 	ops_stats_init(&srv->st);
 	srv->cl = calloc(cfg->max_clients, sizeof(*srv->cl));
-	if (!srv->cl) {
+	srv->npend = cfg->max_clients < 64 ? 64 : (uint32_t)cfg->max_clients;
+	srv->pend = calloc(srv->npend, sizeof(*srv->pend));
+	if (!srv->cl || !srv->pend) {
 		err = -ENOMEM;
 		goto out_free;
 	}
-	err = engine_new(&eo, &srv->eng);
+	for (i = 0; i < srv->npend; i++)
+		srv->pend[i].fd = -1;
+	/* The socket first: a path that is not ours to take is refused before the tiers are
+	 * allocated (and the socket is removed again if they cannot be). */
+	err = bind_socket(srv);
 	if (err)
 		goto out_free;
-	err = bind_socket(srv);
+	err = engine_new(&eo, &srv->eng);
+	if (err == -ENOSPC && cfg->nvme_path[0])
+		nvme_space_message(cfg);
 	if (err)
 		goto out_free;
 	sigemptyset(&ss);
@@ -477,6 +713,9 @@ static void begin_stop(struct server *srv)
 	close(srv->lfd);
 	srv->lfd = -1;
 	unlink(srv->path);
+	for (i = 0; i < srv->npend; i++)
+		if (srv->pend[i].fd >= 0)
+			pending_drop(srv, &srv->pend[i], -ESHUTDOWN);
 	for (i = 0; i < srv->cfg.max_clients; i++)
 		if (srv->cl[i])
 			ring_kick(&srv->cl[i]->seg.sq);
@@ -485,20 +724,26 @@ static void begin_stop(struct server *srv)
 int server_run(struct server *srv)
 {
 	struct epoll_event evs[32];
-	int i, n;
+	int i, n, wait_ms, next;
 
 	fprintf(stderr, "icecached: pid %d listening on %s\n", (int)getpid(), srv->path);
 	for (;;) {
 		if (srv->stopping && !srv->nclients && !srv->ncontrol)
 			break;
-		n = epoll_wait(srv->efd, evs, 32, srv->stopping ? 50 : 1000);
+		wait_ms = srv->stopping ? 50 : 1000;
+		next = pending_expire(srv);
+		if (next >= 0 && next < wait_ms)
+			wait_ms = next;
+		n = epoll_wait(srv->efd, evs, 32, wait_ms);
 		if (n < 0 && errno != EINTR)
 			return -errno;
 		for (i = 0; i < n; i++) {
 			void *p = evs[i].data.ptr;
 
 			if (p == &srv->lfd) {
-				accept_one(srv);
+				accept_ready(srv);
+			} else if (is_pending(srv, p)) {
+				pending_read(srv, p);
 			} else if (p == &srv->sigfd) {
 				struct signalfd_siginfo si;
 
@@ -547,6 +792,10 @@ void server_free(struct server *srv)
 			client_free(c);
 		}
 	}
+	for (i = 0; srv->pend && i < srv->npend; i++)
+		if (srv->pend[i].fd >= 0)
+			close(srv->pend[i].fd);
+	free(srv->pend);
 	if (srv->lfd >= 0) {
 		close(srv->lfd);
 		unlink(srv->path);

@@ -3,7 +3,9 @@
  * with SCM_RIGHTS), one serving thread per client and the engine they share.
  *
  * Threads: the main thread owns the socket, the client table and every client's lifetime
- * (accept, death, reaping); each client thread owns its rings and its sequences and is the only
+ * (accept, death, reaping). It reads hellos as they arrive, from every connection not yet
+ * welcomed at once, and closes one whose hello has not come by handshake_ms: a silent
+ * connection delays no other. Each client thread owns its rings and its sequences and is the only
  * one that touches them. A dead client (its socket hung up) is noticed by the main thread, which
  * tells the client thread to stop; that thread drops the client's sequences and exits.
  */

@@ -104,6 +104,36 @@ START_TEST(stats_lines_round_trip_and_overflow)
 }
 END_TEST
 
+static int keep_b(void *arg, const char *line, size_t len)
+{
+	++*(int *)arg;
+	return len >= 2 && line[0] == 'b' && line[len] == '\0';
+}
+
+START_TEST(stats_keep_drops_lines_without_taking_room)
+{
+	char tiny[16];
+	struct stats_buf sb;
+	int asked = 0;
+
+	/* Dropped lines take no room: a long one that would not fit is simply not there. */
+	stats_buf_init(&sb, tiny, sizeof(tiny));
+	sb.keep = keep_b;
+	sb.keep_arg = &asked;
+	stats_put_u64(&sb, "a", "long_name_that_does_not_fit", 1);
+	stats_put_u64(&sb, "b", "x", 2);
+	stats_put_str(&sb, "a", "y", "z");
+	stats_put_u64(&sb, "b", "y", 3);
+	ck_assert_int_eq(asked, 4);
+	ck_assert_int_eq(sb.err, 0);
+	ck_assert_str_eq(tiny, "b.x 2\nb.y 3\n");
+	/* A kept line that does not fit is -ENOSPC as ever. */
+	stats_put_u64(&sb, "b", "zz", 4);
+	ck_assert_int_eq(sb.err, -ENOSPC);
+	ck_assert_str_eq(tiny, "b.x 2\nb.y 3\n");
+}
+END_TEST
+
 /* ---- dtype ------------------------------------------------------------------------------- */
 
 /* Check records every assertion that passes; in loops of a million only a failure may cost. */
@@ -528,6 +558,7 @@ static Suite *common_suite(void)
 	tcase_add_loop_test(tc, hist_quantiles_match_sorted_reference, 0, 3);
 	tcase_add_test(tc, hist_small_values_are_exact);
 	tcase_add_test(tc, stats_lines_round_trip_and_overflow);
+	tcase_add_test(tc, stats_keep_drops_lines_without_taking_room);
 	tcase_add_test(tc, dtype_every_half_decodes_and_round_trips);
 	tcase_add_test(tc, dtype_f16_rounds_to_nearest_even);
 	tcase_add_test(tc, dtype_f16_matches_compiler);

@@ -15,8 +15,11 @@
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <sys/wait.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "icecache/icecache.h"
@@ -320,6 +323,89 @@ static inline char *rt_tmpdir(void)
 
 	snprintf(d, sizeof(d), "/tmp/icert-XXXXXX");
 	return mkdtemp(d);
+}
+
+/* path of a built program: $ICE_BUILD_ROOT/<rel> */
+static inline void rt_bin(const char *rel, char *buf, size_t cap)
+{
+	const char *root = getenv("ICE_BUILD_ROOT");
+
+	snprintf(buf, cap, "%s/%s", root ? root : "build", rel);
+}
+
+/*
+ * Runs argv[0] with stdout and stderr into outpath, waits up to ms. Returns its exit status
+ * (128 + signal when killed by one), or -1 when it was still running at the deadline (it is
+ * then SIGKILLed and reaped). *ret_ms, when not NULL, gets how long it ran.
+ */
+static inline int rt_run(char *const argv[], const char *outpath, int ms, long *ret_ms)
+{
+	struct timespec t0, t1;
+	pid_t pid;
+	int st, i;
+
+	clock_gettime(CLOCK_MONOTONIC, &t0);
+	pid = fork();
+	if (pid == 0) {
+		int fd = open(outpath, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+
+		if (fd < 0 || dup2(fd, 1) < 0 || dup2(fd, 2) < 0)
+			_exit(126);
+		execv(argv[0], argv);
+		_exit(127);
+	}
+	for (i = 0; i < ms; i++) {
+		if (waitpid(pid, &st, WNOHANG) == pid) {
+			clock_gettime(CLOCK_MONOTONIC, &t1);
+			if (ret_ms)
+				*ret_ms = (t1.tv_sec - t0.tv_sec) * 1000 +
+					  (t1.tv_nsec - t0.tv_nsec) / 1000000;
+			return WIFEXITED(st) ? WEXITSTATUS(st) : 128 + WTERMSIG(st);
+		}
+		usleep(1000);
+	}
+	kill(pid, SIGKILL);
+	waitpid(pid, NULL, 0);
+	if (ret_ms)
+		*ret_ms = ms;
+	return -1;
+}
+
+/* The whole of a small file, NUL-terminated, in a static buffer ("" when unreadable). */
+static inline const char *rt_slurp(const char *path)
+{
+	static char buf[16384];
+	ssize_t n = -1;
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+
+	if (fd >= 0) {
+		n = read(fd, buf, sizeof(buf) - 1);
+		close(fd);
+	}
+	buf[n > 0 ? n : 0] = '\0';
+	return buf;
+}
+
+/* A bare unix-socket connection to path (no hello): the fd, or -errno. */
+static inline int rt_raw_connect(const char *path)
+{
+	struct sockaddr_un sa = { .sun_family = AF_UNIX };
+	int fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+
+	if (fd < 0)
+		return -errno;
+	if (strlen(path) >= sizeof(sa.sun_path)) {
+		close(fd);
+		return -ENAMETOOLONG;
+	}
+	memcpy(sa.sun_path, path, strlen(path) + 1);
+	if (connect(fd, (struct sockaddr *)&sa, sizeof(sa)) < 0) {
+		int err = -errno;
+
+		close(fd);
+		return err;
+	}
+	return fd;
 }
 
 #endif

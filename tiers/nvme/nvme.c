@@ -21,6 +21,7 @@
 #include <sys/ioctl.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/statvfs.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -57,6 +58,8 @@ struct nvme_tier {
 	int uring;
 	int blockdev;
 	int fallocated;
+	int created;		/* this open made the file: remove it if the open fails */
+	off_t orig_size;	/* the file's size before this open */
 	unsigned depth, nrings;
 	unsigned next_ring;
 	struct nvme_ring *rings;
@@ -476,37 +479,97 @@ static int nvme_probe_direct(int fd)
 	return ok ? 0 : -EINVAL;
 }
 
+/*
+ * Would preallocating cap bytes fit in the file system? Asked first, so that a tier larger
+ * than its file system fails at once instead of filling the disk on the way to -ENOSPC. Counts
+ * what the file holds already (a tier file kept from an earlier run) and only what unprivileged
+ * users may take (f_bavail): the blocks kept for root are not the tier's to fill.
+ */
+static int nvme_check_space(int fd, const struct stat *st, uint64_t cap)
+{
+	uint64_t have = (uint64_t)st->st_blocks * 512, avail;
+	struct statvfs vs;
+
+	if (cap <= have || fstatvfs(fd, &vs) < 0)
+		return 0; /* unknown: fallocate answers */
+	avail = (uint64_t)vs.f_bavail * vs.f_frsize;
+	return cap - have > avail ? -ENOSPC : 0;
+}
+
+/* O_DIRECT when the file system takes it (an aligned write+read at offset 0 works). */
+static int nvme_set_direct(struct nvme_tier *v, const struct tier_config *cfg)
+{
+	int fl = fcntl(v->fd, F_GETFL);
+
+	if (cfg->flags & TIER_F_NO_DIRECT)
+		return 0;
+	if (fl >= 0 && fcntl(v->fd, F_SETFL, fl | O_DIRECT) == 0) {
+		if (nvme_probe_direct(v->fd) == 0) {
+			v->direct = 1;
+			return 0;
+		}
+		fcntl(v->fd, F_SETFL, fl);
+	}
+	/* -EINVAL: this file system refuses O_DIRECT */
+	return (cfg->flags & TIER_F_REQUIRE_DIRECT) ? -EINVAL : 0;
+}
+
+/* A failed open leaves nothing behind: a file it created is removed, one that was there gets
+ * its old size back (a block device is left as it is). */
+static void nvme_undo_file(struct nvme_tier *v, const char *path)
+{
+	struct stat st;
+
+	if (v->fd < 0)
+		return;
+	if (v->created)
+		unlink(path);
+	else if (!v->blockdev && fstat(v->fd, &st) == 0 && st.st_size != v->orig_size &&
+		 ftruncate(v->fd, v->orig_size) < 0) {
+		/* nothing more to undo with */
+	}
+	close(v->fd);
+	v->fd = -1;
+}
+
 static int nvme_open_fd(struct nvme_tier *v, const struct tier_config *cfg, uint64_t *cap)
 {
 	struct stat st;
-	int flags = O_RDWR | O_CLOEXEC, fd, r;
+	int fd, r;
 
-	if (stat(cfg->path, &st) == 0 && S_ISBLK(st.st_mode))
-		v->blockdev = 1;
-	else
-		flags |= O_CREAT;
-	if (!(cfg->flags & TIER_F_NO_DIRECT)) {
-		fd = open(cfg->path, flags | O_DIRECT, 0600);
-		if (fd >= 0 && nvme_probe_direct(fd) == 0) {
-			v->direct = 1;
-			goto opened;
-		}
-		r = fd >= 0 ? -EINVAL : -errno;
-		if (fd >= 0)
-			close(fd);
-		if (r != -EINVAL || (cfg->flags & TIER_F_REQUIRE_DIRECT))
-			return r; /* -EINVAL: this filesystem refuses O_DIRECT */
-	}
-	fd = open(cfg->path, flags, 0600);
+	/* O_EXCL tells whether the file is ours to remove on failure. */
+	fd = open(cfg->path, O_RDWR | O_CLOEXEC | O_CREAT | O_EXCL, 0600);
+	if (fd >= 0)
+		v->created = 1;
+	else if (errno == EEXIST)
+		fd = open(cfg->path, O_RDWR | O_CLOEXEC);
 	if (fd < 0)
 		return -errno;
-opened:
+	v->fd = fd;
+	if (fstat(fd, &st) < 0) {
+		r = -errno;
+		goto out_undo;
+	}
+	v->orig_size = st.st_size;
+	if (S_ISBLK(st.st_mode)) {
+		v->blockdev = 1;
+	} else if (!S_ISREG(st.st_mode)) {
+		r = -EINVAL;
+		goto out_undo;
+	} else {
+		r = nvme_check_space(fd, &st, *cap);
+		if (r)
+			goto out_undo;
+	}
+	r = nvme_set_direct(v, cfg);
+	if (r)
+		goto out_undo;
 	if (v->blockdev) {
 		uint64_t bytes = 0;
 
 		if (ioctl(fd, BLKGETSIZE64, &bytes) < 0) {
 			r = -errno;
-			goto out_close;
+			goto out_undo;
 		}
 		if (bytes < *cap)
 			*cap = bytes;
@@ -517,16 +580,15 @@ opened:
 		 * from a write, which the store reports per page. */
 		if (ftruncate(fd, (off_t)*cap) < 0) {
 			r = -errno;
-			goto out_close;
+			goto out_undo;
 		}
 	} else {
 		r = -errno;
-		goto out_close;
+		goto out_undo;
 	}
-	v->fd = fd;
 	return 0;
-out_close:
-	close(fd);
+out_undo:
+	nvme_undo_file(v, cfg->path);
 	return r;
 }
 
@@ -582,7 +644,7 @@ out_rings:
 out_done:
 	tier_done_common(&v->tier);
 out_close:
-	close(v->fd);
+	nvme_undo_file(v, cfg->path);
 out_free:
 	free(v);
 	return r;

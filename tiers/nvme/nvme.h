@@ -16,7 +16,10 @@
  * TIER_F_NO_URING) the tier does one pread/pwrite per transfer under the same buffer rules and
  * reports tier.nvme.io_uring 0: correct, without batching.
  *
- * The file is created when missing and left in place at close (the caller owns the path).
+ * The file is created when missing and left in place at close (the caller owns the path). Open
+ * checks first that the file system has room for the whole capacity (-ENOSPC otherwise, before
+ * anything is allocated), and a failed open leaves nothing behind: a file it created is
+ * removed, a file that was there keeps its size.
  */
 #ifndef ICE_TIERS_NVME_H
 #define ICE_TIERS_NVME_H

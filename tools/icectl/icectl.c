@@ -1,8 +1,8 @@
 /*
  * icectl: looks at a running icecached over its own socket (a control connection: it gets a
  * small segment and speaks the same opcodes as any client). docs/ICECTL.md is the manual.
- *   icectl [--socket PATH] [--json] status|seqs|stats|config
- *   icectl [--socket PATH] [--json] watch [--interval MS] [--count N]
+ *   icectl [--socket PATH] [--timeout S] [--json] status|seqs|stats|config
+ *   icectl [--socket PATH] [--timeout S] [--json] watch [--interval MS] [--count N]
  */
 #include <errno.h>
 #include <stdint.h>
@@ -346,8 +346,11 @@ static int print_config(char *text, int json)
 
 static void usage(FILE *f)
 {
-	fprintf(f, "usage: icectl [--socket PATH] [--json] status|seqs|stats|config\n"
-		   "       icectl [--socket PATH] [--json] watch [--interval MS] [--count N]\n");
+	fprintf(f, "usage: icectl [--socket PATH] [--timeout S] [--json] status|seqs|stats|config\n"
+		   "       icectl [--socket PATH] [--timeout S] [--json] watch [--interval MS] "
+		   "[--count N]\n"
+		   "--timeout: seconds to wait for the daemon (default: $ICECACHE_TIMEOUT_MS "
+		   "or 5 s; 0: for ever)\n");
 }
 
 static int fetch_text(struct ice_ctx *c, int (*fn)(struct ice_ctx *, char *, size_t), char *buf,
@@ -398,24 +401,36 @@ int main(int argc, char **argv)
 {
 	const char *sock = NULL, *cmd = NULL;
 	long interval = 1000, count = -1, i;
+	uint64_t timeout_ns = SHIM_TIMEOUT_DEFAULT;
 	struct ice_ctx *c;
 	int json = 0, err, a;
 
 	for (a = 1; a < argc; a++) {
-		if (!strcmp(argv[a], "--json"))
+		if (!strcmp(argv[a], "--json")) {
 			json = 1;
-		else if (!strcmp(argv[a], "--socket") && a + 1 < argc)
+		} else if (!strcmp(argv[a], "--socket") && a + 1 < argc) {
 			sock = argv[++a];
-		else if (!strcmp(argv[a], "--interval") && a + 1 < argc)
+		} else if (!strcmp(argv[a], "--timeout") && a + 1 < argc) {
+			char *end;
+			double sec = strtod(argv[++a], &end);
+
+			if (*end || !(sec >= 0 && sec < 1e6)) {
+				usage(stderr);
+				return 2;
+			}
+			timeout_ns = sec > 0 ? (uint64_t)(sec * 1e9) : SHIM_TIMEOUT_NONE;
+			if (!timeout_ns)
+				timeout_ns = 1; /* under a nanosecond: still a limit */
+		} else if (!strcmp(argv[a], "--interval") && a + 1 < argc) {
 			interval = strtol(argv[++a], NULL, 10);
-		else if (!strcmp(argv[a], "--count") && a + 1 < argc)
+		} else if (!strcmp(argv[a], "--count") && a + 1 < argc) {
 			count = strtol(argv[++a], NULL, 10);
-		else if (!strcmp(argv[a], "--help") || !strcmp(argv[a], "-h")) {
+		} else if (!strcmp(argv[a], "--help") || !strcmp(argv[a], "-h")) {
 			usage(stdout);
 			return 0;
-		} else if (argv[a][0] != '-' && !cmd)
+		} else if (argv[a][0] != '-' && !cmd) {
 			cmd = argv[a];
-		else {
+		} else {
 			usage(stderr);
 			return 2;
 		}
@@ -424,13 +439,18 @@ int main(int argc, char **argv)
 		cmd = "status";
 	if (interval < 10)
 		interval = 10;
-	err = shim_connect(sock, PROTO_KIND_CONTROL, &c);
+	err = shim_connect(sock, PROTO_KIND_CONTROL, timeout_ns, &c);
 	if (err) {
-		char def[128] = "";
+		char why[512];
 
-		ice_default_socket(def, sizeof(def));
-		fprintf(stderr, "icectl: cannot reach icecached at %s: %s\n", sock ? sock : def,
-			strerror(-err));
+		/* The library's text names the path and what was wrong (e.g. whose daemon). */
+		if (ice_last_error(why, sizeof(why)) <= 0) {
+			char def[128] = "";
+
+			ice_default_socket(def, sizeof(def));
+			snprintf(why, sizeof(why), "%s: %s", sock ? sock : def, strerror(-err));
+		}
+		fprintf(stderr, "icectl: cannot reach icecached: %s\n", why);
 		return 1;
 	}
 	if (strcmp(cmd, "watch")) {
