@@ -1,11 +1,12 @@
 /*
  * 4-bit page sketches. Each key is stored a second time as 4-bit codes per channel (offset by
- * the channel mean, in steps of 3 sigma / 7.5 of that channel), 16 tokens per block as the
- * scoring kernel wants them. A token with a value beyond 7 steps in some channel gets a
- * per-token scale alpha > 1 (all its codes shrink by alpha) rather than a clipped code: the rare
- * tokens with outlying values are the ones attention tends to want. A search ranks every page by its sketch score (an eighth of the
- * bytes of the fp32 keys) and re-scores only the best pages exactly; the per-channel offset
- * removes the large, nearly constant outlier channels that would otherwise eat the code range.
+ * the channel mean, in steps of 3 sigma / 7.5 of that channel, both estimated without the
+ * outlying values), 16 tokens per block as the scoring kernel wants them. A token with a value
+ * beyond 7 steps in some channel gets a per-token scale alpha > 1 (all its codes shrink by
+ * alpha) rather than a clipped code: the rare tokens with outlying values are the ones attention
+ * tends to want. A search ranks every page by its sketch score (an eighth of the bytes of the
+ * fp32 keys) and re-scores only the best pages exactly; the per-channel offset removes the
+ * large, nearly constant outlier channels that would otherwise eat the code range.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -13,34 +14,76 @@
 
 #include "idx_impl.h"
 
-static void stats_done(struct idx *ix, const double *s1, const double *s2, size_t n)
+/*
+ * Per-channel mean and step from a sample of keys, row(ctx, i, tmp) giving key i. A plain mean
+ * and variance let one key of a thousand times the usual norm set every channel's step (its
+ * square outweighs all the others'), coarsening every code to a few levels: every query then
+ * ranks pages by noise. So the estimate is clipped: after the first pass, values beyond
+ * CLIP_SD standard deviations of the previous estimate are left out, twice. An outlier then
+ * costs its own page (its per-token alpha), not the sketch.
+ */
+#define CLIP_SD 8.0
+#define CLIP_PASSES 2
+
+typedef const float *(*sk_row_fn)(const void *ctx, size_t i, float *tmp);
+
+static void calibrate(struct idx *ix, sk_row_fn row, const void *ctx, size_t n)
 {
-	uint32_t j;
+	double s1[IDX_MAX_DIM], s2[IDX_MAX_DIM], cnt[IDX_MAX_DIM], mu[IDX_MAX_DIM], sd[IDX_MAX_DIM];
+	float tmp[IDX_MAX_DIM];
+	uint32_t j, pass;
+	size_t t;
 
+	for (pass = 0; pass <= CLIP_PASSES; pass++) {
+		memset(s1, 0, sizeof(s1));
+		memset(s2, 0, sizeof(s2));
+		memset(cnt, 0, sizeof(cnt));
+		for (t = 0; t < n; t++) {
+			const float *x = row(ctx, t, tmp);
+
+			for (j = 0; j < ix->dim; j++) {
+				double v = x[j];
+
+				if (pass && fabs(v - mu[j]) > CLIP_SD * sd[j])
+					continue;
+				s1[j] += v;
+				s2[j] += v * v;
+				cnt[j]++;
+			}
+		}
+		for (j = 0; j < ix->dim; j++) {
+			double m = cnt[j] ? s1[j] / cnt[j] : 0, var = cnt[j] ? s2[j] / cnt[j] - m * m : 0;
+
+			mu[j] = m;
+			sd[j] = sqrt(var > 0 ? var : 0);
+		}
+	}
 	for (j = 0; j < ix->dim; j++) {
-		double mu = n ? s1[j] / n : 0, var = n ? s2[j] / n - mu * mu : 0;
-		double sd = sqrt(var > 0 ? var : 0);
-
-		ix->sk_mu[j] = (float)mu;
-		ix->sk_step[j] = (float)(sd > 1e-12 ? 3.0 * sd / 7.5 : 1.0);
+		ix->sk_mu[j] = (float)mu[j];
+		ix->sk_step[j] = (float)(sd[j] > 1e-12 ? 3.0 * sd[j] / 7.5 : 1.0);
 	}
 	ix->sk_ready = 1;
 }
 
+struct rows {
+	const float *keys;
+	size_t stride;
+	uint32_t dim;
+};
+
+static const float *sample_row(const void *ctx, size_t i, float *tmp)
+{
+	const struct rows *r = ctx;
+
+	(void)tmp;
+	return r->keys + i * r->stride * r->dim;
+}
+
 void idx_sk_calibrate(struct idx *ix, const float *keys, size_t n)
 {
-	double s1[IDX_MAX_DIM] = { 0 }, s2[IDX_MAX_DIM] = { 0 };
-	size_t t, stride = n > 65536 ? n / 65536 : 1, used = 0;
-	uint32_t j;
+	struct rows r = { keys, n > 65536 ? n / 65536 : 1, ix->dim };
 
-	for (t = 0; t < n; t += stride, used++)
-		for (j = 0; j < ix->dim; j++) {
-			double v = keys[t * ix->dim + j];
-
-			s1[j] += v;
-			s2[j] += v * v;
-		}
-	stats_done(ix, s1, s2, used);
+	calibrate(ix, sample_row, &r, (n + r.stride - 1) / r.stride);
 }
 
 void idx_sk_clear(struct idx *ix, uint32_t page)
@@ -77,25 +120,39 @@ void idx_sk_put(struct idx *ix, uint32_t page, uint32_t slot, const float *x)
 	}
 }
 
+/* The index's tokens in page order: pages[p]'s token s is row start[p] + s. */
+struct page_rows {
+	const struct idx *ix;
+	size_t page, first;	/* the page holding the last row asked for, and its first row */
+};
+
+static const float *page_row(const void *ctx, size_t i, float *tmp)
+{
+	struct page_rows *r = (struct page_rows *)(uintptr_t)ctx;
+	const struct idx *ix = r->ix;
+	const float *blk;
+	uint32_t j;
+
+	if (i < r->first) /* a new pass starts over */
+		r->page = r->first = 0;
+	while (i >= r->first + ix->pages[r->page].fill)
+		r->first += ix->pages[r->page++].fill;
+	blk = idx_page_keys(ix, (uint32_t)r->page);
+	for (j = 0; j < ix->dim; j++)
+		tmp[j] = blk[(size_t)j * IDX_LANES + (i - r->first)];
+	return tmp;
+}
+
 int idx_sk_rebuild(struct idx *ix)
 {
-	double s1[IDX_MAX_DIM] = { 0 }, s2[IDX_MAX_DIM] = { 0 };
+	struct page_rows r = { ix, 0, 0 };
 	float x[IDX_MAX_DIM];
 	size_t p, n = 0;
 	uint32_t s, j;
 
-	for (p = 0; p < ix->npages; p++) {
-		const float *blk = idx_page_keys(ix, (uint32_t)p);
-
-		for (s = 0; s < ix->pages[p].fill; s++, n++)
-			for (j = 0; j < ix->dim; j++) {
-				double v = blk[(size_t)j * IDX_LANES + s];
-
-				s1[j] += v;
-				s2[j] += v * v;
-			}
-	}
-	stats_done(ix, s1, s2, n);
+	for (p = 0; p < ix->npages; p++)
+		n += ix->pages[p].fill;
+	calibrate(ix, page_row, &r, n);
 	for (p = 0; p < ix->npages; p++) {
 		const float *blk = idx_page_keys(ix, (uint32_t)p);
 

@@ -794,6 +794,79 @@ START_TEST(insert_only_index_searches_through_its_sketch)
 }
 END_TEST
 
+/* Page recall@k of idx_search against the exact pages, over nq queries. */
+static double sketch_recall(const struct idx *ix, const float *q, size_t nq, uint32_t dim,
+			    uint32_t k)
+{
+	size_t ws_size = idx_search_ws_size(ix, 1, k), i;
+	struct idx_hit hits[16], ex[16];
+	void *ws = malloc(ws_size);
+	double rec = 0;
+	int a, b, x, y;
+
+	ck_assert_ptr_nonnull(ws);
+	for (i = 0; i < nq; i++) {
+		a = idx_search(ix, q + i * dim, 1, k, NULL, ws, ws_size, hits);
+		b = idx_exact_search(ix, q + i * dim, 1, k, ws, ws_size, ex);
+		ck_assert_int_eq(a, (int)k);
+		ck_assert_int_eq(b, (int)k);
+		for (x = 0; x < a; x++)
+			for (y = 0; y < b; y++)
+				if (hits[x].page == ex[y].page) {
+					rec += 1.0 / k;
+					break;
+				}
+	}
+	free(ws);
+	return rec / nq;
+}
+
+/*
+ * One key a thousand times the usual size (a corrupted or extreme activation) must cost its own
+ * page, not the sketch every query ranks by: its square once set every channel's step, and
+ * recall fell to noise. Bulk build, and the insert path (sketch calibrated at IDX_SK_CALIB tokens
+ * with the outlier among them).
+ */
+START_TEST(one_huge_key_costs_only_its_page)
+{
+	const uint32_t dim = 64, k = 8;
+	const size_t n = 16384, nq = 32;
+	float *keys = gen_keys(dim, n, 21), *q = malloc(nq * dim * sizeof(float));
+	struct synth_params sp;
+	double clean, huge, ins;
+	struct idx *ix;
+	size_t j, at;
+
+	ck_assert_ptr_nonnull(q);
+	synth_params_default(&sp, dim);
+	sp.seed = 21;
+	sp.nclusters = 32;
+	ck_assert_int_eq(synth_queries(&sp, keys, n, nq, 1, q, NULL), 0);
+	ix = new_idx(dim, 0.01f, 4096, 1);
+	ck_assert_int_eq(idx_build(ix, keys, n, IDX_F32), 0);
+	clean = sketch_recall(ix, q, nq, dim, k);
+	idx_free(ix);
+	for (j = 0; j < dim; j++)
+		keys[500 * dim + j] *= 1000.0f;
+	ix = new_idx(dim, 0.01f, 4096, 1);
+	ck_assert_int_eq(idx_build(ix, keys, n, IDX_F32), 0);
+	huge = sketch_recall(ix, q, nq, dim, k);
+	idx_free(ix);
+	ix = new_idx(dim, 0.01f, 4096, 1);
+	for (at = 0; at < n; at += 64)
+		ck_assert_int_eq(idx_insert(ix, keys + at * dim, 64, IDX_F32), 0);
+	ins = sketch_recall(ix, q, nq, dim, k);
+	idx_free(ix);
+	ck_assert_msg(clean >= 0.9, "recall without the outlier %.3f", clean);
+	ck_assert_msg(huge >= clean - 0.05, "bulk build: recall %.3f with the outlier, %.3f without",
+		      huge, clean);
+	ck_assert_msg(ins >= clean - 0.05, "inserts: recall %.3f with the outlier, %.3f without",
+		      ins, clean);
+	free(q);
+	free(keys);
+}
+END_TEST
+
 START_TEST(simd_paths_agree)
 {
 	const char *paths[] = { "portable", "avx2", "avx512" };
@@ -1114,6 +1187,7 @@ static Suite *idx_suite(void)
 	tcase_add_test(tc, picked_tokens_are_the_heaviest);
 	tcase_add_test(tc, planted_needles_found_at_every_budget);
 	tcase_add_test(tc, insert_only_index_searches_through_its_sketch);
+	tcase_add_test(tc, one_huge_key_costs_only_its_page);
 	tcase_add_test(tc, simd_paths_agree);
 	tcase_add_test(tc, kernels_match_reference);
 	tcase_add_loop_test(tc, half_precision_input, 0, 2);
