@@ -843,18 +843,18 @@ START_TEST(one_huge_key_costs_only_its_page)
 	sp.nclusters = 32;
 	ck_assert_int_eq(synth_queries(&sp, keys, n, nq, 1, q, NULL), 0);
 	ix = new_idx(dim, 0.01f, 4096, 1);
-	ck_assert_int_eq(idx_build(ix, keys, n, IDX_F32), 0);
+	ck_assert_int_eq(idx_build(ix, keys, n, ICE_DTYPE_F32), 0);
 	clean = sketch_recall(ix, q, nq, dim, k);
 	idx_free(ix);
 	for (j = 0; j < dim; j++)
 		keys[500 * dim + j] *= 1000.0f;
 	ix = new_idx(dim, 0.01f, 4096, 1);
-	ck_assert_int_eq(idx_build(ix, keys, n, IDX_F32), 0);
+	ck_assert_int_eq(idx_build(ix, keys, n, ICE_DTYPE_F32), 0);
 	huge = sketch_recall(ix, q, nq, dim, k);
 	idx_free(ix);
 	ix = new_idx(dim, 0.01f, 4096, 1);
 	for (at = 0; at < n; at += 64)
-		ck_assert_int_eq(idx_insert(ix, keys + at * dim, 64, IDX_F32), 0);
+		ck_assert_int_eq(idx_insert(ix, keys + at * dim, 64, ICE_DTYPE_F32), 0);
 	ins = sketch_recall(ix, q, nq, dim, k);
 	idx_free(ix);
 	ck_assert_msg(clean >= 0.9, "recall without the outlier %.3f", clean);
