@@ -1,4 +1,4 @@
-/* Builds without CUDA: every GPU entry point answers -ENODEV, so callers (the HBM tier, the
+/* Builds without CUDA: every GPU entry point answers -ENODEV, so callers (the HBM page cache, the
  * benchmark, the GPU tests) take their no-GPU path with the same code. */
 #include <errno.h>
 
