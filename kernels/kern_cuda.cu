@@ -1,7 +1,7 @@
 /*
  * CUDA side of kern: the page gather and sparse decode attention kernels, and the thin device
- * plumbing (allocations, streams, events, IPC) the HBM page cache (tiers/hbm) and the benchmark go through, so
- * that CUDA headers stay inside kernels/. Every CUDA error becomes -errno here.
+ * plumbing (allocations, streams, events, IPC) the HBM page cache (tiers/hbm) and the benchmark
+ * go through, so that CUDA headers stay inside kernels/. Every CUDA error becomes -errno here.
  */
 #include <errno.h>
 #include <math.h>
