@@ -32,27 +32,30 @@
 #define IDX_MAX_DIM 512u
 
 struct idx_params {
-	uint32_t dim;          /* head dim d: multiple of 16, <= IDX_MAX_DIM */
-	float r1;              /* share of tokens promoted to level 1 (seeds), default 0.01 */
-	float r2;              /* share of level-i tokens promoted to level i+1, default 0.2 */
-	uint32_t beam;         /* pages re-scored exactly per query, picked by their 4-bit sketch
-				* score; 0 = beam_mult * k + beam_add + npages / beam_pages
-				* (at most IDX_MAX_BEAM = 1024) */
-	float beam_mult;       /* 1.0 */
-	uint32_t beam_add;     /* 16 */
-	uint32_t beam_pages;   /* 1024 (0: no growth with the index size) */
-	uint32_t cells;        /* level-1 cells scanned in full per query besides (best seeds
-				* first); default 0 (see docs/INDEX.md for why) */
-	float gqa_widen;       /* a group of g queries re-scores beam*(1+gqa_widen*(g-1))/g
-				* pages per query, 0.25 */
-	uint32_t exact_parent_max; /* parents found exactly (one blocked SIMD pass) while the
-				    * level above has at most this many nodes, else by a beam
-				    * descent through the levels; default 4096 */
+	uint32_t dim; /* head dim d: multiple of 16, <= IDX_MAX_DIM */
+	float r1;     /* share of tokens promoted to level 1 (seeds), default 0.01 */
+	float r2;     /* share of level-i tokens promoted to level i+1, default 0.2 */
+	/* Pages re-scored exactly per query, picked by their 4-bit sketch score; 0 = beam_mult * k
+	 * + beam_add + npages / beam_pages (at most IDX_MAX_BEAM = 1024). */
+	uint32_t beam;
+	float beam_mult;     /* 1.0 */
+	uint32_t beam_add;   /* 16 */
+	uint32_t beam_pages; /* 1024 (0: no growth with the index size) */
+	/* Level-1 cells scanned in full per query besides (best seeds first); default 0 (see
+	 * docs/INDEX.md for why). */
+	uint32_t cells;
+	/* A group of g queries re-scores beam * (1 + gqa_widen * (g - 1)) / g pages per query,
+	 * 0.25. */
+	float gqa_widen;
+	/* Parents found exactly (one blocked SIMD pass) while the level above has at most this
+	 * many nodes, else by a beam descent through the levels; default 4096. */
+	uint32_t exact_parent_max;
 	uint32_t descent_beam; /* nodes kept per level in that descent, default 8 */
-	uint32_t cell_cap;     /* insert: a seed whose cell holds this many tokens takes no more
-				* (the newcomer becomes a seed); 0 = 4/r1 */
-	uint32_t threads;      /* build threads, default 1 (0 = online CPUs) */
-	uint64_t seed;         /* promotion hash and projection seed */
+	/* Insert: a seed whose cell holds this many tokens takes no more (the newcomer becomes a
+	 * seed); 0 = 4/r1. */
+	uint32_t cell_cap;
+	uint32_t threads; /* build threads, default 1 (0 = online CPUs) */
+	uint64_t seed;    /* promotion hash and projection seed */
 };
 
 /* Fills *p with the defaults above for head dim `dim`. */
@@ -95,9 +98,9 @@ int idx_token_page(const struct idx *ix, uint32_t pos, uint32_t *ret_page);
 size_t idx_take_dirty(struct idx *ix, uint32_t *ids, size_t max);
 
 struct idx_search_opts {
-	uint32_t beam;       /* pages re-scored per query; 0 = the index default */
-	uint32_t cells;      /* level-1 cells scanned in full per query; 0 = the index default */
-	uint32_t flags;      /* IDX_SEARCH_* */
+	uint32_t beam;  /* pages re-scored per query; 0 = the index default */
+	uint32_t cells; /* level-1 cells scanned in full per query; 0 = the index default */
+	uint32_t flags; /* IDX_SEARCH_* */
 	/* NULL, or g finite per-query offsets: a group's rankings are then merged by
 	 * score - bias[j] (best first, distinct pages, a page taking its best query) instead of
 	 * round-robin (index/select.h says which offsets and why). */
@@ -116,7 +119,7 @@ struct idx_search_opts {
 
 struct idx_hit {
 	uint32_t page;
-	float score;         /* the page's best q.k (for a group: of the query that picked it) */
+	float score; /* the page's best q.k (for a group: of the query that picked it) */
 	uint32_t fill;
 };
 
@@ -171,10 +174,10 @@ int idx_exact_search(const struct idx *ix, const float *q, uint32_t g, uint32_t 
 /* Introspection for tests and benchmarks. */
 struct idx_info {
 	size_t ntokens, npages, nseeds, nnodes;
-	uint32_t nlevels;        /* highest level + 1 */
-	uint32_t max_cell;       /* most tokens in one level-1 cell */
-	double mean_fill;        /* tokens per page */
-	float lift_m;            /* M: max |k|^2 seen */
+	uint32_t nlevels;  /* highest level + 1 */
+	uint32_t max_cell; /* most tokens in one level-1 cell */
+	double mean_fill;  /* tokens per page */
+	float lift_m;      /* M: max |k|^2 seen */
 	uint32_t default_beam;
 };
 void idx_get_info(const struct idx *ix, struct idx_info *ret);
