@@ -19,6 +19,7 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include "client_io.h"
 #include "clock.h"
 #include "engine.h"
 #include "ops.h"
@@ -35,10 +36,10 @@ struct client {
 	int sock;
 	struct segment seg;
 	struct ops_ctx oc;
+	struct client_io io;	/* the request path over seg and oc */
 	pthread_t thr;
 	int dead;	/* main -> thread: the peer is gone, stop now */
 	int exited;	/* thread -> main: ready to be joined */
-	uint64_t ops;
 	uint64_t started_ns;
 	const char *why; /* why the thread stopped */
 };
@@ -240,7 +241,7 @@ static void host_stats(void *arg, uint32_t viewer, struct stats_buf *sb)
 		snprintf(pfx, sizeof(pfx), "client.%u", c->id);
 		stats_put_u64(sb, pfx, "pid", (uint64_t)c->pid);
 		stats_put_u64(sb, pfx, "uid", (uint64_t)c->uid);
-		stats_put_u64(sb, pfx, "ops", __atomic_load_n(&c->ops, __ATOMIC_RELAXED));
+		stats_put_u64(sb, pfx, "ops", __atomic_load_n(&c->io.ops, __ATOMIC_RELAXED));
 	}
 	pthread_mutex_unlock(&srv->lock);
 }
@@ -265,53 +266,36 @@ static void *client_main(void *arg)
 {
 	struct client *c = arg;
 	struct server *srv = c->srv;
-	struct ring_sqe sqe;
-	struct ring_cqe cqe;
 	uint64_t one = 1;
-	int err = 0;
+	int n;
 
 	c->why = "stop";
 	for (;;) {
-		const void *e;
-		void *slot;
-
-		if (should_stop(c))
+		/* A held completion is retried before the stop flags are looked at again: the
+		 * wait for CQ space below checks them itself. */
+		if (!c->io.held && should_stop(c))
 			break;
-		e = ring_peek(&c->seg.sq, &err);
-		if (err) {
-			c->why = "bad submission ring";
+		n = client_io_step(&c->io);
+		if (n == -EBADMSG) {
+			c->why = c->io.why;
 			__atomic_add_fetch(&srv->bad_rings, 1, __ATOMIC_RELAXED);
 			break;
 		}
-		if (!e) {
+		if (n == -EAGAIN) {
+			if (should_stop(c))
+				break;
+			/* The client is not reaping completions: wait for it, only this thread. */
+			ring_wait_space(&c->seg.cq, 0, WAIT_SLICE_NS / 10);
+			continue;
+		}
+		if (n == 0) {
 			/* Drained: on shutdown an empty ring means this client is done. */
 			if (__atomic_load_n(&srv->stopping, __ATOMIC_ACQUIRE)) {
 				c->why = "drained";
 				break;
 			}
 			ring_wait_ready(&c->seg.sq, srv->cfg.spin_ns, WAIT_SLICE_NS);
-			continue;
 		}
-		/* One private copy: what is checked is what is used. */
-		memcpy(&sqe, e, sizeof(sqe));
-		ring_consume(&c->seg.sq);
-		ops_dispatch(&c->oc, &sqe, &cqe);
-		__atomic_add_fetch(&c->ops, 1, __ATOMIC_RELAXED);
-		while (!(slot = ring_produce_slot(&c->seg.cq, &err))) {
-			if (err || should_stop(c))
-				break;
-			/* The client is not reaping completions: wait for it, only this thread. */
-			ring_wait_space(&c->seg.cq, 0, WAIT_SLICE_NS / 10);
-		}
-		if (!slot) {
-			if (err) {
-				c->why = "bad completion ring";
-				__atomic_add_fetch(&srv->bad_rings, 1, __ATOMIC_RELAXED);
-			}
-			break;
-		}
-		memcpy(slot, &cqe, sizeof(cqe));
-		ring_produce_commit(&c->seg.cq);
 	}
 	engine_drop_owner(srv->eng, c->id);
 	__atomic_store_n(&c->seg.hdr->closed, 1, __ATOMIC_RELEASE);
@@ -426,6 +410,7 @@ static void start_client(struct server *srv, int fd, const struct ucred *cr,
 	c->oc.host_arg = srv;
 	/* Other clients' sequences, shapes, pids and uids are for the daemon's user and root. */
 	c->oc.own_only = cr->uid != getuid() && cr->uid != 0;
+	client_io_init(&c->io, &c->seg.sq, &c->seg.cq, &c->oc);
 	w.client_id = c->id;
 	w.seg_bytes = lay.total_bytes;
 	err = send_welcome(fd, &w, c->seg.fd);

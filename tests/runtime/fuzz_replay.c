@@ -1,7 +1,9 @@
 /*
- * Runs the fuzz target without libFuzzer: `fuzz_ops_replay FILE...` replays inputs (a crash
- * reproducer or a corpus), `fuzz_ops_replay --random N` feeds N pseudo-random inputs built
- * from mostly-valid entries with one field broken, so the unit suite exercises the target too.
+ * Runs a fuzz target without libFuzzer (linked with fuzz_ops.c or fuzz_ring.c): `FILE...`
+ * replays inputs (a crash reproducer or a corpus), `--random N` feeds N pseudo-random inputs
+ * built from mostly-valid entries with one field broken, so the unit suite exercises the target
+ * too. A target whose input is more than a stream of entries defines fuzz_wrap_entries to turn
+ * them into its own format.
  */
 #include <stdint.h>
 #include <stdio.h>
@@ -11,6 +13,9 @@
 #include "proto.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
+/* Optional (weak): writes the input for n entries into out, returns its length (0: too long). */
+__attribute__((weak)) size_t fuzz_wrap_entries(const uint8_t *sqes, size_t n, uint64_t seed,
+					       uint8_t *out, size_t cap);
 
 static uint64_t rnd(uint64_t *s)
 {
@@ -22,7 +27,7 @@ static uint64_t rnd(uint64_t *s)
 
 int main(int argc, char **argv)
 {
-	static uint8_t buf[1 << 20];
+	static uint8_t buf[1 << 20], wrapped[1 << 20];
 	uint64_t rng = 77;
 	long n, i, j;
 
@@ -54,7 +59,11 @@ int main(int argc, char **argv)
 				}
 				memcpy(buf + j * sizeof(s), &s, sizeof(s));
 			}
-			LLVMFuzzerTestOneInput(buf, ne * sizeof(struct ring_sqe));
+			if (fuzz_wrap_entries)
+				LLVMFuzzerTestOneInput(wrapped, fuzz_wrap_entries(buf, ne, rnd(&rng),
+							wrapped, sizeof(wrapped)));
+			else
+				LLVMFuzzerTestOneInput(buf, ne * sizeof(struct ring_sqe));
 		}
 		printf("%ld random inputs ran\n", n);
 		return 0;
