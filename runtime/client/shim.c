@@ -205,6 +205,7 @@ int ice_open_embedded(const char *config, struct ice_ctx **ret_ctx)
 			goto out_free;
 	}
 	config_engine_opts(&c->cfg, &eo);
+	eo.owner_share = 1; /* one client: quotas left at 0 are the whole engine */
 	err = engine_new(&eo, &c->eng);
 	if (err)
 		goto out_free;

@@ -24,8 +24,8 @@ static int layer_buffers(struct engine *e, struct seq *s, uint32_t layer)
 
 	if (hs[0].win_k)
 		return 0;
-	bytes = (uint64_t)hk * 2 * (s->S + s->Wcap) * s->row;
-	err = engine_reserve(e, bytes);
+	bytes = (uint64_t)hk * (2 * (s->S + s->Wcap) * s->row + IDX_HEAD_BYTES(s->p.shape.head_dim));
+	err = engine_charge(e, s, bytes);
 	if (err)
 		return err;
 	/* A layer's buffers and indexes come with its first tokens: opening a sequence of a large
@@ -56,7 +56,7 @@ out_free:
 		hs[h].sink_k = hs[h].sink_v = hs[h].win_k = hs[h].win_v = NULL;
 		hs[h].ix = NULL;
 	}
-	engine_unreserve(e, bytes);
+	engine_uncharge(e, s, bytes);
 	return -ENOMEM;
 }
 
@@ -65,7 +65,7 @@ int engine_store_read(struct engine *e, struct store_page *pg, unsigned n)
 	return e->pol ? policy_get(e->pol, pg, n) : store_get(e->store, pg, n);
 }
 
-int engine_store_write(struct engine *e, struct store_page *pg, unsigned n)
+static int engine_store_write(struct engine *e, struct store_page *pg, unsigned n)
 {
 	return e->pol ? policy_put(e->pol, pg, n) : store_put(e->store, pg, n, 0);
 }
@@ -99,7 +99,8 @@ static int index_tokens(struct engine *e, struct seq *s, uint32_t layer, uint32_
 			unsigned char *b = pbuf + i * slot;
 			uint32_t old = 0;
 
-			pg[i] = (struct store_page){ .key = { s->id, layer, h, ids[i] } };
+			pg[i] = (struct store_page){ .key = { s->id, layer, h, ids[i] },
+						     .acct = s->acct };
 			err = idx_page_tokens(st->ix, ids[i], pos, &fill, &ver);
 			if (err)
 				return err;
@@ -191,12 +192,12 @@ int engine_append(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer,
 		 * count plus one batch of rewritten pages is the margin asked for. */
 		if (!e->pol && tier_free_slots(e->tiers[0]) < (uint64_t)hk * 2 * evict + BATCH)
 			return -ENOSPC;
-		err = engine_reserve(e, bytes);
+		err = engine_charge(e, s, bytes);
 		if (err)
 			return err;
 		err = buf_grow(&s->scr, &s->scr_cap, 2 * (size_t)etok * s->row + BATCH * e->o.slot_bytes, 1);
 		if (err) {
-			engine_unreserve(e, bytes);
+			engine_uncharge(e, s, bytes);
 			return err;
 		}
 		s->bytes += bytes;

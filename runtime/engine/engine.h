@@ -8,6 +8,11 @@
  * sequence of another owner does not exist for them (-ENOENT). Calls for one owner must come
  * from one thread at a time; different owners may call concurrently. engine_stats/engine_seqs
  * may run concurrently with anything.
+ *
+ * Memory and quotas: host memory (sequence tables, sinks, windows, index keys) is charged when it is allocated, against host_bytes and the owner's owner_host_bytes; the
+ * page store counts per owner the DRAM and NVMe slots its pages hold (an account per owner,
+ * tiers/store.h) against owner_dram_pages and owner_nvme_pages. Past an owner's quota a call
+ * fails with -EDQUOT, past a shared limit with -ENOSPC.
  */
 #ifndef ICE_RUNTIME_ENGINE_H
 #define ICE_RUNTIME_ENGINE_H
@@ -33,6 +38,12 @@ struct engine_opts {
 	int page_mass;         /* 1: pages rank by their total softmax weight; 0: by their best token */
 	uint32_t overfetch;    /* retrieved pages searched per budget page; the best tokens among
 				* them are attended (1 or 0: whole pages) */
+	/* Per owner: host bytes, DRAM slots and NVMe slots its sequences may hold. 0 = a share
+	 * of the total: 1 / owner_share of it (owner_share 0 or 1: no limit). */
+	uint64_t owner_host_bytes;
+	uint64_t owner_dram_pages;
+	uint64_t owner_nvme_pages;
+	uint32_t owner_share;
 };
 
 struct engine_params {
@@ -50,7 +61,8 @@ int engine_new(const struct engine_opts *o, struct engine **ret_e);
 void engine_free(struct engine *e);
 
 /* -EINVAL on a bad shape/budget, -EMFILE when the table is full, -EDQUOT when the owner
- * already holds owner_max_seqs. */
+ * already holds owner_max_seqs or its host bytes would pass owner_host_bytes, -ENOSPC when
+ * host_bytes would. */
 int engine_seq_open(struct engine *e, uint32_t owner, const struct engine_params *p,
 		    uint32_t *ret_id);
 int engine_seq_drop(struct engine *e, uint32_t owner, uint32_t id);
@@ -79,6 +91,10 @@ int engine_page_bytes(struct engine *e, uint32_t owner, uint32_t id, size_t *ret
 
 void engine_stats(struct engine *e, struct stats_buf *sb);
 void engine_seqs(struct engine *e, struct stats_buf *sb);
+/* An owner's use, under prefix: host_bytes, dram_pages, nvme_pages, seqs (its quotas are in
+ * engine_stats: engine.client_*). */
+void engine_owner_stats(struct engine *e, uint32_t owner, const char *prefix,
+			struct stats_buf *sb);
 
 void engine_ws_done(struct engine_ws *ws);
 
