@@ -72,6 +72,12 @@ int engine_drop_owner(struct engine *e, uint32_t owner);
 /* Size of one append's K (or V) input: kv_heads * n * head_dim * element size. -ENOENT/-EINVAL. */
 int engine_append_bytes(struct engine *e, uint32_t owner, uint32_t id, uint32_t n,
 			size_t *ret_bytes);
+/*
+ * All or nothing: when the tokens cannot be stored (-ENOSPC: host memory or the tiers full;
+ * -EDQUOT: the owner's quota; -EINVAL: a non-finite key; -ENOMEM) the sequence is exactly as
+ * before and takes later appends. -EIO (a tier failed mid-write, or a stored page is corrupt)
+ * marks the sequence broken: every later call on it is -EIO.
+ */
 int engine_append(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer, uint32_t n,
 		  const void *k, const void *v);
 
