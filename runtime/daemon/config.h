@@ -22,6 +22,7 @@ struct rt_config {
 	uint64_t client_host_bytes; /* per client; 0 = host_bytes / CONFIG_CLIENT_SHARE */
 	uint64_t client_dram_pages; /* per client; 0 = DRAM slots / CONFIG_CLIENT_SHARE */
 	uint64_t client_nvme_pages; /* per client; 0 = NVMe slots / CONFIG_CLIENT_SHARE */
+	uint64_t fetch_max_refs; /* refs per fetch request (each staged privately) */
 	uint64_t dram_bytes;    /* DRAM tier capacity: K/V page slots */
 	uint64_t slot_bytes;    /* page slot size in every tier (multiple of 4096) */
 	uint64_t host_bytes;    /* engine memory besides the tiers: index key copies, sinks, windows */

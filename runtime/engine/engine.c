@@ -173,6 +173,7 @@ void engine_stats(struct engine *e, struct stats_buf *sb)
 	stats_put_u64(sb, "engine", "client_dram_pages", e->o.owner_dram_pages);
 	stats_put_u64(sb, "engine", "client_nvme_pages", e->o.owner_nvme_pages);
 	stats_put_u64(sb, "engine", "client_max_seqs", e->o.owner_max_seqs);
+	stats_put_u64(sb, "engine", "fetch_max_refs", e->o.fetch_max_refs);
 	stats_put_hist(sb, "engine", "append", &e->h_append);
 	stats_put_hist(sb, "engine", "select", &e->h_select);
 	stats_put_hist(sb, "engine", "fetch", &e->h_fetch);

@@ -9,7 +9,8 @@
  * from one thread at a time; different owners may call concurrently. engine_stats/engine_seqs
  * may run concurrently with anything.
  *
- * Memory and quotas: host memory (sequence tables, sinks, windows, index keys) is charged when it is allocated, against host_bytes and the owner's owner_host_bytes; the
+ * Memory and quotas: host memory (sequence tables, sinks, windows, index keys, fetch staging)
+ * is charged when it is allocated, against host_bytes and the owner's owner_host_bytes; the
  * page store counts per owner the DRAM and NVMe slots its pages hold (an account per owner,
  * tiers/store.h) against owner_dram_pages and owner_nvme_pages. Past an owner's quota a call
  * fails with -EDQUOT, past a shared limit with -ENOSPC.
@@ -44,6 +45,7 @@ struct engine_opts {
 	uint64_t owner_dram_pages;
 	uint64_t owner_nvme_pages;
 	uint32_t owner_share;
+	uint32_t fetch_max_refs; /* refs one engine_fetch_shared may carry; 0 = no limit */
 };
 
 struct engine_params {
@@ -92,6 +94,16 @@ int engine_select(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer,
 int engine_fetch(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer,
 		 const struct ice_page_ref *refs, size_t n, void *buf, size_t cap,
 		 struct engine_ws *ws);
+/*
+ * engine_fetch for refs in memory someone else can write (a client's arena): more than
+ * fetch_max_refs refs is -E2BIG and a buf too small for n pages -ENOSPC, both before the refs
+ * are read; then they are copied into refs_ws (private memory, charged to host bytes and the
+ * owner while the call runs: -ENOSPC/-EDQUOT) and fetched. refs_ws keeps at most 64 KiB
+ * between calls.
+ */
+int engine_fetch_shared(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer,
+			const struct ice_page_ref *refs, size_t n, void *buf, size_t cap,
+			struct engine_ws *refs_ws, struct engine_ws *ws);
 /* Bytes per fetched page of sequence id. */
 int engine_page_bytes(struct engine *e, uint32_t owner, uint32_t id, size_t *ret_bytes);
 
