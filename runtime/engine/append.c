@@ -239,6 +239,35 @@ static int scratch_grow(struct engine *e, struct seq *s, size_t need)
 	return 0;
 }
 
+/*
+ * Every key finite (on the raw bits: an all-ones exponent is inf or NaN). The index refuses
+ * others, and one taken into the window now would refuse every append that moves it to the
+ * index later: refused here, it refuses only this append. K may be unaligned (embedded mode).
+ */
+static int keys_finite(const unsigned char *k, size_t n, enum ice_dtype dt)
+{
+	size_t i;
+
+	if (dt == ICE_DTYPE_F32) {
+		for (i = 0; i < n; i++) {
+			uint32_t u;
+
+			memcpy(&u, k + i * 4, 4);
+			if ((u & 0x7f800000u) == 0x7f800000u)
+				return 0;
+		}
+		return 1;
+	}
+	for (i = 0; i < n; i++) {
+		uint16_t u, m = dt == ICE_DTYPE_F16 ? 0x7c00u : 0x7f80u;
+
+		memcpy(&u, k + i * 2, 2);
+		if ((u & m) == m)
+			return 0;
+	}
+	return 1;
+}
+
 static void rollback_heads(struct seq *s, uint32_t layer, const struct idx_mark *mk, uint32_t nh)
 {
 	uint32_t h;
@@ -267,6 +296,8 @@ int engine_append(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer,
 		return -EINVAL;
 	hk = s->p.shape.kv_heads;
 	d = s->p.shape.head_dim;
+	if (!keys_finite(k, (size_t)hk * n * d, s->dt))
+		return -EINVAL;
 	hs = &s->hs[(size_t)layer * hk];
 	err = layer_buffers(e, s, layer);
 	if (err)

@@ -254,8 +254,9 @@ START_TEST(full_tier_leaves_other_sequences_intact)
 }
 END_TEST
 
-/* A key the index refuses (not finite) in the second KV head: the first head's index already
- * took its tokens, and must give them back; the append is -EINVAL and changes nothing. */
+/* A key the index would refuse (not finite) in the second KV head, among tokens that leave the
+ * window now: the append is -EINVAL and changes nothing (it broke the sequence: the first
+ * head's index had taken its tokens), and later appends work. */
 START_TEST(a_refused_append_changes_nothing)
 {
 	static float k[2 * 64 * 64], v[2 * 64 * 64];
@@ -275,6 +276,12 @@ START_TEST(a_refused_append_changes_nothing)
 	ck_assert_mem_eq(after.r, before.r, (size_t)before.n * sizeof(before.r[0]));
 	ck_assert_mem_eq(after.pages, before.pages, (size_t)before.n * ice_page_bytes(&vsh));
 	ck_assert_int_eq(append_v(c, seq, 3, 300, 64), 0);
+	/* one that would only enter the window is refused too: it would refuse the append that
+	 * later moves it to the index, and every one after */
+	rt_make_kv(3, 2, 64, 364, 1, k, v);
+	k[64 + 7] = INFINITY;
+	ck_assert_int_eq(ice_append(c, seq, 0, 1, k, v), -EINVAL);
+	ck_assert_int_eq(append_v(c, seq, 3, 364, 100), 0);
 	look(c, seq, &after);
 	ice_close(c);
 }
