@@ -546,6 +546,27 @@ static int cell_is_upper(const struct idx *ix, uint32_t cell)
 	return cell == IDX_ROOT || ix->nodes[cell].level >= 2;
 }
 
+/* Takes the newest page out (empty by now): it is its cell's tail, pages being opened at the
+ * tail in id order. */
+static void pop_page(struct idx *ix)
+{
+	uint32_t page = (uint32_t)--ix->npages;
+	struct idx_node *nd = &ix->nodes[ix->pages[page].cell];
+
+	if (nd->head == page) {
+		nd->head = nd->tail = IDX_NONE;
+	} else {
+		uint32_t prev = nd->head;
+
+		while (ix->pages[prev].next != page)
+			prev = ix->pages[prev].next;
+		ix->pages[prev].next = IDX_NONE;
+		nd->tail = prev;
+	}
+	if (ix->pages[page].upper)
+		ix->upages.n--;
+}
+
 /* Opens an empty page at the end of a cell (capacity already reserved). */
 static uint32_t page_open(struct idx *ix, uint32_t cell)
 {
@@ -581,9 +602,8 @@ static int cell_append(struct idx *ix, uint32_t cell, uint32_t pos, const float 
 		nd = &ix->nodes[cell];
 		if (ix->pages[page].upper && vec_push(&ix->upages, page) < 0) {
 			/* roll the empty page back so the index stays consistent */
-			ix->npages--;
-			if (nd->head == page)
-				nd->head = nd->tail = IDX_NONE;
+			ix->pages[page].upper = 0;
+			pop_page(ix);
 			return -ENOMEM;
 		}
 	}
@@ -762,8 +782,92 @@ static int batch_parents(struct idx *ix, const float *k, const float *n2, size_t
 	return 0;
 }
 
+/* ---- undo -------------------------------------------------------------------------------- */
+
+void idx_mark(const struct idx *ix, struct idx_mark *ret)
+{
+	*ret = (struct idx_mark){ ix->ntok, ix->npages, ix->nnodes, ix->upages.n, ix->dirty.n,
+				  ix->m, ix->sk_ready };
+}
+
+/* Back to no tokens: what a fresh index holds (page and node memory is rewritten on reuse). */
+static void reset_empty(struct idx *ix)
+{
+	uint32_t l;
+
+	for (l = 0; l < IDX_MAX_LEVELS; l++)
+		ix->lvl[l].n = 0;
+	ix->nnodes = 1;
+	ix->nodes[0].head = ix->nodes[0].tail = IDX_NONE;
+	ix->nodes[0].ntok = 0;
+	ix->npages = 0;
+	ix->upages.n = 0;
+	ix->dirty.n = 0;
+	ix->ntok = 0;
+	ix->m = 0;
+	ix->sk_ready = 0;
+	if (ix->seedk)
+		memset(ix->seedk, 0, ix->cap_seed_blocks * ix->blk * sizeof(float));
+}
+
+/* Takes the newest token out: off its page (the last slot: a page's tokens are appended), its
+ * cell's count and, when it was a node, the node table (nodes are made in token order). */
+static void pop_token(struct idx *ix)
+{
+	uint32_t pos = (uint32_t)--ix->ntok, page = ix->tok_page[pos], node = ix->tok_node[pos], j;
+	struct idx_page *p = &ix->pages[page];
+	float *blk = ix->pk + (size_t)page * ix->blk;
+	uint32_t slot = --p->fill;
+
+	p->version--;
+	for (j = 0; j < ix->dim; j++)
+		blk[(size_t)j * IDX_LANES + slot] = 0.0f;
+	idx_sk_clear_slot(ix, page, slot);
+	ix->nodes[p->cell].ntok--;
+	if (node != IDX_NONE) {
+		uint32_t level = ix->nodes[node].level;
+
+		ix->nnodes--;
+		ix->lvl[level].n--;
+		if (level == 1) {
+			size_t si = ix->lvl[1].n;
+			float *sb = ix->seedk + (si / IDX_LANES) * ix->blk;
+
+			for (j = 0; j < ix->dim; j++)
+				sb[(size_t)j * IDX_LANES + si % IDX_LANES] = 0.0f;
+		}
+		ix->tok_node[pos] = IDX_NONE;
+	}
+}
+
+void idx_rollback(struct idx *ix, const struct idx_mark *mark)
+{
+	size_t i;
+
+	if (!ix || !mark || mark->ntok > ix->ntok)
+		return;
+	if (!mark->ntok) {
+		/* An idx_build lays pages out by cell, not by arrival: start again from empty. */
+		reset_empty(ix);
+		return;
+	}
+	while (ix->ntok > mark->ntok)
+		pop_token(ix);
+	while (ix->npages > mark->npages)
+		pop_page(ix);
+	for (i = mark->dirty; i < ix->dirty.n; i++)
+		if (ix->dirty.v[i] < ix->npages)
+			ix->pages[ix->dirty.v[i]].dirty = 0;
+	if (ix->dirty.n > mark->dirty)
+		ix->dirty.n = mark->dirty;
+	ix->m = mark->m;
+	/* Sketch codes made by a calibration since are unused until the next one rewrites all. */
+	ix->sk_ready = mark->sk_ready;
+}
+
 int idx_insert(struct idx *ix, const void *keys, size_t n, enum ice_dtype dt)
 {
+	struct idx_mark mark;
 	struct pre_parent *pre = NULL;
 	float *k, *n2 = NULL;
 	size_t i;
@@ -779,6 +883,7 @@ int idx_insert(struct idx *ix, const void *keys, size_t n, enum ice_dtype dt)
 	pre = malloc(n * sizeof(*pre));
 	if (!n2 || !pre)
 		goto out;
+	idx_mark(ix, &mark);
 	/* M covers the whole batch before any of it is placed */
 	for (i = 0; i < n; i++) {
 		n2[i] = sq_norm(k + i * ix->dim, ix->dim);
@@ -796,6 +901,8 @@ int idx_insert(struct idx *ix, const void *keys, size_t n, enum ice_dtype dt)
 	/* an index grown by inserts alone gets its sketch once it is worth having */
 	if (rc == 0 && !ix->sk_ready && ix->ntok >= IDX_SK_CALIB)
 		rc = idx_sk_rebuild(ix);
+	if (rc < 0)
+		idx_rollback(ix, &mark);
 out:
 	free(k);
 	free(n2);
@@ -1215,19 +1322,8 @@ int idx_build(struct idx *ix, const void *keys, size_t n, enum ice_dtype dt)
 	ix->ntok = n;
 	rc = 0;
 out:
-	if (rc < 0 && !ix->ntok) {
-		/* leave an empty, usable index behind */
-		for (l = 0; l < IDX_MAX_LEVELS; l++)
-			ix->lvl[l].n = 0;
-		ix->nnodes = 1;
-		ix->nodes[0].head = ix->nodes[0].tail = IDX_NONE;
-		ix->nodes[0].ntok = 0;
-		ix->npages = 0;
-		ix->upages.n = 0;
-		ix->dirty.n = 0;
-		ix->m = 0;
-		ix->sk_ready = 0;
-	}
+	if (rc < 0 && !ix->ntok)
+		reset_empty(ix); /* leave an empty, usable index behind */
 	free(k);
 	free(n2);
 	free(lev);
@@ -1291,6 +1387,11 @@ size_t idx_take_dirty(struct idx *ix, uint32_t *ids, size_t max)
 	memmove(ix->dirty.v, ix->dirty.v + n, (ix->dirty.n - n) * sizeof(uint32_t));
 	ix->dirty.n -= n;
 	return n;
+}
+
+size_t idx_ndirty(const struct idx *ix)
+{
+	return ix ? ix->dirty.n : 0;
 }
 
 uint32_t idx_default_beam(const struct idx *ix, uint32_t k)

@@ -76,8 +76,25 @@ void idx_free(struct idx *ix);
  * bad dtype, non-finite key), -ENOMEM (the index is unchanged on error).
  */
 int idx_build(struct idx *ix, const void *keys, size_t n, enum ice_dtype dt);
-/* Decode insert: appends n >= 1 keys. Same arguments and errors as idx_build. */
+/* Decode insert: appends n >= 1 keys. Same arguments and errors as idx_build (unchanged on
+ * error: a failure part-way is rolled back). */
 int idx_insert(struct idx *ix, const void *keys, size_t n, enum ice_dtype dt);
+
+/*
+ * Undo: idx_mark records where the index is; idx_rollback takes it back there, undoing every
+ * idx_insert since (and the idx_build of an index that was empty at the mark): the same
+ * tokens, pages, versions, dirty set and search results as if they had never run. For a
+ * caller that inserts into several indexes and must then find room for the pages elsewhere:
+ * when that fails, nothing happened. Valid while only inserts, builds and reads happened since
+ * the mark (no idx_take_dirty); marks are undone latest first. Never fails, never allocates.
+ */
+struct idx_mark {
+	size_t ntok, npages, nnodes, upages, dirty;
+	float m;
+	int sk_ready;
+};
+void idx_mark(const struct idx *ix, struct idx_mark *ret);
+void idx_rollback(struct idx *ix, const struct idx_mark *mark);
 
 size_t idx_ntokens(const struct idx *ix);
 size_t idx_npages(const struct idx *ix);
@@ -96,6 +113,8 @@ int idx_token_page(const struct idx *ix, uint32_t pos, uint32_t *ret_page);
  * returns how many were copied (call again while it returns max).
  */
 size_t idx_take_dirty(struct idx *ix, uint32_t *ids, size_t max);
+/* Pages in the dirty set now. */
+size_t idx_ndirty(const struct idx *ix);
 
 struct idx_search_opts {
 	uint32_t beam;  /* pages re-scored per query; 0 = the index default */

@@ -89,6 +89,7 @@ uint32_t idx_default_beam(const struct idx *ix, uint32_t k);
 void idx_sk_calibrate(struct idx *ix, const float *keys, size_t n);
 void idx_sk_put(struct idx *ix, uint32_t page, uint32_t slot, const float *x);
 void idx_sk_clear(struct idx *ix, uint32_t page);
+void idx_sk_clear_slot(struct idx *ix, uint32_t page, uint32_t slot);
 int idx_sk_rebuild(struct idx *ix);
 
 #endif

@@ -95,6 +95,23 @@ void idx_sk_clear(struct idx *ix, uint32_t page)
 		ix->sk_alpha[(size_t)page * IDX_LANES + l] = 1.0f;
 }
 
+/* One slot back to what idx_sk_clear leaves (code 8 in every channel, scale 1). */
+void idx_sk_clear_slot(struct idx *ix, uint32_t page, uint32_t slot)
+{
+	uint8_t *blk = ix->sk + (size_t)page * IDX_SK_BYTES(ix->dim);
+	uint32_t j;
+
+	ix->sk_alpha[(size_t)page * IDX_LANES + slot] = 1.0f;
+	for (j = 0; j < ix->dim; j++) {
+		uint8_t *b = blk + (size_t)(j / 8) * 64 + slot * 4 + (j % 4);
+
+		if (j % 8 < 4)
+			*b = (uint8_t)((*b & 0xf0) | 8);
+		else
+			*b = (uint8_t)((*b & 0x0f) | (8 << 4));
+	}
+}
+
 void idx_sk_put(struct idx *ix, uint32_t page, uint32_t slot, const float *x)
 {
 	uint8_t *blk = ix->sk + (size_t)page * IDX_SK_BYTES(ix->dim);

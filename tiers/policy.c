@@ -58,40 +58,45 @@ void policy_free(struct policy *p)
 	free(p);
 }
 
-/* Lock held. Clean copies go first (free), then the coldest sole copies are written out. */
+/* Lock held. Clean copies go first (free), then the coldest sole copies are written out. A
+ * page the slow tier will not take (its account is at its quota there: -EDQUOT) stays, and the
+ * next coldest goes instead. */
 static int demote_locked(struct policy *p, uint64_t target)
 {
 	struct tier *ft = store_tier(p->s, p->fast);
-	uint64_t used = tier_used_slots(ft);
-	int n, r, done = 0, pass;
+	uint64_t used = tier_used_slots(ft), now, k;
+	int n, r, done = 0, off;
 
 	if (used <= target)
 		return 0;
 	p->balances++;
-	for (pass = 0; pass < 2 && used > target; pass++) {
-		uint64_t want = used - target;
-
-		n = store_coldest(p->s, p->fast, pass == 0 ? 2 : 1, p->keys,
-				  (unsigned)(want < p->fast_slots ? want : p->fast_slots));
-		if (n <= 0)
-			continue;
-		if (pass == 0) {
-			store_evict_copy(p->s, p->keys, (unsigned)n, p->fast, NULL);
-		} else {
-			r = store_migrate(p->s, p->keys, (unsigned)n, p->slow, 0, NULL);
-			if (r < 0 && r != -ENOSPC && r != -ENOENT)
-				return r;
-		}
-		{
-			uint64_t now = tier_used_slots(ft);
-			uint64_t moved = used > now ? used - now : 0;
-
-			done += (int)moved;
-			if (pass == 0)
-				p->demoted_clean += moved;
-			p->demoted += moved;
-			used = now;
-		}
+	/* Pass 0: drop fast copies that have a clean copy in a slower tier (no I/O). */
+	k = used - target;
+	n = store_coldest(p->s, p->fast, 2, p->keys, (unsigned)(k < p->fast_slots ? k : p->fast_slots));
+	if (n > 0) {
+		store_evict_copy(p->s, p->keys, (unsigned)n, p->fast, NULL);
+		now = tier_used_slots(ft);
+		k = used > now ? used - now : 0;
+		p->demoted_clean += k;
+		p->demoted += k;
+		done += (int)k;
+		used = now;
+	}
+	if (used <= target)
+		return done;
+	/* Pass 1: write the coldest sole copies out, as many at a time as still needed. */
+	n = store_coldest(p->s, p->fast, 1, p->keys, (unsigned)p->fast_slots);
+	for (off = 0; off < n && used > target; off += (int)k) {
+		k = used - target < (uint64_t)(n - off) ? used - target : (uint64_t)(n - off);
+		r = store_migrate(p->s, p->keys + off, (unsigned)k, p->slow, 0, NULL);
+		if (r < 0 && r != -ENOSPC && r != -ENOENT && r != -EDQUOT)
+			return r;
+		now = tier_used_slots(ft);
+		p->demoted += used > now ? used - now : 0;
+		done += (int)(used > now ? used - now : 0);
+		used = now;
+		if (r == -ENOSPC && tier_free_slots(store_tier(p->s, p->slow)) == 0)
+			break; /* the slow tier is full: nothing more can go */
 	}
 	return used > target ? -ENOSPC : done;
 }
@@ -152,13 +157,65 @@ int policy_put(struct policy *p, struct store_page *pages, unsigned n)
 		make_room_locked(p, k);
 		store_put(p->s, pg, k, p->fast);
 		for (i = 0; i < k; i++) {
-			if (pg[i].res == -ENOSPC) {
+			if (pg[i].res == -ENOSPC || pg[i].res == -EDQUOT) {
 				map[ns] = i;
 				spill[ns++] = pg[i];
 			}
 		}
 		if (ns) {
 			store_put(p->s, spill, ns, p->slow);
+			p->direct_slow += ns;
+			for (i = 0; i < ns; i++) {
+				pg[map[i]].res = spill[i].res;
+				pg[map[i]].tier = spill[i].tier;
+			}
+		}
+		for (i = 0; i < k; i++)
+			if (pg[i].res < 0 && !first)
+				first = pg[i].res;
+	}
+	pthread_mutex_unlock(&p->lock);
+	return first;
+}
+
+int policy_reserve(struct policy *p, struct store_resv *resv, uint64_t n)
+{
+	unsigned order[2];
+	int r;
+
+	if (!p || !resv)
+		return -EINVAL;
+	order[0] = p->fast;
+	order[1] = p->slow;
+	pthread_mutex_lock(&p->lock);
+	make_room_locked(p, n > p->fast_slots ? (unsigned)p->fast_slots : (unsigned)n);
+	r = store_reserve(p->s, resv, order, 2, n);
+	pthread_mutex_unlock(&p->lock);
+	return r;
+}
+
+int policy_put_resv(struct policy *p, struct store_page *pages, unsigned n,
+		    struct store_resv *resv)
+{
+	unsigned off;
+	int first = 0;
+
+	if (!p || (!pages && n) || !resv)
+		return -EINVAL;
+	pthread_mutex_lock(&p->lock);
+	for (off = 0; off < n; off += POLICY_CHUNK) {
+		struct store_page *pg = pages + off, spill[POLICY_CHUNK];
+		unsigned k = n - off < POLICY_CHUNK ? n - off : POLICY_CHUNK, i, ns = 0, map[POLICY_CHUNK];
+
+		store_put_resv(p->s, pg, k, p->fast, resv);
+		for (i = 0; i < k; i++) {
+			if (pg[i].res == -ENOSPC) {
+				map[ns] = i;
+				spill[ns++] = pg[i];
+			}
+		}
+		if (ns) {
+			store_put_resv(p->s, spill, ns, p->slow, resv);
 			p->direct_slow += ns;
 			for (i = 0; i < ns; i++) {
 				pg[map[i]].res = spill[i].res;

@@ -9,7 +9,9 @@
  *   - the others are written to `slow` once, then their fast slot is freed.
  * A page read from the slow tier through policy_get is promoted (a fast copy is added, the
  * slow copy stays as a clean copy, so demoting it again is free). Puts go to the fast tier;
- * when it cannot take them (after demotion), to the slow tier.
+ * when it cannot take them (after demotion), to the slow tier. Per-account quotas (store.h)
+ * hold throughout: a page whose account is at its quota in the slow tier is not demoted, one at
+ * its quota in the fast tier is not promoted.
  *
  * Thread-safety: all calls are safe from any thread; placement decisions are serialised by a
  * policy mutex, data moves by the store.
@@ -33,8 +35,18 @@ struct policy;
 int policy_new(struct store *s, const struct policy_config *cfg, struct policy **ret_policy);
 void policy_free(struct policy *p);
 
-/* store_put into fast (demoting first when needed); pages fast cannot take go to slow. */
+/* store_put into fast (demoting first when needed); pages fast cannot take (full, or their
+ * account at its quota there) go to slow. */
 int policy_put(struct policy *p, struct store_page *pages, unsigned n);
+/*
+ * Sets n slots aside for resv->acct (store_reserve): demotes first so the fast tier has room,
+ * then takes the fast tier's free slots and the slow tier's for the rest. -ENOSPC/-EDQUOT as
+ * store_reserve, nothing held then.
+ */
+int policy_reserve(struct policy *p, struct store_resv *resv, uint64_t n);
+/* policy_put from a reservation: into fast while resv holds fast slots, the rest into slow. */
+int policy_put_resv(struct policy *p, struct store_page *pages, unsigned n,
+		    struct store_resv *resv);
 /* store_get, then promotion of the pages served from slow (unless no_promote). */
 int policy_get(struct policy *p, struct store_page *pages, unsigned n);
 /* Demotes down to the low watermark if above high; returns pages demoted or -errno. */

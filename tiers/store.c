@@ -31,6 +31,7 @@ struct store_ent {
 	uint8_t resident;
 	uint8_t live;
 	uint16_t pad_;
+	uint32_t acct;
 	uint64_t version;
 	uint64_t slot[TIER_MAX];
 };
@@ -58,6 +59,11 @@ struct store {
 	uint8_t *stage;
 	size_t stage_len;
 	uint64_t puts, gets, migrations, drops, csum_failures, touches;
+	/* Per account and tier (acct * TIER_MAX + tier): slots its pages hold, slots reserved for
+	 * it. Changed only under the write lock, with the residency they count. */
+	uint32_t naccts;
+	uint64_t *held, *resvd;
+	uint64_t quota[TIER_MAX];
 };
 
 /* Header hashed in front of the payload: ties a checksum to its page and version, so a
@@ -122,14 +128,61 @@ static uint32_t ent_insert(struct store *s, const struct store_key *k)
 	return i;
 }
 
-/* Frees the entry's slots in every tier it is resident in. */
-static void ent_release_slots(struct store *s, struct store_ent *e, unsigned keep_mask)
+static uint64_t *acct_held(struct store *s, uint32_t acct, unsigned t)
+{
+	return s->naccts ? &s->held[(size_t)acct * TIER_MAX + t] : NULL;
+}
+
+/* Account acct may take one more slot in tier t outside a reservation. */
+static int acct_room(const struct store *s, uint32_t acct, unsigned t)
+{
+	size_t i = (size_t)acct * TIER_MAX + t;
+
+	return !acct || !s->quota[t] || acct >= s->naccts ||
+	       s->held[i] + s->resvd[i] < s->quota[t];
+}
+
+/* A slot of tier t allocated for (+1) or given back by (-1) account acct: counted when it is
+ * allocated, so the pages of one batch see each other's slots against the quota. */
+static void acct_charge(struct store *s, uint32_t acct, unsigned t, int d)
+{
+	uint64_t *h = acct_held(s, acct, t);
+
+	if (h)
+		*h += (uint64_t)(int64_t)d;
+}
+
+/* A slot taken from resv in tier t (counts kept in step with the tier's). */
+static void resv_take(struct store *s, struct store_resv *r, unsigned t)
+{
+	r->n[t]--;
+	if (s->naccts)
+		s->resvd[(size_t)r->acct * TIER_MAX + t]--;
+}
+
+static void resv_give(struct store *s, struct store_resv *r, unsigned t, uint64_t slot)
+{
+	tier_free_reserved(s->tier[t], &slot, 1);
+	r->n[t]++;
+	if (s->naccts)
+		s->resvd[(size_t)r->acct * TIER_MAX + t]++;
+}
+
+/* Frees the entry's slots in every tier it is resident in but keep_mask; into resv when the
+ * page is resv's account's (NULL: into the free pool). */
+static void ent_release_slots(struct store *s, struct store_ent *e, unsigned keep_mask,
+			      struct store_resv *resv)
 {
 	unsigned t;
 
 	for (t = 0; t < s->ntiers; t++) {
-		if ((e->resident & (1u << t)) && !(keep_mask & (1u << t)))
+		if (!(e->resident & (1u << t)) || (keep_mask & (1u << t)))
+			continue;
+		if (resv && resv->acct == e->acct)
+			resv_give(s, resv, t, e->slot[t]);
+		else
 			tier_free(s->tier[t], &e->slot[t], 1);
+		acct_charge(s, e->acct, t, -1);
 	}
 	e->resident &= (uint8_t)keep_mask;
 }
@@ -168,7 +221,7 @@ int store_open(const struct store_config *cfg, struct tier *const *tiers, unsign
 		return -EINVAL;
 	if (!cfg->slot_size || cfg->slot_size % TIER_ALIGN)
 		return -EINVAL;
-	if (cfg->heat_decay < 0 || cfg->heat_decay > 1)
+	if (cfg->heat_decay < 0 || cfg->heat_decay > 1 || cfg->naccts > NIL)
 		return -EINVAL;
 	for (t = 0; t < ntiers; t++) {
 		if (!tiers[t] || tiers[t]->slot_size != cfg->slot_size)
@@ -194,7 +247,12 @@ int store_open(const struct store_config *cfg, struct tier *const *tiers, unsign
 	s->ent = calloc(max, sizeof(*s->ent));
 	s->bucket = malloc(nb * sizeof(*s->bucket));
 	s->cold = calloc(max, sizeof(*s->cold));
-	if (!s->ent || !s->bucket || !s->cold)
+	s->naccts = cfg->naccts;
+	if (s->naccts) {
+		s->held = calloc((size_t)s->naccts * TIER_MAX, sizeof(*s->held));
+		s->resvd = calloc((size_t)s->naccts * TIER_MAX, sizeof(*s->resvd));
+	}
+	if (!s->ent || !s->bucket || !s->cold || (s->naccts && (!s->held || !s->resvd)))
 		goto out_free;
 	for (i = 0; i < nb; i++)
 		s->bucket[i] = NIL;
@@ -227,6 +285,8 @@ int store_open(const struct store_config *cfg, struct tier *const *tiers, unsign
 	*ret_store = s;
 	return 0;
 out_free:
+	free(s->held);
+	free(s->resvd);
 	free(s->cold);
 	free(s->bucket);
 	free(s->ent);
@@ -242,9 +302,11 @@ void store_close(struct store *s)
 		return;
 	for (i = 0; i < s->max_pages; i++)
 		if (s->ent[i].live)
-			ent_release_slots(s, &s->ent[i], 0);
+			ent_release_slots(s, &s->ent[i], 0, NULL);
 	pthread_rwlock_destroy(&s->lock);
 	munmap(s->stage, s->stage_len);
+	free(s->held);
+	free(s->resvd);
 	free(s->cold);
 	free(s->bucket);
 	free(s->ent);
@@ -283,39 +345,49 @@ static void set_res(int *first, int *res, int v)
 		*first = v;
 }
 
-/* One chunk of a put (write lock held). */
-static int put_chunk(struct store *s, struct store_page *pg, unsigned n, unsigned ti)
+/* One chunk of a put (write lock held); new slots from resv when it is not NULL. */
+static int put_chunk(struct store *s, struct store_page *pg, unsigned n, unsigned ti,
+		     struct store_resv *resv)
 {
 	struct tier *t = s->tier[ti];
 	struct tier_io io[STORE_CHUNK];
-	uint32_t crc[STORE_CHUNK];
+	uint32_t crc[STORE_CHUNK], acct[STORE_CHUNK];
 	unsigned map[STORE_CHUNK], nio = 0, i;
 	uint8_t inplace[STORE_CHUNK];
 	int first = 0, host = t->ops->slot_addr != NULL;
 
 	for (i = 0; i < n; i++) {
 		struct store_page *p = &pg[i];
+		uint32_t e = ent_find(s, &p->key), a;
+		int here = e != NIL && (s->ent[e].resident & (1u << ti));
 		uint64_t slot;
 		int r;
 
 		p->res = 0;
 		p->tier = -1;
 		inplace[i] = 0;
-		if (!p->buf || p->len == 0 || p->len > s->slot_size) {
+		a = acct[i] = e != NIL ? s->ent[e].acct : p->acct;
+		if (!p->buf || p->len == 0 || p->len > s->slot_size ||
+		    (s->naccts ? a >= s->naccts : a != 0) || (resv && a != resv->acct)) {
 			set_res(&first, &p->res, -EINVAL);
 			continue;
 		}
-		r = tier_alloc(t, 1, &slot);
-		if (r < 0 && host) {
+		if (resv) {
+			r = resv->n[ti] ? tier_alloc_reserved(t, 1, &slot) : -ENOSPC;
+			if (r == 0)
+				resv_take(s, resv, ti);
+		} else {
+			/* A new version of a page already here replaces its copy: no quota needed. */
+			r = here || acct_room(s, a, ti) ? tier_alloc(t, 1, &slot) : -EDQUOT;
+		}
+		if (r == 0)
+			acct_charge(s, a, ti, 1);
+		if (r < 0 && host && here) {
 			/* A full memory tier can still take a new version over the old copy:
 			 * a CPU copy cannot fail half-way. */
-			uint32_t e = ent_find(s, &p->key);
-
-			if (e != NIL && (s->ent[e].resident & (1u << ti))) {
-				slot = s->ent[e].slot[ti];
-				inplace[i] = 1;
-				r = 0;
-			}
+			slot = s->ent[e].slot[ti];
+			inplace[i] = 1;
+			r = 0;
 		}
 		if (r < 0) {
 			set_res(&first, &p->res, r);
@@ -329,61 +401,191 @@ static int put_chunk(struct store *s, struct store_page *pg, unsigned n, unsigne
 	tier_write(t, io, nio);
 	for (i = 0; i < nio; i++) {
 		struct store_page *p = &pg[map[i]];
-		uint32_t e;
+		unsigned keep = 0;
+		uint32_t e = NIL;
+		int r = io[i].res;
 
-		if (io[i].res < 0) {
-			if (!inplace[map[i]])
-				tier_free(t, &io[i].slot, 1);
-			set_res(&first, &p->res, io[i].res);
+		/* Look up at commit time so a key repeated in one batch ends as the last write. */
+		if (r == 0) {
+			e = ent_find(s, &p->key);
+			if (e == NIL) {
+				e = ent_insert(s, &p->key);
+				if (e == NIL) {
+					r = -ENOSPC;
+				} else {
+					s->ent[e].acct = acct[map[i]];
+					s->ent[e].heat = 1;
+					s->ent[e].heat_step = s->step;
+				}
+			}
+		}
+		if (r < 0) {
+			/* an in-place write's slot is still the old copy's */
+			if (!inplace[map[i]]) {
+				acct_charge(s, acct[map[i]], ti, -1);
+				if (resv)
+					resv_give(s, resv, ti, io[i].slot);
+				else
+					tier_free(t, &io[i].slot, 1);
+			}
+			set_res(&first, &p->res, r);
 			continue;
 		}
-		/* Look up at commit time so a key repeated in one batch ends as the last write. */
-		e = ent_find(s, &p->key);
-		if (e == NIL) {
-			e = ent_insert(s, &p->key);
-			if (e == NIL) {
-				tier_free(t, &io[i].slot, 1);
-				set_res(&first, &p->res, -ENOSPC);
-				continue;
-			}
-			s->ent[e].heat = 1;
-			s->ent[e].heat_step = s->step;
-		} else {
-			unsigned keep = 0;
-
-			if ((s->ent[e].resident & (1u << ti)) && s->ent[e].slot[ti] == io[i].slot)
-				keep = 1u << ti;
-			ent_release_slots(s, &s->ent[e], keep);
-		}
+		if ((s->ent[e].resident & (1u << ti)) && s->ent[e].slot[ti] == io[i].slot)
+			keep = 1u << ti;
+		ent_release_slots(s, &s->ent[e], keep, resv);
 		s->ent[e].len = p->len;
 		s->ent[e].fill = p->fill;
 		s->ent[e].version = p->version;
 		s->ent[e].crc = crc[map[i]];
-		s->ent[e].resident = (uint8_t)(1u << ti);
 		s->ent[e].slot[ti] = io[i].slot;
+		s->ent[e].resident = (uint8_t)(1u << ti);
 		p->tier = (int)ti;
 	}
 	return first;
 }
 
-int store_put(struct store *s, struct store_page *pages, unsigned n, unsigned tier)
+static int put_locked(struct store *s, struct store_page *pages, unsigned n, unsigned tier,
+		      struct store_resv *resv)
 {
 	unsigned off;
 	int first = 0, r;
 
-	if (!s || (!pages && n) || tier >= s->ntiers)
-		return -EINVAL;
-	pthread_rwlock_wrlock(&s->lock);
 	for (off = 0; off < n; off += STORE_CHUNK) {
 		unsigned k = n - off < STORE_CHUNK ? n - off : STORE_CHUNK;
 
-		r = put_chunk(s, pages + off, k, tier);
+		r = put_chunk(s, pages + off, k, tier, resv);
 		if (r < 0 && !first)
 			first = r;
 	}
 	s->puts += n;
-	pthread_rwlock_unlock(&s->lock);
 	return first;
+}
+
+int store_put(struct store *s, struct store_page *pages, unsigned n, unsigned tier)
+{
+	int r;
+
+	if (!s || (!pages && n) || tier >= s->ntiers)
+		return -EINVAL;
+	pthread_rwlock_wrlock(&s->lock);
+	r = put_locked(s, pages, n, tier, NULL);
+	pthread_rwlock_unlock(&s->lock);
+	return r;
+}
+
+int store_put_resv(struct store *s, struct store_page *pages, unsigned n, unsigned tier,
+		   struct store_resv *resv)
+{
+	int r;
+
+	if (!s || (!pages && n) || tier >= s->ntiers || !resv ||
+	    (s->naccts ? resv->acct >= s->naccts : resv->acct != 0))
+		return -EINVAL;
+	pthread_rwlock_wrlock(&s->lock);
+	r = put_locked(s, pages, n, tier, resv);
+	pthread_rwlock_unlock(&s->lock);
+	return r;
+}
+
+int store_reserve(struct store *s, struct store_resv *resv, const unsigned *tiers,
+		  unsigned ntiers, uint64_t n)
+{
+	uint64_t take[TIER_MAX] = { 0 }, need = n, free_total = 0;
+	unsigned i, j;
+	int r = 0;
+
+	if (!s || !resv || (!tiers && ntiers) || ntiers > s->ntiers ||
+	    (s->naccts ? resv->acct >= s->naccts : resv->acct != 0))
+		return -EINVAL;
+	for (i = 0; i < ntiers; i++)
+		if (tiers[i] >= s->ntiers)
+			return -EINVAL;
+	if (!n)
+		return 0;
+	/* Puts, migrations and installs allocate under the write lock: holding it, what is free
+	 * now is still free below. */
+	pthread_rwlock_wrlock(&s->lock);
+	for (i = 0; i < ntiers && need; i++) {
+		unsigned t = tiers[i];
+		uint64_t room = tier_free_slots(s->tier[t]), q;
+
+		for (j = 0; j < i; j++)
+			if (tiers[j] == t)
+				room = 0; /* listed twice */
+		free_total += room;
+		if (resv->acct && s->quota[t]) {
+			size_t a = (size_t)resv->acct * TIER_MAX + t;
+
+			q = s->held[a] + s->resvd[a] < s->quota[t] ?
+			    s->quota[t] - s->held[a] - s->resvd[a] : 0;
+			room = room < q ? room : q;
+		}
+		take[t] = room < need ? room : need;
+		need -= take[t];
+	}
+	if (need) {
+		r = free_total >= n ? -EDQUOT : -ENOSPC;
+		goto out;
+	}
+	for (i = 0; i < s->ntiers; i++) {
+		if (!take[i])
+			continue;
+		r = tier_reserve(s->tier[i], take[i]);
+		if (r < 0) {
+			/* someone took slots behind the store's back (a direct tier_alloc) */
+			while (i-- > 0)
+				tier_unreserve(s->tier[i], take[i]);
+			goto out;
+		}
+	}
+	for (i = 0; i < s->ntiers; i++) {
+		resv->n[i] += take[i];
+		if (s->naccts)
+			s->resvd[(size_t)resv->acct * TIER_MAX + i] += take[i];
+	}
+out:
+	pthread_rwlock_unlock(&s->lock);
+	return r;
+}
+
+void store_unreserve(struct store *s, struct store_resv *resv)
+{
+	unsigned t;
+
+	if (!s || !resv)
+		return;
+	pthread_rwlock_wrlock(&s->lock);
+	for (t = 0; t < s->ntiers; t++) {
+		tier_unreserve(s->tier[t], resv->n[t]);
+		if (s->naccts && resv->acct < s->naccts)
+			s->resvd[(size_t)resv->acct * TIER_MAX + t] -= resv->n[t];
+		resv->n[t] = 0;
+	}
+	pthread_rwlock_unlock(&s->lock);
+}
+
+int store_set_quota(struct store *s, unsigned tier, uint64_t slots)
+{
+	if (!s || tier >= s->ntiers)
+		return -EINVAL;
+	pthread_rwlock_wrlock(&s->lock);
+	s->quota[tier] = slots;
+	pthread_rwlock_unlock(&s->lock);
+	return 0;
+}
+
+int store_acct_slots(struct store *s, uint32_t acct, uint64_t *ret_slots)
+{
+	unsigned t;
+
+	if (!s || !ret_slots || acct >= s->naccts)
+		return -EINVAL;
+	pthread_rwlock_rdlock(&s->lock);
+	for (t = 0; t < TIER_MAX; t++)
+		ret_slots[t] = s->held[(size_t)acct * TIER_MAX + t];
+	pthread_rwlock_unlock(&s->lock);
+	return 0;
 }
 
 int store_install(struct store *s, struct store_page *pages, unsigned n, unsigned tier)
@@ -418,10 +620,15 @@ int store_install(struct store *s, struct store_page *pages, unsigned n, unsigne
 				set_res(&first, &pg[i].res, -ESTALE);
 				continue;
 			}
+			if (!acct_room(s, s->ent[e].acct, tier)) {
+				set_res(&first, &pg[i].res, -EDQUOT);
+				continue;
+			}
 			if (tier_alloc(s->tier[tier], 1, &slot) < 0) {
 				set_res(&first, &pg[i].res, -ENOSPC);
 				continue;
 			}
+			acct_charge(s, s->ent[e].acct, tier, 1);
 			ent[nio] = e;
 			map[nio] = i;
 			io[nio++] = (struct tier_io){ .slot = slot, .buf = pg[i].buf,
@@ -434,6 +641,7 @@ int store_install(struct store *s, struct store_page *pages, unsigned n, unsigne
 			if (io[i].res < 0 || (e->resident & (1u << tier))) {
 				/* failed, or the same key twice in the batch */
 				tier_free(s->tier[tier], &io[i].slot, 1);
+				acct_charge(s, e->acct, tier, -1);
 				if (io[i].res < 0)
 					set_res(&first, &pg[map[i]].res, io[i].res);
 				continue;
@@ -564,10 +772,15 @@ static int migrate_chunk(struct store *s, const struct store_key *keys, unsigned
 		}
 		if (s->ent[e].resident & (1u << dst))
 			continue; /* already there */
+		if (!acct_room(s, s->ent[e].acct, dst)) {
+			set_res(&first, &res[i], -EDQUOT);
+			continue;
+		}
 		if (tier_alloc(dt, 1, &dslot[i]) < 0) {
 			set_res(&first, &res[i], -ENOSPC);
 			continue;
 		}
+		acct_charge(s, s->ent[e].acct, dst, 1);
 		src[i] = __builtin_ctz(s->ent[e].resident);
 	}
 	/* Phase 1: get every source copy into CPU memory (in place when possible), verified. */
@@ -625,6 +838,7 @@ static int migrate_chunk(struct store *s, const struct store_key *keys, unsigned
 		e = &s->ent[ent[i]];
 		if (src[i] >= 0 && res[i] < 0) {
 			tier_free(dt, &dslot[i], 1);
+			acct_charge(s, e->acct, dst, -1);
 			set_res(&first, &res[i], res[i]);
 			continue;
 		}
@@ -633,13 +847,14 @@ static int migrate_chunk(struct store *s, const struct store_key *keys, unsigned
 		if (src[i] >= 0 && (e->resident & (1u << dst))) {
 			/* The same key twice in one batch: the first copy already landed. */
 			tier_free(dt, &dslot[i], 1);
+			acct_charge(s, e->acct, dst, -1);
 		} else if (src[i] >= 0) {
 			e->slot[dst] = dslot[i];
 			e->resident |= (uint8_t)(1u << dst);
 			s->migrations++;
 		}
 		if (!(flags & STORE_MIGRATE_COPY))
-			ent_release_slots(s, e, 1u << dst);
+			ent_release_slots(s, e, 1u << dst, NULL);
 	}
 	return first;
 }
@@ -686,7 +901,7 @@ int store_evict_copy(struct store *s, const struct store_key *keys, unsigned n, 
 		else if (s->ent[e].resident == (1u << tier))
 			set_res(&first, res, -EBUSY);
 		else
-			ent_release_slots(s, &s->ent[e], s->ent[e].resident & ~(1u << tier));
+			ent_release_slots(s, &s->ent[e], s->ent[e].resident & ~(1u << tier), NULL);
 	}
 	pthread_rwlock_unlock(&s->lock);
 	return first;
@@ -703,7 +918,7 @@ int store_drop_seq(struct store *s, uint64_t seq)
 	for (i = 0; i < s->max_pages; i++) {
 		if (!s->ent[i].live || s->ent[i].key.seq != seq)
 			continue;
-		ent_release_slots(s, &s->ent[i], 0);
+		ent_release_slots(s, &s->ent[i], 0, NULL);
 		ent_remove(s, (uint32_t)i);
 		n++;
 	}
@@ -799,6 +1014,7 @@ int store_lookup(struct store *s, const struct store_key *key, struct store_page
 		if (info.resident & (1u << t))
 			info.slot[t] = s->ent[e].slot[t];
 	info.heat = ent_heat(s, &s->ent[e]);
+	info.acct = s->ent[e].acct;
 	pthread_rwlock_unlock(&s->lock);
 	*ret_info = info;
 	return 0;

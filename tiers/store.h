@@ -20,6 +20,18 @@
  * -EBADMSG, the caller's buffer is zeroed (never stale or corrupt data) and the tier's
  * csum_failures counter goes up. A migration verifies the source before writing the copy.
  *
+ * Accounts and quotas: every page is charged to an account (store_page.acct at its first put;
+ * the engine uses one per client), and the store counts per account the slots its pages hold in
+ * each tier, at every put, migration, install, eviction and drop, under the same lock that
+ * changes residency, so the counts are exact without anyone asking which tier a page is in.
+ * With a per-tier quota (store_set_quota), a new slot that would take an account past it is
+ * refused with -EDQUOT, like a full tier's -ENOSPC. Account 0 is counted but never limited.
+ *
+ * Reservations (struct store_resv): store_reserve sets free slots aside for one account, all or
+ * nothing, within its quotas; store_put_resv draws on them, so a job that reserved what it needs
+ * cannot find the tiers full half-way, whatever other callers do meanwhile; slots its rewrites
+ * release go back into the reservation; store_unreserve returns the rest.
+ *
  * Thread-safety: every call is safe from any thread. Gets run concurrently with each other;
  * puts, migrations, drops and touches are serialised against everything else (a read-write
  * lock), so a page is never read while its slot is rewritten or freed.
@@ -47,6 +59,8 @@ struct store_config {
 	uint64_t max_pages;
 	/* Heat decay per store_touch step, in (0, 1]; 0 = 0.9. */
 	double heat_decay;
+	/* Accounts whose slots are counted: 0..naccts-1 (0: no accounting, every acct must be 0). */
+	uint32_t naccts;
 };
 
 /*
@@ -65,6 +79,15 @@ struct store_page {
 	uint64_t version;
 	int res;
 	int tier;
+	/* put: the account a new page is charged to (an existing page keeps its own). */
+	uint32_t acct;
+};
+
+/* Slots set aside for one account's puts: per tier, how many this reservation holds. Caller
+ * memory; set acct and zero the counts before store_reserve. */
+struct store_resv {
+	uint32_t acct;
+	uint64_t n[TIER_MAX];
 };
 
 /* What the store knows about one page (store_lookup). */
@@ -75,6 +98,7 @@ struct store_page_info {
 	unsigned resident;        /* bit i set: tier i holds a valid copy */
 	uint64_t slot[TIER_MAX];  /* valid where resident */
 	double heat;              /* decayed to the current step */
+	uint32_t acct;
 };
 
 struct store;
@@ -93,10 +117,34 @@ uint64_t store_npages(struct store *s);
 /*
  * Writes new pages, or new contents of existing pages (a new version), into tier `tier`.
  * The new copy is written before the old copies are released, so a failed put (-ENOSPC when
- * the tier is full, -EIO) leaves the previous version readable. All other copies of a
- * replaced page are dropped (they are stale). New pages start with heat 1.
+ * the tier is full, -EDQUOT past the page's account's quota there, -EIO) leaves the previous
+ * version readable. All other copies of a replaced page are dropped (they are stale). New pages
+ * start with heat 1.
  */
 int store_put(struct store *s, struct store_page *pages, unsigned n, unsigned tier);
+
+/*
+ * Sets n more slots aside for resv->acct, taken from tiers[0..ntiers) in that order (as many
+ * as each has free and the account's quota there allows), all or nothing: -EDQUOT when the
+ * account's quotas are what falls short, -ENOSPC when the tiers are full. Adds to resv->n.
+ */
+int store_reserve(struct store *s, struct store_resv *resv, const unsigned *tiers,
+		  unsigned ntiers, uint64_t n);
+/* Returns every slot resv still holds; resv->n becomes zero. NULL is fine. */
+void store_unreserve(struct store *s, struct store_resv *resv);
+/*
+ * store_put, with the new slots in `tier` taken from resv (pages beyond what it holds there get
+ * -ENOSPC, so the caller can put them into another tier it holds slots in); copies the put
+ * releases go back into resv. Every page must be resv->acct's (-EINVAL otherwise). No quota
+ * check: store_reserve made it.
+ */
+int store_put_resv(struct store *s, struct store_page *pages, unsigned n, unsigned tier,
+		   struct store_resv *resv);
+
+/* Per-account limit of slots in a tier (0: none). Does not evict anything already over it. */
+int store_set_quota(struct store *s, unsigned tier, uint64_t slots);
+/* Slots account acct's pages hold in each tier (ret_slots[TIER_MAX]); -EINVAL past naccts. */
+int store_acct_slots(struct store *s, uint32_t acct, uint64_t *ret_slots);
 
 /* Reads pages from the fastest tier holding each; checksum verified (see above). -ENOENT for
  * an unknown key. */

@@ -29,6 +29,7 @@ int tier_init_common(struct tier *t, const struct tier_ops *ops, const struct ti
 	if (t->nslots % 64)
 		t->bitmap[words - 1] = ~0ull << (t->nslots % 64);
 	t->used = 0;
+	t->reserved = 0;
 	t->hint = 0;
 	memset(&t->ctr, 0, sizeof(t->ctr));
 	hist_init(&t->ctr.read_batch_ns);
@@ -68,19 +69,13 @@ void tier_close(struct tier *t)
 		t->ops->close(t);
 }
 
-int tier_alloc(struct tier *t, unsigned n, uint64_t *ret_slots)
+/* Lock held, n slots known free: next-fit from the hint keeps allocation O(1) amortised while
+ * the map is sparse. */
+static void take_slots(struct tier *t, unsigned n, uint64_t *ret_slots)
 {
 	uint64_t words = (t->nslots + 63) / 64, w, i;
 	unsigned got = 0;
 
-	if (n == 0)
-		return 0;
-	pthread_mutex_lock(&t->lock);
-	if (t->nslots - t->used < n) {
-		pthread_mutex_unlock(&t->lock);
-		return -ENOSPC;
-	}
-	/* Next-fit from the hint: allocation stays O(1) amortised while the map is sparse. */
 	for (i = 0; i < words && got < n; i++) {
 		w = (t->hint + i) % words;
 		while (t->bitmap[w] != ~0ull && got < n) {
@@ -93,15 +88,42 @@ int tier_alloc(struct tier *t, unsigned n, uint64_t *ret_slots)
 			t->hint = w;
 	}
 	t->used += got;
+}
+
+int tier_alloc(struct tier *t, unsigned n, uint64_t *ret_slots)
+{
+	if (n == 0)
+		return 0;
+	pthread_mutex_lock(&t->lock);
+	if (t->nslots - t->used - t->reserved < n) {
+		pthread_mutex_unlock(&t->lock);
+		return -ENOSPC;
+	}
+	take_slots(t, n, ret_slots);
 	pthread_mutex_unlock(&t->lock);
 	return 0;
 }
 
-void tier_free(struct tier *t, const uint64_t *slots, unsigned n)
+int tier_alloc_reserved(struct tier *t, unsigned n, uint64_t *ret_slots)
 {
-	unsigned i;
-
+	if (n == 0)
+		return 0;
 	pthread_mutex_lock(&t->lock);
+	if (t->reserved < n) {
+		pthread_mutex_unlock(&t->lock);
+		return -ENOSPC;
+	}
+	t->reserved -= n;
+	take_slots(t, n, ret_slots);
+	pthread_mutex_unlock(&t->lock);
+	return 0;
+}
+
+/* Lock held; returns how many were freed. */
+static unsigned free_slots(struct tier *t, const uint64_t *slots, unsigned n)
+{
+	unsigned i, freed = 0;
+
 	for (i = 0; i < n; i++) {
 		uint64_t s = slots[i], bit = 1ull << (s % 64);
 
@@ -111,7 +133,42 @@ void tier_free(struct tier *t, const uint64_t *slots, unsigned n)
 		}
 		t->bitmap[s / 64] &= ~bit;
 		t->used--;
+		freed++;
 	}
+	return freed;
+}
+
+void tier_free(struct tier *t, const uint64_t *slots, unsigned n)
+{
+	pthread_mutex_lock(&t->lock);
+	free_slots(t, slots, n);
+	pthread_mutex_unlock(&t->lock);
+}
+
+void tier_free_reserved(struct tier *t, const uint64_t *slots, unsigned n)
+{
+	pthread_mutex_lock(&t->lock);
+	t->reserved += free_slots(t, slots, n);
+	pthread_mutex_unlock(&t->lock);
+}
+
+int tier_reserve(struct tier *t, uint64_t n)
+{
+	int r = 0;
+
+	pthread_mutex_lock(&t->lock);
+	if (t->nslots - t->used - t->reserved < n)
+		r = -ENOSPC;
+	else
+		t->reserved += n;
+	pthread_mutex_unlock(&t->lock);
+	return r;
+}
+
+void tier_unreserve(struct tier *t, uint64_t n)
+{
+	pthread_mutex_lock(&t->lock);
+	t->reserved -= n < t->reserved ? n : t->reserved;
 	pthread_mutex_unlock(&t->lock);
 }
 
@@ -120,7 +177,7 @@ uint64_t tier_used_slots(struct tier *t)
 	uint64_t u;
 
 	pthread_mutex_lock(&t->lock);
-	u = t->used;
+	u = t->used + t->reserved;
 	pthread_mutex_unlock(&t->lock);
 	return u;
 }
@@ -128,6 +185,16 @@ uint64_t tier_used_slots(struct tier *t)
 uint64_t tier_free_slots(struct tier *t)
 {
 	return t->nslots - tier_used_slots(t);
+}
+
+uint64_t tier_reserved_slots(struct tier *t)
+{
+	uint64_t r;
+
+	pthread_mutex_lock(&t->lock);
+	r = t->reserved;
+	pthread_mutex_unlock(&t->lock);
+	return r;
 }
 
 static void tier_account(struct tier *t, const struct tier_io *ios, unsigned n, int write,
@@ -212,8 +279,12 @@ void *tier_slot_addr(struct tier *t, uint64_t slot)
 void tier_stats(struct tier *t, struct stats_buf *sb)
 {
 	char prefix[8 + TIER_NAME_MAX];
-	uint64_t used = tier_used_slots(t);
+	uint64_t used, resv;
 
+	pthread_mutex_lock(&t->lock);
+	used = t->used;
+	resv = t->reserved;
+	pthread_mutex_unlock(&t->lock);
 	snprintf(prefix, sizeof(prefix), "tier.%s", t->name);
 	stats_put_u64(sb, prefix, "capacity_bytes", t->nslots * t->slot_size);
 	stats_put_u64(sb, prefix, "slot_size", t->slot_size);
@@ -221,6 +292,7 @@ void tier_stats(struct tier *t, struct stats_buf *sb)
 	stats_put_u64(sb, prefix, "used_slots", used);
 	stats_put_u64(sb, prefix, "used_bytes", used * t->slot_size);
 	stats_put_u64(sb, prefix, "pages", used); /* a page copy takes one slot */
+	stats_put_u64(sb, prefix, "reserved_slots", resv);
 	stats_put_u64(sb, prefix, "reads", __atomic_load_n(&t->ctr.reads, __ATOMIC_RELAXED));
 	stats_put_u64(sb, prefix, "writes", __atomic_load_n(&t->ctr.writes, __ATOMIC_RELAXED));
 	stats_put_u64(sb, prefix, "read_bytes",

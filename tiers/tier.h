@@ -136,6 +136,8 @@ struct tier {
 	pthread_mutex_t lock;
 	uint64_t *bitmap;
 	uint64_t used;
+	/* Free slots set aside (tier_reserve): plain tier_alloc cannot take them. */
+	uint64_t reserved;
 	uint64_t hint;
 	struct tier_counters ctr;
 };
@@ -150,12 +152,29 @@ int tier_init_common(struct tier *t, const struct tier_ops *ops, const struct ti
 void tier_done_common(struct tier *t);
 
 /* Allocates n slots, all or nothing: 0 and ret_slots[0..n) on success, -ENOSPC if fewer than
- * n are free. */
+ * n are free and not reserved. */
 int tier_alloc(struct tier *t, unsigned n, uint64_t *ret_slots);
 /* Frees slots; a slot out of range or already free is ignored (and counted as an error). */
 void tier_free(struct tier *t, const uint64_t *slots, unsigned n);
+
+/*
+ * Reservations: a caller that must not find the tier full half-way through a job sets the free
+ * slots it may need aside first (tier_reserve, all or nothing, -ENOSPC), takes them with
+ * tier_alloc_reserved (which cannot fail for slots it holds) and gives back what it did not use
+ * (tier_unreserve). tier_free_reserved frees slots into the caller's reservation instead of the
+ * free pool (a rewrite that releases the old copy keeps its slot for the next one). The caller
+ * keeps count of what it holds; the tier keeps only the total.
+ */
+int tier_reserve(struct tier *t, uint64_t n);
+void tier_unreserve(struct tier *t, uint64_t n);
+/* -ENOSPC when fewer than n slots are reserved (a caller bug: it took more than it holds). */
+int tier_alloc_reserved(struct tier *t, unsigned n, uint64_t *ret_slots);
+void tier_free_reserved(struct tier *t, const uint64_t *slots, unsigned n);
+
+/* Slots not available to tier_alloc: held by pages, or reserved. */
 uint64_t tier_used_slots(struct tier *t);
 uint64_t tier_free_slots(struct tier *t);
+uint64_t tier_reserved_slots(struct tier *t);
 
 /* Batch I/O with latency and byte accounting; same contract as the ops. */
 int tier_read(struct tier *t, struct tier_io *ios, unsigned n);
@@ -163,8 +182,9 @@ int tier_write(struct tier *t, struct tier_io *ios, unsigned n);
 /* CPU address of a slot, or NULL when the tier is not host-addressable. */
 void *tier_slot_addr(struct tier *t, uint64_t slot);
 
-/* Appends tier.<name>.{capacity_bytes,slot_size,slots,used_slots,used_bytes,pages,reads,writes,
- * read_bytes,write_bytes,errors,csum_failures,read_batch.*,write_batch.*} and the tier's own. */
+/* Appends tier.<name>.{capacity_bytes,slot_size,slots,used_slots,used_bytes,pages,reserved_slots,
+ * reads,writes,read_bytes,write_bytes,errors,csum_failures,read_batch.*,write_batch.*} and the
+ * tier's own (used_* and pages count the slots pages hold, not reserved ones). */
 void tier_stats(struct tier *t, struct stats_buf *sb);
 
 static inline size_t tier_round_up(size_t v)

@@ -138,8 +138,10 @@ int ice_noop(struct ice_ctx *ctx);
 /*
  * Opens a sequence. -EINVAL when the shape or budget is out of range (budget: sink and window
  * <= 4096 tokens, retrieved <= 16384, dense_layers <= layers), -EMFILE when the engine's
- * sequence table is full, -EDQUOT when this context holds client_max_seqs already. *ret_seq is the handle for the calls below. Memory for a layer is
- * taken with its first append.
+ * sequence table is full, -EDQUOT when this context holds client_max_seqs already or its
+ * tables would take it past client_host_bytes, -ENOSPC past the engine's host_bytes.
+ * *ret_seq is the handle for the calls below. Memory for a layer is taken (and counted) with
+ * its first append; an empty sequence costs its tables only.
  */
 int ice_seq_open(struct ice_ctx *ctx, const struct ice_model_shape *shape,
 		 const struct ice_budget *budget, uint32_t *ret_seq);
@@ -168,9 +170,13 @@ int ice_seq_info(struct ice_ctx *ctx, uint32_t seq, struct ice_seq_info *ret);
  * Appends n tokens (n >= 1) of K and V for one layer, all KV heads (layout above). Tokens fill
  * the window first; full pages leave the window for the index and the page store. Large
  * appends are split into several requests transparently (a failure part-way leaves the
- * earlier parts appended). -ENOSPC when the DRAM tier (with no NVMe tier behind it) or the
- * engine's host memory cap is full: that request appended nothing. -EIO if the index and the
- * store could not be updated together: the sequence is unusable from then on (every call on it
+ * earlier parts appended). A request that fails with -ENOSPC (the tiers are full: DRAM, and
+ * NVMe when there is one; or the engine's host memory cap), -EDQUOT (this context's quota:
+ * client_host_bytes, client_dram_pages, client_nvme_pages) or -EINVAL (a key that is not
+ * finite) appended nothing: the sequence is exactly as it was, select and fetch answer as
+ * before, and a later append that fits works. Another client filling a tier cannot break this
+ * context's sequences. -EIO if a tier failed mid-write or a stored page was corrupt: the index
+ * and the store no longer agree, the sequence is unusable from then on (every call on it
  * returns -EIO) and should be closed.
  */
 int ice_append(struct ice_ctx *ctx, uint32_t seq, uint32_t layer, uint32_t n, const void *k,
@@ -233,7 +239,10 @@ int ice_select_cap(struct ice_ctx *ctx, uint32_t seq, uint32_t layer);
  * Copies pages into buf: page i occupies ice_page_bytes(shape) bytes at offset
  * i * ice_page_bytes(shape), K rows [ICE_PAGE_TOKENS][head_dim] then V rows, in the storage
  * dtype; rows at and past the page's fill are zero. Returns 0; -EINVAL on a ref that names no
- * page of (seq, layer), -ENOSPC when buf is too small.
+ * page of (seq, layer), -ENOSPC when buf is too small. Requests are split to fit the arena and
+ * the daemon's fetch_max_refs (a request with more refs is refused with -E2BIG before they are
+ * read; the library then sends fewer at a time). The daemon's private copy of the refs counts
+ * against host memory while it runs: -ENOSPC/-EDQUOT as for ice_append when that is full.
  */
 int ice_fetch(struct ice_ctx *ctx, uint32_t seq, uint32_t layer, const struct ice_page_ref *refs,
 	      size_t n, void *buf, size_t cap);

@@ -373,6 +373,7 @@ int ice_open_embedded(const char *config, struct ice_ctx **ret_ctx)
 			goto out_free;
 	}
 	config_engine_opts(&c->cfg, &eo);
+	eo.owner_share = 1; /* one client: quotas left at 0 are the whole engine */
 	err = engine_new(&eo, &c->eng);
 	if (err)
 		goto out_free;
@@ -914,6 +915,13 @@ int ice_fetch(struct ice_ctx *c, uint32_t seq, uint32_t layer, const struct ice_
 		s.out_off = align64(s.in_len);
 		s.out_len = m * pb;
 		err = call(c, &s, &q);
+		if (err == -E2BIG && m > 1) {
+			/* more refs than the daemon's fetch_max_refs: ask for fewer at a time */
+			per = m / 2;
+			m = 0;
+			err = 0;
+			continue;
+		}
 		if (err)
 			break;
 		memcpy((unsigned char *)buf + done * pb, c->arena + s.out_off, m * pb);

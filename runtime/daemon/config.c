@@ -34,6 +34,10 @@ static const struct cfg_item cfg_items[] = {
 	U64(max_clients, 1, 4096, "clients at once"),
 	U64(max_seqs, 1, 65536, "sequences at once (all clients)"),
 	U64(client_max_seqs, 1, 65536, "sequences one client may hold at once"),
+	U64(client_host_bytes, 0, 1ull << 42, "host bytes one client's sequences may hold (0: a quarter of host_bytes)"),
+	U64(client_dram_pages, 0, 1ull << 32, "DRAM tier pages one client may hold (0: a quarter of the tier)"),
+	U64(client_nvme_pages, 0, 1ull << 32, "NVMe tier pages one client may hold (0: a quarter of the tier)"),
+	U64(fetch_max_refs, 16, 1u << 24, "page refs one fetch request may carry (staged in daemon memory, counted in host bytes)"),
 	U64(dram_bytes, 1ull << 20, 1ull << 42, "DRAM tier capacity in bytes (allocated at start)"),
 	U64(slot_bytes, 4096, 1u << 20, "page slot bytes in every tier (multiple of 4096; a page is 2*16*head_dim*dtype bytes)"),
 	U64(host_bytes, 1ull << 20, 1ull << 42, "engine memory cap besides the tiers (index keys, sinks, windows)"),
@@ -62,6 +66,9 @@ void config_defaults(struct rt_config *c)
 	c->max_clients = 256;
 	c->max_seqs = 4096;
 	c->client_max_seqs = 1024;
+	/* 64 Ki refs = 2 MiB of staging: more than a default 64 MiB arena can return pages for
+	 * (1 KiB the smallest page), so the client library never meets the limit by default. */
+	c->fetch_max_refs = 65536;
 	c->dram_bytes = 512ull << 20;
 	/* 8 KiB: a page of d 128 bf16 or d 64 f32; d 128 f32 needs 16384. */
 	c->slot_bytes = 8192;
@@ -249,6 +256,11 @@ void config_engine_opts(const struct rt_config *c, struct engine_opts *o)
 		.max_seqs = (uint32_t)c->max_seqs,
 		.exact_search = (int)c->exact_search,
 		.owner_max_seqs = (uint32_t)c->client_max_seqs,
+		.owner_host_bytes = c->client_host_bytes,
+		.owner_dram_pages = c->client_dram_pages,
+		.owner_nvme_pages = c->client_nvme_pages,
+		.owner_share = CONFIG_CLIENT_SHARE,
+		.fetch_max_refs = (uint32_t)c->fetch_max_refs,
 		.group_merge = (int)c->group_merge,
 		.page_mass = (int)c->page_mass,
 		.overfetch = (uint32_t)c->overfetch,

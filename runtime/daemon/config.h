@@ -19,6 +19,10 @@ struct rt_config {
 	uint64_t max_clients;
 	uint64_t max_seqs;
 	uint64_t client_max_seqs; /* sequences one client may hold (so one cannot take them all) */
+	uint64_t client_host_bytes; /* per client; 0 = host_bytes / CONFIG_CLIENT_SHARE */
+	uint64_t client_dram_pages; /* per client; 0 = DRAM slots / CONFIG_CLIENT_SHARE */
+	uint64_t client_nvme_pages; /* per client; 0 = NVMe slots / CONFIG_CLIENT_SHARE */
+	uint64_t fetch_max_refs; /* refs per fetch request (each staged privately) */
 	uint64_t dram_bytes;    /* DRAM tier capacity: K/V page slots */
 	uint64_t slot_bytes;    /* page slot size in every tier (multiple of 4096) */
 	uint64_t host_bytes;    /* engine memory besides the tiers: index key copies, sinks, windows */
@@ -32,6 +36,14 @@ struct rt_config {
 	uint64_t drain_ms;      /* SIGTERM: how long clients get to finish queued work */
 	uint64_t handshake_ms;  /* a connection's hello must arrive within this */
 };
+
+/*
+ * Client quotas left at 0 are this share of the whole: a quarter, as client_max_seqs' default
+ * is a quarter of max_seqs. No one client can take more than a quarter of anything, so up to
+ * three that take all they may still leave a quarter to the rest, while a lone client still
+ * gets a useful part of the machine. Embedded mode has one client and no share (all of it).
+ */
+#define CONFIG_CLIENT_SHARE 4
 
 void config_defaults(struct rt_config *c);
 

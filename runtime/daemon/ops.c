@@ -6,7 +6,6 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "buf.h"
 #include "clock.h"
 
 /* [off, off+len) inside the arena, 8-byte aligned; len 0 only with off 0. */
@@ -276,18 +275,12 @@ static int check_fetch(const struct ops_ctx *oc, const struct ring_sqe *s)
 
 static int handle_fetch(struct ops_ctx *oc, const struct ring_sqe *s, struct ring_cqe *c)
 {
-	struct ice_page_ref *refs;
-	int err;
-
-	/* The refs are indexes: copy them out of shared memory before checking them, so what is
-	 * checked is what is used. */
-	err = buf_grow(&oc->ws_refs.buf, &oc->ws_refs.cap, s->in_len, 1);
-	if (err)
-		return err;
-	refs = oc->ws_refs.buf;
-	memcpy(refs, oc->arena + s->in_off, s->in_len);
-	return engine_fetch(oc->eng, oc->owner, s->seq, s->layer, refs,
-			    s->in_len / sizeof(*refs), oc->arena + s->out_off, s->out_len, &oc->ws);
+	/* The refs are indexes: the engine bounds them, then copies them out of shared memory
+	 * before checking them, so what is checked is what is used. */
+	return engine_fetch_shared(oc->eng, oc->owner, s->seq, s->layer,
+				   (const struct ice_page_ref *)(const void *)(oc->arena + s->in_off),
+				   s->in_len / sizeof(struct ice_page_ref), oc->arena + s->out_off,
+				   s->out_len, &oc->ws_refs, &oc->ws);
 }
 
 static const struct op_def op_table[OP__COUNT] = {

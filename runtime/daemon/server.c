@@ -242,6 +242,7 @@ static void host_stats(void *arg, uint32_t viewer, struct stats_buf *sb)
 		stats_put_u64(sb, pfx, "pid", (uint64_t)c->pid);
 		stats_put_u64(sb, pfx, "uid", (uint64_t)c->uid);
 		stats_put_u64(sb, pfx, "ops", __atomic_load_n(&c->io.ops, __ATOMIC_RELAXED));
+		engine_owner_stats(srv->eng, c->id, pfx, sb); /* its use against its quotas */
 	}
 	pthread_mutex_unlock(&srv->lock);
 }

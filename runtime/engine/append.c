@@ -4,12 +4,24 @@
  * are (re)written to the store: the new tokens' rows are appended to the page's stored rows
  * (read back when the page already existed), and the pages' key and value sums for the rest
  * term (index/select.h) are kept up to date.
+ *
+ * All or nothing. Whatever can be refused is settled before anything visible changes:
+ *   1. host memory is charged (the index's share of the tokens, the scratch);
+ *   2. every head's index takes its tokens, with a mark to roll back to (idx_rollback): only
+ *      now is it known how many store pages this append creates and rewrites;
+ *   3. that many slots are reserved in the store for the owner (a reservation: no other
+ *      client can take them before the writes; the owner's quotas are checked there). When the
+ *      tiers are full or the quota is reached, the indexes roll back and the append returns
+ *      -ENOSPC or -EDQUOT with the sequence exactly as it was;
+ *   4. the pages are written from the reservation, which cannot run out;
+ *   5. only then do the sink and the window take the new tokens.
+ * What can still fail in 4 is a tier's I/O or a corrupt stored page (-EIO, -EBADMSG): then
+ * the index and the store disagree and the sequence is broken (-EIO from then on).
  */
 #include <errno.h>
 #include <stdlib.h>
 #include <string.h>
 
-#include "buf.h"
 #include "clock.h"
 #include "engine_impl.h"
 #include "policy.h"
@@ -24,8 +36,8 @@ static int layer_buffers(struct engine *e, struct seq *s, uint32_t layer)
 
 	if (hs[0].win_k)
 		return 0;
-	bytes = (uint64_t)hk * 2 * (s->S + s->Wcap) * s->row;
-	err = engine_reserve(e, bytes);
+	bytes = (uint64_t)hk * (2 * (s->S + s->Wcap) * s->row + IDX_HEAD_BYTES(s->p.shape.head_dim));
+	err = engine_charge(e, s, bytes);
 	if (err)
 		return err;
 	/* A layer's buffers and indexes come with its first tokens: opening a sequence of a large
@@ -56,7 +68,7 @@ out_free:
 		hs[h].sink_k = hs[h].sink_v = hs[h].win_k = hs[h].win_v = NULL;
 		hs[h].ix = NULL;
 	}
-	engine_unreserve(e, bytes);
+	engine_uncharge(e, s, bytes);
 	return -ENOMEM;
 }
 
@@ -65,33 +77,92 @@ int engine_store_read(struct engine *e, struct store_page *pg, unsigned n)
 	return e->pol ? policy_get(e->pol, pg, n) : store_get(e->store, pg, n);
 }
 
-int engine_store_write(struct engine *e, struct store_page *pg, unsigned n)
+static int store_write(struct engine *e, struct store_page *pg, unsigned n,
+		       struct store_resv *resv)
 {
-	return e->pol ? policy_put(e->pol, pg, n) : store_put(e->store, pg, n, 0);
+	return e->pol ? policy_put_resv(e->pol, pg, n, resv) :
+		       store_put_resv(e->store, pg, n, 0, resv);
+}
+
+/* Slots for this append's pages, for the owner, set aside before anything is written. */
+static int store_reserve_for(struct engine *e, struct store_resv *resv, uint64_t n)
+{
+	static const unsigned dram_only[1] = { 0 };
+
+	return e->pol ? policy_reserve(e->pol, resv, n) :
+		       store_reserve(e->store, resv, dram_only, 1, n);
 }
 
 /*
- * Inserts n evicted tokens (rows ek/ev, storage dtype) into head h's index and rewrites every
- * page it reports changed: stored rows (read back) + the new tokens' rows. Pages only grow and
- * tokens are appended to a page's list, so a page's first old-fill tokens are the stored rows.
+ * The rows that leave head st's window in this append, oldest first: the window is a FIFO, so
+ * they are the first etok of (its tokens, then the new tokens after those for the sink).
+ * Nothing changes.
  */
-static int index_tokens(struct engine *e, struct seq *s, uint32_t layer, uint32_t h,
-			const unsigned char *ek, const unsigned char *ev, uint32_t n,
-			unsigned char *pbuf)
+static void evicted_rows(const struct seq *s, const struct head_state *st,
+			 const unsigned char *kh, const unsigned char *vh, uint32_t tosink,
+			 uint32_t etok, unsigned char *ek, unsigned char *ev)
+{
+	uint32_t x;
+
+	for (x = 0; x < etok; x++) {
+		const unsigned char *kr, *vr;
+
+		if (x < st->win_n) {
+			uint32_t r = (st->win_start + x) % s->Wcap;
+
+			kr = st->win_k + (size_t)r * s->row;
+			vr = st->win_v + (size_t)r * s->row;
+		} else {
+			uint32_t t = tosink + (x - st->win_n);
+
+			kr = kh + (size_t)t * s->row;
+			vr = vh + (size_t)t * s->row;
+		}
+		memcpy(ek + (size_t)x * s->row, kr, s->row);
+		if (ev)
+			memcpy(ev + (size_t)x * s->row, vr, s->row);
+	}
+}
+
+/* The new tokens into the sink and the window (step 5: cannot fail). */
+static void commit_rows(const struct seq *s, struct head_state *st, const unsigned char *kh,
+			const unsigned char *vh, uint32_t sn, uint32_t tosink, uint32_t n)
+{
+	uint32_t t;
+
+	for (t = 0; t < tosink; t++, sn++) {
+		memcpy(st->sink_k + (size_t)sn * s->row, kh + (size_t)t * s->row, s->row);
+		memcpy(st->sink_v + (size_t)sn * s->row, vh + (size_t)t * s->row, s->row);
+	}
+	for (; t < n; t++) {
+		uint32_t at = (st->win_start + st->win_n) % s->Wcap;
+
+		memcpy(st->win_k + (size_t)at * s->row, kh + (size_t)t * s->row, s->row);
+		memcpy(st->win_v + (size_t)at * s->row, vh + (size_t)t * s->row, s->row);
+		if (++st->win_n == s->Wcap) {
+			/* the oldest page's worth has left for the index */
+			st->win_start = (st->win_start + P) % s->Wcap;
+			st->win_n -= P;
+		}
+	}
+}
+
+/*
+ * Rewrites every page head h's index reports changed since the insert of the n tokens ek/ev
+ * (rows in storage dtype) that became tokens first..first+n-1: stored rows (read back) + the
+ * new tokens' rows. Pages only grow and tokens are appended to a page's list, so a page's
+ * first old-fill tokens are the stored rows.
+ */
+static int write_pages(struct engine *e, struct seq *s, uint32_t layer, uint32_t h,
+		       const unsigned char *ek, const unsigned char *ev, uint32_t n, uint32_t first,
+		       unsigned char *pbuf, struct store_resv *resv)
 {
 	struct head_state *st = &s->hs[(size_t)layer * s->p.shape.kv_heads + h];
 	struct store_page pg[BATCH];
-	uint32_t ids[BATCH], pos[P], first, fill, ver, t;
+	uint32_t ids[BATCH], pos[P], fill, ver, t;
 	size_t nd, i, slot = e->o.slot_bytes;
 	int err;
 
-	first = (uint32_t)idx_ntokens(st->ix);
-	err = first ? idx_insert(st->ix, ek, n, s->dt) : idx_build(st->ix, ek, n, s->dt);
-	if (err)
-		return err;
-	err = select_sums_reserve(&st->sums, (uint32_t)idx_npages(st->ix));
-	if (err)
-		return err;
 	do {
 		nd = idx_take_dirty(st->ix, ids, BATCH);
 		for (i = 0; i < nd; i++) {
@@ -99,7 +170,8 @@ static int index_tokens(struct engine *e, struct seq *s, uint32_t layer, uint32_
 			unsigned char *b = pbuf + i * slot;
 			uint32_t old = 0;
 
-			pg[i] = (struct store_page){ .key = { s->id, layer, h, ids[i] } };
+			pg[i] = (struct store_page){ .key = { s->id, layer, h, ids[i] },
+						     .acct = s->acct };
 			err = idx_page_tokens(st->ix, ids[i], pos, &fill, &ver);
 			if (err)
 				return err;
@@ -135,7 +207,7 @@ static int index_tokens(struct engine *e, struct seq *s, uint32_t layer, uint32_
 			pg[i].version = ver;
 		}
 		if (nd) {
-			err = engine_store_write(e, pg, (unsigned)nd);
+			err = store_write(e, pg, (unsigned)nd, resv);
 			if (err)
 				return err;
 		}
@@ -143,15 +215,77 @@ static int index_tokens(struct engine *e, struct seq *s, uint32_t layer, uint32_
 	return 0;
 }
 
+/* The append scratch (evicted rows, page assembly) holds nothing between appends: replaced,
+ * not grown, and charged before it is allocated. */
+static int scratch_grow(struct engine *e, struct seq *s, size_t need)
+{
+	unsigned char *p;
+	int err;
+
+	if (need <= s->scr_cap)
+		return 0;
+	err = engine_charge(e, s, need - s->scr_cap);
+	if (err)
+		return err;
+	p = malloc(need);
+	if (!p) {
+		engine_uncharge(e, s, need - s->scr_cap);
+		return -ENOMEM;
+	}
+	free(s->scr);
+	s->bytes += need - s->scr_cap;
+	s->scr = p;
+	s->scr_cap = need;
+	return 0;
+}
+
+/*
+ * Every key finite (on the raw bits: an all-ones exponent is inf or NaN). The index refuses
+ * others, and one taken into the window now would refuse every append that moves it to the
+ * index later: refused here, it refuses only this append. K may be unaligned (embedded mode).
+ */
+static int keys_finite(const unsigned char *k, size_t n, enum ice_dtype dt)
+{
+	size_t i;
+
+	if (dt == ICE_DTYPE_F32) {
+		for (i = 0; i < n; i++) {
+			uint32_t u;
+
+			memcpy(&u, k + i * 4, 4);
+			if ((u & 0x7f800000u) == 0x7f800000u)
+				return 0;
+		}
+		return 1;
+	}
+	for (i = 0; i < n; i++) {
+		uint16_t u, m = dt == ICE_DTYPE_F16 ? 0x7c00u : 0x7f80u;
+
+		memcpy(&u, k + i * 2, 2);
+		if ((u & m) == m)
+			return 0;
+	}
+	return 1;
+}
+
+static void rollback_heads(struct seq *s, uint32_t layer, const struct idx_mark *mk, uint32_t nh)
+{
+	uint32_t h;
+
+	for (h = nh; h-- > 0;)
+		idx_rollback(s->hs[(size_t)layer * s->p.shape.kv_heads + h].ix, &mk[h]);
+}
+
 int engine_append(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer, uint32_t n,
 		  const void *k, const void *v)
 {
 	struct seq *s = engine_seq_get(e, owner, id);
-	uint64_t t0 = clock_now_ns(), bytes;
-	uint32_t hk, h, d, tosink, towin, w, evict, t, x, etok;
+	uint64_t t0 = clock_now_ns(), bytes = 0, newp = 0, rewr = 0;
+	uint32_t hk, h, d, tosink, towin, w, evict, etok, sn;
+	struct idx_mark mk[64];
+	struct store_resv resv;
 	unsigned char *ek, *ev, *pbuf;
 	struct head_state *hs;
-	uint64_t pages = 0;
 	int err;
 
 	if (!s)
@@ -162,12 +296,13 @@ int engine_append(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer,
 		return -EINVAL;
 	hk = s->p.shape.kv_heads;
 	d = s->p.shape.head_dim;
+	if (!keys_finite(k, (size_t)hk * n * d, s->dt))
+		return -EINVAL;
 	hs = &s->hs[(size_t)layer * hk];
 	err = layer_buffers(e, s, layer);
 	if (err)
 		return err;
-	/* How many tokens leave the window: the same for every head of the layer. Everything that
-	 * can be refused (memory, store space) is checked before any state changes. */
+	/* How many tokens leave the window: the same for every head of the layer. */
 	tosink = s->sink_n[layer] < s->S ? s->S - s->sink_n[layer] : 0;
 	if (tosink > n)
 		tosink = n;
@@ -179,74 +314,77 @@ int engine_append(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer,
 		evict++;
 	}
 	etok = evict * P;
-	/* Per token: the index's fp32 key and overhead, plus its share of the page sums (counted
-	 * as if pages held 4 tokens, which covers the arrays' doubling: the index fills pages to
-	 * ~14). */
-	bytes = (uint64_t)hk * etok * ((uint64_t)d * sizeof(float) + IDX_TOKEN_OVERHEAD +
-				       select_sums_page_bytes(d) / 4);
+	sn = s->sink_n[layer];
 	if (etok) {
-		/* Without a slower tier to demote to, the DRAM tier must have room for what this
-		 * append creates, or it fails half-way and the sequence is lost (-EIO). The index
-		 * fills pages to ~14-15 tokens on average (docs/INDEX.md); twice the full-page
-		 * count plus one batch of rewritten pages is the margin asked for. */
-		if (!e->pol && tier_free_slots(e->tiers[0]) < (uint64_t)hk * 2 * evict + BATCH)
-			return -ENOSPC;
-		err = engine_reserve(e, bytes);
+		/* 1. Per token: the index's fp32 key and overhead, plus its share of the page sums
+		 * (counted as if pages held 4 tokens, which covers the arrays' doubling: the index
+		 * fills pages to ~14). */
+		err = scratch_grow(e, s, 2 * (size_t)etok * s->row + BATCH * e->o.slot_bytes);
 		if (err)
 			return err;
-		err = buf_grow(&s->scr, &s->scr_cap, 2 * (size_t)etok * s->row + BATCH * e->o.slot_bytes, 1);
+		bytes = (uint64_t)hk * etok * ((uint64_t)d * sizeof(float) + IDX_TOKEN_OVERHEAD +
+					       select_sums_page_bytes(d) / 4);
+		err = engine_charge(e, s, bytes);
+		if (err)
+			return err;
+		ek = s->scr;
+		ev = ek + (size_t)etok * s->row;
+		pbuf = ev + (size_t)etok * s->row;
+		/* 2. The indexes, undoably. */
+		for (h = 0; h < hk; h++) {
+			struct head_state *st = &hs[h];
+			const unsigned char *kh = (const unsigned char *)k + (size_t)h * n * s->row;
+			const unsigned char *vh = (const unsigned char *)v + (size_t)h * n * s->row;
+
+			evicted_rows(s, st, kh, vh, tosink, etok, ek, NULL);
+			idx_mark(st->ix, &mk[h]);
+			err = mk[h].ntok ? idx_insert(st->ix, ek, etok, s->dt) :
+					   idx_build(st->ix, ek, etok, s->dt);
+			if (!err)
+				err = select_sums_reserve(&st->sums, (uint32_t)idx_npages(st->ix));
+			if (err) {
+				rollback_heads(s, layer, mk, h + 1);
+				goto out_uncharge;
+			}
+			newp += idx_npages(st->ix) - mk[h].npages;
+			rewr += idx_ndirty(st->ix) - (idx_npages(st->ix) - mk[h].npages);
+		}
+		/* 3. Room in the store: every new page, and one batch of rewrites at a time (a
+		 * rewrite's new copy is written before its old slot comes back to the reservation). */
+		resv = (struct store_resv){ .acct = s->acct };
+		err = store_reserve_for(e, &resv, newp + (rewr < BATCH ? rewr : BATCH));
 		if (err) {
-			engine_unreserve(e, bytes);
+			rollback_heads(s, layer, mk, hk);
+			goto out_uncharge;
+		}
+		/* 4. The pages. */
+		for (h = 0; h < hk && !err; h++) {
+			const unsigned char *kh = (const unsigned char *)k + (size_t)h * n * s->row;
+			const unsigned char *vh = (const unsigned char *)v + (size_t)h * n * s->row;
+
+			evicted_rows(s, &hs[h], kh, vh, tosink, etok, ek, ev);
+			err = write_pages(e, s, layer, h, ek, ev, etok, (uint32_t)mk[h].ntok, pbuf,
+					  &resv);
+		}
+		store_unreserve(e->store, &resv);
+		s->bytes += bytes;
+		if (err) {
+			/* The index and the store no longer agree: the sequence cannot be trusted
+			 * any more. Its owner gets -EIO from now on and should drop it. */
+			s->broken = err;
 			return err;
 		}
-		s->bytes += bytes;
 	}
-	ek = s->scr;
-	ev = ek + (size_t)etok * s->row;
-	pbuf = ev + (size_t)etok * s->row;
-	for (h = 0; h < hk; h++) {
-		struct head_state *st = &hs[h];
-		const unsigned char *kh = (const unsigned char *)k + (size_t)h * n * s->row;
-		const unsigned char *vh = (const unsigned char *)v + (size_t)h * n * s->row;
-		uint32_t sn = s->sink_n[layer], ne = 0;
-
-		for (t = 0; t < tosink; t++, sn++) {
-			memcpy(st->sink_k + (size_t)sn * s->row, kh + (size_t)t * s->row, s->row);
-			memcpy(st->sink_v + (size_t)sn * s->row, vh + (size_t)t * s->row, s->row);
-		}
-		for (; t < n; t++) {
-			uint32_t at = (st->win_start + st->win_n) % s->Wcap;
-
-			memcpy(st->win_k + (size_t)at * s->row, kh + (size_t)t * s->row, s->row);
-			memcpy(st->win_v + (size_t)at * s->row, vh + (size_t)t * s->row, s->row);
-			st->win_n++;
-			if (st->win_n < s->Wcap)
-				continue;
-			/* The oldest page's worth leaves the window for the index. */
-			for (x = 0; x < P; x++, ne++) {
-				uint32_t r = (st->win_start + x) % s->Wcap;
-
-				memcpy(ek + (size_t)ne * s->row, st->win_k + (size_t)r * s->row, s->row);
-				memcpy(ev + (size_t)ne * s->row, st->win_v + (size_t)r * s->row, s->row);
-			}
-			st->win_start = (st->win_start + P) % s->Wcap;
-			st->win_n -= P;
-		}
-		if (ne) {
-			err = index_tokens(e, s, layer, h, ek, ev, ne, pbuf);
-			if (err) {
-				/* The index and the store no longer agree for this head: the sequence
-				 * cannot be trusted any more. Its owner gets -EIO and should drop it. */
-				s->broken = err;
-				return err;
-			}
-		}
-	}
+	/* 5. The sink and the window. */
+	for (h = 0; h < hk; h++)
+		commit_rows(s, &hs[h], (const unsigned char *)k + (size_t)h * n * s->row,
+			    (const unsigned char *)v + (size_t)h * n * s->row, sn, tosink, n);
 	s->sink_n[layer] += tosink;
 	s->ntok[layer] += n;
-	for (h = 0; h < hk * s->p.shape.layers; h++)
-		pages += s->hs[h].ix ? idx_npages(s->hs[h].ix) : 0;
-	__atomic_store_n(&s->pages, pages, __ATOMIC_RELAXED);
+	__atomic_store_n(&s->pages, s->pages + newp, __ATOMIC_RELAXED);
 	hist_add(&e->h_append, clock_now_ns() - t0);
 	return 0;
+out_uncharge:
+	engine_uncharge(e, s, bytes);
+	return err;
 }

@@ -13,19 +13,27 @@
 #include "nvme.h"
 #include "policy.h"
 
-int engine_reserve(struct engine *e, uint64_t bytes)
+int engine_charge(struct engine *e, const struct seq *s, uint64_t bytes)
 {
-	uint64_t now = __atomic_add_fetch(&e->used, bytes, __ATOMIC_RELAXED);
+	struct owner *o = &e->own[s->acct];
+	uint64_t now = __atomic_add_fetch(&o->host, bytes, __ATOMIC_RELAXED);
 
+	if (e->o.owner_host_bytes && now > e->o.owner_host_bytes) {
+		__atomic_sub_fetch(&o->host, bytes, __ATOMIC_RELAXED);
+		return -EDQUOT;
+	}
+	now = __atomic_add_fetch(&e->used, bytes, __ATOMIC_RELAXED);
 	if (now > e->o.host_bytes) {
 		__atomic_sub_fetch(&e->used, bytes, __ATOMIC_RELAXED);
+		__atomic_sub_fetch(&o->host, bytes, __ATOMIC_RELAXED);
 		return -ENOSPC;
 	}
 	return 0;
 }
 
-void engine_unreserve(struct engine *e, uint64_t bytes)
+void engine_uncharge(struct engine *e, const struct seq *s, uint64_t bytes)
 {
+	__atomic_sub_fetch(&e->own[s->acct].host, bytes, __ATOMIC_RELAXED);
 	__atomic_sub_fetch(&e->used, bytes, __ATOMIC_RELAXED);
 }
 
@@ -58,7 +66,8 @@ int engine_new(const struct engine_opts *o, struct engine **ret_e)
 	e->o.nvme_path = NULL;
 	e->slot = calloc(o->max_seqs, sizeof(*e->slot));
 	e->gen = calloc(o->max_seqs, sizeof(*e->gen));
-	if (!e->slot || !e->gen) {
+	e->own = calloc((size_t)o->max_seqs + 1, sizeof(*e->own));
+	if (!e->slot || !e->gen || !e->own) {
 		err = -ENOMEM;
 		goto out_free;
 	}
@@ -78,9 +87,22 @@ int engine_new(const struct engine_opts *o, struct engine **ret_e)
 		e->ntiers++;
 	}
 	sc.slot_size = o->slot_bytes;
+	sc.naccts = o->max_seqs + 1;
 	err = store_open(&sc, e->tiers, e->ntiers, &e->store);
 	if (err)
 		goto out_tiers;
+	/* Quotas left at 0 are a share of what there is (engine.h). */
+	if (e->o.owner_share > 1) {
+		if (!e->o.owner_host_bytes)
+			e->o.owner_host_bytes = e->o.host_bytes / e->o.owner_share;
+		if (!e->o.owner_dram_pages)
+			e->o.owner_dram_pages = e->tiers[0]->nslots / e->o.owner_share;
+		if (!e->o.owner_nvme_pages && e->ntiers > 1)
+			e->o.owner_nvme_pages = e->tiers[1]->nslots / e->o.owner_share;
+	}
+	store_set_quota(e->store, 0, e->o.owner_dram_pages);
+	if (e->ntiers > 1)
+		store_set_quota(e->store, 1, e->o.owner_nvme_pages);
 	if (e->ntiers > 1) {
 		struct policy_config pc = { .fast = 0, .slow = 1 };
 
@@ -97,6 +119,7 @@ int engine_new(const struct engine_opts *o, struct engine **ret_e)
 out_tiers:
 	engine_close_tiers(e);
 out_free:
+	free(e->own);
 	free(e->slot);
 	free(e->gen);
 	free(e);
@@ -113,6 +136,7 @@ void engine_free(struct engine *e)
 		engine_seq_free(e, e->slot[i]);
 	engine_close_tiers(e);
 	pthread_mutex_destroy(&e->lock);
+	free(e->own);
 	free(e->slot);
 	free(e->gen);
 	free(e);
@@ -144,6 +168,12 @@ void engine_stats(struct engine *e, struct stats_buf *sb)
 	stats_put_u64(sb, "engine", "seqs_opened", e->seqs_opened);
 	stats_put_u64(sb, "engine", "seqs_dropped", e->seqs_dropped);
 	stats_put_u64(sb, "engine", "tokens_layer0", tokens);
+	/* Per-client quotas (each client's use: client.<id>.*) */
+	stats_put_u64(sb, "engine", "client_host_bytes", e->o.owner_host_bytes);
+	stats_put_u64(sb, "engine", "client_dram_pages", e->o.owner_dram_pages);
+	stats_put_u64(sb, "engine", "client_nvme_pages", e->o.owner_nvme_pages);
+	stats_put_u64(sb, "engine", "client_max_seqs", e->o.owner_max_seqs);
+	stats_put_u64(sb, "engine", "fetch_max_refs", e->o.fetch_max_refs);
 	stats_put_hist(sb, "engine", "append", &e->h_append);
 	stats_put_hist(sb, "engine", "select", &e->h_select);
 	stats_put_hist(sb, "engine", "fetch", &e->h_fetch);
@@ -172,4 +202,26 @@ void engine_seqs(struct engine *e, struct stats_buf *sb)
 		stats_put_u64(sb, pfx, "bytes", __atomic_load_n(&s->bytes, __ATOMIC_RELAXED));
 	}
 	pthread_mutex_unlock(&e->lock);
+}
+
+void engine_owner_stats(struct engine *e, uint32_t owner, const char *prefix,
+			struct stats_buf *sb)
+{
+	uint64_t slots[TIER_MAX] = { 0 }, host = 0;
+	uint32_t i, nseqs = 0;
+
+	pthread_mutex_lock(&e->lock);
+	for (i = 1; i <= e->o.max_seqs; i++) {
+		if (!e->own[i].nseqs || e->own[i].id != owner)
+			continue;
+		nseqs = e->own[i].nseqs;
+		host = __atomic_load_n(&e->own[i].host, __ATOMIC_RELAXED);
+		store_acct_slots(e->store, i, slots);
+		break;
+	}
+	pthread_mutex_unlock(&e->lock);
+	stats_put_u64(sb, prefix, "host_bytes", host);
+	stats_put_u64(sb, prefix, "dram_pages", slots[0]);
+	stats_put_u64(sb, prefix, "nvme_pages", e->ntiers > 1 ? slots[1] : 0);
+	stats_put_u64(sb, prefix, "seqs", nseqs);
 }

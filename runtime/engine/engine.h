@@ -8,6 +8,12 @@
  * sequence of another owner does not exist for them (-ENOENT). Calls for one owner must come
  * from one thread at a time; different owners may call concurrently. engine_stats/engine_seqs
  * may run concurrently with anything.
+ *
+ * Memory and quotas: host memory (sequence tables, sinks, windows, index keys, fetch staging)
+ * is charged when it is allocated, against host_bytes and the owner's owner_host_bytes; the
+ * page store counts per owner the DRAM and NVMe slots its pages hold (an account per owner,
+ * tiers/store.h) against owner_dram_pages and owner_nvme_pages. Past an owner's quota a call
+ * fails with -EDQUOT, past a shared limit with -ENOSPC.
  */
 #ifndef ICE_RUNTIME_ENGINE_H
 #define ICE_RUNTIME_ENGINE_H
@@ -33,6 +39,13 @@ struct engine_opts {
 	int page_mass;         /* 1: pages rank by their total softmax weight; 0: by their best token */
 	uint32_t overfetch;    /* retrieved pages searched per budget page; the best tokens among
 				* them are attended (1 or 0: whole pages) */
+	/* Per owner: host bytes, DRAM slots and NVMe slots its sequences may hold. 0 = a share
+	 * of the total: 1 / owner_share of it (owner_share 0 or 1: no limit). */
+	uint64_t owner_host_bytes;
+	uint64_t owner_dram_pages;
+	uint64_t owner_nvme_pages;
+	uint32_t owner_share;
+	uint32_t fetch_max_refs; /* refs one engine_fetch_shared may carry; 0 = no limit */
 };
 
 struct engine_params {
@@ -50,7 +63,8 @@ int engine_new(const struct engine_opts *o, struct engine **ret_e);
 void engine_free(struct engine *e);
 
 /* -EINVAL on a bad shape/budget, -EMFILE when the table is full, -EDQUOT when the owner
- * already holds owner_max_seqs. */
+ * already holds owner_max_seqs or its host bytes would pass owner_host_bytes, -ENOSPC when
+ * host_bytes would. */
 int engine_seq_open(struct engine *e, uint32_t owner, const struct engine_params *p,
 		    uint32_t *ret_id);
 int engine_seq_drop(struct engine *e, uint32_t owner, uint32_t id);
@@ -60,6 +74,12 @@ int engine_drop_owner(struct engine *e, uint32_t owner);
 /* Size of one append's K (or V) input: kv_heads * n * head_dim * element size. -ENOENT/-EINVAL. */
 int engine_append_bytes(struct engine *e, uint32_t owner, uint32_t id, uint32_t n,
 			size_t *ret_bytes);
+/*
+ * All or nothing: when the tokens cannot be stored (-ENOSPC: host memory or the tiers full;
+ * -EDQUOT: the owner's quota; -EINVAL: a non-finite key; -ENOMEM) the sequence is exactly as
+ * before and takes later appends. -EIO (a tier failed mid-write, or a stored page is corrupt)
+ * marks the sequence broken: every later call on it is -EIO.
+ */
 int engine_append(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer, uint32_t n,
 		  const void *k, const void *v);
 
@@ -76,11 +96,25 @@ int engine_select(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer,
 int engine_fetch(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer,
 		 const struct ice_page_ref *refs, size_t n, void *buf, size_t cap,
 		 struct engine_ws *ws);
+/*
+ * engine_fetch for refs in memory someone else can write (a client's arena): more than
+ * fetch_max_refs refs is -E2BIG and a buf too small for n pages -ENOSPC, both before the refs
+ * are read; then they are copied into refs_ws (private memory, charged to host bytes and the
+ * owner while the call runs: -ENOSPC/-EDQUOT) and fetched. refs_ws keeps at most 64 KiB
+ * between calls.
+ */
+int engine_fetch_shared(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer,
+			const struct ice_page_ref *refs, size_t n, void *buf, size_t cap,
+			struct engine_ws *refs_ws, struct engine_ws *ws);
 /* Bytes per fetched page of sequence id. */
 int engine_page_bytes(struct engine *e, uint32_t owner, uint32_t id, size_t *ret_bytes);
 
 void engine_stats(struct engine *e, struct stats_buf *sb);
 void engine_seqs(struct engine *e, struct stats_buf *sb);
+/* An owner's use, under prefix: host_bytes, dram_pages, nvme_pages, seqs (its quotas are in
+ * engine_stats: engine.client_*). */
+void engine_owner_stats(struct engine *e, uint32_t owner, const char *prefix,
+			struct stats_buf *sb);
 
 void engine_ws_done(struct engine_ws *ws);
 

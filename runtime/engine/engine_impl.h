@@ -31,6 +31,9 @@
 #define MAX_HEAD_DIM 512u /* the API's bound (icecache.h) */
 /* Host bytes the index holds per token: its fp32 key copy plus bookkeeping (estimate). */
 #define IDX_TOKEN_OVERHEAD 64u
+/* What idx_new allocates for a head of dimension d: 64 nodes with their keys, the projection
+ * and the sketch scales (estimate). */
+#define IDX_HEAD_BYTES(d) (64u * (4u * (d) + 32u) + 12u * (d) + 1024u)
 
 _Static_assert(ICE_PAGE_TOKENS == IDX_PAGE_CAP, "one page size for the API and the index");
 
@@ -44,11 +47,12 @@ struct head_state {
 
 struct seq {
 	uint32_t id, owner;
+	uint32_t acct;			/* the owner's entry in engine.own: its store account */
 	struct engine_params p;
 	uint32_t S, W, Wcap, kpages, g;
 	size_t es, row;			/* element size, bytes per token row (d * es) */
 	enum ice_dtype dt;		/* p.shape.dtype (checked), typed */
-	uint64_t bytes;			/* reserved from host_bytes */
+	uint64_t bytes;			/* charged to host_bytes and the owner */
 	uint64_t pages;			/* index pages over all layers and heads (stats) */
 	int broken;			/* an index/store update failed half-way: -errno */
 	uint32_t *ntok;			/* per layer */
@@ -58,13 +62,27 @@ struct seq {
 	size_t scr_cap;
 };
 
+/*
+ * An owner with sequences: its index in engine.own is its account in the page store, which
+ * counts the DRAM and NVMe slots of its pages as they are put, moved and dropped (the store
+ * changes residency, so it is the one place that always knows; asking it per page would be a
+ * lookup per page per check). The entry is taken at the owner's first open and freed with its
+ * last sequence, when nothing is charged to it any more.
+ */
+struct owner {
+	uint32_t id;
+	uint32_t nseqs;			/* 0: the entry is free */
+	uint64_t host;			/* host bytes charged (atomic) */
+};
+
 struct engine {
-	pthread_mutex_t lock;		/* the table and the generation counters */
+	pthread_mutex_t lock;		/* the table, the owners, the generation counters */
 	struct engine_opts o;
 	struct seq **slot;
 	uint32_t *gen;
 	uint32_t nseqs;
-	uint64_t used;			/* host bytes reserved (atomic) */
+	uint64_t used;			/* host bytes charged (atomic) */
+	struct owner *own;		/* [max_seqs + 1]; entry 0 unused (store account 0) */
 	uint64_t seqs_opened, seqs_dropped;
 	struct tier *tiers[2];
 	unsigned ntiers;
@@ -73,18 +91,18 @@ struct engine {
 	struct hist h_append, h_select, h_fetch;
 };
 
-/* Host bytes: charged against opts.host_bytes (-ENOSPC past it) and given back. */
-int engine_reserve(struct engine *e, uint64_t bytes);
-void engine_unreserve(struct engine *e, uint64_t bytes);
+/* Host bytes for sequence s: charged to its owner (-EDQUOT past owner_host_bytes) and against
+ * opts.host_bytes (-ENOSPC past it), and given back. */
+int engine_charge(struct engine *e, const struct seq *s, uint64_t bytes);
+void engine_uncharge(struct engine *e, const struct seq *s, uint64_t bytes);
 
 /* The owner's sequence id, or NULL. The owner's thread is the only one that mutates or frees
  * its sequences, so the pointer stays valid after the table lock is released. */
 struct seq *engine_seq_get(struct engine *e, uint32_t owner, uint32_t id);
 void engine_seq_free(struct engine *e, struct seq *s);
 
-/* Page reads and writes through the placement policy when there is one. */
+/* Page reads through the placement policy when there is one. */
 int engine_store_read(struct engine *e, struct store_page *pg, unsigned n);
-int engine_store_write(struct engine *e, struct store_page *pg, unsigned n);
 
 static inline uint32_t sink_pages(const struct seq *s, uint32_t layer)
 {

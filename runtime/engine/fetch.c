@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <string.h>
 
+#include "buf.h"
 #include "clock.h"
 #include "engine_impl.h"
 
@@ -109,4 +110,41 @@ int engine_fetch(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer,
 	}
 	hist_add(&e->h_fetch, clock_now_ns() - t0);
 	return 0;
+}
+
+/* What a connection's ref staging may keep between requests (uncharged then). */
+#define REFS_KEEP (64u << 10)
+
+int engine_fetch_shared(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer,
+			const struct ice_page_ref *refs, size_t n, void *buf, size_t cap,
+			struct engine_ws *refs_ws, struct engine_ws *ws)
+{
+	struct seq *s = engine_seq_get(e, owner, id);
+	uint64_t bytes = (uint64_t)n * sizeof(*refs);
+	int err;
+
+	if (!s)
+		return -ENOENT;
+	if (s->broken)
+		return -EIO;
+	if (!refs_ws || (n && !refs))
+		return -EINVAL;
+	/* Both before a byte of the refs is read: a request that cannot be served costs nothing. */
+	if (e->o.fetch_max_refs && n > e->o.fetch_max_refs)
+		return -E2BIG;
+	if (n > cap / (2 * P * s->row))
+		return -ENOSPC;
+	err = engine_charge(e, s, bytes);
+	if (err)
+		return err;
+	err = buf_grow(&refs_ws->buf, &refs_ws->cap, bytes, 1);
+	if (!err) {
+		/* what is checked is what is used: the client cannot change the copy */
+		memcpy(refs_ws->buf, refs, bytes);
+		err = engine_fetch(e, owner, id, layer, refs_ws->buf, n, buf, cap, ws);
+	}
+	if (refs_ws->cap > REFS_KEEP)
+		engine_ws_done(refs_ws);
+	engine_uncharge(e, s, bytes);
+	return err;
 }

@@ -23,7 +23,12 @@ void engine_seq_free(struct engine *e, struct seq *s)
 		idx_free(h->ix);
 	}
 	store_drop_seq(e->store, s->id);
-	engine_unreserve(e, s->bytes);
+	if (s->acct) {
+		engine_uncharge(e, s, s->bytes);
+		pthread_mutex_lock(&e->lock);
+		e->own[s->acct].nseqs--; /* at 0 the entry is free again */
+		pthread_mutex_unlock(&e->lock);
+	}
 	free(s->scr);
 	free(s->hs);
 	free(s->ntok);
@@ -56,6 +61,22 @@ static uint32_t round_pages(uint32_t t)
 	return (t + P - 1) / P * P;
 }
 
+/* Table lock held: the owner's entry, taken if it has none (there is always room: an owner
+ * with an entry holds a sequence, and there are at most max_seqs). */
+static uint32_t owner_entry(struct engine *e, uint32_t owner)
+{
+	uint32_t i, free_i = 0;
+
+	for (i = 1; i <= e->o.max_seqs; i++) {
+		if (e->own[i].nseqs && e->own[i].id == owner)
+			return i;
+		if (!e->own[i].nseqs && !free_i)
+			free_i = i;
+	}
+	e->own[free_i] = (struct owner){ .id = owner };
+	return free_i;
+}
+
 int engine_seq_open(struct engine *e, uint32_t owner, const struct engine_params *p,
 		    uint32_t *ret_id)
 {
@@ -83,14 +104,9 @@ int engine_seq_open(struct engine *e, uint32_t owner, const struct engine_params
 	s->row = (size_t)p->shape.head_dim * s->es;
 	s->dt = p->shape.dtype;
 	nh = p->shape.layers * p->shape.kv_heads;
-	base = sizeof(*s) + (uint64_t)nh * (sizeof(struct head_state) + 4096) +
-	       8ull * p->shape.layers;
-	err = engine_reserve(e, base);
-	if (err) {
-		free(s);
-		return err;
-	}
-	s->bytes = base;
+	/* What is allocated now: a layer's buffers and indexes come with its first tokens. */
+	base = sizeof(*s) + (uint64_t)nh * sizeof(struct head_state) +
+	       2ull * sizeof(uint32_t) * p->shape.layers;
 	s->hs = calloc(nh, sizeof(*s->hs));
 	s->ntok = calloc(p->shape.layers, sizeof(*s->ntok));
 	s->sink_n = calloc(p->shape.layers, sizeof(*s->sink_n));
@@ -118,6 +134,15 @@ int engine_seq_open(struct engine *e, uint32_t owner, const struct engine_params
 		err = -EMFILE;
 		goto out_free;
 	}
+	s->acct = owner_entry(e, owner);
+	err = engine_charge(e, s, base);
+	if (err) {
+		s->acct = 0; /* nothing charged, no sequence counted: the entry stays as it was */
+		pthread_mutex_unlock(&e->lock);
+		goto out_free;
+	}
+	s->bytes = base;
+	e->own[s->acct].nseqs++;
 	/* Generation in the high bits: a stale handle never reaches a reused slot. Never 0, so a
 	 * zeroed entry does not name a live sequence. */
 	e->gen[i] = (e->gen[i] + 1) & 0xffff;

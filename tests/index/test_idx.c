@@ -867,6 +867,131 @@ START_TEST(one_huge_key_costs_only_its_page)
 }
 END_TEST
 
+/* Two indexes hold the same thing: structure, every page, the dirty set, search results. */
+static void check_same(struct idx *a, struct idx *b, uint32_t dim, uint64_t seed)
+{
+	struct idx_info ia, ib;
+	uint32_t pa[IDX_PAGE_CAP], pb[IDX_PAGE_CAP], fa, fb, va, vb, ida[64], idb[64];
+	struct idx_hit ha[8], hb[8];
+	size_t p, na, nb, ws_size, i;
+	float q[2 * 64];
+	void *ws;
+	int r;
+
+	idx_get_info(a, &ia);
+	idx_get_info(b, &ib);
+	ck_assert_uint_eq(ia.ntokens, ib.ntokens);
+	ck_assert_uint_eq(ia.npages, ib.npages);
+	ck_assert_uint_eq(ia.nseeds, ib.nseeds);
+	ck_assert_uint_eq(ia.nnodes, ib.nnodes);
+	ck_assert_uint_eq(ia.nlevels, ib.nlevels);
+	ck_assert_uint_eq(ia.max_cell, ib.max_cell);
+	ck_assert(ia.lift_m == ib.lift_m);
+	for (p = 0; p < ia.npages; p++) {
+		ck_assert_int_eq(idx_page_tokens(a, (uint32_t)p, pa, &fa, &va), 0);
+		ck_assert_int_eq(idx_page_tokens(b, (uint32_t)p, pb, &fb, &vb), 0);
+		ck_assert_uint_eq(fa, fb);
+		ck_assert_uint_eq(va, vb);
+		ck_assert_mem_eq(pa, pb, fa * sizeof(uint32_t));
+	}
+	for (p = 0; p < ia.ntokens; p++) {
+		uint32_t la, lb, ra, rb;
+
+		ck_assert_int_eq(idx_token_parent(a, (uint32_t)p, &la, &ra), 0);
+		ck_assert_int_eq(idx_token_parent(b, (uint32_t)p, &lb, &rb), 0);
+		ck_assert_uint_eq(la, lb);
+		ck_assert_uint_eq(ra, rb);
+	}
+	ck_assert_uint_eq(idx_ndirty(a), idx_ndirty(b));
+	do {
+		na = idx_take_dirty(a, ida, 64);
+		nb = idx_take_dirty(b, idb, 64);
+		ck_assert_uint_eq(na, nb);
+		ck_assert_mem_eq(ida, idb, na * sizeof(uint32_t));
+	} while (na == 64);
+	ws_size = idx_search_ws_size(a, 2, 8);
+	ck_assert_uint_eq(ws_size, idx_search_ws_size(b, 2, 8));
+	ws = malloc(ws_size);
+	for (i = 0; i < 20; i++) {
+		float *k = gen_keys(dim, 2, seed + i);
+
+		memcpy(q, k, sizeof(float) * 2 * dim);
+		free(k);
+		r = idx_search(a, q, 2, 8, NULL, ws, ws_size, ha);
+		ck_assert_int_eq(idx_search(b, q, 2, 8, NULL, ws, ws_size, hb), r);
+		ck_assert_mem_eq(ha, hb, (size_t)r * sizeof(*ha));
+		r = idx_exact_search(a, q, 1, 8, ws, ws_size, ha);
+		ck_assert_int_eq(idx_exact_search(b, q, 1, 8, ws, ws_size, hb), r);
+		ck_assert_mem_eq(ha, hb, (size_t)r * sizeof(*ha));
+	}
+	free(ws);
+}
+
+static void insert_chunks(struct idx *ix, const float *k, size_t n, size_t chunk, uint32_t dim)
+{
+	size_t at;
+
+	for (at = 0; at < n; at += chunk)
+		ck_assert_int_eq(idx_insert(ix, k + at * dim, n - at < chunk ? n - at : chunk,
+					    ICE_DTYPE_F32), 0);
+}
+
+/*
+ * A rolled-back index is the index before: A gets tokens that are then rolled back, B never
+ * sees them; after the same later inserts both must be identical. 0: after a build, 1: across
+ * the sketch's calibration in an insert-only index, 2: the build of an empty index undone.
+ */
+START_TEST(rollback_undoes_inserts_exactly)
+{
+	const uint32_t dim = 64;
+	float *k0 = gen_keys(dim, 2000, 31), *k1 = gen_keys(dim, 900, 32);
+	float *k2 = gen_keys(dim, 400, 33), nan_row[64 * 2];
+	struct idx *a = new_idx(dim, 0.01f, 64, 1), *b = new_idx(dim, 0.01f, 64, 1);
+	struct idx_mark m;
+	uint32_t ids[64];
+
+	if (_i == 0) {
+		ck_assert_int_eq(idx_build(a, k0, 2000, ICE_DTYPE_F32), 0);
+		ck_assert_int_eq(idx_build(b, k0, 2000, ICE_DTYPE_F32), 0);
+		while (idx_take_dirty(a, ids, 64) == 64)
+			;
+		while (idx_take_dirty(b, ids, 64) == 64)
+			;
+		idx_mark(a, &m);
+		insert_chunks(a, k1, 900, 16, dim);
+		idx_rollback(a, &m);
+	} else if (_i == 1) {
+		insert_chunks(a, k0, 500, 7, dim);
+		insert_chunks(b, k0, 500, 7, dim);
+		idx_mark(a, &m);
+		ck_assert_int_eq(idx_insert(a, k1, 900, ICE_DTYPE_F32), 0); /* calibrates: 1400 */
+		idx_rollback(a, &m);
+	} else {
+		idx_mark(a, &m);
+		ck_assert_int_eq(idx_build(a, k1, 900, ICE_DTYPE_F32), 0);
+		insert_chunks(a, k2, 400, 16, dim);
+		idx_rollback(a, &m);
+		ck_assert_uint_eq(idx_ntokens(a), 0);
+		ck_assert_int_eq(idx_build(a, k0, 2000, ICE_DTYPE_F32), 0);
+		ck_assert_int_eq(idx_build(b, k0, 2000, ICE_DTYPE_F32), 0);
+	}
+	check_same(a, b, dim, 100 + (uint64_t)_i);
+	insert_chunks(a, k2, 400, 16, dim);
+	insert_chunks(b, k2, 400, 16, dim);
+	check_same(a, b, dim, 200 + (uint64_t)_i);
+	/* A bad key anywhere in a batch: nothing of it goes in. */
+	memcpy(nan_row, k2, sizeof(nan_row));
+	nan_row[64 + 3] = NAN;
+	ck_assert_int_eq(idx_insert(a, nan_row, 2, ICE_DTYPE_F32), -EINVAL);
+	check_same(a, b, dim, 300 + (uint64_t)_i);
+	idx_free(a);
+	idx_free(b);
+	free(k0);
+	free(k1);
+	free(k2);
+}
+END_TEST
+
 START_TEST(simd_paths_agree)
 {
 	const char *paths[] = { "portable", "avx2", "avx512" };
@@ -1188,6 +1313,7 @@ static Suite *idx_suite(void)
 	tcase_add_test(tc, planted_needles_found_at_every_budget);
 	tcase_add_test(tc, insert_only_index_searches_through_its_sketch);
 	tcase_add_test(tc, one_huge_key_costs_only_its_page);
+	tcase_add_loop_test(tc, rollback_undoes_inserts_exactly, 0, 3);
 	tcase_add_test(tc, simd_paths_agree);
 	tcase_add_test(tc, kernels_match_reference);
 	tcase_add_loop_test(tc, half_precision_input, 0, 2);

@@ -255,7 +255,7 @@ static inline void rt_ref_bias(const float *kr, uint32_t n, const float *q, uint
 }
 
 /* Starts $ICE_BUILD_ROOT/runtime/icecached on dir/icecached.sock; waits (up to 30 s) until it
- * answers. */
+ * answers. extra: NULL or "key=value" settings separated by spaces (at most 8). */
 static inline pid_t rt_daemon_start(const char *dir, char *sock, size_t cap, const char *extra)
 {
 	const char *root = getenv("ICE_BUILD_ROOT");
@@ -267,7 +267,7 @@ static inline pid_t rt_daemon_start(const char *dir, char *sock, size_t cap, con
 	snprintf(sock, cap, "%s/icecached.sock", dir);
 	pid = fork();
 	if (pid == 0) {
-		char *argv[10];
+		char *argv[24], *sets = extra ? strdup(extra) : NULL, *save = NULL, *kv;
 		int a = 0;
 
 		argv[a++] = bin;
@@ -276,9 +276,10 @@ static inline pid_t rt_daemon_start(const char *dir, char *sock, size_t cap, con
 		/* Test data is small: a small DRAM tier starts fast on a loaded machine. */
 		argv[a++] = (char *)"--set";
 		argv[a++] = (char *)"dram_bytes=67108864";
-		if (extra) {
+		for (kv = sets ? strtok_r(sets, " ", &save) : NULL; kv && a < 21;
+		     kv = strtok_r(NULL, " ", &save)) {
 			argv[a++] = (char *)"--set";
-			argv[a++] = (char *)extra;
+			argv[a++] = kv;
 		}
 		argv[a] = NULL;
 		execv(bin, argv);

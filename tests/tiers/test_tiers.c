@@ -141,6 +141,23 @@ START_TEST(slot_alloc_is_all_or_nothing_and_bounded)
 	ck_assert_uint_eq(t->ctr.errors, 1);
 	ck_assert_int_eq(tier_alloc(t, 5, slots + 100), 0);
 	ck_assert_uint_eq(tier_free_slots(t), 0);
+	tier_free(t, slots, 100);
+	/* reserved slots are not free for anyone else, and come back freed into the reservation */
+	ck_assert_int_eq(tier_reserve(t, 101), -ENOSPC);
+	ck_assert_int_eq(tier_reserve(t, 90), 0);
+	ck_assert_uint_eq(tier_free_slots(t), 10);
+	ck_assert_uint_eq(tier_used_slots(t), 90);
+	ck_assert_int_eq(tier_alloc(t, 11, slots), -ENOSPC);
+	ck_assert_int_eq(tier_alloc(t, 10, slots), 0);
+	ck_assert_int_eq(tier_alloc(t, 1, slots + 10), -ENOSPC);
+	ck_assert_int_eq(tier_alloc_reserved(t, 91, slots + 10), -ENOSPC);
+	ck_assert_int_eq(tier_alloc_reserved(t, 90, slots + 10), 0);
+	ck_assert_uint_eq(tier_reserved_slots(t), 0);
+	tier_free_reserved(t, slots + 10, 30);
+	ck_assert_uint_eq(tier_reserved_slots(t), 30);
+	ck_assert_uint_eq(tier_free_slots(t), 0);
+	tier_unreserve(t, 30);
+	ck_assert_uint_eq(tier_free_slots(t), 30);
 	tier_close(t);
 	/* bad configs */
 	c.slot_size = 1000;
@@ -700,6 +717,192 @@ START_TEST(full_nvme_returns_enospc_and_keeps_serving)
 }
 END_TEST
 
+static void put_acct(struct store *s, uint64_t seq, unsigned first, unsigned n, uint64_t version,
+		     unsigned tier, uint32_t acct, struct store_resv *resv, const int *expect)
+{
+	struct store_page pg[16];
+	static uint8_t buf[16][SLOT];
+	unsigned i;
+
+	for (i = 0; i < n; i++) {
+		struct store_key k = key(seq, first + i);
+		uint32_t fill = 1 + (first + i) % 16, len = fill * (SLOT / 16);
+
+		tt_pattern(buf[i], len, &k, version);
+		pg[i] = (struct store_page){ .key = k, .buf = buf[i], .len = len, .fill = fill,
+					     .version = version, .acct = acct };
+	}
+	if (resv)
+		store_put_resv(s, pg, n, tier, resv);
+	else
+		store_put(s, pg, n, tier);
+	for (i = 0; i < n; i++)
+		ck_assert_msg(pg[i].res == expect[i], "page %u: %d, expected %d", i, pg[i].res,
+			      expect[i]);
+}
+
+static void acct_is(struct store *s, uint32_t acct, uint64_t dram, uint64_t nvme)
+{
+	uint64_t n[TIER_MAX];
+
+	ck_assert_int_eq(store_acct_slots(s, acct, n), 0);
+	ck_assert_msg(n[0] == dram && n[1] == nvme, "account %u holds %llu+%llu, expected %llu+%llu",
+		      acct, (unsigned long long)n[0], (unsigned long long)n[1],
+		      (unsigned long long)dram, (unsigned long long)nvme);
+}
+
+/* Per-account slot counts follow every residency change; quotas refuse with -EDQUOT; a
+ * reservation keeps its slots from everyone else and its rewrites give theirs back to it. */
+START_TEST(accounts_quotas_and_reservations)
+{
+	struct store_config sc = { .slot_size = SLOT, .naccts = 4 };
+	static const int ok[16], ok_dq[2] = { 0, -EDQUOT }, ok3_sp[4] = { 0, 0, 0, -ENOSPC };
+	static const int sp[1] = { -ENOSPC }, inval[1] = { -EINVAL };
+	const unsigned both[2] = { 0, 1 };
+	struct store_resv r = { .acct = 3 };
+	struct store_key ks[2];
+	struct tier *tiers[2];
+	struct fixture fx;
+	int res[2];
+
+	fx_nvme_flags = _i ? TIER_F_NO_URING : 0;
+	fx.dram = open_dram(8);
+	fx.nvme = open_nvme("acct.dat", 8, 32, fx_nvme_flags);
+	tiers[0] = fx.dram;
+	tiers[1] = fx.nvme;
+	ck_assert_int_eq(store_open(&sc, tiers, 2, &fx.s), 0);
+	put_acct(fx.s, 1, 0, 3, 1, 0, 1, NULL, ok);
+	put_acct(fx.s, 2, 0, 2, 1, 1, 2, NULL, ok);
+	acct_is(fx.s, 1, 3, 0);
+	acct_is(fx.s, 2, 0, 2);
+	put_acct(fx.s, 9, 0, 1, 1, 0, 4, NULL, inval); /* no such account */
+	/* a quota counts the pages of one batch against each other; a new version is no new page */
+	ck_assert_int_eq(store_set_quota(fx.s, 0, 4), 0);
+	put_acct(fx.s, 1, 3, 2, 1, 0, 1, NULL, ok_dq);
+	acct_is(fx.s, 1, 4, 0);
+	put_acct(fx.s, 1, 0, 4, 2, 0, 1, NULL, ok);
+	get_check(fx.s, 1, 0, 4, 2, NULL);
+	/* migrations and installs are counted and held to the quota too */
+	ks[0] = key(2, 0);
+	ks[1] = key(2, 1);
+	ck_assert_int_eq(store_migrate(fx.s, ks, 2, 0, 0, res), 0);
+	acct_is(fx.s, 2, 2, 0);
+	ck_assert_int_eq(store_set_quota(fx.s, 1, 1), 0);
+	ks[0] = key(1, 0);
+	ks[1] = key(1, 1);
+	ck_assert_int_eq(store_migrate(fx.s, ks, 2, 1, 0, res), -EDQUOT);
+	ck_assert_int_eq(res[0], 0);
+	ck_assert_int_eq(res[1], -EDQUOT);
+	acct_is(fx.s, 1, 3, 1);
+	{
+		struct store_page pg = { .key = key(1, 0), .buf = NULL, .len = SLOT };
+		static uint8_t b[SLOT];
+
+		pg.buf = b;
+		ck_assert_int_eq(store_get(fx.s, &pg, 1), 0);
+		ck_assert_int_eq(pg.tier, 1);
+		ck_assert_int_eq(store_set_quota(fx.s, 0, 3), 0);
+		ck_assert_int_eq(store_install(fx.s, &pg, 1, 0), -EDQUOT);
+		ck_assert_int_eq(store_set_quota(fx.s, 0, 4), 0);
+		ck_assert_int_eq(store_install(fx.s, &pg, 1, 0), 0);
+		acct_is(fx.s, 1, 4, 1);
+		ck_assert_int_eq(store_evict_copy(fx.s, &pg.key, 1, 0, NULL), 0);
+		acct_is(fx.s, 1, 3, 1);
+	}
+	/* dram: 5 of 8 used, nvme 1 of 8. A reservation of 5 takes dram's 3 and 2 of nvme's. */
+	ck_assert_int_eq(store_set_quota(fx.s, 0, 0), 0);
+	ck_assert_int_eq(store_set_quota(fx.s, 1, 0), 0);
+	ck_assert_int_eq(store_reserve(fx.s, &r, both, 2, 15), -ENOSPC);
+	ck_assert_int_eq(store_set_quota(fx.s, 1, 4), 0);
+	ck_assert_int_eq(store_reserve(fx.s, &r, both, 2, 8), -EDQUOT);
+	ck_assert_int_eq(store_set_quota(fx.s, 1, 0), 0);
+	ck_assert_uint_eq(r.n[0] + r.n[1], 0);
+	ck_assert_int_eq(store_reserve(fx.s, &r, both, 2, 5), 0);
+	ck_assert_uint_eq(r.n[0], 3);
+	ck_assert_uint_eq(r.n[1], 2);
+	put_acct(fx.s, 1, 4, 1, 1, 0, 1, NULL, sp); /* dram is all taken or reserved */
+	put_acct(fx.s, 3, 0, 4, 1, 0, 3, &r, ok3_sp);
+	put_acct(fx.s, 3, 3, 1, 1, 1, 3, &r, ok);
+	ck_assert_uint_eq(r.n[0], 0);
+	ck_assert_uint_eq(r.n[1], 1);
+	acct_is(fx.s, 3, 3, 1);
+	/* a rewrite in a full dram goes in place; one from nvme to nvme keeps the slot count */
+	put_acct(fx.s, 3, 0, 1, 2, 0, 3, &r, ok);
+	put_acct(fx.s, 3, 3, 1, 2, 0, 3, &r, sp);
+	put_acct(fx.s, 3, 3, 1, 2, 1, 3, &r, ok);
+	ck_assert_uint_eq(r.n[1], 1);
+	acct_is(fx.s, 3, 3, 1);
+	put_acct(fx.s, 1, 0, 1, 3, 1, 1, &r, inval); /* not the reservation's account */
+	get_check(fx.s, 3, 0, 1, 2, NULL);
+	get_check(fx.s, 3, 1, 2, 1, NULL);
+	get_check(fx.s, 3, 3, 1, 2, NULL);
+	store_unreserve(fx.s, &r);
+	ck_assert_uint_eq(r.n[1], 0);
+	ck_assert_uint_eq(tier_reserved_slots(fx.nvme), 0);
+	ck_assert_uint_eq(tier_used_slots(fx.nvme), 2);
+	ck_assert_int_eq(store_drop_seq(fx.s, 3), 4);
+	acct_is(fx.s, 3, 0, 0);
+	acct_is(fx.s, 1, 3, 1);
+	acct_is(fx.s, 2, 2, 0);
+	ck_assert_uint_eq(tier_used_slots(fx.dram), 5);
+	fx_close(&fx);
+}
+END_TEST
+
+static void policy_put_acct(struct policy *p, uint64_t seq, unsigned first, unsigned n,
+			    uint32_t acct, struct store_resv *resv, int expect)
+{
+	struct store_page pg[16];
+	static uint8_t buf[16][SLOT];
+	unsigned i;
+
+	for (i = 0; i < n; i++) {
+		struct store_key k = key(seq, first + i);
+
+		tt_pattern(buf[i], SLOT, &k, 1);
+		pg[i] = (struct store_page){ .key = k, .buf = buf[i], .len = SLOT, .fill = 16,
+					     .version = 1, .acct = acct };
+	}
+	ck_assert_int_eq(resv ? policy_put_resv(p, pg, n, resv) : policy_put(p, pg, n), expect);
+}
+
+/* Demotion leaves the pages of an account at its slow-tier quota where they are and takes the
+ * next coldest; a policy reservation makes room first and is held to the quotas. */
+START_TEST(policy_respects_quotas_and_reservations)
+{
+	struct store_config sc = { .slot_size = SLOT, .naccts = 3 };
+	struct policy_config pc = { .fast = 0, .slow = 1, .high = 0.75, .low = 0.5 };
+	struct store_resv r = { .acct = 2 };
+	struct tier *tiers[2];
+	struct fixture fx;
+	struct policy *p;
+
+	fx.dram = open_dram(8);
+	fx.nvme = open_nvme("pol.dat", 8, 32, 0);
+	tiers[0] = fx.dram;
+	tiers[1] = fx.nvme;
+	ck_assert_int_eq(store_open(&sc, tiers, 2, &fx.s), 0);
+	ck_assert_int_eq(policy_new(fx.s, &pc, &p), 0);
+	ck_assert_int_eq(store_set_quota(fx.s, 1, 2), 0);
+	policy_put_acct(p, 1, 0, 6, 1, NULL, 0);
+	acct_is(fx.s, 1, 6, 0);
+	policy_put_acct(p, 2, 0, 4, 2, NULL, 0);
+	acct_is(fx.s, 1, 4, 2);
+	acct_is(fx.s, 2, 4, 0);
+	/* room for 6: account 1 cannot go down any more, account 2 only 2 pages */
+	ck_assert_int_eq(policy_reserve(p, &r, 6), -EDQUOT);
+	acct_is(fx.s, 2, 2, 2);
+	ck_assert_uint_eq(r.n[0] + r.n[1], 0);
+	ck_assert_int_eq(policy_reserve(p, &r, 2), 0);
+	ck_assert_uint_eq(r.n[0], 2);
+	policy_put_acct(p, 2, 4, 3, 2, &r, -ENOSPC);
+	acct_is(fx.s, 2, 4, 2);
+	store_unreserve(fx.s, &r);
+	policy_free(p);
+	fx_close(&fx);
+}
+END_TEST
+
 /* The file shrinks under the store (another process, a bad admin): reads past its end are
  * short, reported as -EIO per page, never data, and DRAM pages keep being served. */
 START_TEST(io_errors_are_reported_per_page)
@@ -946,6 +1149,8 @@ static Suite *tiers_suite(void)
 	tcase_add_test(tc, store_rejects_bad_input);
 	tcase_add_loop_test(tc, corruption_is_detected_never_returned, 0, 2);
 	tcase_add_loop_test(tc, full_nvme_returns_enospc_and_keeps_serving, 0, 2);
+	tcase_add_loop_test(tc, accounts_quotas_and_reservations, 0, 2);
+	tcase_add_test(tc, policy_respects_quotas_and_reservations);
 	tcase_add_test(tc, metadata_capacity_is_a_hard_limit);
 	tcase_add_loop_test(tc, io_errors_are_reported_per_page, 0, 2);
 	tcase_add_test(tc, touch_decays_and_coldest_orders);

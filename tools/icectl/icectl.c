@@ -175,9 +175,14 @@ static uint64_t tier_pages(const struct kvs *st, const char *id)
 	return grp_u64(st, "tier", id, "used_slots");
 }
 
-static size_t seqs_of(const struct kvs *sq, size_t nseq, const char *client)
+static size_t seqs_of(const struct kvs *st, const struct kvs *sq, size_t nseq, const char *client)
 {
+	char name[128];
 	size_t i, n = 0;
+
+	snprintf(name, sizeof(name), "client.%s.seqs", client);
+	if (kvs_get(st, name))
+		return (size_t)kvs_u64(st, name);
 
 	for (i = 0; i < nseq; i++)
 		if (grp_u64(sq, "seq", seq_ids[i], "owner") == strtoull(client, NULL, 10))
@@ -205,13 +210,23 @@ static int print_status(struct kvs *st, struct kvs *sq, int json)
 			       (unsigned long long)tier_pages(st, tier_ids[i]));
 		printf("],\"clients\":[");
 		for (i = 0; i < nc; i++)
-			printf("%s{\"id\":%s,\"pid\":%llu,\"uid\":%llu,\"ops\":%llu,\"seqs\":%zu}",
+			printf("%s{\"id\":%s,\"pid\":%llu,\"uid\":%llu,\"ops\":%llu,\"seqs\":%zu,"
+			       "\"host_bytes\":%llu,\"dram_pages\":%llu,\"nvme_pages\":%llu}",
 			       i ? "," : "", client_ids[i],
 			       (unsigned long long)grp_u64(st, "client", client_ids[i], "pid"),
 			       (unsigned long long)grp_u64(st, "client", client_ids[i], "uid"),
 			       (unsigned long long)grp_u64(st, "client", client_ids[i], "ops"),
-			       seqs_of(sq, ns, client_ids[i]));
-		printf("],\"control_clients\":%llu,\"seqs\":%zu,\"engine\":{"
+			       seqs_of(st, sq, ns, client_ids[i]),
+			       (unsigned long long)grp_u64(st, "client", client_ids[i], "host_bytes"),
+			       (unsigned long long)grp_u64(st, "client", client_ids[i], "dram_pages"),
+			       (unsigned long long)grp_u64(st, "client", client_ids[i], "nvme_pages"));
+		printf("],\"client_quotas\":{\"host_bytes\":%llu,\"dram_pages\":%llu,"
+		       "\"nvme_pages\":%llu,\"seqs\":%llu}",
+		       (unsigned long long)kvs_u64(st, "engine.client_host_bytes"),
+		       (unsigned long long)kvs_u64(st, "engine.client_dram_pages"),
+		       (unsigned long long)kvs_u64(st, "engine.client_nvme_pages"),
+		       (unsigned long long)kvs_u64(st, "engine.client_max_seqs"));
+		printf(",\"control_clients\":%llu,\"seqs\":%zu,\"engine\":{"
 		       "\"host_capacity_bytes\":%llu,\"host_used_bytes\":%llu,\"store\":",
 		       (unsigned long long)kvs_u64(st, "daemon.control_clients"), ns,
 		       (unsigned long long)kvs_u64(st, "engine.host_capacity_bytes"),
@@ -248,13 +263,24 @@ static int print_status(struct kvs *st, struct kvs *sq, int json)
 	       kvs_get(st, "engine.store") ? kvs_get(st, "engine.store") : "?",
 	       kvs_get(st, "engine.index") ? kvs_get(st, "engine.index") : "?");
 	if (nc) {
-		printf("\n%-6s %8s %6s %10s %5s\n", "CLIENT", "PID", "UID", "OPS", "SEQS");
-		for (i = 0; i < nc; i++)
-			printf("%-6s %8llu %6llu %10llu %5zu\n", client_ids[i],
+		/* each client's use, and below it the quota each may reach (0: none) */
+		printf("\n%-6s %8s %6s %10s %5s %12s %8s %8s\n", "CLIENT", "PID", "UID", "OPS", "SEQS",
+		       "HOST", "DRAM", "NVME");
+		for (i = 0; i < nc; i++) {
+			human_bytes(grp_u64(st, "client", client_ids[i], "host_bytes"), a, sizeof(a));
+			printf("%-6s %8llu %6llu %10llu %5zu %12s %8llu %8llu\n", client_ids[i],
 			       (unsigned long long)grp_u64(st, "client", client_ids[i], "pid"),
 			       (unsigned long long)grp_u64(st, "client", client_ids[i], "uid"),
 			       (unsigned long long)grp_u64(st, "client", client_ids[i], "ops"),
-			       seqs_of(sq, ns, client_ids[i]));
+			       seqs_of(st, sq, ns, client_ids[i]), a,
+			       (unsigned long long)grp_u64(st, "client", client_ids[i], "dram_pages"),
+			       (unsigned long long)grp_u64(st, "client", client_ids[i], "nvme_pages"));
+		}
+		human_bytes(kvs_u64(st, "engine.client_host_bytes"), a, sizeof(a));
+		printf("%-6s %8s %6s %10s %5llu %12s %8llu %8llu\n", "quota", "", "", "",
+		       (unsigned long long)kvs_u64(st, "engine.client_max_seqs"), a,
+		       (unsigned long long)kvs_u64(st, "engine.client_dram_pages"),
+		       (unsigned long long)kvs_u64(st, "engine.client_nvme_pages"));
 	}
 	return 0;
 }
