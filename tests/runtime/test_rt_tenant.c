@@ -177,7 +177,7 @@ static void look(struct ice_ctx *c, uint32_t seq, struct view *w)
 
 	for (i = 0; i < 4 * 64; i++)
 		q[i] = (float)((i * 7) % 13) - 6.0f;
-	w->n = ice_select(c, seq, 0, q, w->r, 64);
+	w->n = ice_select(c, seq, 0, q, w->r, 64, NULL);
 	ck_assert_int_gt(w->n, 0);
 	ck_assert_int_eq(ice_fetch(c, seq, 0, w->r, (size_t)w->n, w->pages, sizeof(w->pages)), 0);
 }
