@@ -1,5 +1,6 @@
 #include "config.h"
 #include "engine.h"
+#include "select.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -79,7 +80,7 @@ void config_defaults(struct rt_config *c)
 	c->handshake_ms = 2000;
 	c->group_merge = 1;
 	c->page_mass = 1;
-	c->overfetch = 2;
+	c->overfetch = SELECT_OVERFETCH;
 }
 
 static const struct cfg_item *find_item(const char *name, size_t len)

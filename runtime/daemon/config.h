@@ -9,32 +9,34 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* One field per key of config.c's table, of the same name; what each means is said once, in
+ * that table's help text and in docs/ICECTL.md's config table. */
 struct rt_config {
-	char socket_path[108];  /* "" = default under $XDG_RUNTIME_DIR or /tmp/icecache-$UID */
-	uint64_t arena_bytes;   /* per-client data arena */
+	char socket_path[108];
+	uint64_t arena_bytes;
 	uint64_t sq_entries;
 	uint64_t cq_entries;
-	uint64_t spin_ns;       /* daemon: spin before sleeping on an empty ring */
-	uint64_t client_spin_ns; /* client: spin before sleeping on its completion ring */
+	uint64_t spin_ns;
+	uint64_t client_spin_ns;
 	uint64_t max_clients;
 	uint64_t max_seqs;
-	uint64_t client_max_seqs; /* sequences one client may hold (so one cannot take them all) */
-	uint64_t client_host_bytes; /* per client; 0 = host_bytes / CONFIG_CLIENT_SHARE */
-	uint64_t client_dram_pages; /* per client; 0 = DRAM slots / CONFIG_CLIENT_SHARE */
-	uint64_t client_nvme_pages; /* per client; 0 = NVMe slots / CONFIG_CLIENT_SHARE */
-	uint64_t fetch_max_refs; /* refs per fetch request (each staged privately) */
-	uint64_t dram_bytes;    /* DRAM tier capacity: K/V page slots */
-	uint64_t slot_bytes;    /* page slot size in every tier (multiple of 4096) */
-	uint64_t host_bytes;    /* engine memory besides the tiers: index key copies, sinks, windows */
-	char nvme_path[108];    /* "" = no NVMe tier */
-	uint64_t nvme_bytes;    /* NVMe tier capacity */
-	uint64_t exact_search;  /* 1: score every page (reference); 0: DCI-tree search */
-	uint64_t group_merge;   /* 1: GQA group pages by weight next to sink+window; 0: round-robin */
-	uint64_t page_mass;     /* 1: pages rank by total softmax weight; 0: by best token */
-	uint64_t overfetch;     /* pages retrieved per budget page; the best tokens among them attended */
-	uint64_t allow_uid;     /* besides the daemon's own uid (and root): one more uid, or -1 */
-	uint64_t drain_ms;      /* SIGTERM: how long clients get to finish queued work */
-	uint64_t handshake_ms;  /* a connection's hello must arrive within this */
+	uint64_t client_max_seqs;
+	uint64_t client_host_bytes;
+	uint64_t client_dram_pages;
+	uint64_t client_nvme_pages;
+	uint64_t fetch_max_refs;
+	uint64_t dram_bytes;
+	uint64_t slot_bytes;
+	uint64_t host_bytes;
+	char nvme_path[108];
+	uint64_t nvme_bytes;
+	uint64_t exact_search;
+	uint64_t group_merge;
+	uint64_t page_mass;
+	uint64_t overfetch;
+	uint64_t allow_uid;
+	uint64_t drain_ms;
+	uint64_t handshake_ms;
 };
 
 /*

@@ -26,19 +26,22 @@
 
 struct engine;
 
+/* The engine's share of the config keys (runtime/daemon/config.c has the one table and says
+ * what each means); owner_* are the client_* keys. */
 struct engine_opts {
-	uint64_t dram_bytes;   /* DRAM tier capacity (page slots), allocated at engine_new */
-	uint64_t slot_bytes;   /* page slot size; sequences whose pages do not fit are refused */
-	uint64_t host_bytes;   /* hard cap on engine memory besides the tiers */
+	uint64_t dram_bytes; /* allocated at engine_new */
+	uint64_t slot_bytes;
+	uint64_t host_bytes;
 	const char *nvme_path; /* NULL or "": no NVMe tier */
 	uint64_t nvme_bytes;
 	uint32_t max_seqs;
-	int exact_search;      /* 1: every page scored (reference); 0: DCI-tree search */
-	uint32_t owner_max_seqs; /* per owner (client); 0 = no limit below max_seqs */
-	int group_merge;       /* 1: a GQA group's pages by weight beside its sink+window; 0: round-robin */
-	int page_mass;         /* 1: pages rank by their total softmax weight; 0: by their best token */
-	uint32_t overfetch;    /* retrieved pages searched per budget page; the best tokens among
-				* them are attended (1 or 0: whole pages) */
+	uint32_t owner_max_seqs; /* 0 = no limit below max_seqs */
+	/* Selection (index/select.h's struct select_opts): exact, group_merge, page_mass,
+	 * overfetch (0 or 1: whole pages). */
+	int exact_search;
+	int group_merge;
+	int page_mass;
+	uint32_t overfetch;
 	/* Per owner: host bytes, DRAM slots and NVMe slots its sequences may hold. 0 = a share
 	 * of the total: 1 / owner_share of it (owner_share 0 or 1: no limit). */
 	uint64_t owner_host_bytes;
