@@ -113,7 +113,8 @@ static int reserve_pages(struct idx *ix, size_t need)
 	if (!pk)
 		return -ENOMEM;
 	ix->pk = pk;
-	sk = aligned_grow(ix->sk, ix->cap_pages * IDX_SK_BYTES(ix->dim), cap * IDX_SK_BYTES(ix->dim));
+	sk = aligned_grow(ix->sk, ix->cap_pages * IDX_SK_BYTES(ix->dim),
+			  cap * IDX_SK_BYTES(ix->dim));
 	if (!sk)
 		return -ENOMEM;
 	ix->sk = sk;
@@ -260,8 +261,11 @@ int idx_new(const struct idx_params *p, struct idx **ret)
 	}
 	for (j = 0; j < p->dim; j++)
 		ix->proj[j] = (float)(ix->proj[j] / sqrt(norm));
-	ix->nodes[0] = (struct idx_node){ .pos = IDX_NONE, .level = IDX_MAX_LEVELS, .parent = IDX_NONE,
-					  .head = IDX_NONE, .tail = IDX_NONE };
+	ix->nodes[0] = (struct idx_node){ .pos = IDX_NONE,
+					  .level = IDX_MAX_LEVELS,
+					  .parent = IDX_NONE,
+					  .head = IDX_NONE,
+					  .tail = IDX_NONE };
 	ix->nnodes = 1;
 	*ret = ix;
 	return 0;
@@ -336,9 +340,9 @@ static void keep_best(uint32_t *keep, float *ks, uint32_t *nkeep, uint32_t b, ui
  * page-scoring kernel: 16 keys x up to 16 candidates per call, no horizontal sums.
  */
 struct cand_blocks {
-	const float *blk;      /* nb blocks of dim x 16 */
-	const float *h;        /* lifted height per candidate (0 in padding lanes) */
-	const uint32_t *node;  /* node id per candidate */
+	const float *blk;     /* nb blocks of dim x 16 */
+	const float *h;       /* lifted height per candidate (0 in padding lanes) */
+	const uint32_t *node; /* node id per candidate */
 	size_t n, nb;
 };
 
@@ -357,8 +361,9 @@ static void blocked_best(const struct idx *ix, const struct cand_blocks *cb, con
 	}
 	for (b = 0; b < cb->nb; b++) {
 		const float *h = cb->h + b * IDX_LANES;
-		uint32_t lanes = cb->n - b * IDX_LANES < IDX_LANES ? (uint32_t)(cb->n - b * IDX_LANES) :
-								     IDX_LANES;
+		uint32_t lanes = cb->n - b * IDX_LANES < IDX_LANES ?
+					 (uint32_t)(cb->n - b * IDX_LANES) :
+					 IDX_LANES;
 
 		ops->score_block(cb->blk + b * ix->blk, xs, g, ix->dim, out);
 		for (i = 0; i < g; i++) {
@@ -483,7 +488,8 @@ static int find_parent(const struct idx *ix, struct idx_scratch *sc, const float
 		for (i = 0; i < nk; i++) {
 			uint32_t pg;
 
-			for (pg = ix->nodes[keep[i]].head; pg != IDX_NONE; pg = ix->pages[pg].next) {
+			for (pg = ix->nodes[keep[i]].head; pg != IDX_NONE;
+			     pg = ix->pages[pg].next) {
 				const struct idx_page *p = &ix->pages[pg];
 				uint32_t s;
 
@@ -635,8 +641,12 @@ static int node_add(struct idx *ix, uint32_t pos, uint32_t level, const float *x
 	if (vec_push(&ix->lvl[level], id) < 0)
 		return -ENOMEM;
 	nd = &ix->nodes[id];
-	*nd = (struct idx_node){ .pos = pos, .level = level, .parent = IDX_NONE,
-				 .head = IDX_NONE, .tail = IDX_NONE, .n2 = n2 };
+	*nd = (struct idx_node){ .pos = pos,
+				 .level = level,
+				 .parent = IDX_NONE,
+				 .head = IDX_NONE,
+				 .tail = IDX_NONE,
+				 .n2 = n2 };
 	memcpy(ix->nkey + (size_t)id * ix->dim, x, ix->dim * sizeof(float));
 	if (level == 1) {
 		size_t si = ix->lvl[1].n - 1;
@@ -689,7 +699,7 @@ static float sq_norm(const float *x, uint32_t dim)
 struct pre_parent {
 	uint32_t node;
 	float score;
-	size_t nseeds;          /* seeds searched (those at batch start); 0 = none */
+	size_t nseeds; /* seeds searched (those at batch start); 0 = none */
 };
 
 static int insert_one(struct idx *ix, const float *x, float n2, uint32_t pos,
@@ -786,8 +796,8 @@ static int batch_parents(struct idx *ix, const float *k, const float *n2, size_t
 
 void idx_mark(const struct idx *ix, struct idx_mark *ret)
 {
-	*ret = (struct idx_mark){ ix->ntok, ix->npages, ix->nnodes, ix->upages.n, ix->dirty.n,
-				  ix->m, ix->sk_ready };
+	*ret = (struct idx_mark){ ix->ntok,    ix->npages, ix->nnodes,  ix->upages.n,
+				  ix->dirty.n, ix->m,      ix->sk_ready };
 }
 
 /* Back to no tokens: what a fresh index holds (page and node memory is rewritten on reuse). */
@@ -954,13 +964,13 @@ static void par_run(uint32_t threads, void (*fn)(void *, size_t, size_t), void *
 
 struct build_ctx {
 	struct idx *ix;
-	const float *k;        /* n x dim, positions base + i */
+	const float *k; /* n x dim, positions base + i */
 	const float *n2;
 	uint32_t base;
-	const uint32_t *toks;  /* token indexes (into k) at the level being placed */
+	const uint32_t *toks; /* token indexes (into k) at the level being placed */
 	uint32_t level;
-	uint32_t *par;         /* parent node per entry of toks */
-	float *proj;           /* projection per entry of toks */
+	uint32_t *par; /* parent node per entry of toks */
+	float *proj;   /* projection per entry of toks */
 	/* cell formation */
 	const uint32_t *cells; /* parent node ids with children, in page order */
 	const uint32_t *coff;  /* children of cells[c]: order[coff[c] .. coff[c+1]) */
@@ -1015,7 +1025,8 @@ static int cmp_proj(const void *a, const void *b)
 
 	if (x != y)
 		return x < y ? -1 : 1;
-	return (*(const uint32_t *)a > *(const uint32_t *)b) - (*(const uint32_t *)a < *(const uint32_t *)b);
+	return (*(const uint32_t *)a > *(const uint32_t *)b) -
+	       (*(const uint32_t *)a < *(const uint32_t *)b);
 }
 
 /* Sorts each cell's children along the projection and writes them into its pages. */
@@ -1111,7 +1122,8 @@ static int split_cells(struct idx *ix, struct build_ctx *c, const uint32_t *toks
 		qsort(e, m, sizeof(uint32_t), cmp_proj);
 		slabs = (m + target - 1) / target;
 		for (sl = 1; sl < slabs; sl++) {
-			size_t a = (size_t)m * sl / slabs, b = (size_t)m * (sl + 1) / slabs, j, best = a;
+			size_t a = (size_t)m * sl / slabs, b = (size_t)m * (sl + 1) / slabs, j,
+			       best = a;
 			float bs = -INFINITY;
 			uint32_t t, id, par;
 			const float *x;
@@ -1121,7 +1133,8 @@ static int split_cells(struct idx *ix, struct build_ctx *c, const uint32_t *toks
 				for (i = 0; i < ix->dim; i++)
 					mean[i] += c->k[(size_t)toks[e[j]] * ix->dim + i];
 			for (j = a; j < b; j++) {
-				float d = idx_simd()->dot(mean, c->k + (size_t)toks[e[j]] * ix->dim, ix->dim);
+				float d = idx_simd()->dot(mean, c->k + (size_t)toks[e[j]] * ix->dim,
+							  ix->dim);
 
 				if (d > bs) {
 					bs = d;

@@ -9,11 +9,11 @@
 #include "idx_simd.h"
 
 #define IDX_NONE UINT32_MAX
-#define IDX_ROOT 0u          /* node 0: the virtual root whose cell holds the top level */
+#define IDX_ROOT 0u /* node 0: the virtual root whose cell holds the top level */
 #define IDX_MAX_LEVELS 16u
 
-struct idx_node {            /* a token on level >= 1, or the root */
-	uint32_t pos;        /* token position; IDX_NONE for the root */
+struct idx_node {     /* a token on level >= 1, or the root */
+	uint32_t pos; /* token position; IDX_NONE for the root */
 	uint32_t level;
 	uint32_t parent;     /* node id; IDX_NONE for the root */
 	uint32_t head, tail; /* first and last page of its cell (IDX_NONE while empty) */
@@ -23,20 +23,20 @@ struct idx_node {            /* a token on level >= 1, or the root */
 
 struct idx_page {
 	uint32_t pos[IDX_PAGE_CAP];
-	uint32_t cell;       /* node id that owns the page */
-	uint32_t next;       /* next page of the same cell */
+	uint32_t cell; /* node id that owns the page */
+	uint32_t next; /* next page of the same cell */
 	uint32_t version;
 	uint16_t fill;
 	uint8_t dirty;
-	uint8_t upper;       /* holds level >= 1 tokens (scored on every search) */
+	uint8_t upper; /* holds level >= 1 tokens (scored on every search) */
 };
 
-struct idx_vec {             /* growable uint32 array */
+struct idx_vec { /* growable uint32 array */
 	uint32_t *v;
 	size_t n, cap;
 };
 
-struct idx_scratch {         /* parent-descent buffers (build workers, insert) */
+struct idx_scratch { /* parent-descent buffers (build workers, insert) */
 	uint32_t *cand;
 	float *cs;
 	size_t cap;
@@ -45,35 +45,35 @@ struct idx_scratch {         /* parent-descent buffers (build workers, insert) *
 struct idx {
 	struct idx_params p;
 	uint32_t dim;
-	size_t blk;              /* floats per 16-lane block: dim * 16 */
+	size_t blk; /* floats per 16-lane block: dim * 16 */
 
 	size_t ntok, cap_tok;
 	uint32_t *tok_page;
-	uint32_t *tok_node;      /* node id for level >= 1 tokens, IDX_NONE otherwise */
+	uint32_t *tok_node; /* node id for level >= 1 tokens, IDX_NONE otherwise */
 
 	struct idx_page *pages;
 	size_t npages, cap_pages;
-	float *pk;               /* page keys: cap_pages blocks of dim x 16, channel-major */
+	float *pk; /* page keys: cap_pages blocks of dim x 16, channel-major */
 
 	struct idx_node *nodes;
 	size_t nnodes, cap_nodes;
-	float *nkey;             /* node keys, row-major, cap_nodes x dim */
+	float *nkey; /* node keys, row-major, cap_nodes x dim */
 
 	struct idx_vec lvl[IDX_MAX_LEVELS]; /* node ids per level (lvl[1] = seeds) */
-	float *seedk;            /* seed keys in 16-lane blocks (seed i: block i/16, lane i%16) */
+	float *seedk; /* seed keys in 16-lane blocks (seed i: block i/16, lane i%16) */
 	size_t cap_seed_blocks;
 
-	struct idx_vec upages;   /* pages with upper (level >= 1) tokens */
+	struct idx_vec upages; /* pages with upper (level >= 1) tokens */
 	struct idx_vec dirty;
 
-	uint8_t *sk;             /* 4-bit page sketches: cap_pages blocks of IDX_SK_BYTES(dim) */
-	float *sk_alpha;         /* per token (page * 16 + slot): its code scale, >= 1 */
-	float *sk_mu, *sk_step;  /* per channel: code = round((x - mu) / (step * alpha)) + 8 */
-	int sk_ready;            /* calibrated (at build, or once inserts reach IDX_SK_CALIB) */
+	uint8_t *sk;            /* 4-bit page sketches: cap_pages blocks of IDX_SK_BYTES(dim) */
+	float *sk_alpha;        /* per token (page * 16 + slot): its code scale, >= 1 */
+	float *sk_mu, *sk_step; /* per channel: code = round((x - mu) / (step * alpha)) + 8 */
+	int sk_ready;           /* calibrated (at build, or once inserts reach IDX_SK_CALIB) */
 
-	float m;                 /* lifting constant M = max |k|^2 seen */
-	float *proj;             /* projection direction that orders a cell's tokens */
-	struct idx_scratch sc;   /* for the insert path */
+	float m;               /* lifting constant M = max |k|^2 seen */
+	float *proj;           /* projection direction that orders a cell's tokens */
+	struct idx_scratch sc; /* for the insert path */
 };
 
 static inline const float *idx_page_keys(const struct idx *ix, uint32_t page)

@@ -14,17 +14,17 @@
 #include "idx_topk.h"
 
 struct ws_layout {
-	size_t ns_pad;     /* seeds rounded up to the block width */
-	size_t sscore;     /* float [g][ns_pad] */
-	size_t comb;       /* float [ns_pad] */
-	size_t cid;        /* uint32 [ns_pad] */
-	size_t hscore;     /* float [g][k] */
-	size_t hpage;      /* uint32 [g][k] */
-	size_t tmp;        /* float [g][16] */
-	size_t skq;        /* int8 [g][dim] quantized queries */
-	size_t sks;        /* float [g][IDX_MAX_BEAM] sketch heaps */
-	size_t skp;        /* uint32 [g][IDX_MAX_BEAM] */
-	size_t cand;       /* uint32 [g * IDX_MAX_BEAM] candidate union */
+	size_t ns_pad; /* seeds rounded up to the block width */
+	size_t sscore; /* float [g][ns_pad] */
+	size_t comb;   /* float [ns_pad] */
+	size_t cid;    /* uint32 [ns_pad] */
+	size_t hscore; /* float [g][k] */
+	size_t hpage;  /* uint32 [g][k] */
+	size_t tmp;    /* float [g][16] */
+	size_t skq;    /* int8 [g][dim] quantized queries */
+	size_t sks;    /* float [g][IDX_MAX_BEAM] sketch heaps */
+	size_t skp;    /* uint32 [g][IDX_MAX_BEAM] */
+	size_t cand;   /* uint32 [g * IDX_MAX_BEAM] candidate union */
 	size_t total;
 };
 
@@ -70,9 +70,9 @@ struct search {
 	const float *q;
 	uint32_t g;
 	float *tmp;
-	int dedupe;            /* a page may be offered twice (cells and sketch candidates) */
-	const float *bias;     /* NULL: merge a group round-robin; else by score - bias[i] */
-	float mass_scale;      /* 0: a page scores its best token; else its soft maximum */
+	int dedupe;        /* a page may be offered twice (cells and sketch candidates) */
+	const float *bias; /* NULL: merge a group round-robin; else by score - bias[i] */
+	float mass_scale;  /* 0: a page scores its best token; else its soft maximum */
 	float log_fill[IDX_PAGE_CAP + 1]; /* log(n), for the mass bound */
 	struct topk heap[IDX_MAX_GROUP];
 };
@@ -156,8 +156,8 @@ static void select_top(float *comb, uint32_t *cid, size_t lo, size_t n, size_t w
 	}
 }
 
-static int check_query(const struct idx *ix, const float *q, uint32_t g, uint32_t k,
-		       const void *ws, struct idx_hit *hits)
+static int check_query(const struct idx *ix, const float *q, uint32_t g, uint32_t k, const void *ws,
+		       struct idx_hit *hits)
 {
 	size_t i;
 
@@ -309,8 +309,8 @@ static void scan_cells(struct search *s, const struct ws_layout *w, char *base, 
 	for (b = 0; b < nb; b++) {
 		s->ops->score_block(ix->seedk + b * ix->blk, s->q, g, ix->dim, s->tmp);
 		for (i = 0; i < g; i++)
-			memcpy(sscore + i * w->ns_pad + b * IDX_LANES, s->tmp + (size_t)i * IDX_LANES,
-			       IDX_LANES * sizeof(float));
+			memcpy(sscore + i * w->ns_pad + b * IDX_LANES,
+			       s->tmp + (size_t)i * IDX_LANES, IDX_LANES * sizeof(float));
 	}
 	/* a group ranks cells by the best score relative to each query's best seed, in units of
 	 * that query's norm, so one loud head does not take every cell */
@@ -342,7 +342,8 @@ static void scan_cells(struct search *s, const struct ws_layout *w, char *base, 
 	for (c = 0; c < cells; c++) {
 		uint32_t pg;
 
-		for (pg = ix->nodes[ix->lvl[1].v[cid[c]]].head; pg != IDX_NONE; pg = ix->pages[pg].next)
+		for (pg = ix->nodes[ix->lvl[1].v[cid[c]]].head; pg != IDX_NONE;
+		     pg = ix->pages[pg].next)
 			offer_page(s, pg);
 	}
 }
@@ -391,7 +392,8 @@ int idx_search(const struct idx *ix, const float *q, uint32_t g, uint32_t k,
 		return search_finish(&s, k, ret_hits);
 	}
 	if (g > 1) /* the group shares a union of candidates: fewer each */
-		beam = (uint64_t)ceilf((float)beam * (1.0f + ix->p.gqa_widen * (float)(g - 1)) / (float)g);
+		beam = (uint64_t)ceilf((float)beam * (1.0f + ix->p.gqa_widen * (float)(g - 1)) /
+				       (float)g);
 	if (beam < k)
 		beam = k;
 	if (beam > IDX_MAX_BEAM)

@@ -14,8 +14,7 @@
 
 /* ---- portable ---------------------------------------------------------------------------- */
 
-static void score_portable(const float *blk, const float *q, uint32_t g, uint32_t dim,
-			   float *out)
+static void score_portable(const float *blk, const float *q, uint32_t g, uint32_t dim, float *out)
 {
 	uint32_t i, j, l;
 
@@ -160,8 +159,7 @@ AVX2 static void score4_avx2(const float *blk, const float *q, uint32_t dim, flo
 	}
 }
 
-AVX2 static void score_avx2(const float *blk, const float *q, uint32_t g, uint32_t dim,
-			    float *out)
+AVX2 static void score_avx2(const float *blk, const float *q, uint32_t g, uint32_t dim, float *out)
 {
 	uint32_t i = 0;
 
@@ -215,14 +213,19 @@ AVX2 static void sk_avx2(const uint8_t *blk, const int8_t *qq, uint32_t dim, int
 
 	for (c = 0; c < dim / 8; c++) {
 		const uint8_t *g = blk + (size_t)c * 64;
-		__m256i ql = _mm256_set1_epi32(q4(qq + c * 8)), qh = _mm256_set1_epi32(q4(qq + c * 8 + 4));
+		__m256i ql = _mm256_set1_epi32(q4(qq + c * 8)),
+			qh = _mm256_set1_epi32(q4(qq + c * 8 + 4));
 		__m256i x0 = _mm256_load_si256((const __m256i *)g);
 		__m256i x1 = _mm256_load_si256((const __m256i *)(g + 32));
-		__m256i l0 = _mm256_and_si256(x0, m4), h0 = _mm256_and_si256(_mm256_srli_epi16(x0, 4), m4);
-		__m256i l1 = _mm256_and_si256(x1, m4), h1 = _mm256_and_si256(_mm256_srli_epi16(x1, 4), m4);
+		__m256i l0 = _mm256_and_si256(x0, m4),
+			h0 = _mm256_and_si256(_mm256_srli_epi16(x0, 4), m4);
+		__m256i l1 = _mm256_and_si256(x1, m4),
+			h1 = _mm256_and_si256(_mm256_srli_epi16(x1, 4), m4);
 		/* codes <= 15 and |q| <= 127: pair sums stay far inside int16 */
-		__m256i s0 = _mm256_add_epi16(_mm256_maddubs_epi16(l0, ql), _mm256_maddubs_epi16(h0, qh));
-		__m256i s1 = _mm256_add_epi16(_mm256_maddubs_epi16(l1, ql), _mm256_maddubs_epi16(h1, qh));
+		__m256i s0 = _mm256_add_epi16(_mm256_maddubs_epi16(l0, ql),
+					      _mm256_maddubs_epi16(h0, qh));
+		__m256i s1 = _mm256_add_epi16(_mm256_maddubs_epi16(l1, ql),
+					      _mm256_maddubs_epi16(h1, qh));
 
 		a0 = _mm256_add_epi32(a0, _mm256_madd_epi16(s0, one));
 		a1 = _mm256_add_epi32(a1, _mm256_madd_epi16(s1, one));
@@ -232,7 +235,8 @@ AVX2 static void sk_avx2(const uint8_t *blk, const int8_t *qq, uint32_t dim, int
 }
 
 AVX2 static void sk_max_avx2(const uint8_t *blk, const float *alpha, const int8_t *qq,
-				const int32_t *off, uint32_t g, uint32_t dim, uint32_t fill, float *ret)
+			     const int32_t *off, uint32_t g, uint32_t dim, uint32_t fill,
+			     float *ret)
 {
 	int32_t out[IDX_LANES];
 	uint32_t i;
@@ -332,8 +336,8 @@ AVX512 static float dot_avx512(const float *a, const float *b, uint32_t dim)
 	return _mm512_reduce_add_ps(_mm512_add_ps(s0, s1));
 }
 
-__attribute__((target("avx512f,avx512bw,avx512vnni")))
-static void sk_vnni(const uint8_t *blk, const int8_t *qq, uint32_t dim, int32_t *out)
+__attribute__((target("avx512f,avx512bw,avx512vnni"))) static void
+sk_vnni(const uint8_t *blk, const int8_t *qq, uint32_t dim, int32_t *out)
 {
 	const __m512i m4 = _mm512_set1_epi8(15);
 	__m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
@@ -343,7 +347,8 @@ static void sk_vnni(const uint8_t *blk, const int8_t *qq, uint32_t dim, int32_t 
 		__m512i x0 = _mm512_load_si512(blk + (size_t)c * 64);
 		__m512i x1 = _mm512_load_si512(blk + (size_t)c * 64 + 64);
 
-		a0 = _mm512_dpbusd_epi32(a0, _mm512_and_si512(x0, m4), _mm512_set1_epi32(q4(qq + c * 8)));
+		a0 = _mm512_dpbusd_epi32(a0, _mm512_and_si512(x0, m4),
+					 _mm512_set1_epi32(q4(qq + c * 8)));
 		a1 = _mm512_dpbusd_epi32(a1, _mm512_and_si512(_mm512_srli_epi16(x0, 4), m4),
 					 _mm512_set1_epi32(q4(qq + c * 8 + 4)));
 		a2 = _mm512_dpbusd_epi32(a2, _mm512_and_si512(x1, m4),
@@ -354,11 +359,13 @@ static void sk_vnni(const uint8_t *blk, const int8_t *qq, uint32_t dim, int32_t 
 	if (c < dim / 8) {
 		__m512i x0 = _mm512_load_si512(blk + (size_t)c * 64);
 
-		a0 = _mm512_dpbusd_epi32(a0, _mm512_and_si512(x0, m4), _mm512_set1_epi32(q4(qq + c * 8)));
+		a0 = _mm512_dpbusd_epi32(a0, _mm512_and_si512(x0, m4),
+					 _mm512_set1_epi32(q4(qq + c * 8)));
 		a1 = _mm512_dpbusd_epi32(a1, _mm512_and_si512(_mm512_srli_epi16(x0, 4), m4),
 					 _mm512_set1_epi32(q4(qq + c * 8 + 4)));
 	}
-	_mm512_storeu_si512(out, _mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3)));
+	_mm512_storeu_si512(out,
+			    _mm512_add_epi32(_mm512_add_epi32(a0, a1), _mm512_add_epi32(a2, a3)));
 }
 
 #define VNNI __attribute__((target("avx512f,avx512bw,avx512vnni")))
@@ -366,7 +373,8 @@ static void sk_vnni(const uint8_t *blk, const int8_t *qq, uint32_t dim, int32_t 
 /* alpha * (acc - off), max over the fill lanes */
 VNNI static float vnni_fin(__m512i acc, int32_t off, __m512 alpha, __mmask16 fm)
 {
-	__m512 v = _mm512_mul_ps(alpha, _mm512_cvtepi32_ps(_mm512_sub_epi32(acc, _mm512_set1_epi32(off))));
+	__m512 v = _mm512_mul_ps(alpha,
+				 _mm512_cvtepi32_ps(_mm512_sub_epi32(acc, _mm512_set1_epi32(off))));
 
 	return _mm512_mask_reduce_max_ps(fm, v);
 }
@@ -377,12 +385,14 @@ VNNI static void sk_max4_vnni(const uint8_t *blk, __m512 alpha, const int8_t *qq
 	const __m512i m4 = _mm512_set1_epi8(15);
 	__m512i a0 = _mm512_setzero_si512(), a1 = a0, a2 = a0, a3 = a0;
 	__m512i b0 = a0, b1 = a0, b2 = a0, b3 = a0;
-	const int8_t *q0 = qq, *q1 = qq + dim, *q2 = qq + 2 * (size_t)dim, *q3 = qq + 3 * (size_t)dim;
+	const int8_t *q0 = qq, *q1 = qq + dim, *q2 = qq + 2 * (size_t)dim,
+		     *q3 = qq + 3 * (size_t)dim;
 	uint32_t c;
 
 	for (c = 0; c < dim / 8; c++) {
 		__m512i x = _mm512_load_si512(blk + (size_t)c * 64);
-		__m512i lo = _mm512_and_si512(x, m4), hi = _mm512_and_si512(_mm512_srli_epi16(x, 4), m4);
+		__m512i lo = _mm512_and_si512(x, m4),
+			hi = _mm512_and_si512(_mm512_srli_epi16(x, 4), m4);
 
 		a0 = _mm512_dpbusd_epi32(a0, lo, _mm512_set1_epi32(q4(q0 + c * 8)));
 		b0 = _mm512_dpbusd_epi32(b0, hi, _mm512_set1_epi32(q4(q0 + c * 8 + 4)));
@@ -400,7 +410,8 @@ VNNI static void sk_max4_vnni(const uint8_t *blk, __m512 alpha, const int8_t *qq
 }
 
 VNNI static void sk_max_vnni(const uint8_t *blk, const float *alpha, const int8_t *qq,
-			     const int32_t *off, uint32_t g, uint32_t dim, uint32_t fill, float *ret)
+			     const int32_t *off, uint32_t g, uint32_t dim, uint32_t fill,
+			     float *ret)
 {
 	__mmask16 fm = (__mmask16)((1u << fill) - 1);
 	__m512 av = _mm512_loadu_ps(alpha);
@@ -417,15 +428,15 @@ VNNI static void sk_max_vnni(const uint8_t *blk, const float *alpha, const int8_
 
 /* ---- dispatch ---------------------------------------------------------------------------- */
 
-static const struct idx_simd_ops ops_portable = { "portable", score_portable, bound_portable,
-						  dot_portable, sk_portable, sk_max_portable };
-static const struct idx_simd_ops ops_avx2 = { "avx2", score_avx2, bound_avx2, dot_avx2, sk_avx2,
-					      sk_max_avx2 };
+static const struct idx_simd_ops ops_portable = { "portable",   score_portable, bound_portable,
+						  dot_portable, sk_portable,    sk_max_portable };
+static const struct idx_simd_ops ops_avx2 = { "avx2",   score_avx2, bound_avx2,
+					      dot_avx2, sk_avx2,    sk_max_avx2 };
 /* AVX-512 without VNNI keeps the AVX2 sketch kernel */
-static const struct idx_simd_ops ops_avx512 = { "avx512", score_avx512, bound_avx512,
-						dot_avx512, sk_avx2, sk_max_avx2 };
-static const struct idx_simd_ops ops_avx512vnni = { "avx512", score_avx512, bound_avx512,
-						    dot_avx512, sk_vnni, sk_max_vnni };
+static const struct idx_simd_ops ops_avx512 = { "avx512",   score_avx512, bound_avx512,
+						dot_avx512, sk_avx2,      sk_max_avx2 };
+static const struct idx_simd_ops ops_avx512vnni = { "avx512",   score_avx512, bound_avx512,
+						    dot_avx512, sk_vnni,      sk_max_vnni };
 
 static _Atomic(const struct idx_simd_ops *) active;
 

@@ -26,12 +26,12 @@ struct idx_simd_ops {
 	void (*sk_block)(const uint8_t *blk, const int8_t *qq, uint32_t dim, int32_t *out);
 	/* ret[i] = max over lanes l < fill of alpha[l] * (sk_block score of query i - off[i]),
 	 * qq[g][dim], g <= 16: the block is unpacked once for up to four queries */
-	void (*sk_max)(const uint8_t *blk, const float *alpha, const int8_t *qq,
-		       const int32_t *off, uint32_t g, uint32_t dim, uint32_t fill, float *ret);
+	void (*sk_max)(const uint8_t *blk, const float *alpha, const int8_t *qq, const int32_t *off,
+		       uint32_t g, uint32_t dim, uint32_t fill, float *ret);
 };
 
 /* Bytes of one 4-bit sketch block. */
-#define IDX_SK_BYTES(dim) ((size_t)(dim) * IDX_LANES / 2)
+#define IDX_SK_BYTES(dim) ((size_t)(dim)*IDX_LANES / 2)
 
 /* The active implementation (resolved on first use). */
 const struct idx_simd_ops *idx_simd(void);

@@ -52,7 +52,8 @@ static void calibrate(struct idx *ix, sk_row_fn row, const void *ctx, size_t n)
 			}
 		}
 		for (j = 0; j < ix->dim; j++) {
-			double m = cnt[j] ? s1[j] / cnt[j] : 0, var = cnt[j] ? s2[j] / cnt[j] - m * m : 0;
+			double m = cnt[j] ? s1[j] / cnt[j] : 0,
+			       var = cnt[j] ? s2[j] / cnt[j] - m * m : 0;
 
 			mu[j] = m;
 			sd[j] = sqrt(var > 0 ? var : 0);
@@ -140,7 +141,7 @@ void idx_sk_put(struct idx *ix, uint32_t page, uint32_t slot, const float *x)
 /* The index's tokens in page order: pages[p]'s token s is row start[p] + s. */
 struct page_rows {
 	const struct idx *ix;
-	size_t page, first;	/* the page holding the last row asked for, and its first row */
+	size_t page, first; /* the page holding the last row asked for, and its first row */
 };
 
 static const float *page_row(const void *ctx, size_t i, float *tmp)

@@ -94,8 +94,7 @@ static inline void topk_sort(struct topk *t)
  * Merges g best-first lists round-robin (rank 0 of every query, then rank 1, ...) into k
  * distinct pages; fill is looked up by the caller afterwards. Returns the number written.
  */
-static inline uint32_t topk_merge(struct topk *lists, uint32_t g, uint32_t k,
-				  struct idx_hit *hits)
+static inline uint32_t topk_merge(struct topk *lists, uint32_t g, uint32_t k, struct idx_hit *hits)
 {
 	uint32_t nh = 0, r, i, j, maxn = 0;
 

@@ -11,8 +11,8 @@
 /* header, 64 bytes, little-endian */
 struct kvdump_hdr {
 	char magic[8];
-	uint32_t version;      /* 1 */
-	uint32_t dtype;        /* KVD_* below, not enum ice_dtype */
+	uint32_t version; /* 1 */
+	uint32_t dtype;   /* KVD_* below, not enum ice_dtype */
 	uint32_t dim;
 	uint32_t group;
 	uint64_t nkeys;
@@ -134,8 +134,8 @@ int kvdump_read(const char *path, struct kvdump *ret)
 	}
 	if (fread(&h, sizeof(h), 1, f) != 1 || memcmp(h.magic, KVDUMP_MAGIC, 8) || h.version != 1)
 		goto out;
-	if (h.dtype >= KVD_NDTYPES || h.dim == 0 || h.dim > 4096 || h.group == 0 || h.group > 1024 ||
-	    h.nkeys == 0 || h.nkeys > (1ull << 32) || h.ngroups > (1ull << 32))
+	if (h.dtype >= KVD_NDTYPES || h.dim == 0 || h.dim > 4096 || h.group == 0 ||
+	    h.group > 1024 || h.nkeys == 0 || h.nkeys > (1ull << 32) || h.ngroups > (1ull << 32))
 		goto out;
 	dt = kvd_dtype[h.dtype];
 	nk = (size_t)h.nkeys * h.dim;

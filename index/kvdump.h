@@ -16,12 +16,12 @@
 
 struct kvdump {
 	uint32_t dim;
-	uint32_t group;        /* queries per GQA group (1 if unknown) */
+	uint32_t group; /* queries per GQA group (1 if unknown) */
 	uint64_t nkeys;
-	uint64_t ngroups;      /* query groups; the query block holds ngroups * group vectors */
-	uint32_t layer, head;  /* informational */
-	float *keys;           /* nkeys x dim, fp32 (converted on load) */
-	float *queries;        /* ngroups x group x dim, fp32 */
+	uint64_t ngroups;     /* query groups; the query block holds ngroups * group vectors */
+	uint32_t layer, head; /* informational */
+	float *keys;          /* nkeys x dim, fp32 (converted on load) */
+	float *queries;       /* ngroups x group x dim, fp32 */
 };
 
 /* Writes a dump (data given as fp32, stored as dt). -EINVAL, -errno from I/O. */

@@ -16,8 +16,8 @@ struct posidx {
 	uint32_t dim;
 	size_t blk;
 	size_t ntok, npages, cap_pages; /* cap_pages is a multiple of 16 */
-	float *pk;   /* cap_pages blocks */
-	float *bnd;  /* cap_pages / 16 groups of [hi block, lo block] */
+	float *pk;                      /* cap_pages blocks */
+	float *bnd;                     /* cap_pages / 16 groups of [hi block, lo block] */
 };
 
 int posidx_new(uint32_t dim, struct posidx **ret)
@@ -179,7 +179,7 @@ static int finish(const struct posidx *px, struct topk *h, uint32_t g, uint32_t 
 		size_t end = ((size_t)hits[i].page + 1) * IDX_PAGE_CAP;
 
 		hits[i].fill = (uint32_t)(end <= px->ntok ? IDX_PAGE_CAP :
-					  IDX_PAGE_CAP - (end - px->ntok));
+							    IDX_PAGE_CAP - (end - px->ntok));
 	}
 	return (int)n;
 }
@@ -209,8 +209,8 @@ int posidx_search(const struct posidx *px, const float *q, uint32_t g, uint32_t 
 	return finish(px, h, g, k, ret_hits);
 }
 
-int posidx_exact_search(const struct posidx *px, const float *q, uint32_t g, uint32_t k,
-			void *ws, size_t ws_size, struct idx_hit *ret_hits)
+int posidx_exact_search(const struct posidx *px, const float *q, uint32_t g, uint32_t k, void *ws,
+			size_t ws_size, struct idx_hit *ret_hits)
 {
 	const struct idx_simd_ops *ops = idx_simd();
 	struct topk h[IDX_MAX_GROUP];

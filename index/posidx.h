@@ -30,7 +30,7 @@ size_t posidx_ws_size(const struct posidx *px, uint32_t g, uint32_t k);
 int posidx_search(const struct posidx *px, const float *q, uint32_t g, uint32_t k, void *ws,
 		  size_t ws_size, struct idx_hit *ret_hits);
 /* Exact top-k pages by their best token score (every key scored). */
-int posidx_exact_search(const struct posidx *px, const float *q, uint32_t g, uint32_t k,
-			void *ws, size_t ws_size, struct idx_hit *ret_hits);
+int posidx_exact_search(const struct posidx *px, const float *q, uint32_t g, uint32_t k, void *ws,
+			size_t ws_size, struct idx_hit *ret_hits);
 
 #endif

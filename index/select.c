@@ -110,8 +110,7 @@ struct ws_plan {
 	size_t hits, mask, search, pick, in, total, search_size;
 };
 
-static void plan(const struct idx *ix, uint32_t g, const struct select_opts *o,
-		 struct ws_plan *w)
+static void plan(const struct idx *ix, uint32_t g, const struct select_opts *o, struct ws_plan *w)
 {
 	uint32_t k = select_max_hits(ix, o);
 	size_t at = 0;
@@ -274,9 +273,9 @@ static int check_args(const struct idx *ix, const struct select_sums *sums,
 	return 0;
 }
 
-int select_head(const struct idx *ix, const struct select_sums *sums,
-		const struct select_opts *o, const struct select_group *grp, void *ws,
-		size_t ws_size, struct idx_hit *ret_hits, uint16_t *ret_mask, float *ret_rest)
+int select_head(const struct idx *ix, const struct select_sums *sums, const struct select_opts *o,
+		const struct select_group *grp, void *ws, size_t ws_size, struct idx_hit *ret_hits,
+		uint16_t *ret_mask, float *ret_rest)
 {
 	uint32_t np = npages_of(ix), k, i, n = 0, pos[IDX_PAGE_CAP], fill;
 	struct idx_search_opts so = { 0 };

@@ -73,8 +73,8 @@ struct select_rows {
  * rest term. In caller memory; the fields are the module's (use the functions).
  */
 struct select_sums {
-	float *ksum, *vsum;    /* [cap][dim] */
-	uint32_t *cnt;         /* [cap] */
+	float *ksum, *vsum; /* [cap][dim] */
+	uint32_t *cnt;      /* [cap] */
 	uint32_t cap, dim;
 };
 
@@ -120,8 +120,8 @@ size_t select_ws_size(const struct idx *ix, uint32_t g, const struct select_opts
  * not the index's, non-finite q, a bad row dtype, ret_rest without sums that cover the index;
  * -ENOSPC if ws is too small. Outputs are written only on success.
  */
-int select_head(const struct idx *ix, const struct select_sums *sums,
-		const struct select_opts *o, const struct select_group *grp, void *ws,
-		size_t ws_size, struct idx_hit *ret_hits, uint16_t *ret_mask, float *ret_rest);
+int select_head(const struct idx *ix, const struct select_sums *sums, const struct select_opts *o,
+		const struct select_group *grp, void *ws, size_t ws_size, struct idx_hit *ret_hits,
+		uint16_t *ret_mask, float *ret_rest);
 
 #endif

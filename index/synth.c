@@ -112,7 +112,6 @@ static void normalize(float *v, uint32_t d)
 		v[j] = (float)(v[j] / nv);
 }
 
-
 /* Facts: token t carries fact f with probability 1/fact_every, f uniform over
  * max(1, n / (fact_every * needles)) facts, so each fact recurs about `needles` times at any n.
  * Both are hashes of (seed, t), so queries find the carriers without any shared state. */
@@ -214,7 +213,8 @@ int synth_keys(const struct synth_params *p, size_t n, float *ret_keys)
 
 			/* outlier channels: large, nearly constant across tokens (as in real keys) */
 			if (is_outlier(p, j))
-				k[j] = osign[j] * p->outlier_mag * sigma[j] + 0.1f * sigma[j] * rng_gauss(&r);
+				k[j] = osign[j] * p->outlier_mag * sigma[j] +
+				       0.1f * sigma[j] * rng_gauss(&r);
 			else
 				k[j] = v * scale;
 		}
@@ -258,8 +258,8 @@ static uint64_t mix_q(uint64_t x)
 
 #define SAMPLE 512
 
-int synth_queries(const struct synth_params *p, const float *keys, size_t n, size_t nq,
-		  uint32_t g, float *ret_q, uint32_t *ret_needles)
+int synth_queries(const struct synth_params *p, const float *keys, size_t n, size_t nq, uint32_t g,
+		  float *ret_q, uint32_t *ret_needles)
 {
 	uint32_t d, j, i, m, nn;
 	float *dir = NULL, *bg = NULL, *top = NULL, *loc = NULL, *noise = NULL;
@@ -339,7 +339,8 @@ int synth_queries(const struct synth_params *p, const float *keys, size_t n, siz
 				double s1 = 0, s2 = 0;
 
 				for (t = 0; t < SAMPLE; t++) {
-					double v = dotd(comp[ci], keys + (size_t)samp[t] * d, d) / sqrt(d);
+					double v = dotd(comp[ci], keys + (size_t)samp[t] * d, d) /
+						   sqrt(d);
 
 					s1 += v;
 					s2 += v * v;
@@ -350,7 +351,9 @@ int synth_queries(const struct synth_params *p, const float *keys, size_t n, siz
 			for (m = 0; m < nn; m++)
 				hit += dotd(dir, keys + (size_t)need[m] * d, d) / sqrt(d);
 			hit /= nn;
-			w[0] = diffuse ? 0.0 : hit > mean[0] ? p->needle_logit / (hit - mean[0]) : 1.0;
+			w[0] = diffuse       ? 0.0 :
+			       hit > mean[0] ? p->needle_logit / (hit - mean[0]) :
+					       1.0;
 			w[1] = p->topic_std / sd[1];
 			w[2] = p->bg_std / sd[2];
 			w[3] = p->noise_std / sd[3];

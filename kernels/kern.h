@@ -74,19 +74,19 @@ struct kern_page {
  * tokens and no rest term gets zeros.
  */
 struct kern_attn_args {
-	enum ice_dtype dtype;    /* q, pool and out */
-	uint32_t hq, hkv;        /* hq % hkv == 0, hq / hkv <= KERN_ATTN_MAX_GROUP on the GPU */
-	uint32_t d;              /* head dim; the GPU kernel takes 64 or 128 */
-	uint32_t page_cap;       /* P, tokens per page */
-	float scale;             /* usually 1 / sqrt(d) */
-	const void *q;           /* [hq][d] */
-	void *out;               /* [hq][d] */
-	const void *pool;        /* slot 0; 16-byte aligned */
-	size_t slot_bytes;       /* bytes per slot */
-	uint32_t nslots;         /* slots in the pool (page slots must be below) */
+	enum ice_dtype dtype; /* q, pool and out */
+	uint32_t hq, hkv;     /* hq % hkv == 0, hq / hkv <= KERN_ATTN_MAX_GROUP on the GPU */
+	uint32_t d;           /* head dim; the GPU kernel takes 64 or 128 */
+	uint32_t page_cap;    /* P, tokens per page */
+	float scale;          /* usually 1 / sqrt(d) */
+	const void *q;        /* [hq][d] */
+	void *out;            /* [hq][d] */
+	const void *pool;     /* slot 0; 16-byte aligned */
+	size_t slot_bytes;    /* bytes per slot */
+	uint32_t nslots;      /* slots in the pool (page slots must be below) */
 	const struct kern_page *pages;
 	const uint32_t *head_off; /* [hkv + 1], non-decreasing, head_off[0] == 0 */
-	uint32_t max_pages;      /* >= pages of any head (GPU: sizes the split; ignored by the ref) */
+	uint32_t max_pages; /* >= pages of any head (GPU: sizes the split; ignored by the ref) */
 	/* NULL, or per query head a rest term (ice_select_rest): [hq][d + 1] float32, a log
 	 * weight (at the softmax's scale; -INFINITY: none) then a value, joined to the softmax
 	 * as one more token of that weight and value. */

@@ -247,8 +247,14 @@ __device__ __forceinline__ void load8(const float *p, float f[8])
 {
 	float4 a = ((const float4 *)p)[0], b = ((const float4 *)p)[1];
 
-	f[0] = a.x; f[1] = a.y; f[2] = a.z; f[3] = a.w;
-	f[4] = b.x; f[5] = b.y; f[6] = b.z; f[7] = b.w;
+	f[0] = a.x;
+	f[1] = a.y;
+	f[2] = a.z;
+	f[3] = a.w;
+	f[4] = b.x;
+	f[5] = b.y;
+	f[6] = b.z;
+	f[7] = b.w;
 }
 
 __device__ __forceinline__ void load8(const __nv_bfloat16 *p, float f[8])
@@ -279,9 +285,18 @@ __device__ __forceinline__ void load8(const __half *p, float f[8])
 	}
 }
 
-__device__ __forceinline__ void store1(float *p, float v) { *p = v; }
-__device__ __forceinline__ void store1(__nv_bfloat16 *p, float v) { *p = __float2bfloat16_rn(v); }
-__device__ __forceinline__ void store1(__half *p, float v) { *p = __float2half_rn(v); }
+__device__ __forceinline__ void store1(float *p, float v)
+{
+	*p = v;
+}
+__device__ __forceinline__ void store1(__nv_bfloat16 *p, float v)
+{
+	*p = __float2bfloat16_rn(v);
+}
+__device__ __forceinline__ void store1(__half *p, float v)
+{
+	*p = __float2half_rn(v);
+}
 
 /* Merges softmax state (mo, lo, ao) into (m, l, a); empty states have m == -inf. */
 __device__ __forceinline__ void merge_state(float &m, float &l, float *a, float mo, float lo,
@@ -305,7 +320,8 @@ __device__ __forceinline__ void merge_state(float &m, float &l, float *a, float 
  * the block. */
 template <typename T, int D>
 __device__ __forceinline__ bool load_token(const struct attn_params &pr, uint32_t p_begin,
-					   uint32_t i, uint32_t total, int sl, float k[8], float v[8])
+					   uint32_t i, uint32_t total, int sl, float k[8],
+					   float v[8])
 {
 	if (i < total) {
 		struct kern_page pg = pr.pages[p_begin + i / pr.page_cap];
@@ -412,7 +428,8 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_kernel(struct attn_params p
 	for (uint32_t base = warp * TPW; base < total; base += 2 * ATTN_WARPS * TPW) {
 		float k0[8], v0[8], k1[8], v1[8];
 		bool ok0 = load_token<T, D>(pr, p_begin, base + sub, total, sl, k0, v0);
-		bool ok1 = load_token<T, D>(pr, p_begin, base + ATTN_WARPS * TPW + sub, total, sl, k1, v1);
+		bool ok1 = load_token<T, D>(pr, p_begin, base + ATTN_WARPS * TPW + sub, total, sl,
+					    k1, v1);
 
 		softmax_step<D, G>(q, m, l, a, g, ok0, k0, v0);
 		softmax_step<D, G>(q, m, l, a, g, ok1, k1, v1);
@@ -506,7 +523,8 @@ __global__ void __launch_bounds__(ATTN_THREADS) attn_kernel(struct attn_params p
 			float mx = -INFINITY, L = 0.0f, A = 0.0f;
 
 			for (uint32_t sp = 0; sp < pr.nsplit; sp++)
-				mx = fmaxf(mx, __ldcg(&ml[(((size_t)h * pr.nsplit + sp) * g + j) * 2]));
+				mx = fmaxf(mx,
+					   __ldcg(&ml[(((size_t)h * pr.nsplit + sp) * g + j) * 2]));
 			if (mx != -INFINITY) {
 				for (uint32_t sp = 0; sp < pr.nsplit; sp++) {
 					size_t part = ((size_t)h * pr.nsplit + sp) * g + j;
@@ -698,7 +716,8 @@ extern "C" int kern_host_register(void *host, size_t bytes, uint64_t *ret_dev)
 		return -EINVAL;
 	if (kern_gpu_count() < 0)
 		return -ENODEV;
-	r = err_of(cudaHostRegister(host, bytes, cudaHostRegisterMapped | cudaHostRegisterPortable));
+	r = err_of(
+		cudaHostRegister(host, bytes, cudaHostRegisterMapped | cudaHostRegisterPortable));
 	if (r)
 		return r;
 	r = err_of(cudaHostGetDevicePointer(&d, host, 0));

@@ -23,7 +23,8 @@ int kern_ref_gather(const struct kern_copy *copies, uint32_t n, size_t bytes)
 		if (!copies[i].src || !copies[i].dst || (copies[i].src | copies[i].dst) % 16)
 			return -EINVAL;
 	for (i = 0; i < n; i++)
-		memcpy((void *)(uintptr_t)copies[i].dst, (const void *)(uintptr_t)copies[i].src, bytes);
+		memcpy((void *)(uintptr_t)copies[i].dst, (const void *)(uintptr_t)copies[i].src,
+		       bytes);
 	return 0;
 }
 
@@ -94,8 +95,10 @@ int kern_ref_attn(const struct kern_attn_args *a)
 					if (row_skipped(&a->pages[p], t))
 						continue;
 					for (c = 0; c < a->d; c++)
-						s += (double)dtype_load_f32(a->q, a->dtype, (size_t)qi * a->d + c) *
-						     dtype_load_f32(k, a->dtype, (size_t)t * a->d + c);
+						s += (double)dtype_load_f32(a->q, a->dtype,
+									    (size_t)qi * a->d + c) *
+						     dtype_load_f32(k, a->dtype,
+								    (size_t)t * a->d + c);
 					s *= a->scale;
 					if (s > m)
 						m = s;
@@ -111,7 +114,7 @@ int kern_ref_attn(const struct kern_attn_args *a)
 			for (p = a->head_off[h]; p < a->head_off[h + 1]; p++) {
 				const void *k = pool + (size_t)a->pages[p].slot * a->slot_bytes;
 				const void *v = (const unsigned char *)k +
-						 (size_t)a->pages[p].fill * a->d * es;
+						(size_t)a->pages[p].fill * a->d * es;
 
 				for (t = 0; t < a->pages[p].fill; t++) {
 					double s = 0.0, w;
@@ -119,12 +122,15 @@ int kern_ref_attn(const struct kern_attn_args *a)
 					if (row_skipped(&a->pages[p], t))
 						continue;
 					for (c = 0; c < a->d; c++)
-						s += (double)dtype_load_f32(a->q, a->dtype, (size_t)qi * a->d + c) *
-						     dtype_load_f32(k, a->dtype, (size_t)t * a->d + c);
+						s += (double)dtype_load_f32(a->q, a->dtype,
+									    (size_t)qi * a->d + c) *
+						     dtype_load_f32(k, a->dtype,
+								    (size_t)t * a->d + c);
 					w = exp(s * a->scale - m);
 					l += w;
 					for (c = 0; c < a->d; c++)
-						accp[c] += w * dtype_load_f32(v, a->dtype, (size_t)t * a->d + c);
+						accp[c] += w * dtype_load_f32(v, a->dtype,
+									      (size_t)t * a->d + c);
 				}
 			}
 			for (c = 0; c < a->d; c++)

@@ -134,8 +134,7 @@ static uint32_t crc_shift(uint32_t tab[4][256], uint32_t c)
 }
 
 #if defined(__x86_64__)
-__attribute__((target("sse4.2")))
-uint32_t crc32c_hw(uint32_t crc, const void *buf, size_t len)
+__attribute__((target("sse4.2"))) uint32_t crc32c_hw(uint32_t crc, const void *buf, size_t len)
 {
 	const uint8_t *p = buf;
 	uint64_t c = ~crc;

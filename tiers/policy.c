@@ -13,7 +13,7 @@ struct policy {
 	uint64_t high_slots, low_slots, fast_slots;
 	int promote;
 	pthread_mutex_t lock;
-	struct store_key *keys;    /* workspace: up to fast_slots keys */
+	struct store_key *keys; /* workspace: up to fast_slots keys */
 	uint64_t demoted, demoted_clean, promoted, direct_slow, balances;
 };
 
@@ -72,7 +72,8 @@ static int demote_locked(struct policy *p, uint64_t target)
 	p->balances++;
 	/* Pass 0: drop fast copies that have a clean copy in a slower tier (no I/O). */
 	k = used - target;
-	n = store_coldest(p->s, p->fast, 2, p->keys, (unsigned)(k < p->fast_slots ? k : p->fast_slots));
+	n = store_coldest(p->s, p->fast, 2, p->keys,
+			  (unsigned)(k < p->fast_slots ? k : p->fast_slots));
 	if (n > 0) {
 		store_evict_copy(p->s, p->keys, (unsigned)n, p->fast, NULL);
 		now = tier_used_slots(ft);
@@ -152,7 +153,8 @@ int policy_put(struct policy *p, struct store_page *pages, unsigned n)
 	pthread_mutex_lock(&p->lock);
 	for (off = 0; off < n; off += POLICY_CHUNK) {
 		struct store_page *pg = pages + off, spill[POLICY_CHUNK];
-		unsigned k = n - off < POLICY_CHUNK ? n - off : POLICY_CHUNK, i, ns = 0, map[POLICY_CHUNK];
+		unsigned k = n - off < POLICY_CHUNK ? n - off : POLICY_CHUNK, i, ns = 0,
+			 map[POLICY_CHUNK];
 
 		make_room_locked(p, k);
 		store_put(p->s, pg, k, p->fast);
@@ -194,8 +196,7 @@ int policy_reserve(struct policy *p, struct store_resv *resv, uint64_t n)
 	return r;
 }
 
-int policy_put_resv(struct policy *p, struct store_page *pages, unsigned n,
-		    struct store_resv *resv)
+int policy_put_resv(struct policy *p, struct store_page *pages, unsigned n, struct store_resv *resv)
 {
 	unsigned off;
 	int first = 0;
@@ -205,7 +206,8 @@ int policy_put_resv(struct policy *p, struct store_page *pages, unsigned n,
 	pthread_mutex_lock(&p->lock);
 	for (off = 0; off < n; off += POLICY_CHUNK) {
 		struct store_page *pg = pages + off, spill[POLICY_CHUNK];
-		unsigned k = n - off < POLICY_CHUNK ? n - off : POLICY_CHUNK, i, ns = 0, map[POLICY_CHUNK];
+		unsigned k = n - off < POLICY_CHUNK ? n - off : POLICY_CHUNK, i, ns = 0,
+			 map[POLICY_CHUNK];
 
 		store_put_resv(p->s, pg, k, p->fast, resv);
 		for (i = 0; i < k; i++) {

@@ -23,11 +23,11 @@
 #include "store.h"
 
 struct policy_config {
-	unsigned fast;          /* store tier index that takes puts and promotions */
-	unsigned slow;          /* store tier index cold pages go to */
-	double high;            /* fraction of fast slots; 0 = 0.90 */
-	double low;             /* fraction of fast slots; 0 = 0.75; low <= high */
-	int no_promote;         /* 1: policy_get does not promote */
+	unsigned fast;  /* store tier index that takes puts and promotions */
+	unsigned slow;  /* store tier index cold pages go to */
+	double high;    /* fraction of fast slots; 0 = 0.90 */
+	double low;     /* fraction of fast slots; 0 = 0.75; low <= high */
+	int no_promote; /* 1: policy_get does not promote */
 };
 
 struct policy;

@@ -22,7 +22,7 @@
 
 struct store_ent {
 	struct store_key key;
-	uint32_t next;        /* hash chain, or free list */
+	uint32_t next; /* hash chain, or free list */
 	uint32_t len;
 	uint32_t fill;
 	uint32_t crc;
@@ -79,8 +79,14 @@ uint32_t store_page_crc(const struct store_key *key, uint64_t version, uint32_t 
 			const void *buf, uint32_t len)
 {
 	struct crc_hdr h = {
-		.seq = key->seq, .layer = key->layer, .head = key->head, .page = key->page,
-		.fill = fill, .version = version, .len = len, .zero = 0,
+		.seq = key->seq,
+		.layer = key->layer,
+		.head = key->head,
+		.page = key->page,
+		.fill = fill,
+		.version = version,
+		.len = len,
+		.zero = 0,
 	};
 
 	return crc32c(crc32c(0, &h, sizeof(h)), buf, len);
@@ -138,8 +144,7 @@ static int acct_room(const struct store *s, uint32_t acct, unsigned t)
 {
 	size_t i = (size_t)acct * TIER_MAX + t;
 
-	return !acct || !s->quota[t] || acct >= s->naccts ||
-	       s->held[i] + s->resvd[i] < s->quota[t];
+	return !acct || !s->quota[t] || acct >= s->naccts || s->held[i] + s->resvd[i] < s->quota[t];
 }
 
 /* A slot of tier t allocated for (+1) or given back by (-1) account acct: counted when it is
@@ -260,8 +265,8 @@ int store_open(const struct store_config *cfg, struct tier *const *tiers, unsign
 		s->ent[i].next = i + 1 < max ? (uint32_t)(i + 1) : NIL;
 	s->free_head = 0;
 	s->stage_len = STORE_STAGE * s->slot_size;
-	s->stage = mmap(NULL, s->stage_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-			-1, 0);
+	s->stage = mmap(NULL, s->stage_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
+			0);
 	if (s->stage == MAP_FAILED) {
 		s->stage = NULL;
 		goto out_free;
@@ -394,8 +399,9 @@ static int put_chunk(struct store *s, struct store_page *pg, unsigned n, unsigne
 			continue;
 		}
 		crc[i] = store_page_crc(&p->key, p->version, p->fill, p->buf, p->len);
-		io[nio] = (struct tier_io){ .slot = slot, .buf = p->buf, .len = p->len,
-					    .cap = p->len };
+		io[nio] = (struct tier_io){
+			.slot = slot, .buf = p->buf, .len = p->len, .cap = p->len
+		};
 		map[nio++] = i;
 	}
 	tier_write(t, io, nio);
@@ -488,8 +494,8 @@ int store_put_resv(struct store *s, struct store_page *pages, unsigned n, unsign
 	return r;
 }
 
-int store_reserve(struct store *s, struct store_resv *resv, const unsigned *tiers,
-		  unsigned ntiers, uint64_t n)
+int store_reserve(struct store *s, struct store_resv *resv, const unsigned *tiers, unsigned ntiers,
+		  uint64_t n)
 {
 	uint64_t take[TIER_MAX] = { 0 }, need = n, free_total = 0;
 	unsigned i, j;
@@ -518,7 +524,8 @@ int store_reserve(struct store *s, struct store_resv *resv, const unsigned *tier
 			size_t a = (size_t)resv->acct * TIER_MAX + t;
 
 			q = s->held[a] + s->resvd[a] < s->quota[t] ?
-			    s->quota[t] - s->held[a] - s->resvd[a] : 0;
+				    s->quota[t] - s->held[a] - s->resvd[a] :
+				    0;
 			room = room < q ? room : q;
 		}
 		take[t] = room < need ? room : need;
@@ -631,8 +638,9 @@ int store_install(struct store *s, struct store_page *pages, unsigned n, unsigne
 			acct_charge(s, s->ent[e].acct, tier, 1);
 			ent[nio] = e;
 			map[nio] = i;
-			io[nio++] = (struct tier_io){ .slot = slot, .buf = pg[i].buf,
-						      .len = pg[i].len, .cap = pg[i].len };
+			io[nio++] = (struct tier_io){
+				.slot = slot, .buf = pg[i].buf, .len = pg[i].len, .cap = pg[i].len
+			};
 		}
 		tier_write(s->tier[tier], io, nio);
 		for (i = 0; i < nio; i++) {
@@ -699,8 +707,10 @@ static int get_chunk(struct store *s, struct store_page *pg, unsigned n)
 		for (i = 0; i < n; i++) {
 			if (pg[i].tier != (int)ti)
 				continue;
-			io[nio] = (struct tier_io){ .slot = s->ent[ent[i]].slot[ti], .buf = pg[i].buf,
-						    .len = s->ent[ent[i]].len, .cap = pg[i].len };
+			io[nio] = (struct tier_io){ .slot = s->ent[ent[i]].slot[ti],
+						    .buf = pg[i].buf,
+						    .len = s->ent[ent[i]].len,
+						    .cap = pg[i].len };
 			map[nio++] = i;
 		}
 		if (!nio)
@@ -800,9 +810,12 @@ static int migrate_chunk(struct store *s, const struct store_key *keys, unsigned
 				res[i] = verify(s, e, data[i], s->slot_size, ti);
 				continue;
 			}
-			data[i] = dbase ? tier_slot_addr(dt, dslot[i]) : s->stage + i * s->slot_size;
-			io[nio] = (struct tier_io){ .slot = e->slot[ti], .buf = data[i],
-						    .len = e->len, .cap = (uint32_t)s->slot_size };
+			data[i] = dbase ? tier_slot_addr(dt, dslot[i]) :
+					  s->stage + i * s->slot_size;
+			io[nio] = (struct tier_io){ .slot = e->slot[ti],
+						    .buf = data[i],
+						    .len = e->len,
+						    .cap = (uint32_t)s->slot_size };
 			wmap[nio++] = (int)i;
 		}
 		tier_read(st, io, nio);
@@ -821,7 +834,8 @@ static int migrate_chunk(struct store *s, const struct store_key *keys, unsigned
 			continue;
 		if (dbase && data[i] == tier_slot_addr(dt, dslot[i]))
 			continue;
-		io[nio] = (struct tier_io){ .slot = dslot[i], .buf = data[i],
+		io[nio] = (struct tier_io){ .slot = dslot[i],
+					    .buf = data[i],
 					    .len = s->ent[ent[i]].len,
 					    .cap = (uint32_t)s->slot_size };
 		wmap[nio++] = (int)i;
@@ -1038,7 +1052,7 @@ void store_stats(struct store *s, struct stats_buf *sb)
 		      __atomic_load_n(&s->csum_failures, __ATOMIC_RELAXED));
 	stats_put_u64(sb, "store", "metadata_bytes",
 		      s->max_pages * (sizeof(struct store_ent) + sizeof(struct cold_ent)) +
-		      (s->bucket_mask + 1) * sizeof(uint32_t));
+			      (s->bucket_mask + 1) * sizeof(uint32_t));
 	for (t = 0; t < s->ntiers; t++)
 		tier_stats(s->tier[t], sb);
 	pthread_rwlock_unlock(&s->lock);

@@ -95,9 +95,9 @@ struct store_page_info {
 	uint32_t len, fill;
 	uint64_t version;
 	uint32_t crc;
-	unsigned resident;        /* bit i set: tier i holds a valid copy */
-	uint64_t slot[TIER_MAX];  /* valid where resident */
-	double heat;              /* decayed to the current step */
+	unsigned resident;       /* bit i set: tier i holds a valid copy */
+	uint64_t slot[TIER_MAX]; /* valid where resident */
+	double heat;             /* decayed to the current step */
 	uint32_t acct;
 };
 
@@ -128,8 +128,8 @@ int store_put(struct store *s, struct store_page *pages, unsigned n, unsigned ti
  * as each has free and the account's quota there allows), all or nothing: -EDQUOT when the
  * account's quotas are what falls short, -ENOSPC when the tiers are full. Adds to resv->n.
  */
-int store_reserve(struct store *s, struct store_resv *resv, const unsigned *tiers,
-		  unsigned ntiers, uint64_t n);
+int store_reserve(struct store *s, struct store_resv *resv, const unsigned *tiers, unsigned ntiers,
+		  uint64_t n);
 /* Returns every slot resv still holds; resv->n becomes zero. NULL is fine. */
 void store_unreserve(struct store *s, struct store_resv *resv);
 /*

@@ -80,7 +80,7 @@ enum ice_tier {
 
 /* One entry of a page table (ice_select's output, ice_fetch's input). */
 struct ice_page_ref {
-	uint32_t page;     /* id within (sequence, layer, kv_head, kind) */
+	uint32_t page; /* id within (sequence, layer, kv_head, kind) */
 	uint16_t kv_head;
 	uint8_t kind;      /* enum ice_page_kind */
 	uint8_t tier;      /* enum ice_tier: where the page can be read now */

@@ -37,14 +37,14 @@ struct seq_info {
 	uint32_t id;
 	struct ice_model_shape shape;
 	struct ice_budget budget;
-	uint64_t *layer_tokens;	/* tokens appended per layer, shape.layers of them */
-	uint64_t tokens;	/* the largest of those */
+	uint64_t *layer_tokens; /* tokens appended per layer, shape.layers of them */
+	uint64_t tokens;        /* the largest of those */
 };
 
 struct ice_ctx {
 	pthread_mutex_t lock;
 	int embedded;
-	int broken;		/* the ring can no longer be trusted: every call fails */
+	int broken; /* the ring can no longer be trusted: every call fails */
 	uint64_t next_tag;
 	unsigned char *arena;
 	uint64_t arena_bytes;
@@ -53,7 +53,7 @@ struct ice_ctx {
 	int sock;
 	struct segment seg;
 	uint64_t spin_ns;
-	uint64_t timeout_ns;	/* longest wait for the daemon; 0: for ever */
+	uint64_t timeout_ns; /* longest wait for the daemon; 0: for ever */
 	/* embedded mode */
 	struct rt_config cfg;
 	struct engine *eng;
@@ -93,8 +93,7 @@ int ice_last_error(char *buf, size_t cap)
  * Refuses a daemon that may not be ours (-EPERM). Said on stderr as well as kept for
  * ice_last_error: a process that meets an impostor should not have to ask to hear of it.
  */
-__attribute__((format(printf, 2, 3)))
-static int distrust(const char *path, const char *fmt, ...)
+__attribute__((format(printf, 2, 3))) static int distrust(const char *path, const char *fmt, ...)
 {
 	int n = snprintf(last_error, sizeof(last_error), "refusing the daemon socket %s: ", path);
 	va_list ap;
@@ -143,12 +142,15 @@ static int check_default_dir(const char *path)
 	if (!S_ISDIR(st.st_mode))
 		return distrust(path, "%s is not a directory", dir);
 	if (!trusted_uid(st.st_uid))
-		return distrust(path, "its directory %s is owned by uid %u, not by this user "
-				"(uid %u), root or $ICECACHE_DAEMON_UID", dir,
-				(unsigned)st.st_uid, (unsigned)getuid());
+		return distrust(path,
+				"its directory %s is owned by uid %u, not by this user "
+				"(uid %u), root or $ICECACHE_DAEMON_UID",
+				dir, (unsigned)st.st_uid, (unsigned)getuid());
 	if (st.st_mode & 077)
-		return distrust(path, "its directory %s has mode %04o: group and others must "
-				"have no access", dir, (unsigned)(st.st_mode & 07777));
+		return distrust(path,
+				"its directory %s has mode %04o: group and others must "
+				"have no access",
+				dir, (unsigned)(st.st_mode & 07777));
 	return 0;
 }
 
@@ -161,9 +163,10 @@ static int check_peer(int fd, const char *path)
 	if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &len) < 0)
 		return -errno;
 	if (!trusted_uid(cr.uid))
-		return distrust(path, "it is served by uid %u (pid %d), not by this user "
-				"(uid %u), root or $ICECACHE_DAEMON_UID", (unsigned)cr.uid,
-				(int)cr.pid, (unsigned)getuid());
+		return distrust(path,
+				"it is served by uid %u (pid %d), not by this user "
+				"(uid %u), root or $ICECACHE_DAEMON_UID",
+				(unsigned)cr.uid, (int)cr.pid, (unsigned)getuid());
 	return 0;
 }
 
@@ -214,7 +217,9 @@ static int recv_welcome(int fd, struct proto_welcome *w, int *ret_fd)
 {
 	char cbuf[CMSG_SPACE(sizeof(int))];
 	struct iovec iov = { w, sizeof(*w) };
-	struct msghdr mh = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
+	struct msghdr mh = { .msg_iov = &iov,
+			     .msg_iovlen = 1,
+			     .msg_control = cbuf,
 			     .msg_controllen = sizeof(cbuf) };
 	struct cmsghdr *cm;
 	ssize_t n;
@@ -336,9 +341,10 @@ out_closefd:
 		close(segfd);
 out_free:
 	if (err == -ETIMEDOUT)
-		snprintf(last_error, sizeof(last_error), "%s: %s: no answer within %.3g s (is "
-			 "the daemon stopped?)", path, strerror(ETIMEDOUT),
-			 (double)c->timeout_ns / 1e9);
+		snprintf(last_error, sizeof(last_error),
+			 "%s: %s: no answer within %.3g s (is "
+			 "the daemon stopped?)",
+			 path, strerror(ETIMEDOUT), (double)c->timeout_ns / 1e9);
 	ice_close(c);
 	if (!last_error[0])
 		snprintf(last_error, sizeof(last_error), "%s: %s", path, strerror(-err));
@@ -378,8 +384,8 @@ int ice_open_embedded(const char *config, struct ice_ctx **ret_ctx)
 	if (err)
 		goto out_free;
 	/* Untouched pages of an anonymous mapping cost nothing: the arena is only as big as use. */
-	m = mmap(NULL, c->cfg.arena_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-		 -1, 0);
+	m = mmap(NULL, c->cfg.arena_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1,
+		 0);
 	if (m == MAP_FAILED) {
 		err = -errno;
 		goto out_free;
@@ -412,7 +418,7 @@ void ice_close(struct ice_ctx *c)
 			engine_drop_owner(c->eng, c->client_id);
 		engine_free(c->eng);
 		engine_ws_done(&c->oc.ws);
-	engine_ws_done(&c->oc.ws_refs);
+		engine_ws_done(&c->oc.ws_refs);
 		if (c->arena)
 			munmap(c->arena, c->arena_bytes);
 	} else {
@@ -663,9 +669,11 @@ int ice_seq_open(struct ice_ctx *c, const struct ice_model_shape *shape,
 		if (!lt)
 			return -ENOMEM;
 	}
-	a = (struct proto_open_args){ shape->layers, shape->q_heads, shape->kv_heads,
-		shape->head_dim, shape->dtype, budget->sink_tokens, budget->window_tokens,
-		budget->retrieved_tokens, budget->dense_layers, 0 };
+	a = (struct proto_open_args){ shape->layers,         shape->q_heads,
+				      shape->kv_heads,       shape->head_dim,
+				      shape->dtype,          budget->sink_tokens,
+				      budget->window_tokens, budget->retrieved_tokens,
+				      budget->dense_layers,  0 };
 	pthread_mutex_lock(&c->lock);
 	err = buf_grow(&c->seqs, &c->seqs_cap, c->nseqs + 1, sizeof(*c->seqs));
 	if (err)
@@ -678,8 +686,9 @@ int ice_seq_open(struct ice_ctx *c, const struct ice_model_shape *shape,
 		err = -EPROTO;
 		goto out;
 	}
-	c->seqs[c->nseqs] = (struct seq_info){ .id = (uint32_t)q.val[0], .shape = *shape,
-					       .budget = *budget, .layer_tokens = lt };
+	c->seqs[c->nseqs] = (struct seq_info){
+		.id = (uint32_t)q.val[0], .shape = *shape, .budget = *budget, .layer_tokens = lt
+	};
 	lt = NULL;
 	c->nseqs++;
 	*ret_seq = (uint32_t)q.val[0];
@@ -749,8 +758,8 @@ int ice_append(struct ice_ctx *c, uint32_t seq, uint32_t layer, uint32_t n, cons
 
 		m = n - t < chunk ? n - t : chunk;
 		for (h = 0; h < si->shape.kv_heads; h++) {
-			memcpy(c->arena + h * m * row,
-			       (const unsigned char *)k + (h * n + t) * row, m * row);
+			memcpy(c->arena + h * m * row, (const unsigned char *)k + (h * n + t) * row,
+			       m * row);
 			memcpy(c->arena + (si->shape.kv_heads + h) * m * row,
 			       (const unsigned char *)v + (h * n + t) * row, m * row);
 		}
@@ -782,7 +791,8 @@ int ice_seq_info(struct ice_ctx *c, uint32_t seq, struct ice_seq_info *ret)
 	if (!si)
 		err = -ENOENT;
 	else
-		*ret = (struct ice_seq_info){ .shape = si->shape, .budget = si->budget,
+		*ret = (struct ice_seq_info){ .shape = si->shape,
+					      .budget = si->budget,
 					      .tokens = si->tokens,
 					      .page_bytes = ice_page_bytes(&si->shape) };
 	pthread_mutex_unlock(&c->lock);
@@ -813,9 +823,9 @@ static uint64_t align64(uint64_t x)
  * (select_rest: rest_len bytes padded to 8) first, then as many refs as fit and the caller
  * takes. On -ENOSPC the completion says how many refs the table needs.
  */
-static int select_call(struct ice_ctx *c, uint8_t op, uint32_t seq, uint32_t layer,
-		       const float *qv, struct ice_page_ref *out, size_t cap, float *rest,
-		       size_t rest_len, size_t *ret_need)
+static int select_call(struct ice_ctx *c, uint8_t op, uint32_t seq, uint32_t layer, const float *qv,
+		       struct ice_page_ref *out, size_t cap, float *rest, size_t rest_len,
+		       size_t *ret_need)
 {
 	struct ring_sqe s = { .opcode = op, .seq = seq, .layer = (uint16_t)layer };
 	struct seq_info *si;

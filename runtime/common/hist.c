@@ -39,8 +39,8 @@ void hist_add(struct hist *h, uint64_t v)
 	__atomic_fetch_add(&h->sum, v, __ATOMIC_RELAXED);
 	__atomic_fetch_add(&h->bucket[hist_bucket_of(v)], 1, __ATOMIC_RELAXED);
 	cur = __atomic_load_n(&h->max, __ATOMIC_RELAXED);
-	while (v > cur &&
-	       !__atomic_compare_exchange_n(&h->max, &cur, v, 1, __ATOMIC_RELAXED, __ATOMIC_RELAXED))
+	while (v > cur && !__atomic_compare_exchange_n(&h->max, &cur, v, 1, __ATOMIC_RELAXED,
+						       __ATOMIC_RELAXED))
 		;
 }
 

@@ -50,8 +50,8 @@ out_full:
 	sb->err = -ENOSPC;
 }
 
-__attribute__((format(printf, 4, 5)))
-static void stats_line(struct stats_buf *sb, const char *prefix, const char *key, const char *fmt, ...)
+__attribute__((format(printf, 4, 5))) static void
+stats_line(struct stats_buf *sb, const char *prefix, const char *key, const char *fmt, ...)
 {
 	size_t room = sb->cap - sb->len;
 	va_list ap;

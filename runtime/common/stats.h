@@ -29,7 +29,8 @@ void stats_put_u64(struct stats_buf *sb, const char *prefix, const char *key, ui
 void stats_put_f64(struct stats_buf *sb, const char *prefix, const char *key, double v);
 void stats_put_str(struct stats_buf *sb, const char *prefix, const char *key, const char *v);
 /* Emits <key>.count, <key>.p50_ns, <key>.p99_ns, <key>.max_ns (and mean_ns). */
-void stats_put_hist(struct stats_buf *sb, const char *prefix, const char *key, const struct hist *h);
+void stats_put_hist(struct stats_buf *sb, const char *prefix, const char *key,
+		    const struct hist *h);
 
 /* Looks a name up in stats text; 0 and *ret_v on success, -ENOENT if absent. */
 int stats_find_u64(const char *text, const char *name, uint64_t *ret_v);

@@ -15,13 +15,13 @@
 #include "ring.h"
 
 struct client_io {
-	struct ring *sq, *cq;	/* the daemon's private views of the client's rings */
+	struct ring *sq, *cq; /* the daemon's private views of the client's rings */
 	struct ops_ctx *oc;
-	uint64_t ops;		/* entries run (atomic: stats readers) */
+	uint64_t ops; /* entries run (atomic: stats readers) */
 	/* A completion that found the CQ full, posted before any other entry is taken. */
 	int held;
 	struct ring_cqe cqe;
-	const char *why;	/* set with -EBADMSG: which ring was impossible */
+	const char *why; /* set with -EBADMSG: which ring was impossible */
 };
 
 /* Attaches io to the rings and the opcode context (kept by pointer). */

@@ -35,21 +35,31 @@ static const struct cfg_item cfg_items[] = {
 	U64(max_clients, 1, 4096, "clients at once"),
 	U64(max_seqs, 1, 65536, "sequences at once (all clients)"),
 	U64(client_max_seqs, 1, 65536, "sequences one client may hold at once"),
-	U64(client_host_bytes, 0, 1ull << 42, "host bytes one client's sequences may hold (0: a quarter of host_bytes)"),
-	U64(client_dram_pages, 0, 1ull << 32, "DRAM tier pages one client may hold (0: a quarter of the tier)"),
-	U64(client_nvme_pages, 0, 1ull << 32, "NVMe tier pages one client may hold (0: a quarter of the tier)"),
-	U64(fetch_max_refs, 16, 1u << 24, "page refs one fetch request may carry (staged in daemon memory, counted in host bytes)"),
+	U64(client_host_bytes, 0, 1ull << 42,
+	    "host bytes one client's sequences may hold (0: a quarter of host_bytes)"),
+	U64(client_dram_pages, 0, 1ull << 32,
+	    "DRAM tier pages one client may hold (0: a quarter of the tier)"),
+	U64(client_nvme_pages, 0, 1ull << 32,
+	    "NVMe tier pages one client may hold (0: a quarter of the tier)"),
+	U64(fetch_max_refs, 16, 1u << 24,
+	    "page refs one fetch request may carry (staged in daemon memory, counted in host bytes)"),
 	U64(dram_bytes, 1ull << 20, 1ull << 42, "DRAM tier capacity in bytes (allocated at start)"),
-	U64(slot_bytes, 4096, 1u << 20, "page slot bytes in every tier (multiple of 4096; a page is 2*16*head_dim*dtype bytes)"),
-	U64(host_bytes, 1ull << 20, 1ull << 42, "engine memory cap besides the tiers (index keys, sinks, windows)"),
+	U64(slot_bytes, 4096, 1u << 20,
+	    "page slot bytes in every tier (multiple of 4096; a page is 2*16*head_dim*dtype bytes)"),
+	U64(host_bytes, 1ull << 20, 1ull << 42,
+	    "engine memory cap besides the tiers (index keys, sinks, windows)"),
 	{ "nvme_path", CFG_PATH, offsetof(struct rt_config, nvme_path), 0, 0,
 	  "NVMe tier file or block device (empty: no NVMe tier)" },
 	U64(nvme_bytes, 1ull << 20, 1ull << 44, "NVMe tier capacity in bytes"),
 	U64(exact_search, 0, 1, "1: score every page exactly (reference); 0: DCI-tree search"),
-	U64(page_mass, 0, 1, "1: a page ranks by the softmax weight of all its tokens; 0: by its best token's"),
-	U64(group_merge, 0, 1, "1: a GQA group's queries share pages by the weight each adds beside its sink and window; 0: round-robin"),
-	U64(overfetch, 1, 8, "retrieved pages per page of budget; the budget's worth of their best tokens is attended (1: whole pages)"),
-	U64(allow_uid, 0, UINT64_MAX, "one more uid allowed to connect (18446744073709551615: none)"),
+	U64(page_mass, 0, 1,
+	    "1: a page ranks by the softmax weight of all its tokens; 0: by its best token's"),
+	U64(group_merge, 0, 1,
+	    "1: a GQA group's queries share pages by the weight each adds beside its sink and window; 0: round-robin"),
+	U64(overfetch, 1, 8,
+	    "retrieved pages per page of budget; the budget's worth of their best tokens is attended (1: whole pages)"),
+	U64(allow_uid, 0, UINT64_MAX,
+	    "one more uid allowed to connect (18446744073709551615: none)"),
 	U64(drain_ms, 0, 600000, "on SIGTERM, time clients get to finish queued requests"),
 	U64(handshake_ms, 1, 600000, "ms a new connection has for its hello before it is closed"),
 };
@@ -209,9 +219,10 @@ int config_print(const struct rt_config *c, char *buf, size_t cap)
 			n = snprintf(buf + len, cap - len, "# %s\n%s = %s\n", it->help, it->name,
 				     (const char *)c + it->off);
 		else
-			n = snprintf(buf + len, cap - len, "# %s\n%s = %llu\n", it->help, it->name,
-				     (unsigned long long)*(const uint64_t *)(const void *)
-				     ((const char *)c + it->off));
+			n = snprintf(
+				buf + len, cap - len, "# %s\n%s = %llu\n", it->help, it->name,
+				(unsigned long long)*(
+					const uint64_t *)(const void *)((const char *)c + it->off));
 		if (n < 0 || (size_t)n >= cap - len) {
 			if (cap)
 				buf[len] = '\0';

@@ -17,13 +17,12 @@
 
 static void usage(FILE *f)
 {
-	fprintf(f,
-		"usage: icecached [--config FILE] [--set key=value]... [--socket PATH]\n"
-		"                 [--print-config | --check-config]\n"
-		"Serves the IceCache engine on a unix socket (default: "
-		"$XDG_RUNTIME_DIR/icecache/icecached.sock\n"
-		"or /tmp/icecache-$UID/icecached.sock). SIGTERM drains and exits.\n"
-		"Config keys: see `icecached --print-config` or docs/ICECTL.md.\n");
+	fprintf(f, "usage: icecached [--config FILE] [--set key=value]... [--socket PATH]\n"
+		   "                 [--print-config | --check-config]\n"
+		   "Serves the IceCache engine on a unix socket (default: "
+		   "$XDG_RUNTIME_DIR/icecache/icecached.sock\n"
+		   "or /tmp/icecache-$UID/icecached.sock). SIGTERM drains and exits.\n"
+		   "Config keys: see `icecached --print-config` or docs/ICECTL.md.\n");
 }
 
 static int load_file(struct rt_config *c, const char *path)
@@ -81,7 +80,8 @@ int main(int argc, char **argv)
 		} else if (!strcmp(a, "--set") && i + 1 < argc) {
 			err = config_set(&cfg, argv[++i]);
 			if (err) {
-				fprintf(stderr, "icecached: --set %s: %s\n", argv[i], strerror(-err));
+				fprintf(stderr, "icecached: --set %s: %s\n", argv[i],
+					strerror(-err));
 				return 2;
 			}
 		} else if (!strcmp(a, "--socket") && i + 1 < argc) {

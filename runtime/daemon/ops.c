@@ -84,9 +84,9 @@ static int handle_stats(struct ops_ctx *oc, const struct ring_sqe *s, struct rin
  * group whose owner line it has not seen is dropped.
  */
 struct own_seqs {
-	char owner[16];	/* the viewer, as the owner line writes it */
-	char id[16];	/* the group the last owner line opened */
-	int keep;	/* that group is the viewer's */
+	char owner[16]; /* the viewer, as the owner line writes it */
+	char id[16];    /* the group the last owner line opened */
+	int keep;       /* that group is the viewer's */
 };
 
 static int keep_own_seq(void *arg, const char *line, size_t len)
@@ -153,7 +153,7 @@ static int handle_open(struct ops_ctx *oc, const struct ring_sqe *s, struct ring
 		return -EINVAL;
 	p.shape = (struct ice_model_shape){ a.layers, a.q_heads, a.kv_heads, a.head_dim, a.dtype };
 	p.budget = (struct ice_budget){ a.sink_tokens, a.window_tokens, a.retrieved_tokens,
-					 a.dense_layers };
+					a.dense_layers };
 	err = engine_seq_open(oc->eng, oc->owner, &p, &id);
 	if (err)
 		return err;
@@ -277,10 +277,11 @@ static int handle_fetch(struct ops_ctx *oc, const struct ring_sqe *s, struct rin
 {
 	/* The refs are indexes: the engine bounds them, then copies them out of shared memory
 	 * before checking them, so what is checked is what is used. */
-	return engine_fetch_shared(oc->eng, oc->owner, s->seq, s->layer,
-				   (const struct ice_page_ref *)(const void *)(oc->arena + s->in_off),
-				   s->in_len / sizeof(struct ice_page_ref), oc->arena + s->out_off,
-				   s->out_len, &oc->ws_refs, &oc->ws);
+	return engine_fetch_shared(
+		oc->eng, oc->owner, s->seq, s->layer,
+		(const struct ice_page_ref *)(const void *)(oc->arena + s->in_off),
+		s->in_len / sizeof(struct ice_page_ref), oc->arena + s->out_off, s->out_len,
+		&oc->ws_refs, &oc->ws);
 }
 
 static const struct op_def op_table[OP__COUNT] = {

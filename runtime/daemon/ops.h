@@ -28,12 +28,12 @@ struct ops_stats {
 struct ops_ctx {
 	struct engine *eng;
 	uint32_t owner;
-	unsigned char *arena;		/* private mapping address */
-	uint64_t arena_bytes;		/* private copy of the size */
+	unsigned char *arena; /* private mapping address */
+	uint64_t arena_bytes; /* private copy of the size */
 	struct engine_ws ws;
-	struct engine_ws ws_refs;	/* private copy of fetch refs */
+	struct engine_ws ws_refs; /* private copy of fetch refs */
 	const struct rt_config *cfg;
-	struct ops_stats *st;		/* shared by all clients (atomics) */
+	struct ops_stats *st; /* shared by all clients (atomics) */
 	/* Adds the host's lines (daemon, clients) to OP_STATS; may be NULL. viewer 0: every
 	 * client's lines; else only that client's. */
 	void (*host_stats)(void *arg, uint32_t viewer, struct stats_buf *sb);

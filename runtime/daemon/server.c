@@ -36,10 +36,10 @@ struct client {
 	int sock;
 	struct segment seg;
 	struct ops_ctx oc;
-	struct client_io io;	/* the request path over seg and oc */
+	struct client_io io; /* the request path over seg and oc */
 	pthread_t thr;
-	int dead;	/* main -> thread: the peer is gone, stop now */
-	int exited;	/* thread -> main: ready to be joined */
+	int dead;   /* main -> thread: the peer is gone, stop now */
+	int exited; /* thread -> main: ready to be joined */
 	uint64_t started_ns;
 	const char *why; /* why the thread stopped */
 };
@@ -60,7 +60,7 @@ struct server {
 	int lfd, efd, sigfd, reapfd;
 	struct engine *eng;
 	struct ops_stats st;
-	pthread_mutex_t lock;	/* the client table, for host_stats readers */
+	pthread_mutex_t lock; /* the client table, for host_stats readers */
 	struct client **cl;
 	uint32_t nclients, ncontrol;
 	uint32_t next_id;
@@ -68,9 +68,9 @@ struct server {
 	uint64_t stop_deadline_ns;
 	uint64_t start_ns;
 	uint64_t accepted, refused, died, bad_rings;
-	struct pending *pend;	/* main thread only */
+	struct pending *pend; /* main thread only */
 	uint32_t npend;
-	uint32_t pending;	/* in use now (atomic: stats readers) */
+	uint32_t pending;            /* in use now (atomic: stats readers) */
 	uint64_t handshake_timeouts; /* atomic */
 };
 
@@ -79,8 +79,7 @@ const char *server_socket_path(const struct server *srv)
 	return srv->path;
 }
 
-__attribute__((format(printf, 2, 3)))
-static int refuse_start(int err, const char *fmt, ...)
+__attribute__((format(printf, 2, 3))) static int refuse_start(int err, const char *fmt, ...)
 {
 	va_list ap;
 
@@ -102,17 +101,22 @@ static int private_dir(const char *dir)
 	if (lstat(dir, &st) < 0)
 		return refuse_start(-errno, "%s: %s", dir, strerror(errno));
 	if (S_ISLNK(st.st_mode))
-		return refuse_start(-EPERM, "%s is a symbolic link, not a directory of ours: "
-				    "refusing it (remove it, or choose --socket)", dir);
+		return refuse_start(-EPERM,
+				    "%s is a symbolic link, not a directory of ours: "
+				    "refusing it (remove it, or choose --socket)",
+				    dir);
 	if (!S_ISDIR(st.st_mode))
 		return refuse_start(-EPERM, "%s is not a directory: refusing it", dir);
 	if (st.st_uid != getuid())
-		return refuse_start(-EPERM, "%s is owned by uid %u, not %u: someone else's "
-				    "directory, refusing it (remove it, or choose --socket)", dir,
-				    (unsigned)st.st_uid, (unsigned)getuid());
+		return refuse_start(-EPERM,
+				    "%s is owned by uid %u, not %u: someone else's "
+				    "directory, refusing it (remove it, or choose --socket)",
+				    dir, (unsigned)st.st_uid, (unsigned)getuid());
 	if (st.st_mode & 077)
-		return refuse_start(-EPERM, "%s has mode %04o: group and others must have no "
-				    "access (chmod 0700 it)", dir, (unsigned)(st.st_mode & 07777));
+		return refuse_start(-EPERM,
+				    "%s has mode %04o: group and others must have no "
+				    "access (chmod 0700 it)",
+				    dir, (unsigned)(st.st_mode & 07777));
 	return 0;
 }
 
@@ -128,13 +132,15 @@ static int named_dir(const char *dir)
 	if (!S_ISDIR(st.st_mode))
 		return refuse_start(-ENOTDIR, "socket directory %s is not a directory", dir);
 	if (st.st_uid != getuid() && st.st_uid != 0)
-		return refuse_start(-EPERM, "socket directory %s is owned by uid %u: refusing to "
-				    "serve from someone else's directory", dir,
-				    (unsigned)st.st_uid);
+		return refuse_start(-EPERM,
+				    "socket directory %s is owned by uid %u: refusing to "
+				    "serve from someone else's directory",
+				    dir, (unsigned)st.st_uid);
 	if ((st.st_mode & 022) && !(st.st_mode & S_ISVTX))
-		return refuse_start(-EPERM, "socket directory %s has mode %04o: writable by "
-				    "others and not sticky, anyone could replace the socket", dir,
-				    (unsigned)(st.st_mode & 07777));
+		return refuse_start(-EPERM,
+				    "socket directory %s has mode %04o: writable by "
+				    "others and not sticky, anyone could replace the socket",
+				    dir, (unsigned)(st.st_mode & 07777));
 	return 0;
 }
 
@@ -151,10 +157,14 @@ static int socket_path_free(const char *path, int *ret_stale)
 		return refuse_start(-errno, "%s: %s", path, strerror(errno));
 	}
 	if (!S_ISSOCK(st.st_mode))
-		return refuse_start(-EEXIST, "%s exists and is not a socket (%s): refusing to "
-				    "replace it", path, S_ISLNK(st.st_mode) ? "a symbolic link" :
+		return refuse_start(-EEXIST,
+				    "%s exists and is not a socket (%s): refusing to "
+				    "replace it",
+				    path,
+				    S_ISLNK(st.st_mode) ? "a symbolic link" :
 				    S_ISREG(st.st_mode) ? "a regular file" :
-				    S_ISDIR(st.st_mode) ? "a directory" : "a special file");
+				    S_ISDIR(st.st_mode) ? "a directory" :
+							  "a special file");
 	if (st.st_uid != getuid())
 		return refuse_start(-EPERM, "%s is a socket of uid %u: refusing to replace it",
 				    path, (unsigned)st.st_uid);
@@ -533,14 +543,16 @@ static void accept_ready(struct server *srv)
 			return;
 		crlen = sizeof(cr);
 		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cr, &crlen) < 0 ||
-		    (cr.uid != getuid() && cr.uid != 0 &&
-		     (uint64_t)cr.uid != srv->cfg.allow_uid)) {
+		    (cr.uid != getuid() && cr.uid != 0 && (uint64_t)cr.uid != srv->cfg.allow_uid)) {
 			refuse(srv, fd, -EPERM);
 			continue;
 		}
 		pd = pending_slot(srv);
-		*pd = (struct pending){ .fd = fd, .cr = cr, .got = 0,
-			.deadline_ns = clock_now_ns() + srv->cfg.handshake_ms * 1000000ull };
+		*pd = (struct pending){ .fd = fd,
+					.cr = cr,
+					.got = 0,
+					.deadline_ns = clock_now_ns() +
+						       srv->cfg.handshake_ms * 1000000ull };
 		ev.events = EPOLLIN | EPOLLRDHUP;
 		ev.data.ptr = pd;
 		if (epoll_ctl(srv->efd, EPOLL_CTL_ADD, fd, &ev) < 0) {
@@ -620,8 +632,10 @@ static void nvme_space_message(const struct rt_config *cfg)
 	snprintf(dir, sizeof(dir), "%s", cfg->nvme_path);
 	if (statvfs(cfg->nvme_path, &vs) == 0 || statvfs(dirname(dir), &vs) == 0)
 		avail = (uint64_t)vs.f_bavail * vs.f_frsize;
-	refuse_start(-ENOSPC, "NVMe tier %s: nvme_bytes = %llu does not fit, its file system has "
-		     "%llu bytes free", cfg->nvme_path, (unsigned long long)cfg->nvme_bytes,
+	refuse_start(-ENOSPC,
+		     "NVMe tier %s: nvme_bytes = %llu does not fit, its file system has "
+		     "%llu bytes free",
+		     cfg->nvme_path, (unsigned long long)cfg->nvme_bytes,
 		     (unsigned long long)avail);
 }
 

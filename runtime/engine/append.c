@@ -36,7 +36,8 @@ static int layer_buffers(struct engine *e, struct seq *s, uint32_t layer)
 
 	if (hs[0].win_k)
 		return 0;
-	bytes = (uint64_t)hk * (2 * (s->S + s->Wcap) * s->row + IDX_HEAD_BYTES(s->p.shape.head_dim));
+	bytes = (uint64_t)hk *
+		(2 * (s->S + s->Wcap) * s->row + IDX_HEAD_BYTES(s->p.shape.head_dim));
 	err = engine_charge(e, s, bytes);
 	if (err)
 		return err;
@@ -77,11 +78,10 @@ int engine_store_read(struct engine *e, struct store_page *pg, unsigned n)
 	return e->pol ? policy_get(e->pol, pg, n) : store_get(e->store, pg, n);
 }
 
-static int store_write(struct engine *e, struct store_page *pg, unsigned n,
-		       struct store_resv *resv)
+static int store_write(struct engine *e, struct store_page *pg, unsigned n, struct store_resv *resv)
 {
 	return e->pol ? policy_put_resv(e->pol, pg, n, resv) :
-		       store_put_resv(e->store, pg, n, 0, resv);
+			store_put_resv(e->store, pg, n, 0, resv);
 }
 
 /* Slots for this append's pages, for the owner, set aside before anything is written. */
@@ -90,7 +90,7 @@ static int store_reserve_for(struct engine *e, struct store_resv *resv, uint64_t
 	static const unsigned dram_only[1] = { 0 };
 
 	return e->pol ? policy_reserve(e->pol, resv, n) :
-		       store_reserve(e->store, resv, dram_only, 1, n);
+			store_reserve(e->store, resv, dram_only, 1, n);
 }
 
 /*
@@ -98,9 +98,9 @@ static int store_reserve_for(struct engine *e, struct store_resv *resv, uint64_t
  * they are the first etok of (its tokens, then the new tokens after those for the sink).
  * Nothing changes.
  */
-static void evicted_rows(const struct seq *s, const struct head_state *st,
-			 const unsigned char *kh, const unsigned char *vh, uint32_t tosink,
-			 uint32_t etok, unsigned char *ek, unsigned char *ev)
+static void evicted_rows(const struct seq *s, const struct head_state *st, const unsigned char *kh,
+			 const unsigned char *vh, uint32_t tosink, uint32_t etok, unsigned char *ek,
+			 unsigned char *ev)
 {
 	uint32_t x;
 
@@ -197,7 +197,8 @@ static int write_pages(struct engine *e, struct seq *s, uint32_t layer, uint32_t
 				if (t < old)
 					continue;
 				memcpy(b + (size_t)t * s->row, ek + (size_t)r * s->row, s->row);
-				memcpy(b + (size_t)(fill + t) * s->row, ev + (size_t)r * s->row, s->row);
+				memcpy(b + (size_t)(fill + t) * s->row, ev + (size_t)r * s->row,
+				       s->row);
 				select_sums_add(&st->sums, ids[i], ek + (size_t)r * s->row,
 						ev + (size_t)r * s->row, s->dt);
 			}
@@ -322,8 +323,9 @@ int engine_append(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer,
 		err = scratch_grow(e, s, 2 * (size_t)etok * s->row + BATCH * e->o.slot_bytes);
 		if (err)
 			return err;
-		bytes = (uint64_t)hk * etok * ((uint64_t)d * sizeof(float) + IDX_TOKEN_OVERHEAD +
-					       select_sums_page_bytes(d) / 4);
+		bytes = (uint64_t)hk * etok *
+			((uint64_t)d * sizeof(float) + IDX_TOKEN_OVERHEAD +
+			 select_sums_page_bytes(d) / 4);
 		err = engine_charge(e, s, bytes);
 		if (err)
 			return err;

@@ -54,8 +54,8 @@ int engine_new(const struct engine_opts *o, struct engine **ret_e)
 	struct engine *e;
 	int err;
 
-	if (!o || !ret_e || !o->max_seqs || o->max_seqs > (1u << SEQ_SLOT_BITS) ||
-	    !o->slot_bytes || o->slot_bytes % TIER_ALIGN || o->dram_bytes < o->slot_bytes)
+	if (!o || !ret_e || !o->max_seqs || o->max_seqs > (1u << SEQ_SLOT_BITS) || !o->slot_bytes ||
+	    o->slot_bytes % TIER_ALIGN || o->dram_bytes < o->slot_bytes)
 		return -EINVAL;
 	e = calloc(1, sizeof(*e));
 	if (!e)
@@ -204,8 +204,7 @@ void engine_seqs(struct engine *e, struct stats_buf *sb)
 	pthread_mutex_unlock(&e->lock);
 }
 
-void engine_owner_stats(struct engine *e, uint32_t owner, const char *prefix,
-			struct stats_buf *sb)
+void engine_owner_stats(struct engine *e, uint32_t owner, const char *prefix, struct stats_buf *sb)
 {
 	uint64_t slots[TIER_MAX] = { 0 }, host = 0;
 	uint32_t i, nseqs = 0;

@@ -116,8 +116,7 @@ void engine_stats(struct engine *e, struct stats_buf *sb);
 void engine_seqs(struct engine *e, struct stats_buf *sb);
 /* An owner's use, under prefix: host_bytes, dram_pages, nvme_pages, seqs (its quotas are in
  * engine_stats: engine.client_*). */
-void engine_owner_stats(struct engine *e, uint32_t owner, const char *prefix,
-			struct stats_buf *sb);
+void engine_owner_stats(struct engine *e, uint32_t owner, const char *prefix, struct stats_buf *sb);
 
 void engine_ws_done(struct engine_ws *ws);
 

@@ -27,7 +27,7 @@
 
 #define P ICE_PAGE_TOKENS
 #define SEQ_SLOT_BITS 16
-#define BATCH 32u /* pages per store call */
+#define BATCH 32u         /* pages per store call */
 #define MAX_HEAD_DIM 512u /* the API's bound (icecache.h) */
 /* Host bytes the index holds per token: its fp32 key copy plus bookkeeping (estimate). */
 #define IDX_TOKEN_OVERHEAD 64u
@@ -38,27 +38,27 @@
 _Static_assert(ICE_PAGE_TOKENS == IDX_PAGE_CAP, "one page size for the API and the index");
 
 struct head_state {
-	unsigned char *sink_k, *sink_v;	/* S rows each */
-	unsigned char *win_k, *win_v;	/* Wcap rows each, a ring starting at win_start */
+	unsigned char *sink_k, *sink_v; /* S rows each */
+	unsigned char *win_k, *win_v;   /* Wcap rows each, a ring starting at win_start */
 	uint32_t win_start, win_n;
 	struct idx *ix;
-	struct select_sums sums;	/* per index page, for the rest term (index/select.h) */
+	struct select_sums sums; /* per index page, for the rest term (index/select.h) */
 };
 
 struct seq {
 	uint32_t id, owner;
-	uint32_t acct;			/* the owner's entry in engine.own: its store account */
+	uint32_t acct; /* the owner's entry in engine.own: its store account */
 	struct engine_params p;
 	uint32_t S, W, Wcap, kpages, g;
-	size_t es, row;			/* element size, bytes per token row (d * es) */
-	enum ice_dtype dt;		/* p.shape.dtype (checked), typed */
-	uint64_t bytes;			/* charged to host_bytes and the owner */
-	uint64_t pages;			/* index pages over all layers and heads (stats) */
-	int broken;			/* an index/store update failed half-way: -errno */
-	uint32_t *ntok;			/* per layer */
-	uint32_t *sink_n;		/* per layer (same for all heads) */
-	struct head_state *hs;		/* [layers][kv_heads] */
-	unsigned char *scr;		/* append scratch: evicted rows, page assembly */
+	size_t es, row;        /* element size, bytes per token row (d * es) */
+	enum ice_dtype dt;     /* p.shape.dtype (checked), typed */
+	uint64_t bytes;        /* charged to host_bytes and the owner */
+	uint64_t pages;        /* index pages over all layers and heads (stats) */
+	int broken;            /* an index/store update failed half-way: -errno */
+	uint32_t *ntok;        /* per layer */
+	uint32_t *sink_n;      /* per layer (same for all heads) */
+	struct head_state *hs; /* [layers][kv_heads] */
+	unsigned char *scr;    /* append scratch: evicted rows, page assembly */
 	size_t scr_cap;
 };
 
@@ -71,23 +71,23 @@ struct seq {
  */
 struct owner {
 	uint32_t id;
-	uint32_t nseqs;			/* 0: the entry is free */
-	uint64_t host;			/* host bytes charged (atomic) */
+	uint32_t nseqs; /* 0: the entry is free */
+	uint64_t host;  /* host bytes charged (atomic) */
 };
 
 struct engine {
-	pthread_mutex_t lock;		/* the table, the owners, the generation counters */
+	pthread_mutex_t lock; /* the table, the owners, the generation counters */
 	struct engine_opts o;
 	struct seq **slot;
 	uint32_t *gen;
 	uint32_t nseqs;
-	uint64_t used;			/* host bytes charged (atomic) */
-	struct owner *own;		/* [max_seqs + 1]; entry 0 unused (store account 0) */
+	uint64_t used;     /* host bytes charged (atomic) */
+	struct owner *own; /* [max_seqs + 1]; entry 0 unused (store account 0) */
 	uint64_t seqs_opened, seqs_dropped;
 	struct tier *tiers[2];
 	unsigned ntiers;
 	struct store *store;
-	struct policy *pol;		/* with an NVMe tier: watermarks, demotion, promotion */
+	struct policy *pol; /* with an NVMe tier: watermarks, demotion, promotion */
 	struct hist h_append, h_select, h_fetch;
 };
 

@@ -76,8 +76,9 @@ int engine_fetch(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer,
 		memset(ko, 0, pb);
 		if (r->kind == ICE_PAGE_RETRIEVED) {
 			pg[nb] = (struct store_page){ .key = { s->id, layer, r->kv_head, r->page },
-				.buf = (unsigned char *)ws->buf + (size_t)nb * e->o.slot_bytes,
-				.len = (uint32_t)e->o.slot_bytes };
+						      .buf = (unsigned char *)ws->buf +
+							     (size_t)nb * e->o.slot_bytes,
+						      .len = (uint32_t)e->o.slot_bytes };
 			outs[nb++] = ko;
 			if (nb == BATCH) {
 				err = fetch_batch(e, s, pg, nb, outs);

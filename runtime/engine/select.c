@@ -14,8 +14,7 @@
 #include "engine_impl.h"
 
 /* What select_head does for one layer of sequence s. */
-static struct select_opts layer_opts(const struct engine *e, const struct seq *s,
-				     uint32_t layer)
+static struct select_opts layer_opts(const struct engine *e, const struct seq *s, uint32_t layer)
 {
 	return (struct select_opts){
 		.budget_pages = s->kpages,
@@ -176,9 +175,12 @@ int engine_select(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer,
 			uint32_t fill = s->sink_n[layer] - i * P;
 
 			fill = fill > P ? P : fill;
-			out[n++] = (struct ice_page_ref){ .page = i, .kv_head = (uint16_t)h,
-				.kind = ICE_PAGE_SINK, .tier = ICE_TIER_DRAM,
-				.fill = (uint16_t)fill, .mask = full_mask(fill) };
+			out[n++] = (struct ice_page_ref){ .page = i,
+							  .kv_head = (uint16_t)h,
+							  .kind = ICE_PAGE_SINK,
+							  .tier = ICE_TIER_DRAM,
+							  .fill = (uint16_t)fill,
+							  .mask = full_mask(fill) };
 		}
 		grp.natt = attended_rows(s, st, layer, att);
 		got = select_head(st->ix, &st->sums, &so, &grp, sws, need, hits, mask,
@@ -189,9 +191,11 @@ int engine_select(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer,
 			struct store_key key = { s->id, layer, h, hits[i].page };
 
 			out[n] = (struct ice_page_ref){ .page = hits[i].page,
-				.kv_head = (uint16_t)h, .kind = ICE_PAGE_RETRIEVED,
-				.fill = (uint16_t)hits[i].fill, .mask = mask[i],
-				.score = hits[i].score };
+							.kv_head = (uint16_t)h,
+							.kind = ICE_PAGE_RETRIEVED,
+							.fill = (uint16_t)hits[i].fill,
+							.mask = mask[i],
+							.score = hits[i].score };
 			page_where(e, &key, &out[n++]);
 			if (!so.dense)
 				keys[nkeys++] = key;
@@ -200,9 +204,12 @@ int engine_select(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer,
 			uint32_t fill = st->win_n - i * P;
 
 			fill = fill > P ? P : fill;
-			out[n++] = (struct ice_page_ref){ .page = i, .kv_head = (uint16_t)h,
-				.kind = ICE_PAGE_WINDOW, .tier = ICE_TIER_DRAM,
-				.fill = (uint16_t)fill, .mask = full_mask(fill) };
+			out[n++] = (struct ice_page_ref){ .page = i,
+							  .kv_head = (uint16_t)h,
+							  .kind = ICE_PAGE_WINDOW,
+							  .tier = ICE_TIER_DRAM,
+							  .fill = (uint16_t)fill,
+							  .mask = full_mask(fill) };
 		}
 	}
 	/* The heat hook: what was selected now is what placement keeps close (dense layers

@@ -44,9 +44,9 @@ static int check_params(const struct engine *e, const struct engine_params *p)
 	/* head_dim: the index scores 16 lanes at a time; GQA groups: the index searches at most
 	 * IDX_MAX_GROUP queries together; a page must fit a store slot. */
 	if (!s->layers || s->layers > 1024 || !s->kv_heads || s->kv_heads > 64 || !s->q_heads ||
-	    s->q_heads > 256 || s->q_heads % s->kv_heads || s->q_heads / s->kv_heads > IDX_MAX_GROUP ||
-	    s->head_dim < 16 || s->head_dim > MAX_HEAD_DIM || s->head_dim % 16 ||
-	    !dtype_size(s->dtype))
+	    s->q_heads > 256 || s->q_heads % s->kv_heads ||
+	    s->q_heads / s->kv_heads > IDX_MAX_GROUP || s->head_dim < 16 ||
+	    s->head_dim > MAX_HEAD_DIM || s->head_dim % 16 || !dtype_size(s->dtype))
 		return -EINVAL;
 	if (2ull * P * s->head_dim * dtype_size(s->dtype) > e->o.slot_bytes)
 		return -EINVAL;

@@ -149,8 +149,8 @@ static bool has_ready(struct ring *r)
 	return LOAD_ACQ(&r->sh->tail) != r->local;
 }
 
-static int wait_for(struct ring *r, bool (*cond)(struct ring *), uint32_t *word,
-		    uint32_t *sleeping, uint64_t spin_ns, uint64_t timeout_ns)
+static int wait_for(struct ring *r, bool (*cond)(struct ring *), uint32_t *word, uint32_t *sleeping,
+		    uint64_t spin_ns, uint64_t timeout_ns)
 {
 	uint64_t start = 0;
 	unsigned int i;

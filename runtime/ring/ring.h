@@ -40,7 +40,8 @@ struct ring_shared {
 _Static_assert(sizeof(uint32_t) == 4, "u32");
 _Static_assert(__builtin_offsetof(struct ring_shared, tail) == 0, "tail on line 0");
 _Static_assert(__builtin_offsetof(struct ring_shared, head) == RING_CACHELINE, "head on line 1");
-_Static_assert(__builtin_offsetof(struct ring_shared, wake) == 2 * RING_CACHELINE, "wake on line 2");
+_Static_assert(__builtin_offsetof(struct ring_shared, wake) == 2 * RING_CACHELINE,
+	       "wake on line 2");
 _Static_assert(__builtin_offsetof(struct ring_shared, space) == 3 * RING_CACHELINE, "space line 3");
 _Static_assert(__builtin_offsetof(struct ring_shared, entries) == 4 * RING_CACHELINE, "geometry");
 _Static_assert(sizeof(struct ring_shared) == 5 * RING_CACHELINE, "ring_shared is 5 lines");

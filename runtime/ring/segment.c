@@ -25,8 +25,8 @@ int seg_layout(uint32_t sq_entries, uint32_t cq_entries, uint64_t arena_bytes,
 	l.cq_entries = cq_entries;
 	l.sq_off = SEG_ALIGN;
 	l.cq_off = align_up(l.sq_off + ring_bytes(sq_entries, sizeof(struct ring_sqe)), SEG_ALIGN);
-	l.arena_off = align_up(l.cq_off + ring_bytes(cq_entries, sizeof(struct ring_cqe)),
-			       SEG_ALIGN);
+	l.arena_off =
+		align_up(l.cq_off + ring_bytes(cq_entries, sizeof(struct ring_cqe)), SEG_ALIGN);
 	l.arena_bytes = arena_bytes;
 	l.total_bytes = l.arena_off + arena_bytes;
 	*ret_lay = l;

@@ -20,7 +20,7 @@ struct seg_layout {
 struct segment {
 	int fd;
 	void *map;
-	struct seg_layout lay;	/* private: what this side trusts */
+	struct seg_layout lay; /* private: what this side trusts */
 	struct seg_hdr *hdr;
 	unsigned char *arena;
 	struct ring sq, cq;

@@ -54,8 +54,8 @@ static inline void ref_rest_check(uint32_t np, const unsigned char *in, const ui
 			ck_assert(r[1 + i] == 0);
 	} else {
 		lse = m + log(l);
-		ck_assert_msg(fabs(r[0] - lse) <= tol * (1 + fabs(lse)), "rest lse %g, reference %g",
-			      r[0], lse);
+		ck_assert_msg(fabs(r[0] - lse) <= tol * (1 + fabs(lse)),
+			      "rest lse %g, reference %g", r[0], lse);
 		for (i = 0; i < d; i++)
 			ck_assert_msg(fabs(r[1 + i] - acc[i] / l) <= tol * (1 + fabs(acc[i] / l)),
 				      "rest v[%u] %g, reference %g", i, r[1 + i], acc[i] / l);

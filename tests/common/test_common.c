@@ -137,7 +137,11 @@ END_TEST
 /* ---- dtype ------------------------------------------------------------------------------- */
 
 /* Check records every assertion that passes; in loops of a million only a failure may cost. */
-#define MUST(cond, ...) do { if (!(cond)) ck_abort_msg(__VA_ARGS__); } while (0)
+#define MUST(cond, ...)                            \
+	do {                                       \
+		if (!(cond))                       \
+			ck_abort_msg(__VA_ARGS__); \
+	} while (0)
 
 static uint32_t bits(float f)
 {

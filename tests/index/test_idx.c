@@ -134,7 +134,8 @@ static void check_parents_exact(const struct idx *ix, const float *keys, size_t 
 			if (u >= (t < n0 ? n0 : t))
 				continue;
 			any = 1;
-			s = dotd(keys + t * dim, keys + u * dim, dim) + ht * sqrt(fmax(mt - n2[u], 0));
+			s = dotd(keys + t * dim, keys + u * dim, dim) +
+			    ht * sqrt(fmax(mt - n2[u], 0));
 			if (s > best)
 				best = s;
 			if (u == par[t])
@@ -147,8 +148,8 @@ static void check_parents_exact(const struct idx *ix, const float *keys, size_t 
 		ck_assert_uint_ne(par[t], UINT32_MAX);
 		ck_assert_uint_eq(lev[par[t]], lev[t] + 1);
 		/* nearest up to float rounding of the two scores */
-		ck_assert_msg(mine >= best - 1e-3 * (fabs(best) + 1), "token %zu: parent %u scores %g, best %g",
-			      t, par[t], mine, best);
+		ck_assert_msg(mine >= best - 1e-3 * (fabs(best) + 1),
+			      "token %zu: parent %u scores %g, best %g", t, par[t], mine, best);
 		checked++;
 	}
 	ck_assert_uint_gt(checked, n / 2);
@@ -212,7 +213,8 @@ START_TEST(inserts_keep_pages_growing)
 		np0 = idx_npages(ix);
 		for (p = 0; p < np0; p++)
 			ck_assert_int_eq(idx_page_tokens(ix, (uint32_t)p, old[p].pos, &old[p].fill,
-							 &old[p].ver), 0);
+							 &old[p].ver),
+					 0);
 		ck_assert_int_eq(idx_insert(ix, keys + at * dim, b, ICE_DTYPE_F32), 0);
 		for (i = at; i < at + b; i++)
 			mend[i] = at + b;
@@ -478,7 +480,8 @@ START_TEST(page_scores_match_dot_products)
 			for (t = 0; t < fill; t++) {
 				double x = dotd(q + j * dim, keys + (size_t)pos[t] * dim, dim);
 
-				ck_assert_double_eq_tol(sc[j * IDX_PAGE_CAP + t], x, 1e-3 * (1 + fabs(x)));
+				ck_assert_double_eq_tol(sc[j * IDX_PAGE_CAP + t], x,
+							1e-3 * (1 + fabs(x)));
 			}
 		seen += fill;
 	}
@@ -534,7 +537,8 @@ START_TEST(picked_tokens_are_the_heaviest)
 		for (i = 0; i < k; i++)
 			total += hits[i].fill;
 		budget = trial < 10 ? 8 + 9 * trial : total + 3;
-		taken = idx_pick_tokens(ix, q, g, bp, hits, k, budget, pws, idx_pick_ws_size(k), mask);
+		taken = idx_pick_tokens(ix, q, g, bp, hits, k, budget, pws, idx_pick_ws_size(k),
+					mask);
 		ck_assert_int_eq(taken, (int)(budget < total ? budget : total));
 		for (i = 0; i < k; i++) {
 			ck_assert_int_eq(idx_page_tokens(ix, hits[i].page, pos, &fill, NULL), 0);
@@ -543,7 +547,8 @@ START_TEST(picked_tokens_are_the_heaviest)
 				double w = -1e300;
 
 				for (j = 0; j < g; j++) {
-					double x = dotd(q + j * dim, keys + (size_t)pos[t] * dim, dim) -
+					double x = dotd(q + j * dim, keys + (size_t)pos[t] * dim,
+							dim) -
 						   (bp ? bp[j] : 0);
 
 					w = x > w ? x : w;
@@ -557,21 +562,26 @@ START_TEST(picked_tokens_are_the_heaviest)
 			}
 		}
 		ck_assert_uint_eq(cnt, (uint32_t)taken);
-		ck_assert_msg(out_max <= in_min + 1e-4 * (1 + fabs(in_min)), "left out %g > taken %g",
-			      out_max, in_min);
+		ck_assert_msg(out_max <= in_min + 1e-4 * (1 + fabs(in_min)),
+			      "left out %g > taken %g", out_max, in_min);
 	}
 	ck_assert_int_eq(idx_pick_tokens(ix, q, g, NULL, hits, k, 20, ws_small, sizeof(ws_small),
-					 mask), -ENOSPC);
+					 mask),
+			 -ENOSPC);
 	ck_assert_int_eq(idx_pick_tokens(NULL, q, g, NULL, hits, k, 20, pws, idx_pick_ws_size(k),
-					 mask), -EINVAL);
+					 mask),
+			 -EINVAL);
 	ck_assert_int_eq(idx_pick_tokens(ix, q, 0, NULL, hits, k, 20, pws, idx_pick_ws_size(k),
-					 mask), -EINVAL);
+					 mask),
+			 -EINVAL);
 	bias[1] = INFINITY;
 	ck_assert_int_eq(idx_pick_tokens(ix, q, g, bias, hits, k, 20, pws, idx_pick_ws_size(k),
-					 mask), -EINVAL);
+					 mask),
+			 -EINVAL);
 	hits[2].page = (uint32_t)idx_npages(ix);
 	ck_assert_int_eq(idx_pick_tokens(ix, q, g, NULL, hits, k, 20, pws, idx_pick_ws_size(k),
-					 mask), -EINVAL);
+					 mask),
+			 -EINVAL);
 	free(ws);
 	free(pws);
 	idx_free(ix);
@@ -622,7 +632,8 @@ START_TEST(biased_group_merge_equals_brute_force)
 				for (t = 0; t < fill; t++) {
 					x[t] = 0;
 					for (i = 0; i < dim; i++)
-						x[t] += (double)q[j * dim + i] * keys[(size_t)pos[t] * dim + i];
+						x[t] += (double)q[j * dim + i] *
+							keys[(size_t)pos[t] * dim + i];
 					m = x[t] > m ? x[t] : m;
 				}
 				if (ms > 0) {
@@ -639,7 +650,8 @@ START_TEST(biased_group_merge_equals_brute_force)
 
 			for (pg = 0; pg < np; pg++)
 				m = best[(size_t)pg * g + j] > m ? best[(size_t)pg * g + j] : m;
-			bias[j] = (float)(m + 0.5 * ((trial / 2 + j) % 3) + 0.01 * j); /* no exact ties */
+			bias[j] = (float)(m + 0.5 * ((trial / 2 + j) % 3) +
+					  0.01 * j); /* no exact ties */
 		}
 		for (pg = 0; pg < np; pg++) {
 			adj[pg] = -1e300;
@@ -658,10 +670,12 @@ START_TEST(biased_group_merge_equals_brute_force)
 			if (i)
 				ck_assert(adj[a[i].page] <= adj[a[i - 1].page] + 1e-3);
 			for (j = 0; j < g; j++)
-				if (fabs(best[(size_t)a[i].page * g + j] - bias[j] - adj[a[i].page]) < 1e-3) {
+				if (fabs(best[(size_t)a[i].page * g + j] - bias[j] -
+					 adj[a[i].page]) < 1e-3) {
 					won[j]++;
-					ck_assert(fabs(a[i].score - best[(size_t)a[i].page * g + j]) <
-						  1e-3 * (fabs(a[i].score) + 1));
+					ck_assert(
+						fabs(a[i].score - best[(size_t)a[i].page * g + j]) <
+						1e-3 * (fabs(a[i].score) + 1));
 					break;
 				}
 		}
@@ -774,7 +788,8 @@ START_TEST(insert_only_index_searches_through_its_sketch)
 		keys[4321 * dim + j] = j == 5 ? (float)(1.5 * maxn) : 0.0f;
 	for (at = 0; at < n; at += 7)
 		ck_assert_int_eq(idx_insert(ix, keys + at * dim, at + 7 <= n ? 7 : n - at,
-					    ICE_DTYPE_F32), 0);
+					    ICE_DTYPE_F32),
+				 0);
 	check_structure(ix, keys, n, dim);
 	for (j = 0; j < dim; j++)
 		q[j] = j == 5 ? 1.0f : 0.0f;
@@ -858,8 +873,8 @@ START_TEST(one_huge_key_costs_only_its_page)
 	ins = sketch_recall(ix, q, nq, dim, k);
 	idx_free(ix);
 	ck_assert_msg(clean >= 0.9, "recall without the outlier %.3f", clean);
-	ck_assert_msg(huge >= clean - 0.05, "bulk build: recall %.3f with the outlier, %.3f without",
-		      huge, clean);
+	ck_assert_msg(huge >= clean - 0.05,
+		      "bulk build: recall %.3f with the outlier, %.3f without", huge, clean);
 	ck_assert_msg(ins >= clean - 0.05, "inserts: recall %.3f with the outlier, %.3f without",
 		      ins, clean);
 	free(q);
@@ -933,7 +948,8 @@ static void insert_chunks(struct idx *ix, const float *k, size_t n, size_t chunk
 
 	for (at = 0; at < n; at += chunk)
 		ck_assert_int_eq(idx_insert(ix, k + at * dim, n - at < chunk ? n - at : chunk,
-					    ICE_DTYPE_F32), 0);
+					    ICE_DTYPE_F32),
+				 0);
 }
 
 /*
@@ -1038,7 +1054,8 @@ START_TEST(simd_paths_agree)
 			continue;
 		ck_assert_int_eq(idx_search(ix, q, 4, k, NULL, ws, ws_size, got), (int)k);
 		for (i = 0; i < k; i++)
-			ck_assert(fabsf(got[i].score - ref[i].score) <= 1e-4f * (fabsf(ref[i].score) + 1));
+			ck_assert(fabsf(got[i].score - ref[i].score) <=
+				  1e-4f * (fabsf(ref[i].score) + 1));
 	}
 	ck_assert_int_eq(idx_simd_force("nonsense"), -EINVAL);
 	ck_assert_int_eq(idx_simd_force("best"), 0);
@@ -1054,7 +1071,8 @@ START_TEST(kernels_match_reference)
 {
 	const char *paths[] = { "portable", "avx2", "avx512" };
 	const uint32_t dim = 64;
-	float *blk = aligned_alloc(64, dim * 16 * sizeof(float)), *lo = aligned_alloc(64, dim * 16 * sizeof(float));
+	float *blk = aligned_alloc(64, dim * 16 * sizeof(float)),
+	      *lo = aligned_alloc(64, dim * 16 * sizeof(float));
 	uint8_t *sk = aligned_alloc(64, dim * 8);
 	float q[6 * 64], out[6 * 16], ref;
 	int8_t qq[6 * 64];
@@ -1101,7 +1119,8 @@ START_TEST(kernels_match_reference)
 						int32_t acc = 0;
 
 						for (j = 0; j < dim; j++) {
-							uint8_t x = sk[(j / 8) * 64 + l * 4 + j % 4];
+							uint8_t x =
+								sk[(j / 8) * 64 + l * 4 + j % 4];
 							int code = j % 8 < 4 ? x & 15 : x >> 4;
 
 							acc += code * qq[i * dim + j];
@@ -1144,7 +1163,8 @@ START_TEST(half_precision_input)
 	size_t i;
 
 	for (i = 0; i < n * dim; i++) {
-		h[i] = dt == ICE_DTYPE_BF16 ? dtype_f32_to_bf16(keys[i]) : dtype_f32_to_f16(keys[i]);
+		h[i] = dt == ICE_DTYPE_BF16 ? dtype_f32_to_bf16(keys[i]) :
+					      dtype_f32_to_f16(keys[i]);
 		conv[i] = dt == ICE_DTYPE_BF16 ? dtype_bf16_to_f32(h[i]) : dtype_f16_to_f32(h[i]);
 		/* conversions round to the nearest representable value */
 		ck_assert(fabsf(conv[i] - keys[i]) <=
@@ -1214,7 +1234,8 @@ START_TEST(bad_arguments)
 	ck_assert_uint_eq(hits[0].fill, 4);
 	ck_assert_int_eq(idx_search(ix, NULL, 1, 4, NULL, ws, sizeof(ws), hits), -EINVAL);
 	ck_assert_int_eq(idx_search(ix, q, 0, 4, NULL, ws, sizeof(ws), hits), -EINVAL);
-	ck_assert_int_eq(idx_search(ix, q, IDX_MAX_GROUP + 1, 4, NULL, ws, sizeof(ws), hits), -EINVAL);
+	ck_assert_int_eq(idx_search(ix, q, IDX_MAX_GROUP + 1, 4, NULL, ws, sizeof(ws), hits),
+			 -EINVAL);
 	ck_assert_int_eq(idx_search(ix, q, 1, 0, NULL, ws, sizeof(ws), hits), -EINVAL);
 	ck_assert_int_eq(idx_search(ix, q, 1, 4, NULL, NULL, sizeof(ws), hits), -EINVAL);
 	ck_assert_int_eq(idx_search(ix, q, 1, 4, NULL, ws, 8, hits), -ENOSPC);

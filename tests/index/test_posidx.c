@@ -69,7 +69,8 @@ START_TEST(bounds_bound_and_exact_matches_reference)
 		/* every page's bound is at least its best true score */
 		ck_assert_int_eq(posidx_search(px, qq, 1, 63, ws, ws_size, bnd), 63);
 		for (i = 0; i < 63; i++) {
-			ck_assert(bnd[i].score >= best[bnd[i].page] - 1e-3f * (fabsf(best[bnd[i].page]) + 1));
+			ck_assert(bnd[i].score >=
+				  best[bnd[i].page] - 1e-3f * (fabsf(best[bnd[i].page]) + 1));
 			ck_assert_uint_eq(bnd[i].fill, bnd[i].page == 62 ? 8 : 16);
 			if (i)
 				ck_assert(bnd[i].score <= bnd[i - 1].score);
@@ -136,8 +137,15 @@ START_TEST(kvdump_round_trip_and_rejects)
 	char path[] = "/tmp/ice_kvdump_XXXXXX";
 	const uint32_t dim = 16;
 	float keys[40 * 16], qs[3 * 2 * 16];
-	struct kvdump d = { .dim = dim, .group = 2, .nkeys = 40, .ngroups = 3, .layer = 5,
-			    .head = 1, .keys = keys, .queries = qs }, r;
+	struct kvdump d = { .dim = dim,
+			    .group = 2,
+			    .nkeys = 40,
+			    .ngroups = 3,
+			    .layer = 5,
+			    .head = 1,
+			    .keys = keys,
+			    .queries = qs },
+		      r;
 	enum ice_dtype dt = (enum ice_dtype)_i;
 	FILE *f;
 	int fd = mkstemp(path);

@@ -95,8 +95,8 @@ static double dotd(const float *a, const float *b, uint32_t d)
 }
 
 /* bias[j] = logsumexp(s q_j.k) / s over rows kr[0..n). */
-static void ref_bias(const float *kr, uint32_t n, const float *q, uint32_t g, uint32_t d,
-		     double s, double *bias)
+static void ref_bias(const float *kr, uint32_t n, const float *q, uint32_t g, uint32_t d, double s,
+		     double *bias)
 {
 	uint32_t j, t;
 
@@ -213,8 +213,11 @@ START_TEST(exact_selection_is_the_best_tokens)
 	sp.nclusters = 32;
 	for (trial = 0; trial < 16; trial++) {
 		int mass = trial & 1, gm = trial >> 1 & 1, all = trial >> 2 & 1;
-		struct select_opts o = { .budget_pages = bp, .overfetch = all ? 100000 : 2,
-					 .scale = (float)s, .group_merge = gm, .page_mass = mass,
+		struct select_opts o = { .budget_pages = bp,
+					 .overfetch = all ? 100000 : 2,
+					 .scale = (float)s,
+					 .group_merge = gm,
+					 .page_mass = mass,
 					 .exact = 1 };
 		const double *b = gm ? bias : NULL;
 		double in_min = INFINITY, out_max = -INFINITY, cut;
@@ -238,7 +241,7 @@ START_TEST(exact_selection_is_the_best_tokens)
 
 			for (j = 0; j < g; j++)
 				a = fmax(a, ref_page_score(&f, p, q + j * dim, mass, s) -
-					 (b ? b[j] : 0));
+						    (b ? b[j] : 0));
 			adj[p] = srt[p] = a;
 		}
 		qsort(srt, f.np, sizeof(double), cmp_desc);
@@ -333,10 +336,14 @@ START_TEST(rest_term_equals_direct_computation)
 		}
 	for (trial = 0; trial < 8; trial++) {
 		static const uint32_t want[8] = { 0, 0, 0, 0, 1, 1, 2, 2 }; /* 0, few, np - 1, np */
-		struct select_opts o = { .budget_pages = trial < 2 ? 0 : trial < 4 ? 3 :
-							 trial < 6 ? f.np - 1 : f.np,
+		struct select_opts o = { .budget_pages = trial < 2 ? 0 :
+							 trial < 4 ? 3 :
+							 trial < 6 ? f.np - 1 :
+								     f.np,
 					 .overfetch = trial < 4 || trial >= 6 ? 2 : 1,
-					 .scale = (float)s, .page_mass = 1, .exact = trial & 1 };
+					 .scale = (float)s,
+					 .page_mass = 1,
+					 .exact = trial & 1 };
 
 		for (i = 0; i < g * dim; i++)
 			q[i] = (float)sin(0.53 * i + trial) * 3.0f;
@@ -409,8 +416,11 @@ START_TEST(group_merge_serves_the_query_that_gains_most)
 	att = (struct select_rows){ hot, PC, ICE_DTYPE_F32 };
 	ref_bias(hot, PC, q, g, dim, s, bias);
 	{
-		struct select_opts o = { .budget_pages = bp, .overfetch = 2, .scale = (float)s,
-					 .group_merge = 1, .exact = 1 };
+		struct select_opts o = { .budget_pages = bp,
+					 .overfetch = 2,
+					 .scale = (float)s,
+					 .group_merge = 1,
+					 .exact = 1 };
 
 		ws = ws_for(&f, g, &o, &ws_size);
 		got = select_head(f.ix, NULL, &o, &grp, ws, ws_size, hits, mask, NULL);
@@ -479,8 +489,11 @@ START_TEST(attended_rows_in_runs_and_dtypes)
 	float q[3 * 64], r32[NATT * 64];
 	uint16_t r16[NATT * 64];
 	struct select_rows one, two[2], half[2];
-	struct select_opts o = { .budget_pages = 3, .overfetch = 2,
-				 .scale = 1.0f / sqrtf(64.0f), .group_merge = 1, .page_mass = 1 };
+	struct select_opts o = { .budget_pages = 3,
+				 .overfetch = 2,
+				 .scale = 1.0f / sqrtf(64.0f),
+				 .group_merge = 1,
+				 .page_mass = 1 };
 	struct select_group grp = { q, g, dim, &one, 1 };
 	struct idx_search_opts so = { .mass_scale = 1.0f / sqrtf(64.0f) };
 	struct idx_hit a[6], b[6], c[6];
@@ -529,7 +542,8 @@ START_TEST(attended_rows_in_runs_and_dtypes)
 		nb = idx_search(f.ix, q, 1, 6, &so, w2, sws, b);
 		ck_assert_int_eq(nb, 6);
 		ck_assert_int_ge(idx_pick_tokens(f.ix, q, 1, NULL, b, 6, 3 * PC, pw,
-						 idx_pick_ws_size(6), mb), 0);
+						 idx_pick_ws_size(6), mb),
+				 0);
 		for (i = 0; i < 6; i++) {
 			if (!mb[i])
 				continue;
@@ -554,8 +568,9 @@ START_TEST(edges_and_bad_arguments)
 	const uint32_t dim = 32, g = 2;
 	struct fix f;
 	float q[2 * 32], rest[2 * 33];
-	struct select_opts o = { .budget_pages = 4, .overfetch = 2, .scale = 0.25f,
-				 .group_merge = 1, .page_mass = 1 };
+	struct select_opts o = {
+		.budget_pages = 4, .overfetch = 2, .scale = 0.25f, .group_merge = 1, .page_mass = 1
+	};
 	struct select_group grp = { q, g, dim, NULL, 0 };
 	struct idx_params ip;
 	struct idx *empty;
@@ -576,7 +591,8 @@ START_TEST(edges_and_bad_arguments)
 	for (j = 0; j < 2; j++) {
 		memset(rest, 0x55, sizeof(rest));
 		ck_assert_int_eq(select_head(j ? empty : NULL, NULL, &o, &grp, ws, ws_size, NULL,
-					     NULL, rest), 0);
+					     NULL, rest),
+				 0);
 		for (i = 0; i < g; i++) {
 			ck_assert(isinf(rest[i * (dim + 1)]) && rest[i * (dim + 1)] < 0);
 			ck_assert(rest[i * (dim + 1) + 1] == 0 && rest[i * (dim + 1) + dim] == 0);

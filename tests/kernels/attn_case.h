@@ -16,15 +16,15 @@
 
 struct attn_case {
 	struct kern_attn_args a;
-	uint32_t ntok_max;     /* tokens per head upper bound (dense arrays are sized by it) */
-	uint32_t *ntok;        /* [hkv] tokens attended per head */
-	float *kd, *vd;        /* [hkv][ntok_max][d] dense, values as stored (dtype-rounded) */
-	float *qf;             /* [hq][d] dtype-rounded query */
+	uint32_t ntok_max; /* tokens per head upper bound (dense arrays are sized by it) */
+	uint32_t *ntok;    /* [hkv] tokens attended per head */
+	float *kd, *vd;    /* [hkv][ntok_max][d] dense, values as stored (dtype-rounded) */
+	float *qf;         /* [hq][d] dtype-rounded query */
 	void *pool, *q, *out;
 	struct kern_page *pages;
 	uint32_t *head_off;
 	uint32_t npages;
-	float *rest;           /* NULL, or [hq][d + 1] rest terms (attn_case_add_rest) */
+	float *rest; /* NULL, or [hq][d + 1] rest terms (attn_case_add_rest) */
 };
 
 static inline uint64_t case_rand(uint64_t *s)
@@ -151,7 +151,8 @@ static inline int attn_case_init(struct attn_case *c, enum ice_dtype dt, uint32_
 		for (p = 0; p < np; p++, x++) {
 			uint32_t r = (uint32_t)(case_rand(&s) % 8);
 			uint32_t fill = r < 5 ? P : r == 5 ? 0 : 1 + (uint32_t)(case_rand(&s) % P);
-			unsigned char *slot = (unsigned char *)c->pool + (size_t)perm[x] * slot_bytes;
+			unsigned char *slot =
+				(unsigned char *)c->pool + (size_t)perm[x] * slot_bytes;
 
 			c->pages[x].slot = perm[x];
 			c->pages[x].fill = (uint16_t)fill;
@@ -191,7 +192,8 @@ static inline void attn_case_refill(struct attn_case *c, uint64_t seed)
 	for (h = 0; h < a->hkv; h++) {
 		c->ntok[h] = 0;
 		for (p = c->head_off[h]; p < c->head_off[h + 1]; p++) {
-			unsigned char *slot = (unsigned char *)c->pool + (size_t)c->pages[p].slot * a->slot_bytes;
+			unsigned char *slot =
+				(unsigned char *)c->pool + (size_t)c->pages[p].slot * a->slot_bytes;
 
 			c->ntok[h] += case_fill_rows(c, a->dtype, a->d, h, &c->pages[p], slot, &s);
 		}
@@ -248,7 +250,8 @@ static inline void attn_case_naive(const struct attn_case *c, double *out)
 			double dot = 0.0;
 
 			for (i = 0; i < a->d; i++)
-				dot += (double)c->qf[(size_t)qi * a->d + i] * K[(size_t)t * a->d + i];
+				dot += (double)c->qf[(size_t)qi * a->d + i] *
+				       K[(size_t)t * a->d + i];
 			s[t] = dot * a->scale;
 			m = s[t] > m ? s[t] : m;
 		}

@@ -6,8 +6,8 @@
 #include <string.h>
 
 #include "check_main.h"
-#include "hbm_cache.h"
 #include "hbm.h"
+#include "hbm_cache.h"
 #include "kern.h"
 
 struct model_slot {

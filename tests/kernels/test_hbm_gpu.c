@@ -90,7 +90,8 @@ static void rig_open(struct rig *g, uint64_t seed)
 
 	memset(g, 0, sizeof(*g));
 	ck_assert_int_eq(hbm_open(&cfg, &g->h), 0);
-	ck_assert_int_eq(kern_host_alloc((size_t)DRAM_PAGES * SLOT, (void **)&g->dram, &g->dram_dev), 0);
+	ck_assert_int_eq(
+		kern_host_alloc((size_t)DRAM_PAGES * SLOT, (void **)&g->dram, &g->dram_dev), 0);
 	ck_assert_int_eq(kern_stream_new(&g->stream), 0);
 	for (i = 0; i < (size_t)DRAM_PAGES * SLOT; i++)
 		g->dram[i] = (unsigned char)case_rand(&seed);
@@ -194,11 +195,12 @@ START_TEST(hbm_working_set_feeds_attention)
 	int moved;
 
 	ck_assert_int_eq(attn_case_init(&c, ICE_DTYPE_BF16, 32, 8, 128, 16, 16, 99, 40, 3.0f,
-					fresh_seed()), 0);
+					fresh_seed()),
+			 0);
 	cfg.slot_bytes = c.a.slot_bytes;
 	ck_assert_int_eq(hbm_open(&cfg, &h), 0);
-	ck_assert_int_eq(kern_host_alloc((size_t)c.a.nslots * c.a.slot_bytes, (void **)&dram,
-					 &dram_dev), 0);
+	ck_assert_int_eq(
+		kern_host_alloc((size_t)c.a.nslots * c.a.slot_bytes, (void **)&dram, &dram_dev), 0);
 	memcpy(dram, c.pool, (size_t)c.a.nslots * c.a.slot_bytes);
 	for (i = 0; i < c.npages; i++) {
 		req[i].key.seq = 9;
@@ -214,7 +216,8 @@ START_TEST(hbm_working_set_feeds_attention)
 	ck_assert_int_eq(moved, (int)c.npages);
 	for (i = 0; i < c.npages; i++) {
 		ck_assert_uint_eq(pages[i].skip, 0);
-		pages[i].skip = c.pages[i].skip; /* the rows the case leaves out (NaN in the slot) */
+		pages[i].skip =
+			c.pages[i].skip; /* the rows the case leaves out (NaN in the slot) */
 	}
 	qb = (size_t)c.a.hq * c.a.d * 2;
 	ck_assert_int_eq(kern_dev_alloc(qb, &dq), 0);
@@ -222,8 +225,8 @@ START_TEST(hbm_working_set_feeds_attention)
 	ck_assert_int_eq(kern_dev_alloc(c.npages * sizeof(*pages) + (c.a.hkv + 1) * 4, &dtab), 0);
 	ck_assert_int_eq(kern_memcpy(dq, c.q, qb), 0);
 	ck_assert_int_eq(kern_memcpy(dtab, pages, c.npages * sizeof(*pages)), 0);
-	ck_assert_int_eq(kern_memcpy((struct kern_page *)dtab + c.npages, c.head_off,
-				     (c.a.hkv + 1) * 4), 0);
+	ck_assert_int_eq(
+		kern_memcpy((struct kern_page *)dtab + c.npages, c.head_off, (c.a.hkv + 1) * 4), 0);
 	ck_assert_int_eq(kern_memset(dout, 0xff, qb), 0);
 	a = c.a;
 	a.q = dq;
@@ -428,7 +431,8 @@ static Suite *hbm_suite(void)
 		tcase_add_test(tc, hbm_export_reads_in_place_elsewhere);
 		suite_add_tcase(s, tc);
 	}
-	if (!check_case_skipped("fault")) { /* a deliberate illegal access: left out under memcheck */
+	if (!check_case_skipped(
+		    "fault")) { /* a deliberate illegal access: left out under memcheck */
 		tc = tcase_create("fault");
 		tcase_set_timeout(tc, 60);
 		tcase_add_test(tc, hbm_gpu_fault_marks_cache_failed);

@@ -43,8 +43,8 @@ struct gather_shape {
 };
 
 static const struct gather_shape gather_shapes[] = {
-	{ 1, 16 }, { 7, 8192 }, { 128, 8192 }, { 1000, 32768 }, { 3, 48 }, { 4096, 8192 },
-	{ 240, 4096 },
+	{ 1, 16 }, { 7, 8192 },    { 128, 8192 }, { 1000, 32768 },
+	{ 3, 48 }, { 4096, 8192 }, { 240, 4096 },
 };
 
 START_TEST(gather_matches_ref)
@@ -95,7 +95,8 @@ START_TEST(gather_matches_ref)
 		ref[i].dst = (uint64_t)(uintptr_t)(mirror + dof);
 	}
 	ck_assert_int_eq(kern_gather((const struct kern_copy *)(uintptr_t)cp_dev, sh->n, sh->bytes,
-				     NULL), 0);
+				     NULL),
+			 0);
 	ck_assert_int_eq(kern_gpu_check(), 0);
 	ck_assert_int_eq(kern_ref_gather(ref, sh->n, sh->bytes), 0);
 	ck_assert_int_eq(kern_memcpy(back, ddst, db), 0);
@@ -145,11 +146,11 @@ struct attn_shape {
 /* Budget-sized tables (one block per head or a few), and long ones that take the split +
  * combine path; every dtype, d 64 and 128, GQA groups 1 to 8, odd groups (3) and P != 16. */
 static const struct attn_shape attn_shapes[] = {
-	{ ICE_DTYPE_BF16, 32, 8, 128, 16, 16 },  { ICE_DTYPE_BF16, 32, 8, 128, 16, 2048 },
-	{ ICE_DTYPE_F16, 9, 3, 64, 16, 12 },     { ICE_DTYPE_F32, 32, 8, 128, 16, 16 },
-	{ ICE_DTYPE_F32, 4, 4, 64, 16, 300 },    { ICE_DTYPE_BF16, 16, 2, 64, 16, 40 },
-	{ ICE_DTYPE_F32, 8, 1, 128, 16, 1000 },  { ICE_DTYPE_F16, 32, 8, 128, 16, 257 },
-	{ ICE_DTYPE_BF16, 6, 2, 128, 8, 3 },     { ICE_DTYPE_F32, 24, 8, 64, 32, 70 },
+	{ ICE_DTYPE_BF16, 32, 8, 128, 16, 16 }, { ICE_DTYPE_BF16, 32, 8, 128, 16, 2048 },
+	{ ICE_DTYPE_F16, 9, 3, 64, 16, 12 },    { ICE_DTYPE_F32, 32, 8, 128, 16, 16 },
+	{ ICE_DTYPE_F32, 4, 4, 64, 16, 300 },   { ICE_DTYPE_BF16, 16, 2, 64, 16, 40 },
+	{ ICE_DTYPE_F32, 8, 1, 128, 16, 1000 }, { ICE_DTYPE_F16, 32, 8, 128, 16, 257 },
+	{ ICE_DTYPE_BF16, 6, 2, 128, 8, 3 },    { ICE_DTYPE_F32, 24, 8, 64, 32, 70 },
 };
 
 static double attn_tol(enum ice_dtype dt)
@@ -176,19 +177,23 @@ START_TEST(attn_matches_ref)
 
 		ck_assert_int_eq(attn_case_init(&c, sh->dt, sh->hq, sh->hkv, sh->d, sh->P,
 						sh->max_pages, rep ? sh->hkv - 1 : 99, 11, 3.0f,
-						seed), 0);
+						seed),
+				 0);
 		if (rep) /* the second case also joins rest terms (ice_select_rest) */
 			ck_assert_int_eq(attn_case_add_rest(&c, seed ^ 0x77), 0);
 		pb = (size_t)c.a.nslots * c.a.slot_bytes;
 		ck_assert_int_eq(kern_dev_alloc(pb, &dpool), 0);
 		ck_assert_int_eq(kern_dev_alloc(qb, &dq), 0);
 		ck_assert_int_eq(kern_dev_alloc(qb, &dout), 0);
-		ck_assert_int_eq(kern_dev_alloc((c.npages + 1) * sizeof(struct kern_page), &dpages), 0);
+		ck_assert_int_eq(kern_dev_alloc((c.npages + 1) * sizeof(struct kern_page), &dpages),
+				 0);
 		ck_assert_int_eq(kern_dev_alloc((sh->hkv + 1) * sizeof(uint32_t), &doff), 0);
 		ck_assert_int_eq(kern_memcpy(dpool, c.pool, pb), 0);
 		ck_assert_int_eq(kern_memcpy(dq, c.q, qb), 0);
-		ck_assert_int_eq(kern_memcpy(dpages, c.pages, (c.npages + 1) * sizeof(struct kern_page)), 0);
-		ck_assert_int_eq(kern_memcpy(doff, c.head_off, (sh->hkv + 1) * sizeof(uint32_t)), 0);
+		ck_assert_int_eq(
+			kern_memcpy(dpages, c.pages, (c.npages + 1) * sizeof(struct kern_page)), 0);
+		ck_assert_int_eq(kern_memcpy(doff, c.head_off, (sh->hkv + 1) * sizeof(uint32_t)),
+				 0);
 		ck_assert_int_eq(kern_memset(dout, 0xff, qb), 0); /* NaN in every dtype */
 		a = c.a;
 		a.q = dq;
@@ -262,7 +267,8 @@ START_TEST(gather_attend_chain_keeps_order)
 
 	for (rep = 0; rep < 3; rep++) {
 		ck_assert_int_eq(attn_case_init(&c, ICE_DTYPE_BF16, 32, 8, 128, 16, 16, 99, 3, 3.0f,
-						fresh_seed() + (uint64_t)rep), 0);
+						fresh_seed() + (uint64_t)rep),
+				 0);
 		pb = (size_t)c.a.nslots * c.a.slot_bytes;
 		qb = (size_t)c.a.hq * c.a.d * 2;
 		ck_assert_uint_le(c.npages, 240);
@@ -282,10 +288,13 @@ START_TEST(gather_attend_chain_keeps_order)
 		ck_assert_int_eq(kern_dev_alloc(qb, &dq), 0);
 		ck_assert_int_eq(kern_dev_alloc(qb, &dout[0]), 0);
 		ck_assert_int_eq(kern_dev_alloc(qb, &dout[1]), 0);
-		ck_assert_int_eq(kern_dev_alloc(c.npages * sizeof(struct kern_page) + 9 * 4, &dtab), 0);
+		ck_assert_int_eq(kern_dev_alloc(c.npages * sizeof(struct kern_page) + 9 * 4, &dtab),
+				 0);
 		ck_assert_int_eq(kern_memcpy(dq, c.q, qb), 0);
-		ck_assert_int_eq(kern_memcpy(dtab, c.pages, c.npages * sizeof(struct kern_page)), 0);
-		ck_assert_int_eq(kern_memcpy((struct kern_page *)dtab + c.npages, c.head_off, 9 * 4), 0);
+		ck_assert_int_eq(kern_memcpy(dtab, c.pages, c.npages * sizeof(struct kern_page)),
+				 0);
+		ck_assert_int_eq(
+			kern_memcpy((struct kern_page *)dtab + c.npages, c.head_off, 9 * 4), 0);
 		n = c.npages;
 		for (i = 0; i < n; i++) {
 			uint64_t off = (uint64_t)c.pages[i].slot * c.a.slot_bytes;
@@ -304,7 +313,8 @@ START_TEST(gather_attend_chain_keeps_order)
 			ck_assert_int_eq(kern_memset(ws, 0, kern_attn_ws_size(&a)), 0);
 		}
 		for (k = 0; k < 2; k++) {
-			ck_assert_int_eq(kern_gather_inline(cp[k], (uint32_t)n, c.a.slot_bytes, NULL), 0);
+			ck_assert_int_eq(
+				kern_gather_inline(cp[k], (uint32_t)n, c.a.slot_bytes, NULL), 0);
 			a.out = dout[k];
 			ck_assert_int_eq(kern_attn(&a, ws, NULL), 0);
 		}

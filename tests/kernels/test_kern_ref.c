@@ -67,12 +67,9 @@ struct shape {
  * or with a rest term its value.
  */
 static const struct shape ref_shapes[] = {
-	{ ICE_DTYPE_F32, 32, 8, 128, 16, 16, 1e-6 },
-	{ ICE_DTYPE_BF16, 32, 8, 128, 16, 16, 1e-2 },
-	{ ICE_DTYPE_F16, 9, 3, 64, 16, 12, 1e-3 },
-	{ ICE_DTYPE_F32, 4, 4, 64, 8, 30, 1e-6 },
-	{ ICE_DTYPE_BF16, 16, 2, 64, 16, 40, 1e-2 },
-	{ ICE_DTYPE_F32, 6, 1, 32, 4, 5, 1e-6 },
+	{ ICE_DTYPE_F32, 32, 8, 128, 16, 16, 1e-6 }, { ICE_DTYPE_BF16, 32, 8, 128, 16, 16, 1e-2 },
+	{ ICE_DTYPE_F16, 9, 3, 64, 16, 12, 1e-3 },   { ICE_DTYPE_F32, 4, 4, 64, 8, 30, 1e-6 },
+	{ ICE_DTYPE_BF16, 16, 2, 64, 16, 40, 1e-2 }, { ICE_DTYPE_F32, 6, 1, 32, 4, 5, 1e-6 },
 };
 #define NSHAPES ((int)(sizeof(ref_shapes) / sizeof(ref_shapes[0])))
 
@@ -85,7 +82,8 @@ START_TEST(attn_ref_matches_dense_softmax)
 	double err;
 
 	ck_assert_int_eq(attn_case_init(&c, sh->dt, sh->hq, sh->hkv, sh->d, sh->P, sh->max_pages,
-					sh->hkv > 1 ? 1 : 99, 7, 3.0f, 1000 + (uint64_t)_i), 0);
+					sh->hkv > 1 ? 1 : 99, 7, 3.0f, 1000 + (uint64_t)_i),
+			 0);
 	if (rest)
 		ck_assert_int_eq(attn_case_add_rest(&c, 77 + (uint64_t)_i), 0);
 	want = calloc((size_t)sh->hq * sh->d, sizeof(double));
@@ -100,7 +98,8 @@ START_TEST(attn_ref_matches_dense_softmax)
 		uint32_t g = sh->hq / sh->hkv, i;
 
 		for (i = 0; i < g * sh->d; i++)
-			ck_assert_float_eq(dtype_load_f32(c.out, sh->dt, (size_t)g * sh->d + i), 0.0f);
+			ck_assert_float_eq(dtype_load_f32(c.out, sh->dt, (size_t)g * sh->d + i),
+					   0.0f);
 	}
 	if (rest) {
 		c.a.rest = NULL;

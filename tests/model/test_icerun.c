@@ -101,8 +101,8 @@ static void check_matmul(uint32_t type, int rows, int cols, int n, int scalar, s
 			float a = y[t * (rows + 3) + i], b = yr[t * (rows + 3) + i];
 
 			ck_assert_msg(fabsf(a - b) <= 1e-4f * (1 + fabsf(b)),
-				      "type %u n %d row %d tok %d: %g vs %g (scalar %d)", type, n, i, t,
-				      a, b, scalar);
+				      "type %u n %d row %d tok %d: %g vs %g (scalar %d)", type, n,
+				      i, t, a, b, scalar);
 		}
 	free(x);
 	free(y);
@@ -168,7 +168,8 @@ START_TEST(test_softmax_exp)
 
 			s += e;
 			/* float arguments down to -60: a few ulps of the argument, ~1e-5 relative */
-			ck_assert_msg(fabs(x[i] - e) <= 1e-5 * e + 1e-30, "%d: %g vs %g", i, x[i], e);
+			ck_assert_msg(fabs(x[i] - e) <= 1e-5 * e + 1e-30, "%d: %g vs %g", i, x[i],
+				      e);
 		}
 		ck_assert(fabs(got - s) <= 1e-5 * s);
 	}
@@ -212,8 +213,14 @@ static void put(struct buf *b, const void *p, size_t n)
 	b->n += n;
 }
 
-static void put_u32(struct buf *b, uint32_t v) { put(b, &v, 4); }
-static void put_u64(struct buf *b, uint64_t v) { put(b, &v, 8); }
+static void put_u32(struct buf *b, uint32_t v)
+{
+	put(b, &v, 4);
+}
+static void put_u64(struct buf *b, uint64_t v)
+{
+	put(b, &v, 8);
+}
 static void put_str(struct buf *b, const char *s)
 {
 	put_u64(b, strlen(s));
@@ -229,8 +236,8 @@ static void make_gguf(struct buf *b)
 	memset(b, 0, sizeof(*b));
 	put_u32(b, 0x46554747u);
 	put_u32(b, 3);
-	put_u64(b, 1);		/* tensors */
-	put_u64(b, 3);		/* kv */
+	put_u64(b, 1); /* tensors */
+	put_u64(b, 3); /* kv */
 	put_str(b, "a.count");
 	put_u32(b, GGUF_U32);
 	put_u32(b, 30);

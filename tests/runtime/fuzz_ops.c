@@ -21,8 +21,9 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
 	static _Alignas(64) unsigned char arena[ARENA];
-	struct engine_opts eo = { .dram_bytes = 2u << 20, .slot_bytes = 4096,
-				  .host_bytes = 64u << 20, .max_seqs = 16 };
+	struct engine_opts eo = {
+		.dram_bytes = 2u << 20, .slot_bytes = 4096, .host_bytes = 64u << 20, .max_seqs = 16
+	};
 	struct engine_params p = { { 2, 4, 2, 16, ICE_DTYPE_F32 }, { 16, 16, 32, 1 } };
 	static float kv[2 * 2 * 80 * 16];
 	struct rt_config cfg;
@@ -40,7 +41,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 	engine_drop_owner(e, 1);
 	for (i = 0; i < sizeof(kv) / sizeof(kv[0]); i++)
 		kv[i] = (float)(i % 13) - 6.0f;
-	if (engine_seq_open(e, 1, &p, &seq) || engine_append(e, 1, seq, 0, 80, kv, kv + 2 * 80 * 16) ||
+	if (engine_seq_open(e, 1, &p, &seq) ||
+	    engine_append(e, 1, seq, 0, 80, kv, kv + 2 * 80 * 16) ||
 	    engine_append(e, 1, seq, 1, 80, kv, kv + 2 * 80 * 16))
 		abort(); /* the set-up itself must work, or the target tests nothing */
 	config_defaults(&cfg);

@@ -1,2 +1,5 @@
 int LLVMFuzzerTestOneInput(const unsigned char *d, unsigned long n);
-int LLVMFuzzerTestOneInput(const unsigned char *d, unsigned long n) { return d && n ? 0 : 0; }
+int LLVMFuzzerTestOneInput(const unsigned char *d, unsigned long n)
+{
+	return d && n ? 0 : 0;
+}

@@ -51,17 +51,27 @@ int main(int argc, char **argv)
 				s.out_len = rnd(&rng) % 20000;
 				/* break one field more */
 				switch (rnd(&rng) % 6) {
-				case 0: s.flags = 1; break;
-				case 1: s.in_off = rnd(&rng); break;
-				case 2: s.out_len = rnd(&rng); break;
-				case 3: s.arg[1] = 1; break;
-				default: break;
+				case 0:
+					s.flags = 1;
+					break;
+				case 1:
+					s.in_off = rnd(&rng);
+					break;
+				case 2:
+					s.out_len = rnd(&rng);
+					break;
+				case 3:
+					s.arg[1] = 1;
+					break;
+				default:
+					break;
 				}
 				memcpy(buf + j * sizeof(s), &s, sizeof(s));
 			}
 			if (fuzz_wrap_entries)
-				LLVMFuzzerTestOneInput(wrapped, fuzz_wrap_entries(buf, ne, rnd(&rng),
-							wrapped, sizeof(wrapped)));
+				LLVMFuzzerTestOneInput(wrapped,
+						       fuzz_wrap_entries(buf, ne, rnd(&rng),
+									 wrapped, sizeof(wrapped)));
 			else
 				LLVMFuzzerTestOneInput(buf, ne * sizeof(struct ring_sqe));
 		}

@@ -40,7 +40,7 @@
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 size_t fuzz_wrap_entries(const uint8_t *sqes, size_t n, uint64_t seed, uint8_t *out, size_t cap);
 
-#define SQ_ENTRIES 8	/* small rings: wrapped and full within a few entries */
+#define SQ_ENTRIES 8 /* small rings: wrapped and full within a few entries */
 #define CQ_ENTRIES 4
 #define ARENA (16 * 1024)
 #define MAX_STEPS 4096
@@ -48,9 +48,9 @@ size_t fuzz_wrap_entries(const uint8_t *sqes, size_t n, uint64_t seed, uint8_t *
 enum { C_SQE, C_SQIX, C_CQIX, C_REAP, C_POKE, C_STEP, C__COUNT };
 
 static const size_t ix_fields[] = {
-	offsetof(struct ring_shared, tail), offsetof(struct ring_shared, head),
-	offsetof(struct ring_shared, wake), offsetof(struct ring_shared, sleeping),
-	offsetof(struct ring_shared, space), offsetof(struct ring_shared, space_sleeping),
+	offsetof(struct ring_shared, tail),    offsetof(struct ring_shared, head),
+	offsetof(struct ring_shared, wake),    offsetof(struct ring_shared, sleeping),
+	offsetof(struct ring_shared, space),   offsetof(struct ring_shared, space_sleeping),
 	offsetof(struct ring_shared, entries), offsetof(struct ring_shared, entry_size),
 };
 #define NFIELDS (sizeof(ix_fields) / sizeof(ix_fields[0]))
@@ -58,7 +58,7 @@ static const size_t ix_fields[] = {
 struct fz {
 	struct seg_layout lay;
 	unsigned char *mem;
-	struct ring sq, cq;	/* the daemon's private views */
+	struct ring sq, cq; /* the daemon's private views */
 	struct ops_ctx oc;
 	struct client_io io;
 	uint32_t base, seq;
@@ -90,8 +90,9 @@ static int step(struct fz *f)
 	if (f->io.held) {
 		want_tag = f->io.cqe.tag;
 	} else if (ring_ready(&f->sq)) {
-		const struct ring_sqe *e = (const void *)(f->sq.slots +
-			(size_t)(f->sq.local & f->sq.mask) * f->sq.esize);
+		const struct ring_sqe *e =
+			(const void *)(f->sq.slots +
+				       (size_t)(f->sq.local & f->sq.mask) * f->sq.esize);
 
 		want_tag = e->tag;
 		fresh = 1;
@@ -104,7 +105,10 @@ static int step(struct fz *f)
 	case 1:
 		check(!f->io.held && (held || fresh));
 		check(((const struct ring_cqe *)(const void *)(f->cq.slots +
-			(size_t)((f->cq.local - 1) & f->cq.mask) * f->cq.esize))->tag == want_tag);
+							       (size_t)((f->cq.local - 1) &
+									f->cq.mask) *
+								       f->cq.esize))
+			      ->tag == want_tag);
 		break;
 	case 0:
 		check(!f->io.held && !fresh);
@@ -179,8 +183,9 @@ static struct fz *fixture(const uint8_t *data, size_t size)
 	static struct rt_config cfg;
 	static struct ops_stats st;
 	static float kv[2 * 2 * 80 * 16];
-	struct engine_opts eo = { .dram_bytes = 2u << 20, .slot_bytes = 4096,
-				  .host_bytes = 64u << 20, .max_seqs = 16 };
+	struct engine_opts eo = {
+		.dram_bytes = 2u << 20, .slot_bytes = 4096, .host_bytes = 64u << 20, .max_seqs = 16
+	};
 	struct engine_params p = { { 2, 4, 2, 16, ICE_DTYPE_F32 }, { 16, 16, 32, 1 } };
 	unsigned char *arena;
 	size_t i;
@@ -340,7 +345,7 @@ size_t fuzz_wrap_entries(const uint8_t *sqes, size_t n, uint64_t seed, uint8_t *
 		}
 		if (r % 29 == 0) {
 			uint32_t v = (uint32_t)(r >> 24) % 3 ? base + (uint32_t)(r >> 32) % 16 :
-				     (uint32_t)(r >> 20);
+							       (uint32_t)(r >> 20);
 
 			out[len++] = (r >> 4) & 1 ? C_SQIX : C_CQIX;
 			out[len++] = (uint8_t)(r >> 12) % 2; /* tail or head */

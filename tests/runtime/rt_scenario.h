@@ -14,9 +14,9 @@ struct rt_scn {
 	struct ice_budget budget;
 	uint32_t ntok;
 	uint64_t seed;
-	int group_merge;	/* the engine's group_merge (default 1) */
-	int page_mass;		/* the engine's page_mass (default 1) */
-	uint32_t overfetch;	/* the engine's overfetch (default 2) */
+	int group_merge;    /* the engine's group_merge (default 1) */
+	int page_mass;      /* the engine's page_mass (default 1) */
+	uint32_t overfetch; /* the engine's overfetch (default 2) */
 };
 
 static inline void rt_scn_default(struct rt_scn *s, uint64_t seed, uint32_t ntok)
@@ -84,7 +84,8 @@ static inline uint64_t rt_scenario(struct ice_ctx *c, const struct rt_scn *s)
 	uint32_t d = sh->head_dim, hkv = sh->kv_heads, g = sh->q_heads / hkv;
 	size_t pb = ice_page_bytes(sh);
 	uint64_t rng = s->seed, digest = 1469598103934665603ull;
-	float *k = malloc((size_t)hkv * s->ntok * d * 4), *v = malloc((size_t)hkv * s->ntok * d * 4);
+	float *k = malloc((size_t)hkv * s->ntok * d * 4),
+	      *v = malloc((size_t)hkv * s->ntok * d * 4);
 	float *q = malloc((size_t)sh->q_heads * d * 4), *buf = malloc(pb * 512);
 	struct ice_page_ref *refs = malloc(4096 * sizeof(*refs));
 	struct ice_page_ref *refs2 = malloc(4096 * sizeof(*refs));
@@ -127,7 +128,8 @@ static inline uint64_t rt_scenario(struct ice_ctx *c, const struct rt_scn *s)
 			ck_assert_uint_eq(refs[0].page, 0xa5a5a5a5u);
 			need = 0;
 			ck_assert_int_eq(ice_select_rest(c, seq, layer, q, refs2, (size_t)cap - 1,
-							 rest, rest_len, &need), -ENOSPC);
+							 rest, rest_len, &need),
+					 -ENOSPC);
 			ck_assert_uint_eq(need, (size_t)cap);
 			got = ice_select(c, seq, layer, q, refs, need, &need);
 		}
@@ -135,9 +137,10 @@ static inline uint64_t rt_scenario(struct ice_ctx *c, const struct rt_scn *s)
 		ck_assert_uint_eq(need, (size_t)got);
 		/* select_rest: the same table, and the rest term checked per head below. */
 		ck_assert_int_eq(ice_select_rest(c, seq, layer, q, refs2, 4096, rest, rest_len - 4,
-						 NULL), -EINVAL);
-		ck_assert_int_eq(ice_select_rest(c, seq, layer, q, refs2, 4096, rest, rest_len,
-						 NULL), got);
+						 NULL),
+				 -EINVAL);
+		ck_assert_int_eq(
+			ice_select_rest(c, seq, layer, q, refs2, 4096, rest, rest_len, NULL), got);
 		for (i = 0; i < (uint32_t)got; i++) {
 			ck_assert_uint_eq(refs2[i].page, refs[i].page);
 			ck_assert_uint_eq(refs2[i].kv_head, refs[i].kv_head);
@@ -154,7 +157,8 @@ static inline uint64_t rt_scenario(struct ice_ctx *c, const struct rt_scn *s)
 		for (h = 0; h < hkv; h++) {
 			struct rt_page all[1024];
 			uint32_t np = 0, want[1024], nwant, nret = 0, j, kind = 0, nsw, wi = 0;
-			uint32_t budget = s->budget.retrieved_tokens / PT * PT, avail = 0, taken = 0;
+			uint32_t budget = s->budget.retrieved_tokens / PT * PT, avail = 0,
+				 taken = 0;
 			float *allbuf = malloc(pb * 1024), *swk = malloc(pb * 512);
 			double bias[16], w[PT], in_min = 1e300, out_max = -1e300;
 			uint16_t wmask[1024] = { 0 };
@@ -163,7 +167,8 @@ static inline uint64_t rt_scenario(struct ice_ctx *c, const struct rt_scn *s)
 			/* Every indexed page of this head, by probing ids until one is refused. */
 			memset(seen, 0, s->ntok);
 			for (;;) {
-				struct ice_page_ref r = { .page = np, .kv_head = (uint16_t)h,
+				struct ice_page_ref r = { .page = np,
+							  .kv_head = (uint16_t)h,
 							  .kind = ICE_PAGE_RETRIEVED };
 				int e = ice_fetch(c, seq, layer, &r, 1,
 						  (char *)allbuf + (size_t)np * pb, pb);
@@ -196,12 +201,13 @@ static inline uint64_t rt_scenario(struct ice_ctx *c, const struct rt_scn *s)
 			if (biased)
 				rt_ref_bias(swk, nsw, q + (size_t)h * g * d, g, d, bias);
 			/* The pages searched: the budget's pages times overfetch, best first. */
-			nwant = dense ? np : rt_ref_select(all, np, q + (size_t)h * g * d, g, d,
-							   s->budget.retrieved_tokens / PT *
-							   (s->overfetch ? s->overfetch : 1),
-							   biased ? bias : NULL,
-							   s->page_mass ? 1.0 / sqrt((double)d) : 0,
-							   want);
+			nwant = dense ? np :
+					rt_ref_select(all, np, q + (size_t)h * g * d, g, d,
+						      s->budget.retrieved_tokens / PT *
+							      (s->overfetch ? s->overfetch : 1),
+						      biased ? bias : NULL,
+						      s->page_mass ? 1.0 / sqrt((double)d) : 0,
+						      want);
 			for (j = 0; !dense && j < nwant; j++)
 				avail += all[want[j]].fill;
 			/* This head's part of the table: sink, retrieved, window, in that order. */
@@ -247,8 +253,8 @@ static inline uint64_t rt_scenario(struct ice_ctx *c, const struct rt_scn *s)
 				for (j = 0; j < nwant; j++) {
 					uint32_t t;
 
-					rt_ref_token_weights(&all[want[j]], q + (size_t)h * g * d, g, d,
-							     biased ? bias : NULL, w);
+					rt_ref_token_weights(&all[want[j]], q + (size_t)h * g * d,
+							     g, d, biased ? bias : NULL, w);
 					for (t = 0; t < all[want[j]].fill; t++) {
 						if (wmask[j] >> t & 1)
 							in_min = w[t] < in_min ? w[t] : in_min;
@@ -257,7 +263,8 @@ static inline uint64_t rt_scenario(struct ice_ctx *c, const struct rt_scn *s)
 					}
 				}
 				ck_assert_msg(out_max <= in_min + 1e-3 * (1 + fabs(in_min)),
-					      "token left out weighs %g, one taken %g", out_max, in_min);
+					      "token left out weighs %g, one taken %g", out_max,
+					      in_min);
 			}
 			rt_check_rest(all, np, dense ? NULL : wmask, want, nwant,
 				      q + (size_t)h * g * d, g, d, rest + (size_t)h * g * (d + 1));
@@ -269,8 +276,9 @@ static inline uint64_t rt_scenario(struct ice_ctx *c, const struct rt_scn *s)
 			free(swk);
 		}
 		/* A multi-page fetch returns the same bytes as the single ones. */
-		ck_assert_int_eq(ice_fetch(c, seq, layer, refs, (size_t)got < 512 ? (size_t)got : 512,
-					   buf, pb * 512), 0);
+		ck_assert_int_eq(ice_fetch(c, seq, layer, refs,
+					   (size_t)got < 512 ? (size_t)got : 512, buf, pb * 512),
+				 0);
 	}
 	ck_assert_int_eq(ice_seq_close(c, seq), 0);
 	ck_assert_int_eq(ice_seq_close(c, seq), -ENOENT);

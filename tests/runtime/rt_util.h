@@ -9,10 +9,10 @@
 #include <check.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <math.h>
 #include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
-#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
@@ -216,8 +216,8 @@ static inline void rt_check_rest(const struct rt_page *pg, uint32_t np, const ui
 		fill[p] = pg[p].fill;
 	}
 	for (j = 0; j < g; j++)
-		ref_rest_check(np, in, fill, rt_page_row, &rows, q + (size_t)j * d, d, 1 / sqrt((double)d),
-			       1e-3, rest + (size_t)j * (d + 1));
+		ref_rest_check(np, in, fill, rt_page_row, &rows, q + (size_t)j * d, d,
+			       1 / sqrt((double)d), 1e-3, rest + (size_t)j * (d + 1));
 	free(fill);
 	free(in);
 }
@@ -226,8 +226,8 @@ static inline void rt_check_rest(const struct rt_page *pg, uint32_t np, const ui
  * The offsets the engine merges a group by (group_merge = 1): bias[j] = sqrt(d) *
  * logsumexp(q_j.k / sqrt(d)) over the n key rows kr[n][d] the head attends anyway.
  */
-static inline void rt_ref_bias(const float *kr, uint32_t n, const float *q, uint32_t g,
-			       uint32_t d, double *bias)
+static inline void rt_ref_bias(const float *kr, uint32_t n, const float *q, uint32_t g, uint32_t d,
+			       double *bias)
 {
 	double sc = 1.0 / sqrt((double)d);
 	uint32_t j, t, i;

@@ -113,7 +113,8 @@ START_TEST(clients_at_once_match_reference_and_embedded)
 		struct ice_ctx *e;
 		struct rt_scn s;
 
-		ck_assert_int_eq(ice_open_embedded("exact_search = 1\ndram_bytes = 67108864", &e), 0);
+		ck_assert_int_eq(ice_open_embedded("exact_search = 1\ndram_bytes = 67108864", &e),
+				 0);
 		rt_scn_default(&s, a[i].seed, 500);
 		ck_assert_uint_eq(rt_scenario(e, &s), a[i].digest);
 		ice_close(e);
@@ -147,7 +148,8 @@ START_TEST(sequences_are_isolated_between_clients)
 	s.opcode = OP_SELECT_CAP;
 	ck_assert_int_eq(shim_raw(x, &s, &q), 0);
 	ck_assert_int_eq(q.res, -ENOENT);
-	s.opcode = OP_SELECT_REST; /* no query and no output: refused before the sequence is looked up */
+	s.opcode =
+		OP_SELECT_REST; /* no query and no output: refused before the sequence is looked up */
 	ck_assert_int_eq(shim_raw(x, &s, &q), 0);
 	ck_assert_int_eq(q.res, -EINVAL);
 	s.opcode = OP_SELECT_CAP;

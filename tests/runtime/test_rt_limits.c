@@ -30,8 +30,9 @@ static long ms_since(uint64_t t0)
 START_TEST(socket_path_that_is_not_a_socket_is_left_alone)
 {
 	char bin[512], dir[64], path[128], lnk[128], out[128], sock[256], stale[64];
-	char *argv[] = { bin, (char *)"--socket", path, (char *)"--set",
-			 (char *)"dram_bytes=67108864", NULL };
+	char *argv[] = {
+		bin, (char *)"--socket", path, (char *)"--set", (char *)"dram_bytes=67108864", NULL
+	};
 	struct sockaddr_un sa = { .sun_family = AF_UNIX };
 	struct stat st;
 	pid_t d;
@@ -44,8 +45,10 @@ START_TEST(socket_path_that_is_not_a_socket_is_left_alone)
 	snprintf(out, sizeof(out), "%s/out", dir);
 	write_text(path, "precious\n");
 	rc = rt_run(argv, out, 3000, NULL);
-	ck_assert_msg(rc == 1, "icecached --socket <regular file>: status %d (-1: it started "
-		      "serving there); it said: %s", rc, rt_slurp(out));
+	ck_assert_msg(rc == 1,
+		      "icecached --socket <regular file>: status %d (-1: it started "
+		      "serving there); it said: %s",
+		      rc, rt_slurp(out));
 	ck_assert_str_eq(rt_slurp(path), "precious\n");
 	ck_assert_msg(strstr(rt_slurp(out), path) && strstr(rt_slurp(out), "not a socket"),
 		      "no message naming %s: %s", path, rt_slurp(out));
@@ -119,8 +122,10 @@ START_TEST(silent_connections_do_not_delay_a_handshake)
 			fds[i] = -1;
 			open_n--;
 			closed_ms = ms_since(t0);
-			ck_assert_msg(closed_ms >= 1500, "a silent connection was closed after "
-				      "%ld ms, before the 2 s deadline", closed_ms);
+			ck_assert_msg(closed_ms >= 1500,
+				      "a silent connection was closed after "
+				      "%ld ms, before the 2 s deadline",
+				      closed_ms);
 		}
 	}
 	ck_assert_msg(!open_n, "%d silent connections still open after %ld ms", open_n,
@@ -153,8 +158,8 @@ static int wait_child(pid_t pid, int ms)
 START_TEST(stopped_daemon_times_out_connect_requests_and_icectl)
 {
 	char sock[256], bin[512], out[300], why[2048] = "";
-	char *argv[] = { bin, (char *)"--socket", sock, (char *)"--timeout", (char *)"0.3",
-			 (char *)"status", NULL };
+	char *argv[] = { bin,           (char *)"--socket", sock, (char *)"--timeout",
+			 (char *)"0.3", (char *)"status",   NULL };
 	int ready[2], go[2], rc;
 	long took;
 	pid_t d, child;
@@ -190,8 +195,7 @@ START_TEST(stopped_daemon_times_out_connect_requests_and_icectl)
 		/* ...and a new connection. */
 		t0 = clock_now_ns();
 		r = ice_connect(sock, &x);
-		printf("stopped daemon: ice_connect %s after %ld ms\n", strerror(-r),
-		       ms_since(t0));
+		printf("stopped daemon: ice_connect %s after %ld ms\n", strerror(-r), ms_since(t0));
 		if (r != -ETIMEDOUT || ms_since(t0) > 2000)
 			bad |= 4;
 		ice_close(c);
@@ -210,7 +214,8 @@ START_TEST(stopped_daemon_times_out_connect_requests_and_icectl)
 	if (rc != 1 || !strstr(rt_slurp(out), "timed out"))
 		snprintf(why + strlen(why), sizeof(why) - strlen(why),
 			 "icectl --timeout 0.3: status %d after %ld ms (-1: still waiting), "
-			 "said: %.1000s", rc, took, rt_slurp(out));
+			 "said: %.1000s",
+			 rc, took, rt_slurp(out));
 	ck_assert_int_eq(kill(d, SIGCONT), 0);
 	ck_assert_msg(!why[0], "%s", why);
 	ck_assert_int_eq(rt_daemon_stop(d), 0);
@@ -220,8 +225,15 @@ END_TEST
 START_TEST(nvme_tier_larger_than_its_filesystem_is_refused)
 {
 	char bin[512], dir[64], sock[128], tier[128], keep[128], out[128], pv[160], bv[64];
-	char *argv[] = { bin, (char *)"--socket", sock, (char *)"--set",
-			 (char *)"dram_bytes=67108864", (char *)"--set", pv, (char *)"--set", bv,
+	char *argv[] = { bin,
+			 (char *)"--socket",
+			 sock,
+			 (char *)"--set",
+			 (char *)"dram_bytes=67108864",
+			 (char *)"--set",
+			 pv,
+			 (char *)"--set",
+			 bv,
 			 NULL };
 	struct statvfs vs;
 	struct stat st;
@@ -250,8 +262,9 @@ START_TEST(nvme_tier_larger_than_its_filesystem_is_refused)
 	if (lstat(tier, &st) == 0) {
 		unlink(tier);
 		ck_abort_msg("icecached (status %d) left a %lld-byte tier file (%lld bytes "
-			     "allocated); it said: %s", rc, (long long)st.st_size,
-			     (long long)st.st_blocks * 512, rt_slurp(out));
+			     "allocated); it said: %s",
+			     rc, (long long)st.st_size, (long long)st.st_blocks * 512,
+			     rt_slurp(out));
 	}
 	ck_assert_msg(rc == 1, "status %d (-1: it started); it said: %s", rc, rt_slurp(out));
 	ck_assert_msg(strstr(rt_slurp(out), tier) && strstr(rt_slurp(out), "free"),

@@ -119,7 +119,7 @@ START_TEST(one_client_cannot_starve_another)
 		}
 	}
 	say("starvation: A opened %u sequences, first refusal %d (%s)\n", n, first_err,
-	       strerror(-first_err));
+	    strerror(-first_err));
 	err = ice_seq_open(b, &vsh, &vb, &bseq);
 	say("starvation: B's open: %d (%s)\n", err, strerror(-err));
 	ck_assert_int_eq(err, 0);
@@ -129,9 +129,8 @@ START_TEST(one_client_cannot_starve_another)
 	ck_assert_int_eq(first_err, -EDQUOT);
 	used = client_stat(a, "host_bytes");
 	quota = stat_u64(a, "engine.client_host_bytes");
-	say("starvation: A holds %llu of its %llu host bytes; B %llu\n",
-	       (unsigned long long)used, (unsigned long long)quota,
-	       (unsigned long long)client_stat(b, "host_bytes"));
+	say("starvation: A holds %llu of its %llu host bytes; B %llu\n", (unsigned long long)used,
+	    (unsigned long long)quota, (unsigned long long)client_stat(b, "host_bytes"));
 	ck_assert_uint_le(used, quota);
 	ck_assert_uint_eq(client_stat(a, "seqs"), n);
 	ck_assert_uint_gt(client_stat(b, "dram_pages"), 0);
@@ -200,9 +199,11 @@ START_TEST(full_tier_leaves_other_sequences_intact)
 	int err = 0, verr, hcap, vcap;
 	pid_t d = -1;
 
-	snprintf(cfg, sizeof(cfg), "dram_bytes=4194304 %s%s%s client_dram_pages=100000 "
-		 "client_nvme_pages=100000", _i < 2 ? "nvme_bytes=8388608 nvme_path=" : "",
-		 _i < 2 ? dir : "", _i < 2 ? "/nvme.dat" : "");
+	snprintf(cfg, sizeof(cfg),
+		 "dram_bytes=4194304 %s%s%s client_dram_pages=100000 "
+		 "client_nvme_pages=100000",
+		 _i < 2 ? "nvme_bytes=8388608 nvme_path=" : "", _i < 2 ? dir : "",
+		 _i < 2 ? "/nvme.dat" : "");
 	if (_i == 0) {
 		d = rt_daemon_start(dir, sock, sizeof(sock), cfg);
 		ck_assert_int_gt(d, 0);
@@ -232,8 +233,8 @@ START_TEST(full_tier_leaves_other_sequences_intact)
 	verr = append_v(vc, vseq, 7, 2000, 300); /* one request */
 	vcap = ice_select_cap(vc, vseq, 0);
 	say("full tier (%d): the hog's last append at %u tokens: %d (%s), then its select_cap %d; "
-	    "the victim's append: %d (%s), then its select_cap %d\n", _i, t, err, strerror(-err),
-	    hcap, verr, strerror(-verr), vcap);
+	    "the victim's append: %d (%s), then its select_cap %d\n",
+	    _i, t, err, strerror(-err), hcap, verr, strerror(-verr), vcap);
 	ck_assert_int_eq(err, -ENOSPC);
 	ck_assert_int_ge(hcap, 0); /* the hog's own sequence survives its refusal too */
 	ck_assert_int_eq(verr, -ENOSPC);
@@ -361,9 +362,9 @@ START_TEST(huge_bogus_fetches_are_bounded)
 	rss1 = rss_kib(d);
 	host1 = stat_u64(c[0], "engine.host_used_bytes");
 	say("bogus fetch: %d connections, daemon RSS %llu -> %llu KiB (+%lld KiB, bound %u), "
-	       "host_used_bytes %llu -> %llu\n", NCONN, (unsigned long long)rss0,
-	       (unsigned long long)rss1, (long long)(rss1 - rss0), RSS_BOUND_KIB,
-	       (unsigned long long)host0, (unsigned long long)host1);
+	    "host_used_bytes %llu -> %llu\n",
+	    NCONN, (unsigned long long)rss0, (unsigned long long)rss1, (long long)(rss1 - rss0),
+	    RSS_BOUND_KIB, (unsigned long long)host0, (unsigned long long)host1);
 	say("bogus fetch: 60 MiB of refs: %d (%s); %llu refs: %d (%s)\n", huge[0],
 	    strerror(-huge[0]), (unsigned long long)maxrefs / 2, within[0], strerror(-within[0]));
 	for (i = 0; i < NCONN; i++) {

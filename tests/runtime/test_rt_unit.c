@@ -183,11 +183,14 @@ START_TEST(embedded_matches_reference)
 
 		ck_assert_int_ge(fd, 0);
 		close(fd);
-		snprintf(cfg, sizeof(cfg), "exact_search = 1\ndram_bytes = 1048576\n"
-			 "nvme_path = %s\nnvme_bytes = 67108864\n", nvme);
+		snprintf(cfg, sizeof(cfg),
+			 "exact_search = 1\ndram_bytes = 1048576\n"
+			 "nvme_path = %s\nnvme_bytes = 67108864\n",
+			 nvme);
 	}
 	if (_i == 4) /* the first ranking: best token, round-robin merge, whole pages */
-		snprintf(cfg, sizeof(cfg), "exact_search = 1\ndram_bytes = 67108864\ngroup_merge = 0\n"
+		snprintf(cfg, sizeof(cfg),
+			 "exact_search = 1\ndram_bytes = 67108864\ngroup_merge = 0\n"
 			 "page_mass = 0\noverfetch = 1\n");
 	ck_assert_int_eq(ice_open_embedded(cfg, &c), 0);
 	ck_assert_int_eq(ice_is_embedded(c), 1);
@@ -265,8 +268,10 @@ END_TEST
 START_TEST(group_gives_its_page_to_the_query_that_gains_most)
 {
 	static const char *const cfgs[] = {
-		"dram_bytes = 4194304", "dram_bytes = 4194304\nexact_search = 1",
-		"dram_bytes = 4194304\ngroup_merge = 0", };
+		"dram_bytes = 4194304",
+		"dram_bytes = 4194304\nexact_search = 1",
+		"dram_bytes = 4194304\ngroup_merge = 0",
+	};
 	struct ice_model_shape sh = { 1, 3, 1, 16, ICE_DTYPE_F32 };
 	struct ice_budget b = { 16, 16, 16, 0 };
 	enum { N = 200, D = 16, NEEDLE = 100, FILLER = 50, CLUSTER = 16 };
@@ -369,10 +374,11 @@ START_TEST(dci_search_agrees_with_exact_search)
 			tokens[ra[i].kv_head] += __builtin_popcount(ra[i].mask);
 			for (j = 0; j < i; j++)
 				ck_assert(!(ra[j].kind == ICE_PAGE_RETRIEVED &&
-					    ra[j].kv_head == ra[i].kv_head && ra[j].page == ra[i].page));
+					    ra[j].kv_head == ra[i].kv_head &&
+					    ra[j].page == ra[i].page));
 			for (j = 0; j < nb; j++)
-				if (rb[j].kind == ICE_PAGE_RETRIEVED && rb[j].kv_head == ra[i].kv_head &&
-				    rb[j].page == ra[i].page)
+				if (rb[j].kind == ICE_PAGE_RETRIEVED &&
+				    rb[j].kv_head == ra[i].kv_head && rb[j].page == ra[i].page)
 					break;
 			hit += j < nb;
 			tot++;
@@ -460,8 +466,8 @@ START_TEST(bad_arguments_get_errors)
 		struct ice_ctx *qc;
 		uint32_t s1, s2, s3;
 
-		ck_assert_int_eq(ice_open_embedded("client_max_seqs = 2\ndram_bytes = 67108864", &qc),
-				 0);
+		ck_assert_int_eq(
+			ice_open_embedded("client_max_seqs = 2\ndram_bytes = 67108864", &qc), 0);
 		ck_assert_int_eq(ice_seq_open(qc, &sh, &b, &s1), 0);
 		ck_assert_int_eq(ice_seq_open(qc, &sh, &b, &s2), 0);
 		ck_assert_int_eq(ice_seq_open(qc, &sh, &b, &s3), -EDQUOT);
@@ -489,9 +495,8 @@ static uint64_t ops_sent(struct ice_ctx *c)
 	for (p = st; (p = strstr(p, "\nop.")); p++) {
 		char name[64];
 
-		if (sscanf(p + 1, "%63s %" SCNu64, name, &v) == 2 &&
-		    strlen(name) > 6 && !strcmp(name + strlen(name) - 6, ".count") &&
-		    strncmp(name, "op.stats.", 9))
+		if (sscanf(p + 1, "%63s %" SCNu64, name, &v) == 2 && strlen(name) > 6 &&
+		    !strcmp(name + strlen(name) - 6, ".count") && strncmp(name, "op.stats.", 9))
 			n += v;
 	}
 	return n;
@@ -710,10 +715,11 @@ END_TEST
 START_TEST(library_exports_exactly_the_public_api)
 {
 	static const char *const api[] = {
-		"ice_append", "ice_close", "ice_config", "ice_connect", "ice_default_socket",
-		"ice_fetch", "ice_is_embedded", "ice_noop", "ice_open_embedded", "ice_page_bytes",
-		"ice_select", "ice_select_cap", "ice_select_rest", "ice_seq_close", "ice_seq_info",
-		"ice_seq_open", "ice_seqs", "ice_stats",
+		"ice_append",         "ice_close",      "ice_config",      "ice_connect",
+		"ice_default_socket", "ice_fetch",      "ice_is_embedded", "ice_noop",
+		"ice_open_embedded",  "ice_page_bytes", "ice_select",      "ice_select_cap",
+		"ice_select_rest",    "ice_seq_close",  "ice_seq_info",    "ice_seq_open",
+		"ice_seqs",           "ice_stats",
 	};
 	const size_t napi = sizeof(api) / sizeof(api[0]);
 	const char *root = getenv("ICE_BUILD_ROOT");

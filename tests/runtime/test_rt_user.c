@@ -209,7 +209,9 @@ START_TEST(other_user_sees_only_its_own_sequences)
 	static const struct ice_budget bg = { 16, 16, 32, 0 };
 	char sock[256], *dir = rt_tmpdir(), allow[64], mine[64], theirs[64];
 	static char buf[1 << 16];
-	struct { uint32_t seq, id; } kid;
+	struct {
+		uint32_t seq, id;
+	} kid;
 	uint32_t sa;
 	struct ice_ctx *c;
 	int ready[2], go[2], st;
@@ -240,13 +242,15 @@ START_TEST(other_user_sees_only_its_own_sequences)
 			_exit(102);
 		snprintf(mine, sizeof(mine), "seq.%u.owner %u\n", kid.seq, kid.id);
 		snprintf(theirs, sizeof(theirs), "seq.%u.", sa);
-		if (ice_seqs(x, buf, sizeof(buf)) < 0 || !strstr(buf, mine) || strstr(buf, theirs)) {
+		if (ice_seqs(x, buf, sizeof(buf)) < 0 || !strstr(buf, mine) ||
+		    strstr(buf, theirs)) {
 			fprintf(stderr, "nobody's seqs:\n%s", buf);
 			bad |= 1;
 		}
 		snprintf(mine, sizeof(mine), "client.%u.uid %u\n", kid.id, (unsigned)nobody);
 		snprintf(theirs, sizeof(theirs), "client.%u.", shim_client_id(c));
-		if (ice_stats(x, buf, sizeof(buf)) < 0 || !strstr(buf, mine) || strstr(buf, theirs)) {
+		if (ice_stats(x, buf, sizeof(buf)) < 0 || !strstr(buf, mine) ||
+		    strstr(buf, theirs)) {
 			fprintf(stderr, "nobody's stats (client lines):\n");
 			for (char *l = strtok(buf, "\n"); l; l = strtok(NULL, "\n"))
 				if (!strncmp(l, "client.", 7))

@@ -12,8 +12,9 @@
 START_TEST(two_caps_through_the_store_with_bounded_rss)
 {
 	char dir[256];
-	struct stress_cfg cfg = { .dram_cap = 256ull << 20, .factor = 2, .slot_size = 8192,
-				  .batch = 256 };
+	struct stress_cfg cfg = {
+		.dram_cap = 256ull << 20, .factor = 2, .slot_size = 8192, .batch = 256
+	};
 	struct stress_result r;
 	const char *env = getenv("ICE_STRESS_CAP_MIB");
 

@@ -57,7 +57,9 @@ static void nvme_path(char *buf, size_t cap, const char *name)
 
 static struct tier *open_dram(uint64_t slots)
 {
-	struct tier_config c = { .capacity_bytes = slots * SLOT, .slot_size = SLOT, .numa_node = -1 };
+	struct tier_config c = { .capacity_bytes = slots * SLOT,
+				 .slot_size = SLOT,
+				 .numa_node = -1 };
 	struct tier *t = NULL;
 
 	ck_assert_int_eq(tier_open(&dram_tier_ops, &c, &t), 0);
@@ -67,8 +69,11 @@ static struct tier *open_dram(uint64_t slots)
 static struct tier *open_nvme(const char *name, uint64_t slots, unsigned depth, unsigned flags)
 {
 	char path[PATH_MAX];
-	struct tier_config c = { .capacity_bytes = slots * SLOT, .slot_size = SLOT,
-				 .queue_depth = depth, .nrings = 2, .flags = flags };
+	struct tier_config c = { .capacity_bytes = slots * SLOT,
+				 .slot_size = SLOT,
+				 .queue_depth = depth,
+				 .nrings = 2,
+				 .flags = flags };
 	struct tier *t = NULL;
 
 	nvme_path(path, sizeof(path), name);
@@ -79,7 +84,9 @@ static struct tier *open_nvme(const char *name, uint64_t slots, unsigned depth, 
 
 static struct store_key key(uint64_t seq, uint32_t page)
 {
-	return (struct store_key){ .seq = seq, .layer = (uint32_t)(seq % 3), .head = 1, .page = page };
+	return (struct store_key){
+		.seq = seq, .layer = (uint32_t)(seq % 3), .head = 1, .page = page
+	};
 }
 
 /* ---- checksums ---- */
@@ -106,7 +113,8 @@ START_TEST(crc32c_known_value_and_hw_equals_sw)
 			ck_assert_uint_eq(crc32c(0, buf + off, len), sw);
 			/* chaining */
 			ck_assert_uint_eq(crc32c(crc32c(0, buf + off, len / 2), buf + off + len / 2,
-						 len - len / 2), sw);
+						 len - len / 2),
+					  sw);
 		}
 	}
 }
@@ -116,7 +124,8 @@ END_TEST
 
 START_TEST(slot_alloc_is_all_or_nothing_and_bounded)
 {
-	struct tier_config c = { .capacity_bytes = 100 * SLOT + SLOT / 2, .slot_size = SLOT,
+	struct tier_config c = { .capacity_bytes = 100 * SLOT + SLOT / 2,
+				 .slot_size = SLOT,
 				 .numa_node = -1 };
 	static uint64_t slots[128];
 	struct tier *t;
@@ -185,8 +194,9 @@ static void tier_round_trip(struct tier *t, int misalign)
 		uint32_t len = i % 3 == 0 ? SLOT : (uint32_t)(1 + (i * 997) % SLOT);
 
 		tt_pattern(src[i] + misalign, len, &k, 1);
-		io[i] = (struct tier_io){ .slot = slots[i], .buf = src[i] + misalign, .len = len,
-					  .cap = len };
+		io[i] = (struct tier_io){
+			.slot = slots[i], .buf = src[i] + misalign, .len = len, .cap = len
+		};
 	}
 	ck_assert_int_eq(tier_write(t, io, N), 0);
 	for (i = 0; i < N; i++) {
@@ -259,7 +269,8 @@ START_TEST(dram_numa_placement_without_gpu)
 	tier_close(t);
 	/* An explicit node that does not exist is refused, not ignored. */
 	if (nodes >= 1) {
-		struct tier_config c = { .capacity_bytes = 16 * SLOT, .slot_size = SLOT,
+		struct tier_config c = { .capacity_bytes = 16 * SLOT,
+					 .slot_size = SLOT,
 					 .numa_node = 60 };
 
 		ck_assert_int_eq(tier_open(&dram_tier_ops, &c, &t), -EINVAL);
@@ -362,8 +373,9 @@ START_TEST(nvme_registered_memory_moves_in_place)
 		struct store_key k = key(3, i);
 
 		tt_pattern(tier_slot_addr(d, ds[i]), SLOT, &k, 2);
-		io[i] = (struct tier_io){ .slot = ns[i], .buf = tier_slot_addr(d, ds[i]), .len = SLOT,
-					  .cap = SLOT };
+		io[i] = (struct tier_io){
+			.slot = ns[i], .buf = tier_slot_addr(d, ds[i]), .len = SLOT, .cap = SLOT
+		};
 	}
 	ck_assert_int_eq(tier_write(t, io, 32), 0);
 	for (i = 0; i < 32; i++)
@@ -425,7 +437,8 @@ END_TEST
 
 START_TEST(nvme_bad_paths_fail_cleanly)
 {
-	struct tier_config c = { .capacity_bytes = 16 * SLOT, .slot_size = SLOT,
+	struct tier_config c = { .capacity_bytes = 16 * SLOT,
+				 .slot_size = SLOT,
 				 .path = "/nonexistent-dir/x" };
 	struct tier *t;
 
@@ -444,7 +457,8 @@ struct fixture {
 	struct store *s;
 };
 
-static void fx_open(struct fixture *fx, uint64_t dram_slots, uint64_t nvme_slots, uint64_t max_pages)
+static void fx_open(struct fixture *fx, uint64_t dram_slots, uint64_t nvme_slots,
+		    uint64_t max_pages)
 {
 	struct store_config sc = { .slot_size = SLOT, .max_pages = max_pages };
 	struct tier *tiers[2];
@@ -476,8 +490,9 @@ static void put_pages(struct store *s, uint64_t seq, unsigned first, unsigned n,
 		uint32_t fill = 1 + (first + i) % 16, len = fill * (SLOT / 16);
 
 		tt_pattern(buf[i], len, &k, version);
-		pg[i] = (struct store_page){ .key = k, .buf = buf[i], .len = len, .fill = fill,
-					     .version = version };
+		pg[i] = (struct store_page){
+			.key = k, .buf = buf[i], .len = len, .fill = fill, .version = version
+		};
 	}
 	ck_assert_int_eq(store_put(s, pg, n, tier), expect);
 	if (expect == 0)
@@ -495,7 +510,9 @@ static void get_check(struct store *s, uint64_t seq, unsigned first, unsigned n,
 
 	ck_assert_uint_le(n, 64);
 	for (i = 0; i < n; i++)
-		pg[i] = (struct store_page){ .key = key(seq, first + i), .buf = buf[i], .len = SLOT };
+		pg[i] = (struct store_page){ .key = key(seq, first + i),
+					     .buf = buf[i],
+					     .len = SLOT };
 	ck_assert_int_eq(store_get(s, pg, n), 0);
 	for (i = 0; i < n; i++) {
 		uint32_t fill = 1 + (first + i) % 16;
@@ -729,8 +746,12 @@ static void put_acct(struct store *s, uint64_t seq, unsigned first, unsigned n, 
 		uint32_t fill = 1 + (first + i) % 16, len = fill * (SLOT / 16);
 
 		tt_pattern(buf[i], len, &k, version);
-		pg[i] = (struct store_page){ .key = k, .buf = buf[i], .len = len, .fill = fill,
-					     .version = version, .acct = acct };
+		pg[i] = (struct store_page){ .key = k,
+					     .buf = buf[i],
+					     .len = len,
+					     .fill = fill,
+					     .version = version,
+					     .acct = acct };
 	}
 	if (resv)
 		store_put_resv(s, pg, n, tier, resv);
@@ -746,9 +767,10 @@ static void acct_is(struct store *s, uint32_t acct, uint64_t dram, uint64_t nvme
 	uint64_t n[TIER_MAX];
 
 	ck_assert_int_eq(store_acct_slots(s, acct, n), 0);
-	ck_assert_msg(n[0] == dram && n[1] == nvme, "account %u holds %llu+%llu, expected %llu+%llu",
-		      acct, (unsigned long long)n[0], (unsigned long long)n[1],
-		      (unsigned long long)dram, (unsigned long long)nvme);
+	ck_assert_msg(n[0] == dram && n[1] == nvme,
+		      "account %u holds %llu+%llu, expected %llu+%llu", acct,
+		      (unsigned long long)n[0], (unsigned long long)n[1], (unsigned long long)dram,
+		      (unsigned long long)nvme);
 }
 
 /* Per-account slot counts follow every residency change; quotas refuse with -EDQUOT; a
@@ -860,8 +882,9 @@ static void policy_put_acct(struct policy *p, uint64_t seq, unsigned first, unsi
 		struct store_key k = key(seq, first + i);
 
 		tt_pattern(buf[i], SLOT, &k, 1);
-		pg[i] = (struct store_page){ .key = k, .buf = buf[i], .len = SLOT, .fill = 16,
-					     .version = 1, .acct = acct };
+		pg[i] = (struct store_page){
+			.key = k, .buf = buf[i], .len = SLOT, .fill = 16, .version = 1, .acct = acct
+		};
 	}
 	ck_assert_int_eq(resv ? policy_put_resv(p, pg, n, resv) : policy_put(p, pg, n), expect);
 }
@@ -1003,8 +1026,11 @@ START_TEST(watermarks_keep_dram_under_limit_and_every_page_readable)
 			uint32_t fill = 1 + (b * 10 + i) % 16;
 
 			tt_pattern(buf[i], fill * (SLOT / 16), &k, 1);
-			pg[i] = (struct store_page){ .key = k, .buf = buf[i], .len = fill * (SLOT / 16),
-						     .fill = fill, .version = 1 };
+			pg[i] = (struct store_page){ .key = k,
+						     .buf = buf[i],
+						     .len = fill * (SLOT / 16),
+						     .fill = fill,
+						     .version = 1 };
 		}
 		ck_assert_int_eq(policy_put(p, pg, 10), 0);
 		store_touch(fx.s, hot, 4);
@@ -1058,7 +1084,7 @@ struct worker {
 static void *worker_main(void *arg)
 {
 	struct worker *w = arg;
-	uint8_t (*buf)[SLOT] = malloc(17 * SLOT), *ref;
+	uint8_t(*buf)[SLOT] = malloc(17 * SLOT), *ref;
 	struct store_page pg[16];
 	struct store_key keys[16];
 	unsigned round, i;
@@ -1075,14 +1101,15 @@ static void *worker_main(void *arg)
 			struct store_key k = { w->seq, 0, 0, i };
 
 			tt_pattern(buf[i], SLOT, &k, version);
-			pg[i] = (struct store_page){ .key = k, .buf = buf[i], .len = SLOT, .fill = 16,
-						     .version = version };
+			pg[i] = (struct store_page){
+				.key = k, .buf = buf[i], .len = SLOT, .fill = 16, .version = version
+			};
 			keys[i] = k;
 		}
 		if (store_put(w->s, pg, 16, round % 2) != 0)
 			w->failures++;
-		if (store_migrate(w->s, keys, 8, (round + 1) % 2, round % 3 ? STORE_MIGRATE_COPY : 0,
-				  NULL) != 0)
+		if (store_migrate(w->s, keys, 8, (round + 1) % 2,
+				  round % 3 ? STORE_MIGRATE_COPY : 0, NULL) != 0)
 			w->failures++;
 		for (i = 0; i < 16; i++) {
 			memset(buf[i], 0, SLOT);

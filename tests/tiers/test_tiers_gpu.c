@@ -40,7 +40,8 @@ START_TEST(dram_pool_is_registered_and_mapped)
 	ck_assert_int_eq(store_lookup(s, &k, &info), 0);
 	ck_assert_int_eq(cudaHostGetDevicePointer(&dev, tier_slot_addr(t, 0), 0), cudaSuccess);
 	ck_assert_int_eq(cudaMemcpy(back, (uint8_t *)dev + info.slot[0] * 8192, 8192,
-				    cudaMemcpyDeviceToHost), cudaSuccess);
+				    cudaMemcpyDeviceToHost),
+			 cudaSuccess);
 	ck_assert_int_eq(memcmp(back, src, 8192), 0);
 	store_close(s);
 	tier_close(t);

@@ -58,8 +58,8 @@ static int dram_open(const struct tier_config *cfg, struct tier **ret_tier)
 	}
 	if (d->base == MAP_FAILED) {
 		/* No reserved huge pages (the usual case): ask for transparent ones. */
-		d->base = mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS,
-			       -1, 0);
+		d->base =
+			mmap(NULL, len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 		if (d->base == MAP_FAILED) {
 			r = -errno;
 			goto out_done;
@@ -151,7 +151,9 @@ static void dram_stats(struct tier *t, struct stats_buf *sb, const char *prefix)
 	stats_put_str(sb, prefix, "numa_reason", topo_reason_name(d->why));
 	stats_put_u64(sb, prefix, "numa_nodes", (uint64_t)topo_nodes());
 	stats_put_str(sb, prefix, "hugepages",
-		      d->info.hugepages == 1 ? "hugetlb" : d->info.hugepages == 2 ? "thp" : "none");
+		      d->info.hugepages == 1 ? "hugetlb" :
+		      d->info.hugepages == 2 ? "thp" :
+					       "none");
 	stats_put_u64(sb, prefix, "mlocked", (uint64_t)d->info.mlocked);
 	stats_put_u64(sb, prefix, "cuda_registered", (uint64_t)d->info.cuda_registered);
 	stats_put_u64(sb, prefix, "pool_bytes", d->map_len);

@@ -17,8 +17,8 @@ extern const struct tier_ops dram_tier_ops;
 
 /* What open ended up with (for tests and stats). */
 struct dram_info {
-	int node;          /* -1 when not bound */
-	int hugepages;     /* 0 none, 1 hugetlbfs pages, 2 transparent huge pages (advised) */
+	int node;      /* -1 when not bound */
+	int hugepages; /* 0 none, 1 hugetlbfs pages, 2 transparent huge pages (advised) */
 	int mlocked;
 	int cuda_registered;
 	size_t map_len;

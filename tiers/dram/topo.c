@@ -28,7 +28,8 @@ static void topo_scan(void)
 	while ((dev = hwloc_get_next_pcidev(topo, dev)) != NULL) {
 		hwloc_obj_t anc;
 
-		if (dev->attr->pcidev.vendor_id != 0x10de || (dev->attr->pcidev.class_id >> 8) != 0x03)
+		if (dev->attr->pcidev.vendor_id != 0x10de ||
+		    (dev->attr->pcidev.class_id >> 8) != 0x03)
 			continue;
 		anc = hwloc_get_non_io_ancestor_obj(topo, dev);
 		/* nodesets hold OS node numbers, the ones libnuma takes. */

@@ -8,10 +8,10 @@
 #include <stddef.h>
 
 enum topo_reason {
-	TOPO_CONFIG = 0,   /* the caller asked for a node */
-	TOPO_GPU = 1,      /* the node nearest an NVIDIA GPU (hwloc PCI locality) */
-	TOPO_LOCAL = 2,    /* no GPU found: the node of the CPU that opened the tier */
-	TOPO_NONUMA = 3,   /* no NUMA support in this kernel: no placement */
+	TOPO_CONFIG = 0, /* the caller asked for a node */
+	TOPO_GPU = 1,    /* the node nearest an NVIDIA GPU (hwloc PCI locality) */
+	TOPO_LOCAL = 2,  /* no GPU found: the node of the CPU that opened the tier */
+	TOPO_NONUMA = 3, /* no NUMA support in this kernel: no placement */
 };
 
 /* The node for the pool and why (cached after the first call; hwloc's PCI scan is slow). */

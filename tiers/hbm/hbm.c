@@ -17,7 +17,7 @@ struct hbm {
 	struct hbm_config cfg;
 	struct hbm_cache *cache;
 	void *pool;
-	struct kern_copy *desc;     /* pinned mapped host: HBM_RING chunks of max_batch */
+	struct kern_copy *desc; /* pinned mapped host: HBM_RING chunks of max_batch */
 	uint64_t desc_dev;
 	void *ev[HBM_RING];
 	uint8_t ev_live[HBM_RING];
@@ -179,7 +179,8 @@ int hbm_load(struct hbm *h, const struct hbm_req *reqs, uint32_t n, struct kern_
 			goto out_undo;
 		if (r == 0) {
 			chunk[nmiss].src = reqs[i].src;
-			chunk[nmiss].dst = (uint64_t)(uintptr_t)h->pool + (uint64_t)slot * h->cfg.slot_bytes;
+			chunk[nmiss].dst =
+				(uint64_t)(uintptr_t)h->pool + (uint64_t)slot * h->cfg.slot_bytes;
 			nmiss++;
 		}
 		ret_pages[i].slot = slot;
@@ -194,8 +195,10 @@ int hbm_load(struct hbm *h, const struct hbm_req *reqs, uint32_t n, struct kern_
 			goto out_undo;
 		}
 	} else if (nmiss) {
-		const struct kern_copy *dev_chunk = (const struct kern_copy *)(uintptr_t)
-			(h->desc_dev + (uint64_t)ci * h->cfg.max_batch * sizeof(*chunk));
+		const struct kern_copy *dev_chunk =
+			(const struct kern_copy *)(uintptr_t)(h->desc_dev +
+							      (uint64_t)ci * h->cfg.max_batch *
+								      sizeof(*chunk));
 
 		r = kern_gather(dev_chunk, nmiss, len, stream);
 		if (!r)

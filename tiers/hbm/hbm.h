@@ -34,10 +34,10 @@
 #include "stats.h"
 
 struct hbm_config {
-	int device;           /* CUDA device ordinal */
-	uint32_t nslots;      /* slots in the pool */
-	size_t slot_bytes;    /* a multiple of 16 (the store's slot_size) */
-	uint32_t max_batch;   /* most pages one hbm_load takes (0 = 1024) */
+	int device;         /* CUDA device ordinal */
+	uint32_t nslots;    /* slots in the pool */
+	size_t slot_bytes;  /* a multiple of 16 (the store's slot_size) */
+	uint32_t max_batch; /* most pages one hbm_load takes (0 = 1024) */
 };
 
 /* One page a working set needs. src: device-visible address of the page in pinned DRAM (the

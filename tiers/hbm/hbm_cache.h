@@ -25,9 +25,9 @@ struct hbm_cache_stats {
 	uint64_t hits;
 	uint64_t misses;
 	uint64_t evictions;
-	uint64_t stale;   /* misses that replaced an older version of the same page */
-	uint32_t pinned;  /* slots pinned now */
-	uint32_t cached;  /* unpinned slots holding a valid page now */
+	uint64_t stale;  /* misses that replaced an older version of the same page */
+	uint32_t pinned; /* slots pinned now */
+	uint32_t cached; /* unpinned slots holding a valid page now */
 };
 
 struct hbm_cache;

@@ -58,8 +58,8 @@ struct nvme_tier {
 	int uring;
 	int blockdev;
 	int fallocated;
-	int created;		/* this open made the file: remove it if the open fails */
-	off_t orig_size;	/* the file's size before this open */
+	int created;     /* this open made the file: remove it if the open fails */
+	off_t orig_size; /* the file's size before this open */
 	unsigned depth, nrings;
 	unsigned next_ring;
 	struct nvme_ring *rings;
@@ -256,8 +256,8 @@ static unsigned nvme_write_run(struct nvme_tier *v, const struct tier_io *ios, u
 	return k ? k : 1;
 }
 
-static void nvme_prep_vec(struct nvme_tier *v, struct nvme_ring *r, struct tier_io *ios,
-			  unsigned k, unsigned tag)
+static void nvme_prep_vec(struct nvme_tier *v, struct nvme_ring *r, struct tier_io *ios, unsigned k,
+			  unsigned tag)
 {
 	struct io_uring_sqe *sqe = io_uring_get_sqe(&r->ring);
 	struct iovec *iov = &r->tag_iov[(size_t)tag * NVME_VEC_MAX];
@@ -273,8 +273,8 @@ static void nvme_prep_vec(struct nvme_tier *v, struct nvme_ring *r, struct tier_
 }
 
 /* The fallback without io_uring: one pread/pwrite per transfer, same buffer rules. */
-static void nvme_rw_sync(struct nvme_tier *v, struct nvme_ring *r, struct tier_io *ios,
-			 unsigned n, int write, uint64_t *cnt)
+static void nvme_rw_sync(struct nvme_tier *v, struct nvme_ring *r, struct tier_io *ios, unsigned n,
+			 int write, uint64_t *cnt)
 {
 	size_t ss = v->tier.slot_size;
 	unsigned i;
@@ -282,7 +282,8 @@ static void nvme_rw_sync(struct nvme_tier *v, struct nvme_ring *r, struct tier_i
 	for (i = 0; i < n; i++) {
 		struct tier_io *io = &ios[i];
 		size_t xfer = nvme_xfer_len(v, io->len);
-		int direct = io->cap >= xfer && (!v->direct || ((uintptr_t)io->buf % TIER_ALIGN) == 0);
+		int direct = io->cap >= xfer &&
+			     (!v->direct || ((uintptr_t)io->buf % TIER_ALIGN) == 0);
 		uint8_t *b = direct ? io->buf : r->stage;
 		off_t off = (off_t)(io->slot * ss);
 		ssize_t got;
@@ -357,7 +358,8 @@ static int nvme_rw(struct tier *t, struct tier_io *ios, unsigned n, int write)
 			nvme_ring_fail(r, ios, n, next, v->depth, ret);
 			break;
 		}
-		io_uring_for_each_cqe(&r->ring, head, cqe) {
+		io_uring_for_each_cqe(&r->ring, head, cqe)
+		{
 			unsigned tag = (unsigned)cqe->user_data;
 			struct tier_io *io = &ios[r->tag_io[tag]];
 
@@ -419,7 +421,8 @@ static int nvme_ring_init(struct nvme_tier *v, struct nvme_ring *r)
 	int ret;
 
 	pthread_mutex_init(&r->lock, NULL);
-	r->stage = mmap(NULL, stage_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	r->stage =
+		mmap(NULL, stage_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (r->stage == MAP_FAILED) {
 		r->stage = NULL;
 		return -ENOMEM;
@@ -474,7 +477,8 @@ static int nvme_probe_direct(int fd)
 	if (posix_memalign(&b, TIER_ALIGN, TIER_ALIGN))
 		return -ENOMEM;
 	memset(b, 0, TIER_ALIGN);
-	ok = pwrite(fd, b, TIER_ALIGN, 0) == TIER_ALIGN && pread(fd, b, TIER_ALIGN, 0) == TIER_ALIGN;
+	ok = pwrite(fd, b, TIER_ALIGN, 0) == TIER_ALIGN &&
+	     pread(fd, b, TIER_ALIGN, 0) == TIER_ALIGN;
 	free(b);
 	return ok ? 0 : -EINVAL;
 }

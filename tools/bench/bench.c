@@ -17,7 +17,8 @@ void bench_set_cmdline(int argc, char **argv)
 
 	cmdline[0] = '\0';
 	for (i = 0; i < argc && len + 2 < sizeof(cmdline); i++) {
-		int n = snprintf(cmdline + len, sizeof(cmdline) - len, "%s%s", i ? " " : "", argv[i]);
+		int n = snprintf(cmdline + len, sizeof(cmdline) - len, "%s%s", i ? " " : "",
+				 argv[i]);
 
 		if (n < 0)
 			break;

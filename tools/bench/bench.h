@@ -18,11 +18,11 @@ struct bench_cmd {
 
 void bench_register(struct bench_cmd *cmd);
 
-#define BENCH_COMMAND(var, cmd_name, cmd_help, cmd_main)                         \
-	static struct bench_cmd var = { cmd_name, cmd_help, cmd_main, NULL };    \
-	__attribute__((constructor)) static void var##_register(void)            \
-	{                                                                         \
-		bench_register(&var);                                             \
+#define BENCH_COMMAND(var, cmd_name, cmd_help, cmd_main)                      \
+	static struct bench_cmd var = { cmd_name, cmd_help, cmd_main, NULL }; \
+	__attribute__((constructor)) static void var##_register(void)         \
+	{                                                                     \
+		bench_register(&var);                                         \
 	}
 
 /* The full command line icebench was started with (argv joined by spaces). */

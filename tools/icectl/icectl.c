@@ -204,8 +204,10 @@ static int print_status(struct kvs *st, struct kvs *sq, int json)
 		       (unsigned long long)kvs_u64(st, "daemon.uptime_ns"));
 		for (i = 0; i < nt; i++)
 			printf("%s{\"name\":\"%s\",\"capacity_bytes\":%llu,\"used_bytes\":%llu,"
-			       "\"pages\":%llu}", i ? "," : "", tier_ids[i],
-			       (unsigned long long)grp_u64(st, "tier", tier_ids[i], "capacity_bytes"),
+			       "\"pages\":%llu}",
+			       i ? "," : "", tier_ids[i],
+			       (unsigned long long)grp_u64(st, "tier", tier_ids[i],
+							   "capacity_bytes"),
 			       (unsigned long long)grp_u64(st, "tier", tier_ids[i], "used_bytes"),
 			       (unsigned long long)tier_pages(st, tier_ids[i]));
 		printf("],\"clients\":[");
@@ -217,9 +219,12 @@ static int print_status(struct kvs *st, struct kvs *sq, int json)
 			       (unsigned long long)grp_u64(st, "client", client_ids[i], "uid"),
 			       (unsigned long long)grp_u64(st, "client", client_ids[i], "ops"),
 			       seqs_of(st, sq, ns, client_ids[i]),
-			       (unsigned long long)grp_u64(st, "client", client_ids[i], "host_bytes"),
-			       (unsigned long long)grp_u64(st, "client", client_ids[i], "dram_pages"),
-			       (unsigned long long)grp_u64(st, "client", client_ids[i], "nvme_pages"));
+			       (unsigned long long)grp_u64(st, "client", client_ids[i],
+							   "host_bytes"),
+			       (unsigned long long)grp_u64(st, "client", client_ids[i],
+							   "dram_pages"),
+			       (unsigned long long)grp_u64(st, "client", client_ids[i],
+							   "nvme_pages"));
 		printf("],\"client_quotas\":{\"host_bytes\":%llu,\"dram_pages\":%llu,"
 		       "\"nvme_pages\":%llu,\"seqs\":%llu}",
 		       (unsigned long long)kvs_u64(st, "engine.client_host_bytes"),
@@ -256,25 +261,30 @@ static int print_status(struct kvs *st, struct kvs *sq, int json)
 	human_bytes(kvs_u64(st, "engine.host_capacity_bytes"), b, sizeof(b));
 	printf("%-6s %12s %12s %5.1f%% %10s   (index keys, sinks, windows)\n", "host", b, a,
 	       kvs_u64(st, "engine.host_capacity_bytes") ?
-	       100.0 * (double)kvs_u64(st, "engine.host_used_bytes") /
-	       (double)kvs_u64(st, "engine.host_capacity_bytes") : 0.0, "-");
+		       100.0 * (double)kvs_u64(st, "engine.host_used_bytes") /
+			       (double)kvs_u64(st, "engine.host_capacity_bytes") :
+		       0.0,
+	       "-");
 	printf("\nclients: %zu (+%llu control)   sequences: %zu   store: %s   index: %s\n", nc,
 	       (unsigned long long)kvs_u64(st, "daemon.control_clients"), ns,
 	       kvs_get(st, "engine.store") ? kvs_get(st, "engine.store") : "?",
 	       kvs_get(st, "engine.index") ? kvs_get(st, "engine.index") : "?");
 	if (nc) {
 		/* each client's use, and below it the quota each may reach (0: none) */
-		printf("\n%-6s %8s %6s %10s %5s %12s %8s %8s\n", "CLIENT", "PID", "UID", "OPS", "SEQS",
-		       "HOST", "DRAM", "NVME");
+		printf("\n%-6s %8s %6s %10s %5s %12s %8s %8s\n", "CLIENT", "PID", "UID", "OPS",
+		       "SEQS", "HOST", "DRAM", "NVME");
 		for (i = 0; i < nc; i++) {
-			human_bytes(grp_u64(st, "client", client_ids[i], "host_bytes"), a, sizeof(a));
+			human_bytes(grp_u64(st, "client", client_ids[i], "host_bytes"), a,
+				    sizeof(a));
 			printf("%-6s %8llu %6llu %10llu %5zu %12s %8llu %8llu\n", client_ids[i],
 			       (unsigned long long)grp_u64(st, "client", client_ids[i], "pid"),
 			       (unsigned long long)grp_u64(st, "client", client_ids[i], "uid"),
 			       (unsigned long long)grp_u64(st, "client", client_ids[i], "ops"),
 			       seqs_of(st, sq, ns, client_ids[i]), a,
-			       (unsigned long long)grp_u64(st, "client", client_ids[i], "dram_pages"),
-			       (unsigned long long)grp_u64(st, "client", client_ids[i], "nvme_pages"));
+			       (unsigned long long)grp_u64(st, "client", client_ids[i],
+							   "dram_pages"),
+			       (unsigned long long)grp_u64(st, "client", client_ids[i],
+							   "nvme_pages"));
 		}
 		human_bytes(kvs_u64(st, "engine.client_host_bytes"), a, sizeof(a));
 		printf("%-6s %8s %6s %10s %5llu %12s %8llu %8llu\n", "quota", "", "", "",
@@ -288,8 +298,8 @@ static int print_status(struct kvs *st, struct kvs *sq, int json)
 static int print_seqs(struct kvs *sq, int json)
 {
 	size_t ns = groups(sq, "seq", seq_ids, MAXG), i;
-	static const char *const f[] = { "owner", "layers", "q_heads", "kv_heads", "head_dim",
-					 "tokens", "pages", "bytes" };
+	static const char *const f[] = { "owner",    "layers", "q_heads", "kv_heads",
+					 "head_dim", "tokens", "pages",   "bytes" };
 	size_t j;
 
 	if (json) {

@@ -24,8 +24,9 @@
 #include "sel.h"
 #include "tok.h"
 
-#define CHAT_SYSTEM "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, " \
-		    "trained by Hugging Face<|im_end|>\n"
+#define CHAT_SYSTEM                                                         \
+	"<|im_start|>system\nYou are a helpful AI assistant named SmolLM, " \
+	"trained by Hugging Face<|im_end|>\n"
 #define MAX_LIST 16
 #define MAX_GEN 8
 #define NKEYS 4 /* most multikey needles (--mk-keys) */
@@ -38,7 +39,8 @@ int eval_chat_prompt(const char *user, bool chat, char **ret)
 	if (!s)
 		return -ENOMEM;
 	if (chat)
-		snprintf(s, n, CHAT_SYSTEM "<|im_start|>user\n%s<|im_end|>\n<|im_start|>assistant\n",
+		snprintf(s, n,
+			 CHAT_SYSTEM "<|im_start|>user\n%s<|im_end|>\n<|im_start|>assistant\n",
 			 user);
 	else
 		snprintf(s, n, "%s", user);
@@ -99,7 +101,7 @@ static const char *const key_names[NKEYS] = { "falcon", "orchid", "granite", "ha
 struct opts {
 	int lengths[MAX_LIST], nlengths;
 	int budgets[MAX_LIST], nbudgets;
-	int methods[MAX_LIST], nmethods;	/* enum sel_kind, full first */
+	int methods[MAX_LIST], nmethods; /* enum sel_kind, full first */
 	int depths, mk_depths, mk_keys, dense, threads;
 	bool tasks[2], fillers[2];
 	bool json, verbose;
@@ -152,7 +154,8 @@ struct run {
 	int nrows;
 	size_t caprows;
 	struct ids austen, repeat;
-	double prefill_tok, prefill_s, decode_tok[MAX_LIST * MAX_LIST], decode_s[MAX_LIST * MAX_LIST];
+	double prefill_tok, prefill_s, decode_tok[MAX_LIST * MAX_LIST],
+		decode_s[MAX_LIST * MAX_LIST];
 	uint64_t rng;
 	int imend, nl;
 };
@@ -186,9 +189,10 @@ static int load_fillers(struct run *r)
 
 		f = fopen(r->o.austen, "rb");
 		if (!f) {
-			fprintf(stderr, "icerun eval: %s: %s (tools/setup.sh exports it from "
-				"r-cran-janeaustenr); Austen filler skipped\n", r->o.austen,
-				strerror(errno));
+			fprintf(stderr,
+				"icerun eval: %s: %s (tools/setup.sh exports it from "
+				"r-cran-janeaustenr); Austen filler skipped\n",
+				r->o.austen, strerror(errno));
 			r->o.fillers[FILL_AUSTEN] = false;
 			return 0;
 		}
@@ -245,31 +249,44 @@ static int build_case(struct run *r, int task, int filler, int length, int depth
 	for (i = 0; i < nneedle; i++)
 		snprintf(keys[i], sizeof(keys[i]), "%05u", 10000 + rnd(r) % 90000);
 	if (task == TASK_PASSKEY) {
-		err = ids_push_text(r->t, &head, CHAT_SYSTEM "<|im_start|>user\nThere is an important "
+		err = ids_push_text(r->t, &head,
+				    CHAT_SYSTEM
+				    "<|im_start|>user\nThere is an important "
 				    "pass key hidden inside a lot of irrelevant text. Find it and "
-				    "memorize it. I will quiz you about the pass key.\n\n", true);
-		snprintf(text, sizeof(text), "\nThe pass key is %s. Remember it. %s is the pass key.\n",
-			 keys[0], keys[0]);
+				    "memorize it. I will quiz you about the pass key.\n\n",
+				    true);
+		snprintf(text, sizeof(text),
+			 "\nThe pass key is %s. Remember it. %s is the pass key.\n", keys[0],
+			 keys[0]);
 		err = err ? err : ids_push_text(r->t, &ndl[0], text, false);
-		err = err ? err : ids_push_text(r->t, tail, "\n\nWhat is the pass key?<|im_end|>\n"
-						"<|im_start|>assistant\nThe pass key is", true);
+		err = err ? err :
+			    ids_push_text(r->t, tail,
+					  "\n\nWhat is the pass key?<|im_end|>\n"
+					  "<|im_start|>assistant\nThe pass key is",
+					  true);
 	} else {
 		ask = depth_i % nneedle;
 		/* RULER's multi-key needle (several keys, one asked for), in the passkey task's
 		 * wording: RULER's "special magic number for <name>" phrasing was beyond this 135M
 		 * model even with full attention (0-75%, docs/BENCHMARKS.md run A) */
-		err = ids_push_text(r->t, &head, CHAT_SYSTEM "<|im_start|>user\nThere are important "
-				    "pass keys hidden inside a lot of irrelevant text, each with a name. "
-				    "Find them and memorize them. I will quiz you about one of them.\n\n",
-				    true);
+		err = ids_push_text(
+			r->t, &head,
+			CHAT_SYSTEM
+			"<|im_start|>user\nThere are important "
+			"pass keys hidden inside a lot of irrelevant text, each with a name. "
+			"Find them and memorize them. I will quiz you about one of them.\n\n",
+			true);
 		for (i = 0; i < nneedle && !err; i++) {
-			snprintf(text, sizeof(text), "\nThe pass key for %s is %s. Remember it. %s is "
-				 "the pass key for %s.\n", key_names[i], keys[i], keys[i], key_names[i]);
+			snprintf(text, sizeof(text),
+				 "\nThe pass key for %s is %s. Remember it. %s is "
+				 "the pass key for %s.\n",
+				 key_names[i], keys[i], keys[i], key_names[i]);
 			err = ids_push_text(r->t, &ndl[i], text, false);
 		}
-		snprintf(text, sizeof(text), "\n\nWhat is the pass key for %s?<|im_end|>\n"
-			 "<|im_start|>assistant\nThe pass key for %s is", key_names[ask],
-			 key_names[ask]);
+		snprintf(text, sizeof(text),
+			 "\n\nWhat is the pass key for %s?<|im_end|>\n"
+			 "<|im_start|>assistant\nThe pass key for %s is",
+			 key_names[ask], key_names[ask]);
 		err = err ? err : ids_push_text(r->t, tail, text, true);
 	}
 	if (err)
@@ -284,7 +301,7 @@ static int build_case(struct run *r, int task, int filler, int length, int depth
 	/* multikey: the needles spread over the haystack, shifted by the depth */
 	for (i = 0; i < nneedle; i++) {
 		double d = task == TASK_PASSKEY ? depth :
-			   fmod(depth / nneedle + (double)i / nneedle, 1.0);
+						  fmod(depth / nneedle + (double)i / nneedle, 1.0);
 
 		at[i] = snap(r, src->v, nf, (int)(d * nf));
 	}
@@ -393,8 +410,8 @@ static int run_case(struct run *r, int task, int filler, int length, int di, int
 	else
 		snprintf(where, sizeof(where), "depth %d", di);
 	if (r->o.verbose)
-		fprintf(stderr, "%s/%s %d %s: prefill %d tokens %.1f tok/s\n",
-			task_names[task], filler_names[filler], pre.n + tail.n, where, pre.n,
+		fprintf(stderr, "%s/%s %d %s: prefill %d tokens %.1f tok/s\n", task_names[task],
+			filler_names[filler], pre.n + tail.n, where, pre.n,
 			pre.n / ((clock_now_ns() - t0) / 1e9));
 	for (si = 0; si < r->nsels && !err; si++) {
 		memset(&w, 0, sizeof(w));
@@ -410,14 +427,16 @@ static int run_case(struct run *r, int task, int filler, int length, int di, int
 		if (!err)
 			err = add_row(r, &w);
 		if (r->o.verbose)
-			fprintf(stderr, "%s/%s %d %s %-9s budget %3d: answer \"%s\" expected %s "
+			fprintf(stderr,
+				"%s/%s %d %s %-9s budget %3d: answer \"%s\" expected %s "
 				"%s (attended %.0f tokens/head, decode %.1f tok/s)\n",
 				task_names[task], filler_names[filler], pre.n + tail.n, where,
 				sel_kind_name(w.method), w.budget, w.answer, key,
-				w.correct ? "ok" : "MISS", w.method == SEL_FULL ? pre.n + tail.n :
-				w.attended, w.tok_s);
+				w.correct ? "ok" : "MISS",
+				w.method == SEL_FULL ? pre.n + tail.n : w.attended, w.tok_s);
 		if (r->o.verbose && (w.method == SEL_DCI || w.method == SEL_ICECACHE))
-			fprintf(stderr, "    %.1f pages fetched per layer and KV head per step (the "
+			fprintf(stderr,
+				"    %.1f pages fetched per layer and KV head per step (the "
 				"budget's best tokens among them attended)%s%s\n",
 				w.pages, *sel_stats_text(r->sels[si]) ? "; " : "",
 				sel_stats_text(r->sels[si]));
@@ -462,7 +481,8 @@ static void print_tables(const struct run *r, FILE *f)
 			}
 			if (!any)
 				continue;
-			fprintf(f, "\n%s accuracy, %s filler (exact match of the key; %% of cases)\n",
+			fprintf(f,
+				"\n%s accuracy, %s filler (exact match of the key; %% of cases)\n",
 				task_names[task], filler_names[fl]);
 			fprintf(f, "%7s", "tokens");
 			for (si = 0; si < r->nsels; si++) {
@@ -471,7 +491,8 @@ static void print_tables(const struct run *r, FILE *f)
 				if (sel_kind(r->sels[si]) == SEL_FULL)
 					snprintf(h, sizeof(h), "full");
 				else
-					snprintf(h, sizeof(h), "%s@%d", sel_kind_name(sel_kind(r->sels[si])),
+					snprintf(h, sizeof(h), "%s@%d",
+						 sel_kind_name(sel_kind(r->sels[si])),
 						 sel_budget(r->sels[si]));
 				fprintf(f, " %12s", h);
 			}
@@ -490,7 +511,8 @@ static void print_tables(const struct run *r, FILE *f)
 			}
 		}
 	}
-	fprintf(f, "\nattention-mass recall over the sparse layers (mass of the attended tokens under "
+	fprintf(f,
+		"\nattention-mass recall over the sparse layers (mass of the attended tokens under "
 		"the full softmax; ratio = that / mass of the best same-size token set)\n");
 	fprintf(f, "%7s %-16s %8s %8s %8s\n", "tokens", "mode", "mass", "oracle", "ratio");
 	for (li = 0; li < r->o.nlengths; li++) {
@@ -546,14 +568,15 @@ static void print_json(const struct run *r, FILE *f, int argc, char **argv)
 	}
 	fprintf(f, "\",\"machine\":{\"host\":");
 	json_str(f, host);
-	fprintf(f, ",\"cpus\":%ld,\"threads\":%d},\"time\":\"%s\",\"model\":", sysconf(_SC_NPROCESSORS_ONLN),
-		r->o.threads, when);
+	fprintf(f, ",\"cpus\":%ld,\"threads\":%d},\"time\":\"%s\",\"model\":",
+		sysconf(_SC_NPROCESSORS_ONLN), r->o.threads, when);
 	json_str(f, r->o.model);
 	fprintf(f, ",\"dense_layers\":%d,\"depths\":%d,\"mk_keys\":%d,\"seed\":%u", r->o.dense,
 		r->o.depths, r->o.mk_keys, r->o.seed);
-	fprintf(f, ",\"speed\":{\"prefill_tokens\":%.0f,\"prefill_s\":%.3f,\"prefill_tok_s\":%.2f,"
-		"\"decode_tok_s\":{", r->prefill_tok, r->prefill_s,
-		r->prefill_s > 0 ? r->prefill_tok / r->prefill_s : 0);
+	fprintf(f,
+		",\"speed\":{\"prefill_tokens\":%.0f,\"prefill_s\":%.3f,\"prefill_tok_s\":%.2f,"
+		"\"decode_tok_s\":{",
+		r->prefill_tok, r->prefill_s, r->prefill_s > 0 ? r->prefill_tok / r->prefill_s : 0);
 	for (si = 0; si < r->nsels; si++)
 		fprintf(f, "%s\"%s@%d\":%.2f", si ? "," : "", sel_kind_name(sel_kind(r->sels[si])),
 			sel_budget(r->sels[si]),
@@ -570,10 +593,12 @@ static void print_json(const struct run *r, FILE *f, int argc, char **argv)
 					       sel_budget(r->sels[si]), &cc, &nn);
 					if (!nn)
 						continue;
-					fprintf(f, "%s{\"task\":\"%s\",\"filler\":\"%s\",\"length\":%d,"
+					fprintf(f,
+						"%s{\"task\":\"%s\",\"filler\":\"%s\",\"length\":%d,"
 						"\"method\":\"%s\",\"budget\":%d,\"correct\":%d,\"cases\":%d,"
-						"\"accuracy\":%.4f}", n++ ? "," : "", task_names[task],
-						filler_names[fl], r->o.lengths[li],
+						"\"accuracy\":%.4f}",
+						n++ ? "," : "", task_names[task], filler_names[fl],
+						r->o.lengths[li],
 						sel_kind_name(sel_kind(r->sels[si])),
 						sel_budget(r->sels[si]), cc, nn, (double)cc / nn);
 				}
@@ -586,11 +611,13 @@ static void print_json(const struct run *r, FILE *f, int argc, char **argv)
 			if (sel_kind(r->sels[si]) == SEL_FULL ||
 			    sel_mass(r->sels[si], r->o.lengths[li], &ms))
 				continue;
-			fprintf(f, "%s{\"length\":%d,\"method\":\"%s\",\"budget\":%d,\"mass\":%.4f,"
+			fprintf(f,
+				"%s{\"length\":%d,\"method\":\"%s\",\"budget\":%d,\"mass\":%.4f,"
 				"\"oracle\":%.4f,\"ratio\":%.4f,\"count\":%ld,\"layer_mass_sum\":[",
-				n++ ? "," : "", r->o.lengths[li], sel_kind_name(sel_kind(r->sels[si])),
-				sel_budget(r->sels[si]), ms.mass, ms.oracle,
-				ms.oracle > 0 ? ms.mass / ms.oracle : 0, ms.count);
+				n++ ? "," : "", r->o.lengths[li],
+				sel_kind_name(sel_kind(r->sels[si])), sel_budget(r->sels[si]),
+				ms.mass, ms.oracle, ms.oracle > 0 ? ms.mass / ms.oracle : 0,
+				ms.count);
 			for (l = 0; l < ms.nlayers; l++)
 				fprintf(f, "%s%.3f", l ? "," : "", ms.layer_mass[l]);
 			fprintf(f, "],\"layer_oracle_sum\":[");
@@ -605,14 +632,15 @@ static void print_json(const struct run *r, FILE *f, int argc, char **argv)
 	for (i = 0; i < r->nrows; i++) {
 		const struct row *w = &r->rows[i];
 
-		fprintf(f, "%s{\"task\":\"%s\",\"filler\":\"%s\",\"length\":%d,\"tokens\":%d,"
+		fprintf(f,
+			"%s{\"task\":\"%s\",\"filler\":\"%s\",\"length\":%d,\"tokens\":%d,"
 			"\"depth\":%d,\"method\":\"%s\",\"budget\":%d,\"key\":\"%s\",\"answer\":",
 			i ? "," : "", task_names[w->task], filler_names[w->filler], w->length,
 			w->tokens, w->depth_i, sel_kind_name(w->method), w->budget, w->key);
 		json_str(f, w->answer);
 		fprintf(f, ",\"correct\":%s,\"attended\":%.1f,\"pages\":%.2f}",
-			w->correct ? "true" : "false", w->method == SEL_FULL ? (double)w->tokens :
-			w->attended, w->pages);
+			w->correct ? "true" : "false",
+			w->method == SEL_FULL ? (double)w->tokens : w->attended, w->pages);
 	}
 	fprintf(f, "]}\n");
 }
@@ -677,7 +705,7 @@ int eval_main(int argc, char **argv)
 
 	memset(r, 0, sizeof(*r));
 	r->o.model = getenv("ICE_MODEL") ? getenv("ICE_MODEL") :
-		     "build/models/SmolLM2-135M-Instruct.Q4_1.gguf";
+					   "build/models/SmolLM2-135M-Instruct.Q4_1.gguf";
 	r->o.austen = getenv("ICE_AUSTEN") ? getenv("ICE_AUSTEN") : "build/models/austen.txt";
 	r->o.nlengths = parse_list("1024,2048,4096,8192", r->o.lengths, MAX_LIST);
 	r->o.nbudgets = parse_list("64,128,256", r->o.budgets, MAX_LIST);
@@ -694,14 +722,30 @@ int eval_main(int argc, char **argv)
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "m:t:vh", lo, NULL)) != -1) {
 		switch (c) {
-		case 'm': r->o.model = optarg; break;
-		case 't': r->o.threads = atoi(optarg); break;
-		case 'L': r->o.nlengths = parse_list(optarg, r->o.lengths, MAX_LIST); break;
-		case 'B': r->o.nbudgets = parse_list(optarg, r->o.budgets, MAX_LIST); break;
-		case 'M': methods = optarg; break;
-		case 'D': r->o.depths = atoi(optarg); break;
-		case 'K': r->o.mk_depths = atoi(optarg); break;
-		case 'k': r->o.mk_keys = atoi(optarg); break;
+		case 'm':
+			r->o.model = optarg;
+			break;
+		case 't':
+			r->o.threads = atoi(optarg);
+			break;
+		case 'L':
+			r->o.nlengths = parse_list(optarg, r->o.lengths, MAX_LIST);
+			break;
+		case 'B':
+			r->o.nbudgets = parse_list(optarg, r->o.budgets, MAX_LIST);
+			break;
+		case 'M':
+			methods = optarg;
+			break;
+		case 'D':
+			r->o.depths = atoi(optarg);
+			break;
+		case 'K':
+			r->o.mk_depths = atoi(optarg);
+			break;
+		case 'k':
+			r->o.mk_keys = atoi(optarg);
+			break;
 		case 'T':
 			r->o.tasks[0] = strstr(optarg, "passkey") != NULL;
 			r->o.tasks[1] = strstr(optarg, "multikey") != NULL;
@@ -710,10 +754,18 @@ int eval_main(int argc, char **argv)
 			r->o.fillers[0] = strstr(optarg, "austen") != NULL;
 			r->o.fillers[1] = strstr(optarg, "repeat") != NULL;
 			break;
-		case 'd': r->o.dense = atoi(optarg); break;
-		case 'a': r->o.austen = optarg; break;
-		case 's': r->o.socket = optarg; break;
-		case 'E': r->o.engine = optarg; break;
+		case 'd':
+			r->o.dense = atoi(optarg);
+			break;
+		case 'a':
+			r->o.austen = optarg;
+			break;
+		case 's':
+			r->o.socket = optarg;
+			break;
+		case 'E':
+			r->o.engine = optarg;
+			break;
 		case 'R':
 			if (strcmp(optarg, "0") && strcmp(optarg, "1")) {
 				fprintf(stderr, "icerun eval: --rest 0 or 1\n");
@@ -726,9 +778,15 @@ int eval_main(int argc, char **argv)
 			r->o.depths = 4;
 			r->o.mk_depths = 2;
 			break;
-		case 'S': r->o.seed = (unsigned)strtoul(optarg, NULL, 10); break;
-		case 'j': r->o.json = true; break;
-		case 'v': r->o.verbose = true; break;
+		case 'S':
+			r->o.seed = (unsigned)strtoul(optarg, NULL, 10);
+			break;
+		case 'j':
+			r->o.json = true;
+			break;
+		case 'v':
+			r->o.verbose = true;
+			break;
 		case 'H':
 			if (sscanf(optarg, "%d/%d", &r->o.shard, &r->o.nshards) != 2 ||
 			    r->o.nshards < 1 || r->o.shard < 0 || r->o.shard >= r->o.nshards) {
@@ -736,12 +794,17 @@ int eval_main(int argc, char **argv)
 				return 2;
 			}
 			break;
-		case 'h': usage(stdout); return 0;
-		default: usage(stderr); return 2;
+		case 'h':
+			usage(stdout);
+			return 0;
+		default:
+			usage(stderr);
+			return 2;
 		}
 	}
 	if (r->o.engine && r->o.socket) {
-		fprintf(stderr, "icerun eval: --engine sets the embedded engine; a daemon takes its "
+		fprintf(stderr,
+			"icerun eval: --engine sets the embedded engine; a daemon takes its "
 			"settings from its own config\n");
 		return 2;
 	}
@@ -756,14 +819,17 @@ int eval_main(int argc, char **argv)
 	{
 		char buf[256], *tok, *save = NULL;
 
-		snprintf(buf, sizeof(buf), "%s", methods ? methods :
-			 (sel_have_icecache() ? "full,icecache,dci,quest,stream" : "full,dci,quest,stream"));
+		snprintf(buf, sizeof(buf), "%s",
+			 methods ? methods :
+				   (sel_have_icecache() ? "full,icecache,dci,quest,stream" :
+							  "full,dci,quest,stream"));
 		r->o.nmethods = 0;
 		for (tok = strtok_r(buf, ",", &save); tok; tok = strtok_r(NULL, ",", &save)) {
 			int k = sel_kind_parse(tok);
 
 			if (k < 0 || r->o.nmethods == MAX_LIST) {
-				fprintf(stderr, "icerun eval: unknown or unavailable method '%s'\n", tok);
+				fprintf(stderr, "icerun eval: unknown or unavailable method '%s'\n",
+					tok);
 				return 2;
 			}
 			r->o.methods[r->o.nmethods++] = k;
@@ -790,10 +856,15 @@ int eval_main(int argc, char **argv)
 
 		for (j = 0; j < (k == SEL_FULL ? 1 : r->o.nbudgets) && !err; j++) {
 			struct sel_cfg sc = {
-				.kind = k, .budget = k == SEL_FULL ? 0 : r->o.budgets[j],
-				.dense = r->o.dense, .cap = r->kv->cap, .socket = r->o.socket,
-				.engine_config = r->o.engine, .rest = r->o.rest,
-				.lengths = r->o.lengths, .nlengths = r->o.nlengths,
+				.kind = k,
+				.budget = k == SEL_FULL ? 0 : r->o.budgets[j],
+				.dense = r->o.dense,
+				.cap = r->kv->cap,
+				.socket = r->o.socket,
+				.engine_config = r->o.engine,
+				.rest = r->o.rest,
+				.lengths = r->o.lengths,
+				.nlengths = r->o.nlengths,
 			};
 
 			err = sel_new(r->m, &sc, &r->sels[r->nsels]);
@@ -803,8 +874,10 @@ int eval_main(int argc, char **argv)
 	}
 	if (err) {
 		if (r->o.engine && (err == -EINVAL || err == -E2BIG))
-			fprintf(stderr, "icerun eval: --engine %s: not valid engine settings "
-				"(`icectl config` lists them)\n", r->o.engine);
+			fprintf(stderr,
+				"icerun eval: --engine %s: not valid engine settings "
+				"(`icectl config` lists them)\n",
+				r->o.engine);
 		else
 			fprintf(stderr, "icerun eval: attention mode: %s\n", strerror(-err));
 		goto out;

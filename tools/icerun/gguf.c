@@ -9,7 +9,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define GGUF_MAGIC 0x46554747u	/* "GGUF" little endian */
+#define GGUF_MAGIC 0x46554747u /* "GGUF" little endian */
 #define GGUF_MAX_ITEMS (1u << 24)
 
 struct cur {
@@ -36,7 +36,7 @@ static uint64_t rd_u(struct cur *c, size_t n)
 
 	if (!p)
 		return 0;
-	memcpy(&v, p, n);	/* little-endian host assumed (x86-64) */
+	memcpy(&v, p, n); /* little-endian host assumed (x86-64) */
 	return v;
 }
 
@@ -53,11 +53,23 @@ static void rd_str(struct cur *c, struct gguf_str *s)
 static size_t scalar_size(uint32_t t)
 {
 	switch (t) {
-	case GGUF_U8: case GGUF_I8: case GGUF_BOOL: return 1;
-	case GGUF_U16: case GGUF_I16: return 2;
-	case GGUF_U32: case GGUF_I32: case GGUF_F32: return 4;
-	case GGUF_U64: case GGUF_I64: case GGUF_F64: return 8;
-	default: return 0;
+	case GGUF_U8:
+	case GGUF_I8:
+	case GGUF_BOOL:
+		return 1;
+	case GGUF_U16:
+	case GGUF_I16:
+		return 2;
+	case GGUF_U32:
+	case GGUF_I32:
+	case GGUF_F32:
+		return 4;
+	case GGUF_U64:
+	case GGUF_I64:
+	case GGUF_F64:
+		return 8;
+	default:
+		return 0;
 	}
 }
 
@@ -93,24 +105,36 @@ static void skip_val(struct cur *c, uint32_t t, int depth)
 size_t gguf_row_bytes(uint32_t type, uint64_t ne0)
 {
 	switch (type) {
-	case GGUF_T_F32: return ne0 * 4;
-	case GGUF_T_F16: return ne0 * 2;
-	case GGUF_T_Q4_0: return ne0 % 32 ? 0 : ne0 / 32 * 18;
-	case GGUF_T_Q4_1: return ne0 % 32 ? 0 : ne0 / 32 * 20;
-	case GGUF_T_Q8_0: return ne0 % 32 ? 0 : ne0 / 32 * 34;
-	default: return 0;
+	case GGUF_T_F32:
+		return ne0 * 4;
+	case GGUF_T_F16:
+		return ne0 * 2;
+	case GGUF_T_Q4_0:
+		return ne0 % 32 ? 0 : ne0 / 32 * 18;
+	case GGUF_T_Q4_1:
+		return ne0 % 32 ? 0 : ne0 / 32 * 20;
+	case GGUF_T_Q8_0:
+		return ne0 % 32 ? 0 : ne0 / 32 * 34;
+	default:
+		return 0;
 	}
 }
 
 const char *gguf_type_name(uint32_t type)
 {
 	switch (type) {
-	case GGUF_T_F32: return "F32";
-	case GGUF_T_F16: return "F16";
-	case GGUF_T_Q4_0: return "Q4_0";
-	case GGUF_T_Q4_1: return "Q4_1";
-	case GGUF_T_Q8_0: return "Q8_0";
-	default: return "unsupported";
+	case GGUF_T_F32:
+		return "F32";
+	case GGUF_T_F16:
+		return "F16";
+	case GGUF_T_Q4_0:
+		return "Q4_0";
+	case GGUF_T_Q4_1:
+		return "Q4_1";
+	case GGUF_T_Q8_0:
+		return "Q8_0";
+	default:
+		return "unsupported";
 	}
 }
 

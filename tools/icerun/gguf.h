@@ -10,33 +10,48 @@
 #include <stdint.h>
 
 enum gguf_vtype {
-	GGUF_U8 = 0, GGUF_I8, GGUF_U16, GGUF_I16, GGUF_U32, GGUF_I32, GGUF_F32, GGUF_BOOL,
-	GGUF_STR, GGUF_ARR, GGUF_U64, GGUF_I64, GGUF_F64,
+	GGUF_U8 = 0,
+	GGUF_I8,
+	GGUF_U16,
+	GGUF_I16,
+	GGUF_U32,
+	GGUF_I32,
+	GGUF_F32,
+	GGUF_BOOL,
+	GGUF_STR,
+	GGUF_ARR,
+	GGUF_U64,
+	GGUF_I64,
+	GGUF_F64,
 };
 
 /* ggml tensor types this runner understands (numbering is ggml's). */
 enum gguf_ttype {
-	GGUF_T_F32 = 0, GGUF_T_F16 = 1, GGUF_T_Q4_0 = 2, GGUF_T_Q4_1 = 3, GGUF_T_Q8_0 = 8,
+	GGUF_T_F32 = 0,
+	GGUF_T_F16 = 1,
+	GGUF_T_Q4_0 = 2,
+	GGUF_T_Q4_1 = 3,
+	GGUF_T_Q8_0 = 8,
 };
 
 struct gguf_str {
-	const char *s;	/* not NUL-terminated: points into the mapping */
+	const char *s; /* not NUL-terminated: points into the mapping */
 	size_t len;
 };
 
 struct gguf_kv {
 	struct gguf_str key;
-	uint32_t type;		/* enum gguf_vtype */
-	uint32_t arr_type;	/* element type when type == GGUF_ARR */
+	uint32_t type;     /* enum gguf_vtype */
+	uint32_t arr_type; /* element type when type == GGUF_ARR */
 	uint64_t arr_len;
-	const uint8_t *val;	/* raw value (array: first element) */
+	const uint8_t *val; /* raw value (array: first element) */
 };
 
 struct gguf_tensor {
 	struct gguf_str name;
 	uint32_t ndim;
-	uint64_t ne[4];		/* ne[0] is the contiguous (row) dimension */
-	uint32_t type;		/* enum gguf_ttype */
+	uint64_t ne[4]; /* ne[0] is the contiguous (row) dimension */
+	uint32_t type;  /* enum gguf_ttype */
 	uint64_t nbytes;
 	const void *data;
 };

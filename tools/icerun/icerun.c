@@ -72,9 +72,9 @@ static int cmd_info(const char *path)
 		return 1;
 	}
 	printf("layers %d, embd %d, heads %d, kv heads %d, head dim %d, ffn %d, vocab %d, ctx %d, "
-	       "rope base %g, eps %g, output %s\n", m->cfg.n_layer, m->cfg.n_embd, m->cfg.n_head,
-	       m->cfg.n_kv, m->cfg.head_dim, m->cfg.n_ff, m->cfg.n_vocab, m->cfg.n_ctx,
-	       m->cfg.rope_base, m->cfg.eps,
+	       "rope base %g, eps %g, output %s\n",
+	       m->cfg.n_layer, m->cfg.n_embd, m->cfg.n_head, m->cfg.n_kv, m->cfg.head_dim,
+	       m->cfg.n_ff, m->cfg.n_vocab, m->cfg.n_ctx, m->cfg.rope_base, m->cfg.eps,
 	       m->output.data == m->tok_embd.data ? "tied to token_embd" : "output.weight");
 	model_free(m);
 	return 0;
@@ -185,8 +185,8 @@ static int cmd_generate(const char *path, const char *prompt, int ntok, bool cha
 	}
 	t2 = clock_now_ns();
 	printf("\n");
-	fprintf(stderr, "prefill %d tokens %.1f tok/s, decode %d tokens %.1f tok/s (%d threads)\n", n,
-		n / ((t1 - t0) / 1e9), i, i ? i / ((t2 - t1) / 1e9) : 0.0, threads);
+	fprintf(stderr, "prefill %d tokens %.1f tok/s, decode %d tokens %.1f tok/s (%d threads)\n",
+		n, n / ((t1 - t0) / 1e9), i, i ? i / ((t2 - t1) / 1e9) : 0.0, threads);
 out:
 	if (err)
 		fprintf(stderr, "icerun: generate: %s\n", strerror(-err));
@@ -346,16 +346,36 @@ int main(int argc, char **argv)
 	optind = 2;
 	while ((c = getopt_long(argc, argv, "m:t:n:o:h", opts, NULL)) != -1) {
 		switch (c) {
-		case 'm': model = optarg; break;
-		case 't': threads = atoi(optarg); break;
-		case 'n': ntok = atoi(optarg); break;
-		case 'k': tokens = optarg; break;
-		case 'o': outp = optarg; break;
-		case 's': special = true; break;
-		case 'c': chat = true; break;
-		case 'S': mm_force_scalar(1); break;
-		case 'h': usage(stdout); return 0;
-		default: usage(stderr); return 2;
+		case 'm':
+			model = optarg;
+			break;
+		case 't':
+			threads = atoi(optarg);
+			break;
+		case 'n':
+			ntok = atoi(optarg);
+			break;
+		case 'k':
+			tokens = optarg;
+			break;
+		case 'o':
+			outp = optarg;
+			break;
+		case 's':
+			special = true;
+			break;
+		case 'c':
+			chat = true;
+			break;
+		case 'S':
+			mm_force_scalar(1);
+			break;
+		case 'h':
+			usage(stdout);
+			return 0;
+		default:
+			usage(stderr);
+			return 2;
 		}
 	}
 	if (threads < 1 || threads > 256 || ntok < 0) {

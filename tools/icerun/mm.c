@@ -126,21 +126,33 @@ AVX512 static void dequant_row_avx(const struct qmat *w, int r, float *out)
 			d = _mm512_set1_ps(_cvtsh_ss(rd16(b)));
 			m = _mm512_set1_ps(_cvtsh_ss(rd16(b + 2)));
 			q = _mm_loadu_si128((const __m128i *)(b + 4));
-			_mm512_storeu_ps(out + i * QK, _mm512_fmadd_ps(d,
-				_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(q, lo))), m));
-			_mm512_storeu_ps(out + i * QK + 16, _mm512_fmadd_ps(d,
-				_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(
-					_mm_and_si128(_mm_srli_epi16(q, 4), lo))), m));
+			_mm512_storeu_ps(out + i * QK,
+					 _mm512_fmadd_ps(d,
+							 _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(
+								 _mm_and_si128(q, lo))),
+							 m));
+			_mm512_storeu_ps(
+				out + i * QK + 16,
+				_mm512_fmadd_ps(d,
+						_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(
+							_mm_and_si128(_mm_srli_epi16(q, 4), lo))),
+						m));
 		}
 		return;
 	case GGUF_T_Q8_0:
 		for (i = 0; i < nb; i++) {
 			b = row + i * 34;
 			d = _mm512_set1_ps(_cvtsh_ss(rd16(b)));
-			_mm512_storeu_ps(out + i * QK, _mm512_mul_ps(d, _mm512_cvtepi32_ps(
-				_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(b + 2))))));
-			_mm512_storeu_ps(out + i * QK + 16, _mm512_mul_ps(d, _mm512_cvtepi32_ps(
-				_mm512_cvtepi8_epi32(_mm_loadu_si128((const __m128i *)(b + 18))))));
+			_mm512_storeu_ps(
+				out + i * QK,
+				_mm512_mul_ps(d,
+					      _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
+						      _mm_loadu_si128((const __m128i *)(b + 2))))));
+			_mm512_storeu_ps(
+				out + i * QK + 16,
+				_mm512_mul_ps(
+					d, _mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
+						   _mm_loadu_si128((const __m128i *)(b + 18))))));
 		}
 		return;
 	default:
@@ -160,7 +172,8 @@ AVX512 static void tile_4x4(const float *wt, int cols, const float *x, int ldx, 
 	__m512 a20 = a00, a21 = a00, a22 = a00, a23 = a00;
 	__m512 a30 = a00, a31 = a00, a32 = a00, a33 = a00;
 	const float *x0 = x, *x1 = x + ldx, *x2 = x + 2 * (size_t)ldx, *x3 = x + 3 * (size_t)ldx;
-	const float *w0 = wt, *w1 = wt + cols, *w2 = wt + 2 * (size_t)cols, *w3 = wt + 3 * (size_t)cols;
+	const float *w0 = wt, *w1 = wt + cols, *w2 = wt + 2 * (size_t)cols,
+		    *w3 = wt + 3 * (size_t)cols;
 	float r[4][4];
 	int i, j, k;
 
@@ -190,14 +203,22 @@ AVX512 static void tile_4x4(const float *wt, int cols, const float *x, int ldx, 
 		a23 = _mm512_fmadd_ps(v2, xv, a23);
 		a33 = _mm512_fmadd_ps(v3, xv, a33);
 	}
-	r[0][0] = _mm512_reduce_add_ps(a00); r[0][1] = _mm512_reduce_add_ps(a01);
-	r[0][2] = _mm512_reduce_add_ps(a02); r[0][3] = _mm512_reduce_add_ps(a03);
-	r[1][0] = _mm512_reduce_add_ps(a10); r[1][1] = _mm512_reduce_add_ps(a11);
-	r[1][2] = _mm512_reduce_add_ps(a12); r[1][3] = _mm512_reduce_add_ps(a13);
-	r[2][0] = _mm512_reduce_add_ps(a20); r[2][1] = _mm512_reduce_add_ps(a21);
-	r[2][2] = _mm512_reduce_add_ps(a22); r[2][3] = _mm512_reduce_add_ps(a23);
-	r[3][0] = _mm512_reduce_add_ps(a30); r[3][1] = _mm512_reduce_add_ps(a31);
-	r[3][2] = _mm512_reduce_add_ps(a32); r[3][3] = _mm512_reduce_add_ps(a33);
+	r[0][0] = _mm512_reduce_add_ps(a00);
+	r[0][1] = _mm512_reduce_add_ps(a01);
+	r[0][2] = _mm512_reduce_add_ps(a02);
+	r[0][3] = _mm512_reduce_add_ps(a03);
+	r[1][0] = _mm512_reduce_add_ps(a10);
+	r[1][1] = _mm512_reduce_add_ps(a11);
+	r[1][2] = _mm512_reduce_add_ps(a12);
+	r[1][3] = _mm512_reduce_add_ps(a13);
+	r[2][0] = _mm512_reduce_add_ps(a20);
+	r[2][1] = _mm512_reduce_add_ps(a21);
+	r[2][2] = _mm512_reduce_add_ps(a22);
+	r[2][3] = _mm512_reduce_add_ps(a23);
+	r[3][0] = _mm512_reduce_add_ps(a30);
+	r[3][1] = _mm512_reduce_add_ps(a31);
+	r[3][2] = _mm512_reduce_add_ps(a32);
+	r[3][3] = _mm512_reduce_add_ps(a33);
 	for (j = 0; j < nt; j++)
 		for (i = 0; i < nr; i++)
 			y[(size_t)j * ldy + i] = r[i][j];
@@ -218,10 +239,11 @@ AVX512 static float dot_q_avx(const struct qmat *w, int r, const float *x)
 			x0 = _mm512_loadu_ps(x + i * QK);
 			x1 = _mm512_loadu_ps(x + i * QK + 16);
 			q = _mm_loadu_si128((const __m128i *)(b + 4));
-			qx = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(
-				_mm_and_si128(q, lo))), x0);
+			qx = _mm512_mul_ps(
+				_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(_mm_and_si128(q, lo))), x0);
 			qx = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(
-				_mm_and_si128(_mm_srli_epi16(q, 4), lo))), x1, qx);
+						     _mm_and_si128(_mm_srli_epi16(q, 4), lo))),
+					     x1, qx);
 			acc = _mm512_fmadd_ps(_mm512_set1_ps(_cvtsh_ss(rd16(b))), qx, acc);
 			macc = _mm512_fmadd_ps(_mm512_set1_ps(_cvtsh_ss(rd16(b + 2))),
 					       _mm512_add_ps(x0, x1), macc);
@@ -232,10 +254,11 @@ AVX512 static float dot_q_avx(const struct qmat *w, int r, const float *x)
 	for (i = 0; i < nb; i++) {
 		b = row + i * 34;
 		qx = _mm512_mul_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
-			_mm_loadu_si128((const __m128i *)(b + 2)))), _mm512_loadu_ps(x + i * QK));
+					   _mm_loadu_si128((const __m128i *)(b + 2)))),
+				   _mm512_loadu_ps(x + i * QK));
 		qx = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_cvtepi8_epi32(
-			_mm_loadu_si128((const __m128i *)(b + 18)))),
-			_mm512_loadu_ps(x + i * QK + 16), qx);
+					     _mm_loadu_si128((const __m128i *)(b + 18)))),
+				     _mm512_loadu_ps(x + i * QK + 16), qx);
 		acc = _mm512_fmadd_ps(_mm512_set1_ps(_cvtsh_ss(rd16(b))), qx, acc);
 	}
 	return _mm512_reduce_add_ps(acc);
@@ -246,7 +269,7 @@ struct mm_job {
 	const float *x;
 	int n, ldy;
 	float *y;
-	float *tiles;		/* per thread: TILE_ROWS × cols */
+	float *tiles; /* per thread: TILE_ROWS × cols */
 	int simd;
 };
 
@@ -292,8 +315,8 @@ static void mm_task(void *arg, int task, int thread)
 				float tmp[4];
 
 				if (nt == 4) {
-					tile_4x4(wt + (size_t)rr * w->cols, w->cols, xb, w->cols, 4, nrr,
-						 j->y + (size_t)t * j->ldy + r0 + rr, j->ldy);
+					tile_4x4(wt + (size_t)rr * w->cols, w->cols, xb, w->cols, 4,
+						 nrr, j->y + (size_t)t * j->ldy + r0 + rr, j->ldy);
 					continue;
 				}
 				/* a partial token block: one token at a time (stride 0 repeats the row,
@@ -302,7 +325,8 @@ static void mm_task(void *arg, int task, int thread)
 					tile_4x4(wt + (size_t)rr * w->cols, w->cols,
 						 xb + (size_t)u * w->cols, 0, 1, nrr, tmp, 1);
 					for (int v = 0; v < nrr; v++)
-						j->y[(size_t)(t + u) * j->ldy + r0 + rr + v] = tmp[v];
+						j->y[(size_t)(t + u) * j->ldy + r0 + rr + v] =
+							tmp[v];
 				}
 			}
 		}
@@ -310,8 +334,8 @@ static void mm_task(void *arg, int task, int thread)
 	}
 	for (t = 0; t < j->n; t++)
 		for (r = 0; r < nr; r++)
-			j->y[(size_t)t * j->ldy + r0 + r] =
-				dot_scalar(wt + (size_t)r * w->cols, j->x + (size_t)t * w->cols, w->cols);
+			j->y[(size_t)t * j->ldy + r0 + r] = dot_scalar(
+				wt + (size_t)r * w->cols, j->x + (size_t)t * w->cols, w->cols);
 }
 
 int mm_matmul(const struct qmat *w, const float *x, int n, float *y, int ldy, struct pool *p)
@@ -332,11 +356,13 @@ int mm_matmul(const struct qmat *w, const float *x, int n, float *y, int ldy, st
 AVX512 static __m512 exp512(__m512 x)
 {
 	const __m512 l2e = _mm512_set1_ps(1.44269504088896341f);
-	const __m512 c1 = _mm512_set1_ps(0.693145751953125f), c2 = _mm512_set1_ps(1.428606765330187e-6f);
+	const __m512 c1 = _mm512_set1_ps(0.693145751953125f),
+		     c2 = _mm512_set1_ps(1.428606765330187e-6f);
 	__m512 n, r, p;
 
 	x = _mm512_max_ps(x, _mm512_set1_ps(-100.0f));
-	n = _mm512_roundscale_ps(_mm512_mul_ps(x, l2e), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+	n = _mm512_roundscale_ps(_mm512_mul_ps(x, l2e),
+				 _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
 	r = _mm512_fnmadd_ps(n, c1, x);
 	r = _mm512_fnmadd_ps(n, c2, r);
 	/* Taylor to degree 7 on |r| <= ln2/2: relative error < 2e-8 before rounding */

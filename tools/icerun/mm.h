@@ -12,8 +12,8 @@
 #include "pool.h"
 
 struct qmat {
-	uint32_t type;		/* enum gguf_ttype */
-	int rows, cols;		/* rows outputs, cols inputs (cols is the contiguous dimension) */
+	uint32_t type;  /* enum gguf_ttype */
+	int rows, cols; /* rows outputs, cols inputs (cols is the contiguous dimension) */
 	size_t row_bytes;
 	const uint8_t *data;
 };

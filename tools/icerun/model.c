@@ -17,8 +17,8 @@ static int get_mat(const struct gguf *g, const char *name, int rows, int cols, s
 
 	if (!t)
 		return -ENOENT;
-	if (!t->data || t->ne[0] != (uint64_t)cols || t->ne[1] != (uint64_t)rows ||
-	    t->ne[2] != 1 || t->ne[3] != 1)
+	if (!t->data || t->ne[0] != (uint64_t)cols || t->ne[1] != (uint64_t)rows || t->ne[2] != 1 ||
+	    t->ne[3] != 1)
 		return -EINVAL;
 	if (t->type != GGUF_T_F32 && t->type != GGUF_T_F16 && t->type != GGUF_T_Q4_0 &&
 	    t->type != GGUF_T_Q4_1 && t->type != GGUF_T_Q8_0)
@@ -76,8 +76,8 @@ static int read_cfg(const struct gguf *g, struct model_cfg *c)
 	c->n_ff = (int)u[4];
 	c->n_ctx = (int)u[5];
 	if (c->n_layer < 1 || c->n_layer > 256 || c->n_head < 1 || c->n_kv < 1 ||
-	    c->n_head % c->n_kv || c->n_embd % c->n_head || c->n_embd > 65536 ||
-	    c->n_ff < 1 || c->n_ff > 1 << 20)
+	    c->n_head % c->n_kv || c->n_embd % c->n_head || c->n_embd > 65536 || c->n_ff < 1 ||
+	    c->n_ff > 1 << 20)
 		return -EINVAL;
 	c->head_dim = c->n_embd / c->n_head;
 	/* the attention kernels work on 16-float vectors and RoPE on pairs */
@@ -115,7 +115,7 @@ int model_open(const char *path, int nthreads, struct model **ret)
 		goto out_free;
 	err = get_mat(m->g, "output.weight", m->cfg.n_vocab, d, &m->output);
 	if (err == -ENOENT) {
-		m->output = m->tok_embd;	/* tied embeddings */
+		m->output = m->tok_embd; /* tied embeddings */
 		err = 0;
 	}
 	if (!err)
@@ -130,8 +130,12 @@ int model_open(const char *path, int nthreads, struct model **ret)
 	for (l = 0; l < m->cfg.n_layer && !err; l++) {
 		struct layer_w *w = &m->layers[l];
 
-#define MAT(field, nm, r, c) do { snprintf(name, sizeof(name), "blk.%d." nm ".weight", l); \
-		if (!err) err = get_mat(m->g, name, r, c, &w->field); } while (0)
+#define MAT(field, nm, r, c)                                             \
+	do {                                                             \
+		snprintf(name, sizeof(name), "blk.%d." nm ".weight", l); \
+		if (!err)                                                \
+			err = get_mat(m->g, name, r, c, &w->field);      \
+	} while (0)
 		MAT(wq, "attn_q", d, d);
 		MAT(wk, "attn_k", kvd, d);
 		MAT(wv, "attn_v", kvd, d);
@@ -190,7 +194,7 @@ int kv_new(const struct model *m, int cap, struct kv **ret)
 		kv_free(kv);
 		return -ENOMEM;
 	}
-	memset(kv->k, 0, n);	/* pages are read whole: unused slots must be finite */
+	memset(kv->k, 0, n); /* pages are read whole: unused slots must be finite */
 	*ret = kv;
 	return 0;
 }
@@ -242,8 +246,8 @@ static void scores_c(const float *kbase, int d, const float *q, int n, float *ou
 	}
 }
 
-AVX512 static void scores3_avx(const float *kbase, int d, const float *q, int g, int n,
-			       float *out, int ldo)
+AVX512 static void scores3_avx(const float *kbase, int d, const float *q, int g, int n, float *out,
+			       int ldo)
 {
 	int b, i, nb = (n + MODEL_PAGE - 1) / MODEL_PAGE;
 
@@ -260,21 +264,27 @@ AVX512 static void scores3_avx(const float *kbase, int d, const float *q, int g,
 			for (i = 0; i < d; i++) {
 				__m512 kv = _mm512_load_ps(p + i * MODEL_PAGE);
 
-				a0 = _mm512_fmadd_ps(_mm512_set1_ps(q[(h0) * d + i]), kv, a0);
+				a0 = _mm512_fmadd_ps(_mm512_set1_ps(q[(h0)*d + i]), kv, a0);
 				if (gg > 1)
-					a1 = _mm512_fmadd_ps(_mm512_set1_ps(q[(h0 + 1) * d + i]), kv, a1);
+					a1 = _mm512_fmadd_ps(_mm512_set1_ps(q[(h0 + 1) * d + i]),
+							     kv, a1);
 				if (gg > 2)
-					a2 = _mm512_fmadd_ps(_mm512_set1_ps(q[(h0 + 2) * d + i]), kv, a2);
+					a2 = _mm512_fmadd_ps(_mm512_set1_ps(q[(h0 + 2) * d + i]),
+							     kv, a2);
 				if (gg > 3)
-					a3 = _mm512_fmadd_ps(_mm512_set1_ps(q[(h0 + 3) * d + i]), kv, a3);
+					a3 = _mm512_fmadd_ps(_mm512_set1_ps(q[(h0 + 3) * d + i]),
+							     kv, a3);
 			}
 			_mm512_mask_storeu_ps(out + (size_t)h0 * ldo + b * MODEL_PAGE, k, a0);
 			if (gg > 1)
-				_mm512_mask_storeu_ps(out + (size_t)(h0 + 1) * ldo + b * MODEL_PAGE, k, a1);
+				_mm512_mask_storeu_ps(out + (size_t)(h0 + 1) * ldo + b * MODEL_PAGE,
+						      k, a1);
 			if (gg > 2)
-				_mm512_mask_storeu_ps(out + (size_t)(h0 + 2) * ldo + b * MODEL_PAGE, k, a2);
+				_mm512_mask_storeu_ps(out + (size_t)(h0 + 2) * ldo + b * MODEL_PAGE,
+						      k, a2);
 			if (gg > 3)
-				_mm512_mask_storeu_ps(out + (size_t)(h0 + 3) * ldo + b * MODEL_PAGE, k, a3);
+				_mm512_mask_storeu_ps(out + (size_t)(h0 + 3) * ldo + b * MODEL_PAGE,
+						      k, a3);
 		}
 	}
 }
@@ -327,8 +337,8 @@ static void pv_c(const struct kv *kv, int layer, int kvh, const float *p, int ld
 }
 
 /* d == 64, up to 4 heads per pass: 16 accumulators stay in registers, V rows load once */
-AVX512 static void pv64_avx(const struct kv *kv, int layer, int kvh, const float *p, int lds,
-			    int g, int n, const int32_t *idx, float *out)
+AVX512 static void pv64_avx(const struct kv *kv, int layer, int kvh, const float *p, int lds, int g,
+			    int n, const int32_t *idx, float *out)
 {
 	int h0, j;
 
@@ -349,31 +359,47 @@ AVX512 static void pv64_avx(const struct kv *kv, int layer, int kvh, const float
 			__m512 v2 = _mm512_loadu_ps(vr + 32), v3 = _mm512_loadu_ps(vr + 48), b;
 
 			b = _mm512_set1_ps(p0[j]);
-			o00 = _mm512_fmadd_ps(b, v0, o00); o01 = _mm512_fmadd_ps(b, v1, o01);
-			o02 = _mm512_fmadd_ps(b, v2, o02); o03 = _mm512_fmadd_ps(b, v3, o03);
+			o00 = _mm512_fmadd_ps(b, v0, o00);
+			o01 = _mm512_fmadd_ps(b, v1, o01);
+			o02 = _mm512_fmadd_ps(b, v2, o02);
+			o03 = _mm512_fmadd_ps(b, v3, o03);
 			b = _mm512_set1_ps(p1[j]);
-			o10 = _mm512_fmadd_ps(b, v0, o10); o11 = _mm512_fmadd_ps(b, v1, o11);
-			o12 = _mm512_fmadd_ps(b, v2, o12); o13 = _mm512_fmadd_ps(b, v3, o13);
+			o10 = _mm512_fmadd_ps(b, v0, o10);
+			o11 = _mm512_fmadd_ps(b, v1, o11);
+			o12 = _mm512_fmadd_ps(b, v2, o12);
+			o13 = _mm512_fmadd_ps(b, v3, o13);
 			b = _mm512_set1_ps(p2[j]);
-			o20 = _mm512_fmadd_ps(b, v0, o20); o21 = _mm512_fmadd_ps(b, v1, o21);
-			o22 = _mm512_fmadd_ps(b, v2, o22); o23 = _mm512_fmadd_ps(b, v3, o23);
+			o20 = _mm512_fmadd_ps(b, v0, o20);
+			o21 = _mm512_fmadd_ps(b, v1, o21);
+			o22 = _mm512_fmadd_ps(b, v2, o22);
+			o23 = _mm512_fmadd_ps(b, v3, o23);
 			b = _mm512_set1_ps(p3[j]);
-			o30 = _mm512_fmadd_ps(b, v0, o30); o31 = _mm512_fmadd_ps(b, v1, o31);
-			o32 = _mm512_fmadd_ps(b, v2, o32); o33 = _mm512_fmadd_ps(b, v3, o33);
+			o30 = _mm512_fmadd_ps(b, v0, o30);
+			o31 = _mm512_fmadd_ps(b, v1, o31);
+			o32 = _mm512_fmadd_ps(b, v2, o32);
+			o33 = _mm512_fmadd_ps(b, v3, o33);
 		}
-		_mm512_storeu_ps(o, o00); _mm512_storeu_ps(o + 16, o01);
-		_mm512_storeu_ps(o + 32, o02); _mm512_storeu_ps(o + 48, o03);
+		_mm512_storeu_ps(o, o00);
+		_mm512_storeu_ps(o + 16, o01);
+		_mm512_storeu_ps(o + 32, o02);
+		_mm512_storeu_ps(o + 48, o03);
 		if (gg > 1) {
-			_mm512_storeu_ps(o + 64, o10); _mm512_storeu_ps(o + 80, o11);
-			_mm512_storeu_ps(o + 96, o12); _mm512_storeu_ps(o + 112, o13);
+			_mm512_storeu_ps(o + 64, o10);
+			_mm512_storeu_ps(o + 80, o11);
+			_mm512_storeu_ps(o + 96, o12);
+			_mm512_storeu_ps(o + 112, o13);
 		}
 		if (gg > 2) {
-			_mm512_storeu_ps(o + 128, o20); _mm512_storeu_ps(o + 144, o21);
-			_mm512_storeu_ps(o + 160, o22); _mm512_storeu_ps(o + 176, o23);
+			_mm512_storeu_ps(o + 128, o20);
+			_mm512_storeu_ps(o + 144, o21);
+			_mm512_storeu_ps(o + 160, o22);
+			_mm512_storeu_ps(o + 176, o23);
 		}
 		if (gg > 3) {
-			_mm512_storeu_ps(o + 192, o30); _mm512_storeu_ps(o + 208, o31);
-			_mm512_storeu_ps(o + 224, o32); _mm512_storeu_ps(o + 240, o33);
+			_mm512_storeu_ps(o + 192, o30);
+			_mm512_storeu_ps(o + 208, o31);
+			_mm512_storeu_ps(o + 224, o32);
+			_mm512_storeu_ps(o + 240, o33);
 		}
 	}
 }
@@ -406,9 +432,9 @@ struct attn_job {
 	const struct model *m;
 	const struct kv *kv;
 	int layer, pos0, n;
-	const float *q;		/* [n][n_embd], pre-scaled */
-	float *out;		/* [n][n_embd] */
-	float *scratch;		/* per thread g × cap */
+	const float *q; /* [n][n_embd], pre-scaled */
+	float *out;     /* [n][n_embd] */
+	float *scratch; /* per thread g × cap */
 };
 
 static void attn_task(void *arg, int task, int thread)
@@ -505,7 +531,8 @@ int model_forward(struct model *m, struct kv *kv, const int32_t *toks, int n, fl
 			const struct layer_w *w = &m->layers[l];
 
 			for (t = 0; t < cn; t++)
-				rmsnorm(x + (size_t)t * D, w->attn_norm, D, c->eps, xn + (size_t)t * D);
+				rmsnorm(x + (size_t)t * D, w->attn_norm, D, c->eps,
+					xn + (size_t)t * D);
 			if ((err = mm_matmul(&w->wq, xn, cn, q, D, m->pool)) ||
 			    (err = mm_matmul(&w->wk, xn, cn, k, KVD, m->pool)) ||
 			    (err = mm_matmul(&w->wv, xn, cn, v, KVD, m->pool)))
@@ -533,7 +560,8 @@ int model_forward(struct model *m, struct kv *kv, const int32_t *toks, int n, fl
 			for (i = 0; i < cn * D; i++)
 				x[i] += xn[i];
 			for (t = 0; t < cn; t++)
-				rmsnorm(x + (size_t)t * D, w->ffn_norm, D, c->eps, xn + (size_t)t * D);
+				rmsnorm(x + (size_t)t * D, w->ffn_norm, D, c->eps,
+					xn + (size_t)t * D);
 			if ((err = mm_matmul(&w->gate, xn, cn, gt, F, m->pool)) ||
 			    (err = mm_matmul(&w->up, xn, cn, up, F, m->pool)))
 				break;
@@ -551,8 +579,8 @@ int model_forward(struct model *m, struct kv *kv, const int32_t *toks, int n, fl
 			for (t = 0; t < cn; t++) {
 				rmsnorm(x + (size_t)t * D, m->output_norm, D, c->eps, row);
 				err = mm_matmul(&m->output, row, 1,
-						all_logits + (size_t)(done + t) * c->n_vocab, c->n_vocab,
-						m->pool);
+						all_logits + (size_t)(done + t) * c->n_vocab,
+						c->n_vocab, m->pool);
 				if (err)
 					break;
 			}

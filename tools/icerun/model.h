@@ -37,10 +37,10 @@ struct model {
 };
 
 struct kv {
-	int cap, n;		/* capacity and filled tokens (positions 0..n-1) */
+	int cap, n; /* capacity and filled tokens (positions 0..n-1) */
 	int n_layer, n_kv, d;
-	float *k;		/* [layer][kv head][cap/16][d][16] */
-	float *v;		/* [layer][kv head][cap][d] */
+	float *k; /* [layer][kv head][cap/16][d][16] */
+	float *v; /* [layer][kv head][cap][d] */
 };
 
 /*
@@ -64,7 +64,7 @@ void kv_free(struct kv *kv);
 static inline const float *kv_kpage(const struct kv *kv, int layer, int h, int page)
 {
 	return kv->k + (((size_t)layer * kv->n_kv + h) * (kv->cap / MODEL_PAGE) + page) *
-		       MODEL_PAGE * kv->d;
+			       MODEL_PAGE * kv->d;
 }
 
 static inline const float *kv_vrow(const struct kv *kv, int layer, int h, int pos)

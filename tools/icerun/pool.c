@@ -12,7 +12,7 @@ struct pool {
 	pthread_cond_t go, done;
 	unsigned gen;
 	int quit;
-	int busy;		/* workers still inside the current run */
+	int busy; /* workers still inside the current run */
 	pool_fn fn;
 	void *arg;
 	int ntasks;

@@ -22,8 +22,8 @@
 #define P MODEL_PAGE
 #define MAXG 16
 
-static const char *const names[SEL_NKINDS] = { "full", "stream", "quest", "oracle", "dci",
-					       "icecache" };
+static const char *const names[SEL_NKINDS] = { "full",   "stream", "quest",
+					       "oracle", "dci",    "icecache" };
 
 struct sel {
 	struct sel_cfg c;
@@ -39,8 +39,8 @@ struct sel {
 	void *ws;
 	size_t ws_cap;
 	float *keybuf;
-	float *attk;			/* dci: a head's sink and window keys [2P][d] */
-	struct idx_hit *hits;		/* dci, quest: maxpages each */
+	float *attk;          /* dci: a head's sink and window keys [2P][d] */
+	struct idx_hit *hits; /* dci, quest: maxpages each */
 	uint16_t *hmask;
 	/* scratch */
 	int32_t *idx;
@@ -50,28 +50,28 @@ struct sel {
 	double *msum, *osum;
 	long *mcnt;
 	int slot;
-	float pmax[MAXG], psum[MAXG];	/* full softmax of the last full_probs call, per head */
-	long att_tokens, att_calls;	/* this case: tokens attended per (layer, kv head, step) */
-	long att_pages;			/* retrieved pages among them */
-	char stats[2048];		/* icecache: engine stats taken before the sequence closed */
+	float pmax[MAXG], psum[MAXG]; /* full softmax of the last full_probs call, per head */
+	long att_tokens, att_calls;   /* this case: tokens attended per (layer, kv head, step) */
+	long att_pages;               /* retrieved pages among them */
+	char stats[2048];             /* icecache: engine stats taken before the sequence closed */
 #ifdef ICERUN_HAVE_ICECACHE
 	struct ice_ctx *ice;
 	uint32_t seq;
 	bool seq_open;
-	int ice_n;			/* tokens appended to the sequence (all layers) */
+	int ice_n; /* tokens appended to the sequence (all layers) */
 	struct ice_page_ref *refs;
 	size_t nrefs_cap;
-	float *pages;			/* fetched pages */
+	float *pages; /* fetched pages */
 	size_t pages_cap;
-	uint16_t *kvbuf;		/* [kv heads][n][d] f16 staging for ice_append */
-	uint16_t *raw;			/* fetched pages as stored (f16) */
-	float *qun;			/* the step's queries without the 1/sqrt(d) scale */
-	float *rest;			/* the step's rest term per query head (ice_select_rest) */
+	uint16_t *kvbuf; /* [kv heads][n][d] f16 staging for ice_append */
+	uint16_t *raw;   /* fetched pages as stored (f16) */
+	float *qun;      /* the step's queries without the 1/sqrt(d) scale */
+	float *rest;     /* the step's rest term per query head (ice_select_rest) */
 	size_t raw_cap;
 	size_t kvbuf_cap;
-	struct kern_page *kpages;	/* the fetched pages as kern_ref_attn's page table */
+	struct kern_page *kpages; /* the fetched pages as kern_ref_attn's page table */
 	size_t kpages_cap;
-	uint32_t *head_off;		/* [kv heads + 1] */
+	uint32_t *head_off; /* [kv heads + 1] */
 #endif
 };
 
@@ -211,7 +211,8 @@ int sel_new(const struct model *m, const struct sel_cfg *cfg, struct sel **ret)
 		char conf[512];
 
 		if ((size_t)snprintf(conf, sizeof(conf), "slot_bytes = 4096\n%s\n",
-				     cfg->engine_config ? cfg->engine_config : "") >= sizeof(conf)) {
+				     cfg->engine_config ? cfg->engine_config : "") >=
+		    sizeof(conf)) {
 			err = -E2BIG;
 			goto out_free;
 		}
@@ -335,7 +336,7 @@ int sel_begin_len(struct sel *s, const struct kv *kv, int n0, int length)
 {
 	int l, i;
 
-	s->slot = s->c.nlengths;	/* "other" */
+	s->slot = s->c.nlengths; /* "other" */
 	s->att_tokens = s->att_calls = s->att_pages = 0;
 	for (i = 0; i < s->c.nlengths; i++)
 		if (s->c.lengths[i] == length)
@@ -356,7 +357,8 @@ int sel_begin_len(struct sel *s, const struct kv *kv, int n0, int length)
 	if (s->c.kind == SEL_ICECACHE) {
 		struct ice_model_shape shape = { (uint32_t)s->L, (uint32_t)(s->g * s->nkv),
 						 (uint32_t)s->nkv, (uint32_t)s->d, ICE_DTYPE_F16 };
-		struct ice_budget b = { P, P, (uint32_t)(s->c.budget - 2 * P), (uint32_t)s->c.dense };
+		struct ice_budget b = { P, P, (uint32_t)(s->c.budget - 2 * P),
+					(uint32_t)s->c.dense };
 		int err;
 
 		sel_end(s);
@@ -382,10 +384,14 @@ void sel_end(struct sel *s)
 	if (s->seq_open) {
 		char buf[16384];
 		int n = ice_stats(s->ice, buf, sizeof(buf));
-		static const char *const keep[] = { "engine.store ", "engine.index ",
-						     "tier.dram.used_bytes ", "tier.dram.pages ",
-						     "tier.dram.capacity_bytes ", "engine.select.p50_ns ",
-						     "engine.fetch.p50_ns ", "daemon.clients " };
+		static const char *const keep[] = { "engine.store ",
+						    "engine.index ",
+						    "tier.dram.used_bytes ",
+						    "tier.dram.pages ",
+						    "tier.dram.capacity_bytes ",
+						    "engine.select.p50_ns ",
+						    "engine.fetch.p50_ns ",
+						    "daemon.clients " };
 
 		/* the occupancy while the sequence is alive: closing frees its pages */
 		s->stats[0] = 0;
@@ -396,7 +402,8 @@ void sel_end(struct sel *s)
 				continue;
 			e = strchr(p, '\n');
 			snprintf(s->stats + strlen(s->stats), sizeof(s->stats) - strlen(s->stats),
-				 "%s%.*s", s->stats[0] ? ", " : "", (int)(e ? e - p : (long)strlen(p)), p);
+				 "%s%.*s", s->stats[0] ? ", " : "",
+				 (int)(e ? e - p : (long)strlen(p)), p);
 		}
 		ice_seq_close(s->ice, s->seq);
 		s->seq_open = false;
@@ -482,7 +489,9 @@ static int dci_set(struct sel *s, const struct kv *kv, int layer, int h, const f
 	struct idx *ix = s->ix[layer * s->nkv + h];
 	/* q carries the softmax's 1/sqrt(d): scale 1 */
 	struct select_opts so = { .budget_pages = (uint32_t)(s->c.budget / P - 2),
-				  .overfetch = SELECT_OVERFETCH, .scale = 1.0f, .group_merge = 1,
+				  .overfetch = SELECT_OVERFETCH,
+				  .scale = 1.0f,
+				  .group_merge = 1,
 				  .page_mass = 1 };
 	struct select_rows att = { s->attk, 2 * P, ICE_DTYPE_F32 };
 	struct select_group grp = { qg, (uint32_t)s->g, (uint32_t)s->d, &att, 1 };
@@ -514,7 +523,8 @@ static int dci_set(struct sel *s, const struct kv *kv, int layer, int h, const f
 		s->att_pages++;
 		for (t = 0; t < (int)fill; t++)
 			if (s->hmask[j] >> t & 1)
-				s->idx[ns++] = (int32_t)pos[t] + P; /* tree token i is position P + i */
+				s->idx[ns++] =
+					(int32_t)pos[t] + P; /* tree token i is position P + i */
 	}
 	for (t = n - P; t < n; t++)
 		s->idx[ns++] = t;
@@ -532,7 +542,8 @@ static int quest_set(struct sel *s, const struct kv *kv, int layer, int h, const
 	if (h == 0 && (err = quest_add(s, kv, layer, n)))
 		return err;
 	if (posidx_npages(px)) {
-		err = buf_grow(&s->ws, &s->ws_cap, posidx_ws_size(px, (uint32_t)s->g, (uint32_t)k), 1);
+		err = buf_grow(&s->ws, &s->ws_cap, posidx_ws_size(px, (uint32_t)s->g, (uint32_t)k),
+			       1);
 		if (err)
 			return err;
 		got = posidx_search(px, qg, (uint32_t)s->g, (uint32_t)k, s->ws, s->ws_cap, s->hits);
@@ -663,8 +674,9 @@ static int ice_attend(struct sel *s, const struct kv *kv, int layer, int pos, co
 			return err;
 		if (s->c.rest)
 			nref = ice_select_rest(s->ice, s->seq, (uint32_t)layer, s->qun, s->refs,
-					       s->nrefs_cap, s->rest, (size_t)s->g * s->nkv *
-					       (s->d + 1) * sizeof(float), &want);
+					       s->nrefs_cap, s->rest,
+					       (size_t)s->g * s->nkv * (s->d + 1) * sizeof(float),
+					       &want);
 		else
 			nref = ice_select(s->ice, s->seq, (uint32_t)layer, s->qun, s->refs,
 					  s->nrefs_cap, &want);
@@ -697,8 +709,9 @@ static int ice_attend(struct sel *s, const struct kv *kv, int layer, int pos, co
 		if (s->refs[i].kv_head >= s->nkv ||
 		    (i && s->refs[i].kv_head < s->refs[i - 1].kv_head))
 			return -EIO;
-		s->kpages[i] = (struct kern_page){ .slot = (uint32_t)i, .fill = P,
-			.skip = (uint16_t)~s->refs[i].mask };
+		s->kpages[i] = (struct kern_page){ .slot = (uint32_t)i,
+						   .fill = P,
+						   .skip = (uint16_t)~s->refs[i].mask };
 	}
 	for (h = 0, i = 0; h <= s->nkv; h++) {
 		while (i < nref && s->refs[i].kv_head < h)
@@ -706,10 +719,19 @@ static int ice_attend(struct sel *s, const struct kv *kv, int layer, int pos, co
 		s->head_off[h] = (uint32_t)i;
 	}
 	err = kern_ref_attn(&(struct kern_attn_args){ .dtype = ICE_DTYPE_F32,
-		.hq = (uint32_t)(s->g * s->nkv), .hkv = (uint32_t)s->nkv, .d = (uint32_t)s->d,
-		.page_cap = P, .scale = 1.0f, .q = q, .out = out, .pool = s->pages,
-		.slot_bytes = pb * sizeof(float), .nslots = (uint32_t)nref, .pages = s->kpages,
-		.head_off = s->head_off, .rest = s->c.rest ? s->rest : NULL });
+						      .hq = (uint32_t)(s->g * s->nkv),
+						      .hkv = (uint32_t)s->nkv,
+						      .d = (uint32_t)s->d,
+						      .page_cap = P,
+						      .scale = 1.0f,
+						      .q = q,
+						      .out = out,
+						      .pool = s->pages,
+						      .slot_bytes = pb * sizeof(float),
+						      .nslots = (uint32_t)nref,
+						      .pages = s->kpages,
+						      .head_off = s->head_off,
+						      .rest = s->c.rest ? s->rest : NULL });
 	if (err)
 		return err;
 	for (h = 0; h < s->nkv; h++) {
@@ -734,8 +756,10 @@ static int ice_attend(struct sel *s, const struct kv *kv, int layer, int pos, co
 					s->att_pages++;
 				for (t = 0; t < (int)s->refs[i].fill; t++)
 					if (s->refs[i].mask >> t & 1)
-						mass += expf(mm_dot(qh, kp + (size_t)t * s->d, s->d) -
-							     s->pmax[hh]) / s->psum[hh];
+						mass += expf(mm_dot(qh, kp + (size_t)t * s->d,
+								    s->d) -
+							     s->pmax[hh]) /
+							s->psum[hh];
 			}
 		}
 		account(s, layer, n, mass, ntok);

@@ -28,18 +28,18 @@ enum sel_kind { SEL_FULL, SEL_STREAM, SEL_QUEST, SEL_ORACLE, SEL_DCI, SEL_ICECAC
 
 struct sel_cfg {
 	int kind, budget, dense, cap;
-	const char *socket;		/* icecache: daemon socket, NULL = embedded engine */
-	const char *engine_config;	/* icecache, embedded: extra "key = value" lines, ',' apart */
-	bool rest;			/* icecache: merge the engine's rest term (ice_select_rest) */
-	const int *lengths;		/* mass statistics are kept per nominal length */
+	const char *socket;        /* icecache: daemon socket, NULL = embedded engine */
+	const char *engine_config; /* icecache, embedded: extra "key = value" lines, ',' apart */
+	bool rest;                 /* icecache: merge the engine's rest term (ice_select_rest) */
+	const int *lengths;        /* mass statistics are kept per nominal length */
 	int nlengths;
 };
 
 struct sel_mass {
-	double mass, oracle;		/* means per (query head, step, sparse layer) */
+	double mass, oracle; /* means per (query head, step, sparse layer) */
 	long count;
 	int nlayers;
-	const double *layer_mass;	/* per layer sums (0 for dense layers); merge by adding */
+	const double *layer_mass; /* per layer sums (0 for dense layers); merge by adding */
 	const double *layer_oracle;
 	const long *layer_count;
 };
@@ -47,7 +47,7 @@ struct sel_mass {
 struct sel;
 
 bool sel_have_icecache(void);
-int sel_kind_parse(const char *name);	/* -EINVAL if unknown or not built */
+int sel_kind_parse(const char *name); /* -EINVAL if unknown or not built */
 const char *sel_kind_name(int kind);
 
 int sel_new(const struct model *m, const struct sel_cfg *cfg, struct sel **ret);

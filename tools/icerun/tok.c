@@ -21,16 +21,16 @@ struct htab {
 
 struct tok {
 	int n;
-	struct gguf_str *str;	/* token strings (byte-level mapped UTF-8) */
+	struct gguf_str *str; /* token strings (byte-level mapped UTF-8) */
 	int32_t *type;
-	struct htab vocab;	/* string -> id */
-	struct htab merges;	/* "left right" -> rank */
-	int32_t *special;	/* ids of control/user-defined tokens, longest first */
+	struct htab vocab;  /* string -> id */
+	struct htab merges; /* "left right" -> rank */
+	int32_t *special;   /* ids of control/user-defined tokens, longest first */
 	int nspecial;
 	int bos, eos;
-	uint16_t byte2cp[256];	/* GPT-2 bytes_to_unicode */
+	uint16_t byte2cp[256]; /* GPT-2 bytes_to_unicode */
 	int16_t cp2byte[512];
-	int32_t byte_tok[256];	/* token id of each single byte */
+	int32_t byte_tok[256]; /* token id of each single byte */
 };
 
 static uint32_t hash(const char *s, size_t n)
@@ -163,16 +163,17 @@ static enum cls classify(uint32_t c)
 		return C_OTHER;
 	}
 	if (c > 0xFFFFFF)
-		return C_OTHER;	/* invalid byte */
-	if (c == 0x85 || c == 0xA0 || c == 0x1680 || (c >= 0x2000 && c <= 0x200A) ||
-	    c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F || c == 0x3000)
+		return C_OTHER; /* invalid byte */
+	if (c == 0x85 || c == 0xA0 || c == 0x1680 || (c >= 0x2000 && c <= 0x200A) || c == 0x2028 ||
+	    c == 0x2029 || c == 0x202F || c == 0x205F || c == 0x3000)
 		return C_SPACE;
 	if (c == 0xB2 || c == 0xB3 || c == 0xB9 || (c >= 0xBC && c <= 0xBE) ||
 	    (c >= 0x660 && c <= 0x669) || (c >= 0xFF10 && c <= 0xFF19))
 		return C_DIGIT;
-	if (c == 0xAA || c == 0xB5 || c == 0xBA || (c >= 0xC0 && c <= 0x24F && c != 0xD7 &&
-	    c != 0xF7) || (c >= 0x250 && c <= 0x2AF) || (c >= 0x370 && c <= 0x3FF && c != 0x37E &&
-	    c != 0x387) || (c >= 0x400 && c <= 0x52F && !(c >= 0x482 && c <= 0x489)) ||
+	if (c == 0xAA || c == 0xB5 || c == 0xBA ||
+	    (c >= 0xC0 && c <= 0x24F && c != 0xD7 && c != 0xF7) || (c >= 0x250 && c <= 0x2AF) ||
+	    (c >= 0x370 && c <= 0x3FF && c != 0x37E && c != 0x387) ||
+	    (c >= 0x400 && c <= 0x52F && !(c >= 0x482 && c <= 0x489)) ||
 	    (c >= 0x5D0 && c <= 0x5EA) || (c >= 0x620 && c <= 0x64A) ||
 	    (c >= 0x1E00 && c <= 0x1FFF) || (c >= 0x3040 && c <= 0x30FF && c != 0x30FB) ||
 	    (c >= 0x3400 && c <= 0x4DBF) || (c >= 0x4E00 && c <= 0x9FFF) ||
@@ -401,7 +402,8 @@ static void bpe_word(struct enc *e, const uint8_t *w, size_t n)
 		/* Not in the vocabulary: fall back to one token per byte of this symbol. */
 		for (i = e->start[j]; i < e->start[j] + e->len[j];) {
 			uint32_t cp;
-			size_t l = utf8_get((const uint8_t *)e->buf + i, e->start[j] + e->len[j] - i, &cp);
+			size_t l = utf8_get((const uint8_t *)e->buf + i,
+					    e->start[j] + e->len[j] - i, &cp);
 
 			if (cp < 512 && t->cp2byte[cp] >= 0 && t->byte_tok[t->cp2byte[cp]] >= 0)
 				emit(e, t->byte_tok[t->cp2byte[cp]]);
@@ -429,9 +431,9 @@ static void pretok(struct enc *e, const uint8_t *s, size_t n)
 				i += 2;
 				continue;
 			}
-			if (rem >= 2 && ((s[j] == 'r' && s[j + 1] == 'e') ||
-					 (s[j] == 'v' && s[j + 1] == 'e') ||
-					 (s[j] == 'l' && s[j + 1] == 'l'))) {
+			if (rem >= 2 &&
+			    ((s[j] == 'r' && s[j + 1] == 'e') || (s[j] == 'v' && s[j + 1] == 'e') ||
+			     (s[j] == 'l' && s[j + 1] == 'l'))) {
 				bpe_word(e, s + i, 3);
 				i += 3;
 				continue;
@@ -519,7 +521,8 @@ int tok_encode(const struct tok *t, const char *text, size_t len, bool special, 
 			for (k = 0; k < t->nspecial; k++) {
 				const struct gguf_str *ss = &t->str[t->special[k]];
 
-				if (ss->len && ss->len <= len - i && !memcmp(s + i, ss->s, ss->len) &&
+				if (ss->len && ss->len <= len - i &&
+				    !memcmp(s + i, ss->s, ss->len) &&
 				    (hit < 0 || ss->len > t->str[hit].len))
 					hit = t->special[k];
 			}

@@ -141,14 +141,14 @@ static void fill_bf16(uint16_t *p, size_t n_elems, uint64_t seed)
 	}
 }
 
-#define CK(expr)                                                                          \
-	do {                                                                              \
-		int r_ = (expr);                                                          \
-		if (r_ < 0) {                                                             \
+#define CK(expr)                                                                         \
+	do {                                                                             \
+		int r_ = (expr);                                                         \
+		if (r_ < 0) {                                                            \
 			fprintf(stderr, "icebench gpu: %s: %s\n", #expr, strerror(-r_)); \
-			rc = r_;                                                          \
-			goto out;                                                         \
-		}                                                                         \
+			rc = r_;                                                         \
+			goto out;                                                        \
+		}                                                                        \
 	} while (0)
 
 /*
@@ -244,9 +244,17 @@ static int measure_select(const struct gpu_opts *o, uint32_t ctx, struct ctx_res
 	for (it = 0; it < 7; it++) {
 		t0 = clock_now_ns();
 		for (i = 0; i < nt; i++) {
-			jobs[i] = (struct sel_job){ ix, q, g, k, NQ, i * (nsearch / nt),
-						    nsearch / nt + (i < nsearch % nt), o->d,
-						    jobs[i].ws, ws_size, 0 };
+			jobs[i] = (struct sel_job){ ix,
+						    q,
+						    g,
+						    k,
+						    NQ,
+						    i * (nsearch / nt),
+						    nsearch / nt + (i < nsearch % nt),
+						    o->d,
+						    jobs[i].ws,
+						    ws_size,
+						    0 };
 			if (pthread_create(&th[i], NULL, sel_worker, &jobs[i]))
 				jobs[i].rc = -EAGAIN;
 		}
@@ -298,7 +306,8 @@ static void run_sdpa(const struct gpu_opts *o, struct ctx_result *res)
 	FILE *p;
 
 	for (i = 0; i < o->nctx; i++)
-		len += (size_t)snprintf(ctxs + len, sizeof(ctxs) - len, "%s%u", i ? "," : "", o->ctx[i]);
+		len += (size_t)snprintf(ctxs + len, sizeof(ctxs) - len, "%s%u", i ? "," : "",
+					o->ctx[i]);
 	snprintf(cmd, sizeof(cmd), "%s %s/tools/bench/gpu/sdpa.py --ctx %s --hq %u --hkv %u --d %u",
 		 o->sdpa_python, root ? root : ".", ctxs, o->hq, o->hkv, o->d);
 	p = popen(cmd, "r");
@@ -318,7 +327,8 @@ static void run_sdpa(const struct gpu_opts *o, struct ctx_result *res)
 		for (i = 0; i < o->nctx; i++)
 			if (res[i].ctx == c) {
 				res[i].sdpa_layer_us = us;
-				snprintf(res[i].sdpa_variant, sizeof(res[i].sdpa_variant), "%s", var);
+				snprintf(res[i].sdpa_variant, sizeof(res[i].sdpa_variant), "%s",
+					 var);
 			}
 	}
 	if (pclose(p) != 0)
@@ -400,7 +410,8 @@ static int bench_gpu_main(int argc, char **argv)
 	}
 	for (c = 0; c < o.nctx; c++)
 		if (o.ctx[c] < o.budget * 2) {
-			fprintf(stderr, "icebench gpu: context %u smaller than twice the budget\n", o.ctx[c]);
+			fprintf(stderr, "icebench gpu: context %u smaller than twice the budget\n",
+				o.ctx[c]);
 			return 2;
 		}
 	if (kern_gpu_count() < 0) {
@@ -410,8 +421,8 @@ static int bench_gpu_main(int argc, char **argv)
 
 	memset(res, 0, sizeof(res));
 	slot_bytes = 2 * (size_t)o.P * o.d * es;
-	ppt = o.budget / o.P;       /* pages per KV head per layer */
-	npl = o.hkv * ppt;          /* pages per layer */
+	ppt = o.budget / o.P; /* pages per KV head per layer */
+	npl = o.hkv * ppt;    /* pages per layer */
 	pool_pages = o.pool_mib * 1024 * 1024 / slot_bytes;
 	samples = calloc(3 * (size_t)o.iters + 16, sizeof(double));
 	copies = calloc((size_t)o.layers * npl, sizeof(*copies));
@@ -462,11 +473,13 @@ static int bench_gpu_main(int argc, char **argv)
 	CK(kern_host_alloc(pool_pages * slot_bytes, &hpool, &hpool_dev));
 	{
 		/* Random bf16 in the first 64 MiB, repeated: real values, and seconds not minutes. */
-		size_t total = pool_pages * slot_bytes, chunk = total < (64u << 20) ? total : (64u << 20);
+		size_t total = pool_pages * slot_bytes,
+		       chunk = total < (64u << 20) ? total : (64u << 20);
 
 		fill_bf16(hpool, chunk / es, 1);
 		for (size_t off = chunk; off < total; off += chunk)
-			memcpy((char *)hpool + off, hpool, total - off < chunk ? total - off : chunk);
+			memcpy((char *)hpool + off, hpool,
+			       total - off < chunk ? total - off : chunk);
 	}
 	CK(kern_host_alloc((size_t)o.layers * npl * sizeof(*copies), &hcopies, &hcopies_dev));
 	CK(kern_dev_alloc((size_t)o.layers * npl * sizeof(*copies), &dcopies));
@@ -516,31 +529,36 @@ static int bench_gpu_main(int argc, char **argv)
 			for (l = 0; l < o.layers; l++) {
 				for (i = 0; i < npl; i++) {
 					uint32_t h = i / ppt;
-					uint64_t where = bench_slot(l, h, bench_page(tok, l, i, ppt, ctx_pages),
-								    pool_pages);
+					uint64_t where = bench_slot(
+						l, h, bench_page(tok, l, i, ppt, ctx_pages),
+						pool_pages);
 
-					hc[(size_t)l * npl + i].src = hpool_dev + where * slot_bytes;
+					hc[(size_t)l * npl + i].src =
+						hpool_dev + where * slot_bytes;
 					hc[(size_t)l * npl + i].dst =
-						(uint64_t)(uintptr_t)dslots + ((size_t)l * npl + i) * slot_bytes;
+						(uint64_t)(uintptr_t)dslots +
+						((size_t)l * npl + i) * slot_bytes;
 				}
 			}
 			CK(kern_event_record(ev0, stream));
 			for (l = 0; l < o.layers; l++)
-				CK(kern_gather_inline(hc + (size_t)l * npl, npl, slot_bytes, stream));
+				CK(kern_gather_inline(hc + (size_t)l * npl, npl, slot_bytes,
+						      stream));
 			CK(kern_event_record(ev1, stream));
 			CK(kern_event_ms(ev0, ev1, &ms[0]));
 
 			CK(kern_event_record(ev0, stream));
-			CK(kern_memcpy_async(dcopies, hcopies, (size_t)o.layers * npl * sizeof(*copies),
-					     stream));
+			CK(kern_memcpy_async(dcopies, hcopies,
+					     (size_t)o.layers * npl * sizeof(*copies), stream));
 			for (l = 0; l < o.layers; l++)
-				CK(kern_gather((const struct kern_copy *)dcopies + (size_t)l * npl, npl,
-					       slot_bytes, stream));
+				CK(kern_gather((const struct kern_copy *)dcopies + (size_t)l * npl,
+					       npl, slot_bytes, stream));
 			CK(kern_event_record(ev1, stream));
 			CK(kern_event_ms(ev0, ev1, &ms[1]));
 
 			CK(kern_event_record(ev0, stream));
-			CK(kern_gather((const struct kern_copy *)dcopies, o.layers * npl, slot_bytes, stream));
+			CK(kern_gather((const struct kern_copy *)dcopies, o.layers * npl,
+				       slot_bytes, stream));
 			CK(kern_event_record(ev1, stream));
 			CK(kern_event_ms(ev0, ev1, &ms[2]));
 			if (it >= 3) {
@@ -554,8 +572,10 @@ static int bench_gpu_main(int argc, char **argv)
 
 			r->move_token_us = median(samples, o.iters);
 			r->gather_layer_gbs = bytes / (r->move_token_us * 1e-6) / 1e9;
-			r->gather_desc_gbs = bytes / (median(samples + o.iters, o.iters) * 1e-6) / 1e9;
-			r->gather_token_gbs = bytes / (median(samples + 2 * o.iters, o.iters) * 1e-6) / 1e9;
+			r->gather_desc_gbs =
+				bytes / (median(samples + o.iters, o.iters) * 1e-6) / 1e9;
+			r->gather_token_gbs =
+				bytes / (median(samples + 2 * o.iters, o.iters) * 1e-6) / 1e9;
 		}
 
 		/* Baseline: one cudaMemcpyAsync per page, one layer's pages. */
@@ -566,8 +586,8 @@ static int bench_gpu_main(int argc, char **argv)
 			CK(kern_event_record(ev0, stream));
 			for (i = 0; i < npl; i++)
 				CK(kern_memcpy_async((void *)(uintptr_t)hc[i].dst,
-						     (char *)hpool + (hc[i].src - hpool_dev), slot_bytes,
-						     stream));
+						     (char *)hpool + (hc[i].src - hpool_dev),
+						     slot_bytes, stream));
 			CK(kern_event_record(ev1, stream));
 			CK(kern_event_ms(ev0, ev1, &ms));
 			samples[it] = (double)npl * slot_bytes / (ms * 1e-3) / 1e9;
@@ -579,7 +599,8 @@ static int bench_gpu_main(int argc, char **argv)
 			for (i = 0; i < npl; i++) {
 				tab[(size_t)l * npl + i].slot = l * npl + i;
 				/* the window page is partly filled, as in decode */
-				tab[(size_t)l * npl + i].fill = i % ppt == ppt - 1 ? o.P / 2 + 1 : o.P;
+				tab[(size_t)l * npl + i].fill = i % ppt == ppt - 1 ? o.P / 2 + 1 :
+										     o.P;
 			}
 			for (i = 0; i <= o.hkv; i++)
 				head_off[(size_t)l * (o.hkv + 1) + i] = i * ppt;
@@ -602,7 +623,8 @@ static int bench_gpu_main(int argc, char **argv)
 		a.nslots = o.layers * npl;
 		a.max_pages = ppt;
 		a.pages = tab_dev_base;
-		a.head_off = (const uint32_t *)((char *)dtab + (size_t)o.layers * npl * sizeof(*tab));
+		a.head_off =
+			(const uint32_t *)((char *)dtab + (size_t)o.layers * npl * sizeof(*tab));
 		CK(attn_ws_grow(&a, &dws, &ws_bytes));
 		for (it = 0; it < o.iters + 3; it++) {
 			float ms;
@@ -610,8 +632,10 @@ static int bench_gpu_main(int argc, char **argv)
 			CK(kern_event_record(ev0, stream));
 			for (l = 0; l < o.layers; l++) {
 				a.pages = (const struct kern_page *)tab_dev_base + (size_t)l * npl;
-				a.head_off = (const uint32_t *)((char *)dtab + (size_t)o.layers * npl *
-								sizeof(*tab)) + (size_t)l * (o.hkv + 1);
+				a.head_off =
+					(const uint32_t *)((char *)dtab +
+							   (size_t)o.layers * npl * sizeof(*tab)) +
+					(size_t)l * (o.hkv + 1);
 				CK(kern_attn(&a, dws, stream));
 			}
 			CK(kern_event_record(ev1, stream));
@@ -628,10 +652,13 @@ static int bench_gpu_main(int argc, char **argv)
 
 			CK(kern_event_record(ev0, stream));
 			for (l = 0; l < o.layers; l++) {
-				CK(kern_gather_inline(hc + (size_t)l * npl, npl, slot_bytes, stream));
+				CK(kern_gather_inline(hc + (size_t)l * npl, npl, slot_bytes,
+						      stream));
 				a.pages = (const struct kern_page *)tab_dev_base + (size_t)l * npl;
-				a.head_off = (const uint32_t *)((char *)dtab + (size_t)o.layers * npl *
-								sizeof(*tab)) + (size_t)l * (o.hkv + 1);
+				a.head_off =
+					(const uint32_t *)((char *)dtab +
+							   (size_t)o.layers * npl * sizeof(*tab)) +
+					(size_t)l * (o.hkv + 1);
 				CK(kern_attn(&a, dws, stream));
 			}
 			CK(kern_event_record(ev1, stream));
@@ -657,7 +684,8 @@ static int bench_gpu_main(int argc, char **argv)
 				for (l = 0; l < o.layers; l++) {
 					for (i = 0; i < npl; i++) {
 						uint32_t h = i / ppt, k = i % ppt;
-						uint32_t page = bench_page(tok, l, i, ppt, ctx_pages);
+						uint32_t page =
+							bench_page(tok, l, i, ppt, ctx_pages);
 						uint64_t where = bench_slot(l, h, page, pool_pages);
 
 						reqs[i].key.seq = 1 + c;
@@ -703,7 +731,8 @@ static int bench_gpu_main(int argc, char **argv)
 				full_bytes = need;
 				/* Copy pool pages in so the data is real bf16, not zeros. */
 				for (size_t off = 0; off < need; off += 64u << 20) {
-					size_t n = need - off < (64u << 20) ? need - off : (64u << 20);
+					size_t n = need - off < (64u << 20) ? need - off :
+									      (64u << 20);
 
 					CK(kern_memcpy((char *)dfull + off, hpool, n));
 				}
@@ -756,7 +785,8 @@ static int bench_gpu_main(int argc, char **argv)
 	for (c = 0; c < o.nctx && !o.no_select; c++) {
 		rc = measure_select(&o, o.ctx[c], &res[c]);
 		if (rc < 0) {
-			fprintf(stderr, "icebench gpu: select at %u: %s\n", o.ctx[c], strerror(-rc));
+			fprintf(stderr, "icebench gpu: select at %u: %s\n", o.ctx[c],
+				strerror(-rc));
 			goto out;
 		}
 	}
@@ -784,8 +814,9 @@ static int bench_gpu_main(int argc, char **argv)
 			       "\"tier_move_fresh_token_us\":%.1f,\"tier_move_fresh_pages\":%.1f,"
 			       "\"tier_move_repeat_token_us\":%.1f,\"tier_move_repeat_pages\":%.1f}",
 			       c ? "," : "", r->ctx, r->gather_layer_gbs, r->gather_token_gbs,
-			       r->gather_desc_gbs, r->percopy_gbs, r->move_token_us, r->attn_layer_us, r->full_layer_us,
-			       r->sdpa_layer_us, r->sdpa_variant, r->attn_layer_us * o.layers,
+			       r->gather_desc_gbs, r->percopy_gbs, r->move_token_us,
+			       r->attn_layer_us, r->full_layer_us, r->sdpa_layer_us,
+			       r->sdpa_variant, r->attn_layer_us * o.layers,
 			       r->sdpa_layer_us * o.layers, r->select_search_us, r->select_token_us,
 			       r->select_threads, r->select_build_s,
 			       r->select_token_us + r->move_token_us + r->attn_layer_us * o.layers,
@@ -797,45 +828,55 @@ static int bench_gpu_main(int argc, char **argv)
 	{
 		FILE *f = o.json ? stderr : stdout;
 
-		fprintf(f, "gpu: %u layers, %u q / %u kv heads, d %u, bf16, page %u, budget %u tokens "
-			   "(%u pages/head), %u iters\n",
+		fprintf(f,
+			"gpu: %u layers, %u q / %u kv heads, d %u, bf16, page %u, budget %u tokens "
+			"(%u pages/head), %u iters\n",
 			o.layers, o.hq, o.hkv, o.d, o.P, o.budget, ppt, o.iters);
 		fprintf(f, "pinned cudaMemcpy ceiling: %.1f GB/s\n", ceiling_gbs);
-		fprintf(f, "%7s %9s %9s %9s %9s %9s | %9s %9s %9s %6s | %9s %9s\n", "ctx", "gath/lay",
-			"gath/desc", "gath/tok", "memcpy/pg", "move us", "sparse us", "full us", "sdpa us", "x",
-			"attend us", "full us");
+		fprintf(f, "%7s %9s %9s %9s %9s %9s | %9s %9s %9s %6s | %9s %9s\n", "ctx",
+			"gath/lay", "gath/desc", "gath/tok", "memcpy/pg", "move us", "sparse us",
+			"full us", "sdpa us", "x", "attend us", "full us");
 		for (c = 0; c < o.nctx; c++) {
 			struct ctx_result *r = &res[c];
 
-			fprintf(f, "%7u %9.1f %9.1f %9.1f %9.1f %9.0f | %9.2f %9.1f %9.1f %6.1f | %9.0f %9.0f\n",
-				r->ctx, r->gather_layer_gbs, r->gather_desc_gbs, r->gather_token_gbs, r->percopy_gbs,
-				r->move_token_us, r->attn_layer_us, r->full_layer_us, r->sdpa_layer_us,
+			fprintf(f,
+				"%7u %9.1f %9.1f %9.1f %9.1f %9.0f | %9.2f %9.1f %9.1f %6.1f | %9.0f %9.0f\n",
+				r->ctx, r->gather_layer_gbs, r->gather_desc_gbs,
+				r->gather_token_gbs, r->percopy_gbs, r->move_token_us,
+				r->attn_layer_us, r->full_layer_us, r->sdpa_layer_us,
 				r->sdpa_layer_us / r->attn_layer_us, r->attn_layer_us * o.layers,
 				r->sdpa_layer_us * o.layers);
 		}
-		fprintf(f, "(GB/s: scattered %zu-byte pages; us per layer for attention; per token = "
-			   "%u layers)\n", slot_bytes, o.layers);
-		fprintf(f, "per token: %7s %12s %10s %10s %10s %10s %10s %10s\n", "ctx", "select/srch",
-			"select", "move", "attend", "mv+att seq", "total", "full-KV");
+		fprintf(f,
+			"(GB/s: scattered %zu-byte pages; us per layer for attention; per token = "
+			"%u layers)\n",
+			slot_bytes, o.layers);
+		fprintf(f, "per token: %7s %12s %10s %10s %10s %10s %10s %10s\n", "ctx",
+			"select/srch", "select", "move", "attend", "mv+att seq", "total",
+			"full-KV");
 		for (c = 0; c < o.nctx; c++) {
 			struct ctx_result *r = &res[c];
 
-			fprintf(f, "per token: %7u %9.1f us %7.0f us %7.0f us %7.0f us %7.0f us %7.0f us "
-				   "%7.0f us\n",
+			fprintf(f,
+				"per token: %7u %9.1f us %7.0f us %7.0f us %7.0f us %7.0f us %7.0f us "
+				"%7.0f us\n",
 				r->ctx, r->select_search_us, r->select_token_us, r->move_token_us,
 				r->attn_layer_us * o.layers, r->move_attend_token_us,
 				r->select_token_us + r->move_token_us + r->attn_layer_us * o.layers,
 				r->sdpa_layer_us * o.layers);
 		}
 		for (c = 0; c < o.nctx; c++)
-			fprintf(f, "hbm cache: %6u  new selection %7.0f us/token (%.0f pages moved), same "
-				   "selection again %7.0f us/token (%.0f pages moved)\n",
+			fprintf(f,
+				"hbm cache: %6u  new selection %7.0f us/token (%.0f pages moved), same "
+				"selection again %7.0f us/token (%.0f pages moved)\n",
 				res[c].ctx, res[c].tier_fresh_us, res[c].tier_fresh_pages,
 				res[c].tier_repeat_us, res[c].tier_repeat_pages);
 		if (!o.no_select && o.nctx)
-			fprintf(f, "(select: %u x %u group searches of %u queries for %u pages on %u CPU "
-				   "threads, DCI-tree over synthetic keys; move: every budget page, cold)\n",
-				o.layers, o.hkv, o.hq / o.hkv, o.budget / o.P - 2, res[0].select_threads);
+			fprintf(f,
+				"(select: %u x %u group searches of %u queries for %u pages on %u CPU "
+				"threads, DCI-tree over synthetic keys; move: every budget page, cold)\n",
+				o.layers, o.hkv, o.hq / o.hkv, o.budget / o.P - 2,
+				res[0].select_threads);
 	}
 out:
 	hbm_close(hbm);

@@ -55,7 +55,7 @@ struct method {
 	const char *name;
 	const struct idx *ix;
 	const struct posidx *px;
-	int kind;              /* 0 dci, 1 brute, 2 positional, 3 positional exact, 4 dci+cells */
+	int kind; /* 0 dci, 1 brute, 2 positional, 3 positional exact, 4 dci+cells */
 	struct idx_search_opts so;
 };
 
@@ -86,8 +86,8 @@ static int method_search_raw(const struct method *m, const float *q, uint32_t g,
 
 /* A search whose k hits are all defined: those past the count it returns (k > pages) name
  * NO_PAGE, which the scoring skips. */
-static int method_search(const struct method *m, const float *q, uint32_t g, uint32_t k,
-			 void *ws, size_t wss, struct idx_hit *h)
+static int method_search(const struct method *m, const float *q, uint32_t g, uint32_t k, void *ws,
+			 size_t wss, struct idx_hit *h)
 {
 	int got = method_search_raw(m, q, g, k, ws, wss, h);
 	uint32_t i;
@@ -99,10 +99,10 @@ static int method_search(const struct method *m, const float *q, uint32_t g, uin
 
 struct run {
 	const struct method *m;
-	const float *qs;       /* query groups, stride qstride floats */
+	const float *qs; /* query groups, stride qstride floats */
 	size_t qstride;
 	uint32_t nq, g, k;
-	struct idx_hit *hits;  /* nq x k, may be NULL */
+	struct idx_hit *hits; /* nq x k, may be NULL */
 	_Atomic uint32_t next;
 	_Atomic int err;
 };
@@ -131,7 +131,7 @@ static void *run_worker(void *a)
 	return NULL;
 }
 
-static int cold;           /* --cold: evict the caches before every 1-thread query */
+static int cold; /* --cold: evict the caches before every 1-thread query */
 static char *evict_buf;
 #define EVICT_BYTES (96u << 20)
 
@@ -164,7 +164,8 @@ static double time_cold(const struct method *m, const float *qs, size_t qstride,
 
 		evict();
 		t0 = clock_now_ns();
-		method_search(m, qs + i * qstride, g, k, ws, wss, hits ? hits + (size_t)i * k : tmp);
+		method_search(m, qs + i * qstride, g, k, ws, wss,
+			      hits ? hits + (size_t)i * k : tmp);
 		tot += clock_now_ns() - t0;
 	}
 	free(ws);
@@ -182,8 +183,9 @@ static double time_queries(const struct method *m, const float *qs, size_t qstri
 	if (cold && threads == 1)
 		return time_cold(m, qs, qstride, nq, g, k, hits);
 	for (rep = 0; rep < reps; rep++) {
-		struct run r = { .m = m, .qs = qs, .qstride = qstride, .nq = nq, .g = g, .k = k,
-				 .hits = hits };
+		struct run r = {
+			.m = m, .qs = qs, .qstride = qstride, .nq = nq, .g = g, .k = k, .hits = hits
+		};
 		pthread_t th[64];
 		uint32_t started = 0;
 		uint64_t t0;
@@ -226,16 +228,17 @@ static void time_interleaved(struct tjob *j, int nj, uint32_t nq, uint32_t reps)
 		j[i].best = INFINITY;
 	for (r = 0; r < reps; r++)
 		for (i = 0; i < nj; i++)
-			j[i].best = fmin(j[i].best, time_queries(j[i].m, j[i].qs, j[i].qstride, nq, j[i].g,
-								 j[i].k, j[i].hits, j[i].threads, 1));
+			j[i].best = fmin(j[i].best,
+					 time_queries(j[i].m, j[i].qs, j[i].qstride, nq, j[i].g,
+						      j[i].k, j[i].hits, j[i].threads, 1));
 }
 
 /* ---- reference: softmax over all keys ---------------------------------------------------- */
 
 struct ref {
-	float *p;              /* nq x n attention probabilities */
-	double oracle[NBUDGET];/* mean mass of the exact top-B tokens */
-	double *omass;         /* nq x NBUDGET */
+	float *p;               /* nq x n attention probabilities */
+	double oracle[NBUDGET]; /* mean mass of the exact top-B tokens */
+	double *omass;          /* nq x NBUDGET */
 };
 
 static int cmp_desc(const void *a, const void *b)
@@ -446,22 +449,25 @@ static int run_config(const struct opts *o, const float *keys, size_t n, uint32_
 		printf("\nN=%zu d=%u  simd=%s  build: ", n, d, idx_simd_name());
 		if (!isnan(tb1))
 			printf("1 thread %.3f s (%.0f keys/s), ", tb1, n / tb1);
-		printf("%u threads %.3f s (%.0f keys/s); insert (batches of 16) %.1f us/key\n", threads, tbn,
-		       n / tbn, tins);
+		printf("%u threads %.3f s (%.0f keys/s); insert (batches of 16) %.1f us/key\n",
+		       threads, tbn, n / tbn, tins);
 		printf("  seeds %zu, levels %u, pages %zu (%.1f tokens/page), largest cell %u, "
-		       "default beam %u pages at k=16\n", info.nseeds, info.nlevels, info.npages,
-		       info.mean_fill, info.max_cell, info.default_beam);
+		       "default beam %u pages at k=16\n",
+		       info.nseeds, info.nlevels, info.npages, info.mean_fill, info.max_cell,
+		       info.default_beam);
 		printf("  %-6s %-11s %3s %8s %8s %7s %10s %10s %8s\n", "budget", "method", "k",
 		       "page_rec", "mass_rec", "oracle", "us/q 1T", "us/q allT", "vs brute");
 	} else {
 		json_sep(js, first_cfg);
-		fprintf(js, "{\"n\":%zu,\"d\":%u,\"simd\":\"%s\",\"threads\":%u,\"queries\":%u,\"cold\":%d,"
+		fprintf(js,
+			"{\"n\":%zu,\"d\":%u,\"simd\":\"%s\",\"threads\":%u,\"queries\":%u,\"cold\":%d,"
 			"\"build\":{\"s_1t\":%.4f,\"keys_per_s_1t\":%.0f,\"s_all\":%.4f,"
 			"\"keys_per_s_all\":%.0f,\"insert_us_per_key\":%.2f},\"seeds\":%zu,\"levels\":%u,\"pages\":%zu,"
 			"\"tokens_per_page\":%.2f,\"max_cell\":%u,\"default_beam\":%u,\"budgets\":[",
 			n, d, idx_simd_name(), threads, nq, cold, isnan(tb1) ? -1.0 : tb1,
-			isnan(tb1) ? -1.0 : n / tb1, tbn, n / tbn, isnan(tins) ? -1.0 : tins, info.nseeds,
-			info.nlevels, info.npages, info.mean_fill, info.max_cell, info.default_beam);
+			isnan(tb1) ? -1.0 : n / tb1, tbn, n / tbn, isnan(tins) ? -1.0 : tins,
+			info.nseeds, info.nlevels, info.npages, info.mean_fill, info.max_cell,
+			info.default_beam);
 	}
 	first = 1;
 	for (bi = 0; bi < NBUDGET; bi++) {
@@ -472,9 +478,12 @@ static int run_config(const struct opts *o, const float *keys, size_t n, uint32_
 		uint32_t mi;
 
 		struct tjob tj[8] = {
-			{ &mex, q1, d, 1, k, 1, he, 0 }, { &mdci, q1, d, 1, k, 1, hd, 0 },
-			{ &mpos, q1, d, 1, k, 1, hp, 0 }, { &mmass, q1, d, 1, k, 1, hm, 0 },
-			{ &mex, q1, d, 1, k, threads, NULL, 0 }, { &mdci, q1, d, 1, k, threads, NULL, 0 },
+			{ &mex, q1, d, 1, k, 1, he, 0 },
+			{ &mdci, q1, d, 1, k, 1, hd, 0 },
+			{ &mpos, q1, d, 1, k, 1, hp, 0 },
+			{ &mmass, q1, d, 1, k, 1, hm, 0 },
+			{ &mex, q1, d, 1, k, threads, NULL, 0 },
+			{ &mdci, q1, d, 1, k, threads, NULL, 0 },
 			{ &mpos, q1, d, 1, k, threads, NULL, 0 },
 			{ &mmass, q1, d, 1, k, threads, NULL, 0 },
 		};
@@ -492,15 +501,18 @@ static int run_config(const struct opts *o, const float *keys, size_t n, uint32_
 		for (mi = 0; mi < 4; mi++) {
 			if (!o->json) {
 				printf("  %-6u %-11s %3u %8.3f %8.3f %7.3f %10.1f %10.1f %7.1fx\n",
-				       budgets[bi], ms[mi]->name, k, qs[mi].page_rec, qs[mi].mass_rec,
-				       qs[mi].oracle, t1[mi], tn[mi], t1[0] / t1[mi]);
+				       budgets[bi], ms[mi]->name, k, qs[mi].page_rec,
+				       qs[mi].mass_rec, qs[mi].oracle, t1[mi], tn[mi],
+				       t1[0] / t1[mi]);
 			} else {
 				json_sep(js, &first);
-				fprintf(js, "{\"budget\":%u,\"k\":%u,\"method\":\"%s\",\"page_recall\":%.4f,"
+				fprintf(js,
+					"{\"budget\":%u,\"k\":%u,\"method\":\"%s\",\"page_recall\":%.4f,"
 					"\"mass_recall\":%.4f,\"oracle_mass\":%.4f,\"us_per_query_1t\":%.2f,"
 					"\"us_per_query_all\":%.2f,\"speedup_vs_brute_1t\":%.3f}",
-					budgets[bi], k, ms[mi]->name, qs[mi].page_rec, qs[mi].mass_rec,
-					qs[mi].oracle, t1[mi], tn[mi], t1[0] / t1[mi]);
+					budgets[bi], k, ms[mi]->name, qs[mi].page_rec,
+					qs[mi].mass_rec, qs[mi].oracle, t1[mi], tn[mi],
+					t1[0] / t1[mi]);
 			}
 		}
 	}
@@ -509,7 +521,8 @@ static int run_config(const struct opts *o, const float *keys, size_t n, uint32_
 	if (g > 1) {
 		uint32_t k = 16;
 		struct tjob tj[3] = {
-			{ &mdci, q1, d, 1, k, 1, NULL, 0 }, { &mdci, qg, qstride, g, k, 1, hd, 0 },
+			{ &mdci, q1, d, 1, k, 1, NULL, 0 },
+			{ &mdci, qg, qstride, g, k, 1, hd, 0 },
 			{ &mex, qg, qstride, g, k, 1, he, 0 },
 		};
 		double ts, tg, tgb, prec = 0, mrec = 0;
@@ -540,9 +553,11 @@ static int run_config(const struct opts *o, const float *keys, size_t n, uint32_
 		mrec /= nq;
 		if (!o->json)
 			printf("  GQA-%u k=16: group %.1f us vs single %.1f us = %.2fx (brute group %.1f us); "
-			       "group page_rec %.3f, mass_rec %.3f\n", g, tg, ts, tg / ts, tgb, prec, mrec);
+			       "group page_rec %.3f, mass_rec %.3f\n",
+			       g, tg, ts, tg / ts, tgb, prec, mrec);
 		else
-			fprintf(js, "],\"gqa\":{\"g\":%u,\"us_group\":%.2f,\"us_single\":%.2f,\"ratio\":%.3f,"
+			fprintf(js,
+				"],\"gqa\":{\"g\":%u,\"us_group\":%.2f,\"us_single\":%.2f,\"ratio\":%.3f,"
 				"\"us_brute_group\":%.2f,\"page_recall\":%.4f,\"mass_recall\":%.4f},\"curve\":[",
 				g, tg, ts, tg / ts, tgb, prec, mrec);
 	} else if (o->json) {
@@ -571,9 +586,10 @@ static int run_config(const struct opts *o, const float *keys, size_t n, uint32_
 			       qq.mass_rec, qq.oracle);
 		} else {
 			json_sep(js, &first);
-			fprintf(js, "{\"beam\":%u,\"us_per_query_1t\":%.2f,\"page_recall\":%.4f,"
-				"\"mass_recall\":%.4f,\"oracle_mass\":%.4f}", o->beams[b], t, qq.page_rec,
-				qq.mass_rec, qq.oracle);
+			fprintf(js,
+				"{\"beam\":%u,\"us_per_query_1t\":%.2f,\"page_recall\":%.4f,"
+				"\"mass_recall\":%.4f,\"oracle_mass\":%.4f}",
+				o->beams[b], t, qq.page_rec, qq.mass_rec, qq.oracle);
 		}
 	}
 	/* the seed-only tree walk (level-1 cells by seed score, no sketch), for comparison */
@@ -600,9 +616,10 @@ static int run_config(const struct opts *o, const float *keys, size_t n, uint32_
 			       qq.oracle);
 		} else {
 			json_sep(js, &first);
-			fprintf(js, "{\"cells\":%u,\"us_per_query_1t\":%.2f,\"page_recall\":%.4f,"
-				"\"mass_recall\":%.4f,\"oracle_mass\":%.4f}", o->cells[b], t, qq.page_rec,
-				qq.mass_rec, qq.oracle);
+			fprintf(js,
+				"{\"cells\":%u,\"us_per_query_1t\":%.2f,\"page_recall\":%.4f,"
+				"\"mass_recall\":%.4f,\"oracle_mass\":%.4f}",
+				o->cells[b], t, qq.page_rec, qq.mass_rec, qq.oracle);
 		}
 	}
 	{
@@ -617,7 +634,8 @@ static int run_config(const struct opts *o, const float *keys, size_t n, uint32_
 			printf("  %8s %10.1f %8.3f %8.3f %7.3f\n", "brute", tq, 1.0, 1.0,
 			       score_hits(&mex, he, &mex, he, nq, 16, &ref, n, 2).oracle);
 		} else {
-			fprintf(js, "],\"curve_positional\":{\"us_per_query_1t\":%.2f,\"page_recall\":%.4f,"
+			fprintf(js,
+				"],\"curve_positional\":{\"us_per_query_1t\":%.2f,\"page_recall\":%.4f,"
 				"\"mass_recall\":%.4f,\"oracle_mass\":%.4f},\"curve_brute_us\":%.2f}",
 				t, qq.page_rec, qq.mass_rec, qq.oracle, tq);
 		}
@@ -769,7 +787,8 @@ static int bench_index(int argc, char **argv)
 		printf(",\"results\":[");
 	} else {
 		printf("icebench index: DCI-tree vs brute force vs positional pages; %u queries, "
-		       "%u threads%s\n", o.nq, o.threads, cold ? ", cold caches for 1-thread times" : "");
+		       "%u threads%s\n",
+		       o.nq, o.threads, cold ? ", cold caches for 1-thread times" : "");
 		printf("  page_rec: share of the exact top-k pages (same page layout) returned; "
 		       "mass_rec: softmax mass of the\n  returned pages / that of the exact top-k pages; "
 		       "oracle: returned mass / mass of the exact top k*16 tokens\n");
@@ -783,14 +802,16 @@ static int bench_index(int argc, char **argv)
 			return 1;
 		}
 		if (dmp.dim % 16 || dmp.dim > IDX_MAX_DIM || dmp.ngroups == 0) {
-			fprintf(stderr, "icebench index: %s: dim must be a multiple of 16 and queries "
-				"present\n", o.dump);
+			fprintf(stderr,
+				"icebench index: %s: dim must be a multiple of 16 and queries "
+				"present\n",
+				o.dump);
 			kvdump_done(&dmp);
 			return 1;
 		}
 		rc = run_config(&o, dmp.keys, dmp.nkeys, dmp.dim, dmp.queries,
-				dmp.ngroups < o.nq ? (uint32_t)dmp.ngroups : o.nq, dmp.group, stdout,
-				&first);
+				dmp.ngroups < o.nq ? (uint32_t)dmp.ngroups : o.nq, dmp.group,
+				stdout, &first);
 		kvdump_done(&dmp);
 	} else {
 		for (c = 0; c < o.nd && rc == 0; c++) {
@@ -819,7 +840,8 @@ static int bench_index(int argc, char **argv)
 				if (rc == 0)
 					rc = synth_queries(&sp, keys, n, o.nq, GQA, qs, NULL);
 				if (rc == 0)
-					rc = run_config(&o, keys, n, d, qs, o.nq, GQA, stdout, &first);
+					rc = run_config(&o, keys, n, d, qs, o.nq, GQA, stdout,
+							&first);
 				free(keys);
 				free(qs);
 			}
@@ -837,5 +859,5 @@ bad:
 	return 2;
 }
 
-BENCH_COMMAND(index_cmd, "index", "DCI-tree vs brute force vs positional pages (recall, us/query, build)",
-	      bench_index)
+BENCH_COMMAND(index_cmd, "index",
+	      "DCI-tree vs brute force vs positional pages (recall, us/query, build)", bench_index)

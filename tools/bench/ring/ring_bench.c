@@ -24,7 +24,8 @@
 
 enum mode { M_RING_NOOP, M_RING_SELECT, M_UNIX, M_EMBEDDED_NOOP, M__COUNT };
 
-static const char *const mode_name[] = { "ring-noop", "ring-select", "unix-socket", "embedded-noop" };
+static const char *const mode_name[] = { "ring-noop", "ring-select", "unix-socket",
+					 "embedded-noop" };
 
 struct worker {
 	enum mode mode;
@@ -211,8 +212,11 @@ static int run_one(enum mode m, int nclients, long iters, const char *sock, stru
 	}
 	pthread_barrier_init(&bar, NULL, (unsigned)nclients);
 	for (i = 0; i < nclients; i++) {
-		w[i] = (struct worker){ .mode = m, .sock = sock, .fd = m == M_UNIX ? fds[i] : -1,
-					.iters = iters, .bar = &bar };
+		w[i] = (struct worker){ .mode = m,
+					.sock = sock,
+					.fd = m == M_UNIX ? fds[i] : -1,
+					.iters = iters,
+					.bar = &bar };
 		pthread_create(&t[i], NULL, worker_main, &w[i]);
 	}
 	hist_init(&all);
@@ -301,15 +305,15 @@ static int ring_main(int argc, char **argv)
 		printf(",\"iters\":%ld,\"results\":[", iters);
 		for (i = 0; i < nres; i++)
 			printf("%s{\"mode\":\"%s\",\"clients\":%d,\"p50_ns\":%llu,\"p99_ns\":%llu,"
-			       "\"mean_ns\":%llu,\"req_per_s\":%.0f}", i ? "," : "",
-			       mode_name[res[i].mode], res[i].clients,
+			       "\"mean_ns\":%llu,\"req_per_s\":%.0f}",
+			       i ? "," : "", mode_name[res[i].mode], res[i].clients,
 			       (unsigned long long)res[i].p50, (unsigned long long)res[i].p99,
 			       (unsigned long long)res[i].mean, res[i].rps);
 		printf("]}\n");
 		return 0;
 	}
-	printf("%-14s %7s %10s %10s %10s %12s\n", "MODE", "CLIENTS", "P50_US", "P99_US",
-	       "MEAN_US", "REQ/S");
+	printf("%-14s %7s %10s %10s %10s %12s\n", "MODE", "CLIENTS", "P50_US", "P99_US", "MEAN_US",
+	       "REQ/S");
 	for (i = 0; i < nres; i++)
 		printf("%-14s %7d %10.2f %10.2f %10.2f %12.0f\n", mode_name[res[i].mode],
 		       res[i].clients, (double)res[i].p50 / 1e3, (double)res[i].p99 / 1e3,

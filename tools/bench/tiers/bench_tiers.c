@@ -118,7 +118,9 @@ static int bench_dram(const struct opts *o, struct dram_res *res)
 {
 	const size_t ss = 8192;
 	const unsigned B = 256;
-	struct tier_config c = { .capacity_bytes = o->dram_mib << 20, .slot_size = ss, .numa_node = -1 };
+	struct tier_config c = { .capacity_bytes = o->dram_mib << 20,
+				 .slot_size = ss,
+				 .numa_node = -1 };
 	struct store_config sc = { .slot_size = ss };
 	struct tier *t = NULL;
 	struct store *s = NULL;
@@ -140,9 +142,12 @@ static int bench_dram(const struct opts *o, struct dram_res *res)
 	for (pass = 0; pass < 3; pass++) {
 		for (done = 0; done + B <= npages; done += B) {
 			for (i = 0; i < B; i++)
-				pg[i] = (struct store_page){ .key = { 1, 0, 0, (uint32_t)(done + i) },
-							     .buf = src + i * ss, .len = ss,
-							     .fill = 16, .version = (uint64_t)pass };
+				pg[i] = (struct store_page){ .key = { 1, 0, 0,
+								      (uint32_t)(done + i) },
+							     .buf = src + i * ss,
+							     .len = ss,
+							     .fill = 16,
+							     .version = (uint64_t)pass };
 			t0 = clock_now_ns();
 			r = store_put(s, pg, B, 0);
 			tput += clock_now_ns() - t0;
@@ -195,7 +200,8 @@ static int fill_file(struct tier *t, uint8_t *buf, unsigned depth)
 		unsigned k = t->nslots - s < depth ? (unsigned)(t->nslots - s) : depth;
 
 		for (i = 0; i < k; i++)
-			io[i] = (struct tier_io){ .slot = s + i, .buf = buf + (size_t)i * t->slot_size,
+			io[i] = (struct tier_io){ .slot = s + i,
+						  .buf = buf + (size_t)i * t->slot_size,
 						  .len = (uint32_t)t->slot_size,
 						  .cap = (uint32_t)t->slot_size };
 		r = tier_write(t, io, k);
@@ -215,11 +221,11 @@ static double fio_randread(const char *path, uint64_t size, unsigned bs, unsigne
 	FILE *f;
 
 	if (snprintf(cmd, sizeof(cmd),
-		 "fio --name=ice --filename='%s' --rw=randread --bs=%u --iodepth=%u "
-		 "--ioengine=io_uring --direct=1 --fixedbufs --registerfiles --size=%" PRIu64
-		 " --time_based --runtime=%ums --norandommap --randrepeat=0 --invalidate=0 "
-		 "--output-format=json 2>/dev/null",
-		 path, bs, qd, size, (unsigned)(seconds * 1000)) >= (int)sizeof(cmd))
+		     "fio --name=ice --filename='%s' --rw=randread --bs=%u --iodepth=%u "
+		     "--ioengine=io_uring --direct=1 --fixedbufs --registerfiles --size=%" PRIu64
+		     " --time_based --runtime=%ums --norandommap --randrepeat=0 --invalidate=0 "
+		     "--output-format=json 2>/dev/null",
+		     path, bs, qd, size, (unsigned)(seconds * 1000)) >= (int)sizeof(cmd))
 		return -1;
 	f = popen(cmd, "r");
 	if (!f)
@@ -256,8 +262,11 @@ static int bench_nvme(const struct opts *o, const char *path, struct nvme_row *r
 
 	for (si = 0; si < NSIZES; si++) {
 		unsigned bs = sizes[si];
-		struct tier_config c = { .capacity_bytes = file, .slot_size = bs, .path = path,
-					 .queue_depth = 256, .nrings = 1,
+		struct tier_config c = { .capacity_bytes = file,
+					 .slot_size = bs,
+					 .path = path,
+					 .queue_depth = 256,
+					 .nrings = 1,
 					 .flags = TIER_F_REQUIRE_DIRECT };
 		struct tier_io io[256];
 		uint8_t *buf = alloc_aligned(256 * (size_t)bs);
@@ -295,7 +304,10 @@ static int bench_nvme(const struct opts *o, const char *path, struct nvme_row *r
 					for (i = 0; i < B; i++)
 						io[i] = (struct tier_io){
 							.slot = rng_next(&x) % t->nslots,
-							.buf = buf + (size_t)i * bs, .len = bs, .cap = bs };
+							.buf = buf + (size_t)i * bs,
+							.len = bs,
+							.cap = bs
+						};
 					r = tier_read(t, io, B);
 					if (r < 0)
 						goto out_close;
@@ -304,7 +316,8 @@ static int bench_nvme(const struct opts *o, const char *path, struct nvme_row *r
 				}
 				ours[rep] = (double)ios / ((double)(clock_now_ns() - t0) / 1e9);
 				if (!o->no_fio) {
-					double f = fio_randread(path, t->nslots * bs, bs, B, o->seconds);
+					double f = fio_randread(path, t->nslots * bs, bs, B,
+								o->seconds);
 
 					if (f > 0) {
 						fio[nf] = f;
@@ -325,9 +338,10 @@ static int bench_nvme(const struct opts *o, const char *path, struct nvme_row *r
 			row->fio_iops = nf ? median(fio, nf) : -1;
 			row->ratio = nf ? median(ratio, nf) : 0;
 			if (!o->json)
-				fprintf(stderr, "  nvme %2u KiB batch %3u: %9.0f IOPS, fio %9.0f, "
-					"ratio %.2f\n", bs >> 10, B, row->iops, row->fio_iops,
-					row->ratio);
+				fprintf(stderr,
+					"  nvme %2u KiB batch %3u: %9.0f IOPS, fio %9.0f, "
+					"ratio %.2f\n",
+					bs >> 10, B, row->iops, row->fio_iops, row->ratio);
 		}
 		/* 8 KiB, batch 64 through the store: lookup + checksum on top of the reads */
 		if (bs == 8192) {
@@ -342,9 +356,12 @@ static int bench_nvme(const struct opts *o, const char *path, struct nvme_row *r
 				goto out_close;
 			for (k = 0; k < pages && r == 0; k += 64) {
 				for (i = 0; i < 64; i++)
-					pg[i] = (struct store_page){ .key = { 9, 0, 0, (uint32_t)(k + i) },
+					pg[i] = (struct store_page){ .key = { 9, 0, 0,
+									      (uint32_t)(k + i) },
 								     .buf = buf + (size_t)i * bs,
-								     .len = bs, .fill = 16, .version = 1 };
+								     .len = bs,
+								     .fill = 16,
+								     .version = 1 };
 				r = store_put(s, pg, 64, 0);
 			}
 			t0 = clock_now_ns();
@@ -352,8 +369,11 @@ static int bench_nvme(const struct opts *o, const char *path, struct nvme_row *r
 			while (r == 0 && clock_now_ns() < end) {
 				for (i = 0; i < 64; i++)
 					pg[i] = (struct store_page){
-						.key = { 9, 0, 0, (uint32_t)(rng_next(&x) % pages) },
-						.buf = buf + (size_t)i * bs, .len = bs };
+						.key = { 9, 0, 0,
+							 (uint32_t)(rng_next(&x) % pages) },
+						.buf = buf + (size_t)i * bs,
+						.len = bs
+					};
 				r = store_get(s, pg, 64);
 				got += 64;
 			}
@@ -385,10 +405,14 @@ struct mig_res {
 static int bench_migrate(const struct opts *o, const char *path, struct mig_res *res)
 {
 	const size_t ss = 8192;
-	struct tier_config dc = { .capacity_bytes = o->dram_mib << 20, .slot_size = ss,
+	struct tier_config dc = { .capacity_bytes = o->dram_mib << 20,
+				  .slot_size = ss,
 				  .numa_node = -1 };
-	struct tier_config nc = { .capacity_bytes = (o->dram_mib << 20) + (1 << 20), .slot_size = ss,
-				  .path = path, .queue_depth = 256, .nrings = 1 };
+	struct tier_config nc = { .capacity_bytes = (o->dram_mib << 20) + (1 << 20),
+				  .slot_size = ss,
+				  .path = path,
+				  .queue_depth = 256,
+				  .nrings = 1 };
 	struct policy_config pc = { .fast = 0, .slow = 1 };
 	struct store_config sc = { .slot_size = ss };
 	struct tier *d = NULL, *v = NULL, *tiers[2];
@@ -422,8 +446,11 @@ static int bench_migrate(const struct opts *o, const char *path, struct mig_res 
 
 		for (i = 0; i < b; i++) {
 			keys[k + i] = (struct store_key){ 5, 0, 0, (uint32_t)(k + i) };
-			pg[i] = (struct store_page){ .key = keys[k + i], .buf = buf + i * ss,
-						     .len = ss, .fill = 16, .version = 1 };
+			pg[i] = (struct store_page){ .key = keys[k + i],
+						     .buf = buf + i * ss,
+						     .len = ss,
+						     .fill = 16,
+						     .version = 1 };
 		}
 		if ((r = store_put(s, pg, b, 0)) < 0)
 			goto out;
@@ -478,43 +505,71 @@ static void usage(FILE *f)
 static int parse(int argc, char **argv, struct opts *o)
 {
 	static const struct option lo[] = {
-		{ "json", no_argument, NULL, 'j' },     { "dir", required_argument, NULL, 'd' },
+		{ "json", no_argument, NULL, 'j' },
+		{ "dir", required_argument, NULL, 'd' },
 		{ "file-mib", required_argument, NULL, 'f' },
 		{ "dram-mib", required_argument, NULL, 'm' },
 		{ "seconds", required_argument, NULL, 's' },
 		{ "reps", required_argument, NULL, 'r' },
-		{ "no-fio", no_argument, NULL, 'n' },  { "stress", no_argument, NULL, 'S' },
+		{ "no-fio", no_argument, NULL, 'n' },
+		{ "stress", no_argument, NULL, 'S' },
 		{ "stress-cap-mib", required_argument, NULL, 'c' },
-		{ "help", no_argument, NULL, 'h' },    { NULL, 0, NULL, 0 },
+		{ "help", no_argument, NULL, 'h' },
+		{ NULL, 0, NULL, 0 },
 	};
 	int c;
 
 	optind = 1;
 	while ((c = getopt_long(argc, argv, "h", lo, NULL)) != -1) {
 		switch (c) {
-		case 'j': o->json = 1; break;
-		case 'd': o->dir = optarg; break;
-		case 'f': o->file_mib = strtoull(optarg, NULL, 10); break;
-		case 'm': o->dram_mib = strtoull(optarg, NULL, 10); break;
-		case 's': o->seconds = strtod(optarg, NULL); break;
-		case 'r': o->reps = (unsigned)strtoul(optarg, NULL, 10); break;
-		case 'n': o->no_fio = 1; break;
-		case 'S': o->stress = 1; break;
-		case 'c': o->stress_cap_mib = strtoull(optarg, NULL, 10); break;
-		case 'h': usage(stdout); exit(0);
-		default: return -EINVAL;
+		case 'j':
+			o->json = 1;
+			break;
+		case 'd':
+			o->dir = optarg;
+			break;
+		case 'f':
+			o->file_mib = strtoull(optarg, NULL, 10);
+			break;
+		case 'm':
+			o->dram_mib = strtoull(optarg, NULL, 10);
+			break;
+		case 's':
+			o->seconds = strtod(optarg, NULL);
+			break;
+		case 'r':
+			o->reps = (unsigned)strtoul(optarg, NULL, 10);
+			break;
+		case 'n':
+			o->no_fio = 1;
+			break;
+		case 'S':
+			o->stress = 1;
+			break;
+		case 'c':
+			o->stress_cap_mib = strtoull(optarg, NULL, 10);
+			break;
+		case 'h':
+			usage(stdout);
+			exit(0);
+		default:
+			return -EINVAL;
 		}
 	}
 	if (optind != argc || o->file_mib < 64 || o->dram_mib < 16 || o->seconds <= 0 ||
-	    o->seconds > 60 || o->reps < 1 || o->reps > MAX_REPS || o->stress_cap_mib < 16 || o->stress_cap_mib > 8192)
+	    o->seconds > 60 || o->reps < 1 || o->reps > MAX_REPS || o->stress_cap_mib < 16 ||
+	    o->stress_cap_mib > 8192)
 		return -EINVAL;
 	return 0;
 }
 
 static int run_stress(const struct opts *o, const char *dir)
 {
-	struct stress_cfg cfg = { .dir = dir, .dram_cap = o->stress_cap_mib << 20, .factor = 2,
-				  .slot_size = 8192, .batch = 256 };
+	struct stress_cfg cfg = { .dir = dir,
+				  .dram_cap = o->stress_cap_mib << 20,
+				  .factor = 2,
+				  .slot_size = 8192,
+				  .batch = 256 };
 	struct stress_result r;
 	int rc = stress_run(&cfg, &r), ok;
 
@@ -535,11 +590,12 @@ static int run_stress(const struct opts *o, const char *dir)
 		       ",\"staging_bytes\":%" PRIu64 ",\"rss_start_bytes\":%" PRIu64
 		       ",\"slack_bytes\":%llu,\"pass\":%s}}\n",
 		       cfg.dram_cap, r.pages, r.bytes, r.verified, r.bad, r.bytes / r.put_s / 1e9,
-		       r.bytes / r.get_s / 1e9, r.demoted, r.dram_peak_used_slots, r.dram_high_slots,
-		       r.vmhwm, r.rss_bound, r.pool_bytes, r.metadata_bytes, r.staging_bytes,
-		       r.rss_start, STRESS_SLACK_BYTES, ok ? "true" : "false");
+		       r.bytes / r.get_s / 1e9, r.demoted, r.dram_peak_used_slots,
+		       r.dram_high_slots, r.vmhwm, r.rss_bound, r.pool_bytes, r.metadata_bytes,
+		       r.staging_bytes, r.rss_start, STRESS_SLACK_BYTES, ok ? "true" : "false");
 	} else {
-		printf("stress: %" PRIu64 " MiB of 8 KiB pages through a %" PRIu64 " MiB DRAM cap\n",
+		printf("stress: %" PRIu64 " MiB of 8 KiB pages through a %" PRIu64
+		       " MiB DRAM cap\n",
 		       r.bytes >> 20, cfg.dram_cap >> 20);
 		printf("  put %.2f GB/s (with demotion of %" PRIu64 " pages), get %.2f GB/s\n",
 		       r.bytes / r.put_s / 1e9, r.demoted, r.bytes / r.get_s / 1e9);
@@ -550,15 +606,17 @@ static int run_stress(const struct opts *o, const char *dir)
 		       "staging %.1f + start %.1f + slack %.1f: %s\n",
 		       r.vmhwm / 1048576.0, r.rss_bound / 1048576.0, r.pool_bytes / 1048576.0,
 		       r.metadata_bytes / 1048576.0, r.staging_bytes / 1048576.0,
-		       r.rss_start / 1048576.0, STRESS_SLACK_BYTES / 1048576.0, ok ? "PASS" : "FAIL");
+		       r.rss_start / 1048576.0, STRESS_SLACK_BYTES / 1048576.0,
+		       ok ? "PASS" : "FAIL");
 	}
 	return ok ? 0 : 1;
 }
 
 static int tiers_main(int argc, char **argv)
 {
-	struct opts o = { .file_mib = 1024, .dram_mib = 256, .seconds = 0.5, .reps = 5,
-			  .stress_cap_mib = 256 };
+	struct opts o = {
+		.file_mib = 1024, .dram_mib = 256, .seconds = 0.5, .reps = 5, .stress_cap_mib = 256
+	};
 	struct nvme_row rows[NSIZES * NBATCH];
 	struct dram_res dr = { 0 };
 	struct mig_res mr = { 0 };
@@ -630,8 +688,10 @@ static int tiers_main(int argc, char **argv)
 			printf("]}");
 		}
 		printf("],\"store_get_nvme\":{\"page_bytes\":8192,\"batch\":64,\"iops\":%.0f,"
-		       "\"raw_tier_iops\":%.0f}", sg_iops, sg_raw);
-		printf(",\"migrate\":{\"bytes\":%" PRIu64 ",\"demote_gbps\":%.3f,\"promote_gbps\":%.3f,"
+		       "\"raw_tier_iops\":%.0f}",
+		       sg_iops, sg_raw);
+		printf(",\"migrate\":{\"bytes\":%" PRIu64
+		       ",\"demote_gbps\":%.3f,\"promote_gbps\":%.3f,"
 		       "\"demote_clean_gbps\":%.3f}}\n",
 		       mr.bytes, mr.demote_gbps, mr.promote_gbps, mr.demote_clean_gbps);
 	} else {
@@ -639,17 +699,19 @@ static int tiers_main(int argc, char **argv)
 		printf("dram store, 8 KiB pages, batch 256: put %.2f GB/s, get %.2f GB/s "
 		       "(checksummed) vs memcpy %.2f GB/s\n",
 		       dr.put_gbps, dr.get_gbps, dr.memcpy_gbps);
-		printf("nvme random reads (io_uring, O_DIRECT, %" PRIu64 " MiB file) vs fio randread "
+		printf("nvme random reads (io_uring, O_DIRECT, %" PRIu64
+		       " MiB file) vs fio randread "
 		       "(same file, bs, iodepth;\n  medians of %u alternating runs of %.1f s, ratio = median of per-run ratios)\n",
 		       o.file_mib, o.reps, o.seconds);
 		printf("  %6s %5s %10s %7s %9s %9s %10s %6s\n", "block", "batch", "IOPS", "GB/s",
 		       "p50 us", "p99 us", "fio IOPS", "ratio");
 		for (i = 0; i < nrows; i++)
-			printf("  %4u K %5u %10.0f %7.3f %9.1f %9.1f %10.0f %6.2f\n", rows[i].bs >> 10,
-			       rows[i].batch, rows[i].iops, rows[i].gbps, rows[i].p50_us,
-			       rows[i].p99_us, rows[i].fio_iops, rows[i].ratio);
+			printf("  %4u K %5u %10.0f %7.3f %9.1f %9.1f %10.0f %6.2f\n",
+			       rows[i].bs >> 10, rows[i].batch, rows[i].iops, rows[i].gbps,
+			       rows[i].p50_us, rows[i].p99_us, rows[i].fio_iops, rows[i].ratio);
 		printf("store_get from nvme, 8 KiB, batch 64 (lookup + CRC check): %.0f IOPS "
-		       "(%.2f of the raw tier)\n", sg_iops, sg_raw > 0 ? sg_iops / sg_raw : 0);
+		       "(%.2f of the raw tier)\n",
+		       sg_iops, sg_raw > 0 ? sg_iops / sg_raw : 0);
 		printf("migrate %" PRIu64 " MiB: demote %.2f GB/s, promote %.2f GB/s, "
 		       "demote of clean pages %.2f GB/s\n",
 		       mr.bytes >> 20, mr.demote_gbps, mr.promote_gbps, mr.demote_clean_gbps);
@@ -660,5 +722,5 @@ out:
 	return r < 0 ? 1 : 0;
 }
 
-BENCH_COMMAND(tiers_cmd, "tiers", "page store: dram put/get, nvme reads vs fio, migration, --stress",
-	      tiers_main)
+BENCH_COMMAND(tiers_cmd, "tiers",
+	      "page store: dram put/get, nvme reads vs fio, migration, --stress", tiers_main)

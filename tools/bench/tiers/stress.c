@@ -46,13 +46,16 @@ static void fill(uint8_t *p, size_t len, uint64_t id, uint64_t version)
 static struct store_key skey(uint64_t i)
 {
 	/* spread pages over sequences, layers and heads like an engine would */
-	return (struct store_key){ .seq = i % 3, .layer = (uint32_t)(i / 3 % 32),
-				   .head = (uint32_t)(i / 96 % 8), .page = (uint32_t)(i / 768) };
+	return (struct store_key){ .seq = i % 3,
+				   .layer = (uint32_t)(i / 3 % 32),
+				   .head = (uint32_t)(i / 96 % 8),
+				   .page = (uint32_t)(i / 768) };
 }
 
 int stress_run(const struct stress_cfg *cfg, struct stress_result *ret)
 {
-	struct tier_config dc = { .capacity_bytes = cfg->dram_cap, .slot_size = cfg->slot_size,
+	struct tier_config dc = { .capacity_bytes = cfg->dram_cap,
+				  .slot_size = cfg->slot_size,
 				  .numa_node = -1 };
 	struct tier_config nc = { .slot_size = cfg->slot_size, .queue_depth = 256, .nrings = 2 };
 	struct policy_config pc = { .fast = 0, .slow = 1, .high = 0.90, .low = 0.75 };
@@ -107,8 +110,10 @@ int stress_run(const struct stress_cfg *cfg, struct stress_result *ret)
 			uint8_t *b = buf + (size_t)i * cfg->slot_size;
 
 			fill(b, cfg->slot_size, done + i, 1);
-			pg[i] = (struct store_page){ .key = skey(done + i), .buf = b,
-						     .len = (uint32_t)cfg->slot_size, .fill = 16,
+			pg[i] = (struct store_page){ .key = skey(done + i),
+						     .buf = b,
+						     .len = (uint32_t)cfg->slot_size,
+						     .fill = 16,
 						     .version = 1 };
 		}
 		rc = policy_put(p, pg, k);

@@ -15,9 +15,9 @@
 #define STRESS_SLACK_BYTES (16ull << 20)
 
 struct stress_cfg {
-	const char *dir;        /* directory for the nvme file (a real filesystem) */
-	uint64_t dram_cap;      /* bytes */
-	unsigned factor;        /* pages put = factor × dram_cap / slot_size */
+	const char *dir;   /* directory for the nvme file (a real filesystem) */
+	uint64_t dram_cap; /* bytes */
+	unsigned factor;   /* pages put = factor × dram_cap / slot_size */
 	size_t slot_size;
 	unsigned batch;
 };
