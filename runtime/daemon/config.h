@@ -40,12 +40,13 @@ struct rt_config {
 };
 
 /*
- * Client quotas left at 0 are this share of the whole: a quarter, as client_max_seqs' default
- * is a quarter of max_seqs. No one client can take more than a quarter of anything, so up to
- * three that take all they may still leave a quarter to the rest, while a lone client still
- * gets a useful part of the machine. Embedded mode has one client and no share (all of it).
+ * Client quotas left at 0 are this share of the whole: half. No one client can take more than
+ * half of the host budget or of a tier, so a greedy client always leaves half to the others,
+ * while a lone client can still hold a long context of a real model (the demo's 4k-token
+ * SmolLM2 sequence takes 38% of the default DRAM tier: a quarter refused it). Embedded mode has
+ * one client and no share (all of it).
  */
-#define CONFIG_CLIENT_SHARE 4
+#define CONFIG_CLIENT_SHARE 2
 
 void config_defaults(struct rt_config *c);
 

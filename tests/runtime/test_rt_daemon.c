@@ -311,6 +311,48 @@ START_TEST(socket_is_not_stolen)
 }
 END_TEST
 
+/*
+ * On the daemon's defaults, one client alone holds what the demo holds: SmolLM2's shape (30
+ * layers, 3 KV heads, d 64) for 4,096 tokens, about 38% of the DRAM tier. Per-client quotas
+ * must leave a lone client that much (a quarter did not, and the demo failed with -EDQUOT).
+ */
+START_TEST(lone_client_holds_a_long_context_on_defaults)
+{
+	const uint32_t L = 30, hkv = 3, d = 64, n = 4096, chunk = 512;
+	struct ice_model_shape sh = { L, 9, hkv, d, ICE_DTYPE_F32 };
+	struct ice_budget b = { 16, 16, 96, 2 };
+	float *k = malloc((size_t)hkv * chunk * d * sizeof(float));
+	float *v = malloc((size_t)hkv * chunk * d * sizeof(float)), q[9 * 64];
+	struct ice_page_ref refs[256];
+	char *dir = rt_tmpdir();
+	struct ice_ctx *c;
+	uint32_t seq, l, t, i;
+
+	ck_assert_ptr_nonnull(k);
+	ck_assert_ptr_nonnull(v);
+	ck_assert_ptr_nonnull(dir);
+	/* the harness runs daemons on a small DRAM tier: give this one the default size */
+	dpid = rt_daemon_start(dir, sock, sizeof(sock), "dram_bytes=536870912");
+	ck_assert_int_gt(dpid, 0);
+	ck_assert_int_eq(ice_connect(sock, &c), 0);
+	ck_assert_int_eq(ice_seq_open(c, &sh, &b, &seq), 0);
+	for (l = 0; l < L; l++)
+		for (t = 0; t < n; t += chunk) {
+			rt_make_kv(l, hkv, d, t, chunk, k, v);
+			int err = ice_append(c, seq, l, chunk, k, v);
+
+			ck_assert_msg(err == 0, "layer %u at %u tokens: %s", l, t, strerror(-err));
+		}
+	for (i = 0; i < 9 * 64; i++)
+		q[i] = (float)(i % 7) - 3.0f;
+	ck_assert_int_gt(ice_select(c, seq, L - 1, q, refs, 256, NULL), 0);
+	ice_close(c);
+	daemon_down();
+	free(k);
+	free(v);
+}
+END_TEST
+
 static Suite *daemon_suite(void)
 {
 	Suite *s = suite_create("runtime-daemon");
@@ -322,6 +364,7 @@ static Suite *daemon_suite(void)
 	tcase_add_test(t, killed_client_is_cleaned_up_others_keep_working);
 	tcase_add_test(t, shutdown_with_clients_attached);
 	tcase_add_test(t, socket_is_not_stolen);
+	tcase_add_test(t, lone_client_holds_a_long_context_on_defaults);
 	suite_add_tcase(s, t);
 	return s;
 }
