@@ -143,29 +143,39 @@ static void make_room_locked(struct policy *p, unsigned k)
 	demote_locked(p, target); /* a full slow tier leaves fewer free; puts then see -ENOSPC */
 }
 
-int policy_put(struct policy *p, struct store_page *pages, unsigned n)
+/*
+ * Lock held: pages go to the fast tier, and those it refuses to the slow one. Without a
+ * reservation the fast tier is first made room in, and a page over its owner's fast quota
+ * spills too; with one (policy_reserve made the room), the reserved slots are drawn on.
+ */
+static int put_locked(struct policy *p, struct store_page *pages, unsigned n,
+		      struct store_resv *resv)
 {
 	unsigned off;
 	int first = 0;
 
-	if (!p || (!pages && n))
-		return -EINVAL;
-	pthread_mutex_lock(&p->lock);
 	for (off = 0; off < n; off += POLICY_CHUNK) {
 		struct store_page *pg = pages + off, spill[POLICY_CHUNK];
 		unsigned k = n - off < POLICY_CHUNK ? n - off : POLICY_CHUNK, i, ns = 0,
 			 map[POLICY_CHUNK];
 
-		make_room_locked(p, k);
-		store_put(p->s, pg, k, p->fast);
+		if (resv) {
+			store_put_resv(p->s, pg, k, p->fast, resv);
+		} else {
+			make_room_locked(p, k);
+			store_put(p->s, pg, k, p->fast);
+		}
 		for (i = 0; i < k; i++) {
-			if (pg[i].res == -ENOSPC || pg[i].res == -EDQUOT) {
+			if (pg[i].res == -ENOSPC || (!resv && pg[i].res == -EDQUOT)) {
 				map[ns] = i;
 				spill[ns++] = pg[i];
 			}
 		}
 		if (ns) {
-			store_put(p->s, spill, ns, p->slow);
+			if (resv)
+				store_put_resv(p->s, spill, ns, p->slow, resv);
+			else
+				store_put(p->s, spill, ns, p->slow);
 			p->direct_slow += ns;
 			for (i = 0; i < ns; i++) {
 				pg[map[i]].res = spill[i].res;
@@ -176,8 +186,19 @@ int policy_put(struct policy *p, struct store_page *pages, unsigned n)
 			if (pg[i].res < 0 && !first)
 				first = pg[i].res;
 	}
-	pthread_mutex_unlock(&p->lock);
 	return first;
+}
+
+int policy_put(struct policy *p, struct store_page *pages, unsigned n)
+{
+	int r;
+
+	if (!p || (!pages && n))
+		return -EINVAL;
+	pthread_mutex_lock(&p->lock);
+	r = put_locked(p, pages, n, NULL);
+	pthread_mutex_unlock(&p->lock);
+	return r;
 }
 
 int policy_reserve(struct policy *p, struct store_resv *resv, uint64_t n)
@@ -198,38 +219,14 @@ int policy_reserve(struct policy *p, struct store_resv *resv, uint64_t n)
 
 int policy_put_resv(struct policy *p, struct store_page *pages, unsigned n, struct store_resv *resv)
 {
-	unsigned off;
-	int first = 0;
+	int r;
 
 	if (!p || (!pages && n) || !resv)
 		return -EINVAL;
 	pthread_mutex_lock(&p->lock);
-	for (off = 0; off < n; off += POLICY_CHUNK) {
-		struct store_page *pg = pages + off, spill[POLICY_CHUNK];
-		unsigned k = n - off < POLICY_CHUNK ? n - off : POLICY_CHUNK, i, ns = 0,
-			 map[POLICY_CHUNK];
-
-		store_put_resv(p->s, pg, k, p->fast, resv);
-		for (i = 0; i < k; i++) {
-			if (pg[i].res == -ENOSPC) {
-				map[ns] = i;
-				spill[ns++] = pg[i];
-			}
-		}
-		if (ns) {
-			store_put_resv(p->s, spill, ns, p->slow, resv);
-			p->direct_slow += ns;
-			for (i = 0; i < ns; i++) {
-				pg[map[i]].res = spill[i].res;
-				pg[map[i]].tier = spill[i].tier;
-			}
-		}
-		for (i = 0; i < k; i++)
-			if (pg[i].res < 0 && !first)
-				first = pg[i].res;
-	}
+	r = put_locked(p, pages, n, resv);
 	pthread_mutex_unlock(&p->lock);
-	return first;
+	return r;
 }
 
 int policy_get(struct policy *p, struct store_page *pages, unsigned n)
