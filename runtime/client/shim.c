@@ -651,6 +651,17 @@ static struct seq_info *seq_find(struct ice_ctx *c, uint32_t id)
 	return NULL;
 }
 
+/* Takes the context's lock and finds sequence id; -ENOENT (lock released) when it is not ours. */
+static int lock_seq(struct ice_ctx *c, uint32_t id, struct seq_info **ret_si)
+{
+	pthread_mutex_lock(&c->lock);
+	*ret_si = seq_find(c, id);
+	if (*ret_si)
+		return 0;
+	pthread_mutex_unlock(&c->lock);
+	return -ENOENT;
+}
+
 int ice_seq_open(struct ice_ctx *c, const struct ice_model_shape *shape,
 		 const struct ice_budget *budget, uint32_t *ret_seq)
 {
@@ -735,12 +746,9 @@ int ice_append(struct ice_ctx *c, uint32_t seq, uint32_t layer, uint32_t n, cons
 
 	if (!c || !k || !v || !n || layer > UINT16_MAX)
 		return -EINVAL;
-	pthread_mutex_lock(&c->lock);
-	si = seq_find(c, seq);
-	if (!si) {
-		err = -ENOENT;
-		goto out;
-	}
+	err = lock_seq(c, seq, &si);
+	if (err)
+		return err;
 	row = (size_t)si->shape.head_dim * dtype_size(si->shape.dtype);
 	per_tok = 2 * row * si->shape.kv_heads;
 	if (!per_tok) {
@@ -835,12 +843,9 @@ static int select_call(struct ice_ctx *c, uint8_t op, uint32_t seq, uint32_t lay
 
 	if (!c || !qv || !out || !cap || layer > UINT16_MAX || (op == OP_SELECT_REST && !rest))
 		return -EINVAL;
-	pthread_mutex_lock(&c->lock);
-	si = seq_find(c, seq);
-	if (!si) {
-		err = -ENOENT;
-		goto out;
-	}
+	err = lock_seq(c, seq, &si);
+	if (err)
+		return err;
 	qb = (uint64_t)si->shape.q_heads * si->shape.head_dim * sizeof(float);
 	if (op == OP_SELECT_REST) {
 		rb = (uint64_t)si->shape.q_heads * (si->shape.head_dim + 1) * sizeof(float);
@@ -899,12 +904,9 @@ int ice_fetch(struct ice_ctx *c, uint32_t seq, uint32_t layer, const struct ice_
 
 	if (!c || !refs || !buf || !n || layer > UINT16_MAX)
 		return -EINVAL;
-	pthread_mutex_lock(&c->lock);
-	si = seq_find(c, seq);
-	if (!si) {
-		err = -ENOENT;
-		goto out;
-	}
+	err = lock_seq(c, seq, &si);
+	if (err)
+		return err;
 	pb = ice_page_bytes(&si->shape);
 	if (n > cap / pb) {
 		err = -ENOSPC;
