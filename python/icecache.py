@@ -81,6 +81,7 @@ def _load():
     vp, u32, sz = ctypes.c_void_p, ctypes.c_uint32, ctypes.c_size_t
     sigs = {
         "ice_connect": [ctypes.c_char_p, ctypes.POINTER(vp)],
+        "ice_last_error": [ctypes.c_char_p, sz],
         "ice_open_embedded": [ctypes.c_char_p, ctypes.POINTER(vp)],
         "ice_noop": [vp],
         "ice_seq_open": [vp, ctypes.POINTER(ModelShape), ctypes.POINTER(Budget),
@@ -116,6 +117,14 @@ def _check(rc):
     return rc
 
 
+def last_error():
+    """Why this thread's last connect failed (ice_last_error): the path and what was wrong, such
+    as a daemon of another user refused by its credentials; "" after one that succeeded."""
+    buf = ctypes.create_string_buffer(512)
+    _load().ice_last_error(buf, len(buf))
+    return buf.value.decode(errors="replace")
+
+
 def _ptr(buf):
     """Address of a buffer-protocol object (kept alive by the caller)."""
     mv = memoryview(buf)
@@ -134,7 +143,9 @@ class Context:
     def connect(cls, socket_path=None):
         lib = _load()
         h = ctypes.c_void_p()
-        _check(lib.ice_connect(socket_path.encode() if socket_path else None, ctypes.byref(h)))
+        rc = lib.ice_connect(socket_path.encode() if socket_path else None, ctypes.byref(h))
+        if rc < 0:  # the library says which path and why (an untrusted daemon, say)
+            raise OSError(-rc, "%s (%s)" % (os.strerror(-rc), last_error()))
         return cls(h)
 
     @classmethod

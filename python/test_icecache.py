@@ -139,7 +139,21 @@ def workload(c):
     return [(r.page, r.kv_head, r.kind, r.fill, r.mask, r.score) for r in refs], data, rest
 
 
+def connect_failure_says_why():
+    """A failed connect raises OSError with the errno and the library's reason, naming the
+    path; a successful one leaves no reason behind."""
+    path = os.path.join(tempfile.mkdtemp(), "no-daemon-here.sock")
+    try:
+        icecache.Context.connect(path)
+    except OSError as e:
+        assert e.errno == errno.ENOENT, e
+        assert path in str(e) and path in icecache.last_error(), (str(e), icecache.last_error())
+    else:
+        raise AssertionError("connect to %s succeeded" % path)
+
+
 def main():
+    connect_failure_says_why()
     with icecache.Context.embedded("dram_bytes = 67108864") as e:
         assert e.is_embedded
         e.noop()
@@ -159,6 +173,7 @@ def main():
                 except OSError:
                     time.sleep(0.01)
             assert c is not None, "daemon did not come up"
+            assert icecache.last_error() == "", icecache.last_error()
             with c:
                 assert not c.is_embedded
                 assert workload(c) == ref, "daemon and embedded differ"
