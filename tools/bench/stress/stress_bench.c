@@ -115,8 +115,8 @@ static int64_t decode_pos(const void *row, enum ice_dtype dt)
 	return pos;
 }
 
-__attribute__((format(printf, 3, 4))) static void fail(struct worker *w, int err,
-							const char *fmt, ...)
+__attribute__((format(printf, 3, 4))) static void fail(struct worker *w, int err, const char *fmt,
+						       ...)
 {
 	char what[128];
 	va_list ap;
@@ -179,8 +179,8 @@ static void check_page(struct worker *w, const unsigned char *page, const struct
 }
 
 static int verify_seq(struct worker *w, struct ice_ctx *c, uint32_t handle, uint32_t seq,
-		      struct ice_page_ref **refs, size_t *cap, unsigned char **buf,
-		      size_t *buf_cap, float *q, unsigned char *want, float *tmp)
+		      struct ice_page_ref **refs, size_t *cap, unsigned char **buf, size_t *buf_cap,
+		      float *q, unsigned char *want, float *tmp)
 {
 	const struct ice_model_shape *s = &w->o->shape;
 	size_t pb = ice_page_bytes(s), need = 0, i;
@@ -277,8 +277,8 @@ static void *worker_main(void *arg)
 					}
 				err = ice_append(c, handles[i], layer, n, k, v);
 				if (err) {
-					fail(w, err, "append seq %u layer %u at token %u",
-					     seq, layer, pos);
+					fail(w, err, "append seq %u layer %u at token %u", seq,
+					     layer, pos);
 					goto out_close;
 				}
 			}
@@ -440,7 +440,8 @@ static int stress_main(int argc, char **argv)
 	struct ice_ctx *ctxs[MAX_CLIENTS] = { 0 }, *mon = NULL;
 	pthread_t th[MAX_CLIENTS];
 	struct sample last, fin;
-	uint64_t done = 0, t0, t_start, t_append = 0, t_last, prev_done = 0, verified = 0, bad = 0, pages = 0;
+	uint64_t done = 0, t0, t_start, t_append = 0, t_last, prev_done = 0, verified = 0, bad = 0,
+		 pages = 0;
 	uint64_t total, kv_per_token;
 	size_t stats_cap = 1 << 20;
 	int64_t rss_base, rss_peak = -1;
@@ -610,9 +611,9 @@ static int stress_main(int argc, char **argv)
 			bench_json_str(stdout, err ? strerror(-err) : "");
 			printf("}\n");
 		} else {
-			printf("%-22s %s (%u layers, %u/%u heads, d %u, %s)\n", "shape", o.shape_name,
-			       o.shape.layers, o.shape.kv_heads, o.shape.q_heads, o.shape.head_dim,
-			       dtype_name((enum ice_dtype)o.shape.dtype));
+			printf("%-22s %s (%u layers, %u/%u heads, d %u, %s)\n", "shape",
+			       o.shape_name, o.shape.layers, o.shape.kv_heads, o.shape.q_heads,
+			       o.shape.head_dim, dtype_name((enum ice_dtype)o.shape.dtype));
 			printf("%-22s %" PRIu64 " (%d clients x %d seqs)\n", "tokens", done,
 			       o.clients, o.seqs);
 			printf("%-22s %.0f (%.2f GB/s of KV)\n", "tokens/s", tps,
