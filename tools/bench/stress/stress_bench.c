@@ -291,6 +291,8 @@ static void *worker_main(void *arg)
 			       &buf_cap, q, want, tmp))
 			break;
 out_close:
+	if (!w->append_end_ns)
+		w->append_end_ns = clock_now_ns(); /* tokens/s of what went in before a failure */
 	/* The sequences stay open until the process exits so that main reads the engine's host
 	 * and tier figures with them still held; ice_close happens in finish_worker. */
 	free(refs);
