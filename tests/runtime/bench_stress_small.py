@@ -1,0 +1,42 @@
+#!/usr/bin/env python3
+"""icebench stress, short: the engine path end to end through a private icecached, every fetched
+row checked against the generator. Once in DRAM alone, once with 2 clients x 2 sequences over a
+32 MiB DRAM tier so that pages go to an NVMe tier file and are fetched back from it."""
+import json
+import os
+import subprocess
+import sys
+import tempfile
+
+icebench = sys.argv[1]
+bad = []
+with tempfile.TemporaryDirectory(prefix="icebench-stress-test-") as tmp:
+    runs = [
+        ("dram", ["--shape", "smollm2", "--tokens", "2048"]),
+        ("nvme", ["--shape", "smollm2", "--tokens", "1024", "--clients", "2", "--seqs", "2",
+                  "--chunk", "100", "--dram-mib", "32", "--nvme", os.path.join(tmp, "nvme.img"),
+                  "--nvme-gib", "1"]),
+    ]
+    for name, args in runs:
+        p = subprocess.run([icebench, "stress", "--json"] + args, capture_output=True, text=True)
+        sys.stderr.write(p.stderr)
+        if p.returncode != 0:
+            bad.append("%s: exit %d" % (name, p.returncode))
+            continue
+        r = json.loads(p.stdout)
+        want_tokens = 2048 if name == "dram" else 4 * 1024
+        if r["tokens"] != want_tokens:
+            bad.append("%s: %d tokens, want %d" % (name, r["tokens"], want_tokens))
+        if r["bad_rows"] != 0 or r["verified_rows"] <= 0:
+            bad.append("%s: verified %d, bad %d" % (name, r["verified_rows"], r["bad_rows"]))
+        for key in ("tokens_per_s", "host_bytes_per_token", "rss_peak_bytes", "rss_per_token",
+                    "wall_s"):
+            if not r[key] > 0:
+                bad.append("%s: %s %r" % (name, key, r[key]))
+        if name == "nvme" and not r["tiers"]["nvme"]["used_bytes"] > 0:
+            bad.append("nvme: nothing reached the NVMe tier")
+        print("%s: %d tokens, %.0f tokens/s, %d rows verified" %
+              (name, r["tokens"], r["tokens_per_s"], r["verified_rows"]))
+if bad:
+    print("icebench stress failed:\n  " + "\n  ".join(bad))
+    sys.exit(1)
