@@ -437,7 +437,7 @@ static double mib(int64_t b)
 static int stress_main(int argc, char **argv)
 {
 	struct opts o = { .clients = 1, .seqs = 1, .tokens = 4096, .chunk = 256 };
-	char path[108], dir[64] = "/tmp/icebench-stress-XXXXXX", sets[4][4200], *stats;
+	char path[108], dir[64] = "/tmp/icebench-stress-XXXXXX", sets[8][4200], *stats;
 	struct worker w[MAX_CLIENTS];
 	struct ice_ctx *ctxs[MAX_CLIENTS] = { 0 }, *mon = NULL;
 	pthread_t th[MAX_CLIENTS];
@@ -497,7 +497,13 @@ static int stress_main(int argc, char **argv)
 		snprintf(sets[nsets++], sizeof(sets[0]), "nvme_path=%s", o.nvme);
 	if (o.nvme_gib)
 		snprintf(sets[nsets++], sizeof(sets[0]), "nvme_bytes=%" PRIu64, o.nvme_gib << 30);
-	if (o.sock && nsets)
+	/* The run's clients are one workload, not tenants to shield from each other: its private
+	 * daemon lifts the per-client quotas, so a lone client may fill what the run was given. */
+	snprintf(sets[nsets++], sizeof(sets[0]), "client_host_bytes=%" PRIu64,
+		 o.host_mib ? o.host_mib << 20 : (uint64_t)1 << 30);
+	snprintf(sets[nsets++], sizeof(sets[0]), "client_dram_pages=%" PRIu64, (uint64_t)1 << 32);
+	snprintf(sets[nsets++], sizeof(sets[0]), "client_nvme_pages=%" PRIu64, (uint64_t)1 << 32);
+	if (o.sock && nsets > 3)
 		fprintf(stderr, "icebench stress: --socket given: the tier options are the "
 				"running daemon's, not these\n");
 	stats = malloc(stats_cap);
