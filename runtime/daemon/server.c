@@ -811,3 +811,24 @@ void server_free(struct server *srv)
 	pthread_mutex_destroy(&srv->lock);
 	free(srv);
 }
+
+int server_fork(const struct rt_config *cfg)
+{
+	struct server *srv;
+	sigset_t ss;
+	pid_t pid = fork();
+
+	if (pid < 0)
+		return -errno;
+	if (pid > 0)
+		return (int)pid;
+	sigemptyset(&ss);
+	sigaddset(&ss, SIGTERM);
+	sigaddset(&ss, SIGINT);
+	pthread_sigmask(SIG_BLOCK, &ss, NULL);
+	if (server_new(cfg, &srv))
+		_exit(1);
+	server_run(srv);
+	server_free(srv);
+	_exit(0);
+}

@@ -22,6 +22,10 @@ int server_new(const struct rt_config *cfg, struct server **ret_srv);
  * drains: clients finish their queued requests (up to drain_ms), see `closed`, are let go. */
 int server_run(struct server *srv);
 void server_free(struct server *srv);
+/* A private daemon for benchmarks: forks a child that serves cfg as icecached does (signals
+ * blocked, until SIGTERM or SIGINT) and exits 0, or 1 if the server cannot start. Returns the
+ * child's pid, or -errno when the fork fails. */
+int server_fork(const struct rt_config *cfg);
 const char *server_socket_path(const struct server *srv);
 
 #endif

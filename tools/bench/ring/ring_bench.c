@@ -170,22 +170,8 @@ static pid_t start_daemon(const char *path)
 	cfg.arena_bytes = 4u << 20;
 	if (getenv("ICECACHE_SPIN_NS"))
 		cfg.spin_ns = strtoull(getenv("ICECACHE_SPIN_NS"), NULL, 10);
-	pid = fork();
-	if (pid == 0) {
-		struct server *srv;
-		sigset_t ss;
-
-		sigemptyset(&ss);
-		sigaddset(&ss, SIGTERM);
-		sigaddset(&ss, SIGINT);
-		pthread_sigmask(SIG_BLOCK, &ss, NULL);
-		if (server_new(&cfg, &srv))
-			_exit(1);
-		server_run(srv);
-		server_free(srv);
-		_exit(0);
-	}
-	return pid;
+	pid = server_fork(&cfg);
+	return pid < 0 ? -1 : pid;
 }
 
 struct result {

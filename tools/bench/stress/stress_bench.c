@@ -25,6 +25,7 @@
 #include <unistd.h>
 
 #include "bench.h"
+#include "buf.h"
 #include "clock.h"
 #include "config.h"
 #include "dtype.h"
@@ -191,26 +192,15 @@ static int verify_seq(struct worker *w, struct ice_ctx *c, uint32_t handle, uint
 		for (h = 0; h < s->q_heads; h++)
 			gen_row(q + (size_t)h * s->head_dim, s->head_dim, seq, layer, h,
 				w->o->tokens, 2);
-		while ((n = ice_select(c, handle, layer, q, *refs, *cap, &need)) == -ENOSPC) {
-			void *p = realloc(*refs, need * sizeof(**refs));
-
-			if (!p)
+		while ((n = ice_select(c, handle, layer, q, *refs, *cap, &need)) == -ENOSPC)
+			if (buf_grow(refs, cap, need, sizeof(**refs)))
 				return -ENOMEM;
-			*refs = p;
-			*cap = need;
-		}
 		if (n < 0) {
 			fail(w, n, "select seq %u layer %u (%u tokens)", seq, layer, w->o->tokens);
 			return n;
 		}
-		if ((size_t)n * pb > *buf_cap) {
-			void *p = realloc(*buf, (size_t)n * pb);
-
-			if (!p)
-				return -ENOMEM;
-			*buf = p;
-			*buf_cap = (size_t)n * pb;
-		}
+		if (buf_grow(buf, buf_cap, (size_t)n * pb, 1))
+			return -ENOMEM;
 		if (n) {
 			int err = ice_fetch(c, handle, layer, *refs, (size_t)n, *buf, *buf_cap);
 
@@ -295,6 +285,7 @@ out_close:
 		w->append_end_ns = clock_now_ns(); /* tokens/s of what went in before a failure */
 	/* The sequences stay open until the process exits so that main reads the engine's host
 	 * and tier figures with them still held; ice_close happens in finish_worker. */
+out_free: /* c is NULL when the connect was not reached or failed */
 	free(refs);
 	free(buf);
 	free(handles);
@@ -305,16 +296,6 @@ out_close:
 	free(k);
 	__atomic_store_n(&w->finished, 1, __ATOMIC_RELEASE);
 	return c;
-out_free:
-	free(refs);
-	free(handles);
-	free(q);
-	free(tmp);
-	free(want);
-	free(v);
-	free(k);
-	__atomic_store_n(&w->finished, 1, __ATOMIC_RELEASE);
-	return NULL;
 }
 
 static pid_t start_daemon(const char *path, char sets[][4200], int nsets)
@@ -333,22 +314,8 @@ static pid_t start_daemon(const char *path, char sets[][4200], int nsets)
 			return -1;
 		}
 	}
-	pid = fork();
-	if (pid == 0) {
-		struct server *srv;
-		sigset_t ss;
-
-		sigemptyset(&ss);
-		sigaddset(&ss, SIGTERM);
-		sigaddset(&ss, SIGINT);
-		pthread_sigmask(SIG_BLOCK, &ss, NULL);
-		if (server_new(&cfg, &srv))
-			_exit(1);
-		server_run(srv);
-		server_free(srv);
-		_exit(0);
-	}
-	return pid;
+	pid = server_fork(&cfg);
+	return pid < 0 ? -1 : pid;
 }
 
 /* A field of /proc/<pid>/status in bytes ("VmRSS", "VmHWM"); -1 when there is none. */
