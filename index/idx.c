@@ -52,7 +52,9 @@ static int vec_push(struct idx_vec *v, uint32_t x)
 	return 0;
 }
 
-static void *aligned_grow(void *old, size_t old_bytes, size_t new_bytes)
+/* A bigger 64-byte aligned copy; the new tail is zeroed only when asked (what each use writes
+ * before reading is left untouched, so capacity not yet used is not resident). */
+static void *aligned_grow(void *old, size_t old_bytes, size_t new_bytes, int zero)
 {
 	void *p = aligned_alloc(64, (new_bytes + 63) & ~(size_t)63);
 
@@ -60,17 +62,20 @@ static void *aligned_grow(void *old, size_t old_bytes, size_t new_bytes)
 		return NULL;
 	if (old_bytes)
 		memcpy(p, old, old_bytes);
-	memset((char *)p + old_bytes, 0, new_bytes - old_bytes);
+	if (zero)
+		memset((char *)p + old_bytes, 0, new_bytes - old_bytes);
 	free(old);
 	return p;
 }
 
+/* Grows by half: the arrays are most of the index's memory, and doubling leaves up to half of
+ * one unused. */
 static size_t grow_cap(size_t cap, size_t need, size_t min)
 {
 	if (cap < min)
 		cap = min;
 	while (cap < need)
-		cap *= 2;
+		cap += cap / 2;
 	return cap;
 }
 
@@ -98,7 +103,7 @@ static int reserve_pages(struct idx *ix, size_t need)
 {
 	size_t cap;
 	struct idx_page *pg;
-	float *pk, *al;
+	float *al;
 	uint8_t *sk;
 
 	if (need <= ix->cap_pages)
@@ -108,22 +113,34 @@ static int reserve_pages(struct idx *ix, size_t need)
 	if (!pg)
 		return -ENOMEM;
 	ix->pages = pg;
-	pk = aligned_grow(ix->pk, ix->cap_pages * ix->blk * sizeof(float),
-			  cap * ix->blk * sizeof(float));
-	if (!pk)
-		return -ENOMEM;
-	ix->pk = pk;
 	sk = aligned_grow(ix->sk, ix->cap_pages * IDX_SK_BYTES(ix->dim),
-			  cap * IDX_SK_BYTES(ix->dim));
+			  cap * IDX_SK_BYTES(ix->dim), 0);
 	if (!sk)
 		return -ENOMEM;
 	ix->sk = sk;
 	al = aligned_grow(ix->sk_alpha, ix->cap_pages * IDX_LANES * sizeof(float),
-			  cap * IDX_LANES * sizeof(float));
+			  cap * IDX_LANES * sizeof(float), 0);
 	if (!al)
 		return -ENOMEM;
 	ix->sk_alpha = al;
 	ix->cap_pages = cap;
+	return 0;
+}
+
+/* Room in pend for keys of positions [0, need). */
+static int reserve_pend(struct idx *ix, size_t need)
+{
+	size_t cap;
+	float *k;
+
+	if (need <= ix->cap_pend)
+		return 0;
+	cap = grow_cap(ix->cap_pend, need, 256);
+	k = realloc(ix->pend, cap * ix->dim * sizeof(float));
+	if (!k)
+		return -ENOMEM;
+	ix->pend = k;
+	ix->cap_pend = cap;
 	return 0;
 }
 
@@ -141,7 +158,7 @@ static int reserve_nodes(struct idx *ix, size_t need)
 		return -ENOMEM;
 	ix->nodes = nd;
 	nk = aligned_grow(ix->nkey, ix->cap_nodes * ix->dim * sizeof(float),
-			  cap * ix->dim * sizeof(float));
+			  cap * ix->dim * sizeof(float), 0);
 	if (!nk)
 		return -ENOMEM;
 	ix->nkey = nk;
@@ -158,7 +175,7 @@ static int reserve_seeds(struct idx *ix, size_t nseeds)
 		return 0;
 	cap = grow_cap(ix->cap_seed_blocks, blocks, 4);
 	sk = aligned_grow(ix->seedk, ix->cap_seed_blocks * ix->blk * sizeof(float),
-			  cap * ix->blk * sizeof(float));
+			  cap * ix->blk * sizeof(float), 1);
 	if (!sk)
 		return -ENOMEM;
 	ix->seedk = sk;
@@ -280,7 +297,7 @@ void idx_free(struct idx *ix)
 	free(ix->tok_page);
 	free(ix->tok_node);
 	free(ix->pages);
-	free(ix->pk);
+	free(ix->pend);
 	free(ix->sk);
 	free(ix->sk_alpha);
 	free(ix->sk_mu);
@@ -528,15 +545,6 @@ exact:
 
 /* ---- pages ------------------------------------------------------------------------------- */
 
-static void page_put_key(struct idx *ix, uint32_t page, uint32_t slot, const float *x)
-{
-	float *blk = ix->pk + (size_t)page * ix->blk;
-	uint32_t j;
-
-	for (j = 0; j < ix->dim; j++)
-		blk[(size_t)j * IDX_LANES + slot] = x[j];
-}
-
 static int mark_dirty(struct idx *ix, uint32_t page)
 {
 	if (ix->pages[page].dirty)
@@ -584,7 +592,6 @@ static uint32_t page_open(struct idx *ix, uint32_t cell)
 	p->cell = cell;
 	p->next = IDX_NONE;
 	p->upper = (uint8_t)cell_is_upper(ix, cell);
-	memset(ix->pk + (size_t)id * ix->blk, 0, ix->blk * sizeof(float));
 	idx_sk_clear(ix, id);
 	if (nd->tail == IDX_NONE)
 		nd->head = id;
@@ -616,9 +623,10 @@ static int cell_append(struct idx *ix, uint32_t cell, uint32_t pos, const float 
 	if (mark_dirty(ix, page) < 0)
 		return -ENOMEM;
 	p = &ix->pages[page];
-	page_put_key(ix, page, p->fill, x);
 	if (ix->sk_ready)
 		idx_sk_put(ix, page, p->fill, x);
+	if (ix->pend) /* kept until the sketch is calibrated for good (room reserved) */
+		memcpy(ix->pend + (size_t)pos * ix->dim, x, ix->dim * sizeof(float));
 	p->pos[p->fill++] = pos;
 	p->version++;
 	nd->ntok++;
@@ -826,12 +834,9 @@ static void pop_token(struct idx *ix)
 {
 	uint32_t pos = (uint32_t)--ix->ntok, page = ix->tok_page[pos], node = ix->tok_node[pos], j;
 	struct idx_page *p = &ix->pages[page];
-	float *blk = ix->pk + (size_t)page * ix->blk;
 	uint32_t slot = --p->fill;
 
 	p->version--;
-	for (j = 0; j < ix->dim; j++)
-		blk[(size_t)j * IDX_LANES + slot] = 0.0f;
 	idx_sk_clear_slot(ix, page, slot);
 	ix->nodes[p->cell].ntok--;
 	if (node != IDX_NONE) {
@@ -901,6 +906,8 @@ int idx_insert(struct idx *ix, const void *keys, size_t n, enum ice_dtype dt)
 			ix->m = n2[i];
 	}
 	rc = reserve_tokens(ix, ix->ntok + n);
+	if (rc == 0 && (!ix->sk_ready || ix->pend))
+		rc = reserve_pend(ix, ix->ntok + n);
 	if (rc == 0)
 		rc = batch_parents(ix, k, n2, n, pre);
 	for (i = 0; rc == 0 && i < n; i++) {
@@ -1047,10 +1054,8 @@ static void build_cells(void *arg, size_t lo, size_t hi)
 		for (i = 0; i < cnt; i += IDX_PAGE_CAP, page++) {
 			uint32_t fill = cnt - i < IDX_PAGE_CAP ? cnt - i : IDX_PAGE_CAP, s;
 			struct idx_page *p = &ix->pages[page];
-			float *blk = ix->pk + (size_t)page * ix->blk;
 
 			memset(p, 0, sizeof(*p));
-			memset(blk, 0, ix->blk * sizeof(float));
 			idx_sk_clear(ix, page);
 			p->cell = cell;
 			p->next = i + IDX_PAGE_CAP < cnt ? page + 1 : IDX_NONE;
@@ -1061,12 +1066,9 @@ static void build_cells(void *arg, size_t lo, size_t hi)
 			for (s = 0; s < fill; s++) {
 				uint32_t t = c->toks[ord[i + s]];
 				const float *x = c->k + (size_t)t * ix->dim;
-				uint32_t j;
 
 				p->pos[s] = c->base + t;
 				ix->tok_page[c->base + t] = page;
-				for (j = 0; j < ix->dim; j++)
-					blk[(size_t)j * IDX_LANES + s] = x[j];
 				idx_sk_put(ix, page, s, x);
 			}
 		}
@@ -1392,6 +1394,12 @@ size_t idx_take_dirty(struct idx *ix, uint32_t *ids, size_t max)
 
 	if (!ix || !ids)
 		return 0;
+	if (ix->sk_ready && ix->pend) {
+		/* no mark reaches back past the calibration any more: the sketch has the keys */
+		free(ix->pend);
+		ix->pend = NULL;
+		ix->cap_pend = 0;
+	}
 	n = ix->dirty.n < max ? ix->dirty.n : max;
 	for (i = 0; i < n; i++) {
 		ids[i] = ix->dirty.v[i];
@@ -1463,19 +1471,98 @@ int idx_token_parent(const struct idx *ix, uint32_t pos, uint32_t *ret_level, ui
 
 int idx_token_key(const struct idx *ix, uint32_t pos, float *ret_key)
 {
-	const float *blk;
-	uint32_t page, slot, j;
+	uint32_t node;
 
 	if (!ix || !ret_key || pos >= ix->ntok)
 		return -EINVAL;
-	page = ix->tok_page[pos];
-	for (slot = 0; slot < ix->pages[page].fill; slot++)
-		if (ix->pages[page].pos[slot] == pos)
-			break;
-	if (slot == ix->pages[page].fill)
-		return -EIO;
-	blk = idx_page_keys(ix, page);
-	for (j = 0; j < ix->dim; j++)
-		ret_key[j] = blk[(size_t)j * IDX_LANES + slot];
+	node = ix->tok_node[pos];
+	if (ix->pend)
+		memcpy(ret_key, ix->pend + (size_t)pos * ix->dim, ix->dim * sizeof(float));
+	else if (node != IDX_NONE)
+		memcpy(ret_key, ix->nkey + (size_t)node * ix->dim, ix->dim * sizeof(float));
+	else
+		return -ENOENT;
 	return 0;
+}
+
+void idx_set_keys(struct idx *ix, const struct idx_keys *src)
+{
+	if (ix)
+		ix->keys = src ? *src : (struct idx_keys){ 0 };
+}
+
+/* pos[0..fill) of a page from row-major fp32 keys by position into a channel-major block */
+static void rows_to_block(const float *rows, uint32_t dim, const uint32_t *pos, uint32_t fill,
+			  float *blk)
+{
+	uint32_t t, j;
+
+	for (t = 0; t < fill; t++) {
+		const float *x = rows + (size_t)pos[t] * dim;
+
+		for (j = 0; j < dim; j++)
+			blk[(size_t)j * IDX_LANES + t] = x[j];
+	}
+}
+
+int idx_read_blocks(const struct idx *ix, const uint32_t *pages, uint32_t n, float *blocks,
+		    void *scratch)
+{
+	uint32_t i;
+
+	if (!ix->pend)
+		return ix->keys.read ? ix->keys.read(ix->keys.ctx, ix, pages, n, blocks, scratch) :
+				       -ENOKEY;
+	for (i = 0; i < n; i++) {
+		const struct idx_page *p = &ix->pages[pages[i]];
+
+		rows_to_block(ix->pend, ix->dim, p->pos, p->fill, blocks + (size_t)i * ix->blk);
+	}
+	return 0;
+}
+
+int idx_rows_read(void *ctx, const struct idx *ix, const uint32_t *pages, uint32_t n, float *blocks,
+		  void *scratch)
+{
+	const struct idx_rows *r = ctx;
+	size_t es = dtype_size(r->dt), row = (size_t)ix->dim * es;
+	float x[IDX_MAX_DIM];
+	uint32_t i, t, j;
+
+	(void)scratch;
+	for (i = 0; i < n; i++) {
+		const struct idx_page *p = &ix->pages[pages[i]];
+		float *blk = blocks + (size_t)i * ix->blk;
+
+		for (t = 0; t < p->fill; t++) {
+			if (p->pos[t] >= r->n)
+				return -EIO;
+			dtype_to_f32((const char *)r->rows + (size_t)p->pos[t] * row, r->dt,
+				     ix->dim, x);
+			for (j = 0; j < ix->dim; j++)
+				blk[(size_t)j * IDX_LANES + t] = x[j];
+		}
+	}
+	return 0;
+}
+
+size_t idx_host_bytes(const struct idx *ix)
+{
+	size_t b, l, seed_blocks;
+
+	if (!ix)
+		return 0;
+	/* what is in use: the arrays' spare capacity is never written, so never resident */
+	seed_blocks = (ix->lvl[1].n + IDX_LANES - 1) / IDX_LANES;
+	b = sizeof(*ix) + 3 * ix->dim * sizeof(float); /* proj, sk_mu, sk_step */
+	b += ix->ntok * 2 * sizeof(uint32_t);
+	b += ix->npages *
+	     (sizeof(struct idx_page) + IDX_SK_BYTES(ix->dim) + IDX_LANES * sizeof(float));
+	b += ix->pend ? ix->ntok * ix->dim * sizeof(float) : 0;
+	b += ix->nnodes * (sizeof(struct idx_node) + ix->dim * sizeof(float));
+	b += seed_blocks * ix->blk * sizeof(float);
+	for (l = 0; l < IDX_MAX_LEVELS; l++)
+		b += ix->lvl[l].n * sizeof(uint32_t);
+	b += (ix->upages.n + ix->dirty.n) * sizeof(uint32_t);
+	return b;
 }

@@ -5,9 +5,12 @@
  * (level >= 1 with probability r1, >= 2 with r1*r2, ...) and belongs to the cell of its parent:
  * the nearest token on the level above in the lifted space [k, sqrt(M - |k|^2)] (so nearest =
  * largest inner product). Each cell's tokens are sorted along a projection and cut into pages of
- * at most IDX_PAGE_CAP tokens. The index keeps a copy of every key in page order (fp32, one
- * contiguous channel-major block per page) so scoring a page is one straight SIMD pass, and a
- * 4-bit sketch of each page that a search scans first to pick the pages worth scoring.
+ * at most IDX_PAGE_CAP tokens. The index keeps what selection needs and not the keys: a 4-bit
+ * sketch of every page that a search scans first, the nodes' keys (levels >= 1, about 1.25% of
+ * the tokens) and the page layout. The pages worth scoring exactly are read from where the
+ * caller keeps the keys (struct idx_keys: the engine's page store), in batches. Until the
+ * sketch is calibrated (an index grown by inserts alone, below IDX_SK_CALIB tokens) it holds
+ * the keys itself and needs no source.
  *
  * Pages only grow: once a token is in a page it never moves; page ids are dense (0..npages-1)
  * and stable; a page's version increases each time a token is appended to it.
@@ -96,6 +99,39 @@ struct idx_mark {
 void idx_mark(const struct idx *ix, struct idx_mark *ret);
 void idx_rollback(struct idx *ix, const struct idx_mark *mark);
 
+/*
+ * Where the keys of the index's pages live. read() writes the keys of pages[0..n) (n <=
+ * IDX_KEYS_BATCH) as n blocks of dim x 16 fp32, channel-major (block[j * 16 + t]: channel j of
+ * the page's token t, in idx_page_tokens order; lanes past the fill are ignored), and may use
+ * `scratch` bytes of scratch per page (scratch: n * that many). It must agree with the keys the
+ * index was given (the search's exact scores come from it) and may be called from several
+ * searching threads at once. 0 or -errno: a failed read fails the search that needed it.
+ */
+#define IDX_KEYS_BATCH 32u
+struct idx_keys {
+	int (*read)(void *ctx, const struct idx *ix, const uint32_t *pages, uint32_t n,
+		    float *blocks, void *scratch);
+	void *ctx;
+	size_t scratch;
+};
+/* Sets the source (copied; NULL: none). Without one, a search that needs exact scores of a
+ * calibrated index fails with -ENOKEY. Size search workspaces after setting it. */
+void idx_set_keys(struct idx *ix, const struct idx_keys *src);
+
+/* A source for keys kept by position, row-major (key of position t at rows + t * dim * esize
+ * bytes), as tests, benchmarks and icerun hold them: ctx points to a struct idx_rows. */
+struct idx_rows {
+	const void *rows;
+	enum ice_dtype dt;
+	size_t n; /* positions held (a page naming one beyond fails with -EIO) */
+};
+int idx_rows_read(void *ctx, const struct idx *ix, const uint32_t *pages, uint32_t n, float *blocks,
+		  void *scratch);
+
+/* Host bytes the index uses now: what its owner accounts (spare capacity in its arrays is
+ * never written, so it is not resident). */
+size_t idx_host_bytes(const struct idx *ix);
+
 size_t idx_ntokens(const struct idx *ix);
 size_t idx_npages(const struct idx *ix);
 uint32_t idx_dim(const struct idx *ix);
@@ -145,12 +181,14 @@ struct idx_hit {
 /*
  * Exact scores of one page's tokens for g (1..IDX_MAX_GROUP) queries q[g][dim]:
  * ret_scores[j * IDX_PAGE_CAP + t] = q_j . k_t for the page's token t (t below its fill, in
- * idx_page_tokens order; entries past the fill are unspecified). The same SIMD code and fp32
- * keys as search, so a page's best token here is its idx_hit score. Returns the fill; -EINVAL
- * on NULL, a page out of range, g out of range or a non-finite q. Reads only.
+ * idx_page_tokens order; entries past the fill are unspecified). The same SIMD code and keys
+ * (the source's) as search, so a page's best token here is its idx_hit score. ws:
+ * idx_page_ws_size(ix) bytes. Returns the fill; -EINVAL on NULL, a page out of range, g out of
+ * range or a non-finite q; -ENOSPC for a small ws; the source's error. Reads only.
  */
-int idx_page_scores(const struct idx *ix, uint32_t page, const float *q, uint32_t g,
-		    float *ret_scores);
+int idx_page_scores(const struct idx *ix, uint32_t page, const float *q, uint32_t g, void *ws,
+		    size_t ws_size, float *ret_scores);
+size_t idx_page_ws_size(const struct idx *ix);
 
 /*
  * Chooses the `budget` best tokens among the pages of hits[0..n) (usually idx_search's, asked
@@ -159,14 +197,15 @@ int idx_page_scores(const struct idx *ix, uint32_t page, const float *q, uint32_
  * (index/select.h). ret_mask[i] gets the rows of hits[i]'s page taken (bit t: row t in
  * idx_page_tokens order). When the pages hold no more than the budget every row is taken (ws
  * may then be NULL).
- * Ties at the cut go to earlier hits, then lower rows. ws: idx_pick_ws_size(n) bytes.
+ * Ties at the cut go to earlier hits, then lower rows. ws: idx_pick_ws_size(ix, n) bytes.
  * Returns the number of tokens taken; -EINVAL on NULL, a hit that is not a page of the index
- * as it is, g out of range, non-finite q or bias; -ENOSPC if ws is too small.
+ * as it is, g out of range, non-finite q or bias; -ENOSPC if ws is too small; the key
+ * source's error.
  */
 int idx_pick_tokens(const struct idx *ix, const float *q, uint32_t g, const float *bias,
 		    const struct idx_hit *hits, uint32_t n, uint32_t budget, void *ws,
 		    size_t ws_size, uint16_t *ret_mask);
-size_t idx_pick_ws_size(uint32_t n);
+size_t idx_pick_ws_size(const struct idx *ix, uint32_t n);
 
 /* Workspace bytes for idx_search/idx_exact_search with g queries and k hits on the index as it
  * is now (it grows with inserts: size it again after inserting). 0 if g or k is invalid. */
@@ -179,7 +218,7 @@ size_t idx_search_ws_size(const struct idx *ix, uint32_t g, uint32_t k);
  * exactly (the beam is never below k), and with cells > 0 also scans the best level-1 cells by
  * seed score. Returns the number of hits written to ret_hits[0..k) (min(k, npages)); -EINVAL on
  * bad arguments (NULL, g or k out of range, non-finite q or bias), -ENOSPC if ws_size is too
- * small.
+ * small, the key source's error (-ENOKEY without one).
  * Never allocates, never writes to the index.
  */
 int idx_search(const struct idx *ix, const float *q, uint32_t g, uint32_t k,
@@ -202,7 +241,8 @@ struct idx_info {
 void idx_get_info(const struct idx *ix, struct idx_info *ret);
 /* Level of token pos and the position of its parent (UINT32_MAX for the root). -EINVAL. */
 int idx_token_parent(const struct idx *ix, uint32_t pos, uint32_t *ret_level, uint32_t *ret_parent);
-/* The fp32 key the index holds for token pos (dim floats). -EINVAL. */
+/* The fp32 key the index holds for token pos (dim floats): a node's, or any token's while the
+ * index keeps the keys (before calibration); -ENOENT for the others, -EINVAL. */
 int idx_token_key(const struct idx *ix, uint32_t pos, float *ret_key);
 
 /* Which SIMD path scores pages ("avx512", "avx2", "portable"). */

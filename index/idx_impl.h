@@ -53,7 +53,11 @@ struct idx {
 
 	struct idx_page *pages;
 	size_t npages, cap_pages;
-	float *pk; /* page keys: cap_pages blocks of dim x 16, channel-major */
+	/* Every token's fp32 key by position, from the first insert until the sketch is
+	 * calibrated and no mark can take it back (idx_take_dirty); NULL otherwise. */
+	float *pend;
+	size_t cap_pend;
+	struct idx_keys keys; /* where page keys are read from (read NULL: nowhere) */
 
 	struct idx_node *nodes;
 	size_t nnodes, cap_nodes;
@@ -76,10 +80,10 @@ struct idx {
 	struct idx_scratch sc; /* for the insert path */
 };
 
-static inline const float *idx_page_keys(const struct idx *ix, uint32_t page)
-{
-	return ix->pk + (size_t)page * ix->blk;
-}
+/* The keys of pages[0..n) (n <= IDX_KEYS_BATCH) as blocks: from pend while the index keeps the
+ * keys, else from its source. scratch: n * ix->keys.scratch bytes. 0 or -errno. */
+int idx_read_blocks(const struct idx *ix, const uint32_t *pages, uint32_t n, float *blocks,
+		    void *scratch);
 
 uint32_t idx_default_beam(const struct idx *ix, uint32_t k);
 

@@ -1,7 +1,7 @@
 /*
  * DCI-tree search. Every page is ranked by its 4-bit sketch (one pass over an eighth of the
- * bytes of the keys); the best `beam` pages per query are then scored exactly from their fp32
- * blocks, and the best k by exact score are returned. Optionally (cells > 0) the best level-1
+ * bytes of the keys); the best `beam` pages per query are then scored exactly from their keys,
+ * read from the index's key source in batches, and the best k by exact score are returned. Optionally (cells > 0) the best level-1
  * cells by seed score are scanned in full as well. A GQA group shares every block load; its
  * per-query rankings are merged round-robin, or by offset score (opts->bias). Nothing here
  * allocates or writes to the index.
@@ -25,6 +25,8 @@ struct ws_layout {
 	size_t sks;    /* float [g][IDX_MAX_BEAM] sketch heaps */
 	size_t skp;    /* uint32 [g][IDX_MAX_BEAM] */
 	size_t cand;   /* uint32 [g * IDX_MAX_BEAM] candidate union */
+	size_t kblk;   /* float [IDX_KEYS_BATCH][dim * 16] page keys read */
+	size_t kscr;   /* the key source's scratch, IDX_KEYS_BATCH pages' worth */
 	size_t total;
 };
 
@@ -48,6 +50,8 @@ static void ws_plan(const struct idx *ix, uint32_t g, uint32_t k, struct ws_layo
 	w->sks = o, o = al64(o + (size_t)g * IDX_MAX_BEAM * sizeof(float));
 	w->skp = o, o = al64(o + (size_t)g * IDX_MAX_BEAM * sizeof(uint32_t));
 	w->cand = o, o = al64(o + (size_t)g * IDX_MAX_BEAM * sizeof(uint32_t));
+	w->kblk = o, o = al64(o + IDX_KEYS_BATCH * ix->blk * sizeof(float));
+	w->kscr = o, o = al64(o + IDX_KEYS_BATCH * ix->keys.scratch);
 	w->total = o + 64; /* room to align the caller's pointer */
 }
 
@@ -70,6 +74,8 @@ struct search {
 	const float *q;
 	uint32_t g;
 	float *tmp;
+	float *kblk;       /* IDX_KEYS_BATCH blocks of page keys */
+	void *kscr;        /* the source's scratch */
 	int dedupe;        /* a page may be offered twice (cells and sketch candidates) */
 	const float *bias; /* NULL: merge a group round-robin; else by score - bias[i] */
 	float mass_scale;  /* 0: a page scores its best token; else its soft maximum */
@@ -87,12 +93,13 @@ static int heap_has(const struct topk *t, uint32_t pg)
 	return 0;
 }
 
-static void offer_page(struct search *s, uint32_t pg)
+/* Scores page pg (its keys in blk) and offers it to every query's list. */
+static void offer_page(struct search *s, uint32_t pg, const float *blk)
 {
 	const struct idx_page *p = &s->ix->pages[pg];
 	uint32_t i, l;
 
-	s->ops->score_block(idx_page_keys(s->ix, pg), s->q, s->g, s->ix->dim, s->tmp);
+	s->ops->score_block(blk, s->q, s->g, s->ix->dim, s->tmp);
 	for (i = 0; i < s->g; i++) {
 		const float *t = s->tmp + (size_t)i * IDX_LANES;
 		float m = t[0];
@@ -116,6 +123,43 @@ static void offer_page(struct search *s, uint32_t pg)
 			continue;
 		topk_push(&s->heap[i], m, pg);
 	}
+}
+
+/* Reads and offers pages[0..n) (repeats next to each other offered once), a batch at a time. */
+static int offer_pages(struct search *s, const uint32_t *pages, size_t n)
+{
+	uint32_t uniq[IDX_KEYS_BATCH], nu, i;
+	size_t p = 0;
+	int rc;
+
+	while (p < n) {
+		for (nu = 0; nu < IDX_KEYS_BATCH && p < n; p++)
+			if (!nu || pages[p] != uniq[nu - 1])
+				uniq[nu++] = pages[p];
+		rc = idx_read_blocks(s->ix, uniq, nu, s->kblk, s->kscr);
+		if (rc < 0)
+			return rc;
+		for (i = 0; i < nu; i++)
+			offer_page(s, uniq[i], s->kblk + (size_t)i * s->ix->blk);
+	}
+	return 0;
+}
+
+/* Offers pages [0, npages) of the index. */
+static int offer_all(struct search *s)
+{
+	uint32_t ids[IDX_KEYS_BATCH], n;
+	size_t p = 0;
+	int rc;
+
+	while (p < s->ix->npages) {
+		for (n = 0; n < IDX_KEYS_BATCH && p < s->ix->npages; n++)
+			ids[n] = (uint32_t)p++;
+		rc = offer_pages(s, ids, n);
+		if (rc < 0)
+			return rc;
+	}
+	return 0;
 }
 
 /* Moves the `want` largest of comb[lo..n) (with their ids) to comb[lo..lo+want). */
@@ -187,6 +231,8 @@ static int search_init(struct search *s, const struct idx *ix, const float *q, u
 	s->bias = NULL;
 	s->mass_scale = 0;
 	s->tmp = (float *)(base + w->tmp);
+	s->kblk = (float *)(base + w->kblk);
+	s->kscr = base + w->kscr;
 	for (i = 0; i < g; i++) {
 		s->heap[i].score = (float *)(base + w->hscore) + (size_t)i * k;
 		s->heap[i].page = (uint32_t *)(base + w->hpage) + (size_t)i * k;
@@ -225,7 +271,6 @@ int idx_exact_search(const struct idx *ix, const float *q, uint32_t g, uint32_t 
 	struct search s;
 	struct ws_layout w;
 	char *base;
-	size_t pg;
 	int rc = check_query(ix, q, g, k, ws, ret_hits);
 
 	if (rc < 0)
@@ -233,9 +278,8 @@ int idx_exact_search(const struct idx *ix, const float *q, uint32_t g, uint32_t 
 	rc = search_init(&s, ix, q, g, k, ws, ws_size, &w, &base);
 	if (rc < 0)
 		return rc;
-	for (pg = 0; pg < ix->npages; pg++)
-		offer_page(&s, (uint32_t)pg);
-	return search_finish(&s, k, ret_hits);
+	rc = offer_all(&s);
+	return rc < 0 ? rc : search_finish(&s, k, ret_hits);
 }
 
 /* Quantizes q (scaled by each channel's sketch step) to int8 for the sketch kernel; returns
@@ -298,7 +342,7 @@ static void sort_u32(uint32_t *a, size_t n)
 }
 
 /* Seeds first, then the best `cells` level-1 cells scanned in full (exact scores). */
-static void scan_cells(struct search *s, const struct ws_layout *w, char *base, uint64_t cells)
+static int scan_cells(struct search *s, const struct ws_layout *w, char *base, uint64_t cells)
 {
 	const struct idx *ix = s->ix;
 	float *sscore = (float *)(base + w->sscore), *comb = (float *)(base + w->comb);
@@ -340,12 +384,21 @@ static void scan_cells(struct search *s, const struct ws_layout *w, char *base, 
 		cells = ns;
 	select_top(comb, cid, 0, ns, cells);
 	for (c = 0; c < cells; c++) {
-		uint32_t pg;
+		uint32_t pg, ids[IDX_KEYS_BATCH], n = 0;
+		int rc;
 
 		for (pg = ix->nodes[ix->lvl[1].v[cid[c]]].head; pg != IDX_NONE;
-		     pg = ix->pages[pg].next)
-			offer_page(s, pg);
+		     pg = ix->pages[pg].next) {
+			ids[n++] = pg;
+			if (n == IDX_KEYS_BATCH || ix->pages[pg].next == IDX_NONE) {
+				rc = offer_pages(s, ids, n);
+				if (rc < 0)
+					return rc;
+				n = 0;
+			}
+		}
 	}
+	return 0;
 }
 
 int idx_search(const struct idx *ix, const float *q, uint32_t g, uint32_t k,
@@ -387,9 +440,8 @@ int idx_search(const struct idx *ix, const float *q, uint32_t g, uint32_t k,
 	/* nothing to gain from the sketch when the beam would take (nearly) every page */
 	if ((opts && (opts->flags & IDX_SEARCH_ALL)) || !ix->sk_ready || ix->lvl[1].n == 0 ||
 	    k > IDX_MAX_BEAM || beam >= ix->npages) {
-		for (p = 0; p < ix->npages; p++)
-			offer_page(&s, (uint32_t)p);
-		return search_finish(&s, k, ret_hits);
+		rc = offer_all(&s);
+		return rc < 0 ? rc : search_finish(&s, k, ret_hits);
 	}
 	if (g > 1) /* the group shares a union of candidates: fewer each */
 		beam = (uint64_t)ceilf((float)beam * (1.0f + ix->p.gqa_widen * (float)(g - 1)) /
@@ -401,10 +453,10 @@ int idx_search(const struct idx *ix, const float *q, uint32_t g, uint32_t k,
 	cells = opts && opts->cells ? opts->cells : ix->p.cells;
 	if (opts && (opts->flags & IDX_SEARCH_NO_SKETCH)) {
 		/* the plain tree walk: pages of upper tokens, then the best cells */
-		for (p = 0; p < ix->upages.n; p++)
-			offer_page(&s, ix->upages.v[p]);
-		scan_cells(&s, &w, base, cells ? cells : 1);
-		return search_finish(&s, k, ret_hits);
+		rc = offer_pages(&s, ix->upages.v, ix->upages.n);
+		if (rc == 0)
+			rc = scan_cells(&s, &w, base, cells ? cells : 1);
+		return rc < 0 ? rc : search_finish(&s, k, ret_hits);
 	}
 
 	/* 1. rank every page by its sketch */
@@ -435,7 +487,9 @@ int idx_search(const struct idx *ix, const float *q, uint32_t g, uint32_t k,
 
 	/* 2. optional: best cells by seed score, scanned exactly */
 	if (cells) {
-		scan_cells(&s, &w, base, cells);
+		rc = scan_cells(&s, &w, base, cells);
+		if (rc < 0)
+			return rc;
 		s.dedupe = 1;
 	}
 
@@ -445,33 +499,36 @@ int idx_search(const struct idx *ix, const float *q, uint32_t g, uint32_t k,
 		memcpy(cand + nc, sk[i].page, sk[i].n * sizeof(uint32_t));
 		nc += sk[i].n;
 	}
-	if (g > 1)
+	if (g > 1) /* the union: a page several queries want is read once */
 		sort_u32(cand, nc);
-	/* the candidates are scattered pages: ask for all of them before scoring any */
-	for (p = 0; p < nc; p++) {
-		const char *blk = (const char *)idx_page_keys(ix, cand[p]);
-		size_t ln;
-
-		for (ln = 0; ln < ix->blk * sizeof(float); ln += 64)
-			__builtin_prefetch(blk + ln);
-	}
-	for (p = 0; p < nc; p++)
-		if (p == 0 || cand[p] != cand[p - 1] || g == 1)
-			offer_page(&s, cand[p]);
-	return search_finish(&s, k, ret_hits);
+	rc = offer_pages(&s, cand, nc);
+	return rc < 0 ? rc : search_finish(&s, k, ret_hits);
 }
 
-int idx_page_scores(const struct idx *ix, uint32_t page, const float *q, uint32_t g,
-		    float *ret_scores)
+size_t idx_page_ws_size(const struct idx *ix)
 {
-	size_t i;
+	return ix ? al64(ix->blk * sizeof(float)) + al64(ix->keys.scratch) + 64 : 0;
+}
 
-	if (!ix || !q || !ret_scores || g == 0 || g > IDX_MAX_GROUP || page >= ix->npages)
+int idx_page_scores(const struct idx *ix, uint32_t page, const float *q, uint32_t g, void *ws,
+		    size_t ws_size, float *ret_scores)
+{
+	char *base;
+	size_t i;
+	int rc;
+
+	if (!ix || !q || !ret_scores || !ws || g == 0 || g > IDX_MAX_GROUP || page >= ix->npages)
 		return -EINVAL;
 	for (i = 0; i < (size_t)g * ix->dim; i++)
 		if (!isfinite(q[i]))
 			return -EINVAL;
-	idx_simd()->score_block(idx_page_keys(ix, page), q, g, ix->dim, ret_scores);
+	if (ws_size < idx_page_ws_size(ix))
+		return -ENOSPC;
+	base = (char *)(((uintptr_t)ws + 63) & ~(uintptr_t)63);
+	rc = idx_read_blocks(ix, &page, 1, (float *)base, base + al64(ix->blk * sizeof(float)));
+	if (rc < 0)
+		return rc;
+	idx_simd()->score_block((const float *)base, q, g, ix->dim, ret_scores);
 	return (int)ix->pages[page].fill;
 }
 
@@ -506,18 +563,23 @@ float idx_top_k(float *x, size_t n, size_t k)
 	return x[k - 1];
 }
 
-size_t idx_pick_ws_size(uint32_t n)
+/* pick workspace: float w[n][16], all[n * 16]; a batch of page blocks; the source's scratch */
+size_t idx_pick_ws_size(const struct idx *ix, uint32_t n)
 {
-	return 2 * (size_t)n * IDX_PAGE_CAP * sizeof(float);
+	return ix ? al64(2 * (size_t)n * IDX_PAGE_CAP * sizeof(float)) +
+			       al64(IDX_KEYS_BATCH * ix->blk * sizeof(float)) +
+			       al64(IDX_KEYS_BATCH * ix->keys.scratch) + 64 :
+		    0;
 }
 
 int idx_pick_tokens(const struct idx *ix, const float *q, uint32_t g, const float *bias,
 		    const struct idx_hit *hits, uint32_t n, uint32_t budget, void *ws,
 		    size_t ws_size, uint16_t *ret_mask)
 {
-	float sc[IDX_MAX_GROUP * IDX_PAGE_CAP], *w = ws, *all, thr;
-	uint32_t i, j, t, nc = 0, total = 0, taken = 0;
-	int fill;
+	float sc[IDX_MAX_GROUP * IDX_PAGE_CAP], *w, *all, *blk, thr;
+	uint32_t i, j, t, b, nb, ids[IDX_KEYS_BATCH], nc = 0, total = 0, taken = 0;
+	char *base;
+	int rc;
 
 	if (!ix || !q || (n && (!hits || !ret_mask)) || g == 0 || g > IDX_MAX_GROUP ||
 	    n > IDX_MAX_K)
@@ -535,23 +597,37 @@ int idx_pick_tokens(const struct idx *ix, const float *q, uint32_t g, const floa
 			ret_mask[i] = (uint16_t)((1u << hits[i].fill) - 1);
 		return (int)total;
 	}
-	if (!ws || ws_size < idx_pick_ws_size(n))
+	if (!ws || ws_size < idx_pick_ws_size(ix, n))
 		return -ENOSPC;
+	for (i = 0; i < (size_t)g * ix->dim; i++)
+		if (!isfinite(q[i]))
+			return -EINVAL;
+	base = (char *)(((uintptr_t)ws + 63) & ~(uintptr_t)63);
+	w = (float *)base;
 	all = w + (size_t)n * IDX_PAGE_CAP;
-	for (i = 0; i < n; i++) {
-		fill = idx_page_scores(ix, hits[i].page, q, g, sc);
-		if (fill < 0)
-			return fill; /* a non-finite q */
-		for (t = 0; t < (uint32_t)fill; t++) {
-			float x = -INFINITY;
+	blk = (float *)(base + al64(2 * (size_t)n * IDX_PAGE_CAP * sizeof(float)));
+	for (b = 0; b < n; b += nb) {
+		nb = n - b < IDX_KEYS_BATCH ? n - b : IDX_KEYS_BATCH;
+		for (i = 0; i < nb; i++)
+			ids[i] = hits[b + i].page;
+		rc = idx_read_blocks(ix, ids, nb, blk,
+				     (char *)blk + al64(IDX_KEYS_BATCH * ix->blk * sizeof(float)));
+		if (rc < 0)
+			return rc;
+		for (i = b; i < b + nb; i++) {
+			idx_simd()->score_block(blk + (size_t)(i - b) * ix->blk, q, g, ix->dim, sc);
+			for (t = 0; t < hits[i].fill; t++) {
+				float x = -INFINITY;
 
-			for (j = 0; j < g; j++) {
-				float y = sc[j * IDX_PAGE_CAP + t] - (bias ? bias[j] : 0.0f);
+				for (j = 0; j < g; j++) {
+					float y =
+						sc[j * IDX_PAGE_CAP + t] - (bias ? bias[j] : 0.0f);
 
-				x = y > x ? y : x;
+					x = y > x ? y : x;
+				}
+				w[(size_t)i * IDX_PAGE_CAP + t] = x;
+				all[nc++] = x;
 			}
-			w[(size_t)i * IDX_PAGE_CAP + t] = x;
-			all[nc++] = x;
 		}
 	}
 	if (budget == 0) {

@@ -8,6 +8,7 @@
  * fp32 keys) and re-scores only the best pages exactly; the per-channel offset removes the
  * large, nearly constant outlier channels that would otherwise eat the code range.
  */
+#include <errno.h>
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -138,48 +139,19 @@ void idx_sk_put(struct idx *ix, uint32_t page, uint32_t slot, const float *x)
 	}
 }
 
-/* The index's tokens in page order: pages[p]'s token s is row start[p] + s. */
-struct page_rows {
-	const struct idx *ix;
-	size_t page, first; /* the page holding the last row asked for, and its first row */
-};
-
-static const float *page_row(const void *ctx, size_t i, float *tmp)
-{
-	struct page_rows *r = (struct page_rows *)(uintptr_t)ctx;
-	const struct idx *ix = r->ix;
-	const float *blk;
-	uint32_t j;
-
-	if (i < r->first) /* a new pass starts over */
-		r->page = r->first = 0;
-	while (i >= r->first + ix->pages[r->page].fill)
-		r->first += ix->pages[r->page++].fill;
-	blk = idx_page_keys(ix, (uint32_t)r->page);
-	for (j = 0; j < ix->dim; j++)
-		tmp[j] = blk[(size_t)j * IDX_LANES + (i - r->first)];
-	return tmp;
-}
-
 int idx_sk_rebuild(struct idx *ix)
 {
-	struct page_rows r = { ix, 0, 0 };
-	float x[IDX_MAX_DIM];
-	size_t p, n = 0;
-	uint32_t s, j;
+	size_t p;
+	uint32_t s;
 
-	for (p = 0; p < ix->npages; p++)
-		n += ix->pages[p].fill;
-	calibrate(ix, page_row, &r, n);
+	if (!ix->pend) /* only an index that still keeps its keys is calibrated late */
+		return -EINVAL;
+	idx_sk_calibrate(ix, ix->pend, ix->ntok);
 	for (p = 0; p < ix->npages; p++) {
-		const float *blk = idx_page_keys(ix, (uint32_t)p);
-
 		idx_sk_clear(ix, (uint32_t)p);
-		for (s = 0; s < ix->pages[p].fill; s++) {
-			for (j = 0; j < ix->dim; j++)
-				x[j] = blk[(size_t)j * IDX_LANES + s];
-			idx_sk_put(ix, (uint32_t)p, s, x);
-		}
+		for (s = 0; s < ix->pages[p].fill; s++)
+			idx_sk_put(ix, (uint32_t)p, s,
+				   ix->pend + (size_t)ix->pages[p].pos[s] * ix->dim);
 	}
 	return 0;
 }

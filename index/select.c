@@ -26,7 +26,7 @@ void select_sums_done(struct select_sums *ss)
 	free(ss->cnt);
 	ss->ksum = ss->vsum = NULL;
 	ss->cnt = NULL;
-	ss->cap = 0;
+	ss->cap = ss->n = 0;
 }
 
 int select_sums_reserve(struct select_sums *ss, uint32_t npages)
@@ -35,27 +35,39 @@ int select_sums_reserve(struct select_sums *ss, uint32_t npages)
 	float *k, *v;
 	uint32_t *c;
 
-	if (npages <= ss->cap)
-		return 0;
-	while (cap < npages)
-		cap *= 2;
-	/* Each array keeps what it had when a later one fails: the old cap still describes them. */
-	k = realloc(ss->ksum, (size_t)cap * d * sizeof(float));
-	if (k)
-		ss->ksum = k;
-	v = realloc(ss->vsum, (size_t)cap * d * sizeof(float));
-	if (v)
-		ss->vsum = v;
-	c = realloc(ss->cnt, (size_t)cap * sizeof(uint32_t));
-	if (c)
-		ss->cnt = c;
-	if (!k || !v || !c)
-		return -ENOMEM;
-	memset(ss->ksum + (size_t)ss->cap * d, 0, (size_t)(cap - ss->cap) * d * sizeof(float));
-	memset(ss->vsum + (size_t)ss->cap * d, 0, (size_t)(cap - ss->cap) * d * sizeof(float));
-	memset(ss->cnt + ss->cap, 0, (size_t)(cap - ss->cap) * sizeof(uint32_t));
-	ss->cap = cap;
+	if (npages > ss->cap) {
+		while (cap < npages)
+			cap += cap / 2;
+		/* Each array keeps what it had when a later one fails: the old cap still
+		 * describes them. */
+		k = realloc(ss->ksum, (size_t)cap * d * sizeof(float));
+		if (k)
+			ss->ksum = k;
+		v = realloc(ss->vsum, (size_t)cap * d * sizeof(float));
+		if (v)
+			ss->vsum = v;
+		c = realloc(ss->cnt, (size_t)cap * sizeof(uint32_t));
+		if (c)
+			ss->cnt = c;
+		if (!k || !v || !c)
+			return -ENOMEM;
+		ss->cap = cap;
+	}
+	/* zeroed as pages come, not to the capacity: what is never used is never touched */
+	if (npages > ss->n) {
+		memset(ss->ksum + (size_t)ss->n * d, 0,
+		       (size_t)(npages - ss->n) * d * sizeof(float));
+		memset(ss->vsum + (size_t)ss->n * d, 0,
+		       (size_t)(npages - ss->n) * d * sizeof(float));
+		memset(ss->cnt + ss->n, 0, (size_t)(npages - ss->n) * sizeof(uint32_t));
+		ss->n = npages;
+	}
 	return 0;
+}
+
+size_t select_sums_bytes(const struct select_sums *ss)
+{
+	return (size_t)ss->n * select_sums_page_bytes(ss->dim);
 }
 
 void select_sums_add(struct select_sums *ss, uint32_t page, const void *k, const void *v,
@@ -119,7 +131,7 @@ static void plan(const struct idx *ix, uint32_t g, const struct select_opts *o, 
 	w->hits = at, at = al64(at + (size_t)k * sizeof(struct idx_hit));
 	w->mask = at, at = al64(at + (size_t)k * sizeof(uint16_t));
 	w->search = at, at = al64(at + w->search_size);
-	w->pick = at, at = al64(at + (o->dense ? 0 : idx_pick_ws_size(k)));
+	w->pick = at, at = al64(at + (o->dense || !k ? 0 : idx_pick_ws_size(ix, k)));
 	w->in = at, at = al64(at + npages_of(ix));
 	w->total = at + 64; /* room to align the caller's pointer */
 }
@@ -322,7 +334,7 @@ int select_head(const struct idx *ix, const struct select_sums *sums, const stru
 			return got;
 		err = idx_pick_tokens(ix, grp->q, grp->g, bp, hits, (uint32_t)got,
 				      o->budget_pages * IDX_PAGE_CAP, base + w.pick,
-				      idx_pick_ws_size(k), mask);
+				      idx_pick_ws_size(ix, k), mask);
 		if (err < 0)
 			return err;
 		/* a page none of whose tokens made the budget is not attended */

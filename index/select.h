@@ -76,6 +76,7 @@ struct select_sums {
 	float *ksum, *vsum; /* [cap][dim] */
 	uint32_t *cnt;      /* [cap] */
 	uint32_t cap, dim;
+	uint32_t n; /* pages [0, n) are initialised */
 };
 
 /* Empty sums for rows of dim elements (dim <= IDX_MAX_DIM). */
@@ -88,8 +89,9 @@ int select_sums_reserve(struct select_sums *ss, uint32_t npages);
  * page must be below the reserved count. */
 void select_sums_add(struct select_sums *ss, uint32_t page, const void *k, const void *v,
 		     enum ice_dtype dt);
-/* Bytes the sums hold per page (for memory accounting). */
+/* Bytes the sums hold per page, and in all (pages reserved so far): for memory accounting. */
 size_t select_sums_page_bytes(uint32_t dim);
+size_t select_sums_bytes(const struct select_sums *ss);
 
 /* The inputs of one KV head's group: g (1..IDX_MAX_GROUP) queries q[g][dim] in fp32, at the
  * scale select_opts.scale applies, and the rows the group attends anyway att[0..natt) (they

@@ -26,6 +26,31 @@
 #include "engine_impl.h"
 #include "policy.h"
 
+/* Host bytes per token a head's index and sums grow by: what the layer's heads use per token
+ * so far, or for a layer without tokens yet, a page of 8 tokens' share of the sketch and sums
+ * plus the bookkeeping (the index fills pages to ~14). */
+static uint64_t token_bytes(const struct seq *s, const struct head_state *hs, uint32_t hk,
+			    uint64_t used)
+{
+	uint64_t ntok = (uint64_t)idx_ntokens(hs[0].ix) * hk, d = s->p.shape.head_dim;
+
+	if (ntok >= 4096)
+		return (used + ntok - 1) / ntok + 8;
+	return (d * 8 + select_sums_page_bytes((uint32_t)d)) / 8 + d * 4 / 64 + 32;
+}
+
+/* The charge taken for an append (`charged`) becomes what it used (`used`): the estimate's
+ * surplus comes back, a shortfall is charged even past the limits (the memory is in use; the
+ * next append is refused instead). */
+static void settle_charge(struct engine *e, struct seq *s, uint64_t charged, uint64_t used)
+{
+	if (used < charged)
+		engine_uncharge(e, s, charged - used);
+	else if (used > charged && engine_charge(e, s, used - charged))
+		engine_charge_force(e, s, used - charged);
+	s->bytes += used;
+}
+
 static int layer_buffers(struct engine *e, struct seq *s, uint32_t layer)
 {
 	uint32_t h, hk = s->p.shape.kv_heads;
@@ -49,6 +74,9 @@ static int layer_buffers(struct engine *e, struct seq *s, uint32_t layer)
 		ip.seed = 0x1ce0000ull + (uint64_t)layer * hk + h;
 		if (idx_new(&ip, &hs[h].ix))
 			goto out_free;
+		hs[h].src = (struct page_src){ e, s, layer, h };
+		idx_set_keys(hs[h].ix,
+			     &(struct idx_keys){ engine_page_keys, &hs[h].src, e->o.slot_bytes });
 		select_sums_init(&hs[h].sums, s->p.shape.head_dim);
 		hs[h].sink_k = s->S ? malloc(s->S * s->row) : NULL;
 		hs[h].sink_v = s->S ? malloc(s->S * s->row) : NULL;
@@ -281,7 +309,7 @@ int engine_append(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer,
 		  const void *k, const void *v)
 {
 	struct seq *s = engine_seq_get(e, owner, id);
-	uint64_t t0 = clock_now_ns(), bytes = 0, newp = 0, rewr = 0;
+	uint64_t t0 = clock_now_ns(), bytes = 0, newp = 0, rewr = 0, before = 0, after = 0;
 	uint32_t hk, h, d, tosink, towin, w, evict, etok, sn;
 	struct idx_mark mk[64];
 	struct store_resv resv;
@@ -317,15 +345,15 @@ int engine_append(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer,
 	etok = evict * P;
 	sn = s->sink_n[layer];
 	if (etok) {
-		/* 1. Per token: the index's fp32 key and overhead, plus its share of the page sums
-		 * (counted as if pages held 4 tokens, which covers the arrays' doubling: the index
-		 * fills pages to ~14). */
+		/* 1. What the indexes and sums will use: estimated from what they use per token so
+		 * far (a fresh head: as if pages held 8 tokens), settled to the figure they give
+		 * once they hold the tokens. */
 		err = scratch_grow(e, s, 2 * (size_t)etok * s->row + BATCH * e->o.slot_bytes);
 		if (err)
 			return err;
-		bytes = (uint64_t)hk * etok *
-			((uint64_t)d * sizeof(float) + IDX_TOKEN_OVERHEAD +
-			 select_sums_page_bytes(d) / 4);
+		for (h = 0; h < hk; h++)
+			before += head_bytes(&hs[h]);
+		bytes = (uint64_t)hk * etok * token_bytes(s, hs, hk, before);
 		err = engine_charge(e, s, bytes);
 		if (err)
 			return err;
@@ -336,6 +364,7 @@ int engine_append(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer,
 		for (h = 0; h < hk; h++) {
 			struct head_state *st = &hs[h];
 			const unsigned char *kh = (const unsigned char *)k + (size_t)h * n * s->row;
+
 			const unsigned char *vh = (const unsigned char *)v + (size_t)h * n * s->row;
 
 			evicted_rows(s, st, kh, vh, tosink, etok, ek, NULL);
@@ -369,7 +398,9 @@ int engine_append(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer,
 					  &resv);
 		}
 		store_unreserve(e->store, &resv);
-		s->bytes += bytes;
+		for (h = 0; h < hk; h++)
+			after += head_bytes(&hs[h]);
+		settle_charge(e, s, bytes, after - before);
 		if (err) {
 			/* The index and the store no longer agree: the sequence cannot be trusted
 			 * any more. Its owner gets -EIO from now on and should drop it. */
@@ -387,6 +418,10 @@ int engine_append(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer,
 	hist_add(&e->h_append, clock_now_ns() - t0);
 	return 0;
 out_uncharge:
-	engine_uncharge(e, s, bytes);
+	/* rolled back: what the heads use now is what they used before, bar sums set up for
+	 * pages to come */
+	for (h = 0; h < hk; h++)
+		after += head_bytes(&hs[h]);
+	settle_charge(e, s, bytes, after > before ? after - before : 0);
 	return err;
 }

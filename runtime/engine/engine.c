@@ -31,6 +31,12 @@ int engine_charge(struct engine *e, const struct seq *s, uint64_t bytes)
 	return 0;
 }
 
+void engine_charge_force(struct engine *e, const struct seq *s, uint64_t bytes)
+{
+	__atomic_add_fetch(&e->own[s->acct].host, bytes, __ATOMIC_RELAXED);
+	__atomic_add_fetch(&e->used, bytes, __ATOMIC_RELAXED);
+}
+
 void engine_uncharge(struct engine *e, const struct seq *s, uint64_t bytes)
 {
 	__atomic_sub_fetch(&e->own[s->acct].host, bytes, __ATOMIC_RELAXED);

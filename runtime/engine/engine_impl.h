@@ -29,11 +29,19 @@
 #define SEQ_SLOT_BITS 16
 #define BATCH 32u         /* pages per store call */
 #define MAX_HEAD_DIM 512u /* the API's bound (icecache.h) */
-/* Host bytes the index holds per token: its fp32 key copy plus bookkeeping (estimate). */
-#define IDX_TOKEN_OVERHEAD 64u
 /* What idx_new allocates for a head of dimension d: 64 nodes with their keys, the projection
- * and the sketch scales (estimate). */
+ * and the sketch scales (estimate; from then on the index says what it uses, idx_host_bytes). */
 #define IDX_HEAD_BYTES(d) (64u * (4u * (d) + 32u) + 12u * (d) + 1024u)
+
+struct seq;
+struct engine;
+
+/* What the index of one head needs to read its pages' keys from the store. */
+struct page_src {
+	struct engine *e;
+	struct seq *s;
+	uint32_t layer, head;
+};
 
 _Static_assert(ICE_PAGE_TOKENS == IDX_PAGE_CAP, "one page size for the API and the index");
 
@@ -43,6 +51,7 @@ struct head_state {
 	uint32_t win_start, win_n;
 	struct idx *ix;
 	struct select_sums sums; /* per index page, for the rest term (index/select.h) */
+	struct page_src src;     /* the index's key source (engine_page_keys) */
 };
 
 struct seq {
@@ -95,6 +104,8 @@ struct engine {
  * opts.host_bytes (-ENOSPC past it), and given back. */
 int engine_charge(struct engine *e, const struct seq *s, uint64_t bytes);
 void engine_uncharge(struct engine *e, const struct seq *s, uint64_t bytes);
+/* Charges memory already in use, past the limits if it must (they refuse the next request). */
+void engine_charge_force(struct engine *e, const struct seq *s, uint64_t bytes);
 
 /* The owner's sequence id, or NULL. The owner's thread is the only one that mutates or frees
  * its sequences, so the pointer stays valid after the table lock is released. */
@@ -103,6 +114,17 @@ void engine_seq_free(struct engine *e, struct seq *s);
 
 /* Page reads through the placement policy when there is one. */
 int engine_store_read(struct engine *e, struct store_page *pg, unsigned n);
+
+/* The index's key source (struct idx_keys.read, ctx a struct page_src): a head's pages from
+ * the store, K rows as fp32 blocks; scratch: slot_bytes per page. */
+int engine_page_keys(void *ctx, const struct idx *ix, const uint32_t *pages, uint32_t n,
+		     float *blocks, void *scratch);
+
+/* Host bytes a head's index and sums use now. */
+static inline size_t head_bytes(const struct head_state *st)
+{
+	return idx_host_bytes(st->ix) + select_sums_bytes(&st->sums);
+}
 
 static inline uint32_t sink_pages(const struct seq *s, uint32_t layer)
 {

@@ -13,6 +13,42 @@
 #include "clock.h"
 #include "engine_impl.h"
 
+int engine_page_keys(void *ctx, const struct idx *ix, const uint32_t *pages, uint32_t n,
+		     float *blocks, void *scratch)
+{
+	const struct page_src *ps = ctx;
+	const struct seq *s = ps->s;
+	size_t slot = ps->e->o.slot_bytes, blk = (size_t)s->p.shape.head_dim * IDX_PAGE_CAP;
+	struct store_page pg[IDX_KEYS_BATCH];
+	float x[MAX_HEAD_DIM];
+	uint32_t i, t, j, fill, d = s->p.shape.head_dim;
+	int err;
+
+	if (n > IDX_KEYS_BATCH)
+		return -EINVAL;
+	for (i = 0; i < n; i++)
+		pg[i] = (struct store_page){ .key = { s->id, ps->layer, ps->head, pages[i] },
+					     .buf = (unsigned char *)scratch + i * slot,
+					     .len = (uint32_t)slot };
+	err = engine_store_read(ps->e, pg, n);
+	if (err)
+		return err;
+	for (i = 0; i < n; i++) {
+		float *b = blocks + i * blk;
+
+		/* the stored page is the index's page as it is (appends write both at once) */
+		if (idx_page_tokens(ix, pages[i], NULL, &fill, NULL) || pg[i].fill != fill ||
+		    pg[i].len != 2 * fill * s->row)
+			return -EIO;
+		for (t = 0; t < fill; t++) { /* K rows first (append.c's page layout) */
+			dtype_to_f32((const unsigned char *)pg[i].buf + t * s->row, s->dt, d, x);
+			for (j = 0; j < d; j++)
+				b[(size_t)j * IDX_PAGE_CAP + t] = x[j];
+		}
+	}
+	return 0;
+}
+
 /* What select_head does for one layer of sequence s. */
 static struct select_opts layer_opts(const struct engine *e, const struct seq *s, uint32_t layer)
 {

@@ -13,6 +13,7 @@
 #include "idx.h"
 #include "idx_simd.h"
 #include "synth.h"
+#include "test_keys.h"
 
 static float *gen_keys(uint32_t dim, size_t n, uint64_t seed)
 {
@@ -79,9 +80,18 @@ static void check_structure(const struct idx *ix, const float *keys, size_t n, u
 		seen_total += fill;
 	}
 	ck_assert_uint_eq(seen_total, n);
+	/* the index keeps the nodes' keys (and nothing else once its sketch is calibrated) */
 	for (p = 0; p < n; p += 7) {
-		ck_assert_int_eq(idx_token_key(ix, (uint32_t)p, k), 0);
-		ck_assert_mem_eq(k, keys + p * dim, dim * sizeof(float));
+		uint32_t level;
+		int rc = idx_token_key(ix, (uint32_t)p, k);
+
+		ck_assert_int_eq(idx_token_parent(ix, (uint32_t)p, &level, NULL), 0);
+		if (level >= 1)
+			ck_assert_int_eq(rc, 0);
+		if (rc == 0)
+			ck_assert_mem_eq(k, keys + p * dim, dim * sizeof(float));
+		else
+			ck_assert_int_eq(rc, -ENOENT);
 	}
 	ck_assert_int_eq(idx_page_tokens(ix, (uint32_t)np, pos, &fill, &ver), -EINVAL);
 	free(seen);
@@ -468,14 +478,18 @@ START_TEST(page_scores_match_dot_products)
 	float *keys = gen_keys(dim, n, 5), q[3 * 64], sc[3 * IDX_PAGE_CAP];
 	struct idx *ix = new_idx(dim, 0.01f, 64, 2);
 	uint32_t pg, np, j, t, i, pos[IDX_PAGE_CAP], fill, seen = 0;
+	size_t wsz;
+	void *ws;
 
 	for (i = 0; i < g * dim; i++)
 		q[i] = (float)sin(0.37 * i + 1.0);
 	ck_assert_int_eq(idx_build(ix, keys, n, ICE_DTYPE_F32), 0);
+	wsz = idx_page_ws_size(ix);
+	ws = malloc(wsz);
 	np = (uint32_t)idx_npages(ix);
 	for (pg = 0; pg < np; pg++) {
 		ck_assert_int_eq(idx_page_tokens(ix, pg, pos, &fill, NULL), 0);
-		ck_assert_int_eq(idx_page_scores(ix, pg, q, g, sc), (int)fill);
+		ck_assert_int_eq(idx_page_scores(ix, pg, q, g, ws, wsz, sc), (int)fill);
 		for (j = 0; j < g; j++)
 			for (t = 0; t < fill; t++) {
 				double x = dotd(q + j * dim, keys + (size_t)pos[t] * dim, dim);
@@ -486,15 +500,17 @@ START_TEST(page_scores_match_dot_products)
 		seen += fill;
 	}
 	ck_assert_uint_eq(seen, n);
-	ck_assert_int_eq(idx_page_scores(ix, np, q, g, sc), -EINVAL);
-	ck_assert_int_eq(idx_page_scores(ix, 0, q, 0, sc), -EINVAL);
-	ck_assert_int_eq(idx_page_scores(ix, 0, q, IDX_MAX_GROUP + 1, sc), -EINVAL);
-	ck_assert_int_eq(idx_page_scores(NULL, 0, q, g, sc), -EINVAL);
-	ck_assert_int_eq(idx_page_scores(ix, 0, q, g, NULL), -EINVAL);
+	ck_assert_int_eq(idx_page_scores(ix, np, q, g, ws, wsz, sc), -EINVAL);
+	ck_assert_int_eq(idx_page_scores(ix, 0, q, 0, ws, wsz, sc), -EINVAL);
+	ck_assert_int_eq(idx_page_scores(ix, 0, q, IDX_MAX_GROUP + 1, ws, wsz, sc), -EINVAL);
+	ck_assert_int_eq(idx_page_scores(NULL, 0, q, g, ws, wsz, sc), -EINVAL);
+	ck_assert_int_eq(idx_page_scores(ix, 0, q, g, ws, wsz, NULL), -EINVAL);
+	ck_assert_int_eq(idx_page_scores(ix, 0, q, g, ws, wsz - 64, sc), -ENOSPC);
 	q[5] = NAN;
-	ck_assert_int_eq(idx_page_scores(ix, 0, q, g, sc), -EINVAL);
+	ck_assert_int_eq(idx_page_scores(ix, 0, q, g, ws, wsz, sc), -EINVAL);
 	idx_free(ix);
 	free(keys);
+	free(ws);
 }
 END_TEST
 
@@ -522,7 +538,7 @@ START_TEST(picked_tokens_are_the_heaviest)
 	ck_assert_int_eq(idx_build(ix, keys, n, ICE_DTYPE_F32), 0);
 	ws_size = idx_search_ws_size(ix, g, k);
 	ws = malloc(ws_size);
-	pws = malloc(idx_pick_ws_size(k));
+	pws = malloc(idx_pick_ws_size(ix, k));
 	for (trial = 0; trial < 12; trial++) {
 		const float *bp = trial % 2 ? bias : NULL;
 		double in_min = 1e300, out_max = -1e300;
@@ -537,7 +553,7 @@ START_TEST(picked_tokens_are_the_heaviest)
 		for (i = 0; i < k; i++)
 			total += hits[i].fill;
 		budget = trial < 10 ? 8 + 9 * trial : total + 3;
-		taken = idx_pick_tokens(ix, q, g, bp, hits, k, budget, pws, idx_pick_ws_size(k),
+		taken = idx_pick_tokens(ix, q, g, bp, hits, k, budget, pws, idx_pick_ws_size(ix, k),
 					mask);
 		ck_assert_int_eq(taken, (int)(budget < total ? budget : total));
 		for (i = 0; i < k; i++) {
@@ -568,18 +584,18 @@ START_TEST(picked_tokens_are_the_heaviest)
 	ck_assert_int_eq(idx_pick_tokens(ix, q, g, NULL, hits, k, 20, ws_small, sizeof(ws_small),
 					 mask),
 			 -ENOSPC);
-	ck_assert_int_eq(idx_pick_tokens(NULL, q, g, NULL, hits, k, 20, pws, idx_pick_ws_size(k),
-					 mask),
+	ck_assert_int_eq(idx_pick_tokens(NULL, q, g, NULL, hits, k, 20, pws,
+					 idx_pick_ws_size(ix, k), mask),
 			 -EINVAL);
-	ck_assert_int_eq(idx_pick_tokens(ix, q, 0, NULL, hits, k, 20, pws, idx_pick_ws_size(k),
+	ck_assert_int_eq(idx_pick_tokens(ix, q, 0, NULL, hits, k, 20, pws, idx_pick_ws_size(ix, k),
 					 mask),
 			 -EINVAL);
 	bias[1] = INFINITY;
-	ck_assert_int_eq(idx_pick_tokens(ix, q, g, bias, hits, k, 20, pws, idx_pick_ws_size(k),
+	ck_assert_int_eq(idx_pick_tokens(ix, q, g, bias, hits, k, 20, pws, idx_pick_ws_size(ix, k),
 					 mask),
 			 -EINVAL);
 	hits[2].page = (uint32_t)idx_npages(ix);
-	ck_assert_int_eq(idx_pick_tokens(ix, q, g, NULL, hits, k, 20, pws, idx_pick_ws_size(k),
+	ck_assert_int_eq(idx_pick_tokens(ix, q, g, NULL, hits, k, 20, pws, idx_pick_ws_size(ix, k),
 					 mask),
 			 -EINVAL);
 	free(ws);
@@ -1202,7 +1218,7 @@ START_TEST(bad_arguments)
 	struct idx *ix = NULL;
 	float keys[64 * 4] = { 0 }, q[64] = { 0 };
 	struct idx_hit hits[4];
-	char ws[65536];
+	static char ws[1 << 20];
 	uint32_t pos[16], fill, ver, page;
 
 	idx_params_default(&p, 60);

@@ -15,6 +15,7 @@
 #include "ref_rest.h"
 #include "select.h"
 #include "synth.h"
+#include "test_keys.h"
 
 #define PC IDX_PAGE_CAP
 #define NATT 32 /* attended rows (sink + window) the fixture holds back from the index */
@@ -536,13 +537,13 @@ START_TEST(attended_rows_in_runs_and_dtypes)
 	na = select_head(f.ix, NULL, &o, &grp, ws, ws_size, a, ma, NULL);
 	{
 		size_t sws = idx_search_ws_size(f.ix, 1, 6);
-		void *w2 = malloc(sws), *pw = malloc(idx_pick_ws_size(6));
+		void *w2 = malloc(sws), *pw = malloc(idx_pick_ws_size(f.ix, 6));
 		uint32_t k = 0;
 
 		nb = idx_search(f.ix, q, 1, 6, &so, w2, sws, b);
 		ck_assert_int_eq(nb, 6);
 		ck_assert_int_ge(idx_pick_tokens(f.ix, q, 1, NULL, b, 6, 3 * PC, pw,
-						 idx_pick_ws_size(6), mb),
+						 idx_pick_ws_size(f.ix, 6), mb),
 				 0);
 		for (i = 0; i < 6; i++) {
 			if (!mb[i])

@@ -25,6 +25,12 @@
 static const char *const names[SEL_NKINDS] = { "full",   "stream", "quest",
 					       "oracle", "dci",    "icecache" };
 
+/* Where a tree's page keys are: index token i is position P + i of (layer, h) in kv. */
+struct dci_src {
+	const struct kv *kv;
+	int layer, h;
+};
+
 struct sel {
 	struct sel_cfg c;
 	const struct model *m;
@@ -33,8 +39,10 @@ struct sel {
 	 * positions [P, px_end[layer]): the complete pages between the sink page and the window */
 	struct posidx **px;
 	int *px_end;
-	/* dci: one DCI-tree per (layer, kv head) over positions [P, ix_end[layer]) */
+	/* dci: one DCI-tree per (layer, kv head) over positions [P, ix_end[layer]); the keys of
+	 * its pages are read from the model's KV cache (dci_read) */
 	struct idx **ix;
+	struct dci_src *src;
 	int *ix_end;
 	void *ws;
 	size_t ws_cap;
@@ -129,6 +137,7 @@ void sel_free(struct sel *s)
 		for (int i = 0; i < s->L * s->nkv; i++)
 			idx_free(s->ix[i]);
 	free(s->ix);
+	free(s->src);
 	free(s->ix_end);
 	free(s->ws);
 	free(s->keybuf);
@@ -189,12 +198,14 @@ int sel_new(const struct model *m, const struct sel_cfg *cfg, struct sel **ret)
 		goto out_free;
 	if (cfg->kind == SEL_DCI) {
 		s->ix = calloc((size_t)s->L * s->nkv, sizeof(*s->ix));
+		s->src = calloc((size_t)s->L * s->nkv, sizeof(*s->src));
 		s->ix_end = calloc((size_t)s->L, sizeof(int));
 		s->keybuf = malloc((size_t)cfg->cap * s->d * sizeof(float));
 		s->attk = malloc(2 * (size_t)P * s->d * sizeof(float));
 		s->hits = malloc((size_t)s->maxpages * sizeof(*s->hits));
 		s->hmask = malloc((size_t)s->maxpages * sizeof(*s->hmask));
-		if (!s->ix || !s->ix_end || !s->keybuf || !s->attk || !s->hits || !s->hmask)
+		if (!s->ix || !s->src || !s->ix_end || !s->keybuf || !s->attk || !s->hits ||
+		    !s->hmask)
 			goto out_free;
 	}
 	if (cfg->kind == SEL_QUEST) {
@@ -241,6 +252,28 @@ out_free:
 static int ice_push(struct sel *s, const struct kv *kv, int layer, int from, int to);
 #endif
 
+static int dci_read(void *ctx, const struct idx *ix, const uint32_t *pages, uint32_t n,
+		    float *blocks, void *scratch)
+{
+	const struct dci_src *src = ctx;
+	uint32_t i, t, j, fill, pos[IDX_PAGE_CAP], d = idx_dim(ix);
+	float x[IDX_MAX_DIM];
+
+	(void)scratch;
+	for (i = 0; i < n; i++) {
+		float *b = blocks + (size_t)i * d * IDX_PAGE_CAP;
+
+		if (idx_page_tokens(ix, pages[i], pos, &fill, NULL))
+			return -EINVAL;
+		for (t = 0; t < fill; t++) {
+			kv_key(src->kv, src->layer, src->h, P + (int)pos[t], x);
+			for (j = 0; j < d; j++)
+				b[(size_t)j * IDX_PAGE_CAP + t] = x[j];
+		}
+	}
+	return 0;
+}
+
 /* Adds positions [from, to) of one (layer, head) to its DCI-tree (bulk build when empty). */
 static int dci_add(struct sel *s, const struct kv *kv, int layer, int h, int from, int to)
 {
@@ -272,8 +305,13 @@ static int dci_begin(struct sel *s, const struct kv *kv, int n0)
 			idx_free(*ix);
 			*ix = NULL;
 			err = idx_new(&ip, ix);
-			if (!err)
+			if (!err) {
+				struct dci_src *src = &s->src[l * s->nkv + h];
+
+				*src = (struct dci_src){ kv, l, h };
+				idx_set_keys(*ix, &(struct idx_keys){ dci_read, src, 0 });
 				err = dci_add(s, kv, l, h, P, end);
+			}
 			if (err)
 				return err;
 		}

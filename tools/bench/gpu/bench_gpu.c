@@ -191,6 +191,7 @@ static int measure_select(const struct gpu_opts *o, uint32_t ctx, struct ctx_res
 	struct synth_params sp;
 	struct idx_params ip;
 	struct idx *ix = NULL;
+	struct idx_rows rows = { 0 };
 	float *keys = NULL, *q = NULL;
 	double t[NQ];
 	size_t ws_size;
@@ -220,6 +221,8 @@ static int measure_select(const struct gpu_opts *o, uint32_t ctx, struct ctx_res
 		t0 = clock_now_ns();
 		rc = idx_build(ix, keys, ctx, ICE_DTYPE_F32);
 		r->select_build_s = (double)(clock_now_ns() - t0) * 1e-9;
+		rows = (struct idx_rows){ keys, ICE_DTYPE_F32, ctx };
+		idx_set_keys(ix, &(struct idx_keys){ idx_rows_read, &rows, 0 });
 	}
 	ws_size = ix ? idx_search_ws_size(ix, g, k) : 0;
 	for (i = 0; !rc && i < nt; i++) {
