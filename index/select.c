@@ -21,45 +21,40 @@ void select_sums_done(struct select_sums *ss)
 {
 	if (!ss)
 		return;
-	free(ss->ksum);
-	free(ss->vsum);
-	free(ss->cnt);
-	ss->ksum = ss->vsum = NULL;
-	ss->cnt = NULL;
+	free(ss->rec);
+	ss->rec = NULL;
 	ss->cap = ss->n = 0;
+}
+
+size_t select_sums_page_bytes(uint32_t dim)
+{
+	return sizeof(struct select_page_sum) + 2 * (size_t)dim;
+}
+
+static struct select_page_sum *page_sum(const struct select_sums *ss, uint32_t page)
+{
+	return (struct select_page_sum *)(void *)(ss->rec +
+						  (size_t)page * select_sums_page_bytes(ss->dim));
 }
 
 int select_sums_reserve(struct select_sums *ss, uint32_t npages)
 {
-	uint32_t cap = ss->cap ? ss->cap : 64, d = ss->dim;
-	float *k, *v;
-	uint32_t *c;
+	size_t pb = select_sums_page_bytes(ss->dim);
+	uint32_t cap = ss->cap ? ss->cap : 64;
+	unsigned char *r;
 
 	if (npages > ss->cap) {
 		while (cap < npages)
 			cap += cap / 2;
-		/* Each array keeps what it had when a later one fails: the old cap still
-		 * describes them. */
-		k = realloc(ss->ksum, (size_t)cap * d * sizeof(float));
-		if (k)
-			ss->ksum = k;
-		v = realloc(ss->vsum, (size_t)cap * d * sizeof(float));
-		if (v)
-			ss->vsum = v;
-		c = realloc(ss->cnt, (size_t)cap * sizeof(uint32_t));
-		if (c)
-			ss->cnt = c;
-		if (!k || !v || !c)
+		r = realloc(ss->rec, (size_t)cap * pb);
+		if (!r)
 			return -ENOMEM;
+		ss->rec = r;
 		ss->cap = cap;
 	}
-	/* zeroed as pages come, not to the capacity: what is never used is never touched */
+	/* cleared as pages come, not to the capacity: what is never used is never touched */
 	if (npages > ss->n) {
-		memset(ss->ksum + (size_t)ss->n * d, 0,
-		       (size_t)(npages - ss->n) * d * sizeof(float));
-		memset(ss->vsum + (size_t)ss->n * d, 0,
-		       (size_t)(npages - ss->n) * d * sizeof(float));
-		memset(ss->cnt + ss->n, 0, (size_t)(npages - ss->n) * sizeof(uint32_t));
+		memset(ss->rec + (size_t)ss->n * pb, 0, (size_t)(npages - ss->n) * pb);
 		ss->n = npages;
 	}
 	return 0;
@@ -70,25 +65,45 @@ size_t select_sums_bytes(const struct select_sums *ss)
 	return (size_t)ss->n * select_sums_page_bytes(ss->dim);
 }
 
-void select_sums_add(struct select_sums *ss, uint32_t page, const void *k, const void *v,
-		     enum ice_dtype dt)
+/* x[0..d) -> int8 codes and the scale that gives them back (code * scale) */
+static float quantize(const float *x, uint32_t d, int8_t *code)
 {
-	uint32_t d = ss->dim, i;
-	float kf[IDX_MAX_DIM], vf[IDX_MAX_DIM];
-	float *ks = ss->ksum + (size_t)page * d, *vs = ss->vsum + (size_t)page * d;
+	float mx = 0, sc, inv;
+	uint32_t i;
 
-	dtype_to_f32(k, dt, d, kf);
-	dtype_to_f32(v, dt, d, vf);
-	for (i = 0; i < d; i++) {
-		ks[i] += kf[i];
-		vs[i] += vf[i];
-	}
-	ss->cnt[page]++;
+	for (i = 0; i < d; i++)
+		mx = fabsf(x[i]) > mx ? fabsf(x[i]) : mx;
+	sc = mx / 127.0f;
+	inv = sc > 0 ? 1.0f / sc : 0.0f;
+	for (i = 0; i < d; i++)
+		code[i] = (int8_t)lrintf(x[i] * inv);
+	return sc;
 }
 
-size_t select_sums_page_bytes(uint32_t dim)
+void select_sums_set(struct select_sums *ss, uint32_t page, const void *k, const void *v,
+		     uint32_t n, enum ice_dtype dt)
 {
-	return 2 * (size_t)dim * sizeof(float) + sizeof(uint32_t);
+	struct select_page_sum *ps = page_sum(ss, page);
+	uint32_t d = ss->dim, i, t;
+	size_t row = (size_t)d * dtype_size(dt);
+	float km[IDX_MAX_DIM] = { 0 }, vm[IDX_MAX_DIM] = { 0 }, x[IDX_MAX_DIM];
+	int8_t *codes = (int8_t *)(ps + 1);
+
+	for (t = 0; t < n; t++) {
+		dtype_to_f32((const char *)k + t * row, dt, d, x);
+		for (i = 0; i < d; i++)
+			km[i] += x[i];
+		dtype_to_f32((const char *)v + t * row, dt, d, x);
+		for (i = 0; i < d; i++)
+			vm[i] += x[i];
+	}
+	for (i = 0; n && i < d; i++) {
+		km[i] /= (float)n;
+		vm[i] /= (float)n;
+	}
+	ps->cnt = n;
+	ps->kscale = quantize(km, d, codes);
+	ps->vscale = quantize(vm, d, codes + d);
 }
 
 static uint32_t npages_of(const struct idx *ix)
@@ -232,14 +247,15 @@ static void rest_term(const struct select_sums *ss, uint32_t np, const unsigned 
 
 		memset(acc, 0, d * sizeof(float));
 		for (p = 0; p < np; p++) {
-			const float *ks = ss->ksum + (size_t)p * d, *vs = ss->vsum + (size_t)p * d;
-			float c = (float)ss->cnt[p], x = 0, w;
+			const struct select_page_sum *ps = page_sum(ss, p);
+			const int8_t *km = (const int8_t *)(ps + 1), *vm = km + d;
+			float c = (float)ps->cnt, x = 0, w;
 
-			if (in[p] || !ss->cnt[p])
+			if (in[p] || !ps->cnt)
 				continue;
 			for (i = 0; i < d; i++)
-				x += q[i] * ks[i];
-			x = x * sc / c + logf(c);
+				x += q[i] * (float)km[i];
+			x = x * ps->kscale * sc + logf(c);
 			if (x > m) {
 				float r = expf(m - x); /* 0 for the first page */
 
@@ -250,9 +266,9 @@ static void rest_term(const struct select_sums *ss, uint32_t np, const unsigned 
 			}
 			w = expf(x - m);
 			l += w;
-			w /= c; /* the page's value sum -> its mean */
+			w *= ps->vscale; /* the page's mean value, from its codes */
 			for (i = 0; i < d; i++)
-				acc[i] += w * vs[i];
+				acc[i] += w * (float)vm[i];
 		}
 		o[0] = l > 0 ? m + logf(l) : -INFINITY;
 		for (i = 0; l > 0 && i < d; i++)
@@ -280,7 +296,7 @@ static int check_args(const struct idx *ix, const struct select_sums *sums,
 		     grp->att[i].dt != ICE_DTYPE_F16))
 			return -EINVAL;
 	if (rest && !o->dense && np &&
-	    (!sums || sums->dim != grp->dim || sums->cap < np || !sums->cnt))
+	    (!sums || sums->dim != grp->dim || sums->n < np || !sums->rec))
 		return -EINVAL;
 	return 0;
 }

@@ -25,8 +25,8 @@
  * semantic page seldom holds sixteen tokens a query needs; its two or three good ones then
  * cost two or three tokens of budget. Pages none of whose tokens made the cut are dropped.
  *
- * Rest term. What is not attended need not be ignored: per-page key and value sums, kept at
- * insert (struct select_sums), let every indexed page with no row selected stand in for its
+ * Rest term. What is not attended need not be ignored: per-page mean keys and values, kept
+ * as pages are written (struct select_sums, int8), let every indexed page with no row selected stand in for its
  * tokens as `count` copies of their mean key and mean value. For query j the term is a log
  * weight log sum over those pages of count * exp(s q_j . mean key), at the softmax's scale,
  * and the mean values weighted by those terms: one more token of the softmax (kern_attn's
@@ -72,9 +72,16 @@ struct select_rows {
  * Per index page, the sums of its tokens' keys and values (fp32) and its token count, for the
  * rest term. In caller memory; the fields are the module's (use the functions).
  */
+/* One page's mean key and mean value, int8 codes with a scale each (value = code * scale),
+ * followed by the codes: key[dim], then value[dim]. Means rounded to 1/254 of their largest
+ * entry: the rest term is an estimate of what is left out, not attention. */
+struct select_page_sum {
+	float kscale, vscale;
+	uint32_t cnt; /* tokens */
+};
+
 struct select_sums {
-	float *ksum, *vsum; /* [cap][dim] */
-	uint32_t *cnt;      /* [cap] */
+	unsigned char *rec; /* [cap] records of select_sums_page_bytes(dim) */
 	uint32_t cap, dim;
 	uint32_t n; /* pages [0, n) are initialised */
 };
@@ -85,10 +92,11 @@ void select_sums_init(struct select_sums *ss, uint32_t dim);
 void select_sums_done(struct select_sums *ss);
 /* Room for pages [0, npages) (new pages start empty). 0 or -ENOMEM (the sums are unchanged). */
 int select_sums_reserve(struct select_sums *ss, uint32_t npages);
-/* Adds one token's key and value rows (dim elements of dtype dt) to page `page`'s sums; the
- * page must be below the reserved count. */
-void select_sums_add(struct select_sums *ss, uint32_t page, const void *k, const void *v,
-		     enum ice_dtype dt);
+/* Page `page`'s means from all its n rows k[n][dim], v[n][dim] (dtype dt), replacing what it
+ * had (pages grow: the engine passes the whole page each time it writes it). The page must be
+ * below the reserved count. */
+void select_sums_set(struct select_sums *ss, uint32_t page, const void *k, const void *v,
+		     uint32_t n, enum ice_dtype dt);
 /* Bytes the sums hold per page, and in all (pages reserved so far): for memory accounting. */
 size_t select_sums_page_bytes(uint32_t dim);
 size_t select_sums_bytes(const struct select_sums *ss);

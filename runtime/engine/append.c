@@ -2,8 +2,8 @@
  * Append: a layer's new tokens fill the sink, then the window; each page's worth that leaves
  * the window is inserted into the index in one batch, and the pages the index reports changed
  * are (re)written to the store: the new tokens' rows are appended to the page's stored rows
- * (read back when the page already existed), and the pages' key and value sums for the rest
- * term (index/select.h) are kept up to date.
+ * (read back when the page already existed), and the pages' mean keys and values for the
+ * rest term (index/select.h) are set from the whole page.
  *
  * All or nothing. Whatever can be refused is settled before anything visible changes:
  *   1. host memory is charged (the index's share of the tokens, the scratch);
@@ -227,9 +227,10 @@ static int write_pages(struct engine *e, struct seq *s, uint32_t layer, uint32_t
 				memcpy(b + (size_t)t * s->row, ek + (size_t)r * s->row, s->row);
 				memcpy(b + (size_t)(fill + t) * s->row, ev + (size_t)r * s->row,
 				       s->row);
-				select_sums_add(&st->sums, ids[i], ek + (size_t)r * s->row,
-						ev + (size_t)r * s->row, s->dt);
 			}
+			/* the whole page is here: its means for the rest term, from all its rows */
+			select_sums_set(&st->sums, ids[i], b, b + (size_t)fill * s->row, fill,
+					s->dt);
 			pg[i].buf = b;
 			pg[i].len = (uint32_t)(2 * fill * s->row);
 			pg[i].fill = fill;

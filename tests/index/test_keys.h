@@ -39,7 +39,8 @@ static inline struct tk_entry *tk_of(const struct idx *ix)
 }
 
 /* Keeps keys[0..n) as positions first.. of ix (dropping rows a rollback took back). */
-static inline void tk_keep(struct idx *ix, size_t first, const void *keys, size_t n, enum ice_dtype dt)
+static inline void tk_keep(struct idx *ix, size_t first, const void *keys, size_t n,
+			   enum ice_dtype dt)
 {
 	struct tk_entry *e = tk_of(ix);
 	size_t d = idx_dim(ix);

@@ -63,10 +63,15 @@ static void fix_init(struct fix *f, uint32_t dim, size_t n, uint64_t seed)
 	select_sums_init(&f->sums, dim);
 	ck_assert_int_eq(select_sums_reserve(&f->sums, f->np), 0);
 	for (p = 0; p < f->np; p++) {
+		float kr[IDX_PAGE_CAP * 256], vr[IDX_PAGE_CAP * 256];
+
+		ck_assert_uint_le(dim, 256);
 		ck_assert_int_eq(idx_page_tokens(f->ix, p, f->pos[p], &f->fill[p], NULL), 0);
-		for (t = 0; t < f->fill[p]; t++)
-			select_sums_add(&f->sums, p, f->keys + (size_t)f->pos[p][t] * dim,
-					f->vals + (size_t)f->pos[p][t] * dim, ICE_DTYPE_F32);
+		for (t = 0; t < f->fill[p]; t++) {
+			memcpy(kr + t * dim, f->keys + (size_t)f->pos[p][t] * dim, dim * 4);
+			memcpy(vr + t * dim, f->vals + (size_t)f->pos[p][t] * dim, dim * 4);
+		}
+		select_sums_set(&f->sums, p, kr, vr, f->fill[p], ICE_DTYPE_F32);
 	}
 }
 
@@ -308,7 +313,7 @@ START_TEST(rest_term_equals_direct_computation)
 	struct select_sums h16;
 	struct select_group grp = { q, g, dim, NULL, 0 };
 	struct idx_hit *hits;
-	uint16_t *mask, kb[32], vb[32];
+	uint16_t *mask, kb[IDX_PAGE_CAP * 32], vb[IDX_PAGE_CAP * 32];
 	unsigned char *in;
 	uint32_t i, p, t, trial;
 	size_t ws_size;
@@ -322,19 +327,20 @@ START_TEST(rest_term_equals_direct_computation)
 	/* half-precision sums over the keys and values rounded to f16 (the fixture keeps them) */
 	select_sums_init(&h16, dim);
 	ck_assert_int_eq(select_sums_reserve(&h16, f.np), 0);
-	for (p = 0; p < f.np; p++)
+	for (p = 0; p < f.np; p++) {
 		for (t = 0; t < f.fill[p]; t++) {
 			float *k = f.keys + (size_t)f.pos[p][t] * dim;
 			float *v = f.vals + (size_t)f.pos[p][t] * dim;
 
 			for (i = 0; i < dim; i++) {
-				kb[i] = dtype_f32_to_f16(k[i]);
-				vb[i] = dtype_f32_to_f16(v[i]);
-				k[i] = dtype_f16_to_f32(kb[i]);
-				v[i] = dtype_f16_to_f32(vb[i]);
+				kb[t * dim + i] = dtype_f32_to_f16(k[i]);
+				vb[t * dim + i] = dtype_f32_to_f16(v[i]);
+				k[i] = dtype_f16_to_f32(kb[t * dim + i]);
+				v[i] = dtype_f16_to_f32(vb[t * dim + i]);
 			}
-			select_sums_add(&h16, p, kb, vb, ICE_DTYPE_F16);
 		}
+		select_sums_set(&h16, p, kb, vb, f.fill[p], ICE_DTYPE_F16);
+	}
 	for (trial = 0; trial < 8; trial++) {
 		static const uint32_t want[8] = { 0, 0, 0, 0, 1, 1, 2, 2 }; /* 0, few, np - 1, np */
 		struct select_opts o = { .budget_pages = trial < 2 ? 0 :
@@ -363,7 +369,9 @@ START_TEST(rest_term_equals_direct_computation)
 	}
 	select_sums_done(&h16);
 	select_sums_done(&h16); /* done twice is fine */
-	ck_assert_uint_eq(select_sums_page_bytes(dim), 2 * dim * sizeof(float) + sizeof(uint32_t));
+	/* int8 mean key and value, their scales and the count */
+	ck_assert_uint_eq(select_sums_page_bytes(dim), 2 * dim + 3 * sizeof(float));
+	ck_assert_uint_eq(select_sums_bytes(&h16), 0);
 	free(hits);
 	free(mask);
 	free(in);
