@@ -1212,6 +1212,70 @@ START_TEST(half_precision_input)
 }
 END_TEST
 
+static int failing_read(void *ctx, const struct idx *ix, const uint32_t *pages, uint32_t n,
+			float *blocks, void *scratch)
+{
+	(void)ctx, (void)ix, (void)pages, (void)n, (void)blocks, (void)scratch;
+	return -EIO;
+}
+
+/*
+ * The index holds no keys once calibrated: exact scores come from its key source, whose
+ * failure fails the search (never a guess), and with no source at all the search says so.
+ * Until the sketch is calibrated (inserts alone, below IDX_SK_CALIB tokens) it needs none.
+ */
+START_TEST(exact_scores_come_from_the_key_source)
+{
+	const uint32_t dim = 64;
+	const size_t n = 3000;
+	float *keys = gen_keys(dim, n, 41), q[64];
+	struct idx *ix = new_idx(dim, 0.01f, 64, 1), *small = new_idx(dim, 0.01f, 64, 1);
+	struct idx_hit hits[8], ref[8];
+	size_t wsz;
+	void *ws;
+	uint32_t i, ids[1];
+	int got;
+
+	for (i = 0; i < dim; i++)
+		q[i] = keys[1234 * dim + i];
+	ck_assert_int_eq((idx_build)(ix, keys, n, ICE_DTYPE_F32), 0); /* no source set */
+	wsz = idx_search_ws_size(ix, 1, 8);
+	ws = malloc(wsz);
+	ck_assert_int_eq(idx_search(ix, q, 1, 8, NULL, ws, wsz, hits), -ENOKEY);
+	ck_assert_int_eq(idx_exact_search(ix, q, 1, 8, ws, wsz, hits), -ENOKEY);
+	idx_set_keys(ix, &(struct idx_keys){ failing_read, NULL, 0 });
+	ck_assert_int_eq(idx_search(ix, q, 1, 8, NULL, ws, wsz, hits), -EIO);
+	tk_keep(ix, 0, keys, n, ICE_DTYPE_F32); /* the test's own store */
+	got = idx_search(ix, q, 1, 8, NULL, ws, wsz, hits);
+	ck_assert_int_eq(got, 8);
+	ck_assert_int_eq(idx_exact_search(ix, q, 1, 8, ws, wsz, ref), 8);
+	ck_assert_uint_eq(hits[0].page, ref[0].page);
+	ck_assert_float_eq(hits[0].score, ref[0].score);
+	/* an index grown by inserts alone keeps its keys until its sketch is calibrated, then
+	 * drops them once no mark reaches back (idx_take_dirty) */
+	ck_assert_int_eq((idx_insert)(small, keys, 500, ICE_DTYPE_F32), 0);
+	ck_assert_int_eq(idx_token_key(small, 7, q), 0);
+	ck_assert_mem_eq(q, keys + 7 * dim, dim * sizeof(float));
+	free(ws);
+	wsz = idx_search_ws_size(small, 1, 8);
+	ws = malloc(wsz);
+	ck_assert_int_eq(idx_search(small, keys, 1, 8, NULL, ws, wsz, hits), 8);
+	ck_assert_int_eq((idx_insert)(small, keys + 500 * dim, 600, ICE_DTYPE_F32), 0);
+	while (idx_take_dirty(small, ids, 1) == 1)
+		;
+	free(ws);
+	wsz = idx_search_ws_size(small, 1, 8); /* more seeds now */
+	ws = malloc(wsz);
+	ck_assert_int_eq(idx_search(small, keys, 1, 8, NULL, ws, wsz, hits), -ENOKEY);
+	tk_keep(small, 0, keys, 1100, ICE_DTYPE_F32);
+	ck_assert_int_eq(idx_search(small, keys, 1, 8, NULL, ws, wsz, hits), 8);
+	free(ws);
+	idx_free(ix);
+	idx_free(small);
+	free(keys);
+}
+END_TEST
+
 START_TEST(bad_arguments)
 {
 	struct idx_params p;
@@ -1354,6 +1418,7 @@ static Suite *idx_suite(void)
 	tcase_add_test(tc, simd_paths_agree);
 	tcase_add_test(tc, kernels_match_reference);
 	tcase_add_loop_test(tc, half_precision_input, 0, 2);
+	tcase_add_test(tc, exact_scores_come_from_the_key_source);
 	tcase_add_test(tc, bad_arguments);
 	tcase_add_test(tc, concurrent_searches_match_serial);
 	suite_add_tcase(s, tc);

@@ -2,7 +2,8 @@
  * The page store of the index tests: idx_build and idx_insert wrapped so that every index
  * keeps its keys by position beside it (converted to fp32), as the engine keeps them in its
  * pages, and reads them through an idx_rows source. Include after idx.h; the wrappers replace
- * idx_build, idx_insert and idx_free in the including file.
+ * idx_build, idx_insert and idx_free in the including file ((idx_build)(...) calls the real
+ * one).
  */
 #ifndef ICE_TESTS_INDEX_TEST_KEYS_H
 #define ICE_TESTS_INDEX_TEST_KEYS_H
@@ -89,8 +90,8 @@ static inline void tk_free(struct idx *ix)
 	(idx_free)(ix);
 }
 
-#define idx_build tk_build
-#define idx_insert tk_insert
-#define idx_free tk_free
+#define idx_build(...) tk_build(__VA_ARGS__)
+#define idx_insert(...) tk_insert(__VA_ARGS__)
+#define idx_free(...) tk_free(__VA_ARGS__)
 
 #endif
