@@ -1275,6 +1275,8 @@ static void build_norms(void *arg, size_t lo, size_t hi)
 		c->n2[i] = sq_norm(c->k + i * c->dim, c->dim);
 }
 
+static int build_segment(struct idx *ix, const void *keys, size_t n, enum ice_dtype dt);
+
 int idx_build(struct idx *ix, const void *keys, size_t n, enum ice_dtype dt)
 {
 	struct build_ctx c = { 0 };
@@ -1286,8 +1288,8 @@ int idx_build(struct idx *ix, const void *keys, size_t n, enum ice_dtype dt)
 
 	if (!ix)
 		return -EINVAL;
-	if (ix->ntok)
-		return idx_insert(ix, keys, n, dt);
+	if (ix->ntok) /* a segment of its own once there is a calibration to sketch it with */
+		return ix->sk_ready ? build_segment(ix, keys, n, dt) : idx_insert(ix, keys, n, dt);
 	rc = load_keys(ix, keys, n, dt, &k);
 	if (rc < 0)
 		return rc;
@@ -1319,7 +1321,8 @@ int idx_build(struct idx *ix, const void *keys, size_t n, enum ice_dtype dt)
 				if (node_add(ix, (uint32_t)i, l, k + i * ix->dim, n2[i], &id) < 0)
 					goto out;
 			}
-	idx_sk_calibrate(ix, k, n);
+	if (!ix->sk_ready) /* a segment's scratch index comes calibrated (build_segment) */
+		idx_sk_calibrate(ix, k, n);
 	c.ix = ix;
 	c.k = k;
 	c.n2 = n2;
@@ -1343,6 +1346,135 @@ out:
 	free(n2);
 	free(lev);
 	free(toks);
+	return rc;
+}
+
+/* ---- segment builds -------------------------------------------------------------------- */
+
+/*
+ * idx_build on an index that has tokens: the new keys are built as a tree of their own (the
+ * bulk build's parents, cells and pages, in a scratch index) and spliced in. Their nodes and
+ * pages are appended with their ids moved up, their top level joins the root's cell, and their
+ * pages are sketched with this index's calibration. No page that exists is appended to, so a
+ * bulk append rewrites nothing in the owner's page store (an insert appends to a cell's last
+ * page: one store rewrite per token of a prompt). Tokens share pages with tokens of their own
+ * segment only, the price of writing every page once; decode inserts (idx_insert) join the
+ * nearest cell of any segment.
+ */
+static int build_segment(struct idx *ix, const void *keys, size_t n, enum ice_dtype dt)
+{
+	struct idx *t = NULL;
+	uint32_t base = (uint32_t)ix->ntok, n0 = (uint32_t)ix->nnodes - 1,
+		 p0 = (uint32_t)ix->npages, l, i, s;
+	size_t seeds0 = ix->lvl[1].n;
+	float *k = NULL;
+	int rc;
+
+#define NODE(x) ((x) == IDX_ROOT ? IDX_ROOT : (x) + n0)
+#define PAGE(x) ((x) == IDX_NONE ? IDX_NONE : (x) + p0)
+	rc = load_keys(ix, keys, n, dt, &k);
+	if (rc == 0)
+		rc = idx_new(&ix->p, &t);
+	if (rc == 0) {
+		/* sketched with this index's calibration, so its pages' codes move over as they are */
+		memcpy(t->sk_mu, ix->sk_mu, ix->dim * sizeof(float));
+		memcpy(t->sk_step, ix->sk_step, ix->dim * sizeof(float));
+		t->sk_ready = 1;
+		rc = idx_build(t, k, n, ICE_DTYPE_F32);
+	}
+	/* room for everything first: past this point nothing fails */
+	if (rc == 0)
+		rc = reserve_tokens(ix, ix->ntok + n);
+	if (rc == 0 && ix->pend)
+		rc = reserve_pend(ix, ix->ntok + n);
+	if (rc == 0)
+		rc = reserve_pages(ix, ix->npages + t->npages);
+	if (rc == 0)
+		rc = reserve_nodes(ix, ix->nnodes + t->nnodes - 1);
+	if (rc == 0)
+		rc = reserve_seeds(ix, ix->lvl[1].n + t->lvl[1].n);
+	for (l = 1; rc == 0 && l < IDX_MAX_LEVELS; l++)
+		if (buf_grow(&ix->lvl[l].v, &ix->lvl[l].cap, ix->lvl[l].n + t->lvl[l].n,
+			     sizeof(uint32_t)))
+			rc = -ENOMEM;
+	if (rc == 0 &&
+	    (buf_grow(&ix->upages.v, &ix->upages.cap, ix->upages.n + t->upages.n,
+		      sizeof(uint32_t)) ||
+	     buf_grow(&ix->dirty.v, &ix->dirty.cap, ix->dirty.n + t->npages, sizeof(uint32_t))))
+		rc = -ENOMEM;
+	if (rc < 0)
+		goto out;
+
+	for (i = 1; i < t->nnodes; i++) {
+		struct idx_node nd = t->nodes[i];
+
+		nd.pos += base;
+		nd.parent = NODE(nd.parent);
+		nd.head = PAGE(nd.head);
+		nd.tail = PAGE(nd.tail);
+		ix->nodes[NODE(i)] = nd;
+		memcpy(ix->nkey + (size_t)NODE(i) * ix->dim, t->nkey + (size_t)i * ix->dim,
+		       ix->dim * sizeof(float));
+	}
+	for (l = 1; l < IDX_MAX_LEVELS; l++)
+		for (i = 0; i < t->lvl[l].n; i++)
+			ix->lvl[l].v[ix->lvl[l].n++] = NODE(t->lvl[l].v[i]);
+	for (i = (uint32_t)seeds0; i < ix->lvl[1].n; i++) {
+		const float *x = ix->nkey + (size_t)ix->lvl[1].v[i] * ix->dim;
+		float *blk = ix->seedk + (i / IDX_LANES) * ix->blk;
+		uint32_t j;
+
+		for (j = 0; j < ix->dim; j++)
+			blk[(size_t)j * IDX_LANES + i % IDX_LANES] = x[j];
+	}
+	for (i = 0; i < t->npages; i++) {
+		struct idx_page pg = t->pages[i];
+		uint32_t id = PAGE(i);
+
+		pg.cell = NODE(pg.cell);
+		pg.next = PAGE(pg.next);
+		pg.dirty = 1;
+		memcpy(ix->sk + (size_t)id * IDX_SK_BYTES(ix->dim),
+		       t->sk + (size_t)i * IDX_SK_BYTES(ix->dim), IDX_SK_BYTES(ix->dim));
+		memcpy(ix->sk_alpha + (size_t)id * IDX_LANES, t->sk_alpha + (size_t)i * IDX_LANES,
+		       IDX_LANES * sizeof(float));
+		for (s = 0; s < pg.fill; s++) {
+			const float *x = k + (size_t)pg.pos[s] * ix->dim;
+			uint32_t tn = t->tok_node[pg.pos[s]];
+
+			pg.pos[s] += base;
+			ix->tok_page[pg.pos[s]] = id;
+			ix->tok_node[pg.pos[s]] = tn == IDX_NONE ? IDX_NONE : NODE(tn);
+			if (ix->pend)
+				memcpy(ix->pend + (size_t)pg.pos[s] * ix->dim, x,
+				       ix->dim * sizeof(float));
+		}
+		ix->pages[id] = pg;
+		ix->dirty.v[ix->dirty.n++] = id;
+	}
+	for (i = 0; i < t->upages.n; i++)
+		ix->upages.v[ix->upages.n++] = PAGE(t->upages.v[i]);
+	/* the segment's top level joins the root's cell, after the pages it had */
+	if (t->nodes[IDX_ROOT].head != IDX_NONE) {
+		struct idx_node *root = &ix->nodes[IDX_ROOT];
+
+		if (root->tail == IDX_NONE)
+			root->head = PAGE(t->nodes[IDX_ROOT].head);
+		else
+			ix->pages[root->tail].next = PAGE(t->nodes[IDX_ROOT].head);
+		root->tail = PAGE(t->nodes[IDX_ROOT].tail);
+		root->ntok += t->nodes[IDX_ROOT].ntok;
+	}
+	if (t->m > ix->m)
+		ix->m = t->m;
+	ix->nnodes += t->nnodes - 1;
+	ix->npages += t->npages;
+	ix->ntok += n;
+#undef NODE
+#undef PAGE
+out:
+	idx_free(t);
+	free(k);
 	return rc;
 }
 

@@ -116,27 +116,27 @@ void idx_sk_clear_slot(struct idx *ix, uint32_t page, uint32_t slot)
 
 void idx_sk_put(struct idx *ix, uint32_t page, uint32_t slot, const float *x)
 {
-	uint8_t *blk = ix->sk + (size_t)page * IDX_SK_BYTES(ix->dim);
-	float alpha = 1.0f, inv;
-	uint32_t j;
+	uint8_t *blk = ix->sk + (size_t)page * IDX_SK_BYTES(ix->dim), code[IDX_MAX_DIM];
+	float alpha = 1.0f, inv, y[IDX_MAX_DIM];
+	uint32_t j, c, b;
 
+	/* in steps, then the token's scale, then codes: three passes the compiler vectorises */
 	for (j = 0; j < ix->dim; j++) {
-		float a = fabsf(x[j] - ix->sk_mu[j]) / (7.0f * ix->sk_step[j]);
-
-		alpha = a > alpha ? a : alpha;
+		y[j] = (x[j] - ix->sk_mu[j]) / ix->sk_step[j];
+		alpha = fabsf(y[j]) / 7.0f > alpha ? fabsf(y[j]) / 7.0f : alpha;
 	}
 	ix->sk_alpha[(size_t)page * IDX_LANES + slot] = alpha;
 	inv = 1.0f / alpha;
 	for (j = 0; j < ix->dim; j++) {
-		float c = rintf((x[j] - ix->sk_mu[j]) / ix->sk_step[j] * inv);
-		uint8_t code = (uint8_t)((c < -8 ? -8 : c > 7 ? 7 : (int)c) + 8);
-		uint8_t *b = blk + (size_t)(j / 8) * 64 + slot * 4 + (j % 4);
+		float v = rintf(y[j] * inv);
 
-		if (j % 8 < 4)
-			*b = (uint8_t)((*b & 0xf0) | code);
-		else
-			*b = (uint8_t)((*b & 0x0f) | (code << 4));
+		code[j] = (uint8_t)((v < -8 ? -8 : v > 7 ? 7 : (int)v) + 8);
 	}
+	/* byte slot*4+b of group c: channel 8c+b low, 8c+4+b high */
+	for (c = 0; c < ix->dim / 8; c++)
+		for (b = 0; b < 4; b++)
+			blk[(size_t)c * 64 + slot * 4 + b] =
+				(uint8_t)(code[c * 8 + b] | (code[c * 8 + 4 + b] << 4));
 }
 
 int idx_sk_rebuild(struct idx *ix)

@@ -26,6 +26,15 @@
 #include "engine_impl.h"
 #include "policy.h"
 
+/*
+ * Tokens leaving the window in one append from which they are indexed as a segment of their
+ * own (idx_build: new cells and pages) rather than inserted into the nearest cells (each
+ * insert appends to a cell's last page, which the store then rewrites: a read and a write of a
+ * page per token and head, what held ingest to a few hundred tokens per second). Below it
+ * (decode, small appends) a segment would be too small to group tokens well.
+ */
+#define SEGMENT_MIN 512u
+
 /* Host bytes per token a head's index and sums grow by: what the layer's heads use per token
  * so far, or for a layer without tokens yet, a page of 8 tokens' share of the sketch and sums
  * plus the bookkeeping (the index fills pages to ~14). */
@@ -370,8 +379,11 @@ int engine_append(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer,
 
 			evicted_rows(s, st, kh, vh, tosink, etok, ek, NULL);
 			idx_mark(st->ix, &mk[h]);
-			err = mk[h].ntok ? idx_insert(st->ix, ek, etok, s->dt) :
-					   idx_build(st->ix, ek, etok, s->dt);
+			/* a prefill's worth becomes a segment of new pages (idx_build), which
+			 * rewrites no stored page; a few decode tokens join existing cells */
+			err = mk[h].ntok && etok < SEGMENT_MIN ?
+				      idx_insert(st->ix, ek, etok, s->dt) :
+				      idx_build(st->ix, ek, etok, s->dt);
 			if (!err)
 				err = select_sums_reserve(&st->sums, (uint32_t)idx_npages(st->ix));
 			if (err) {

@@ -971,7 +971,8 @@ static void insert_chunks(struct idx *ix, const float *k, size_t n, size_t chunk
 /*
  * A rolled-back index is the index before: A gets tokens that are then rolled back, B never
  * sees them; after the same later inserts both must be identical. 0: after a build, 1: across
- * the sketch's calibration in an insert-only index, 2: the build of an empty index undone.
+ * the sketch's calibration in an insert-only index, 2: the build of an empty index undone,
+ * 3: a segment build (and inserts after it) undone.
  */
 START_TEST(rollback_undoes_inserts_exactly)
 {
@@ -998,6 +999,18 @@ START_TEST(rollback_undoes_inserts_exactly)
 		idx_mark(a, &m);
 		ck_assert_int_eq(idx_insert(a, k1, 900, ICE_DTYPE_F32), 0); /* calibrates: 1400 */
 		idx_rollback(a, &m);
+	} else if (_i == 3) {
+		/* a segment build on a built index, undone */
+		ck_assert_int_eq(idx_build(a, k0, 2000, ICE_DTYPE_F32), 0);
+		ck_assert_int_eq(idx_build(b, k0, 2000, ICE_DTYPE_F32), 0);
+		while (idx_take_dirty(a, ids, 64) == 64)
+			;
+		while (idx_take_dirty(b, ids, 64) == 64)
+			;
+		idx_mark(a, &m);
+		ck_assert_int_eq(idx_build(a, k1, 900, ICE_DTYPE_F32), 0);
+		insert_chunks(a, k2, 100, 16, dim);
+		idx_rollback(a, &m);
 	} else {
 		idx_mark(a, &m);
 		ck_assert_int_eq(idx_build(a, k1, 900, ICE_DTYPE_F32), 0);
@@ -1021,6 +1034,73 @@ START_TEST(rollback_undoes_inserts_exactly)
 	free(k0);
 	free(k1);
 	free(k2);
+}
+END_TEST
+
+/*
+ * A bulk build on an index that has tokens is a segment: its own seeds and cells, new pages
+ * only (no page that existed changes, so the owner rewrites nothing), the segment's tokens
+ * parented inside it (or at the root), and searches over both exact against brute force.
+ */
+START_TEST(segment_build_rewrites_no_page)
+{
+	const uint32_t dim = 64, n0 = 3000, n1 = 2500, k = 8;
+	float *keys = gen_keys(dim, n0 + n1, 51);
+	struct idx *ix = new_idx(dim, 0.01f, 64, 2);
+	uint32_t(*pos0)[IDX_PAGE_CAP], *fill0, *ver0, pos[IDX_PAGE_CAP], fill, ver, ids[64];
+	uint32_t np0, np, p, t, got = 0, ref[8], level, par;
+	struct idx_hit hits[8];
+	size_t wsz, nd, i;
+	float rs[8];
+	void *ws;
+
+	ck_assert_int_eq(idx_build(ix, keys, n0, ICE_DTYPE_F32), 0);
+	while (idx_take_dirty(ix, ids, 64) == 64)
+		;
+	np0 = (uint32_t)idx_npages(ix);
+	pos0 = malloc(np0 * sizeof(*pos0));
+	fill0 = malloc(np0 * sizeof(*fill0));
+	ver0 = malloc(np0 * sizeof(*ver0));
+	for (p = 0; p < np0; p++)
+		ck_assert_int_eq(idx_page_tokens(ix, p, pos0[p], &fill0[p], &ver0[p]), 0);
+	ck_assert_int_eq(idx_build(ix, keys + (size_t)n0 * dim, n1, ICE_DTYPE_F32), 0);
+	check_structure(ix, keys, n0 + n1, dim);
+	np = (uint32_t)idx_npages(ix);
+	ck_assert_uint_gt(np, np0);
+	for (p = 0; p < np0; p++) {
+		ck_assert_int_eq(idx_page_tokens(ix, p, pos, &fill, &ver), 0);
+		ck_assert_uint_eq(fill, fill0[p]);
+		ck_assert_uint_eq(ver, ver0[p]);
+		ck_assert_mem_eq(pos, pos0[p], fill * sizeof(uint32_t));
+	}
+	/* the changed pages are the new ones, each once */
+	ck_assert_uint_eq(idx_ndirty(ix), np - np0);
+	do {
+		nd = idx_take_dirty(ix, ids, 64);
+		for (i = 0; i < nd; i++)
+			ck_assert_uint_eq(ids[i], np0 + got++);
+	} while (nd == 64);
+	for (t = n0; t < n0 + n1; t++) {
+		ck_assert_int_eq(idx_token_parent(ix, t, &level, &par), 0);
+		ck_assert(par == UINT32_MAX || (par >= n0 && par < n0 + n1));
+	}
+	wsz = idx_search_ws_size(ix, 1, k);
+	ws = malloc(wsz);
+	for (i = 0; i < 10; i++) {
+		const float *q = keys + (size_t)(i * 523 % (n0 + n1)) * dim;
+		struct idx_search_opts so = { .flags = IDX_SEARCH_ALL };
+
+		ck_assert_int_eq(idx_search(ix, q, 1, k, &so, ws, wsz, hits), (int)k);
+		ref_top_pages(ix, keys, q, dim, k, ref, rs);
+		for (t = 0; t < k; t++)
+			ck_assert_double_eq_tol(hits[t].score, rs[t], 1e-3 * (1 + fabs(rs[t])));
+	}
+	free(ws);
+	free(pos0);
+	free(fill0);
+	free(ver0);
+	idx_free(ix);
+	free(keys);
 }
 END_TEST
 
@@ -1414,7 +1494,8 @@ static Suite *idx_suite(void)
 	tcase_add_test(tc, planted_needles_found_at_every_budget);
 	tcase_add_test(tc, insert_only_index_searches_through_its_sketch);
 	tcase_add_test(tc, one_huge_key_costs_only_its_page);
-	tcase_add_loop_test(tc, rollback_undoes_inserts_exactly, 0, 3);
+	tcase_add_loop_test(tc, rollback_undoes_inserts_exactly, 0, 4);
+	tcase_add_test(tc, segment_build_rewrites_no_page);
 	tcase_add_test(tc, simd_paths_agree);
 	tcase_add_test(tc, kernels_match_reference);
 	tcase_add_loop_test(tc, half_precision_input, 0, 2);
