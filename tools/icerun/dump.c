@@ -164,6 +164,14 @@ int dump_run(const struct dump_cfg *cfg)
 		err = -EOPNOTSUPP;
 		goto out;
 	}
+	if (c.tokens + c.queries > 4 * m->cfg.n_ctx) {
+		fprintf(stderr,
+			"icerun dump: --tokens + --queries past the runner's limit, 4x the model's "
+			"context (%d)\n",
+			4 * m->cfg.n_ctx);
+		err = -EINVAL;
+		goto out;
+	}
 	if ((err = check_list("layer", c.layers, &c.nlayers, m->cfg.n_layer)) ||
 	    (err = check_list("KV head", c.heads, &c.nheads, m->cfg.n_kv)))
 		goto out;
@@ -174,8 +182,8 @@ int dump_run(const struct dump_cfg *cfg)
 	if (err) {
 		if (err == -EINVAL)
 			fprintf(stderr,
-				"icerun dump: no %d-token prompt with filler '%s' (austen or repeat; "
-				"the Austen text holds some 900k tokens)\n",
+				"icerun dump: no %d-token prompt with filler '%s' (austen or "
+				"repeat; longer than the filler text?)\n",
 				c.tokens, c.filler);
 		else if (err == -ENOENT)
 			fprintf(stderr, "icerun dump: no Austen text at %s (--austen PATH)\n",
@@ -217,7 +225,7 @@ int dump_run(const struct dump_cfg *cfg)
 		s = n - done < PREFILL_STEP ? n - done : PREFILL_STEP;
 		err = model_forward(m, kv, ids + done, s, done + s == n ? logits : NULL, NULL,
 				    NULL);
-		if (!c.quiet)
+		if (!c.quiet && !err)
 			fprintf(stderr, "icerun dump: prefill %d/%d tokens (%.1f tok/s)\n",
 				done + s, n, (done + s) / ((clock_now_ns() - t0) / 1e9));
 	}
