@@ -145,6 +145,10 @@ int dump_run(const struct dump_cfg *cfg)
 			1 << 16);
 		return -EINVAL;
 	}
+	if (strcmp(c.filler, "austen") && strcmp(c.filler, "repeat")) {
+		fprintf(stderr, "icerun dump: --filler austen or repeat, not '%s'\n", c.filler);
+		return -EINVAL;
+	}
 	if (strlen(c.out) > sizeof(path) - 32) {
 		fprintf(stderr, "icerun dump: --out: path too long\n");
 		return -ENAMETOOLONG;
