@@ -330,6 +330,48 @@ out:
 	return err;
 }
 
+int eval_passkey_prompt(const struct tok *t, const char *filler, const char *austen, int length,
+			unsigned seed, int32_t **ret, int *ret_n)
+{
+	struct ids pre = { 0 }, tail = { 0 };
+	struct run *r;
+	char key[8];
+	int fl, err;
+
+	if (!strcmp(filler, "austen"))
+		fl = FILL_AUSTEN;
+	else if (!strcmp(filler, "repeat"))
+		fl = FILL_REPEAT;
+	else
+		return -EINVAL;
+	r = calloc(1, sizeof(*r)); /* a run of one case: what load_fillers and build_case read */
+	if (!r)
+		return -ENOMEM;
+	r->t = (struct tok *)t; /* only encoded and decoded with */
+	r->o.austen = austen;
+	r->o.fillers[fl] = true;
+	r->o.lengths[0] = length;
+	r->o.nlengths = 1;
+	r->o.mk_keys = NKEYS;
+	r->rng = 0x9E3779B97F4A7C15ull ^ seed;
+	err = load_fillers(r);
+	if (!err && !r->o.fillers[fl])
+		err = -ENOENT;
+	err = err ? err : build_case(r, TASK_PASSKEY, fl, length, 0, 1, &pre, &tail, key);
+	err = err ? err : ids_push(&pre, tail.v, tail.n);
+	if (!err) {
+		*ret = pre.v;
+		*ret_n = pre.n;
+		pre.v = NULL;
+	}
+	free(pre.v);
+	free(tail.v);
+	free(r->austen.v);
+	free(r->repeat.v);
+	free(r);
+	return err;
+}
+
 static int add_row(struct run *r, const struct row *w)
 {
 	if (buf_grow(&r->rows, &r->caprows, (size_t)r->nrows + 1, sizeof(*r->rows)))

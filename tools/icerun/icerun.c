@@ -8,6 +8,7 @@
  *   icerun logits    -m MODEL --tokens a,b,c [-o FILE]   logits of every position
  *   icerun greedy    -m MODEL --tokens a,b,c [-n N]      greedy continuation ids
  *   icerun eval      -m MODEL [options]          passkey / needle / attention-mass evaluation
+ *   icerun dump      -m MODEL --out DIR [options]   real keys and queries as .kvd files
  */
 #include <errno.h>
 #include <getopt.h>
@@ -18,6 +19,7 @@
 
 #include "buf.h"
 #include "clock.h"
+#include "dump.h"
 #include "eval.h"
 #include "gguf.h"
 #include "model.h"
@@ -42,6 +44,8 @@ static void usage(FILE *f)
 		"                                          logits of every position, float32 [n][vocab]\n"
 		"  greedy    -m MODEL --tokens IDS [-n N]  greedy continuation ids, one per line\n"
 		"  eval      -m MODEL [see icerun eval --help]\n"
+		"  dump      -m MODEL --out DIR [see icerun dump --help]\n"
+		"                                          post-RoPE keys and decode queries as .kvd\n"
 		"MODEL defaults to $ICE_MODEL or build/models/SmolLM2-135M-Instruct.Q4_1.gguf\n");
 }
 
@@ -343,6 +347,8 @@ int main(int argc, char **argv)
 	cmd = argv[1];
 	if (!strcmp(cmd, "eval"))
 		return eval_main(argc - 1, argv + 1);
+	if (!strcmp(cmd, "dump"))
+		return dump_main(argc - 1, argv + 1);
 	optind = 2;
 	while ((c = getopt_long(argc, argv, "m:t:n:o:h", opts, NULL)) != -1) {
 		switch (c) {

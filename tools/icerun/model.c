@@ -546,6 +546,9 @@ int model_forward(struct model *m, struct kv *kv, const int32_t *toks, int n, fl
 					kv_store(kv, l, i, pos0 + t, k + (size_t)t * KVD + i * hd,
 						 v + (size_t)t * KVD + i * hd);
 			}
+			if (hook && hook->capture && n == 1 &&
+			    (err = hook->capture(hook->ctx, l, pos0, q)))
+				break;
 			if (hook && hook->attend && n == 1 && l >= hook->dense) {
 				err = hook->attend(hook->ctx, m, kv, l, pos0, q, att);
 				if (err)

@@ -53,6 +53,10 @@ struct attn_hook {
 	void *ctx;
 	int (*attend)(void *ctx, const struct model *m, const struct kv *kv, int layer, int pos,
 		      const float *q, float *out);
+	/* Optional (NULL: none), for every layer of a single-token step, before attention: sees
+	 * q as attend() would (post-RoPE, pre-scaled); `icerun dump` records it. An error stops the
+	 * pass. attend may be NULL when only capture is wanted (full attention then). */
+	int (*capture)(void *ctx, int layer, int pos, const float *q);
 };
 
 int model_open(const char *path, int nthreads, struct model **ret);
