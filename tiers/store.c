@@ -214,6 +214,11 @@ static float ent_heat(const struct store *s, const struct store_ent *e)
 	return (float)(e->heat * pow(s->decay, (double)dt));
 }
 
+size_t store_page_meta_bytes(void)
+{
+	return sizeof(struct store_ent) + sizeof(struct cold_ent);
+}
+
 int store_open(const struct store_config *cfg, struct tier *const *tiers, unsigned ntiers,
 	       struct store **ret_store)
 {

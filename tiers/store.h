@@ -103,6 +103,10 @@ struct store_page_info {
 
 struct store;
 
+/* Host bytes the store keeps per page it holds (its entry and its place in the cold list):
+ * what an owner of pages accounts for them besides their slots. */
+size_t store_page_meta_bytes(void);
+
 int store_open(const struct store_config *cfg, struct tier *const *tiers, unsigned ntiers,
 	       struct store **ret_store);
 /* Frees every slot the store holds in its tiers; NULL is fine. */

@@ -3,6 +3,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <libgen.h>
+#include <malloc.h>
 #include <poll.h>
 #include <pthread.h>
 #include <signal.h>
@@ -652,6 +653,15 @@ int server_new(const struct rt_config *cfg, struct server **ret_srv)
 	err = ops_verify();
 	if (err)
 		return err;
+	/*
+	 * Large blocks straight from mmap, always: glibc raises its mmap threshold to the size of
+	 * each large block freed, and then serves the indexes' growing arrays and the appends'
+	 * scratch from the heap, where freed memory stays resident. The daemon's RSS then grows
+	 * past what host_bytes accounts; with a fixed threshold a freed large block goes back to
+	 * the kernel.
+	 */
+	mallopt(M_MMAP_THRESHOLD, 256 * 1024);
+	mallopt(M_TRIM_THRESHOLD, 1024 * 1024);
 	srv = calloc(1, sizeof(*srv));
 	if (!srv)
 		return -ENOMEM;

@@ -120,10 +120,11 @@ int engine_store_read(struct engine *e, struct store_page *pg, unsigned n);
 int engine_page_keys(void *ctx, const struct idx *ix, const uint32_t *pages, uint32_t n,
 		     float *blocks, void *scratch);
 
-/* Host bytes a head's index and sums use now. */
+/* Host bytes a head's index and sums use now, and the store's entries for its pages. */
 static inline size_t head_bytes(const struct head_state *st)
 {
-	return idx_host_bytes(st->ix) + select_sums_bytes(&st->sums);
+	return idx_host_bytes(st->ix) + select_sums_bytes(&st->sums) +
+	       idx_npages(st->ix) * store_page_meta_bytes();
 }
 
 static inline uint32_t sink_pages(const struct seq *s, uint32_t layer)

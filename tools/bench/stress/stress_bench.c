@@ -555,6 +555,11 @@ static int stress_main(int argc, char **argv)
 		double rpt = done && rss_peak >= 0 && rss_base >= 0 ?
 				     (double)(rss_peak - rss_base) / (double)done :
 				     -1;
+		/* host_bytes as the daemon accounts it, over its RSS growth (which also holds
+		 * each client's arena as it is touched and the tiers' slots pinned at start) */
+		double acc = rpt > 0 && fin.host >= 0 ?
+				     (double)fin.host / (double)(rss_peak - rss_base) :
+				     -1;
 
 		kv_per_token = 2ull * o.shape.layers * o.shape.kv_heads * o.shape.head_dim *
 			       dtype_size((enum ice_dtype)o.shape.dtype);
@@ -574,8 +579,8 @@ static int stress_main(int argc, char **argv)
 			       ",\"host_bytes_per_token\":%.1f",
 			       done, app, tps, kv_per_token, fin.host, hpt);
 			printf(",\"rss_base_bytes\":%" PRId64 ",\"rss_peak_bytes\":%" PRId64
-			       ",\"rss_per_token\":%.1f",
-			       rss_base, rss_peak, rpt);
+			       ",\"rss_per_token\":%.1f,\"host_over_rss_growth\":%.3f",
+			       rss_base, rss_peak, rpt, acc);
 			printf(",\"pages_fetched\":%" PRIu64 ",\"verified_rows\":%" PRIu64
 			       ",\"bad_rows\":%" PRIu64 ",\"wall_s\":%.3f",
 			       pages, verified, bad, wall);
@@ -595,8 +600,9 @@ static int stress_main(int argc, char **argv)
 			       tps * (double)kv_per_token / 1e9);
 			printf("%-22s %.0f (KV %" PRIu64 ")\n", "host bytes/token", hpt,
 			       kv_per_token);
-			printf("%-22s %.1f MiB (%.0f bytes/token over start)\n", "daemon rss peak",
-			       mib(rss_peak), rpt);
+			printf("%-22s %.1f MiB (%.0f bytes/token over start; host_bytes is %.2f of "
+			       "that growth)\n",
+			       "daemon rss peak", mib(rss_peak), rpt, acc);
 			printf("%-22s dram %.1f MiB, nvme %.1f MiB\n", "tiers used at end",
 			       mib(fin.dram), mib(fin.nvme));
 			printf("%-22s %" PRIu64 " pages: %" PRIu64 " rows verified, %" PRIu64
