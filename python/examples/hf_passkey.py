@@ -89,14 +89,30 @@ def answer(model, tok, prompt, cache=None, steps=8):
     return text, out.logits
 
 
+def decode_ms(model, prompt, cache, steps):
+    """ms per decode step after the prompt, greedy (plain transformers: cache None)."""
+    import torch
+    from transformers import DynamicCache
+    cache = cache if cache is not None else DynamicCache()
+    with torch.no_grad():
+        nxt = model(torch.tensor([prompt]), cache=cache).logits[:, -1:].argmax(-1)
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            nxt = model(nxt, cache=cache).logits[:, -1:].argmax(-1)
+    return (time.perf_counter() - t0) / steps * 1e3
+
+
 def start_daemon(path):
     d = tempfile.mkdtemp()
     sock = os.path.join(d, "icecached.sock")
     p = subprocess.Popen([path, "--socket", sock], stderr=subprocess.DEVNULL)
-    for _ in range(3000):
-        if os.path.exists(sock):
+    import icecache
+    for _ in range(3000):  # up to 30 s on a loaded machine
+        try:
+            icecache.Context.connect(sock).close()
             return p, sock
-        time.sleep(0.01)
+        except OSError:
+            time.sleep(0.01)
     p.kill()
     raise SystemExit("icecached did not come up on %s" % sock)
 
@@ -110,12 +126,18 @@ def main():
     ap.add_argument("--budgets", default="128")
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--steps", type=int, default=8, help="tokens generated per answer")
+    ap.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    ap.add_argument("--timing", type=int, default=0, metavar="N",
+                    help="also time N decode steps per mode and budget: ms per token")
     ap.add_argument("--daemon", help="icecached to start privately: compare it with embedded")
     ap.add_argument("--check", action="store_true",
                     help="exit 1 unless every IceCache answer is plain transformers' and the "
                          "covering budget's logits are within 1e-4")
     a = ap.parse_args()
     tok, model = load(a.model)
+    if a.threads:
+        import torch
+        torch.set_num_threads(a.threads)
     from icecache.hf import enable
 
     budgets = [int(b) for b in a.budgets.split(",")]
@@ -126,8 +148,10 @@ def main():
         worst = 0.0
         for key, depth, prompt in cases(tok, a.length, a.cases, a.seed):
             plain, plain_logits = answer(model, tok, prompt, steps=a.steps)
-            print("len %d depth %3.0f%% key %s  plain transformers: %r"
-                  % (len(prompt), depth * 100, key, plain))
+            print("len %d depth %3.0f%% key %s  plain transformers: %r%s"
+                  % (len(prompt), depth * 100, key, plain,
+                     "  decode %.1f ms/token" % decode_ms(model, prompt, None, a.timing)
+                     if a.timing else ""))
             for mode in modes:
                 sock = daemon[1] if mode == "daemon" else None
                 # USER: from icecache.hf import enable
@@ -151,6 +175,11 @@ def main():
                     line += "\n    %-8s budget %4d: %r %s%s (%.0f ms)" % (
                         mode, b, text, "ok" if key in text else "MISSED",
                         "" if same else ", differs from plain", ms)
+                    if a.timing:
+                        cache = enable(model, budget=b, socket=sock)
+                        line += "  decode %.1f ms/token" % decode_ms(model, prompt, cache,
+                                                                   a.timing)
+                        cache.close()
                 print(line)
         print("largest logit difference at a covering budget: %.2e; %d answers differ from "
               "plain transformers" % (worst, bad))
