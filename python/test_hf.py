@@ -114,6 +114,25 @@ def head_dim_128():
     cache.close()
 
 
+def half_models():
+    """bfloat16 and float16 models: K/V stored in the model's dtype by default (or float32 when
+    asked), the decode logits within that dtype's rounding of plain transformers'."""
+    for dt, tol in ((torch.bfloat16, 2e-2), (torch.float16, 4e-3)):
+        model = tiny_model().to(dt)
+        ids = torch.randint(0, 300, (1, 300), generator=torch.Generator().manual_seed(5))
+        with torch.no_grad():
+            ref = model(ids).logits[0, -1].float()
+            for storage in (None, "float32"):
+                cache = enable(model, budget=512, dense_layers=0, dtype=storage)
+                assert cache.dtype == (icecache.F32 if storage else
+                                       {torch.bfloat16: icecache.BF16,
+                                        torch.float16: icecache.F16}[dt])
+                model(ids[:, :-1], cache=cache)
+                got = model(ids[:, -1:], cache=cache).logits[0, -1].float()
+                assert float((got - ref).abs().max()) < tol, (dt, storage, got - ref)
+                cache.close()
+
+
 def main():
     model = tiny_model()
     ids = torch.randint(0, 300, (1, 600), generator=torch.Generator().manual_seed(3))
@@ -121,6 +140,7 @@ def main():
     sd = small_budget(model, ids, ref)
     unsupported(model, ids)
     head_dim_128()
+    half_models()
     print("embedded: covering budget max |logit diff| %.2e; budget 64 %.2e" % (diff, sd))
     daemon = os.environ.get("ICECACHE_DAEMON")
     if daemon and os.path.exists(daemon):
