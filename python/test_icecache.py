@@ -268,6 +268,38 @@ def torch_inputs(c):
     raises(lambda: c.fetch(seq, 0, refs, out=torch.empty(1, 2, 16, d, dtype=torch.bfloat16)),
            A, "holds 1024 bytes", "need %d" % (len(refs) * 1024))
     c.seq_close(seq)
+    attend_is_attention(c, torch)
+
+
+def attend_is_attention(c, torch):
+    """Context.attend (select_rest, fetch, the page-table attention): with a budget covering
+    the sequence it is exact softmax attention over every appended token (GQA: query head h
+    reads KV head h / g); with a small one it stays close, and without the rest term it is the
+    table's own softmax."""
+    hkv, hq, d, n = 2, 4, 16, 300
+    g = torch.Generator().manual_seed(2)
+    k, v = torch.randn(hkv, n, d, generator=g), torch.randn(hkv, n, d, generator=g)
+    q = torch.randn(hq, d, generator=g) * 2
+    kr, vr = k.repeat_interleave(hq // hkv, 0), v.repeat_interleave(hq // hkv, 0)
+    full = torch.softmax((q[:, None, :] * kr).sum(-1) / d ** 0.5, -1)[:, :, None].mul(vr).sum(1)
+    for retrieved, tol in ((512, 1e-5), (32, 0.5)):
+        seq = c.seq_open(layers=1, q_heads=hq, kv_heads=hkv, head_dim=d, retrieved=retrieved)
+        c.append(seq, 0, k, v)
+        got = c.attend(seq, 0, q)
+        assert got.shape == (hq, d) and got.dtype == torch.float32
+        err = float((got - full).abs().max())
+        assert err < tol, (retrieved, err)
+        if retrieved == 32:
+            assert err > 1e-4, err  # 64 of 300 tokens: not the full softmax
+            plain = c.attend(seq, 0, q, rest=False)
+            assert not torch.equal(plain, got)  # the rest term moved it
+        # another scale: the engine ranks with it folded into q; exact when covering
+        if retrieved == 512:
+            s2 = 0.1
+            ref2 = torch.softmax((q[:, None, :] * kr).sum(-1) * s2, -1)[:, :, None]
+            ref2 = ref2.mul(vr).sum(1)
+            assert float((c.attend(seq, 0, q, scale=s2) - ref2).abs().max()) < 1e-5
+        c.seq_close(seq)
 
 
 def main():

@@ -29,6 +29,7 @@ ice_seq_info, which the library answers without a request; the binding keeps no 
 import ctypes
 import ctypes.util
 import errno
+import math
 import os
 from collections import namedtuple
 
@@ -606,6 +607,27 @@ class Context:
         if not (_is_torch(out) or isinstance(out, np.ndarray)):
             return np.frombuffer(out, dtype=_NP_DTYPE[sh.dtype], count=count).reshape(shape)
         return out.reshape(-1)[:count].reshape(shape)
+
+    def attend(self, seq, layer, q, scale=None, rest=True, pages=None):
+        """One decode step of one layer in one call: select_rest (or select when rest is
+        False), fetch and icecache.attention.attend. q: [q_heads][head_dim], the model's
+        queries; scale: its softmax scale (default 1/sqrt(head_dim); another is folded into
+        the query the engine ranks with). pages: a reusable fetch buffer (see fetch). Returns
+        the attention output, a [q_heads][head_dim] float32 torch tensor. Needs torch."""
+        from .attention import attend
+        import torch
+        sh = self.seq_info(seq).shape
+        q = torch.as_tensor(q).reshape(sh.q_heads, sh.head_dim).float()
+        if scale is not None and abs(scale * math.sqrt(sh.head_dim) - 1.0) > 1e-7:
+            qe = q * (scale * math.sqrt(sh.head_dim))
+        else:
+            qe = q
+        if rest:
+            refs, r = self.select_rest(seq, layer, qe)
+        else:
+            refs, r = self.select(seq, layer, qe), None
+        got = self.fetch(seq, layer, refs, out=pages)
+        return attend(q, refs, got, sh.kv_heads, r, scale)
 
     def _text(self, fn):
         cap = 1 << 16

@@ -36,6 +36,7 @@ from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 from transformers.modeling_utils import AttentionInterface
 
 import icecache
+from icecache.attention import attend
 
 NAME = "icecache"
 
@@ -266,33 +267,22 @@ class IceCache(Cache):
         """One decode step of one layer: query [b][q_heads][1][head_dim] -> attention output
         [b][1][q_heads][head_dim], over the pages the engine selects plus its rest term."""
         b, hq, _, d = query.shape
-        g, P = self.group, icecache.PAGE_TOKENS
+        P = icecache.PAGE_TOKENS
         scale = scaling if scaling is not None else d ** -0.5
         # the engine takes q before its 1/sqrt(d): fold any other model scale into q
         qmul = scale * math.sqrt(d)
         out = torch.empty(b, 1, hq, d, dtype=query.dtype)
         for i, seq in enumerate(self.seqs):
             q = query[i, :, 0, :].float()
-            refs, rest = self.ctx.select_rest(seq, layer, q if qmul == 1.0 else q * qmul,
+            refs, rest = self.ctx.select_rest(seq, layer, q if abs(qmul - 1.0) < 1e-7 else q * qmul,
                                               out=self._rest)
             n = len(refs)
             if self._pages is None or self._pages.shape[0] < n:
                 self._pages = torch.empty(max(n, 2 * (0 if self._pages is None else
                                                       self._pages.shape[0])),
                                           2, P, d, dtype=_STORAGE_TORCH[self.dtype])
-            pages = self.ctx.fetch(seq, layer, refs, out=self._pages).float()
-            rows = torch.from_numpy(refs.rows_mask())
-            off = refs.head_offsets(self.kv_heads)
-            for h in range(self.kv_heads):
-                a, z = int(off[h]), int(off[h + 1])
-                m = rows[a:z].reshape(-1)
-                kh = pages[a:z, 0].reshape(-1, d)[m]
-                vh = pages[a:z, 1].reshape(-1, d)[m]
-                qs = slice(h * g, (h + 1) * g)
-                s = torch.cat([(q[qs] @ kh.T) * scale, rest.lse[qs, None]], dim=1)
-                w = torch.softmax(s, dim=1)
-                o = w[:, :-1] @ vh + w[:, -1:] * rest.value[qs]
-                out[i, 0, qs] = o.to(query.dtype)
+            pages = self.ctx.fetch(seq, layer, refs, out=self._pages)
+            out[i, 0] = attend(q, refs, pages, self.kv_heads, rest, scale).to(query.dtype)
         return out
 
     def reset(self):
