@@ -54,6 +54,16 @@ def matches_plain(model, ids, socket=None):
     diff = max(float((a - b).abs().max()) for a, b in zip(ref.logits, got.logits))
     assert diff < 1e-4, diff
     assert torch.equal(ref.sequences, got.sequences)
+    # sampling: the same draws from the same seed (the logits agree to 1e-6)
+    with torch.no_grad():
+        torch.manual_seed(7)
+        ref_s = model.generate(ids, max_new_tokens=8, do_sample=True, top_k=0, top_p=1.0)
+        torch.manual_seed(7)
+        sc = enable(model, budget=ids.shape[1] + 64, socket=socket, dense_layers=0)
+        got_s = model.generate(ids, max_new_tokens=8, do_sample=True, top_k=0, top_p=1.0,
+                               cache=sc)
+        sc.close()
+    assert torch.equal(ref_s, got_s), (ref_s[0, -8:], got_s[0, -8:])
     st = cache.stats()
     n_layers = model.config.num_hidden_layers
     assert st["op.select_rest.count"] >= (steps - 1) * n_layers, st["op.select_rest.count"]
