@@ -28,7 +28,6 @@ new one (or reset() it) for the next prompt.
 import math
 import weakref
 
-import numpy as np
 import torch
 from transformers.cache_utils import Cache, CacheLayerMixin
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
