@@ -220,6 +220,13 @@ def errors_say_why(c):
     assert len(c.select(seq, 0, q)) > 0
     c.seq_close(seq)
     raises(lambda: c.select(seq, 0, q), icecache.IceError, "not open")
+    # a full engine names the keys that bound it
+    with icecache.Context.embedded("dram_bytes = 1048576") as small:
+        seq = small.seq_open(layers=1, q_heads=4, kv_heads=2, head_dim=16)
+        big = np.ones((2, 8192, 16), dtype=np.float32)
+        e = raises(lambda: small.append(seq, 0, big, big), icecache.IceError, "config",
+                   "nothing was appended")
+        assert e.errno in (errno.ENOSPC, errno.EDQUOT), e
 
 
 def torch_inputs(c):

@@ -524,6 +524,14 @@ class Context:
         if rc == -errno.EINVAL:  # shape and layer are checked above: what is left is the keys
             raise ArgumentError("ice_append(seq %d, layer %d, n %d) refused k: a key that is not "
                                 "finite (NaN or inf)" % (seq, layer, n))
+        if rc == -errno.ENOSPC:
+            raise IceError(errno.ENOSPC, "ice_append: the engine is full (its tiers, config "
+                                         "dram_bytes and nvme_bytes, or host_bytes): nothing "
+                                         "was appended; close sequences or raise them")
+        if rc == -errno.EDQUOT:
+            raise IceError(errno.EDQUOT, "ice_append: past this client's quota (config "
+                                         "client_host_bytes, client_dram_pages, "
+                                         "client_nvme_pages): nothing was appended")
         _check(rc, "ice_append")
 
     def _query(self, seq, layer, q):
