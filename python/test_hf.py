@@ -143,6 +143,26 @@ def half_models():
                 cache.close()
 
 
+def other_models():
+    """Not only Llama: Qwen3 (q and k normed before RoPE) matches plain transformers at a
+    covering budget; a sliding-window Mistral is refused, saying why."""
+    from transformers import MistralConfig, MistralForCausalLM, Qwen3Config, Qwen3ForCausalLM
+    kw = dict(vocab_size=300, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+              num_attention_heads=4, num_key_value_heads=2, head_dim=32)
+    torch.manual_seed(0)
+    model = Qwen3ForCausalLM(Qwen3Config(**kw)).eval()
+    ids = torch.randint(0, 300, (1, 200), generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        cache = enable(model, budget=512, dense_layers=0)
+        model(ids[:, :-1], cache=cache)
+        got = model(ids[:, -1:], cache=cache).logits[0, -1]
+        ref = model(ids).logits[0, -1]
+    assert float((got - ref).abs().max()) < 1e-4
+    cache.close()
+    sliding = MistralForCausalLM(MistralConfig(sliding_window=64, **kw)).eval()
+    raises(lambda: enable(sliding, 64), NotImplementedError, "sliding-window")
+
+
 def main():
     model = tiny_model()
     ids = torch.randint(0, 300, (1, 600), generator=torch.Generator().manual_seed(3))
@@ -151,6 +171,7 @@ def main():
     unsupported(model, ids)
     head_dim_128()
     half_models()
+    other_models()
     print("embedded: covering budget max |logit diff| %.2e; budget 64 %.2e" % (diff, sd))
     daemon = os.environ.get("ICECACHE_DAEMON")
     if daemon and os.path.exists(daemon):
