@@ -294,6 +294,15 @@ def attend_is_attention(c, torch):
         c.append(seq, 0, k, v)
         got = c.attend(seq, 0, q)
         assert got.shape == (hq, d) and got.dtype == torch.float32
+        # the head-by-head path (large tables) gives what the one-product path gives
+        import icecache.attention as att
+        vec_plain = c.attend(seq, 0, q, rest=False)
+        saved, att.VECTOR_REFS_PER_HEAD = att.VECTOR_REFS_PER_HEAD, 0
+        try:
+            assert float((c.attend(seq, 0, q) - got).abs().max()) < 1e-6
+            assert float((c.attend(seq, 0, q, rest=False) - vec_plain).abs().max()) < 1e-6
+        finally:
+            att.VECTOR_REFS_PER_HEAD = saved
         err = float((got - full).abs().max())
         assert err < tol, (retrieved, err)
         if retrieved == 32:

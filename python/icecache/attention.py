@@ -6,6 +6,11 @@ import torch
 
 from . import PAGE_TOKENS
 
+# Tables of at most this many refs per KV head are attended in one masked matrix product over
+# all heads (fewer, larger torch calls: 0.20 against 0.34 ms for 42 refs, SmolLM2's shape);
+# larger ones (dense layers) head by head, which does not score rows of other heads.
+VECTOR_REFS_PER_HEAD = 64
+
 
 def attend(q, refs, pages, kv_heads, rest=None, scale=None):
     """Attention output [q_heads][head_dim] (float32) of one decode step of one layer.
@@ -32,11 +37,22 @@ def attend(q, refs, pages, kv_heads, rest=None, scale=None):
         pages = pages.view(torch.bfloat16)
     pages = pages.float()
     rows = torch.from_numpy(refs.rows_mask())
-    off = refs.head_offsets(kv_heads)
-    out = torch.empty(hq, d, dtype=torch.float32)
     lse = value = None
     if rest is not None:
         lse, value = torch.as_tensor(rest.lse), torch.as_tensor(rest.value)
+    if n <= VECTOR_REFS_PER_HEAD * kv_heads:
+        # every query head against every row, other heads' rows and unmarked rows masked out
+        kvh = torch.from_numpy(refs.kv_head.astype("int64"))
+        own = kvh[None, :, None] == (torch.arange(hq) // g)[:, None, None]
+        s = (q @ pages[:, 0].reshape(n * P, d).T) * scale
+        s = s.masked_fill(~(own & rows[None]).reshape(hq, n * P), float("-inf"))
+        v = pages[:, 1].reshape(n * P, d)
+        if lse is None:
+            return torch.softmax(s, dim=1) @ v
+        w = torch.softmax(torch.cat([s, lse[:, None]], dim=1), dim=1)
+        return w[:, :-1] @ v + w[:, -1:] * value
+    off = refs.head_offsets(kv_heads)
+    out = torch.empty(hq, d, dtype=torch.float32)
     for h in range(kv_heads):
         a, z = int(off[h]), int(off[h + 1])
         m = rows[a:z].reshape(-1)
