@@ -2,7 +2,7 @@
 tokens to every layer, answers a select now and then, and waits. Used to show `icectl status`
 with real clients attached (README).
 
-    ICECACHE_LIB=build/runtime/libicecache.so python3 python/examples/hold.py --tokens 4096
+    build/venv/bin/python python/examples/hold.py --tokens 4096
 """
 import argparse
 import array
