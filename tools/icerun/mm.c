@@ -9,6 +9,7 @@
 
 #include "dtype.h"
 #include "gguf.h"
+#include "kquant.h"
 
 #define TILE_ROWS 16
 #define QK 32
@@ -83,7 +84,8 @@ void mm_dequant_row(const struct qmat *w, int r, float *out)
 		}
 		return;
 	default:
-		memset(out, 0, (size_t)w->cols * 4);
+		if (kq_dequant_row(w->type, row, w->cols, out))
+			memset(out, 0, (size_t)w->cols * 4);
 	}
 }
 
