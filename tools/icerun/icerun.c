@@ -153,17 +153,22 @@ static int cmd_generate(const char *path, const char *prompt, int ntok, bool cha
 	err = eval_chat_prompt(prompt, chat, &text);
 	if (err)
 		goto out;
-	ids = malloc((strlen(text) + 1) * sizeof(*ids));
+	ids = malloc((strlen(text) + 2) * sizeof(*ids));
 	logits = malloc((size_t)m->cfg.n_vocab * sizeof(float));
 	if (!ids || !logits) {
 		err = -ENOMEM;
 		goto out;
 	}
-	n = tok_encode(t, text, strlen(text), chat, ids, strlen(text) + 1);
-	if (n <= 0) {
-		err = n ? n : -EINVAL;
+	/* Gemma's SentencePiece vocabulary asks for BOS first (SmolLM2's chat template does not) */
+	n = tok_add_bos(t) ? 1 : 0;
+	if (n)
+		ids[0] = tok_bos(t);
+	i = tok_encode(t, text, strlen(text), chat, ids + n, strlen(text) + 1);
+	if (i < 0 || i + n == 0) {
+		err = i < 0 ? i : -EINVAL;
 		goto out;
 	}
+	n += i;
 	err = kv_new(m, n + ntok + 1, &kv);
 	if (err)
 		goto out;
