@@ -38,8 +38,9 @@ static void usage(FILE *f)
 		"  tokenize  -m MODEL [--special] TEXT     token ids, one per line\n"
 		"  generate  -m MODEL [-n N] [--chat] [-t THREADS] PROMPT\n"
 		"                                          greedy continuation (--chat: instruct template)\n"
-		"  logits    -m MODEL --tokens IDS [-o FILE] [-t THREADS]\n"
-		"                                          logits of every position, float32 [n][vocab]\n"
+		"  logits    -m MODEL --tokens IDS [-o FILE] [-t THREADS] [--last N]\n"
+		"                                          logits of every position (or the last N),\n"
+		"                                          float32 [n][vocab]\n"
 		"  greedy    -m MODEL --tokens IDS [-n N]  greedy continuation ids, one per line\n"
 		"  eval      -m MODEL [see icerun eval --help]\n"
 		"MODEL defaults to $ICE_MODEL or build/models/SmolLM2-135M-Instruct.Q4_1.gguf\n");
@@ -236,7 +237,9 @@ static int parse_ids(const char *s, int32_t **ret, int *ret_n)
 	return 0;
 }
 
-static int cmd_logits(const char *path, const char *tokens, const char *outp, int threads)
+/* last > 0: only the logits of the last `last` positions (long prompts: [n][vocab] is large) */
+static int cmd_logits(const char *path, const char *tokens, const char *outp, int threads,
+		      int last)
 {
 	struct model *m = NULL;
 	struct kv *kv = NULL;
@@ -250,12 +253,24 @@ static int cmd_logits(const char *path, const char *tokens, const char *outp, in
 		err = err ? err : -EINVAL;
 		goto out;
 	}
-	err = model_open(path, threads, &m);
-	if (err)
-		goto out;
-	err = kv_new(m, n, &kv);
-	if (err)
-		goto out;
+	if (last > 0 && last < n) {
+		err = model_open(path, threads, &m);
+		if (!err)
+			err = kv_new(m, n, &kv);
+		if (!err)
+			err = model_forward(m, kv, ids, n - last, NULL, NULL, NULL);
+		if (err)
+			goto out;
+		memmove(ids, ids + n - last, (size_t)last * sizeof(*ids));
+		n = last;
+	}
+	if (!m) {
+		err = model_open(path, threads, &m);
+		if (!err)
+			err = kv_new(m, n, &kv);
+		if (err)
+			goto out;
+	}
 	lg = malloc((size_t)n * m->cfg.n_vocab * sizeof(float));
 	if (!lg) {
 		err = -ENOMEM;
@@ -331,6 +346,7 @@ int main(int argc, char **argv)
 		{ "threads", required_argument, NULL, 't' },
 		{ "tokens", required_argument, NULL, 'k' },
 		{ "output", required_argument, NULL, 'o' },
+		{ "last", required_argument, NULL, 'L' },
 		{ "special", no_argument, NULL, 's' },
 		{ "chat", no_argument, NULL, 'c' },
 		{ "scalar", no_argument, NULL, 'S' },
@@ -339,7 +355,7 @@ int main(int argc, char **argv)
 	};
 	const char *cmd, *model = default_model(), *tokens = NULL, *outp = NULL;
 	bool special = false, chat = false;
-	int c, ntok = 32, threads = 2;
+	int c, ntok = 32, threads = 2, last = 0;
 
 	if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
 		usage(argc < 2 ? stderr : stdout);
@@ -365,6 +381,9 @@ int main(int argc, char **argv)
 			break;
 		case 'o':
 			outp = optarg;
+			break;
+		case 'L':
+			last = atoi(optarg);
 			break;
 		case 's':
 			special = true;
@@ -394,7 +413,7 @@ int main(int argc, char **argv)
 			fprintf(stderr, "icerun logits: --tokens is required\n");
 			return 2;
 		}
-		return cmd_logits(model, tokens, outp, threads);
+		return cmd_logits(model, tokens, outp, threads, last);
 	}
 	if (!strcmp(cmd, "greedy")) {
 		if (!tokens) {
