@@ -13,6 +13,7 @@
 #include "check_main.h"
 #include "dtype.h"
 #include "gguf.h"
+#include "kquant.h"
 #include "mm.h"
 #include "pool.h"
 
@@ -60,6 +61,30 @@ static uint8_t *make_mat(uint32_t type, int rows, int cols, struct qmat *w)
 				h = dtype_f32_to_f16(frnd() * 0.1f);
 				memcpy(row + b * 18, &h, 2);
 				break;
+			case GGUF_T_Q5_0:
+				h = dtype_f32_to_f16(frnd() * 0.1f);
+				memcpy(row + b * 22, &h, 2);
+				break;
+			case GGUF_T_Q5_1:
+				h = dtype_f32_to_f16(frnd() * 0.1f);
+				memcpy(row + b * 24, &h, 2);
+				h = dtype_f32_to_f16(frnd() * 0.5f);
+				memcpy(row + b * 24 + 2, &h, 2);
+				break;
+			}
+		}
+		/* K-quants: super-blocks of 256 with f16 d (and dmin) */
+		for (b = 0; b < cols / 256; b++) {
+			size_t sb = type == GGUF_T_Q4_K ? 144 : type == GGUF_T_Q5_K ? 176 : 210;
+
+			if (type == GGUF_T_Q6_K) {
+				h = dtype_f32_to_f16(frnd() * 0.01f);
+				memcpy(row + b * sb + 208, &h, 2);
+			} else if (type == GGUF_T_Q4_K || type == GGUF_T_Q5_K) {
+				h = dtype_f32_to_f16(frnd() * 0.01f);
+				memcpy(row + b * sb, &h, 2);
+				h = dtype_f32_to_f16(frnd() * 0.01f);
+				memcpy(row + b * sb + 2, &h, 2);
 			}
 		}
 		if (type == GGUF_T_F32)
@@ -126,6 +151,83 @@ START_TEST(test_matmul_types)
 			check_matmul(types[i], 37, 96, ns[j], 1, p);
 		}
 	pool_free(p);
+}
+END_TEST
+
+/* The K-quants and Q5: 512 columns (two super-blocks), the C and the AVX-512 path. */
+START_TEST(test_matmul_kquant)
+{
+	static const uint32_t types[] = { GGUF_T_Q5_0, GGUF_T_Q5_1, GGUF_T_Q4_K, GGUF_T_Q5_K,
+					  GGUF_T_Q6_K };
+	static const int ns[] = { 1, 3, 4, 9 };
+	struct pool *p;
+	size_t i, j;
+
+	ck_assert_int_eq(pool_new(2, &p), 0);
+	for (i = 0; i < sizeof(types) / sizeof(types[0]); i++)
+		for (j = 0; j < sizeof(ns) / sizeof(ns[0]); j++) {
+			check_matmul(types[i], 37, 512, ns[j], 0, p);
+			check_matmul(types[i], 37, 512, ns[j], 1, p);
+		}
+	pool_free(p);
+}
+END_TEST
+
+/* The AVX-512 dequantisation gives the C one's values (fused multiply-subtract: 1 ulp). */
+START_TEST(test_kquant_simd_equals_c)
+{
+	static const uint32_t types[] = { GGUF_T_Q5_0, GGUF_T_Q5_1, GGUF_T_Q4_K, GGUF_T_Q5_K,
+					  GGUF_T_Q6_K };
+	float a[512], b[512];
+	size_t i;
+	int r, k;
+
+	for (i = 0; i < sizeof(types) / sizeof(types[0]); i++) {
+		struct qmat w;
+		uint8_t *d = make_mat(types[i], 8, 512, &w);
+
+		ck_assert(kq_supported(types[i]));
+		for (r = 0; r < 8; r++) {
+			mm_force_scalar(1);
+			ck_assert_int_eq(kq_dequant_row(w.type, d + r * w.row_bytes, 512, a), 0);
+			mm_force_scalar(0);
+			ck_assert_int_eq(kq_dequant_row(w.type, d + r * w.row_bytes, 512, b), 0);
+			for (k = 0; k < 512; k++)
+				ck_assert_msg(fabsf(a[k] - b[k]) <= 1e-6f * (1 + fabsf(a[k])),
+					      "type %u row %d elt %d: %g vs %g", types[i], r, k,
+					      a[k], b[k]);
+		}
+		free(d);
+	}
+	ck_assert_int_eq(kq_dequant_row(GGUF_T_F16, NULL, 32, a), -EOPNOTSUPP);
+}
+END_TEST
+
+/* Q5_0: element j's fifth bit is bit j of qh; values are centred on 16. */
+START_TEST(test_dequant_q5_0_layout)
+{
+	uint8_t blk[22] = { 0 };
+	uint16_t d = dtype_f32_to_f16(0.5f);
+	uint32_t qh = 0xA5A5F00Fu;
+	float out[32];
+	int j;
+
+	memcpy(blk, &d, 2);
+	memcpy(blk + 2, &qh, 4);
+	for (j = 0; j < 16; j++)
+		blk[6 + j] = (uint8_t)(j | ((15 - j) << 4));
+	for (int simd = 0; simd < 2; simd++) {
+		mm_force_scalar(!simd);
+		ck_assert_int_eq(kq_dequant_row(GGUF_T_Q5_0, blk, 32, out), 0);
+		for (j = 0; j < 16; j++) {
+			int lo = j + 16 * (int)((qh >> j) & 1) - 16;
+			int hi = 15 - j + 16 * (int)((qh >> (j + 16)) & 1) - 16;
+
+			ck_assert_float_eq(out[j], 0.5f * (float)lo);
+			ck_assert_float_eq(out[j + 16], 0.5f * (float)hi);
+		}
+	}
+	mm_force_scalar(0);
 }
 END_TEST
 
@@ -346,6 +448,9 @@ static Suite *icerun_suite(void)
 	tcase_set_timeout(tc, 60);
 	tcase_add_test(tc, test_matmul_types);
 	tcase_add_test(tc, test_dequant_q4_1_layout);
+	tcase_add_test(tc, test_matmul_kquant);
+	tcase_add_test(tc, test_kquant_simd_equals_c);
+	tcase_add_test(tc, test_dequant_q5_0_layout);
 	tcase_add_test(tc, test_softmax_exp);
 	tcase_add_test(tc, test_pool);
 	tcase_add_test(tc, test_gguf_valid);

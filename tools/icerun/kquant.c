@@ -2,10 +2,14 @@
 #include "kquant.h"
 
 #include <errno.h>
+#include <immintrin.h>
 #include <string.h>
 
 #include "dtype.h"
 #include "gguf.h"
+#include "mm.h"
+
+#define AVX512 __attribute__((target("avx512f,avx512bw,fma,f16c")))
 
 static float f16_at(const uint8_t *p)
 {
@@ -112,6 +116,99 @@ static void q6k(const uint8_t *b, float *y)
 	}
 }
 
+/* ---- AVX-512: the same layouts, 16 elements per vector ---- */
+
+static uint16_t rd16(const uint8_t *p)
+{
+	uint16_t v;
+
+	memcpy(&v, p, 2);
+	return v;
+}
+
+AVX512 static __m512 u8x16_ps(__m128i b)
+{
+	return _mm512_cvtepi32_ps(_mm512_cvtepu8_epi32(b));
+}
+
+AVX512 static void q5_0_avx(const uint8_t *b, float *y)
+{
+	const __m128i lo = _mm_set1_epi8(0x0F);
+	__m512 d = _mm512_set1_ps(_cvtsh_ss(rd16(b)));
+	__m512i sixteen = _mm512_set1_epi32(16);
+	__m128i qs = _mm_loadu_si128((const __m128i *)(b + 6));
+	__m512i vl = _mm512_cvtepu8_epi32(_mm_and_si128(qs, lo));
+	__m512i vh = _mm512_cvtepu8_epi32(_mm_and_si128(_mm_srli_epi16(qs, 4), lo));
+	uint32_t qh;
+
+	memcpy(&qh, b + 2, 4);
+	/* the fifth bit adds 16; Q5_0 is centred on 16 */
+	vl = _mm512_sub_epi32(_mm512_mask_add_epi32(vl, (__mmask16)qh, vl, sixteen), sixteen);
+	vh = _mm512_sub_epi32(_mm512_mask_add_epi32(vh, (__mmask16)(qh >> 16), vh, sixteen),
+			      sixteen);
+	_mm512_storeu_ps(y, _mm512_mul_ps(d, _mm512_cvtepi32_ps(vl)));
+	_mm512_storeu_ps(y + 16, _mm512_mul_ps(d, _mm512_cvtepi32_ps(vh)));
+}
+
+AVX512 static void q4k_avx(const uint8_t *b, float *y)
+{
+	const __m128i lo = _mm_set1_epi8(0x0F);
+	float d = _cvtsh_ss(rd16(b)), dmin = _cvtsh_ss(rd16(b + 2));
+	const uint8_t *q = b + 16;
+	int i, k, sc, mn, h;
+
+	for (i = 0; i < 4; i++, q += 32) {
+		for (h = 0; h < 2; h++) {
+			__m128i q0 = _mm_loadu_si128((const __m128i *)(q + 16 * h));
+			__m512 ds, dm;
+
+			for (k = 0; k < 2; k++) {
+				__m128i nib = k ? _mm_and_si128(_mm_srli_epi16(q0, 4), lo) :
+						  _mm_and_si128(q0, lo);
+
+				scale_min(b + 4, 2 * i + k, &sc, &mn);
+				ds = _mm512_set1_ps(d * (float)sc);
+				dm = _mm512_set1_ps(dmin * (float)mn);
+				_mm512_storeu_ps(y + 32 * (2 * i + k) + 16 * h,
+						 _mm512_fmsub_ps(ds, u8x16_ps(nib), dm));
+			}
+		}
+	}
+}
+
+AVX512 static void q6k_avx(const uint8_t *b, float *y)
+{
+	const __m128i lo = _mm_set1_epi8(0x0F), three = _mm_set1_epi8(3);
+	const uint8_t *ql = b, *qh = b + 128;
+	const int8_t *sc = (const int8_t *)(b + 192);
+	float d = _cvtsh_ss(rd16(b + 208));
+	__m512i off = _mm512_set1_epi32(32);
+	int half, l, c;
+
+	for (half = 0; half < 2; half++, ql += 64, qh += 32, sc += 8, y += 128) {
+		for (l = 0; l < 32; l += 16) {
+			__m128i h = _mm_loadu_si128((const __m128i *)(qh + l));
+
+			for (c = 0; c < 4; c++) {
+				__m128i b8 =
+					_mm_loadu_si128((const __m128i *)(ql + l + (c & 1) * 32));
+				__m128i nib = c & 2 ? _mm_and_si128(_mm_srli_epi16(b8, 4), lo) :
+						      _mm_and_si128(b8, lo);
+				/* within-byte after the mask: shifts of 16-bit lanes by <= 6 */
+				__m128i top = _mm_slli_epi16(
+					_mm_and_si128(_mm_srli_epi16(h, 2 * c), three), 4);
+				__m512i v = _mm512_sub_epi32(
+					_mm512_cvtepu8_epi32(_mm_or_si128(nib, top)), off);
+
+				_mm512_storeu_ps(
+					y + l + 32 * c,
+					_mm512_mul_ps(_mm512_set1_ps(d * (float)sc[l / 16 + 2 * c]),
+						      _mm512_cvtepi32_ps(v)));
+			}
+		}
+	}
+}
+
 bool kq_supported(uint32_t type)
 {
 	return type == GGUF_T_Q5_0 || type == GGUF_T_Q5_1 || type == GGUF_T_Q4_K ||
@@ -122,6 +219,15 @@ int kq_dequant_row(uint32_t type, const uint8_t *row, int n, float *out)
 {
 	int i;
 
+	if (mm_simd() && (type == GGUF_T_Q5_0 || type == GGUF_T_Q4_K || type == GGUF_T_Q6_K)) {
+		for (i = 0; type == GGUF_T_Q5_0 && i < n / 32; i++)
+			q5_0_avx(row + (size_t)i * 22, out + 32 * i);
+		for (i = 0; type == GGUF_T_Q4_K && i < n / 256; i++)
+			q4k_avx(row + (size_t)i * 144, out + 256 * i);
+		for (i = 0; type == GGUF_T_Q6_K && i < n / 256; i++)
+			q6k_avx(row + (size_t)i * 210, out + 256 * i);
+		return 0;
+	}
 	switch (type) {
 	case GGUF_T_Q5_0:
 	case GGUF_T_Q5_1:
