@@ -238,8 +238,7 @@ static int parse_ids(const char *s, int32_t **ret, int *ret_n)
 }
 
 /* last > 0: only the logits of the last `last` positions (long prompts: [n][vocab] is large) */
-static int cmd_logits(const char *path, const char *tokens, const char *outp, int threads,
-		      int last)
+static int cmd_logits(const char *path, const char *tokens, const char *outp, int threads, int last)
 {
 	struct model *m = NULL;
 	struct kv *kv = NULL;
