@@ -843,6 +843,13 @@ int eval_main(int argc, char **argv)
 		fprintf(stderr, "icerun eval: %s: %s\n", r->o.model, strerror(-err));
 		return 1;
 	}
+	if (r->m->gemma) {
+		/* its prompts are SmolLM2's chat template, its sparse modes hold every layer */
+		fprintf(stderr, "icerun eval: %s: Gemma 3 is not yet supported by eval\n",
+			r->o.model);
+		model_free(r->m);
+		return 1;
+	}
 	err = tok_new(r->m->g, &r->t);
 	err = err ? err : kv_new(r->m, maxlen + 64, &r->kv);
 	r->logits = malloc((size_t)r->m->cfg.n_vocab * sizeof(float));
