@@ -401,6 +401,12 @@ int sel_begin_len(struct sel *s, const struct kv *kv, int n0, int length)
 
 		sel_end(s);
 		err = ice_seq_open(s->ice, &shape, &b, &s->seq);
+		if (err == -EINVAL)
+			fprintf(stderr,
+				"icerun: the engine refused a sequence of %u layers, head dim %d; "
+				"a page of K and V takes %d bytes, more than a daemon's slot_bytes "
+				"may hold (icecached --set slot_bytes=%d)\n",
+				shape.layers, s->d, 4 * P * s->d, 4 * P * s->d);
 		if (err)
 			return err;
 		s->seq_open = true;
