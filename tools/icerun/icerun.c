@@ -1,6 +1,6 @@
 /*
- * icerun: runs SmolLM2-class Llama GGUF models on the CPU and evaluates long-context retrieval
- * under sparse attention modes.
+ * icerun: runs SmolLM2-class Llama GGUF models and Gemma 3 (gemma.c) on the CPU and evaluates
+ * long-context retrieval under sparse attention modes.
  *
  *   icerun info      -m MODEL                    model shape, tensor types
  *   icerun tokenize  -m MODEL [--special] TEXT   token ids, one per line
@@ -19,6 +19,7 @@
 #include "buf.h"
 #include "clock.h"
 #include "eval.h"
+#include "gemma.h"
 #include "gguf.h"
 #include "model.h"
 #include "tok.h"
@@ -43,7 +44,8 @@ static void usage(FILE *f)
 		"                                          float32 [n][vocab]\n"
 		"  greedy    -m MODEL --tokens IDS [-n N]  greedy continuation ids, one per line\n"
 		"  eval      -m MODEL [see icerun eval --help]\n"
-		"MODEL defaults to $ICE_MODEL or build/models/SmolLM2-135M-Instruct.Q4_1.gguf\n");
+		"MODEL defaults to $ICE_MODEL or build/models/SmolLM2-135M-Instruct.Q4_1.gguf\n"
+		"(Gemma 3: build/models/gemma-3-270m-q4_k_m.gguf)\n");
 }
 
 static int cmd_info(const char *path)
@@ -77,6 +79,13 @@ static int cmd_info(const char *path)
 	       m->cfg.n_layer, m->cfg.n_embd, m->cfg.n_head, m->cfg.n_kv, m->cfg.head_dim,
 	       m->cfg.n_ff, m->cfg.n_vocab, m->cfg.n_ctx, m->cfg.rope_base, m->cfg.eps,
 	       m->output.data == m->tok_embd.data ? "tied to token_embd" : "output.weight");
+	if (m->gemma) {
+		printf("gemma3: sliding window %d tokens, global layers", gemma_window(m));
+		for (int l = 0; l < m->cfg.n_layer; l++)
+			if (gemma_layer_global(m, l))
+				printf(" %d", l);
+		printf("\n");
+	}
 	model_free(m);
 	return 0;
 }
