@@ -160,9 +160,22 @@ static int cmd_generate(const char *path, const char *prompt, int ntok, bool cha
 	err = tok_new(m->g, &t);
 	if (err)
 		goto out;
-	err = eval_chat_prompt(prompt, chat, &text);
-	if (err)
-		goto out;
+	if (chat && tok_find(t, "<start_of_turn>") >= 0) {
+		/* Gemma's turn template (the instruction-tuned models'; the 270M file is a base model) */
+		size_t len = strlen(prompt) + 64;
+
+		text = malloc(len);
+		if (!text) {
+			err = -ENOMEM;
+			goto out;
+		}
+		snprintf(text, len, "<start_of_turn>user\n%s<end_of_turn>\n<start_of_turn>model\n",
+			 prompt);
+	} else {
+		err = eval_chat_prompt(prompt, chat, &text);
+		if (err)
+			goto out;
+	}
 	ids = malloc((strlen(text) + 2) * sizeof(*ids));
 	logits = malloc((size_t)m->cfg.n_vocab * sizeof(float));
 	if (!ids || !logits) {
@@ -184,6 +197,8 @@ static int cmd_generate(const char *path, const char *prompt, int ntok, bool cha
 		goto out;
 	eos = tok_eos(t);
 	imend = tok_find(t, "<|im_end|>");
+	if (imend < 0)
+		imend = tok_find(t, "<end_of_turn>");
 	t0 = clock_now_ns();
 	err = model_forward(m, kv, ids, n, logits, NULL, NULL);
 	t1 = clock_now_ns();
