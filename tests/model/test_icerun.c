@@ -13,8 +13,10 @@
 #include "check_main.h"
 #include "dtype.h"
 #include "gguf.h"
+#include "kquant.h"
 #include "mm.h"
 #include "pool.h"
+#include "tok.h"
 
 static uint32_t rng = 12345;
 
@@ -60,6 +62,30 @@ static uint8_t *make_mat(uint32_t type, int rows, int cols, struct qmat *w)
 				h = dtype_f32_to_f16(frnd() * 0.1f);
 				memcpy(row + b * 18, &h, 2);
 				break;
+			case GGUF_T_Q5_0:
+				h = dtype_f32_to_f16(frnd() * 0.1f);
+				memcpy(row + b * 22, &h, 2);
+				break;
+			case GGUF_T_Q5_1:
+				h = dtype_f32_to_f16(frnd() * 0.1f);
+				memcpy(row + b * 24, &h, 2);
+				h = dtype_f32_to_f16(frnd() * 0.5f);
+				memcpy(row + b * 24 + 2, &h, 2);
+				break;
+			}
+		}
+		/* K-quants: super-blocks of 256 with f16 d (and dmin) */
+		for (b = 0; b < cols / 256; b++) {
+			size_t sb = type == GGUF_T_Q4_K ? 144 : type == GGUF_T_Q5_K ? 176 : 210;
+
+			if (type == GGUF_T_Q6_K) {
+				h = dtype_f32_to_f16(frnd() * 0.01f);
+				memcpy(row + b * sb + 208, &h, 2);
+			} else if (type == GGUF_T_Q4_K || type == GGUF_T_Q5_K) {
+				h = dtype_f32_to_f16(frnd() * 0.01f);
+				memcpy(row + b * sb, &h, 2);
+				h = dtype_f32_to_f16(frnd() * 0.01f);
+				memcpy(row + b * sb + 2, &h, 2);
 			}
 		}
 		if (type == GGUF_T_F32)
@@ -126,6 +152,83 @@ START_TEST(test_matmul_types)
 			check_matmul(types[i], 37, 96, ns[j], 1, p);
 		}
 	pool_free(p);
+}
+END_TEST
+
+/* The K-quants and Q5: 512 columns (two super-blocks), the C and the AVX-512 path. */
+START_TEST(test_matmul_kquant)
+{
+	static const uint32_t types[] = { GGUF_T_Q5_0, GGUF_T_Q5_1, GGUF_T_Q4_K, GGUF_T_Q5_K,
+					  GGUF_T_Q6_K };
+	static const int ns[] = { 1, 3, 4, 9 };
+	struct pool *p;
+	size_t i, j;
+
+	ck_assert_int_eq(pool_new(2, &p), 0);
+	for (i = 0; i < sizeof(types) / sizeof(types[0]); i++)
+		for (j = 0; j < sizeof(ns) / sizeof(ns[0]); j++) {
+			check_matmul(types[i], 37, 512, ns[j], 0, p);
+			check_matmul(types[i], 37, 512, ns[j], 1, p);
+		}
+	pool_free(p);
+}
+END_TEST
+
+/* The AVX-512 dequantisation gives the C one's values (fused multiply-subtract: 1 ulp). */
+START_TEST(test_kquant_simd_equals_c)
+{
+	static const uint32_t types[] = { GGUF_T_Q5_0, GGUF_T_Q5_1, GGUF_T_Q4_K, GGUF_T_Q5_K,
+					  GGUF_T_Q6_K };
+	float a[512], b[512];
+	size_t i;
+	int r, k;
+
+	for (i = 0; i < sizeof(types) / sizeof(types[0]); i++) {
+		struct qmat w;
+		uint8_t *d = make_mat(types[i], 8, 512, &w);
+
+		ck_assert(kq_supported(types[i]));
+		for (r = 0; r < 8; r++) {
+			mm_force_scalar(1);
+			ck_assert_int_eq(kq_dequant_row(w.type, d + r * w.row_bytes, 512, a), 0);
+			mm_force_scalar(0);
+			ck_assert_int_eq(kq_dequant_row(w.type, d + r * w.row_bytes, 512, b), 0);
+			for (k = 0; k < 512; k++)
+				ck_assert_msg(fabsf(a[k] - b[k]) <= 1e-6f * (1 + fabsf(a[k])),
+					      "type %u row %d elt %d: %g vs %g", types[i], r, k,
+					      a[k], b[k]);
+		}
+		free(d);
+	}
+	ck_assert_int_eq(kq_dequant_row(GGUF_T_F16, NULL, 32, a), -EOPNOTSUPP);
+}
+END_TEST
+
+/* Q5_0: element j's fifth bit is bit j of qh; values are centred on 16. */
+START_TEST(test_dequant_q5_0_layout)
+{
+	uint8_t blk[22] = { 0 };
+	uint16_t d = dtype_f32_to_f16(0.5f);
+	uint32_t qh = 0xA5A5F00Fu;
+	float out[32];
+	int j;
+
+	memcpy(blk, &d, 2);
+	memcpy(blk + 2, &qh, 4);
+	for (j = 0; j < 16; j++)
+		blk[6 + j] = (uint8_t)(j | ((15 - j) << 4));
+	for (int simd = 0; simd < 2; simd++) {
+		mm_force_scalar(!simd);
+		ck_assert_int_eq(kq_dequant_row(GGUF_T_Q5_0, blk, 32, out), 0);
+		for (j = 0; j < 16; j++) {
+			int lo = j + 16 * (int)((qh >> j) & 1) - 16;
+			int hi = 15 - j + 16 * (int)((qh >> (j + 16)) & 1) - 16;
+
+			ck_assert_float_eq(out[j], 0.5f * (float)lo);
+			ck_assert_float_eq(out[j + 16], 0.5f * (float)hi);
+		}
+	}
+	mm_force_scalar(0);
 }
 END_TEST
 
@@ -338,6 +441,124 @@ START_TEST(test_gguf_corrupt)
 }
 END_TEST
 
+/*
+ * A SentencePiece vocabulary small enough to follow by hand: scores decide the merge order,
+ * "aa" ties with itself in "aaa" (leftmost wins), 'A' and 'é' exist only as byte pieces,
+ * "\n\n" is user-defined, "<go>" a control piece.
+ */
+static void make_spm_gguf(struct buf *b)
+{
+	static const char *const toks[] = { "<unk>",
+					    "<s>",
+					    "</s>",
+					    "<0x41>",
+					    "<0xC3>",
+					    "<0xA9>",
+					    "\xE2\x96\x81",
+					    "a",
+					    "b",
+					    "ab",
+					    "\xE2\x96\x81"
+					    "a",
+					    "\xE2\x96\x81"
+					    "ab",
+					    "\n\n",
+					    "<go>",
+					    "aa" };
+	static const float scores[] = { 0, 0, 0, 0, 0, 0, -1, -2, -3, -5, -4, -6, 0, 0, -2.5f };
+	static const int32_t types[] = { 2, 3, 3, 6, 6, 6, 1, 1, 1, 1, 1, 1, 4, 3, 1 };
+	uint64_t i, n = sizeof(toks) / sizeof(toks[0]);
+
+	memset(b, 0, sizeof(*b));
+	put_u32(b, 0x46554747u);
+	put_u32(b, 3);
+	put_u64(b, 0); /* tensors */
+	put_u64(b, 8); /* kv */
+	put_str(b, "tokenizer.ggml.model");
+	put_u32(b, GGUF_STR);
+	put_str(b, "llama");
+	put_str(b, "tokenizer.ggml.tokens");
+	put_u32(b, GGUF_ARR);
+	put_u32(b, GGUF_STR);
+	put_u64(b, n);
+	for (i = 0; i < n; i++)
+		put_str(b, toks[i]);
+	put_str(b, "tokenizer.ggml.scores");
+	put_u32(b, GGUF_ARR);
+	put_u32(b, GGUF_F32);
+	put_u64(b, n);
+	put(b, scores, sizeof(scores));
+	put_str(b, "tokenizer.ggml.token_type");
+	put_u32(b, GGUF_ARR);
+	put_u32(b, GGUF_I32);
+	put_u64(b, n);
+	put(b, types, sizeof(types));
+	put_str(b, "tokenizer.ggml.bos_token_id");
+	put_u32(b, GGUF_U32);
+	put_u32(b, 1);
+	put_str(b, "tokenizer.ggml.unknown_token_id");
+	put_u32(b, GGUF_U32);
+	put_u32(b, 0);
+	put_str(b, "tokenizer.ggml.add_bos_token");
+	put_u32(b, GGUF_BOOL);
+	b->b[b->n++] = 1;
+	put_str(b, "tokenizer.ggml.add_space_prefix");
+	put_u32(b, GGUF_BOOL);
+	b->b[b->n++] = 0;
+	while (b->n % 32)
+		b->b[b->n++] = 0;
+}
+
+static void check_encode(const struct tok *t, const char *text, bool special, const int32_t *want,
+			 int nwant)
+{
+	int32_t got[32];
+	int n = tok_encode(t, text, strlen(text), special, got, 32), i;
+
+	ck_assert_msg(n == nwant, "'%s': %d tokens, want %d", text, n, nwant);
+	for (i = 0; i < n; i++)
+		ck_assert_msg(got[i] == want[i], "'%s': token %d is %d, want %d", text, i, got[i],
+			      want[i]);
+}
+
+START_TEST(test_spm_tokenizer)
+{
+	struct buf b;
+	struct gguf *g;
+	struct tok *t;
+	char out[16];
+
+	make_spm_gguf(&b);
+	ck_assert_int_eq(open_bytes(b.b, b.n, &g), 0);
+	ck_assert_int_eq(tok_new(g, &t), 0);
+	ck_assert_int_eq(tok_vocab_size(t), 15);
+	ck_assert(tok_add_bos(t));
+	ck_assert_int_eq(tok_bos(t), 1);
+	check_encode(t, "ab", false, (const int32_t[]){ 9 }, 1);
+	/* "\u2581a" (-4) merges before "ab" (-5), then "\u2581ab" (-6) */
+	check_encode(t, " ab", false, (const int32_t[]){ 11 }, 1);
+	check_encode(t, "b a", false, (const int32_t[]){ 8, 10 }, 2);
+	/* equal scores: the leftmost pair first */
+	check_encode(t, "aaa", false, (const int32_t[]){ 14, 7 }, 2);
+	/* byte fallback, and <unk> for a byte without a piece */
+	check_encode(t, "A\xC3\xA9", false, (const int32_t[]){ 3, 4, 5 }, 3);
+	check_encode(t, "z", false, (const int32_t[]){ 0 }, 1);
+	/* user-defined pieces always, control pieces only when asked */
+	check_encode(t, "a\n\nb", false, (const int32_t[]){ 7, 12, 8 }, 3);
+	check_encode(t, "<go>a", true, (const int32_t[]){ 13, 7 }, 2);
+	check_encode(t, "", false, NULL, 0);
+	ck_assert_int_eq(tok_encode(t, "<go>", 4, false, (int32_t[8]){ 0 }, 8), 4);
+	ck_assert_int_eq(tok_encode(t, "b a", 3, false, (int32_t[1]){ 0 }, 1), -ENOSPC);
+	ck_assert_int_eq(tok_decode(t, 10, out, sizeof(out)), 2);
+	ck_assert(!memcmp(out, " a", 2));
+	ck_assert_int_eq(tok_decode(t, 3, out, sizeof(out)), 1);
+	ck_assert_int_eq(out[0], 'A');
+	ck_assert_int_eq(tok_decode(t, 15, out, sizeof(out)), -EINVAL);
+	tok_free(t);
+	gguf_close(g);
+}
+END_TEST
+
 static Suite *icerun_suite(void)
 {
 	Suite *s = suite_create("icerun");
@@ -346,10 +567,14 @@ static Suite *icerun_suite(void)
 	tcase_set_timeout(tc, 60);
 	tcase_add_test(tc, test_matmul_types);
 	tcase_add_test(tc, test_dequant_q4_1_layout);
+	tcase_add_test(tc, test_matmul_kquant);
+	tcase_add_test(tc, test_kquant_simd_equals_c);
+	tcase_add_test(tc, test_dequant_q5_0_layout);
 	tcase_add_test(tc, test_softmax_exp);
 	tcase_add_test(tc, test_pool);
 	tcase_add_test(tc, test_gguf_valid);
 	tcase_add_test(tc, test_gguf_corrupt);
+	tcase_add_test(tc, test_spm_tokenizer);
 	suite_add_tcase(s, tc);
 	return s;
 }

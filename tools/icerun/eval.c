@@ -98,6 +98,36 @@ static const char *const task_names[] = { "passkey", "multikey" };
 static const char *const filler_names[] = { "austen", "repeat" };
 static const char *const key_names[NKEYS] = { "falcon", "orchid", "granite", "harbor" };
 
+/*
+ * The prompts' frame: SmolLM2's chat template (when the vocabulary has <|im_start|>), or plain
+ * text for a base model such as Gemma 3 270M, the question then the answer's start.
+ */
+struct frame {
+	const char *pk_head, *pk_tail, *mk_head; /* multikey's tail: MK_TAIL_CHAT or _PLAIN */
+};
+
+#define PK_INTRO                                                                          \
+	"There is an important pass key hidden inside a lot of irrelevant text. Find it " \
+	"and memorize it. I will quiz you about the pass key.\n\n"
+#define MK_INTRO                                                                           \
+	"There are important pass keys hidden inside a lot of irrelevant text, each with " \
+	"a name. Find them and memorize them. I will quiz you about one of them.\n\n"
+
+static const struct frame chat_frame = {
+	CHAT_SYSTEM "<|im_start|>user\n" PK_INTRO,
+	"\n\nWhat is the pass key?<|im_end|>\n<|im_start|>assistant\nThe pass key is",
+	CHAT_SYSTEM "<|im_start|>user\n" MK_INTRO,
+};
+#define MK_TAIL_CHAT \
+	"\n\nWhat is the pass key for %s?<|im_end|>\n<|im_start|>assistant\nThe pass key for %s is"
+
+static const struct frame plain_frame = {
+	PK_INTRO,
+	"\n\nWhat is the pass key? The pass key is",
+	MK_INTRO,
+};
+#define MK_TAIL_PLAIN "\n\nWhat is the pass key for %s? The pass key for %s is"
+
 struct opts {
 	int lengths[MAX_LIST], nlengths;
 	int budgets[MAX_LIST], nbudgets;
@@ -245,37 +275,28 @@ static int build_case(struct run *r, int task, int filler, int length, int depth
 	char keys[NKEYS][8], text[256];
 	int nneedle = task == TASK_MULTIKEY ? r->o.mk_keys : 1, ask = 0, nf, i, at[NKEYS], pos, err;
 	double depth = ndepth > 1 ? (double)depth_i / (ndepth - 1) : 0.5;
+	const struct frame *fr = tok_find(r->t, "<|im_start|>") >= 0 ? &chat_frame : &plain_frame;
+	int32_t bos = tok_bos(r->t);
 
+	/* BOS first where the vocabulary asks for it (Gemma) */
+	err = tok_add_bos(r->t) ? ids_push(&head, &bos, 1) : 0;
+	if (err)
+		goto out;
 	for (i = 0; i < nneedle; i++)
 		snprintf(keys[i], sizeof(keys[i]), "%05u", 10000 + rnd(r) % 90000);
 	if (task == TASK_PASSKEY) {
-		err = ids_push_text(r->t, &head,
-				    CHAT_SYSTEM
-				    "<|im_start|>user\nThere is an important "
-				    "pass key hidden inside a lot of irrelevant text. Find it and "
-				    "memorize it. I will quiz you about the pass key.\n\n",
-				    true);
+		err = ids_push_text(r->t, &head, fr->pk_head, true);
 		snprintf(text, sizeof(text),
 			 "\nThe pass key is %s. Remember it. %s is the pass key.\n", keys[0],
 			 keys[0]);
 		err = err ? err : ids_push_text(r->t, &ndl[0], text, false);
-		err = err ? err :
-			    ids_push_text(r->t, tail,
-					  "\n\nWhat is the pass key?<|im_end|>\n"
-					  "<|im_start|>assistant\nThe pass key is",
-					  true);
+		err = err ? err : ids_push_text(r->t, tail, fr->pk_tail, true);
 	} else {
 		ask = depth_i % nneedle;
 		/* RULER's multi-key needle (several keys, one asked for), in the passkey task's
 		 * wording: RULER's "special magic number for <name>" phrasing was beyond this 135M
 		 * model even with full attention (0-75%, docs/BENCHMARKS.md run A) */
-		err = ids_push_text(
-			r->t, &head,
-			CHAT_SYSTEM
-			"<|im_start|>user\nThere are important "
-			"pass keys hidden inside a lot of irrelevant text, each with a name. "
-			"Find them and memorize them. I will quiz you about one of them.\n\n",
-			true);
+		err = ids_push_text(r->t, &head, fr->mk_head, true);
 		for (i = 0; i < nneedle && !err; i++) {
 			snprintf(text, sizeof(text),
 				 "\nThe pass key for %s is %s. Remember it. %s is "
@@ -283,9 +304,7 @@ static int build_case(struct run *r, int task, int filler, int length, int depth
 				 key_names[i], keys[i], keys[i], key_names[i]);
 			err = ids_push_text(r->t, &ndl[i], text, false);
 		}
-		snprintf(text, sizeof(text),
-			 "\n\nWhat is the pass key for %s?<|im_end|>\n"
-			 "<|im_start|>assistant\nThe pass key for %s is",
+		snprintf(text, sizeof(text), fr == &chat_frame ? MK_TAIL_CHAT : MK_TAIL_PLAIN,
 			 key_names[ask], key_names[ask]);
 		err = err ? err : ids_push_text(r->t, tail, text, true);
 	}

@@ -113,8 +113,19 @@ size_t gguf_row_bytes(uint32_t type, uint64_t ne0)
 		return ne0 % 32 ? 0 : ne0 / 32 * 18;
 	case GGUF_T_Q4_1:
 		return ne0 % 32 ? 0 : ne0 / 32 * 20;
+	case GGUF_T_Q5_0:
+		return ne0 % 32 ? 0 : ne0 / 32 * 22;
+	case GGUF_T_Q5_1:
+		return ne0 % 32 ? 0 : ne0 / 32 * 24;
 	case GGUF_T_Q8_0:
 		return ne0 % 32 ? 0 : ne0 / 32 * 34;
+	/* K-quants: super-blocks of 256 */
+	case GGUF_T_Q4_K:
+		return ne0 % 256 ? 0 : ne0 / 256 * 144;
+	case GGUF_T_Q5_K:
+		return ne0 % 256 ? 0 : ne0 / 256 * 176;
+	case GGUF_T_Q6_K:
+		return ne0 % 256 ? 0 : ne0 / 256 * 210;
 	default:
 		return 0;
 	}
@@ -131,8 +142,18 @@ const char *gguf_type_name(uint32_t type)
 		return "Q4_0";
 	case GGUF_T_Q4_1:
 		return "Q4_1";
+	case GGUF_T_Q5_0:
+		return "Q5_0";
+	case GGUF_T_Q5_1:
+		return "Q5_1";
 	case GGUF_T_Q8_0:
 		return "Q8_0";
+	case GGUF_T_Q4_K:
+		return "Q4_K";
+	case GGUF_T_Q5_K:
+		return "Q5_K";
+	case GGUF_T_Q6_K:
+		return "Q6_K";
 	default:
 		return "unsupported";
 	}

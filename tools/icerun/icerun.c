@@ -1,6 +1,6 @@
 /*
- * icerun: runs SmolLM2-class Llama GGUF models on the CPU and evaluates long-context retrieval
- * under sparse attention modes.
+ * icerun: runs SmolLM2-class Llama GGUF models and Gemma 3 (gemma.c) on the CPU and evaluates
+ * long-context retrieval under sparse attention modes.
  *
  *   icerun info      -m MODEL                    model shape, tensor types
  *   icerun tokenize  -m MODEL [--special] TEXT   token ids, one per line
@@ -21,6 +21,7 @@
 #include "clock.h"
 #include "dump.h"
 #include "eval.h"
+#include "gemma.h"
 #include "gguf.h"
 #include "model.h"
 #include "tok.h"
@@ -40,13 +41,15 @@ static void usage(FILE *f)
 		"  tokenize  -m MODEL [--special] TEXT     token ids, one per line\n"
 		"  generate  -m MODEL [-n N] [--chat] [-t THREADS] PROMPT\n"
 		"                                          greedy continuation (--chat: instruct template)\n"
-		"  logits    -m MODEL --tokens IDS [-o FILE] [-t THREADS]\n"
-		"                                          logits of every position, float32 [n][vocab]\n"
+		"  logits    -m MODEL --tokens IDS [-o FILE] [-t THREADS] [--last N]\n"
+		"                                          logits of every position (or the last N),\n"
+		"                                          float32 [n][vocab]\n"
 		"  greedy    -m MODEL --tokens IDS [-n N]  greedy continuation ids, one per line\n"
 		"  eval      -m MODEL [see icerun eval --help]\n"
 		"  dump      -m MODEL --out DIR [see icerun dump --help]\n"
 		"                                          post-RoPE keys and decode queries as .kvd\n"
-		"MODEL defaults to $ICE_MODEL or build/models/SmolLM2-135M-Instruct.Q4_1.gguf\n");
+		"MODEL defaults to $ICE_MODEL or build/models/SmolLM2-135M-Instruct.Q4_1.gguf\n"
+		"(Gemma 3: build/models/gemma-3-270m-q4_k_m.gguf)\n");
 }
 
 static int cmd_info(const char *path)
@@ -80,6 +83,13 @@ static int cmd_info(const char *path)
 	       m->cfg.n_layer, m->cfg.n_embd, m->cfg.n_head, m->cfg.n_kv, m->cfg.head_dim,
 	       m->cfg.n_ff, m->cfg.n_vocab, m->cfg.n_ctx, m->cfg.rope_base, m->cfg.eps,
 	       m->output.data == m->tok_embd.data ? "tied to token_embd" : "output.weight");
+	if (m->gemma) {
+		printf("gemma3: sliding window %d tokens, global layers", gemma_window(m));
+		for (int l = 0; l < m->cfg.n_layer; l++)
+			if (gemma_layer_global(m, l))
+				printf(" %d", l);
+		printf("\n");
+	}
 	model_free(m);
 	return 0;
 }
@@ -154,25 +164,45 @@ static int cmd_generate(const char *path, const char *prompt, int ntok, bool cha
 	err = tok_new(m->g, &t);
 	if (err)
 		goto out;
-	err = eval_chat_prompt(prompt, chat, &text);
-	if (err)
-		goto out;
-	ids = malloc((strlen(text) + 1) * sizeof(*ids));
+	if (chat && tok_find(t, "<start_of_turn>") >= 0) {
+		/* Gemma's turn template (the instruction-tuned models'; the 270M file is a base model) */
+		size_t len = strlen(prompt) + 64;
+
+		text = malloc(len);
+		if (!text) {
+			err = -ENOMEM;
+			goto out;
+		}
+		snprintf(text, len, "<start_of_turn>user\n%s<end_of_turn>\n<start_of_turn>model\n",
+			 prompt);
+	} else {
+		err = eval_chat_prompt(prompt, chat, &text);
+		if (err)
+			goto out;
+	}
+	ids = malloc((strlen(text) + 2) * sizeof(*ids));
 	logits = malloc((size_t)m->cfg.n_vocab * sizeof(float));
 	if (!ids || !logits) {
 		err = -ENOMEM;
 		goto out;
 	}
-	n = tok_encode(t, text, strlen(text), chat, ids, strlen(text) + 1);
-	if (n <= 0) {
-		err = n ? n : -EINVAL;
+	/* Gemma's SentencePiece vocabulary asks for BOS first (SmolLM2's chat template does not) */
+	n = tok_add_bos(t) ? 1 : 0;
+	if (n)
+		ids[0] = tok_bos(t);
+	i = tok_encode(t, text, strlen(text), chat, ids + n, strlen(text) + 1);
+	if (i < 0 || i + n == 0) {
+		err = i < 0 ? i : -EINVAL;
 		goto out;
 	}
+	n += i;
 	err = kv_new(m, n + ntok + 1, &kv);
 	if (err)
 		goto out;
 	eos = tok_eos(t);
 	imend = tok_find(t, "<|im_end|>");
+	if (imend < 0)
+		imend = tok_find(t, "<end_of_turn>");
 	t0 = clock_now_ns();
 	err = model_forward(m, kv, ids, n, logits, NULL, NULL);
 	t1 = clock_now_ns();
@@ -235,7 +265,8 @@ static int parse_ids(const char *s, int32_t **ret, int *ret_n)
 	return 0;
 }
 
-static int cmd_logits(const char *path, const char *tokens, const char *outp, int threads)
+/* last > 0: only the logits of the last `last` positions (long prompts: [n][vocab] is large) */
+static int cmd_logits(const char *path, const char *tokens, const char *outp, int threads, int last)
 {
 	struct model *m = NULL;
 	struct kv *kv = NULL;
@@ -249,12 +280,24 @@ static int cmd_logits(const char *path, const char *tokens, const char *outp, in
 		err = err ? err : -EINVAL;
 		goto out;
 	}
-	err = model_open(path, threads, &m);
-	if (err)
-		goto out;
-	err = kv_new(m, n, &kv);
-	if (err)
-		goto out;
+	if (last > 0 && last < n) {
+		err = model_open(path, threads, &m);
+		if (!err)
+			err = kv_new(m, n, &kv);
+		if (!err)
+			err = model_forward(m, kv, ids, n - last, NULL, NULL, NULL);
+		if (err)
+			goto out;
+		memmove(ids, ids + n - last, (size_t)last * sizeof(*ids));
+		n = last;
+	}
+	if (!m) {
+		err = model_open(path, threads, &m);
+		if (!err)
+			err = kv_new(m, n, &kv);
+		if (err)
+			goto out;
+	}
 	lg = malloc((size_t)n * m->cfg.n_vocab * sizeof(float));
 	if (!lg) {
 		err = -ENOMEM;
@@ -330,6 +373,7 @@ int main(int argc, char **argv)
 		{ "threads", required_argument, NULL, 't' },
 		{ "tokens", required_argument, NULL, 'k' },
 		{ "output", required_argument, NULL, 'o' },
+		{ "last", required_argument, NULL, 'L' },
 		{ "special", no_argument, NULL, 's' },
 		{ "chat", no_argument, NULL, 'c' },
 		{ "scalar", no_argument, NULL, 'S' },
@@ -338,7 +382,7 @@ int main(int argc, char **argv)
 	};
 	const char *cmd, *model = default_model(), *tokens = NULL, *outp = NULL;
 	bool special = false, chat = false;
-	int c, ntok = 32, threads = 2;
+	int c, ntok = 32, threads = 2, last = 0;
 
 	if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h")) {
 		usage(argc < 2 ? stderr : stdout);
@@ -366,6 +410,9 @@ int main(int argc, char **argv)
 			break;
 		case 'o':
 			outp = optarg;
+			break;
+		case 'L':
+			last = atoi(optarg);
 			break;
 		case 's':
 			special = true;
@@ -395,7 +442,7 @@ int main(int argc, char **argv)
 			fprintf(stderr, "icerun logits: --tokens is required\n");
 			return 2;
 		}
-		return cmd_logits(model, tokens, outp, threads);
+		return cmd_logits(model, tokens, outp, threads, last);
 	}
 	if (!strcmp(cmd, "greedy")) {
 		if (!tokens) {

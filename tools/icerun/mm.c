@@ -9,6 +9,7 @@
 
 #include "dtype.h"
 #include "gguf.h"
+#include "kquant.h"
 
 #define TILE_ROWS 16
 #define QK 32
@@ -83,7 +84,8 @@ void mm_dequant_row(const struct qmat *w, int r, float *out)
 		}
 		return;
 	default:
-		memset(out, 0, (size_t)w->cols * 4);
+		if (kq_dequant_row(w->type, row, w->cols, out))
+			memset(out, 0, (size_t)w->cols * 4);
 	}
 }
 
@@ -283,6 +285,8 @@ static float dot_scalar(const float *a, const float *b, int n)
 	return s;
 }
 
+AVX512 static float dot_avx(const float *a, const float *b, int n);
+
 static void mm_task(void *arg, int task, int thread)
 {
 	struct mm_job *j = arg;
@@ -291,6 +295,17 @@ static void mm_task(void *arg, int task, int thread)
 	float *wt = j->tiles + (size_t)thread * TILE_ROWS * w->cols;
 	int r, t, rr, nt;
 
+	/* other quantized types at decode: one dequantised row, then one dot per token (the
+	 * 4-token register tile would repeat the single token four times) */
+	if (j->simd && j->n < 4 && kq_supported(w->type)) {
+		for (r = 0; r < nr; r++) {
+			dequant_row_avx(w, r0 + r, wt);
+			for (t = 0; t < j->n; t++)
+				j->y[(size_t)t * j->ldy + r0 + r] =
+					dot_avx(wt, j->x + (size_t)t * w->cols, w->cols);
+		}
+		return;
+	}
 	if (j->simd && j->n < 4 && (w->type == GGUF_T_Q4_1 || w->type == GGUF_T_Q8_0)) {
 		for (t = 0; t < j->n; t++)
 			for (r = 0; r < nr; r++)

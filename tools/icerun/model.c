@@ -8,6 +8,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "gemma.h"
+
 #define CHUNK 128
 #define AVX512 __attribute__((target("avx512f,fma")))
 
@@ -99,6 +101,15 @@ int model_open(const char *path, int nthreads, struct model **ret)
 	err = gguf_open(path, &m->g);
 	if (err)
 		goto out_free;
+	if (gemma_is(m->g)) {
+		err = gemma_open(m);
+		if (!err)
+			err = pool_new(nthreads, &m->pool);
+		if (err)
+			goto out_free;
+		*ret = m;
+		return 0;
+	}
 	err = read_cfg(m->g, &m->cfg);
 	if (err)
 		goto out_free;
@@ -168,6 +179,7 @@ void model_free(struct model *m)
 	if (!m)
 		return;
 	pool_free(m->pool);
+	gemma_free(m->gemma);
 	free(m->layers);
 	gguf_close(m->g);
 	free(m);
@@ -287,6 +299,17 @@ AVX512 static void scores3_avx(const float *kbase, int d, const float *q, int g,
 						      k, a3);
 		}
 	}
+}
+
+void model_group_scores(const float *kbase, int d, const float *q, int g, int n, float *out,
+			int ldo)
+{
+	if (mm_simd()) {
+		scores3_avx(kbase, d, q, g, n, out, ldo);
+		return;
+	}
+	for (int h = 0; h < g; h++)
+		scores_c(kbase, d, q + (size_t)h * d, n, out + (size_t)h * ldo);
 }
 
 void model_scores(const struct kv *kv, int layer, int h, const float *q, int n, float *out)
@@ -500,6 +523,8 @@ int model_forward(struct model *m, struct kv *kv, const int32_t *toks, int n, fl
 	float *x, *xn, *q, *k, *v, *att, *gt, *up, *scratch, *row;
 	float qscale = 1.0f / sqrtf((float)hd);
 
+	if (m->gemma)
+		return gemma_forward(m, kv, toks, n, logits, all_logits, hook);
 	if (n < 1)
 		return -EINVAL;
 	if (kv->n + n > kv->cap || kv->n + n > c->n_ctx * 4)

@@ -27,6 +27,8 @@ struct layer_w {
 	struct qmat wq, wk, wv, wo, gate, up, down;
 };
 
+struct gemma; /* gemma.h: Gemma 3's own weights and hyper-parameters */
+
 struct model {
 	struct model_cfg cfg;
 	struct gguf *g;
@@ -34,6 +36,7 @@ struct model {
 	struct qmat tok_embd, output;
 	const float *output_norm;
 	struct layer_w *layers;
+	struct gemma *gemma; /* non-NULL for a Gemma 3 file: gemma.c runs its forward pass */
 };
 
 struct kv {
@@ -94,6 +97,13 @@ int model_forward(struct model *m, struct kv *kv, const int32_t *toks, int n, fl
  */
 void model_attend_set(const struct model *m, const struct kv *kv, int layer, int h,
 		      const int32_t *idx, int nidx, const float *q, float *out, float *scratch);
+
+/*
+ * Scores of g query heads (q: g × d, pre-scaled) against n page-blocked keys starting at kbase,
+ * the start of a page (kv_kpage): out[h * ldo + j] = q_h · k_j.
+ */
+void model_group_scores(const float *kbase, int d, const float *q, int g, int n, float *out,
+			int ldo);
 
 /* Scores q·k (q pre-scaled) of one query head against keys 0..n-1 of KV head h. */
 void model_scores(const struct kv *kv, int layer, int h, const float *q, int n, float *out);

@@ -9,6 +9,7 @@
 
 #include "buf.h"
 #include "dtype.h"
+#include "gemma.h"
 #include "idx.h"
 #include "posidx.h"
 #include "select.h"
@@ -35,6 +36,12 @@ struct sel {
 	struct sel_cfg c;
 	const struct model *m;
 	int L, nkv, g, d, maxpages;
+	/*
+	 * Which layers the hook serves: every layer from dense on (Llama); for Gemma 3 only its
+	 * global layers from dense on (the local ones keep their exact sliding window)
+	 */
+	bool *sparse;
+	int first_sparse, last_sparse;
 	/* quest: positional pages with Quest bounds (index/posidx) per (layer, kv head), over
 	 * positions [P, px_end[layer]): the complete pages between the sink page and the window */
 	struct posidx **px;
@@ -66,7 +73,9 @@ struct sel {
 	struct ice_ctx *ice;
 	uint32_t seq;
 	bool seq_open;
-	int ice_n; /* tokens appended to the sequence (all layers) */
+	int ice_n;      /* tokens appended to the sequence (all layers) */
+	int *ice_layer; /* the engine's layer of each model layer, -1 where it holds none */
+	int ice_L, ice_dense;
 	struct ice_page_ref *refs;
 	size_t nrefs_cap;
 	float *pages; /* fetched pages */
@@ -132,6 +141,7 @@ void sel_free(struct sel *s)
 	free(s->rest);
 	free(s->kpages);
 	free(s->head_off);
+	free(s->ice_layer);
 #endif
 	if (s->ix)
 		for (int i = 0; i < s->L * s->nkv; i++)
@@ -158,6 +168,7 @@ void sel_free(struct sel *s)
 	free(s->msum);
 	free(s->osum);
 	free(s->mcnt);
+	free(s->sparse);
 	free(s);
 }
 
@@ -193,9 +204,18 @@ int sel_new(const struct model *m, const struct sel_cfg *cfg, struct sel **ret)
 	s->msum = calloc(nl, sizeof(double));
 	s->osum = calloc(nl, sizeof(double));
 	s->mcnt = calloc(nl, sizeof(long));
+	s->sparse = calloc((size_t)s->L, sizeof(*s->sparse));
 	if (!s->idx || !s->sc || !s->p || !s->tmp || !s->pagescore || !s->cand || !s->msum ||
-	    !s->osum || !s->mcnt)
+	    !s->osum || !s->mcnt || !s->sparse)
 		goto out_free;
+	s->first_sparse = s->last_sparse = -1;
+	for (int l = cfg->dense; l < s->L; l++) {
+		s->sparse[l] = !m->gemma || gemma_layer_global(m, l);
+		if (s->sparse[l] && s->first_sparse < 0)
+			s->first_sparse = l;
+		if (s->sparse[l])
+			s->last_sparse = l;
+	}
 	if (cfg->kind == SEL_DCI) {
 		s->ix = calloc((size_t)s->L * s->nkv, sizeof(*s->ix));
 		s->src = calloc((size_t)s->L * s->nkv, sizeof(*s->src));
@@ -218,10 +238,11 @@ int sel_new(const struct model *m, const struct sel_cfg *cfg, struct sel **ret)
 	}
 #ifdef ICERUN_HAVE_ICECACHE
 	if (cfg->kind == SEL_ICECACHE) {
-		/* an f16 page here is 4 KiB: half of a default (8 KiB) slot would go unused */
+		/* a slot holds one page's K and V in f16: 4 KiB for SmolLM2, where half of a
+		 * default (8 KiB) slot would go unused; 16 KiB for Gemma's head dim 256 */
 		char conf[512];
 
-		if ((size_t)snprintf(conf, sizeof(conf), "slot_bytes = 4096\n%s\n",
+		if ((size_t)snprintf(conf, sizeof(conf), "slot_bytes = %d\n%s\n", 4 * P * s->d,
 				     cfg->engine_config ? cfg->engine_config : "") >=
 		    sizeof(conf)) {
 			err = -E2BIG;
@@ -233,8 +254,21 @@ int sel_new(const struct model *m, const struct sel_cfg *cfg, struct sel **ret)
 		s->qun = malloc((size_t)s->g * s->nkv * s->d * sizeof(float));
 		s->rest = malloc((size_t)s->g * s->nkv * (s->d + 1) * sizeof(float));
 		s->head_off = malloc(((size_t)s->nkv + 1) * sizeof(*s->head_off));
-		if (!s->qun || !s->rest || !s->head_off)
+		s->ice_layer = malloc((size_t)s->L * sizeof(*s->ice_layer));
+		if (!s->qun || !s->rest || !s->head_off || !s->ice_layer)
 			goto out_free;
+		/* Llama: the engine holds every layer and keeps the first dense ones dense itself;
+		 * Gemma: it holds only the sparse (global) layers, none dense */
+		for (int l = 0; l < s->L; l++) {
+			s->ice_layer[l] = !m->gemma ? l : s->sparse[l] ? s->ice_L : -1;
+			if (s->ice_layer[l] >= 0)
+				s->ice_L++;
+		}
+		s->ice_dense = m->gemma ? 0 : cfg->dense;
+		if (!s->ice_L) {
+			err = -EINVAL;
+			goto out_free;
+		}
 		err = cfg->socket ? ice_connect(cfg->socket, &s->ice) :
 				    ice_open_embedded(conf, &s->ice);
 		if (err)
@@ -299,6 +333,8 @@ static int dci_begin(struct sel *s, const struct kv *kv, int n0)
 
 	idx_params_default(&ip, (uint32_t)s->d);
 	for (l = s->c.dense; l < s->L; l++) {
+		if (!s->sparse[l])
+			continue;
 		for (h = 0; h < s->nkv; h++) {
 			struct idx **ix = &s->ix[l * s->nkv + h];
 
@@ -353,6 +389,8 @@ static int quest_begin(struct sel *s, const struct kv *kv, int n0)
 	int l, h, err;
 
 	for (l = s->c.dense; l < s->L; l++) {
+		if (!s->sparse[l])
+			continue;
 		for (h = 0; h < s->nkv; h++) {
 			struct posidx **px = &s->px[l * s->nkv + h];
 
@@ -393,20 +431,26 @@ int sel_begin_len(struct sel *s, const struct kv *kv, int n0, int length)
 	}
 #ifdef ICERUN_HAVE_ICECACHE
 	if (s->c.kind == SEL_ICECACHE) {
-		struct ice_model_shape shape = { (uint32_t)s->L, (uint32_t)(s->g * s->nkv),
+		struct ice_model_shape shape = { (uint32_t)s->ice_L, (uint32_t)(s->g * s->nkv),
 						 (uint32_t)s->nkv, (uint32_t)s->d, ICE_DTYPE_F16 };
 		struct ice_budget b = { P, P, (uint32_t)(s->c.budget - 2 * P),
-					(uint32_t)s->c.dense };
+					(uint32_t)s->ice_dense };
 		int err;
 
 		sel_end(s);
 		err = ice_seq_open(s->ice, &shape, &b, &s->seq);
+		if (err == -EINVAL)
+			fprintf(stderr,
+				"icerun: the engine refused a sequence of %u layers, head dim %d; "
+				"a page of K and V takes %d bytes, more than a daemon's slot_bytes "
+				"may hold (icecached --set slot_bytes=%d)\n",
+				shape.layers, s->d, 4 * P * s->d, 4 * P * s->d);
 		if (err)
 			return err;
 		s->seq_open = true;
 		s->ice_n = 0;
 		for (l = 0; l < s->L; l++) {
-			err = ice_push(s, kv, l, 0, n0);
+			err = s->ice_layer[l] < 0 ? 0 : ice_push(s, kv, l, 0, n0);
 			if (err)
 				return err;
 		}
@@ -682,7 +726,7 @@ static int ice_push(struct sel *s, const struct kv *kv, int layer, int from, int
 				vo[i] = dtype_f32_to_f16(vr[i]);
 			}
 		}
-	return ice_append(s->ice, s->seq, (uint32_t)layer, (uint32_t)n, kb, vb);
+	return ice_append(s->ice, s->seq, (uint32_t)s->ice_layer[layer], (uint32_t)n, kb, vb);
 }
 
 static int ice_attend(struct sel *s, const struct kv *kv, int layer, int pos, const float *q,
@@ -690,17 +734,19 @@ static int ice_attend(struct sel *s, const struct kv *kv, int layer, int pos, co
 {
 	int n = pos + 1, l, err, nref, i, h, hh, t;
 	size_t pb = 2 * (size_t)P * s->d, need;
+	uint32_t elayer = (uint32_t)s->ice_layer[layer];
 
-	/* the new token: every layer below this one that the hook skipped, then this one */
-	if (layer == s->c.dense && s->ice_n < n) {
-		for (l = 0; l < s->c.dense; l++)
-			if ((err = ice_push(s, kv, l, s->ice_n, n)))
+	/* the new token: every layer the engine holds that the hook skips, then this one */
+	if (layer == s->first_sparse && s->ice_n < n) {
+		for (l = 0; l < s->L; l++)
+			if (s->ice_layer[l] >= 0 && !s->sparse[l] &&
+			    (err = ice_push(s, kv, l, s->ice_n, n)))
 				return err;
 	}
 	err = ice_push(s, kv, layer, s->ice_n, n);
 	if (err)
 		return err;
-	if (layer == s->L - 1)
+	if (layer == s->last_sparse)
 		s->ice_n = n;
 	/* the model folds 1/sqrt(d) into q; the engine takes the query as the model computes it
 	 * and applies the scale itself when it weighs a group's queries against each other */
@@ -711,13 +757,13 @@ static int ice_attend(struct sel *s, const struct kv *kv, int layer, int pos, co
 		if ((err = buf_grow(&s->refs, &s->nrefs_cap, want, sizeof(*s->refs))))
 			return err;
 		if (s->c.rest)
-			nref = ice_select_rest(s->ice, s->seq, (uint32_t)layer, s->qun, s->refs,
+			nref = ice_select_rest(s->ice, s->seq, elayer, s->qun, s->refs,
 					       s->nrefs_cap, s->rest,
 					       (size_t)s->g * s->nkv * (s->d + 1) * sizeof(float),
 					       &want);
 		else
-			nref = ice_select(s->ice, s->seq, (uint32_t)layer, s->qun, s->refs,
-					  s->nrefs_cap, &want);
+			nref = ice_select(s->ice, s->seq, elayer, s->qun, s->refs, s->nrefs_cap,
+					  &want);
 		if (nref != -ENOSPC || want <= s->nrefs_cap)
 			break;
 	}
@@ -727,7 +773,7 @@ static int ice_attend(struct sel *s, const struct kv *kv, int layer, int pos, co
 	if ((err = buf_grow(&s->pages, &s->pages_cap, need, sizeof(*s->pages))) ||
 	    (err = buf_grow(&s->raw, &s->raw_cap, need, sizeof(*s->raw))))
 		return err;
-	err = ice_fetch(s->ice, s->seq, (uint32_t)layer, s->refs, (size_t)nref, s->raw,
+	err = ice_fetch(s->ice, s->seq, elayer, s->refs, (size_t)nref, s->raw,
 			need * sizeof(uint16_t));
 	if (err)
 		return err;

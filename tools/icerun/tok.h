@@ -1,5 +1,10 @@
 /*
- * Byte-level BPE tokenizer (GPT-2 style) built from a GGUF file's tokenizer.ggml.* metadata:
+ * Tokenizers built from a GGUF file's tokenizer.ggml.* metadata. SentencePiece BPE (model
+ * "llama", Gemma's): spaces become U+2581, pieces merge by score, unknown characters fall back to
+ * <0xXX> byte pieces; user-defined pieces (Gemma's runs of newlines, spaces, tabs, HTML tags)
+ * are matched in the text as they stand, control pieces only when asked.
+ *
+ * Byte-level BPE tokenizer (GPT-2 style, SmolLM2's):
  * the pre-tokenizer splits every digit on its own (SmolLM's "smollm" pre-type) and then applies
  * the GPT-2 split rules; merges are applied by rank. Special (control) tokens such as
  * <|im_start|> are recognised in the text when asked.
@@ -23,6 +28,8 @@ void tok_free(struct tok *t);
 int tok_vocab_size(const struct tok *t);
 int tok_bos(const struct tok *t);
 int tok_eos(const struct tok *t);
+/* Whether prompts start with BOS (tokenizer.ggml.add_bos_token; tok_encode never adds it). */
+bool tok_add_bos(const struct tok *t);
 /* Id of an exact token string (special tokens included), or -ENOENT. */
 int tok_find(const struct tok *t, const char *s);
 
