@@ -47,7 +47,7 @@ static const struct cfg_item cfg_items[] = {
 	U64(slot_bytes, 4096, 1u << 20,
 	    "page slot bytes in every tier (multiple of 4096; a page is 2*16*head_dim*dtype bytes)"),
 	U64(host_bytes, 1ull << 20, 1ull << 42,
-	    "engine memory cap besides the tiers (index keys, sinks, windows)"),
+	    "engine memory cap besides the tiers (indexes, page sums, sinks, windows)"),
 	{ "nvme_path", CFG_PATH, offsetof(struct rt_config, nvme_path), 0, 0,
 	  "NVMe tier file or block device (empty: no NVMe tier)" },
 	U64(nvme_bytes, 1ull << 20, 1ull << 44, "NVMe tier capacity in bytes"),

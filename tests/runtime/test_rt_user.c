@@ -267,7 +267,7 @@ START_TEST(other_user_sees_only_its_own_sequences)
 	ck_assert_msg(strstr(buf, mine) && strstr(buf, theirs), "root's seqs: %s", buf);
 	ck_assert_int_gt(ice_stats(c, buf, sizeof(buf)), 0);
 	snprintf(theirs, sizeof(theirs), "client.%u.uid %u\n", kid.id, (unsigned)nobody);
-	ck_assert_msg(strstr(buf, theirs) != NULL, "root's stats lack %s", theirs);
+	ck_assert_msg(strstr(buf, theirs) != NULL, "root's stats lack %s in:\n%s", theirs, buf);
 	ck_assert_int_eq(write(go[1], "g", 1), 1);
 	ck_assert_int_eq(waitpid(child, &st, 0), child);
 	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0,

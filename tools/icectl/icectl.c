@@ -259,7 +259,7 @@ static int print_status(struct kvs *st, struct kvs *sq, int json)
 	}
 	human_bytes(kvs_u64(st, "engine.host_used_bytes"), a, sizeof(a));
 	human_bytes(kvs_u64(st, "engine.host_capacity_bytes"), b, sizeof(b));
-	printf("%-6s %12s %12s %5.1f%% %10s   (index keys, sinks, windows)\n", "host", b, a,
+	printf("%-6s %12s %12s %5.1f%% %10s   (indexes, page sums, sinks, windows)\n", "host", b, a,
 	       kvs_u64(st, "engine.host_capacity_bytes") ?
 		       100.0 * (double)kvs_u64(st, "engine.host_used_bytes") /
 			       (double)kvs_u64(st, "engine.host_capacity_bytes") :
