@@ -12,7 +12,7 @@
  * Memory and quotas: host memory (sequence tables, sinks, windows, index keys, fetch staging)
  * is charged when it is allocated, against host_bytes and the owner's owner_host_bytes; the
  * page store counts per owner the DRAM and NVMe slots its pages hold (an account per owner,
- * tiers/store.h) against owner_dram_pages and owner_nvme_pages. Past an owner's quota a call
+ * tiers/store.h) against owner_dram_pages, owner_nvme_pages and owner_remote_pages. Past an owner's quota a call
  * fails with -EDQUOT, past a shared limit with -ENOSPC.
  */
 #ifndef ICE_RUNTIME_ENGINE_H
@@ -34,6 +34,12 @@ struct engine_opts {
 	uint64_t host_bytes;
 	const char *nvme_path; /* NULL or "": no NVMe tier */
 	uint64_t nvme_bytes;
+	/* The Redis tier past NVMe (or past DRAM): tiers/redis/redis.h. NULL or "": none. */
+	const char *remote_url;
+	uint64_t remote_bytes;
+	uint32_t remote_timeout_ms;
+	uint32_t remote_retry_ms;
+	const char *remote_prefix; /* NULL or "": unique per engine */
 	uint32_t max_seqs;
 	uint32_t owner_max_seqs; /* 0 = no limit below max_seqs */
 	/* Selection (index/select.h's struct select_opts): exact, group_merge, page_mass,
@@ -47,6 +53,7 @@ struct engine_opts {
 	uint64_t owner_host_bytes;
 	uint64_t owner_dram_pages;
 	uint64_t owner_nvme_pages;
+	uint64_t owner_remote_pages;
 	uint32_t owner_share;
 	uint32_t fetch_max_refs; /* refs one engine_fetch_shared may carry; 0 = no limit */
 };
@@ -114,7 +121,7 @@ int engine_page_bytes(struct engine *e, uint32_t owner, uint32_t id, size_t *ret
 
 void engine_stats(struct engine *e, struct stats_buf *sb);
 void engine_seqs(struct engine *e, struct stats_buf *sb);
-/* An owner's use, under prefix: host_bytes, dram_pages, nvme_pages, seqs (its quotas are in
+/* An owner's use, under prefix: host_bytes, dram_pages, nvme_pages, remote_pages, seqs (its quotas are in
  * engine_stats: engine.client_*). */
 void engine_owner_stats(struct engine *e, uint32_t owner, const char *prefix, struct stats_buf *sb);
 
