@@ -17,7 +17,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <sys/time.h>
+#include <sys/uio.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -67,6 +69,9 @@ struct redis_tier {
 	uint8_t slotmap[RD_NSLOTS];
 	unsigned nconns, next_conn;
 	struct rd_conn *conn;
+	/* ASKING, formatted once. */
+	char *asking;
+	int asking_len;
 	/* Slots a SET was sent for (bit set): what close deletes. */
 	uint64_t *written;
 	uint64_t batches, moved, ask, reconnects, conn_errors, timeouts, oom, missing;
@@ -200,6 +205,9 @@ static redisContext *connect_node(const struct redis_tier *r, const struct rd_no
 		return NULL;
 	}
 	redisEnableKeepAlive(c);
+	/* Keep the reader's buffer between replies: a batch's replies are many 8 KiB strings,
+	 * and the default (free it past 16 KiB) reallocates it over and over. */
+	c->reader->maxbuf = 0;
 	return c;
 }
 
@@ -290,14 +298,45 @@ static size_t make_key(const struct redis_tier *r, uint64_t slot, char *key)
 	return (size_t)n;
 }
 
-static int append_cmd(redisContext *c, enum rd_op op, const char *key, size_t klen,
-		      const struct tier_io *io)
+/* The command for one entry, formatted by hiredis (malloc'd; redisFreeCommand). */
+static int format_cmd(enum rd_op op, const char *key, size_t klen, const struct tier_io *io,
+		      char **ret_cmd)
 {
 	static const char *const names[] = { "GET", "SET", "UNLINK" };
 	const char *argv[3] = { names[op], key, io->buf };
 	size_t argl[3] = { strlen(names[op]), klen, io->len };
 
-	return redisAppendCommandArgv(c, op == RD_SET ? 3 : 2, argv, argl);
+	return redisFormatCommandArgv(ret_cmd, op == RD_SET ? 3 : 2, argv, argl);
+}
+
+/*
+ * Sends formatted commands on c's socket in one go (sendmsg of all of them): hiredis's own
+ * output buffer would copy each page once more and move what is left after every partial
+ * write. MSG_NOSIGNAL: a server gone is -EPIPE, not SIGPIPE in someone else's process. The
+ * socket's send timeout bounds a stalled server (-ETIMEDOUT).
+ */
+static int send_all(redisContext *c, struct iovec *iov, size_t n)
+{
+	while (n) {
+		struct msghdr m = { .msg_iov = iov, .msg_iovlen = n < 1024 ? n : 1024 };
+		ssize_t w = sendmsg(c->fd, &m, MSG_NOSIGNAL);
+
+		if (w < 0) {
+			if (errno == EINTR)
+				continue;
+			return errno == EAGAIN || errno == EWOULDBLOCK ? -ETIMEDOUT : -errno;
+		}
+		while (n && (size_t)w >= iov->iov_len) {
+			w -= (ssize_t)iov->iov_len;
+			iov++;
+			n--;
+		}
+		if (n) {
+			iov->iov_base = (char *)iov->iov_base + w;
+			iov->iov_len -= (size_t)w;
+		}
+	}
+	return 0;
 }
 
 /* The reply to one entry's command: 0, -errno, or 1 to send it again (redirected). */
@@ -355,7 +394,9 @@ static void rd_round(struct redis_tier *r, struct rd_conn *cn, enum rd_op op, st
 {
 	uint8_t sent[RD_BATCH], asked[RD_BATCH], used[RD_MAX_NODES] = { 0 };
 	unsigned i, nd, nn = __atomic_load_n(&r->nnodes, __ATOMIC_ACQUIRE);
-	int err;
+	struct iovec iov[2 * RD_BATCH];
+	char *cmd[RD_BATCH];
+	int err, len[RD_BATCH];
 
 	for (i = 0; i < n; i++) {
 		redisContext *c;
@@ -374,8 +415,8 @@ static void rd_round(struct redis_tier *r, struct rd_conn *cn, enum rd_op op, st
 			pend[i] = 0;
 			continue;
 		}
-		if ((asked[i] && redisAppendCommand(c, "ASKING") != REDIS_OK) ||
-		    append_cmd(c, op, keys[i], klen[i], &ios[i]) != REDIS_OK) {
+		len[i] = format_cmd(op, keys[i], klen[i], &ios[i], &cmd[i]);
+		if (len[i] < 0) {
 			ios[i].res = -ENOMEM;
 			pend[i] = 0;
 			continue;
@@ -389,17 +430,24 @@ static void rd_round(struct redis_tier *r, struct rd_conn *cn, enum rd_op op, st
 	/* Every node's commands go out before any reply is waited for. */
 	for (nd = 0; nd < nn; nd++) {
 		struct rd_link *l = &cn->link[nd];
-		int done = 0;
+		size_t niov = 0;
 
 		if (!used[nd])
 			continue;
-		while (!done) {
-			errno = 0;
-			if (redisBufferWrite(l->c, &done) != REDIS_OK) {
-				link_fail(r, l, ctx_err(l->c, errno));
-				used[nd] = 2;
-				break;
-			}
+		for (i = 0; i < n; i++) {
+			if (sent[i] != nd)
+				continue;
+			if (asked[i])
+				iov[niov++] = (struct iovec){ r->asking, (size_t)r->asking_len };
+			iov[niov++] = (struct iovec){ cmd[i], (size_t)len[i] };
+		}
+		err = send_all(l->c, iov, niov);
+		for (i = 0; i < n; i++)
+			if (sent[i] == nd)
+				redisFreeCommand(cmd[i]);
+		if (err < 0) {
+			link_fail(r, l, err);
+			used[nd] = 2;
 		}
 		bump(&r->batches);
 	}
@@ -498,15 +546,22 @@ static int redis_probe(struct tier *t)
 
 	for (nd = 0; nd < nn && !err; nd++) {
 		redisContext *c = link_get(r, cn, nd, &err);
-		redisReply *rep;
+		redisReply *rep = NULL;
+		struct iovec v;
+		char *cmd;
 
 		if (!c)
 			break;
+		v.iov_len = (size_t)redisFormatCommand(&cmd, "PING");
+		v.iov_base = cmd;
+		err = send_all(c, &v, 1);
+		redisFreeCommand(cmd);
 		errno = 0;
-		rep = redisCommand(c, "PING");
-		if (!rep) {
+		if (!err && redisGetReply(c, (void **)&rep) != REDIS_OK)
 			err = ctx_err(c, errno);
-			link_fail(r, &cn->link[nd], err);
+		if (err || !rep) {
+			link_fail(r, &cn->link[nd], err ? err : -EIO);
+			err = err ? err : -EIO;
 			break;
 		}
 		if (rep->type == REDIS_REPLY_ERROR)
@@ -635,6 +690,7 @@ static void rd_free(struct redis_tier *r)
 	}
 	free(r->conn);
 	free(r->written);
+	redisFreeCommand(r->asking);
 	pthread_mutex_destroy(&r->map_lock);
 	tier_done_common(&r->tier);
 	free(r);
@@ -686,7 +742,8 @@ static int redis_open(const struct tier_config *cfg, struct tier **ret_tier)
 	r->nconns = cfg->nrings ? cfg->nrings : 2;
 	r->conn = calloc(r->nconns, sizeof(*r->conn));
 	r->written = calloc((r->tier.nslots + 63) / 64, sizeof(uint64_t));
-	if (!r->conn || !r->written) {
+	r->asking_len = redisFormatCommand(&r->asking, "ASKING");
+	if (!r->conn || !r->written || r->asking_len < 0) {
 		err = -ENOMEM;
 		goto out_free;
 	}
