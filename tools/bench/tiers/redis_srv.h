@@ -1,5 +1,5 @@
 /*
- * Real redis-server processes for the Redis tier tests: standalone or a 3-node cluster on
+ * Real redis-server processes for the Redis tier tests and icebench tiers: standalone or a 3-node cluster on
  * loopback, on ports picked here (free now, with the cluster bus port +10000 free too), in a
  * temp directory, stopped after. A server dies with the test process that started it
  * (PR_SET_PDEATHSIG), so a failed test leaves none behind.
