@@ -504,6 +504,43 @@ START_TEST(cluster_round_trip_spreads_keys_and_follows_ask_and_moved)
 	ck_assert_uint_eq(in.moved, 1);
 	tier_close(t);
 	ck_assert_int_eq(dbsize(s[0].port) + dbsize(s[1].port) + dbsize(s[2].port), 0);
+
+	/* A node dies and one of its hash slots is given to b (what a failover does): the map is
+	 * read again from the nodes that answer, so that slot works again, without a MOVED. */
+	t = open_redis(url, 1024, 300, 50, "fo:");
+	tier_round_trip(t, 300, 3);
+	{
+		int c = (a + 2) % 3, e;
+		unsigned moved_slot;
+
+		for (i = 0; i < 300; i++) {
+			snprintf(key, sizeof(key), "fo:%u", i);
+			if (owner_of(redis_key_slot(key, strlen(key))) == c)
+				break;
+		}
+		ck_assert_uint_lt(i, 300);
+		moved_slot = redis_key_slot(key, strlen(key));
+		rs_stop(&s[c]);
+		io = (struct tier_io){ .slot = i, .buf = dst, .len = 16, .cap = SLOT };
+		e = tier_read(t, &io, 1);
+		ck_assert_msg(e == -ECONNREFUSED || e == -ECONNRESET, "got %d", e);
+		snprintf(slotstr, sizeof(slotstr), "%u", moved_slot);
+		cmd_ok(s[b].port, "CLUSTER SETSLOT %s NODE %s", slotstr, idb);
+		cmd_ok(s[a].port, "CLUSTER SETSLOT %s NODE %s", slotstr, idb);
+		usleep(100000);
+		/* the page was on the dead node: gone, and said so */
+		ck_assert_int_eq(tier_read(t, &io, 1), -ENODATA);
+		redis_get_info(t, &in);
+		ck_assert_uint_ge(in.map_refreshes, 1);
+		fill(src, SLOT, 5);
+		io = (struct tier_io){ .slot = i, .buf = src, .len = SLOT, .cap = SLOT };
+		ck_assert_int_eq(tier_write(t, &io, 1), 0);
+		io.buf = dst;
+		memset(dst, 0, sizeof(dst));
+		ck_assert_int_eq(tier_read(t, &io, 1), 0);
+		ck_assert(!memcmp(src, dst, SLOT));
+	}
+	tier_close(t);
 	for (i = 0; i < 3; i++)
 		rs_stop(&s[i]);
 }

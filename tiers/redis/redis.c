@@ -74,7 +74,11 @@ struct redis_tier {
 	int asking_len;
 	/* Slots a SET was sent for (bit set): what close deletes. */
 	uint64_t *written;
-	uint64_t batches, moved, ask, reconnects, conn_errors, timeouts, oom, missing;
+	/* Cluster: a node failed since the map was read (refresh_map). */
+	int map_stale;
+	uint64_t refresh_after;
+	uint64_t batches, moved, ask, reconnects, conn_errors, timeouts, oom, missing,
+		map_refreshes;
 };
 
 static void bump(uint64_t *c)
@@ -220,6 +224,8 @@ static void link_fail(struct redis_tier *r, struct rd_link *l, int err)
 	if (err == -ETIMEDOUT)
 		bump(&r->timeouts);
 	bump(&r->conn_errors);
+	if (r->cluster)
+		__atomic_store_n(&r->map_stale, 1, __ATOMIC_RELAXED);
 }
 
 /* The node's context on this connection set: connected now, or the reason it is not. */
@@ -488,6 +494,8 @@ static void rd_round(struct redis_tier *r, struct rd_conn *cn, enum rd_op op, st
 	}
 }
 
+static void refresh_map(struct redis_tier *r, struct rd_conn *cn);
+
 static int rd_batch(struct redis_tier *r, struct tier_io *ios, unsigned n, enum rd_op op)
 {
 	char keys[RD_BATCH][RD_KEY_MAX];
@@ -498,6 +506,8 @@ static int rd_batch(struct redis_tier *r, struct tier_io *ios, unsigned n, enum 
 	unsigned off, i, k;
 	int first = 0, round, left;
 
+	if (__atomic_load_n(&r->map_stale, __ATOMIC_RELAXED))
+		refresh_map(r, cn);
 	for (off = 0; off < n; off += k) {
 		struct tier_io *io = ios + off;
 
@@ -614,29 +624,14 @@ static int parse_url(const char *url, struct rd_node *seeds, unsigned max)
 	return n ? (int)n : -EINVAL;
 }
 
-/* CLUSTER SLOTS on c: 1 and the map filled for a cluster, 0 for a standalone server. */
-static int discover(struct redis_tier *r, redisContext *c, const struct rd_node *seed)
+/* A CLUSTER SLOTS answer into the slot map (hosts left empty are `host`'s). */
+static int apply_slots(struct redis_tier *r, const redisReply *rep, const char *host0)
 {
-	redisReply *rep;
+	unsigned s, n = 0;
 	size_t i;
-	unsigned s;
 
-	errno = 0;
-	rep = redisCommand(c, "CLUSTER SLOTS");
-	if (!rep)
-		return ctx_err(c, errno);
-	if (rep->type == REDIS_REPLY_ERROR) {
-		/* "ERR This instance has cluster support disabled" */
-		freeReplyObject(rep);
-		r->cluster = 0;
-		return node_find_or_add(r, seed->host, strlen(seed->host), seed->port) == 0 ? 0 :
-											      -EIO;
-	}
-	if (rep->type != REDIS_REPLY_ARRAY || !rep->elements) {
-		freeReplyObject(rep);
+	if (rep->type != REDIS_REPLY_ARRAY || !rep->elements)
 		return -EIO; /* a cluster with no slots assigned yet */
-	}
-	r->cluster = 1;
 	for (i = 0; i < rep->elements; i++) {
 		const redisReply *e = rep->element[i], *m;
 		const char *host;
@@ -651,16 +646,85 @@ static int discover(struct redis_tier *r, redisContext *c, const struct rd_node 
 		host = m->element[0]->type == REDIS_REPLY_STRING && m->element[0]->len &&
 				       strcmp(m->element[0]->str, "?") ?
 			       m->element[0]->str :
-			       seed->host;
+			       host0;
 		nd = node_find_or_add(r, host, strlen(host), (int)m->element[1]->integer);
 		if (nd == RD_NONE)
 			continue;
 		for (s = (unsigned)e->element[0]->integer;
 		     s <= (unsigned)e->element[1]->integer && s < RD_NSLOTS; s++)
-			r->slotmap[s] = (uint8_t)nd;
+			__atomic_store_n(&r->slotmap[s], (uint8_t)nd, __ATOMIC_RELAXED);
+		n++;
 	}
+	return n ? 0 : -EIO;
+}
+
+/* CLUSTER SLOTS on c: 1 and the map filled for a cluster, 0 for a standalone server. */
+static int discover(struct redis_tier *r, redisContext *c, const struct rd_node *seed)
+{
+	redisReply *rep;
+	int err;
+
+	errno = 0;
+	rep = redisCommand(c, "CLUSTER SLOTS");
+	if (!rep)
+		return ctx_err(c, errno);
+	if (rep->type == REDIS_REPLY_ERROR) {
+		/* "ERR This instance has cluster support disabled" */
+		freeReplyObject(rep);
+		r->cluster = 0;
+		return node_find_or_add(r, seed->host, strlen(seed->host), seed->port) == 0 ? 0 :
+											      -EIO;
+	}
+	r->cluster = 1;
+	err = apply_slots(r, rep, seed->host);
 	freeReplyObject(rep);
-	return r->nnodes ? 1 : -EIO;
+	return err < 0 ? err : 1;
+}
+
+/*
+ * After a node failed, the slots it owned may have a new owner (a replica promoted by
+ * failover) that no MOVED will ever name, since the old owner does not answer: ask the nodes
+ * that do for the map again, at most once per retry_ms.
+ */
+static void refresh_map(struct redis_tier *r, struct rd_conn *cn)
+{
+	unsigned nd, nn = __atomic_load_n(&r->nnodes, __ATOMIC_ACQUIRE);
+	uint64_t now = clock_now_ns();
+	char *cmd;
+	int len;
+
+	if (now < __atomic_load_n(&r->refresh_after, __ATOMIC_RELAXED))
+		return;
+	__atomic_store_n(&r->refresh_after, now + r->retry_ns, __ATOMIC_RELAXED);
+	len = redisFormatCommand(&cmd, "CLUSTER SLOTS");
+	if (len < 0)
+		return;
+	for (nd = 0; nd < nn; nd++) {
+		struct iovec v = { cmd, (size_t)len };
+		redisReply *rep = NULL;
+		redisContext *c;
+		int err;
+
+		c = link_get(r, cn, nd, &err);
+		if (!c)
+			continue;
+		err = send_all(c, &v, 1);
+		errno = 0;
+		if (!err && redisGetReply(c, (void **)&rep) != REDIS_OK)
+			err = ctx_err(c, errno);
+		if (err || !rep) {
+			link_fail(r, &cn->link[nd], err ? err : -EIO);
+			continue;
+		}
+		err = apply_slots(r, rep, r->node[nd].host);
+		freeReplyObject(rep);
+		if (err == 0) {
+			__atomic_store_n(&r->map_stale, 0, __ATOMIC_RELAXED);
+			bump(&r->map_refreshes);
+			break;
+		}
+	}
+	redisFreeCommand(cmd);
 }
 
 /* A server that evicts keys would lose pages: refused where CONFIG GET answers. */
@@ -828,6 +892,7 @@ static void redis_stats(struct tier *t, struct stats_buf *sb, const char *prefix
 	stats_put_u64(sb, prefix, "timeouts", in.timeouts);
 	stats_put_u64(sb, prefix, "oom", in.oom);
 	stats_put_u64(sb, prefix, "missing", in.missing);
+	stats_put_u64(sb, prefix, "map_refreshes", in.map_refreshes);
 }
 
 void redis_get_info(struct tier *t, struct redis_info *ret_info)
@@ -845,6 +910,7 @@ void redis_get_info(struct tier *t, struct redis_info *ret_info)
 		.timeouts = __atomic_load_n(&r->timeouts, __ATOMIC_RELAXED),
 		.oom = __atomic_load_n(&r->oom, __ATOMIC_RELAXED),
 		.missing = __atomic_load_n(&r->missing, __ATOMIC_RELAXED),
+		.map_refreshes = __atomic_load_n(&r->map_refreshes, __ATOMIC_RELAXED),
 	};
 }
 

@@ -11,6 +11,8 @@
  * slot map (CRC16 of the key, hash tags honoured, as the cluster spec says) and batches go to
  * the node owning each key; a MOVED reply updates the map and an ASK reply sends that key once
  * to the named node (after ASKING), both retried in the same batch (at most 5 redirections).
+ * After a node fails the next batch reads the map again from a node that answers (at most once
+ * per retry_ms), so slots a failover moved are found without a MOVED from the dead node.
  *
  * Batches are pipelined: every GET or SET of a batch is queued on its node's connection, all
  * nodes' output is written, then the replies are read, one round trip per node per batch (per
@@ -41,6 +43,7 @@ struct redis_info {
 	unsigned nodes;   /* nodes known (masters that own slots) */
 	uint64_t batches; /* pipelined round trips (per node) */
 	uint64_t moved, ask, reconnects, conn_errors, timeouts, oom, missing;
+	uint64_t map_refreshes; /* cluster: slot map read again after a node failed */
 };
 
 void redis_get_info(struct tier *t, struct redis_info *ret_info);
