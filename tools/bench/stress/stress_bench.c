@@ -41,8 +41,8 @@ struct opts {
 	const char *shape_name;
 	int clients, seqs, json;
 	uint32_t tokens, chunk;
-	uint64_t dram_mib, nvme_gib, host_mib;
-	const char *nvme, *sock;
+	uint64_t dram_mib, nvme_gib, host_mib, remote_gib;
+	const char *nvme, *sock, *remote;
 };
 
 static const struct ice_budget budget = { 64, 256, 2048, 0 };
@@ -357,15 +357,16 @@ static int64_t stat_of(const char *text, const char *name)
 }
 
 struct sample {
-	int64_t dram, nvme, host, rss;
+	int64_t dram, nvme, host, rss, remote;
 };
 
 static void take_sample(struct ice_ctx *c, pid_t daemon, char *buf, size_t cap, struct sample *s)
 {
-	s->dram = s->nvme = s->host = -1;
+	s->dram = s->nvme = s->host = s->remote = -1;
 	if (ice_stats(c, buf, cap) >= 0) {
 		s->dram = stat_of(buf, "tier.dram.used_bytes");
 		s->nvme = stat_of(buf, "tier.nvme.used_bytes");
+		s->remote = stat_of(buf, "tier.redis.used_bytes");
 		s->host = stat_of(buf, "engine.host_used_bytes");
 	}
 	s->rss = proc_kib(daemon, "VmRSS");
@@ -392,7 +393,8 @@ static int usage(void)
 	fprintf(stderr,
 		"usage: icebench stress [--clients C] [--seqs S] [--shape llama3-8b|smollm2|L,Hkv,Hq,d]\n"
 		"                       [--tokens N] [--chunk T] [--dram-mib M] [--nvme PATH]\n"
-		"                       [--nvme-gib G] [--host-mib M] [--socket PATH] [--json]\n");
+		"                       [--nvme-gib G] [--remote URL] [--remote-gib G] [--host-mib M]\n"
+		"                       [--socket PATH] [--json]\n");
 	return 2;
 }
 
@@ -404,7 +406,7 @@ static double mib(int64_t b)
 static int stress_main(int argc, char **argv)
 {
 	struct opts o = { .clients = 1, .seqs = 1, .tokens = 4096, .chunk = 256 };
-	char path[108], dir[64] = "/tmp/icebench-stress-XXXXXX", sets[8][4200], *stats;
+	char path[108], dir[64] = "/tmp/icebench-stress-XXXXXX", sets[12][4200], *stats;
 	struct worker w[MAX_CLIENTS];
 	struct ice_ctx *ctxs[MAX_CLIENTS] = { 0 }, *mon = NULL;
 	pthread_t th[MAX_CLIENTS];
@@ -448,6 +450,10 @@ static int stress_main(int argc, char **argv)
 			o.host_mib = strtoull(v, NULL, 10);
 		else if (!strcmp(a, "--nvme"))
 			o.nvme = v;
+		else if (!strcmp(a, "--remote"))
+			o.remote = v;
+		else if (!strcmp(a, "--remote-gib"))
+			o.remote_gib = strtoull(v, NULL, 10);
 		else if (!strcmp(a, "--socket"))
 			o.sock = v;
 		else
@@ -464,13 +470,19 @@ static int stress_main(int argc, char **argv)
 		snprintf(sets[nsets++], sizeof(sets[0]), "nvme_path=%s", o.nvme);
 	if (o.nvme_gib)
 		snprintf(sets[nsets++], sizeof(sets[0]), "nvme_bytes=%" PRIu64, o.nvme_gib << 30);
+	if (o.remote)
+		snprintf(sets[nsets++], sizeof(sets[0]), "remote_url=%s", o.remote);
+	if (o.remote_gib)
+		snprintf(sets[nsets++], sizeof(sets[0]), "remote_bytes=%" PRIu64,
+			 o.remote_gib << 30);
 	/* The run's clients are one workload, not tenants to shield from each other: its private
 	 * daemon lifts the per-client quotas, so a lone client may fill what the run was given. */
 	snprintf(sets[nsets++], sizeof(sets[0]), "client_host_bytes=%" PRIu64,
 		 o.host_mib ? o.host_mib << 20 : (uint64_t)1 << 30);
 	snprintf(sets[nsets++], sizeof(sets[0]), "client_dram_pages=%" PRIu64, (uint64_t)1 << 32);
 	snprintf(sets[nsets++], sizeof(sets[0]), "client_nvme_pages=%" PRIu64, (uint64_t)1 << 32);
-	if (o.sock && nsets > 3)
+	snprintf(sets[nsets++], sizeof(sets[0]), "client_remote_pages=%" PRIu64, (uint64_t)1 << 32);
+	if (o.sock && nsets > 4)
 		fprintf(stderr, "icebench stress: --socket given: the tier options are the "
 				"running daemon's, not these\n");
 	stats = malloc(stats_cap);
@@ -580,8 +592,9 @@ static int stress_main(int argc, char **argv)
 			       ",\"bad_rows\":%" PRIu64 ",\"wall_s\":%.3f",
 			       pages, verified, bad, wall);
 			printf(",\"tiers\":{\"dram\":{\"used_bytes\":%" PRId64
-			       "},\"nvme\":{\"used_bytes\":%" PRId64 "}}",
-			       fin.dram, fin.nvme);
+			       "},\"nvme\":{\"used_bytes\":%" PRId64
+			       "},\"redis\":{\"used_bytes\":%" PRId64 "}}",
+			       fin.dram, fin.nvme, fin.remote);
 			printf(",\"error\":");
 			bench_json_str(stdout, err ? strerror(-err) : "");
 			printf("}\n");
@@ -597,8 +610,8 @@ static int stress_main(int argc, char **argv)
 			       kv_per_token);
 			printf("%-22s %.1f MiB (%.0f bytes/token over start)\n", "daemon rss peak",
 			       mib(rss_peak), rpt);
-			printf("%-22s dram %.1f MiB, nvme %.1f MiB\n", "tiers used at end",
-			       mib(fin.dram), mib(fin.nvme));
+			printf("%-22s dram %.1f MiB, nvme %.1f MiB, redis %.1f MiB\n",
+			       "tiers used at end", mib(fin.dram), mib(fin.nvme), mib(fin.remote));
 			printf("%-22s %" PRIu64 " pages: %" PRIu64 " rows verified, %" PRIu64
 			       " bad\n",
 			       "fetched", pages, verified, bad);
