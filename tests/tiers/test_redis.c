@@ -6,6 +6,7 @@
  * Skips (77) only when redis-server is not installed.
  */
 #include <errno.h>
+#include <pthread.h>
 #include <signal.h>
 #include <stdlib.h>
 #include <string.h>
@@ -160,6 +161,77 @@ START_TEST(standalone_round_trip_is_byte_exact_and_pipelined)
 	tier_close(t);
 	/* close deletes what the tier wrote */
 	ck_assert_int_eq(dbsize(s.port), 0);
+	rs_stop(&s);
+}
+END_TEST
+
+struct thr_arg {
+	struct tier *t;
+	unsigned id;
+	int bad;
+};
+
+/* One thread's slots [id*200, id*200+200): written, read back, compared, 10 times over. */
+static void *thr_main(void *p)
+{
+	struct thr_arg *a = p;
+	uint8_t *src = malloc(64 * SLOT), *dst = malloc(64 * SLOT);
+	struct tier_io io[64];
+	unsigned rep, i, k;
+
+	if (!src || !dst) {
+		a->bad++;
+		free(src);
+		free(dst);
+		return NULL;
+	}
+
+	for (rep = 0; rep < 10; rep++) {
+		for (k = 0; k < 200; k += 64) {
+			unsigned n = 200 - k < 64 ? 200 - k : 64;
+
+			fill(src, 64 * SLOT, a->id * 1000 + rep * 10 + k);
+			for (i = 0; i < n; i++)
+				io[i] = (struct tier_io){ .slot = a->id * 200 + k + i,
+							  .buf = src + (size_t)i * SLOT,
+							  .len = SLOT,
+							  .cap = SLOT };
+			if (tier_write(a->t, io, n) < 0)
+				a->bad++;
+			for (i = 0; i < n; i++)
+				io[i].buf = dst + (size_t)i * SLOT;
+			if (tier_read(a->t, io, n) < 0 || memcmp(src, dst, (size_t)n * SLOT))
+				a->bad++;
+		}
+	}
+	free(src);
+	free(dst);
+	return NULL;
+}
+
+/* Batches from several threads at once (more threads than connections): each gets its own
+ * replies, byte for byte. */
+START_TEST(concurrent_batches_from_threads)
+{
+	struct rsrv s = { 0 };
+	struct thr_arg a[4];
+	pthread_t th[4];
+	struct tier *t;
+	char url[64];
+	unsigned i;
+
+	ck_assert_int_eq(rs_start_any(&s, tmpdir, NULL), 0);
+	url_of(url, sizeof(url), &s, 1);
+	t = open_redis(url, 1024, 0, 0, "th:");
+	for (i = 0; i < 4; i++) {
+		a[i] = (struct thr_arg){ .t = t, .id = i };
+		ck_assert_int_eq(pthread_create(&th[i], NULL, thr_main, &a[i]), 0);
+	}
+	for (i = 0; i < 4; i++) {
+		pthread_join(th[i], NULL);
+		ck_assert_int_eq(a[i].bad, 0);
+	}
+	tier_close(t);
 	rs_stop(&s);
 }
 END_TEST
@@ -663,6 +735,7 @@ static Suite *redis_suite(void)
 	tcase_set_timeout(tc, 120);
 	tcase_add_test(tc, standalone_round_trip_is_byte_exact_and_pipelined);
 	tcase_add_test(tc, store_path_verifies_every_page_from_redis);
+	tcase_add_test(tc, concurrent_batches_from_threads);
 	tcase_add_test(tc, faults_are_errors_and_local_pages_keep_serving);
 	tcase_add_test(tc, cluster_round_trip_spreads_keys_and_follows_ask_and_moved);
 	tcase_add_loop_test(tc, engine_sequence_larger_than_dram_comes_back_from_redis, 0, 3);
