@@ -119,6 +119,27 @@ int engine_fetch_shared(struct engine *e, uint32_t owner, uint32_t id, uint32_t 
 /* Bytes per fetched page of sequence id. */
 int engine_page_bytes(struct engine *e, uint32_t owner, uint32_t id, size_t *ret_bytes);
 
+/*
+ * Saved prefixes (prefix.c), kept on the Redis tier's servers so that any engine reaching them
+ * (another process, another host) can open them. -EOPNOTSUPP without a Redis tier; names are
+ * 1-32 of [A-Za-z0-9._-] (-EINVAL otherwise).
+ * save: every token of sequence id (all layers must hold the same count: -EBUSY otherwise,
+ *   -ENODATA when empty) under name, replacing a previous save of it only once the new one is
+ *   whole; *ret_crc (may be NULL) is its content hash. Costs the rows of one layer in host bytes
+ *   while it runs.
+ * open: a new sequence of owner (budget p->budget) holding the saved tokens, appended (the index
+ *   is rebuilt from the keys: no model run). The model shape must be the saved one (-EINVAL);
+ *   -ENOENT when no whole save has that name; -EBADMSG when a byte read does not match the
+ *   manifest's checksums, -ESTALE when the save was replaced half-way through the read: then
+ *   no sequence is left open. *ret_crc (may be NULL): the content hash.
+ * drop: deletes the save (-ENOENT if none).
+ */
+int engine_prefix_save(struct engine *e, uint32_t owner, uint32_t id, const char *name,
+		       uint32_t *ret_crc);
+int engine_prefix_open(struct engine *e, uint32_t owner, const char *name,
+		       const struct engine_params *p, uint32_t *ret_id, uint32_t *ret_crc);
+int engine_prefix_drop(struct engine *e, const char *name);
+
 void engine_stats(struct engine *e, struct stats_buf *sb);
 void engine_seqs(struct engine *e, struct stats_buf *sb);
 /* An owner's use, under prefix: host_bytes, dram_pages, nvme_pages, remote_pages, seqs (its quotas are in

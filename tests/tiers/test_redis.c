@@ -14,7 +14,9 @@
 
 #include "check_main.h"
 #include "clock.h"
+#include "crc32c.h"
 #include "dram.h"
+#include "engine.h"
 #include "icecache/icecache.h"
 #include "nvme.h"
 #include "policy.h"
@@ -725,6 +727,151 @@ START_TEST(engine_append_needing_redis_down_is_refused_whole)
 }
 END_TEST
 
+/* Layer l's rows as the test appends them (K [kv][n][d] then V), f16 bit patterns that are
+ * finite and differ per (layer, head, position, dim). */
+static void prefix_rows(uint16_t *kv, uint32_t layer, uint32_t hk, uint32_t n, uint32_t d)
+{
+	size_t half = (size_t)hk * n * d, i;
+
+	for (i = 0; i < 2 * half; i++) {
+		uint64_t x = (i + 1) * 0x9E3779B97F4A7C15ull ^ ((uint64_t)layer << 40);
+
+		x ^= x >> 29;
+		/* sign, exponent 1..29 (never 31: inf/NaN), mantissa */
+		kv[i] = (uint16_t)((x & 0x83ffu) | ((1 + (x >> 16) % 29) << 10));
+	}
+}
+
+static uint64_t engine_u64(struct engine *e, const char *name)
+{
+	static char text[1 << 16];
+	struct stats_buf sb;
+	uint64_t v = 0;
+
+	stats_buf_init(&sb, text, sizeof(text));
+	engine_stats(e, &sb);
+	ck_assert_int_eq(stats_find_u64(text, name, &v), 0);
+	return v;
+}
+
+/*
+ * Issue 16, point 2 at the engine: a sequence saved under a name by one engine (one daemon) is
+ * opened by another on the same Redis without running the model, holding exactly the tokens
+ * appended (the content hash the test computes from its own rows); the shape is checked; a
+ * save without its manifest, with a corrupt or a truncated chunk, is never opened and leaves no
+ * sequence behind.
+ */
+START_TEST(saved_prefix_opens_in_another_engine_byte_exact)
+{
+	const struct engine_params par = { .shape = { 4, 6, 2, 64, ICE_DTYPE_F16 },
+					   .budget = { 16, 32, 64, 0 } };
+	struct engine_params bad = par;
+	const uint32_t n = 3000, chunk = 250, hk = 2, d = 64;
+	struct rsrv s = { 0 };
+	struct engine *a, *b;
+	struct engine_opts o = { .dram_bytes = 1 << 20,
+				 .slot_bytes = 8192,
+				 .host_bytes = 1ull << 30,
+				 .max_seqs = 16,
+				 .remote_bytes = 256ull << 20,
+				 .overfetch = 1 };
+	size_t half = (size_t)hk * n * d;
+	uint16_t *kv = malloc(2 * half * sizeof(uint16_t)),
+		 *ck = malloc(2 * (size_t)hk * chunk * d * 2);
+	uint32_t lcrc[4], want, got, got2, ida, idb, idc, l, h, c;
+	uint64_t t0, t_append, t_save, t_open;
+	char url[64];
+	redisContext *rc;
+	redisReply *rep;
+
+	ck_assert_ptr_nonnull(kv);
+	ck_assert_int_eq(rs_start_any(&s, tmpdir, NULL), 0);
+	url_of(url, sizeof(url), &s, 1);
+	o.remote_url = url;
+	ck_assert_int_eq(engine_new(&o, &a), 0);
+	ck_assert_int_eq(engine_new(&o, &b), 0);
+	ck_assert_int_eq(engine_seq_open(a, 1, &par, &ida), 0);
+	/* the "prefill": every layer appended in chunks, as a model would */
+	t0 = clock_now_ns();
+	for (l = 0; l < 4; l++) {
+		prefix_rows(kv, l, hk, n, d);
+		lcrc[l] = crc32c(0, kv, 2 * half * sizeof(uint16_t));
+		for (c = 0; c < n; c += chunk) {
+			for (h = 0; h < hk; h++) {
+				memcpy(ck + (size_t)h * chunk * d,
+				       kv + (size_t)h * n * d + (size_t)c * d,
+				       (size_t)chunk * d * 2);
+				memcpy(ck + (size_t)(hk + h) * chunk * d,
+				       kv + half + (size_t)h * n * d + (size_t)c * d,
+				       (size_t)chunk * d * 2);
+			}
+			ck_assert_int_eq(engine_append(a, 1, ida, l, chunk, ck,
+						       ck + (size_t)hk * chunk * d),
+					 0);
+		}
+	}
+	t_append = clock_now_ns() - t0;
+	want = crc32c(0, lcrc, sizeof(lcrc));
+	/* 1 MiB of DRAM for 1.5 MiB of pages: some of what is saved comes back from Redis */
+	ck_assert_uint_gt(engine_u64(a, "tier.redis.writes"), 0);
+
+	ck_assert_int_eq(engine_prefix_save(a, 1, ida, "bad name", NULL), -EINVAL);
+	t0 = clock_now_ns();
+	ck_assert_int_eq(engine_prefix_save(a, 1, ida, "pfx-1", &got), 0);
+	t_save = clock_now_ns() - t0;
+	ck_assert_uint_eq(got, want);
+	/* another engine (another daemon): the same tokens, byte for byte */
+	t0 = clock_now_ns();
+	ck_assert_int_eq(engine_prefix_open(b, 7, "pfx-1", &par, &idb, &got), 0);
+	t_open = clock_now_ns() - t0;
+	ck_assert_uint_eq(got, want);
+	ck_assert_int_eq(engine_prefix_save(b, 7, idb, "pfx-2", &got2), 0);
+	ck_assert_uint_eq(got2, want);
+	printf("prefix of %u tokens x %u layers: append %.1f ms, save %.1f ms, open %.1f ms\n", n,
+	       4, t_append / 1e6, t_save / 1e6, t_open / 1e6);
+	/* the model must be the saved one */
+	bad.shape.head_dim = 128;
+	ck_assert_int_eq(engine_prefix_open(b, 7, "pfx-1", &bad, &idc, NULL), -EINVAL);
+	ck_assert_int_eq(engine_prefix_open(b, 7, "nothing", &par, &idc, NULL), -ENOENT);
+	ck_assert_uint_eq(engine_u64(b, "engine.seqs"), 1);
+
+	/* a corrupt chunk, then a truncated one: never opened, nothing left open */
+	rc = rs_connect(s.port);
+	ck_assert_ptr_nonnull(rc);
+	rep = redisCommand(rc, "KEYS icecache:prefix:pfx-2:*:2:0");
+	ck_assert_int_eq(rep->type, REDIS_REPLY_ARRAY);
+	ck_assert_uint_eq(rep->elements, 1);
+	{
+		char key[128];
+		redisReply *g;
+
+		snprintf(key, sizeof(key), "%s", rep->element[0]->str);
+		g = redisCommand(rc, "GET %s", key);
+		ck_assert_int_eq(g->type, REDIS_REPLY_STRING);
+		g->str[1000] ^= 0x10;
+		freeReplyObject(redisCommand(rc, "SET %s %b", key, g->str, (size_t)g->len));
+		ck_assert_int_eq(engine_prefix_open(b, 7, "pfx-2", &par, &idc, NULL), -EBADMSG);
+		ck_assert_uint_eq(engine_u64(b, "engine.seqs"), 1);
+		freeReplyObject(redisCommand(rc, "SET %s %b", key, g->str, (size_t)100));
+		ck_assert_int_eq(engine_prefix_open(b, 7, "pfx-2", &par, &idc, NULL), -EBADMSG);
+		ck_assert_uint_eq(engine_u64(b, "engine.seqs"), 1);
+		freeReplyObject(g);
+	}
+	freeReplyObject(rep);
+	/* a save without its manifest (what a save that died before its last write leaves) */
+	freeReplyObject(redisCommand(rc, "DEL icecache:prefix:pfx-1"));
+	ck_assert_int_eq(engine_prefix_open(b, 7, "pfx-1", &par, &idc, NULL), -ENOENT);
+	redisFree(rc);
+	ck_assert_int_eq(engine_prefix_drop(b, "pfx-2"), 0);
+	ck_assert_int_eq(engine_prefix_drop(b, "pfx-2"), -ENOENT);
+	engine_free(b);
+	engine_free(a);
+	free(kv);
+	free(ck);
+	rs_stop(&s);
+}
+END_TEST
+
 static Suite *redis_suite(void)
 {
 	Suite *s = suite_create("redis");
@@ -740,6 +887,7 @@ static Suite *redis_suite(void)
 	tcase_add_test(tc, cluster_round_trip_spreads_keys_and_follows_ask_and_moved);
 	tcase_add_loop_test(tc, engine_sequence_larger_than_dram_comes_back_from_redis, 0, 3);
 	tcase_add_test(tc, engine_append_needing_redis_down_is_refused_whole);
+	tcase_add_test(tc, saved_prefix_opens_in_another_engine_byte_exact);
 	suite_add_tcase(s, tc);
 	return s;
 }

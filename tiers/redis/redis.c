@@ -346,7 +346,7 @@ static int send_all(redisContext *c, struct iovec *iov, size_t n)
 }
 
 /* The reply to one entry's command: 0, -errno, or 1 to send it again (redirected). */
-static int take_reply(struct redis_tier *r, enum rd_op op, struct tier_io *io,
+static int take_reply(struct redis_tier *r, enum rd_op op, int obj, struct tier_io *io,
 		      const redisReply *rep, unsigned node, uint8_t *ask_node)
 {
 	unsigned slot, nd;
@@ -376,6 +376,14 @@ static int take_reply(struct redis_tier *r, enum rd_op op, struct tier_io *io,
 		}
 		if (rep->type != REDIS_REPLY_STRING)
 			return -EPROTO;
+		if (obj) {
+			/* a named object: any length that fits */
+			if ((size_t)rep->len > io->cap)
+				return -EMSGSIZE;
+			memcpy(io->buf, rep->str, (size_t)rep->len);
+			io->len = (uint32_t)rep->len;
+			return 0;
+		}
 		if (rep->len != io->len) {
 			/* not this page's bytes: an error, and nothing of them in the buffer */
 			memset(io->buf, 0,
@@ -394,8 +402,8 @@ static int take_reply(struct redis_tier *r, enum rd_op op, struct tier_io *io,
 
 /* One round: queue every pending entry on its node, write every node's output, read the
  * replies. pend[i] stays set for entries redirected. */
-static void rd_round(struct redis_tier *r, struct rd_conn *cn, enum rd_op op, struct tier_io *ios,
-		     unsigned n, char (*keys)[RD_KEY_MAX], const size_t *klen,
+static void rd_round(struct redis_tier *r, struct rd_conn *cn, enum rd_op op, int obj,
+		     struct tier_io *ios, unsigned n, char (*keys)[RD_KEY_MAX], const size_t *klen,
 		     const uint16_t *hslot, uint8_t *pend, uint8_t *ask_node)
 {
 	uint8_t sent[RD_BATCH], asked[RD_BATCH], used[RD_MAX_NODES] = { 0 };
@@ -427,7 +435,7 @@ static void rd_round(struct redis_tier *r, struct rd_conn *cn, enum rd_op op, st
 			pend[i] = 0;
 			continue;
 		}
-		if (op == RD_SET)
+		if (op == RD_SET && !obj)
 			__atomic_or_fetch(&r->written[ios[i].slot / 64], 1ull << (ios[i].slot % 64),
 					  __ATOMIC_RELAXED);
 		sent[i] = (uint8_t)nd;
@@ -477,7 +485,7 @@ static void rd_round(struct redis_tier *r, struct rd_conn *cn, enum rd_op op, st
 			if (asked[i] && redisGetReply(l->c, (void **)&rep) == REDIS_OK)
 				freeReplyObject(rep); /* ASKING's +OK */
 			if (!l->c->err && redisGetReply(l->c, (void **)&rep) == REDIS_OK && rep) {
-				rr = take_reply(r, op, &ios[i], rep, nd, &ask_node[i]);
+				rr = take_reply(r, op, obj, &ios[i], rep, nd, &ask_node[i]);
 				freeReplyObject(rep);
 				if (rr == 1)
 					continue; /* redirected: next round */
@@ -496,7 +504,9 @@ static void rd_round(struct redis_tier *r, struct rd_conn *cn, enum rd_op op, st
 
 static void refresh_map(struct redis_tier *r, struct rd_conn *cn);
 
-static int rd_batch(struct redis_tier *r, struct tier_io *ios, unsigned n, enum rd_op op)
+/* names NULL: the keys are the slots' (<prefix><slot>); else names[i] is entry i's key. */
+static int rd_batch(struct redis_tier *r, struct tier_io *ios, unsigned n, enum rd_op op,
+		    const char *const *names)
 {
 	char keys[RD_BATCH][RD_KEY_MAX];
 	size_t klen[RD_BATCH];
@@ -513,14 +523,26 @@ static int rd_batch(struct redis_tier *r, struct tier_io *ios, unsigned n, enum 
 
 		k = n - off < RD_BATCH ? n - off : RD_BATCH;
 		for (i = 0; i < k; i++) {
-			klen[i] = make_key(r, io[i].slot, keys[i]);
+			if (names) {
+				klen[i] = strlen(names[off + i]);
+				if (klen[i] >= RD_KEY_MAX) {
+					klen[i] = 0;
+					pend[i] = 0;
+					io[i].res = -ENAMETOOLONG;
+					continue;
+				}
+				memcpy(keys[i], names[off + i], klen[i] + 1);
+			} else {
+				klen[i] = make_key(r, io[i].slot, keys[i]);
+			}
 			hslot[i] = r->cluster ? (uint16_t)redis_key_slot(keys[i], klen[i]) : 0;
 			pend[i] = 1;
 			ask_node[i] = RD_NONE;
 			io[i].res = 0;
 		}
 		for (round = 0; round <= RD_REDIRECTS; round++) {
-			rd_round(r, cn, op, io, k, keys, klen, hslot, pend, ask_node);
+			rd_round(r, cn, op, names != NULL, io, k, keys, klen, hslot, pend,
+				 ask_node);
 			for (i = 0, left = 0; i < k; i++)
 				left += pend[i];
 			if (!left)
@@ -539,12 +561,46 @@ static int rd_batch(struct redis_tier *r, struct tier_io *ios, unsigned n, enum 
 
 static int redis_read(struct tier *t, struct tier_io *ios, unsigned n)
 {
-	return rd_batch((struct redis_tier *)t, ios, n, RD_GET);
+	return rd_batch((struct redis_tier *)t, ios, n, RD_GET, NULL);
 }
 
 static int redis_write(struct tier *t, struct tier_io *ios, unsigned n)
 {
-	return rd_batch((struct redis_tier *)t, ios, n, RD_SET);
+	return rd_batch((struct redis_tier *)t, ios, n, RD_SET, NULL);
+}
+
+int redis_obj_put(struct tier *t, const char *const *names, struct tier_io *ios, unsigned n)
+{
+	if (!t || t->ops != &redis_tier_ops || !names || (!ios && n))
+		return -EINVAL;
+	return rd_batch((struct redis_tier *)t, ios, n, RD_SET, names);
+}
+
+int redis_obj_get(struct tier *t, const char *const *names, struct tier_io *ios, unsigned n)
+{
+	if (!t || t->ops != &redis_tier_ops || !names || (!ios && n))
+		return -EINVAL;
+	return rd_batch((struct redis_tier *)t, ios, n, RD_GET, names);
+}
+
+int redis_obj_del(struct tier *t, const char *const *names, unsigned n)
+{
+	struct tier_io io[RD_BATCH];
+	unsigned off, i, k;
+	char dummy = 0;
+	int first = 0, r;
+
+	if (!t || t->ops != &redis_tier_ops || (!names && n))
+		return -EINVAL;
+	for (off = 0; off < n; off += k) {
+		k = n - off < RD_BATCH ? n - off : RD_BATCH;
+		for (i = 0; i < k; i++)
+			io[i] = (struct tier_io){ .buf = &dummy };
+		r = rd_batch((struct redis_tier *)t, io, k, RD_DEL, names + off);
+		if (r < 0 && !first)
+			first = r;
+	}
+	return first;
 }
 
 static int redis_probe(struct tier *t)
@@ -860,14 +916,14 @@ static void redis_close(struct tier *t)
 						  .buf = &dummy };
 			bits &= bits - 1;
 			if (n == RD_BATCH) {
-				if (rd_batch(r, io, n, RD_DEL) < 0)
+				if (rd_batch(r, io, n, RD_DEL, NULL) < 0)
 					goto out;
 				n = 0;
 			}
 		}
 	}
 	if (n)
-		rd_batch(r, io, n, RD_DEL);
+		rd_batch(r, io, n, RD_DEL, NULL);
 out:
 	rd_free(r);
 }

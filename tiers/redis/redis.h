@@ -48,6 +48,18 @@ struct redis_info {
 
 void redis_get_info(struct tier *t, struct redis_info *ret_info);
 
+/*
+ * Named objects beside the slots, on the same servers and connections (the saved prefixes of
+ * runtime/engine/prefix.c): names[i] is entry i's whole key (under 80 bytes; not under the
+ * tier's prefix, and not deleted at close), pipelined like slot batches. put: ios[i].buf, len;
+ * get: buf and cap in, len out (-ENODATA when missing, -EMSGSIZE when larger than cap); slot is
+ * unused. The same per-entry results and return as tier_read/tier_write; -EINVAL for a tier
+ * that is not this one. Nothing is checksummed here: the caller checks what it reads.
+ */
+int redis_obj_put(struct tier *t, const char *const *names, struct tier_io *ios, unsigned n);
+int redis_obj_get(struct tier *t, const char *const *names, struct tier_io *ios, unsigned n);
+int redis_obj_del(struct tier *t, const char *const *names, unsigned n);
+
 /* CRC16 slot of a key (0..16383), as Redis Cluster hashes it: the part inside the first
  * non-empty {...} if there is one. Exposed for tests. */
 unsigned redis_key_slot(const char *key, size_t len);
