@@ -131,13 +131,15 @@ int engine_page_bytes(struct engine *e, uint32_t owner, uint32_t id, size_t *ret
  *   is rebuilt from the keys: no model run). The model shape must be the saved one (-EINVAL);
  *   -ENOENT when no whole save has that name; -EBADMSG when a byte read does not match the
  *   manifest's checksums, -ESTALE when the save was replaced half-way through the read: then
- *   no sequence is left open. *ret_crc (may be NULL): the content hash.
+ *   no sequence is left open. *ret_crc, *ret_tokens (may be NULL): the content hash, and the
+ *   tokens every layer now holds.
  * drop: deletes the save (-ENOENT if none).
  */
 int engine_prefix_save(struct engine *e, uint32_t owner, uint32_t id, const char *name,
 		       uint32_t *ret_crc);
 int engine_prefix_open(struct engine *e, uint32_t owner, const char *name,
-		       const struct engine_params *p, uint32_t *ret_id, uint32_t *ret_crc);
+		       const struct engine_params *p, uint32_t *ret_id, uint32_t *ret_crc,
+		       uint32_t *ret_tokens);
 int engine_prefix_drop(struct engine *e, const char *name);
 
 void engine_stats(struct engine *e, struct stats_buf *sb);

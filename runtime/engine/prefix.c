@@ -320,7 +320,8 @@ out_uncharge:
 }
 
 int engine_prefix_open(struct engine *e, uint32_t owner, const char *name,
-		       const struct engine_params *p, uint32_t *ret_id, uint32_t *ret_crc)
+		       const struct engine_params *p, uint32_t *ret_id, uint32_t *ret_crc,
+		       uint32_t *ret_tokens)
 {
 	struct tier *t = remote_tier(e);
 	struct pfx_manifest m;
@@ -375,6 +376,8 @@ int engine_prefix_open(struct engine *e, uint32_t owner, const char *name,
 	*ret_id = id;
 	if (ret_crc)
 		*ret_crc = crc;
+	if (ret_tokens)
+		*ret_tokens = m.tokens;
 	return 0;
 out_drop:
 	engine_seq_drop(e, owner, id);

@@ -822,7 +822,7 @@ START_TEST(saved_prefix_opens_in_another_engine_byte_exact)
 	ck_assert_uint_eq(got, want);
 	/* another engine (another daemon): the same tokens, byte for byte */
 	t0 = clock_now_ns();
-	ck_assert_int_eq(engine_prefix_open(b, 7, "pfx-1", &par, &idb, &got), 0);
+	ck_assert_int_eq(engine_prefix_open(b, 7, "pfx-1", &par, &idb, &got, NULL), 0);
 	t_open = clock_now_ns() - t0;
 	ck_assert_uint_eq(got, want);
 	ck_assert_int_eq(engine_prefix_save(b, 7, idb, "pfx-2", &got2), 0);
@@ -831,8 +831,8 @@ START_TEST(saved_prefix_opens_in_another_engine_byte_exact)
 	       4, t_append / 1e6, t_save / 1e6, t_open / 1e6);
 	/* the model must be the saved one */
 	bad.shape.head_dim = 128;
-	ck_assert_int_eq(engine_prefix_open(b, 7, "pfx-1", &bad, &idc, NULL), -EINVAL);
-	ck_assert_int_eq(engine_prefix_open(b, 7, "nothing", &par, &idc, NULL), -ENOENT);
+	ck_assert_int_eq(engine_prefix_open(b, 7, "pfx-1", &bad, &idc, NULL, NULL), -EINVAL);
+	ck_assert_int_eq(engine_prefix_open(b, 7, "nothing", &par, &idc, NULL, NULL), -ENOENT);
 	ck_assert_uint_eq(engine_u64(b, "engine.seqs"), 1);
 
 	/* a corrupt chunk, then a truncated one: never opened, nothing left open */
@@ -850,17 +850,19 @@ START_TEST(saved_prefix_opens_in_another_engine_byte_exact)
 		ck_assert_int_eq(g->type, REDIS_REPLY_STRING);
 		g->str[1000] ^= 0x10;
 		freeReplyObject(redisCommand(rc, "SET %s %b", key, g->str, (size_t)g->len));
-		ck_assert_int_eq(engine_prefix_open(b, 7, "pfx-2", &par, &idc, NULL), -EBADMSG);
+		ck_assert_int_eq(engine_prefix_open(b, 7, "pfx-2", &par, &idc, NULL, NULL),
+				 -EBADMSG);
 		ck_assert_uint_eq(engine_u64(b, "engine.seqs"), 1);
 		freeReplyObject(redisCommand(rc, "SET %s %b", key, g->str, (size_t)100));
-		ck_assert_int_eq(engine_prefix_open(b, 7, "pfx-2", &par, &idc, NULL), -EBADMSG);
+		ck_assert_int_eq(engine_prefix_open(b, 7, "pfx-2", &par, &idc, NULL, NULL),
+				 -EBADMSG);
 		ck_assert_uint_eq(engine_u64(b, "engine.seqs"), 1);
 		freeReplyObject(g);
 	}
 	freeReplyObject(rep);
 	/* a save without its manifest (what a save that died before its last write leaves) */
 	freeReplyObject(redisCommand(rc, "DEL icecache:prefix:pfx-1"));
-	ck_assert_int_eq(engine_prefix_open(b, 7, "pfx-1", &par, &idc, NULL), -ENOENT);
+	ck_assert_int_eq(engine_prefix_open(b, 7, "pfx-1", &par, &idc, NULL, NULL), -ENOENT);
 	redisFree(rc);
 	ck_assert_int_eq(engine_prefix_drop(b, "pfx-2"), 0);
 	ck_assert_int_eq(engine_prefix_drop(b, "pfx-2"), -ENOENT);
@@ -868,6 +870,65 @@ START_TEST(saved_prefix_opens_in_another_engine_byte_exact)
 	engine_free(a);
 	free(kv);
 	free(ck);
+	rs_stop(&s);
+}
+END_TEST
+
+/* The same through the public API and the opcode table (embedded contexts: two engines, as
+ * two daemons would be): save, open elsewhere, use, drop; a half-way step is -EBUSY; without a
+ * Redis tier -EOPNOTSUPP. */
+START_TEST(saved_prefix_through_the_api)
+{
+	const struct ice_model_shape sh = { 2, 4, 2, 64, ICE_DTYPE_F32 };
+	const struct ice_budget bu = { 16, 16, 32, 0 };
+	static float kv[2 * 2 * 600 * 64];
+	static struct ice_page_ref r[512];
+	float q[4 * 64], page[2 * 16 * 64];
+	struct ice_seq_info info;
+	struct rsrv s = { 0 };
+	struct ice_ctx *a, *b, *plain;
+	char cfg[256], url[64];
+	uint32_t sa, sb, ha, hb, l;
+	int i, n;
+
+	ck_assert_int_eq(rs_start_any(&s, tmpdir, NULL), 0);
+	url_of(url, sizeof(url), &s, 1);
+	snprintf(cfg, sizeof(cfg), "dram_bytes = 1048576\nremote_url = %s\n", url);
+	ck_assert_int_eq(ice_open_embedded(cfg, &a), 0);
+	ck_assert_int_eq(ice_open_embedded(cfg, &b), 0);
+	for (i = 0; i < (int)(sizeof(kv) / sizeof(kv[0])); i++)
+		kv[i] = (float)((i * 7) % 23) - 11.0f + (float)i / 1e5f;
+	for (i = 0; i < 4 * 64; i++)
+		q[i] = (float)(i % 5) - 2.0f;
+	ck_assert_int_eq(ice_seq_open(a, &sh, &bu, &sa), 0);
+	for (l = 0; l < 2; l++)
+		ck_assert_int_eq(ice_append(a, sa, l, 600, kv, kv + 2 * 600 * 64), 0);
+	ck_assert_int_eq(ice_prefix_save(a, sa, "api-1", &ha), 0);
+	ck_assert_int_eq(ice_prefix_open(b, "api-1", &sh, &bu, &sb, &hb), 0);
+	ck_assert_uint_eq(ha, hb);
+	ck_assert_int_eq(ice_seq_info(b, sb, &info), 0);
+	ck_assert_uint_eq(info.tokens, 600);
+	/* b serves it: select, and fetch every page */
+	for (l = 0; l < 2; l++) {
+		n = ice_select(b, sb, l, q, r, 512, NULL);
+		ck_assert_int_gt(n, 0);
+		for (i = 0; i < n; i++)
+			ck_assert_int_eq(ice_fetch(b, sb, l, &r[i], 1, page, sizeof(page)), 0);
+	}
+	/* a step half-way through the layers is not a prefix */
+	ck_assert_int_eq(ice_append(a, sa, 0, 16, kv, kv), 0);
+	ck_assert_int_eq(ice_prefix_save(a, sa, "api-2", NULL), -EBUSY);
+	ck_assert_int_eq(ice_prefix_save(a, sa, "", NULL), -EINVAL);
+	ck_assert_int_eq(ice_prefix_drop(b, "api-1"), 0);
+	ck_assert_int_eq(ice_prefix_open(b, "api-1", &sh, &bu, &sb, NULL), -ENOENT);
+	ck_assert_int_eq(ice_prefix_drop(b, "api-1"), -ENOENT);
+	ice_close(b);
+	ice_close(a);
+	ck_assert_int_eq(ice_open_embedded("dram_bytes = 1048576", &plain), 0);
+	ck_assert_int_eq(ice_seq_open(plain, &sh, &bu, &sa), 0);
+	ck_assert_int_eq(ice_append(plain, sa, 0, 100, kv, kv), 0);
+	ck_assert_int_eq(ice_prefix_save(plain, sa, "x", NULL), -EOPNOTSUPP);
+	ice_close(plain);
 	rs_stop(&s);
 }
 END_TEST
@@ -888,6 +949,7 @@ static Suite *redis_suite(void)
 	tcase_add_loop_test(tc, engine_sequence_larger_than_dram_comes_back_from_redis, 0, 3);
 	tcase_add_test(tc, engine_append_needing_redis_down_is_refused_whole);
 	tcase_add_test(tc, saved_prefix_opens_in_another_engine_byte_exact);
+	tcase_add_test(tc, saved_prefix_through_the_api);
 	suite_add_tcase(s, tc);
 	return s;
 }
