@@ -39,7 +39,7 @@
 struct opts {
 	struct ice_model_shape shape;
 	const char *shape_name;
-	int clients, seqs, json;
+	int clients, seqs, json, prefix;
 	uint32_t tokens, chunk;
 	uint64_t dram_mib, nvme_gib, host_mib, remote_gib;
 	const char *nvme, *sock, *remote;
@@ -54,8 +54,9 @@ struct worker {
 	int id;
 	uint64_t *tokens_done; /* shared, atomic */
 	uint64_t verified, bad, pages;
-	uint64_t append_end_ns; /* when its last append returned */
-	int err, finished;      /* finished: atomic, set as the thread ends */
+	uint64_t append_end_ns;    /* when its last append returned */
+	uint64_t save_ns, open_ns; /* --prefix: saving and reopening its sequences */
+	int err, finished;         /* finished: atomic, set as the thread ends */
 	char what[160];
 };
 
@@ -276,6 +277,30 @@ static void *worker_main(void *arg)
 		}
 	}
 	w->append_end_ns = clock_now_ns();
+	/* --prefix: each sequence saved, closed and opened again from the save; what is verified
+	 * below is then the reopened one. */
+	for (i = 0; o->prefix && i < o->seqs; i++) {
+		char name[32];
+		uint32_t h1, h2;
+		uint64_t t0 = clock_now_ns();
+
+		snprintf(name, sizeof(name), "stress-%d-%d-%d", (int)getpid(), w->id, i);
+		err = ice_prefix_save(c, handles[i], name, &h1);
+		w->save_ns += clock_now_ns() - t0;
+		if (!err)
+			err = ice_seq_close(c, handles[i]);
+		t0 = clock_now_ns();
+		if (!err)
+			err = ice_prefix_open(c, name, s, &budget, &handles[i], &h2);
+		w->open_ns += clock_now_ns() - t0;
+		if (!err && h1 != h2)
+			err = -EBADMSG;
+		ice_prefix_drop(c, name);
+		if (err) {
+			fail(w, err, "prefix save/open seq %d", i);
+			goto out_close;
+		}
+	}
 	for (i = 0; i < o->seqs; i++)
 		if (verify_seq(w, c, handles[i], (uint32_t)(w->id * o->seqs + i), &refs, &cap, &buf,
 			       &buf_cap, q, want, tmp))
@@ -394,7 +419,9 @@ static int usage(void)
 		"usage: icebench stress [--clients C] [--seqs S] [--shape llama3-8b|smollm2|L,Hkv,Hq,d]\n"
 		"                       [--tokens N] [--chunk T] [--dram-mib M] [--nvme PATH]\n"
 		"                       [--nvme-gib G] [--remote URL] [--remote-gib G] [--host-mib M]\n"
-		"                       [--socket PATH] [--json]\n");
+		"                       [--prefix] [--socket PATH] [--json]\n"
+		"  --prefix: after appending, save each sequence as a prefix (needs --remote),\n"
+		"            close it, open it again from the save and verify that one\n");
 	return 2;
 }
 
@@ -411,6 +438,7 @@ static int stress_main(int argc, char **argv)
 	struct ice_ctx *ctxs[MAX_CLIENTS] = { 0 }, *mon = NULL;
 	pthread_t th[MAX_CLIENTS];
 	struct sample last, fin;
+	uint64_t save_ns = 0, open_ns = 0;
 	uint64_t done = 0, t0, t_start, t_append = 0, t_last, prev_done = 0, verified = 0, bad = 0,
 		 pages = 0;
 	uint64_t total, kv_per_token;
@@ -426,6 +454,10 @@ static int stress_main(int argc, char **argv)
 
 		if (!strcmp(a, "--json")) {
 			o.json = 1;
+			continue;
+		}
+		if (!strcmp(a, "--prefix")) {
+			o.prefix = 1;
 			continue;
 		}
 		if (!v)
@@ -551,6 +583,8 @@ static int stress_main(int argc, char **argv)
 		verified += w[i].verified;
 		bad += w[i].bad;
 		pages += w[i].pages;
+		save_ns += w[i].save_ns;
+		open_ns += w[i].open_ns;
 	}
 	done = __atomic_load_n(&done, __ATOMIC_RELAXED);
 	take_sample(mon, daemon, stats, stats_cap, &fin);
@@ -595,6 +629,9 @@ static int stress_main(int argc, char **argv)
 			       "},\"nvme\":{\"used_bytes\":%" PRId64
 			       "},\"redis\":{\"used_bytes\":%" PRId64 "}}",
 			       fin.dram, fin.nvme, fin.remote);
+			if (o.prefix)
+				printf(",\"prefix\":{\"save_s\":%.3f,\"open_s\":%.3f}",
+				       save_ns / 1e9, open_ns / 1e9);
 			printf(",\"error\":");
 			bench_json_str(stdout, err ? strerror(-err) : "");
 			printf("}\n");
@@ -615,6 +652,9 @@ static int stress_main(int argc, char **argv)
 			printf("%-22s %" PRIu64 " pages: %" PRIu64 " rows verified, %" PRIu64
 			       " bad\n",
 			       "fetched", pages, verified, bad);
+			if (o.prefix)
+				printf("%-22s save %.2f s, open %.2f s (appending took %.2f s)\n",
+				       "prefix", save_ns / 1e9, open_ns / 1e9, app);
 			printf("%-22s %.2f s\n", "wall", wall);
 		}
 	}
