@@ -165,6 +165,8 @@ int ice_seq_close(struct ice_ctx *ctx, uint32_t seq);
  *   never opened); -EBADMSG when what is read fails the save's checksums, -ESTALE when it was
  *   replaced while being read; no sequence is left open then. *ret_hash as above.
  * ice_prefix_drop: deletes the save; -ENOENT when there is none.
+ * A long prefix takes the daemon seconds to save or open (all its K/V rows move, and open
+ * rebuilds the index): raise $ICECACHE_TIMEOUT_MS above the default 5 s for those.
  */
 int ice_prefix_save(struct ice_ctx *ctx, uint32_t seq, const char *name, uint32_t *ret_hash);
 int ice_prefix_open(struct ice_ctx *ctx, const char *name, const struct ice_model_shape *shape,

@@ -458,6 +458,9 @@ static int stress_main(int argc, char **argv)
 		}
 		if (!strcmp(a, "--prefix")) {
 			o.prefix = 1;
+			/* a long prefix takes the daemon seconds to save or open, past the library's
+			 * default 5 s wait (a caller's own $ICECACHE_TIMEOUT_MS wins) */
+			setenv("ICECACHE_TIMEOUT_MS", "600000", 0);
 			continue;
 		}
 		if (!v)
