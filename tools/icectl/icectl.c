@@ -429,6 +429,10 @@ static int one(struct ice_ctx *c, const char *cmd, const char *arg, int json)
 		err = ice_prefix_drop(c, arg);
 		if (!err)
 			printf(json ? "{\"dropped\":\"%s\"}\n" : "dropped %s\n", arg);
+		else if (err == -ENOENT)
+			fprintf(stderr, "icectl: no saved prefix named %s\n", arg);
+		else if (err == -EOPNOTSUPP)
+			fprintf(stderr, "icectl: the daemon has no Redis tier (remote_url)\n");
 	} else {
 		usage(stderr);
 		return -EINVAL;
