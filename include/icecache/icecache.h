@@ -153,8 +153,9 @@ int ice_seq_close(struct ice_ctx *ctx, uint32_t seq);
 /*
  * Saved prefixes (needs the daemon's Redis tier, remote_url: -EOPNOTSUPP otherwise). A name is
  * 1-32 of [A-Za-z0-9._-] (-EINVAL otherwise); prefixes live on the Redis servers, so every
- * daemon reaching them (another host's) sees the same names, and any client may replace or
- * drop one.
+ * daemon reaching them (another host's) sees the same names. Any client of the daemon's own
+ * user (or root) may replace or drop one; a client of another user (allow_uid) may only open
+ * them (-EPERM).
  * ice_prefix_save: every token of seq (every layer must hold the same count: -EBUSY when a
  *   step is half-way through the layers; -ENODATA when empty) saved under name, replacing a
  *   previous save only once the new one is whole. *ret_hash (may be NULL): the content hash

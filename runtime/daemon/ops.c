@@ -317,6 +317,10 @@ static int handle_prefix_save(struct ops_ctx *oc, const struct ring_sqe *s, stru
 	uint32_t crc = 0;
 	int err = name_in(oc, s, 0, name);
 
+	/* Prefixes are shared by name across the fleet: a client of another user (one that sees
+	 * only its own sequences) may open them, not replace or delete them. */
+	if (!err && oc->own_only)
+		err = -EPERM;
 	if (!err)
 		err = engine_prefix_save(oc->eng, oc->owner, s->seq, name, &crc);
 	c->val[1] = crc;
@@ -362,6 +366,8 @@ static int handle_prefix_drop(struct ops_ctx *oc, const struct ring_sqe *s, stru
 	char name[PROTO_PREFIX_NAME_MAX + 1];
 	int err = name_in(oc, s, 0, name);
 
+	if (!err && oc->own_only)
+		err = -EPERM; /* as for save */
 	return err ? err : engine_prefix_drop(oc->eng, name);
 }
 
