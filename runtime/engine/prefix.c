@@ -114,7 +114,9 @@ static int gather_layer(struct engine *e, struct seq *s, uint32_t layer, unsigne
 							     .buf = page +
 								    (size_t)b * e->o.slot_bytes,
 							     .len = (uint32_t)e->o.slot_bytes };
-			err = engine_store_read(e, pg, nb);
+			/* straight from the store: a page read for a save is not hot, and promoting
+			 * it would push a page that is out of DRAM */
+			err = store_get(e->store, pg, nb);
 			for (b = 0; b < nb && !err; b++) {
 				uint32_t pos[P], fill, ver, t;
 				const unsigned char *pb = pg[b].buf;
