@@ -103,8 +103,10 @@ static int gather_layer(struct engine *e, struct seq *s, uint32_t layer, unsigne
 			err = -EIO;
 			break;
 		}
-		memcpy(k, st->sink_k, (size_t)sn * row);
-		memcpy(v, st->sink_v, (size_t)sn * row);
+		if (sn) { /* a budget without a sink has no sink rows */
+			memcpy(k, st->sink_k, (size_t)sn * row);
+			memcpy(v, st->sink_v, (size_t)sn * row);
+		}
 		for (id = 0; id < np && !err; id += BATCH) {
 			struct store_page pg[BATCH];
 			uint32_t nb = np - id < BATCH ? np - id : BATCH, b;
