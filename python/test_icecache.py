@@ -3,6 +3,7 @@ when ICECACHE_DAEMON names icecached. Run by meson (suite unit) with ICECACHE_LI
 import array
 import errno
 import os
+import shutil
 import signal
 import struct
 import subprocess
@@ -318,8 +319,57 @@ def attend_is_attention(c, torch):
         c.seq_close(seq)
 
 
+def saved_prefixes():
+    """prefix_save/open/drop: EOPNOTSUPP without a Redis tier; with redis-server installed, a
+    round trip between two embedded contexts (two engines) on a private server."""
+    with icecache.Context.embedded("dram_bytes = 1048576") as e:
+        seq = e.seq_open(1, 2, 1, 64)
+        kv = array.array("f", [float((i * 7) % 19 - 9) for i in range(100 * 64)])
+        e.append(seq, 0, 100, kv, kv)
+        try:
+            e.prefix_save(seq, "py-1")
+            raise AssertionError("prefix_save without a Redis tier")
+        except OSError as err:
+            assert err.errno == errno.EOPNOTSUPP, err
+    server = shutil.which("redis-server")
+    if not server:
+        return
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    d = tempfile.mkdtemp()
+    p = subprocess.Popen([server, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+                          "--dir", d], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        cfg = "dram_bytes = 1048576\nremote_url = redis://127.0.0.1:%d\n" % port
+        for _ in range(500):
+            try:
+                a = icecache.Context.embedded(cfg)
+                break
+            except OSError:
+                time.sleep(0.01)
+        with a, icecache.Context.embedded(cfg) as b:
+            seq = a.seq_open(1, 2, 1, 64)
+            a.append(seq, 0, 100, kv, kv)
+            h = a.prefix_save(seq, "py-1")
+            seq2, h2 = b.prefix_open("py-1", 1, 2, 1, 64)
+            assert h2 == h and b.seq_info(seq2).tokens == 100
+            b.prefix_drop("py-1")
+            try:
+                b.prefix_open("py-1", 1, 2, 1, 64)
+                raise AssertionError("opened a dropped prefix")
+            except OSError as err:
+                assert err.errno == errno.ENOENT, err
+    finally:
+        p.kill()
+        p.wait()
+        shutil.rmtree(d, ignore_errors=True)
+
+
 def main():
     connect_failure_says_why()
+    saved_prefixes()
     with icecache.Context.embedded("dram_bytes = 67108864") as e:
         assert e.is_embedded
         e.noop()

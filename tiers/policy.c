@@ -15,6 +15,11 @@ struct policy {
 	pthread_mutex_t lock;
 	struct store_key *keys; /* workspace: up to fast_slots keys */
 	uint64_t demoted, demoted_clean, promoted, direct_slow, balances;
+	/* The tier past slow (policy_config.colder), and slow's watermarks for it. */
+	int has_colder;
+	unsigned colder;
+	uint64_t slow_high, slow_low, cascaded;
+	struct store_key ckeys[POLICY_CHUNK];
 };
 
 int policy_new(struct store *s, const struct policy_config *cfg, struct policy **ret_policy)
@@ -39,6 +44,19 @@ int policy_new(struct store *s, const struct policy_config *cfg, struct policy *
 	p->high_slots = (uint64_t)(high * (double)p->fast_slots);
 	p->low_slots = (uint64_t)(low * (double)p->fast_slots);
 	p->promote = !cfg->no_promote;
+	if (cfg->colder) {
+		uint64_t ss = store_tier(s, cfg->slow)->nslots;
+
+		if (cfg->colder >= store_ntiers(s) || cfg->colder == cfg->fast ||
+		    cfg->colder == cfg->slow) {
+			free(p);
+			return -EINVAL;
+		}
+		p->has_colder = 1;
+		p->colder = cfg->colder;
+		p->slow_high = (uint64_t)(high * (double)ss);
+		p->slow_low = (uint64_t)(low * (double)ss);
+	}
 	p->keys = calloc(p->fast_slots, sizeof(*p->keys));
 	if (!p->keys) {
 		free(p);
@@ -56,6 +74,41 @@ void policy_free(struct policy *p)
 	pthread_mutex_destroy(&p->lock);
 	free(p->keys);
 	free(p);
+}
+
+/* Lock held: make room for k more slow slots below its high watermark by passing its coldest
+ * pages on to the colder tier (clean copies first: they are just dropped). Best effort: a colder
+ * tier that is full or down leaves slow as it is, and the demotion into slow then finds it
+ * full. */
+static void cascade_locked(struct policy *p, uint64_t k)
+{
+	struct tier *st = store_tier(p->s, p->slow);
+	uint64_t used = tier_used_slots(st), target, now, want;
+	int pass, n;
+
+	if (!p->has_colder || used + k <= p->slow_high)
+		return;
+	target = p->slow_high > k ? p->slow_high - k : 0;
+	if (target > p->slow_low)
+		target = p->slow_low;
+	for (pass = 2; pass >= 1; pass--) {
+		while (used > target) {
+			want = used - target < POLICY_CHUNK ? used - target : POLICY_CHUNK;
+			n = store_coldest(p->s, p->slow, pass, p->ckeys, (unsigned)want);
+			if (n <= 0)
+				break;
+			if (pass == 2)
+				store_evict_copy(p->s, p->ckeys, (unsigned)n, p->slow, NULL);
+			else
+				store_migrate(p->s, p->ckeys, (unsigned)n, p->colder, 0, NULL);
+			now = tier_used_slots(st);
+			if (now >= used)
+				break; /* nothing moved: colder full, down, or over quota */
+			if (pass == 1)
+				p->cascaded += used - now;
+			used = now;
+		}
+	}
 }
 
 /* Lock held. Clean copies go first (free), then the coldest sole copies are written out. A
@@ -89,6 +142,7 @@ static int demote_locked(struct policy *p, uint64_t target)
 	n = store_coldest(p->s, p->fast, 1, p->keys, (unsigned)p->fast_slots);
 	for (off = 0; off < n && used > target; off += (int)k) {
 		k = used - target < (uint64_t)(n - off) ? used - target : (uint64_t)(n - off);
+		cascade_locked(p, k);
 		r = store_migrate(p->s, p->keys + off, (unsigned)k, p->slow, 0, NULL);
 		if (r < 0 && r != -ENOSPC && r != -ENOENT && r != -EDQUOT)
 			return r;
@@ -143,6 +197,31 @@ static void make_room_locked(struct policy *p, unsigned k)
 	demote_locked(p, target); /* a full slow tier leaves fewer free; puts then see -ENOSPC */
 }
 
+/* Lock held: what slow refused of a spill goes to colder (same rules as the spill to slow). */
+static void spill_colder(struct policy *p, struct store_page *spill, unsigned ns,
+			 struct store_resv *resv)
+{
+	struct store_page again[POLICY_CHUNK];
+	unsigned map[POLICY_CHUNK], i, na = 0;
+
+	for (i = 0; i < ns; i++) {
+		if (spill[i].res == -ENOSPC || (!resv && spill[i].res == -EDQUOT)) {
+			map[na] = i;
+			again[na++] = spill[i];
+		}
+	}
+	if (!na)
+		return;
+	if (resv)
+		store_put_resv(p->s, again, na, p->colder, resv);
+	else
+		store_put(p->s, again, na, p->colder);
+	for (i = 0; i < na; i++) {
+		spill[map[i]].res = again[i].res;
+		spill[map[i]].tier = again[i].tier;
+	}
+}
+
 /*
  * Lock held: pages go to the fast tier, and those it refuses to the slow one. Without a
  * reservation the fast tier is first made room in, and a page over its owner's fast quota
@@ -172,11 +251,15 @@ static int put_locked(struct policy *p, struct store_page *pages, unsigned n,
 			}
 		}
 		if (ns) {
-			if (resv)
+			if (resv) {
 				store_put_resv(p->s, spill, ns, p->slow, resv);
-			else
+			} else {
+				cascade_locked(p, ns);
 				store_put(p->s, spill, ns, p->slow);
+			}
 			p->direct_slow += ns;
+			if (p->has_colder)
+				spill_colder(p, spill, ns, resv);
 			for (i = 0; i < ns; i++) {
 				pg[map[i]].res = spill[i].res;
 				pg[map[i]].tier = spill[i].tier;
@@ -203,16 +286,25 @@ int policy_put(struct policy *p, struct store_page *pages, unsigned n)
 
 int policy_reserve(struct policy *p, struct store_resv *resv, uint64_t n)
 {
-	unsigned order[2];
+	unsigned order[3], t;
+	uint64_t ffree;
 	int r;
 
 	if (!p || !resv)
 		return -EINVAL;
 	order[0] = p->fast;
 	order[1] = p->slow;
+	order[2] = p->colder;
 	pthread_mutex_lock(&p->lock);
 	make_room_locked(p, n > p->fast_slots ? (unsigned)p->fast_slots : (unsigned)n);
-	r = store_reserve(p->s, resv, order, 2, n);
+	ffree = tier_free_slots(store_tier(p->s, p->fast));
+	if (n > ffree)
+		cascade_locked(p, n - ffree);
+	r = store_reserve(p->s, resv, order, p->has_colder ? 3 : 2, n);
+	for (t = 0; r == 0 && t < store_ntiers(p->s); t++) {
+		if (resv->n[t] && (r = tier_probe(store_tier(p->s, t))) < 0)
+			store_unreserve(p->s, resv);
+	}
 	pthread_mutex_unlock(&p->lock);
 	return r;
 }
@@ -245,7 +337,9 @@ int policy_get(struct policy *p, struct store_page *pages, unsigned n)
 		unsigned k = n - off < POLICY_CHUNK ? n - off : POLICY_CHUNK, i, nu = 0;
 
 		for (i = 0; i < k; i++)
-			if (pages[off + i].res == 0 && pages[off + i].tier == (int)p->slow)
+			if (pages[off + i].res == 0 &&
+			    (pages[off + i].tier == (int)p->slow ||
+			     (p->has_colder && pages[off + i].tier == (int)p->colder)))
 				up[nu++] = pages[off + i];
 		if (!nu)
 			continue;
@@ -271,5 +365,6 @@ void policy_stats(struct policy *p, struct stats_buf *sb)
 	stats_put_u64(sb, "policy", "direct_slow", p->direct_slow);
 	stats_put_u64(sb, "policy", "balances", p->balances);
 	stats_put_u64(sb, "policy", "workspace_bytes", p->fast_slots * sizeof(*p->keys));
+	stats_put_u64(sb, "policy", "cascaded", p->cascaded);
 	pthread_mutex_unlock(&p->lock);
 }

@@ -13,6 +13,9 @@
  * hold throughout: a page whose account is at its quota in the slow tier is not demoted, one at
  * its quota in the fast tier is not promoted.
  *
+ * With a `colder` tier (policy_config) the same happens one step further down: slow sheds its
+ * coldest pages there before a demotion would fill it.
+ *
  * Thread-safety: all calls are safe from any thread; placement decisions are serialised by a
  * policy mutex, data moves by the store.
  */
@@ -28,6 +31,11 @@ struct policy_config {
 	double high;    /* fraction of fast slots; 0 = 0.90 */
 	double low;     /* fraction of fast slots; 0 = 0.75; low <= high */
 	int no_promote; /* 1: policy_get does not promote */
+	/* 0: none. Else the store tier past slow (a remote tier past NVMe): before slow passes
+	 * the same high watermark (of its own slots), its coldest pages move on there, down to
+	 * low; puts slow cannot take go there too, and pages read from it are promoted into fast
+	 * like slow's. */
+	unsigned colder;
 };
 
 struct policy;
@@ -40,8 +48,10 @@ void policy_free(struct policy *p);
 int policy_put(struct policy *p, struct store_page *pages, unsigned n);
 /*
  * Sets n slots aside for resv->acct (store_reserve): demotes first so the fast tier has room,
- * then takes the fast tier's free slots and the slow tier's for the rest. -ENOSPC/-EDQUOT as
- * store_reserve, nothing held then.
+ * then takes the fast tier's free slots and the slow tier's (then colder's) for the rest.
+ * -ENOSPC/-EDQUOT as store_reserve, nothing held then; a tier that would give slots and fails
+ * its probe (tier_probe: a remote server down) fails the reservation with its -errno, so the
+ * caller learns before it writes anything.
  */
 int policy_reserve(struct policy *p, struct store_resv *resv, uint64_t n);
 /* policy_put from a reservation: into fast while resv holds fast slots, the rest into slow. */
@@ -56,7 +66,7 @@ int policy_balance(struct policy *p);
 int policy_demote_to(struct policy *p, uint64_t target);
 
 /* policy.{high_slots,low_slots,demoted,demoted_clean,promoted,direct_slow,balances,
- * workspace_bytes} */
+ * workspace_bytes,cascaded} (cascaded: pages slow passed on to colder) */
 void policy_stats(struct policy *p, struct stats_buf *sb);
 
 #endif

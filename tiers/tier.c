@@ -276,6 +276,11 @@ void *tier_slot_addr(struct tier *t, uint64_t slot)
 	return t->ops->slot_addr(t, slot);
 }
 
+int tier_probe(struct tier *t)
+{
+	return t->ops->probe ? t->ops->probe(t) : 0;
+}
+
 void tier_stats(struct tier *t, struct stats_buf *sb)
 {
 	char prefix[8 + TIER_NAME_MAX];

@@ -31,7 +31,7 @@
 
 /* Slot sizes and NVMe transfers are multiples of this (the O_DIRECT logical block). */
 #define TIER_ALIGN 4096u
-/* Most tiers one store holds (dram, nvme, and room for two more). */
+/* Most tiers one store holds (dram, nvme, redis, and room for one more). */
 #define TIER_MAX 4
 /* Longest tier name ("dram", "nvme"); the stats prefix is "tier.<name>". */
 #define TIER_NAME_MAX 16
@@ -54,7 +54,8 @@ struct tier_config {
 	uint64_t capacity_bytes;
 	/* Bytes per slot: a multiple of TIER_ALIGN (8192 for d=128 bf16 K+V of 16 tokens). */
 	size_t slot_size;
-	/* nvme: a regular file (created, preallocated with fallocate) or a block device. */
+	/* nvme: a regular file (created, preallocated with fallocate) or a block device.
+	 * redis: the server list, "redis://host:port[,host:port...]" (tiers/redis/redis.h). */
 	const char *path;
 	/* dram: NUMA node for the pool, -1 = nearest the GPU if one is found, else the local node. */
 	int numa_node;
@@ -62,8 +63,15 @@ struct tier_config {
 	unsigned flags;
 	/* nvme: io_uring entries per ring, i.e. the most reads in flight per batch (0 = 256). */
 	unsigned queue_depth;
-	/* nvme: rings, i.e. batches that can run concurrently from different threads (0 = 2). */
+	/* nvme: rings, i.e. batches that can run concurrently from different threads (0 = 2).
+	 * redis: connections per server node, for the same purpose (0 = 2). */
 	unsigned nrings;
+	/* redis: ms a connect or a batch's reply may take before -ETIMEDOUT (0 = 1000). */
+	unsigned timeout_ms;
+	/* redis: ms a failed connection fails batches at once before reconnecting (0 = 1000). */
+	unsigned retry_ms;
+	/* redis: prefix of the tier's keys (NULL or "": one unique to this open). */
+	const char *key_prefix;
 };
 
 /*
@@ -90,6 +98,7 @@ struct tier;
 enum tier_kind {
 	TIER_DRAM = 0,
 	TIER_NVME = 1,
+	TIER_REMOTE = 2, /* a store other hosts can reach (tiers/redis) */
 };
 
 struct tier_ops {
@@ -107,6 +116,9 @@ struct tier_ops {
 	 * passes the dram pool to nvme, which registers it with io_uring for zero-copy moves).
 	 * Failure is not fatal: the tier falls back to unregistered or staged transfers. */
 	int (*register_mem)(struct tier *t, void *base, size_t len);
+	/* Optional: 0 when the tier can take I/O now, else the -errno a batch would get (a remote
+	 * tier's server down). The policy asks before it reserves slots there. */
+	int (*probe)(struct tier *t);
 	/* Optional: lines beyond the common ones (numa node, huge pages, o_direct, ...). */
 	void (*stats)(struct tier *t, struct stats_buf *sb, const char *prefix);
 };
@@ -181,6 +193,8 @@ int tier_read(struct tier *t, struct tier_io *ios, unsigned n);
 int tier_write(struct tier *t, struct tier_io *ios, unsigned n);
 /* CPU address of a slot, or NULL when the tier is not host-addressable. */
 void *tier_slot_addr(struct tier *t, uint64_t slot);
+/* The tier's probe(), or 0 for a tier without one. */
+int tier_probe(struct tier *t);
 
 /* Appends tier.<name>.{capacity_bytes,slot_size,slots,used_slots,used_bytes,pages,reserved_slots,
  * reads,writes,read_bytes,write_bytes,errors,csum_failures,read_batch.*,write_batch.*} and the

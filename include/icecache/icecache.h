@@ -39,7 +39,8 @@
 extern "C" {
 #endif
 
-/* 3: ice_select and ice_select_rest take ret_need; ice_seq_info. */
+/* 3: ice_select and ice_select_rest take ret_need; ice_seq_info; ice_prefix_save, ice_prefix_open
+ * and ice_prefix_drop (added: nothing that was there changed). */
 #define ICE_API_VERSION 3
 #define ICE_PAGE_TOKENS 16
 
@@ -148,6 +149,30 @@ int ice_seq_open(struct ice_ctx *ctx, const struct ice_model_shape *shape,
 
 /* Drops a sequence and frees everything it holds in every tier. -ENOENT if not ours. */
 int ice_seq_close(struct ice_ctx *ctx, uint32_t seq);
+
+/*
+ * Saved prefixes (needs the daemon's Redis tier, remote_url: -EOPNOTSUPP otherwise). A name is
+ * 1-32 of [A-Za-z0-9._-] (-EINVAL otherwise); prefixes live on the Redis servers, so every
+ * daemon reaching them (another host's) sees the same names. Any client of the daemon's own
+ * user (or root) may replace or drop one; a client of another user (allow_uid) may only open
+ * them (-EPERM).
+ * ice_prefix_save: every token of seq (every layer must hold the same count: -EBUSY when a
+ *   step is half-way through the layers; -ENODATA when empty) saved under name, replacing a
+ *   previous save only once the new one is whole. *ret_hash (may be NULL): the content hash
+ *   (CRC-32C over each layer's CRC-32C of its K/V rows in position order).
+ * ice_prefix_open: a new sequence of this context with the saved tokens in every layer (the
+ *   index is rebuilt from them: no model run), budget as given. The shape must be the saved
+ *   one (-EINVAL); -ENOENT when there is no whole save of that name (one that died half-way is
+ *   never opened); -EBADMSG when what is read fails the save's checksums, -ESTALE when it was
+ *   replaced while being read; no sequence is left open then. *ret_hash as above.
+ * ice_prefix_drop: deletes the save; -ENOENT when there is none.
+ * A long prefix takes the daemon seconds to save or open (all its K/V rows move, and open
+ * rebuilds the index): raise $ICECACHE_TIMEOUT_MS above the default 5 s for those.
+ */
+int ice_prefix_save(struct ice_ctx *ctx, uint32_t seq, const char *name, uint32_t *ret_hash);
+int ice_prefix_open(struct ice_ctx *ctx, const char *name, const struct ice_model_shape *shape,
+		    const struct ice_budget *budget, uint32_t *ret_seq, uint32_t *ret_hash);
+int ice_prefix_drop(struct ice_ctx *ctx, const char *name);
 
 /* What a sequence is, as ice_seq_open took it, and how long it is. */
 struct ice_seq_info {

@@ -231,6 +231,10 @@ def _load():
         "ice_seqs": [vp, ctypes.c_char_p, sz],
         "ice_config": [vp, ctypes.c_char_p, sz],
         "ice_is_embedded": [vp],
+        "ice_prefix_save": [vp, u32, ctypes.c_char_p, ctypes.POINTER(u32)],
+        "ice_prefix_open": [vp, ctypes.c_char_p, ctypes.POINTER(ModelShape),
+                            ctypes.POINTER(Budget), ctypes.POINTER(u32), ctypes.POINTER(u32)],
+        "ice_prefix_drop": [vp, ctypes.c_char_p],
     }
     for name, args in sigs.items():
         fn = getattr(lib, name)
@@ -479,6 +483,28 @@ class Context:
 
     def seq_close(self, seq):
         _check(_load().ice_seq_close(self._h, seq), "ice_seq_close(%d)" % seq)
+
+    def prefix_save(self, seq, name):
+        """ice_prefix_save: the sequence saved under name on the daemon's Redis tier's servers;
+        returns the content hash."""
+        h = ctypes.c_uint32()
+        _check(_load().ice_prefix_save(self._h, seq, name.encode(), ctypes.byref(h)),
+               "ice_prefix_save(%d, %r)" % (seq, name))
+        return h.value
+
+    def prefix_open(self, name, layers, q_heads, kv_heads, head_dim, dtype=F32, sink=16,
+                    window=16, retrieved=128, dense_layers=0):
+        """ice_prefix_open: a new sequence holding a saved prefix; returns (seq, content hash)."""
+        shape = ModelShape(layers, q_heads, kv_heads, head_dim, dtype)
+        budget = Budget(sink, window, retrieved, dense_layers)
+        seq, h = ctypes.c_uint32(), ctypes.c_uint32()
+        _check(_load().ice_prefix_open(self._h, name.encode(), ctypes.byref(shape),
+                                       ctypes.byref(budget), ctypes.byref(seq), ctypes.byref(h)),
+               "ice_prefix_open(%r)" % name)
+        return seq.value, h.value
+
+    def prefix_drop(self, name):
+        _check(_load().ice_prefix_drop(self._h, name.encode()), "ice_prefix_drop(%r)" % name)
 
     def seq_info(self, seq):
         """SeqInfo of one of this context's sequences (no request to the daemon)."""

@@ -709,6 +709,118 @@ out:
 	return err;
 }
 
+/* The name into the arena at off (checked by the daemon too); its length, or -EINVAL. */
+static int put_name(struct ice_ctx *c, size_t off, const char *name)
+{
+	size_t n = name ? strlen(name) : 0;
+
+	if (!n || n > PROTO_PREFIX_NAME_MAX)
+		return -EINVAL;
+	memcpy(c->arena + off, name, n);
+	return (int)n;
+}
+
+int ice_prefix_save(struct ice_ctx *c, uint32_t seq, const char *name, uint32_t *ret_hash)
+{
+	struct ring_sqe s = { .opcode = OP_PREFIX_SAVE, .seq = seq };
+	struct ring_cqe q;
+	int n, err;
+
+	if (!c)
+		return -EINVAL;
+	pthread_mutex_lock(&c->lock);
+	n = put_name(c, 0, name);
+	if (n < 0) {
+		pthread_mutex_unlock(&c->lock);
+		return n;
+	}
+	s.in_len = (uint64_t)n;
+	err = call(c, &s, &q);
+	pthread_mutex_unlock(&c->lock);
+	if (!err && ret_hash)
+		*ret_hash = (uint32_t)q.val[1];
+	return err;
+}
+
+int ice_prefix_open(struct ice_ctx *c, const char *name, const struct ice_model_shape *shape,
+		    const struct ice_budget *budget, uint32_t *ret_seq, uint32_t *ret_hash)
+{
+	struct ring_sqe s = { .opcode = OP_PREFIX_OPEN };
+	struct proto_open_args a;
+	uint64_t *lt = NULL, tok;
+	struct ring_cqe q;
+	uint32_t i;
+	int n, err;
+
+	if (!c || !shape || !budget || !ret_seq)
+		return -EINVAL;
+	if (shape->layers && shape->layers <= 1024) {
+		lt = calloc(shape->layers, sizeof(*lt));
+		if (!lt)
+			return -ENOMEM;
+	}
+	a = (struct proto_open_args){ shape->layers,         shape->q_heads,
+				      shape->kv_heads,       shape->head_dim,
+				      shape->dtype,          budget->sink_tokens,
+				      budget->window_tokens, budget->retrieved_tokens,
+				      budget->dense_layers,  0 };
+	pthread_mutex_lock(&c->lock);
+	err = buf_grow(&c->seqs, &c->seqs_cap, c->nseqs + 1, sizeof(*c->seqs));
+	if (err)
+		goto out;
+	memcpy(c->arena, &a, sizeof(a));
+	n = put_name(c, sizeof(a), name);
+	if (n < 0) {
+		err = n;
+		goto out;
+	}
+	s.in_len = sizeof(a) + (uint64_t)n;
+	err = call(c, &s, &q);
+	if (err)
+		goto out;
+	if (!lt) { /* the engine took a shape it should have refused */
+		err = -EPROTO;
+		goto out;
+	}
+	tok = q.val[1] >> 32;
+	for (i = 0; i < shape->layers; i++)
+		lt[i] = tok;
+	c->seqs[c->nseqs] = (struct seq_info){ .id = (uint32_t)q.val[0],
+					       .shape = *shape,
+					       .budget = *budget,
+					       .layer_tokens = lt,
+					       .tokens = tok };
+	lt = NULL;
+	c->nseqs++;
+	*ret_seq = (uint32_t)q.val[0];
+	if (ret_hash)
+		*ret_hash = (uint32_t)q.val[1];
+out:
+	pthread_mutex_unlock(&c->lock);
+	free(lt);
+	return err;
+}
+
+int ice_prefix_drop(struct ice_ctx *c, const char *name)
+{
+	struct ring_sqe s = { .opcode = OP_PREFIX_DROP };
+	struct ring_cqe q;
+	int n, err;
+
+	if (!c)
+		return -EINVAL;
+	pthread_mutex_lock(&c->lock);
+	n = put_name(c, 0, name);
+	if (n < 0) {
+		pthread_mutex_unlock(&c->lock);
+		return n;
+	}
+	s.in_len = (uint64_t)n;
+	err = call(c, &s, &q);
+	pthread_mutex_unlock(&c->lock);
+	return err;
+}
+
 int ice_seq_close(struct ice_ctx *c, uint32_t seq)
 {
 	struct ring_sqe s = { .opcode = OP_SEQ_CLOSE, .seq = seq };

@@ -41,6 +41,8 @@ static const struct cfg_item cfg_items[] = {
 	    "DRAM tier pages one client may hold (0: half of the tier)"),
 	U64(client_nvme_pages, 0, 1ull << 32,
 	    "NVMe tier pages one client may hold (0: half of the tier)"),
+	U64(client_remote_pages, 0, 1ull << 32,
+	    "Redis tier pages one client may hold (0: half of the tier)"),
 	U64(fetch_max_refs, 16, 1u << 24,
 	    "page refs one fetch request may carry (staged in daemon memory, counted in host bytes)"),
 	U64(dram_bytes, 1ull << 20, 1ull << 42, "DRAM tier capacity in bytes (allocated at start)"),
@@ -51,6 +53,16 @@ static const struct cfg_item cfg_items[] = {
 	{ "nvme_path", CFG_PATH, offsetof(struct rt_config, nvme_path), 0, 0,
 	  "NVMe tier file or block device (empty: no NVMe tier)" },
 	U64(nvme_bytes, 1ull << 20, 1ull << 44, "NVMe tier capacity in bytes"),
+	{ "remote_url", CFG_PATH, offsetof(struct rt_config, remote_url), 0, 0,
+	  "Redis tier past NVMe (or DRAM): redis://host:port[,host:port...], standalone or cluster (empty: none)" },
+	U64(remote_bytes, 1ull << 20, 1ull << 44,
+	    "Redis tier capacity in bytes (its keys' payload; the server needs room for it)"),
+	U64(remote_timeout_ms, 1, 600000,
+	    "ms a Redis connect or batch may take; past it the request gets -ETIMEDOUT"),
+	U64(remote_retry_ms, 1, 600000,
+	    "ms a failed Redis connection fails requests at once before the tier reconnects"),
+	{ "remote_prefix", CFG_PATH, offsetof(struct rt_config, remote_prefix), 0, 0,
+	  "prefix of the Redis tier's keys (empty: ice:<host>:<pid>:<time>:, unique per start)" },
 	U64(exact_search, 0, 1, "1: score every page exactly (reference); 0: DCI-tree search"),
 	U64(page_mass, 0, 1,
 	    "1: a page ranks by the softmax weight of all its tokens; 0: by its best token's"),
@@ -85,6 +97,9 @@ void config_defaults(struct rt_config *c)
 	c->slot_bytes = 8192;
 	c->host_bytes = 1ull << 30;
 	c->nvme_bytes = 1ull << 30;
+	c->remote_bytes = 1ull << 30;
+	c->remote_timeout_ms = 1000;
+	c->remote_retry_ms = 1000;
 	c->allow_uid = UINT64_MAX;
 	c->drain_ms = 2000;
 	c->handshake_ms = 2000;
@@ -113,7 +128,7 @@ static int set_item(struct rt_config *c, const struct cfg_item *it, const char *
 	memcpy(tmp, v, vlen);
 	tmp[vlen] = '\0';
 	if (it->type == CFG_PATH) {
-		if (vlen >= sizeof(c->socket_path)) /* both path fields are 108 bytes */
+		if (vlen >= sizeof(c->socket_path)) /* every path field is 108 bytes */
 			return -ENAMETOOLONG;
 		memcpy((char *)c + it->off, tmp, vlen + 1);
 		return 0;
@@ -265,12 +280,18 @@ void config_engine_opts(const struct rt_config *c, struct engine_opts *o)
 		.host_bytes = c->host_bytes,
 		.nvme_path = c->nvme_path,
 		.nvme_bytes = c->nvme_bytes,
+		.remote_url = c->remote_url,
+		.remote_bytes = c->remote_bytes,
+		.remote_timeout_ms = (uint32_t)c->remote_timeout_ms,
+		.remote_retry_ms = (uint32_t)c->remote_retry_ms,
+		.remote_prefix = c->remote_prefix,
 		.max_seqs = (uint32_t)c->max_seqs,
 		.exact_search = (int)c->exact_search,
 		.owner_max_seqs = (uint32_t)c->client_max_seqs,
 		.owner_host_bytes = c->client_host_bytes,
 		.owner_dram_pages = c->client_dram_pages,
 		.owner_nvme_pages = c->client_nvme_pages,
+		.owner_remote_pages = c->client_remote_pages,
 		.owner_share = CONFIG_CLIENT_SHARE,
 		.fetch_max_refs = (uint32_t)c->fetch_max_refs,
 		.group_merge = (int)c->group_merge,

@@ -24,12 +24,18 @@ struct rt_config {
 	uint64_t client_host_bytes;
 	uint64_t client_dram_pages;
 	uint64_t client_nvme_pages;
+	uint64_t client_remote_pages;
 	uint64_t fetch_max_refs;
 	uint64_t dram_bytes;
 	uint64_t slot_bytes;
 	uint64_t host_bytes;
 	char nvme_path[108];
 	uint64_t nvme_bytes;
+	char remote_url[108];
+	uint64_t remote_bytes;
+	uint64_t remote_timeout_ms;
+	uint64_t remote_retry_ms;
+	char remote_prefix[108];
 	uint64_t exact_search;
 	uint64_t group_merge;
 	uint64_t page_mass;
@@ -66,8 +72,8 @@ int config_default_socket(char *buf, size_t cap);
 const char *config_env_socket(void);
 
 struct engine_opts;
-/* The engine options a configuration names (o->nvme_path points into c: engine_new reads it
- * only while it runs). */
+/* The engine options a configuration names (o->nvme_path, remote_url and remote_prefix point
+ * into c: engine_new reads them only while it runs). */
 void config_engine_opts(const struct rt_config *c, struct engine_opts *o);
 
 #endif

@@ -284,6 +284,93 @@ static int handle_fetch(struct ops_ctx *oc, const struct ring_sqe *s, struct rin
 		&oc->ws_refs, &oc->ws);
 }
 
+/* ---- saved prefixes (the engine checks the name's characters and the shape) ---- */
+
+static int name_in(const struct ops_ctx *oc, const struct ring_sqe *s, uint64_t skip, char *name)
+{
+	uint64_t n = s->in_len - skip;
+
+	if (s->in_len <= skip || n > PROTO_PREFIX_NAME_MAX)
+		return -EINVAL;
+	memcpy(name, oc->arena + s->in_off + skip, n);
+	name[n] = '\0';
+	return strlen(name) == n ? 0 : -EINVAL;
+}
+
+static int check_prefix(const struct ops_ctx *oc, const struct ring_sqe *s, uint64_t skip)
+{
+	if (s->layer || !no_args(s) || !no_out(s) || s->in_len <= skip ||
+	    s->in_len > skip + PROTO_PREFIX_NAME_MAX)
+		return -EINVAL;
+	/* the arena check wants 8-byte multiples: the name's bytes sit inside a rounded range */
+	return range_ok(oc, s->in_off, (s->in_len + 7) & ~7ull) ? 0 : -EINVAL;
+}
+
+static int check_prefix_save(const struct ops_ctx *oc, const struct ring_sqe *s)
+{
+	return check_prefix(oc, s, 0);
+}
+
+static int handle_prefix_save(struct ops_ctx *oc, const struct ring_sqe *s, struct ring_cqe *c)
+{
+	char name[PROTO_PREFIX_NAME_MAX + 1];
+	uint32_t crc = 0;
+	int err = name_in(oc, s, 0, name);
+
+	/* Prefixes are shared by name across the fleet: a client of another user (one that sees
+	 * only its own sequences) may open them, not replace or delete them. */
+	if (!err && oc->own_only)
+		err = -EPERM;
+	if (!err)
+		err = engine_prefix_save(oc->eng, oc->owner, s->seq, name, &crc);
+	c->val[1] = crc;
+	return err;
+}
+
+static int check_prefix_open(const struct ops_ctx *oc, const struct ring_sqe *s)
+{
+	return s->seq ? -EINVAL : check_prefix(oc, s, sizeof(struct proto_open_args));
+}
+
+static int handle_prefix_open(struct ops_ctx *oc, const struct ring_sqe *s, struct ring_cqe *c)
+{
+	char name[PROTO_PREFIX_NAME_MAX + 1];
+	struct proto_open_args a;
+	struct engine_params p;
+	uint32_t id, crc, tok;
+	int err = name_in(oc, s, sizeof(a), name);
+
+	if (err)
+		return err;
+	memcpy(&a, oc->arena + s->in_off, sizeof(a));
+	if (a.reserved)
+		return -EINVAL;
+	p.shape = (struct ice_model_shape){ a.layers, a.q_heads, a.kv_heads, a.head_dim, a.dtype };
+	p.budget = (struct ice_budget){ a.sink_tokens, a.window_tokens, a.retrieved_tokens,
+					a.dense_layers };
+	err = engine_prefix_open(oc->eng, oc->owner, name, &p, &id, &crc, &tok);
+	if (err)
+		return err;
+	c->val[0] = id;
+	c->val[1] = (uint64_t)tok << 32 | crc;
+	return 0;
+}
+
+static int check_prefix_drop(const struct ops_ctx *oc, const struct ring_sqe *s)
+{
+	return s->seq ? -EINVAL : check_prefix(oc, s, 0);
+}
+
+static int handle_prefix_drop(struct ops_ctx *oc, const struct ring_sqe *s, struct ring_cqe *c)
+{
+	char name[PROTO_PREFIX_NAME_MAX + 1];
+	int err = name_in(oc, s, 0, name);
+
+	if (!err && oc->own_only)
+		err = -EPERM; /* as for save */
+	return err ? err : engine_prefix_drop(oc->eng, name);
+}
+
 static const struct op_def op_table[OP__COUNT] = {
 	[OP_NOOP] = { "noop", check_noop, handle_noop },
 	[OP_STATS] = { "stats", check_text, handle_stats },
@@ -296,6 +383,9 @@ static const struct op_def op_table[OP__COUNT] = {
 	[OP_FETCH] = { "fetch", check_fetch, handle_fetch },
 	[OP_SELECT_CAP] = { "select_cap", check_select_cap, handle_select_cap },
 	[OP_SELECT_REST] = { "select_rest", check_select_rest, handle_select_rest },
+	[OP_PREFIX_SAVE] = { "prefix_save", check_prefix_save, handle_prefix_save },
+	[OP_PREFIX_OPEN] = { "prefix_open", check_prefix_open, handle_prefix_open },
+	[OP_PREFIX_DROP] = { "prefix_drop", check_prefix_drop, handle_prefix_drop },
 };
 
 int ops_verify(void)

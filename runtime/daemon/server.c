@@ -640,6 +640,21 @@ static void nvme_space_message(const struct rt_config *cfg)
 		     (unsigned long long)avail);
 }
 
+/* engine_new failed with a Redis tier configured and an error that is the tier's: say which
+ * server and what it needs. */
+static void remote_message(const struct rt_config *cfg, int err)
+{
+	const char *why =
+		err == -EINVAL ? "remote_url must be redis://host:port[,host:port...], and the "
+				 "server must run with maxmemory-policy noeviction (an evicted key "
+				 "is a lost page)" :
+				 "no server answered (is it running, and reachable from here?)";
+
+	if (err == -EINVAL || err == -ECONNREFUSED || err == -ETIMEDOUT || err == -EHOSTUNREACH ||
+	    err == -ENETUNREACH || err == -ECONNRESET || err == -EIO)
+		refuse_start(err, "Redis tier %s: %s", cfg->remote_url, why);
+}
+
 int server_new(const struct rt_config *cfg, struct server **ret_srv)
 {
 	struct engine_opts eo;
@@ -687,6 +702,8 @@ int server_new(const struct rt_config *cfg, struct server **ret_srv)
 	err = engine_new(&eo, &srv->eng);
 	if (err == -ENOSPC && cfg->nvme_path[0])
 		nvme_space_message(cfg);
+	else if (err && cfg->remote_url[0])
+		remote_message(cfg, err);
 	if (err)
 		goto out_free;
 	sigemptyset(&ss);

@@ -12,6 +12,7 @@
 #include "engine_impl.h"
 #include "nvme.h"
 #include "policy.h"
+#include "redis.h"
 
 int engine_charge(struct engine *e, const struct seq *s, uint64_t bytes)
 {
@@ -43,6 +44,17 @@ void engine_uncharge(struct engine *e, const struct seq *s, uint64_t bytes)
 	__atomic_sub_fetch(&e->used, bytes, __ATOMIC_RELAXED);
 }
 
+/* The store index of the tier of this kind, or -1. */
+static int tier_index(const struct engine *e, enum tier_kind kind)
+{
+	unsigned i;
+
+	for (i = 0; i < e->ntiers; i++)
+		if (e->tiers[i]->ops->kind == kind)
+			return (int)i;
+	return -1;
+}
+
 static void engine_close_tiers(struct engine *e)
 {
 	unsigned i;
@@ -58,7 +70,7 @@ int engine_new(const struct engine_opts *o, struct engine **ret_e)
 	struct store_config sc = { 0 };
 	struct tier_config tc = { 0 };
 	struct engine *e;
-	int err;
+	int err, nvme, remote;
 
 	if (!o || !ret_e || !o->max_seqs || o->max_seqs > (1u << SEQ_SLOT_BITS) || !o->slot_bytes ||
 	    o->slot_bytes % TIER_ALIGN || o->dram_bytes < o->slot_bytes)
@@ -69,7 +81,10 @@ int engine_new(const struct engine_opts *o, struct engine **ret_e)
 	e->o = *o;
 	if (e->o.overfetch < 1)
 		e->o.overfetch = 1;
+	/* The strings are the caller's, read only while engine_new runs. */
 	e->o.nvme_path = NULL;
+	e->o.remote_url = NULL;
+	e->o.remote_prefix = NULL;
 	e->slot = calloc(o->max_seqs, sizeof(*e->slot));
 	e->gen = calloc(o->max_seqs, sizeof(*e->gen));
 	e->own = calloc((size_t)o->max_seqs + 1, sizeof(*e->own));
@@ -92,25 +107,45 @@ int engine_new(const struct engine_opts *o, struct engine **ret_e)
 			goto out_tiers;
 		e->ntiers++;
 	}
+	/* Past NVMe, or past DRAM without it: the coldest pages of this host go to Redis. */
+	if (o->remote_url && o->remote_url[0]) {
+		tc = (struct tier_config){ .capacity_bytes = o->remote_bytes,
+					   .slot_size = o->slot_bytes,
+					   .path = o->remote_url,
+					   .timeout_ms = o->remote_timeout_ms,
+					   .retry_ms = o->remote_retry_ms,
+					   .key_prefix = o->remote_prefix };
+		err = tier_open(&redis_tier_ops, &tc, &e->tiers[e->ntiers]);
+		if (err)
+			goto out_tiers;
+		e->ntiers++;
+	}
 	sc.slot_size = o->slot_bytes;
 	sc.naccts = o->max_seqs + 1;
 	err = store_open(&sc, e->tiers, e->ntiers, &e->store);
 	if (err)
 		goto out_tiers;
+	nvme = tier_index(e, TIER_NVME);
+	remote = tier_index(e, TIER_REMOTE);
 	/* Quotas left at 0 are a share of what there is (engine.h). */
 	if (e->o.owner_share > 1) {
 		if (!e->o.owner_host_bytes)
 			e->o.owner_host_bytes = e->o.host_bytes / e->o.owner_share;
 		if (!e->o.owner_dram_pages)
 			e->o.owner_dram_pages = e->tiers[0]->nslots / e->o.owner_share;
-		if (!e->o.owner_nvme_pages && e->ntiers > 1)
-			e->o.owner_nvme_pages = e->tiers[1]->nslots / e->o.owner_share;
+		if (!e->o.owner_nvme_pages && nvme > 0)
+			e->o.owner_nvme_pages = e->tiers[nvme]->nslots / e->o.owner_share;
+		if (!e->o.owner_remote_pages && remote > 0)
+			e->o.owner_remote_pages = e->tiers[remote]->nslots / e->o.owner_share;
 	}
 	store_set_quota(e->store, 0, e->o.owner_dram_pages);
-	if (e->ntiers > 1)
-		store_set_quota(e->store, 1, e->o.owner_nvme_pages);
+	if (nvme > 0)
+		store_set_quota(e->store, (unsigned)nvme, e->o.owner_nvme_pages);
+	if (remote > 0)
+		store_set_quota(e->store, (unsigned)remote, e->o.owner_remote_pages);
 	if (e->ntiers > 1) {
-		struct policy_config pc = { .fast = 0, .slow = 1 };
+		/* dram -> nvme -> redis, or dram -> (nvme or redis) */
+		struct policy_config pc = { .fast = 0, .slow = 1, .colder = e->ntiers > 2 ? 2 : 0 };
 
 		err = policy_new(e->store, &pc, &e->pol);
 		if (err)
@@ -154,6 +189,7 @@ void engine_stats(struct engine *e, struct stats_buf *sb)
 {
 	uint64_t tokens = 0;
 	uint32_t i, nseqs;
+	char names[64] = "tiers:";
 
 	pthread_mutex_lock(&e->lock);
 	nseqs = e->nseqs;
@@ -165,7 +201,10 @@ void engine_stats(struct engine *e, struct stats_buf *sb)
 	store_stats(e->store, sb);
 	if (e->pol)
 		policy_stats(e->pol, sb);
-	stats_put_str(sb, "engine", "store", e->ntiers > 1 ? "tiers:dram+nvme" : "tiers:dram");
+	for (i = 0; i < e->ntiers; i++)
+		snprintf(names + strlen(names), sizeof(names) - strlen(names), "%s%s", i ? "+" : "",
+			 e->tiers[i]->name);
+	stats_put_str(sb, "engine", "store", names);
 	stats_put_str(sb, "engine", "index", e->o.exact_search ? "dci-tree(exact)" : "dci-tree");
 	stats_put_u64(sb, "engine", "host_capacity_bytes", e->o.host_bytes);
 	stats_put_u64(sb, "engine", "host_used_bytes", __atomic_load_n(&e->used, __ATOMIC_RELAXED));
@@ -178,6 +217,7 @@ void engine_stats(struct engine *e, struct stats_buf *sb)
 	stats_put_u64(sb, "engine", "client_host_bytes", e->o.owner_host_bytes);
 	stats_put_u64(sb, "engine", "client_dram_pages", e->o.owner_dram_pages);
 	stats_put_u64(sb, "engine", "client_nvme_pages", e->o.owner_nvme_pages);
+	stats_put_u64(sb, "engine", "client_remote_pages", e->o.owner_remote_pages);
 	stats_put_u64(sb, "engine", "client_max_seqs", e->o.owner_max_seqs);
 	stats_put_u64(sb, "engine", "fetch_max_refs", e->o.fetch_max_refs);
 	stats_put_hist(sb, "engine", "append", &e->h_append);
@@ -214,6 +254,7 @@ void engine_owner_stats(struct engine *e, uint32_t owner, const char *prefix, st
 {
 	uint64_t slots[TIER_MAX] = { 0 }, host = 0;
 	uint32_t i, nseqs = 0;
+	int nvme = tier_index(e, TIER_NVME), remote = tier_index(e, TIER_REMOTE);
 
 	pthread_mutex_lock(&e->lock);
 	for (i = 1; i <= e->o.max_seqs; i++) {
@@ -227,6 +268,7 @@ void engine_owner_stats(struct engine *e, uint32_t owner, const char *prefix, st
 	pthread_mutex_unlock(&e->lock);
 	stats_put_u64(sb, prefix, "host_bytes", host);
 	stats_put_u64(sb, prefix, "dram_pages", slots[0]);
-	stats_put_u64(sb, prefix, "nvme_pages", e->ntiers > 1 ? slots[1] : 0);
+	stats_put_u64(sb, prefix, "nvme_pages", nvme > 0 ? slots[nvme] : 0);
+	stats_put_u64(sb, prefix, "remote_pages", remote > 0 ? slots[remote] : 0);
 	stats_put_u64(sb, prefix, "seqs", nseqs);
 }

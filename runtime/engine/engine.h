@@ -12,7 +12,7 @@
  * Memory and quotas: host memory (sequence tables, sinks, windows, index keys, fetch staging)
  * is charged when it is allocated, against host_bytes and the owner's owner_host_bytes; the
  * page store counts per owner the DRAM and NVMe slots its pages hold (an account per owner,
- * tiers/store.h) against owner_dram_pages and owner_nvme_pages. Past an owner's quota a call
+ * tiers/store.h) against owner_dram_pages, owner_nvme_pages and owner_remote_pages. Past an owner's quota a call
  * fails with -EDQUOT, past a shared limit with -ENOSPC.
  */
 #ifndef ICE_RUNTIME_ENGINE_H
@@ -34,6 +34,12 @@ struct engine_opts {
 	uint64_t host_bytes;
 	const char *nvme_path; /* NULL or "": no NVMe tier */
 	uint64_t nvme_bytes;
+	/* The Redis tier past NVMe (or past DRAM): tiers/redis/redis.h. NULL or "": none. */
+	const char *remote_url;
+	uint64_t remote_bytes;
+	uint32_t remote_timeout_ms;
+	uint32_t remote_retry_ms;
+	const char *remote_prefix; /* NULL or "": unique per engine */
 	uint32_t max_seqs;
 	uint32_t owner_max_seqs; /* 0 = no limit below max_seqs */
 	/* Selection (index/select.h's struct select_opts): exact, group_merge, page_mass,
@@ -47,6 +53,7 @@ struct engine_opts {
 	uint64_t owner_host_bytes;
 	uint64_t owner_dram_pages;
 	uint64_t owner_nvme_pages;
+	uint64_t owner_remote_pages;
 	uint32_t owner_share;
 	uint32_t fetch_max_refs; /* refs one engine_fetch_shared may carry; 0 = no limit */
 };
@@ -112,9 +119,32 @@ int engine_fetch_shared(struct engine *e, uint32_t owner, uint32_t id, uint32_t 
 /* Bytes per fetched page of sequence id. */
 int engine_page_bytes(struct engine *e, uint32_t owner, uint32_t id, size_t *ret_bytes);
 
+/*
+ * Saved prefixes (prefix.c), kept on the Redis tier's servers so that any engine reaching them
+ * (another process, another host) can open them. -EOPNOTSUPP without a Redis tier; names are
+ * 1-32 of [A-Za-z0-9._-] (-EINVAL otherwise).
+ * save: every token of sequence id (all layers must hold the same count: -EBUSY otherwise,
+ *   -ENODATA when empty) under name, replacing a previous save of it only once the new one is
+ *   whole; *ret_crc (may be NULL) is its content hash. Costs the rows of one layer in host bytes
+ *   while it runs.
+ * open: a new sequence of owner (budget p->budget) holding the saved tokens, appended (the index
+ *   is rebuilt from the keys: no model run). The model shape must be the saved one (-EINVAL);
+ *   -ENOENT when no whole save has that name; -EBADMSG when a byte read does not match the
+ *   manifest's checksums, -ESTALE when the save was replaced half-way through the read: then
+ *   no sequence is left open. *ret_crc, *ret_tokens (may be NULL): the content hash, and the
+ *   tokens every layer now holds.
+ * drop: deletes the save (-ENOENT if none).
+ */
+int engine_prefix_save(struct engine *e, uint32_t owner, uint32_t id, const char *name,
+		       uint32_t *ret_crc);
+int engine_prefix_open(struct engine *e, uint32_t owner, const char *name,
+		       const struct engine_params *p, uint32_t *ret_id, uint32_t *ret_crc,
+		       uint32_t *ret_tokens);
+int engine_prefix_drop(struct engine *e, const char *name);
+
 void engine_stats(struct engine *e, struct stats_buf *sb);
 void engine_seqs(struct engine *e, struct stats_buf *sb);
-/* An owner's use, under prefix: host_bytes, dram_pages, nvme_pages, seqs (its quotas are in
+/* An owner's use, under prefix: host_bytes, dram_pages, nvme_pages, remote_pages, seqs (its quotas are in
  * engine_stats: engine.client_*). */
 void engine_owner_stats(struct engine *e, uint32_t owner, const char *prefix, struct stats_buf *sb);
 

@@ -93,10 +93,10 @@ struct engine {
 	uint64_t used;     /* host bytes charged (atomic) */
 	struct owner *own; /* [max_seqs + 1]; entry 0 unused (store account 0) */
 	uint64_t seqs_opened, seqs_dropped;
-	struct tier *tiers[2];
+	struct tier *tiers[TIER_MAX]; /* dram, then nvme and redis when configured */
 	unsigned ntiers;
 	struct store *store;
-	struct policy *pol; /* with an NVMe tier: watermarks, demotion, promotion */
+	struct policy *pol; /* with a tier past DRAM: watermarks, demotion, promotion */
 	struct hist h_append, h_select, h_fetch;
 };
 

@@ -114,8 +114,15 @@ enum proto_op {
 	OP_FETCH = 8,
 	OP_SELECT_CAP = 9,
 	OP_SELECT_REST = 10,
+	OP_PREFIX_SAVE = 11, /* in: the name; seq: the sequence; cqe.val[1]: content hash */
+	OP_PREFIX_OPEN = 12, /* in: proto_open_args then the name; cqe.val[0]: seq,
+			      * val[1]: tokens << 32 | content hash */
+	OP_PREFIX_DROP = 13, /* in: the name */
 	OP__COUNT
 };
+
+/* A saved prefix's name: 1..PROTO_PREFIX_NAME_MAX bytes of [A-Za-z0-9._-], not terminated. */
+#define PROTO_PREFIX_NAME_MAX 32u
 
 /* OP_SEQ_OPEN's input in the arena. */
 struct proto_open_args {

@@ -5,7 +5,8 @@
  *   refuse by peer credentials, (3) the client's segment through /proc/<pid>/fd;
  * - a daemon run by nobody where root's client would look for its own (a directory nobody made
  *   first) is refused by the client, and the real daemon refuses that directory;
- * - a user allowed to connect (allow_uid) sees only its own clients and sequences in stats.
+ * - a user allowed to connect (allow_uid) sees only its own clients and sequences in stats, and
+ *   may not save or drop shared prefixes.
  * Skips (77) when not root, since only root can become another user.
  */
 #include <grp.h>
@@ -257,6 +258,10 @@ START_TEST(other_user_sees_only_its_own_sequences)
 					fprintf(stderr, "%s\n", l);
 			bad |= 2;
 		}
+		/* shared prefixes: another user's client may not replace or delete them */
+		if (ice_prefix_save(x, kid.seq, "p1", NULL) != -EPERM ||
+		    ice_prefix_drop(x, "p1") != -EPERM)
+			bad |= 4;
 		_exit(bad);
 	}
 	ck_assert_int_eq(read(ready[0], &kid, sizeof(kid)), sizeof(kid));
@@ -268,10 +273,13 @@ START_TEST(other_user_sees_only_its_own_sequences)
 	ck_assert_int_gt(ice_stats(c, buf, sizeof(buf)), 0);
 	snprintf(theirs, sizeof(theirs), "client.%u.uid %u\n", kid.id, (unsigned)nobody);
 	ck_assert_msg(strstr(buf, theirs) != NULL, "root's stats lack %s in:\n%s", theirs, buf);
+	/* root's may (this daemon has no Redis tier to keep them) */
+	ck_assert_int_eq(ice_prefix_drop(c, "p1"), -EOPNOTSUPP);
 	ck_assert_int_eq(write(go[1], "g", 1), 1);
 	ck_assert_int_eq(waitpid(child, &st, 0), child);
 	ck_assert_msg(WIFEXITED(st) && WEXITSTATUS(st) == 0,
-		      "nobody's view (status %d: 1 = others' sequences, 2 = others' clients)",
+		      "nobody's view (status %d: 1 = others' sequences, 2 = others' clients, "
+		      "4 = prefixes not refused)",
 		      WEXITSTATUS(st));
 	ice_close(c);
 	ck_assert_int_eq(rt_daemon_stop(d), 0);

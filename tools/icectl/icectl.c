@@ -382,11 +382,13 @@ static int print_config(char *text, int json)
 
 static void usage(FILE *f)
 {
-	fprintf(f, "usage: icectl [--socket PATH] [--timeout S] [--json] status|seqs|stats|config\n"
-		   "       icectl [--socket PATH] [--timeout S] [--json] watch [--interval MS] "
-		   "[--count N]\n"
-		   "--timeout: seconds to wait for the daemon (default: $ICECACHE_TIMEOUT_MS "
-		   "or 5 s; 0: for ever)\n");
+	fprintf(f,
+		"usage: icectl [--socket PATH] [--timeout S] [--json] status|seqs|stats|config\n"
+		"       icectl [--socket PATH] [--timeout S] [--json] watch [--interval MS] "
+		"[--count N]\n"
+		"       icectl [--socket PATH] [--timeout S] prefix-drop NAME   (a saved prefix)\n"
+		"--timeout: seconds to wait for the daemon (default: $ICECACHE_TIMEOUT_MS "
+		"or 5 s; 0: for ever)\n");
 }
 
 static int fetch_text(struct ice_ctx *c, int (*fn)(struct ice_ctx *, char *, size_t), char *buf,
@@ -399,7 +401,7 @@ static int fetch_text(struct ice_ctx *c, int (*fn)(struct ice_ctx *, char *, siz
 	return k ? kvs_parse(buf, k) : 0;
 }
 
-static int one(struct ice_ctx *c, const char *cmd, int json)
+static int one(struct ice_ctx *c, const char *cmd, const char *arg, int json)
 {
 	static char b1[TEXT_CAP], b2[TEXT_CAP];
 	struct kvs st = { 0 }, sq = { 0 };
@@ -423,6 +425,14 @@ static int one(struct ice_ctx *c, const char *cmd, int json)
 		err = fetch_text(c, ice_config, b1, NULL);
 		if (!err)
 			err = print_config(b1, json);
+	} else if (!strcmp(cmd, "prefix-drop") && arg) {
+		err = ice_prefix_drop(c, arg);
+		if (!err)
+			printf(json ? "{\"dropped\":\"%s\"}\n" : "dropped %s\n", arg);
+		else if (err == -ENOENT)
+			fprintf(stderr, "icectl: no saved prefix named %s\n", arg);
+		else if (err == -EOPNOTSUPP)
+			fprintf(stderr, "icectl: the daemon has no Redis tier (remote_url)\n");
 	} else {
 		usage(stderr);
 		return -EINVAL;
@@ -435,7 +445,7 @@ static int one(struct ice_ctx *c, const char *cmd, int json)
 
 int main(int argc, char **argv)
 {
-	const char *sock = NULL, *cmd = NULL;
+	const char *sock = NULL, *cmd = NULL, *arg = NULL;
 	long interval = 1000, count = -1, i;
 	uint64_t timeout_ns = SHIM_TIMEOUT_DEFAULT;
 	struct ice_ctx *c;
@@ -466,6 +476,8 @@ int main(int argc, char **argv)
 			return 0;
 		} else if (argv[a][0] != '-' && !cmd) {
 			cmd = argv[a];
+		} else if (argv[a][0] != '-' && !arg) {
+			arg = argv[a];
 		} else {
 			usage(stderr);
 			return 2;
@@ -490,14 +502,14 @@ int main(int argc, char **argv)
 		return 1;
 	}
 	if (strcmp(cmd, "watch")) {
-		err = one(c, cmd, json);
+		err = one(c, cmd, arg, json);
 	} else {
 		for (i = 0; count < 0 || i < count; i++) {
 			struct timespec ts = { interval / 1000, (interval % 1000) * 1000000 };
 
 			if (!json && isatty(1))
 				printf("\033[H\033[2J");
-			err = one(c, "status", json);
+			err = one(c, "status", NULL, json);
 			if (err)
 				break;
 			if (count < 0 || i + 1 < count)

@@ -39,10 +39,10 @@
 struct opts {
 	struct ice_model_shape shape;
 	const char *shape_name;
-	int clients, seqs, json;
+	int clients, seqs, json, prefix;
 	uint32_t tokens, chunk;
-	uint64_t dram_mib, nvme_gib, host_mib;
-	const char *nvme, *sock;
+	uint64_t dram_mib, nvme_gib, host_mib, remote_gib;
+	const char *nvme, *sock, *remote;
 };
 
 static const struct ice_budget budget = { 64, 256, 2048, 0 };
@@ -54,8 +54,9 @@ struct worker {
 	int id;
 	uint64_t *tokens_done; /* shared, atomic */
 	uint64_t verified, bad, pages;
-	uint64_t append_end_ns; /* when its last append returned */
-	int err, finished;      /* finished: atomic, set as the thread ends */
+	uint64_t append_end_ns;    /* when its last append returned */
+	uint64_t save_ns, open_ns; /* --prefix: saving and reopening its sequences */
+	int err, finished;         /* finished: atomic, set as the thread ends */
 	char what[160];
 };
 
@@ -288,6 +289,30 @@ static void *worker_main(void *arg)
 		}
 	}
 	w->append_end_ns = clock_now_ns();
+	/* --prefix: each sequence saved, closed and opened again from the save; what is verified
+	 * below is then the reopened one. */
+	for (i = 0; o->prefix && i < o->seqs; i++) {
+		char name[32];
+		uint32_t h1, h2;
+		uint64_t t0 = clock_now_ns();
+
+		snprintf(name, sizeof(name), "stress-%d-%d-%d", (int)getpid(), w->id, i);
+		err = ice_prefix_save(c, handles[i], name, &h1);
+		w->save_ns += clock_now_ns() - t0;
+		if (!err)
+			err = ice_seq_close(c, handles[i]);
+		t0 = clock_now_ns();
+		if (!err)
+			err = ice_prefix_open(c, name, s, &budget, &handles[i], &h2);
+		w->open_ns += clock_now_ns() - t0;
+		if (!err && h1 != h2)
+			err = -EBADMSG;
+		ice_prefix_drop(c, name);
+		if (err) {
+			fail(w, err, "prefix save/open seq %d", i);
+			goto out_close;
+		}
+	}
 	for (i = 0; i < o->seqs; i++)
 		if (verify_seq(w, c, handles[i], (uint32_t)(w->id * o->seqs + i), &refs, &cap, &buf,
 			       &buf_cap, q, want, tmp))
@@ -369,15 +394,16 @@ static int64_t stat_of(const char *text, const char *name)
 }
 
 struct sample {
-	int64_t dram, nvme, host, rss;
+	int64_t dram, nvme, host, rss, remote;
 };
 
 static void take_sample(struct ice_ctx *c, pid_t daemon, char *buf, size_t cap, struct sample *s)
 {
-	s->dram = s->nvme = s->host = -1;
+	s->dram = s->nvme = s->host = s->remote = -1;
 	if (ice_stats(c, buf, cap) >= 0) {
 		s->dram = stat_of(buf, "tier.dram.used_bytes");
 		s->nvme = stat_of(buf, "tier.nvme.used_bytes");
+		s->remote = stat_of(buf, "tier.redis.used_bytes");
 		s->host = stat_of(buf, "engine.host_used_bytes");
 	}
 	s->rss = proc_kib(daemon, "VmRSS");
@@ -404,7 +430,10 @@ static int usage(void)
 	fprintf(stderr,
 		"usage: icebench stress [--clients C] [--seqs S] [--shape llama3-8b|smollm2|L,Hkv,Hq,d]\n"
 		"                       [--tokens N] [--chunk T] [--dram-mib M] [--nvme PATH]\n"
-		"                       [--nvme-gib G] [--host-mib M] [--socket PATH] [--json]\n");
+		"                       [--nvme-gib G] [--remote URL] [--remote-gib G] [--host-mib M]\n"
+		"                       [--prefix] [--socket PATH] [--json]\n"
+		"  --prefix: after appending, save each sequence as a prefix (needs --remote),\n"
+		"            close it, open it again from the save and verify that one\n");
 	return 2;
 }
 
@@ -416,11 +445,12 @@ static double mib(int64_t b)
 static int stress_main(int argc, char **argv)
 {
 	struct opts o = { .clients = 1, .seqs = 1, .tokens = 4096, .chunk = 256 };
-	char path[108], dir[64] = "/tmp/icebench-stress-XXXXXX", sets[8][4200], *stats;
+	char path[108], dir[64] = "/tmp/icebench-stress-XXXXXX", sets[12][4200], *stats;
 	struct worker w[MAX_CLIENTS];
 	struct ice_ctx *ctxs[MAX_CLIENTS] = { 0 }, *mon = NULL;
 	pthread_t th[MAX_CLIENTS];
 	struct sample last, fin;
+	uint64_t save_ns = 0, open_ns = 0;
 	uint64_t done = 0, t0, t_start, t_append = 0, t_last, prev_done = 0, verified = 0, bad = 0,
 		 pages = 0;
 	uint64_t total, kv_per_token;
@@ -436,6 +466,13 @@ static int stress_main(int argc, char **argv)
 
 		if (!strcmp(a, "--json")) {
 			o.json = 1;
+			continue;
+		}
+		if (!strcmp(a, "--prefix")) {
+			o.prefix = 1;
+			/* a long prefix takes the daemon seconds to save or open, past the library's
+			 * default 5 s wait (a caller's own $ICECACHE_TIMEOUT_MS wins) */
+			setenv("ICECACHE_TIMEOUT_MS", "600000", 0);
 			continue;
 		}
 		if (!v)
@@ -460,6 +497,10 @@ static int stress_main(int argc, char **argv)
 			o.host_mib = strtoull(v, NULL, 10);
 		else if (!strcmp(a, "--nvme"))
 			o.nvme = v;
+		else if (!strcmp(a, "--remote"))
+			o.remote = v;
+		else if (!strcmp(a, "--remote-gib"))
+			o.remote_gib = strtoull(v, NULL, 10);
 		else if (!strcmp(a, "--socket"))
 			o.sock = v;
 		else
@@ -476,13 +517,19 @@ static int stress_main(int argc, char **argv)
 		snprintf(sets[nsets++], sizeof(sets[0]), "nvme_path=%s", o.nvme);
 	if (o.nvme_gib)
 		snprintf(sets[nsets++], sizeof(sets[0]), "nvme_bytes=%" PRIu64, o.nvme_gib << 30);
+	if (o.remote)
+		snprintf(sets[nsets++], sizeof(sets[0]), "remote_url=%s", o.remote);
+	if (o.remote_gib)
+		snprintf(sets[nsets++], sizeof(sets[0]), "remote_bytes=%" PRIu64,
+			 o.remote_gib << 30);
 	/* The run's clients are one workload, not tenants to shield from each other: its private
 	 * daemon lifts the per-client quotas, so a lone client may fill what the run was given. */
 	snprintf(sets[nsets++], sizeof(sets[0]), "client_host_bytes=%" PRIu64,
 		 o.host_mib ? o.host_mib << 20 : (uint64_t)1 << 30);
 	snprintf(sets[nsets++], sizeof(sets[0]), "client_dram_pages=%" PRIu64, (uint64_t)1 << 32);
 	snprintf(sets[nsets++], sizeof(sets[0]), "client_nvme_pages=%" PRIu64, (uint64_t)1 << 32);
-	if (o.sock && nsets > 3)
+	snprintf(sets[nsets++], sizeof(sets[0]), "client_remote_pages=%" PRIu64, (uint64_t)1 << 32);
+	if (o.sock && nsets > 4)
 		fprintf(stderr, "icebench stress: --socket given: the tier options are the "
 				"running daemon's, not these\n");
 	stats = malloc(stats_cap);
@@ -551,6 +598,8 @@ static int stress_main(int argc, char **argv)
 		verified += w[i].verified;
 		bad += w[i].bad;
 		pages += w[i].pages;
+		save_ns += w[i].save_ns;
+		open_ns += w[i].open_ns;
 	}
 	done = __atomic_load_n(&done, __ATOMIC_RELAXED);
 	take_sample(mon, daemon, stats, stats_cap, &fin);
@@ -597,8 +646,12 @@ static int stress_main(int argc, char **argv)
 			       ",\"bad_rows\":%" PRIu64 ",\"wall_s\":%.3f",
 			       pages, verified, bad, wall);
 			printf(",\"tiers\":{\"dram\":{\"used_bytes\":%" PRId64
-			       "},\"nvme\":{\"used_bytes\":%" PRId64 "}}",
-			       fin.dram, fin.nvme);
+			       "},\"nvme\":{\"used_bytes\":%" PRId64
+			       "},\"redis\":{\"used_bytes\":%" PRId64 "}}",
+			       fin.dram, fin.nvme, fin.remote);
+			if (o.prefix)
+				printf(",\"prefix\":{\"save_s\":%.3f,\"open_s\":%.3f}",
+				       save_ns / 1e9, open_ns / 1e9);
 			printf(",\"error\":");
 			bench_json_str(stdout, err ? strerror(-err) : "");
 			printf("}\n");
@@ -615,11 +668,14 @@ static int stress_main(int argc, char **argv)
 			printf("%-22s %.1f MiB (%.0f bytes/token over start; host_bytes is %.2f of "
 			       "that growth)\n",
 			       "daemon rss peak", mib(rss_peak), rpt, acc);
-			printf("%-22s dram %.1f MiB, nvme %.1f MiB\n", "tiers used at end",
-			       mib(fin.dram), mib(fin.nvme));
+			printf("%-22s dram %.1f MiB, nvme %.1f MiB, redis %.1f MiB\n",
+			       "tiers used at end", mib(fin.dram), mib(fin.nvme), mib(fin.remote));
 			printf("%-22s %" PRIu64 " pages: %" PRIu64 " rows verified, %" PRIu64
 			       " bad\n",
 			       "fetched", pages, verified, bad);
+			if (o.prefix)
+				printf("%-22s save %.2f s, open %.2f s (appending took %.2f s)\n",
+				       "prefix", save_ns / 1e9, open_ns / 1e9, app);
 			printf("%-22s %.2f s\n", "wall", wall);
 		}
 	}

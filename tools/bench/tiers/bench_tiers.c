@@ -2,8 +2,9 @@
  * icebench tiers: what the page store and its tiers move, each against a baseline measured in
  * the same run: CRC-32C (hardware vs table), DRAM store put/get (vs plain memcpy), NVMe random
  * page reads at 4/8/16 KiB × batch 1/16/64/256 (vs fio randread on the same file, block size
- * and queue depth), checksummed store gets from NVMe, demotion/promotion throughput, and with
- * --stress the 2 × DRAM cap run with its RSS bound.
+ * and queue depth), checksummed store gets from NVMe, demotion/promotion throughput, the Redis
+ * tier (vs redis-benchmark on the same server: bench_remote.c), and with --stress the 2 × DRAM
+ * cap run with its RSS bound.
  */
 #include <errno.h>
 #include <getopt.h>
@@ -15,6 +16,7 @@
 #include <unistd.h>
 
 #include "bench.h"
+#include "bench_remote.h"
 #include "buf.h"
 #include "clock.h"
 #include "crc32c.h"
@@ -34,6 +36,9 @@ struct opts {
 	int no_fio;
 	int stress;
 	uint64_t stress_cap_mib;
+	const char *remote_url;
+	int no_remote;
+	int remote_only;
 };
 
 #define MAX_REPS 20
@@ -489,6 +494,7 @@ static void usage(FILE *f)
 	fprintf(f,
 		"usage: icebench tiers [--json] [--dir DIR] [--file-mib N] [--dram-mib N]\n"
 		"                      [--seconds S] [--reps N] [--no-fio]\n"
+		"                      [--remote-url URL | --no-remote | --remote-only]\n"
 		"                      [--stress [--stress-cap-mib N]]\n"
 		"  --dir DIR         where the NVMe files go (default $TMPDIR or /var/tmp; a real\n"
 		"                    filesystem: O_DIRECT)\n"
@@ -498,6 +504,10 @@ static void usage(FILE *f)
 		"  --reps N          NVMe runs per point, ours and fio alternating; the figures are\n"
 		"                    medians, the ratio the median of per-pair ratios (default 5)\n"
 		"  --no-fio          skip the fio baseline\n"
+		"  --remote-url URL  Redis tier on this server (redis://host:port; default: a private\n"
+		"                    redis-server on loopback for the run, when installed)\n"
+		"  --no-remote       skip the Redis tier and redis-benchmark\n"
+		"  --remote-only     only the Redis tier and redis-benchmark\n"
 		"  --stress          only the stress run: 2 x DRAM cap through the store, RSS bound\n"
 		"  --stress-cap-mib  DRAM cap for --stress (default 256)\n");
 }
@@ -514,6 +524,9 @@ static int parse(int argc, char **argv, struct opts *o)
 		{ "no-fio", no_argument, NULL, 'n' },
 		{ "stress", no_argument, NULL, 'S' },
 		{ "stress-cap-mib", required_argument, NULL, 'c' },
+		{ "remote-url", required_argument, NULL, 'u' },
+		{ "no-remote", no_argument, NULL, 'R' },
+		{ "remote-only", no_argument, NULL, 'O' },
 		{ "help", no_argument, NULL, 'h' },
 		{ NULL, 0, NULL, 0 },
 	};
@@ -549,6 +562,15 @@ static int parse(int argc, char **argv, struct opts *o)
 		case 'c':
 			o->stress_cap_mib = strtoull(optarg, NULL, 10);
 			break;
+		case 'u':
+			o->remote_url = optarg;
+			break;
+		case 'R':
+			o->no_remote = 1;
+			break;
+		case 'O':
+			o->remote_only = 1;
+			break;
 		case 'h':
 			usage(stdout);
 			exit(0);
@@ -558,7 +580,7 @@ static int parse(int argc, char **argv, struct opts *o)
 	}
 	if (optind != argc || o->file_mib < 64 || o->dram_mib < 16 || o->seconds <= 0 ||
 	    o->seconds > 60 || o->reps < 1 || o->reps > MAX_REPS || o->stress_cap_mib < 16 ||
-	    o->stress_cap_mib > 8192)
+	    o->stress_cap_mib > 8192 || (o->no_remote && o->remote_only))
 		return -EINVAL;
 	return 0;
 }
@@ -612,6 +634,76 @@ static int run_stress(const struct opts *o, const char *dir)
 	return ok ? 0 : 1;
 }
 
+/* The Redis rows: as a JSON member (json) or a table. */
+static void print_remote(const struct remote_res *rr, int json)
+{
+	unsigned i;
+
+	if (json) {
+		printf(",\"redis\":{\"url\":");
+		bench_json_str(stdout, rr->url);
+		printf(",\"private_server\":%s,\"page_bytes\":%u,\"pages\":%u,"
+		       "\"baseline\":\"redis-benchmark -t set,get -d %u -P <batch> -c 1\","
+		       "\"rows\":[",
+		       rr->private_server ? "true" : "false", rr->page_bytes, rr->pages,
+		       rr->page_bytes);
+		for (i = 0; i < rr->nrows; i++) {
+			const struct remote_row *w = &rr->rows[i];
+
+			printf("%s{\"batch\":%u,\"write_pages_per_s\":%.0f,"
+			       "\"write_gbps\":%.3f,\"read_pages_per_s\":%.0f,"
+			       "\"read_gbps\":%.3f,\"rb_set_rps\":%.0f,\"rb_get_rps\":%.0f,"
+			       "\"write_ratio\":%.3f,\"read_ratio\":%.3f}",
+			       i ? "," : "", w->batch, w->write_pps,
+			       w->write_pps * rr->page_bytes / 1e9, w->read_pps,
+			       w->read_pps * rr->page_bytes / 1e9, w->rb_set_rps, w->rb_get_rps,
+			       w->write_ratio, w->read_ratio);
+		}
+		printf("],\"store_get_batch256_pages_per_s\":%.0f}", rr->store_get_pps);
+		return;
+	}
+	printf("redis tier (%s%s), %u KiB pages, pipelined batches vs redis-benchmark\n"
+	       "  (-t set,get -d %u -P batch -c 1, same server; medians of %u "
+	       "alternating runs, ratio = median of per-run ratios)\n",
+	       rr->url, rr->private_server ? ", private server" : "", rr->page_bytes >> 10,
+	       rr->page_bytes, rr->reps);
+	printf("  %5s %10s %7s %10s %6s %10s %7s %10s %6s\n", "batch", "write p/s", "GB/s",
+	       "rb SET/s", "ratio", "read p/s", "GB/s", "rb GET/s", "ratio");
+	for (i = 0; i < rr->nrows; i++) {
+		const struct remote_row *w = &rr->rows[i];
+
+		printf("  %5u %10.0f %7.3f %10.0f %6.2f %10.0f %7.3f %10.0f %6.2f\n", w->batch,
+		       w->write_pps, w->write_pps * rr->page_bytes / 1e9, w->rb_set_rps,
+		       w->write_ratio, w->read_pps, w->read_pps * rr->page_bytes / 1e9,
+		       w->rb_get_rps, w->read_ratio);
+	}
+	printf("  store_get from redis, batch 256 (lookup + CRC check): %.0f pages/s "
+	       "(%.3f GB/s)\n",
+	       rr->store_get_pps, rr->store_get_pps * rr->page_bytes / 1e9);
+}
+
+/* --remote-only: the Redis tier and its baseline, nothing else. */
+static int run_remote_only(const struct opts *o, const char *dir)
+{
+	static struct remote_res rr;
+	int r = bench_remote(o->remote_url, dir, o->seconds, o->reps, &rr);
+
+	rmdir(dir);
+	if (r < 0) {
+		fprintf(stderr, "icebench tiers: redis %s: %s\n", r == -ENOENT ? "" : rr.url,
+			r == -ENOENT ? "redis-server is not installed" : strerror(-r));
+		return 1;
+	}
+	if (o->json) {
+		bench_json_begin(stdout, "tiers");
+		print_remote(&rr, 1);
+		printf("}\n");
+	} else {
+		print_remote(&rr, 0);
+	}
+	return 0;
+}
+
 static int tiers_main(int argc, char **argv)
 {
 	struct opts o = {
@@ -620,6 +712,8 @@ static int tiers_main(int argc, char **argv)
 	struct nvme_row rows[NSIZES * NBATCH];
 	struct dram_res dr = { 0 };
 	struct mig_res mr = { 0 };
+	static struct remote_res rr;
+	int have_remote = 0;
 	char dir[PATH_MAX], path[PATH_MAX + 32];
 	double crc_hw, crc_sw, sg_iops = 0, sg_raw = 0;
 	unsigned nrows = 0, i;
@@ -644,6 +738,8 @@ static int tiers_main(int argc, char **argv)
 		rmdir(dir);
 		return r;
 	}
+	if (o.remote_only)
+		return run_remote_only(&o, dir);
 	bench_crc(&crc_hw, &crc_sw);
 	r = bench_dram(&o, &dr);
 	if (r < 0) {
@@ -664,6 +760,15 @@ static int tiers_main(int argc, char **argv)
 	if (r < 0) {
 		fprintf(stderr, "icebench tiers: migrate: %s\n", strerror(-r));
 		goto out;
+	}
+	if (!o.no_remote) {
+		r = bench_remote(o.remote_url, dir, o.seconds, o.reps, &rr);
+		if (r == -ENOENT && !o.remote_url)
+			fprintf(stderr,
+				"icebench tiers: redis: skipped (redis-server not installed)\n");
+		else if (r < 0)
+			fprintf(stderr, "icebench tiers: redis %s: %s\n", rr.url, strerror(-r));
+		have_remote = r == 0;
 	}
 	if (o.json) {
 		bench_json_begin(stdout, "tiers");
@@ -692,8 +797,11 @@ static int tiers_main(int argc, char **argv)
 		       sg_iops, sg_raw);
 		printf(",\"migrate\":{\"bytes\":%" PRIu64
 		       ",\"demote_gbps\":%.3f,\"promote_gbps\":%.3f,"
-		       "\"demote_clean_gbps\":%.3f}}\n",
+		       "\"demote_clean_gbps\":%.3f}",
 		       mr.bytes, mr.demote_gbps, mr.promote_gbps, mr.demote_clean_gbps);
+		if (have_remote)
+			print_remote(&rr, 1);
+		printf("}\n");
 	} else {
 		printf("crc32c: %.2f GB/s (SSE4.2) vs %.2f GB/s table-driven\n", crc_hw, crc_sw);
 		printf("dram store, 8 KiB pages, batch 256: put %.2f GB/s, get %.2f GB/s "
@@ -715,6 +823,8 @@ static int tiers_main(int argc, char **argv)
 		printf("migrate %" PRIu64 " MiB: demote %.2f GB/s, promote %.2f GB/s, "
 		       "demote of clean pages %.2f GB/s\n",
 		       mr.bytes >> 20, mr.demote_gbps, mr.promote_gbps, mr.demote_clean_gbps);
+		if (have_remote)
+			print_remote(&rr, 0);
 	}
 	r = 0;
 out:
