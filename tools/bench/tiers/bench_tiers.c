@@ -258,6 +258,47 @@ static double fio_randread(const char *path, uint64_t size, unsigned bs, unsigne
 	return iops;
 }
 
+/* fio's sequential write on path (O_DIRECT, io_uring): GB/s, or -1. The demotion figure's
+ * yardstick: what the disk and file take when written straight through. */
+static double fio_seqwrite(const char *path, uint64_t size, unsigned bs, unsigned qd)
+{
+	char cmd[PATH_MAX + 1024], *out = NULL, *p;
+	size_t cap = 0, len = 0;
+	double bw = -1;
+	FILE *f;
+
+	if (snprintf(cmd, sizeof(cmd),
+		     "fio --name=ice --filename='%s' --rw=write --bs=%u --iodepth=%u "
+		     "--ioengine=io_uring --direct=1 --size=%" PRIu64 " --end_fsync=1 "
+		     "--output-format=json 2>/dev/null",
+		     path, bs, qd, size) >= (int)sizeof(cmd))
+		return -1;
+	f = popen(cmd, "r");
+	if (!f)
+		return -1;
+	for (;;) {
+		size_t n;
+
+		if (buf_grow(&out, &cap, len + 4096, 1))
+			break;
+		n = fread(out + len, 1, cap - len - 1, f);
+		if (n == 0)
+			break;
+		len += n;
+	}
+	pclose(f);
+	if (!out)
+		return -1;
+	out[len] = '\0';
+	p = strstr(out, "\"write\" : {"); /* the section, not the job option "rw" : "write" */
+	if (p)
+		p = strstr(p, "\"bw_bytes\"");
+	if (p && (p = strchr(p, ':')))
+		bw = strtod(p + 1, NULL) / 1e9;
+	free(out);
+	return bw;
+}
+
 static int bench_nvme(const struct opts *o, const char *path, struct nvme_row *rows,
 		      unsigned *ret_n, double *store_get_iops, double *store_get_raw_iops)
 {
@@ -404,6 +445,7 @@ out_close:
 
 struct mig_res {
 	double demote_gbps, promote_gbps, demote_clean_gbps;
+	double fio_write_gbps; /* fio's sequential write of the same bytes to the same file */
 	uint64_t bytes;
 };
 
@@ -756,6 +798,8 @@ static int tiers_main(int argc, char **argv)
 	}
 	snprintf(path, sizeof(path), "%s/migrate.dat", dir);
 	r = bench_migrate(&o, path, &mr);
+	/* after the tiers closed (fio overwrites the pages), 128 KiB writes 32 deep */
+	mr.fio_write_gbps = r == 0 && !o.no_fio ? fio_seqwrite(path, mr.bytes, 128 << 10, 32) : -1;
 	unlink(path);
 	if (r < 0) {
 		fprintf(stderr, "icebench tiers: migrate: %s\n", strerror(-r));
@@ -797,8 +841,11 @@ static int tiers_main(int argc, char **argv)
 		       sg_iops, sg_raw);
 		printf(",\"migrate\":{\"bytes\":%" PRIu64
 		       ",\"demote_gbps\":%.3f,\"promote_gbps\":%.3f,"
-		       "\"demote_clean_gbps\":%.3f}",
-		       mr.bytes, mr.demote_gbps, mr.promote_gbps, mr.demote_clean_gbps);
+		       "\"demote_clean_gbps\":%.3f,\"fio_seqwrite_gbps\":%.3f,"
+		       "\"demote_over_fio\":%.3f}",
+		       mr.bytes, mr.demote_gbps, mr.promote_gbps, mr.demote_clean_gbps,
+		       mr.fio_write_gbps,
+		       mr.fio_write_gbps > 0 ? mr.demote_gbps / mr.fio_write_gbps : -1.0);
 		if (have_remote)
 			print_remote(&rr, 1);
 		printf("}\n");
@@ -823,6 +870,10 @@ static int tiers_main(int argc, char **argv)
 		printf("migrate %" PRIu64 " MiB: demote %.2f GB/s, promote %.2f GB/s, "
 		       "demote of clean pages %.2f GB/s\n",
 		       mr.bytes >> 20, mr.demote_gbps, mr.promote_gbps, mr.demote_clean_gbps);
+		if (mr.fio_write_gbps > 0)
+			printf("  fio sequential write of the same bytes to the same file (128 KiB, "
+			       "iodepth 32): %.2f GB/s; demote is %.2f of it\n",
+			       mr.fio_write_gbps, mr.demote_gbps / mr.fio_write_gbps);
 		if (have_remote)
 			print_remote(&rr, 0);
 	}
