@@ -217,13 +217,52 @@ static int fill_file(struct tier *t, uint8_t *buf, unsigned depth)
 	return 0;
 }
 
+/* Runs a fio command line (JSON output) and returns what it printed; NULL on failure. */
+static char *fio_output(const char *cmd)
+{
+	char *out = NULL;
+	size_t cap = 0, len = 0;
+	FILE *f = popen(cmd, "r");
+
+	if (!f)
+		return NULL;
+	for (;;) {
+		size_t n;
+
+		if (buf_grow(&out, &cap, len + 4096, 1))
+			break;
+		n = fread(out + len, 1, cap - len - 1, f);
+		if (n == 0)
+			break;
+		len += n;
+	}
+	pclose(f);
+	if (out)
+		out[len] = '\0';
+	return out;
+}
+
+/* The number after `field` in fio's JSON `section` ("read" or "write"), or -1. */
+static double fio_field(const char *out, const char *section, const char *field)
+{
+	char sec[32], fl[32];
+	const char *p;
+
+	snprintf(sec, sizeof(sec), "\"%s\" : {", section); /* not the job option "rw" */
+	snprintf(fl, sizeof(fl), "\"%s\"", field);
+	p = out ? strstr(out, sec) : NULL;
+	if (p)
+		p = strstr(p, fl);
+	if (p && (p = strchr(p, ':')))
+		return strtod(p + 1, NULL);
+	return -1;
+}
+
 static double fio_randread(const char *path, uint64_t size, unsigned bs, unsigned qd,
 			   double seconds)
 {
-	char cmd[PATH_MAX + 1024], *out = NULL, *p;
-	size_t cap = 0, len = 0;
-	double iops = -1;
-	FILE *f;
+	char cmd[PATH_MAX + 1024], *out;
+	double iops;
 
 	if (snprintf(cmd, sizeof(cmd),
 		     "fio --name=ice --filename='%s' --rw=randread --bs=%u --iodepth=%u "
@@ -232,28 +271,8 @@ static double fio_randread(const char *path, uint64_t size, unsigned bs, unsigne
 		     "--output-format=json 2>/dev/null",
 		     path, bs, qd, size, (unsigned)(seconds * 1000)) >= (int)sizeof(cmd))
 		return -1;
-	f = popen(cmd, "r");
-	if (!f)
-		return -1;
-	for (;;) {
-		size_t n;
-
-		if (buf_grow(&out, &cap, len + 4096, 1))
-			break;
-		n = fread(out + len, 1, cap - len - 1, f);
-		if (n == 0)
-			break;
-		len += n;
-	}
-	pclose(f);
-	if (!out)
-		return -1;
-	out[len] = '\0';
-	p = strstr(out, "\"read\"");
-	if (p)
-		p = strstr(p, "\"iops\"");
-	if (p && (p = strchr(p, ':')))
-		iops = strtod(p + 1, NULL);
+	out = fio_output(cmd);
+	iops = fio_field(out, "read", "iops");
 	free(out);
 	return iops;
 }
@@ -262,10 +281,8 @@ static double fio_randread(const char *path, uint64_t size, unsigned bs, unsigne
  * yardstick: what the disk and file take when written straight through. */
 static double fio_seqwrite(const char *path, uint64_t size, unsigned bs, unsigned qd)
 {
-	char cmd[PATH_MAX + 1024], *out = NULL, *p;
-	size_t cap = 0, len = 0;
-	double bw = -1;
-	FILE *f;
+	char cmd[PATH_MAX + 1024], *out;
+	double bw;
 
 	if (snprintf(cmd, sizeof(cmd),
 		     "fio --name=ice --filename='%s' --rw=write --bs=%u --iodepth=%u "
@@ -273,30 +290,10 @@ static double fio_seqwrite(const char *path, uint64_t size, unsigned bs, unsigne
 		     "--output-format=json 2>/dev/null",
 		     path, bs, qd, size) >= (int)sizeof(cmd))
 		return -1;
-	f = popen(cmd, "r");
-	if (!f)
-		return -1;
-	for (;;) {
-		size_t n;
-
-		if (buf_grow(&out, &cap, len + 4096, 1))
-			break;
-		n = fread(out + len, 1, cap - len - 1, f);
-		if (n == 0)
-			break;
-		len += n;
-	}
-	pclose(f);
-	if (!out)
-		return -1;
-	out[len] = '\0';
-	p = strstr(out, "\"write\" : {"); /* the section, not the job option "rw" : "write" */
-	if (p)
-		p = strstr(p, "\"bw_bytes\"");
-	if (p && (p = strchr(p, ':')))
-		bw = strtod(p + 1, NULL) / 1e9;
+	out = fio_output(cmd);
+	bw = fio_field(out, "write", "bw_bytes");
 	free(out);
-	return bw;
+	return bw > 0 ? bw / 1e9 : -1;
 }
 
 static int bench_nvme(const struct opts *o, const char *path, struct nvme_row *rows,
