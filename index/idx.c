@@ -17,6 +17,7 @@
 
 #include "buf.h"
 #include "idx_impl.h"
+#include "idx_simd_dot.h"
 
 /* ---- small helpers ----------------------------------------------------------------------- */
 
@@ -367,44 +368,24 @@ struct cand_blocks {
 static void blocked_best(const struct idx *ix, const struct cand_blocks *cb, const float *xs,
 			 const float *hx, uint32_t g, uint32_t *ret_node, float *ret_score)
 {
-	const struct idx_simd_ops *ops = idx_simd();
-	float out[IDX_LANES * IDX_LANES], best[IDX_LANES];
+	float best[IDX_LANES];
+	uint32_t arg[IDX_LANES], i;
 	size_t b;
-	uint32_t i, l;
 
 	for (i = 0; i < g; i++) {
 		best[i] = -INFINITY;
-		ret_node[i] = cb->node[0];
+		arg[i] = 0;
 	}
 	for (b = 0; b < cb->nb; b++) {
-		const float *h = cb->h + b * IDX_LANES;
 		uint32_t lanes = cb->n - b * IDX_LANES < IDX_LANES ?
 					 (uint32_t)(cb->n - b * IDX_LANES) :
 					 IDX_LANES;
 
-		ops->score_block(cb->blk + b * ix->blk, xs, g, ix->dim, out);
-		for (i = 0; i < g; i++) {
-			float *o = out + i * IDX_LANES, m = -INFINITY;
-
-			/* full blocks: a branch-free max first, lanes only when it wins */
-			if (lanes == IDX_LANES) {
-				for (l = 0; l < IDX_LANES; l++)
-					o[l] += hx[i] * h[l];
-				for (l = 0; l < IDX_LANES; l++)
-					m = o[l] > m ? o[l] : m;
-				if (m <= best[i])
-					continue;
-			} else {
-				for (l = 0; l < lanes; l++)
-					o[l] += hx[i] * h[l];
-			}
-			for (l = 0; l < lanes; l++)
-				if (o[l] > best[i]) {
-					best[i] = o[l];
-					ret_node[i] = cb->node[b * IDX_LANES + l];
-				}
-		}
+		idx_lift_best(cb->blk + b * ix->blk, cb->h + b * IDX_LANES, xs, hx, g, ix->dim,
+			      lanes, (uint32_t)(b * IDX_LANES), best, arg);
 	}
+	for (i = 0; i < g; i++)
+		ret_node[i] = cb->node[arg[i]];
 	if (ret_score)
 		memcpy(ret_score, best, g * sizeof(float));
 }

@@ -12,6 +12,7 @@
 #include "check_main.h"
 #include "idx.h"
 #include "idx_simd.h"
+#include "idx_simd_dot.h"
 #include "synth.h"
 #include "test_keys.h"
 
@@ -1168,6 +1169,85 @@ START_TEST(kernels_match_reference)
 }
 END_TEST
 
+/* The nearest-node kernels on every SIMD path against double-precision lifted scores: the
+ * best (and the p best, in order) of partial and full blocks, g = 1..16, a running best kept
+ * across calls. */
+START_TEST(lift_kernels_match_reference)
+{
+	const char *paths[] = { "portable", "avx2", "avx512" };
+	const uint32_t dim = 48, p = 5;
+	float *blk = aligned_alloc(64, dim * 16 * sizeof(float));
+	float xs[16 * 48], hx[16], h[16], best[16], top[16 * 5];
+	uint32_t arg[16], targ[16 * 5], cnt[16], path, g, lanes, i, j, l, r;
+	double ref[16];
+
+	srand(33);
+	for (j = 0; j < dim * 16; j++)
+		blk[j] = (float)rand() / RAND_MAX - 0.5f;
+	for (j = 0; j < 16 * dim; j++)
+		xs[j] = (float)rand() / RAND_MAX - 0.5f;
+	for (l = 0; l < 16; l++) {
+		h[l] = (float)rand() / RAND_MAX * 2.0f;
+		hx[l] = (float)rand() / RAND_MAX * 2.0f;
+	}
+	for (path = 0; path < 3; path++) {
+		if (idx_simd_force(paths[path]) != 0)
+			continue;
+		for (g = 1; g <= 16; g += 5)
+			for (lanes = 1; lanes <= 16; lanes += 3) {
+				for (i = 0; i < g; i++) {
+					best[i] = i % 2 ? -INFINITY : 0.25f; /* a best to beat */
+					arg[i] = 7777;
+					cnt[i] = 0;
+				}
+				idx_lift_best(blk, h, xs, hx, g, dim, lanes, 100, best, arg);
+				idx_lift_top(blk, h, xs, hx, g, dim, lanes, 100, p, top, targ, cnt);
+				for (i = 0; i < g; i++) {
+					double m = i % 2 ? -INFINITY : 0.25;
+					uint32_t am = 7777, order[16];
+
+					for (l = 0; l < lanes; l++) {
+						ref[l] = 0;
+						for (j = 0; j < dim; j++)
+							ref[l] += (double)xs[i * dim + j] *
+								  blk[j * 16 + l];
+						ref[l] += (double)hx[i] * h[l];
+						if (ref[l] > m + 1e-5) {
+							m = ref[l];
+							am = 100 + l;
+						}
+						order[l] = l;
+					}
+					ck_assert(fabs(best[i] - m) < 1e-4);
+					if (am == 7777)
+						ck_assert_uint_eq(arg[i], 7777);
+					else
+						ck_assert(fabs(ref[arg[i] - 100] - m) < 1e-4);
+					/* the p best by the reference, best first */
+					for (l = 1; l < lanes; l++)
+						for (r = l;
+						     r > 0 && ref[order[r]] > ref[order[r - 1]];
+						     r--) {
+							uint32_t t = order[r];
+
+							order[r] = order[r - 1];
+							order[r - 1] = t;
+						}
+					ck_assert_uint_eq(cnt[i], lanes < p ? lanes : p);
+					for (r = 0; r < cnt[i]; r++) {
+						ck_assert(fabs(top[i * p + r] - ref[order[r]]) <
+							  1e-4);
+						ck_assert(fabs(ref[targ[i * p + r] - 100] -
+							       ref[order[r]]) < 1e-4);
+					}
+				}
+			}
+	}
+	idx_simd_force("best");
+	free(blk);
+}
+END_TEST
+
 START_TEST(half_precision_input)
 {
 	const uint32_t dim = 32;
@@ -1353,6 +1433,7 @@ static Suite *idx_suite(void)
 	tcase_add_loop_test(tc, rollback_undoes_inserts_exactly, 0, 3);
 	tcase_add_test(tc, simd_paths_agree);
 	tcase_add_test(tc, kernels_match_reference);
+	tcase_add_test(tc, lift_kernels_match_reference);
 	tcase_add_loop_test(tc, half_precision_input, 0, 2);
 	tcase_add_test(tc, bad_arguments);
 	tcase_add_test(tc, concurrent_searches_match_serial);
