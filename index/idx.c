@@ -228,6 +228,7 @@ void idx_params_default(struct idx_params *p, uint32_t dim)
 	p->gqa_widen = 0.25f;
 	p->exact_parent_max = 4096;
 	p->descent_beam = 8;
+	p->parent_probes = 8;
 	p->cell_cap = 0;
 	p->threads = 1;
 	p->seed = 0x1ce1cac4e5eedull;
@@ -312,6 +313,7 @@ void idx_free(struct idx *ix)
 	free(ix->dirty.v);
 	free(ix->proj);
 	scratch_done(&ix->sc);
+	idx_ivf_free(&ix->ivf);
 	free(ix);
 }
 
@@ -756,15 +758,23 @@ static int batch_parents(struct idx *ix, const float *k, const float *n2, size_t
 	uint32_t idx16[IDX_LANES], nd[IDX_LANES], g = 0, j;
 	size_t i, si;
 
+	int lists;
+
 	memset(pre, 0, n * sizeof(*pre));
-	if (cb.n == 0 || cb.n > ix->p.exact_parent_max)
+	if (cb.n == 0)
 		return 0;
+	lists = idx_ivf_sync(ix);
+	if (lists < 0)
+		return lists;
+	if (lists)
+		goto pass;
 	cb.nb = (cb.n + IDX_LANES - 1) / IDX_LANES;
 	if (scratch_reserve(&ix->sc, cb.nb * IDX_LANES) < 0)
 		return -ENOMEM;
 	for (si = 0; si < cb.nb * IDX_LANES; si++)
 		ix->sc.cs[si] = si < cb.n ? lift_h(ix->m, ix->nodes[cb.node[si]].n2) : 0.0f;
 	cb.h = ix->sc.cs;
+pass:
 	for (i = 0; i <= n; i++) {
 		if (i < n && promo_level(ix, (uint32_t)(ix->ntok + i)) == 0) {
 			memcpy(xs + (size_t)g * ix->dim, k + i * ix->dim, ix->dim * sizeof(float));
@@ -772,7 +782,10 @@ static int batch_parents(struct idx *ix, const float *k, const float *n2, size_t
 			idx16[g++] = (uint32_t)i;
 		}
 		if (g == IDX_LANES || (i == n && g)) {
-			blocked_best(ix, &cb, xs, hx, g, nd, sc);
+			if (lists)
+				idx_ivf_best(ix, xs, hx, g, nd, sc);
+			else
+				blocked_best(ix, &cb, xs, hx, g, nd, sc);
 			for (j = 0; j < g; j++)
 				pre[idx16[j]] = (struct pre_parent){ nd[j], sc[j], cb.n };
 			g = 0;
@@ -807,6 +820,8 @@ static void reset_empty(struct idx *ix)
 	ix->sk_ready = 0;
 	if (ix->seedk)
 		memset(ix->seedk, 0, ix->cap_seed_blocks * ix->blk * sizeof(float));
+	idx_ivf_drop(ix);
+	ix->ivf.base = 0;
 }
 
 /* Takes the newest token out: off its page (the last slot: a page's tokens are appended), its
@@ -851,6 +866,8 @@ void idx_rollback(struct idx *ix, const struct idx_mark *mark)
 		pop_token(ix);
 	while (ix->npages > mark->npages)
 		pop_page(ix);
+	if (ix->ivf.nseeds > ix->lvl[1].n)
+		idx_ivf_drop(ix);
 	for (i = mark->dirty; i < ix->dirty.n; i++)
 		if (ix->dirty.v[i] < ix->npages)
 			ix->pages[ix->dirty.v[i]].dirty = 0;
@@ -965,6 +982,7 @@ struct build_ctx {
 	const uint32_t *pbase; /* first page id of cells[c] */
 	uint32_t *order;       /* entry indexes into toks, grouped by cell */
 	struct cand_blocks cb; /* exact parents: the level above in blocks (n = 0: descent) */
+	int lists;             /* level-0 parents through the seed lists (idx_ivf.c) */
 	_Atomic int err;
 };
 
@@ -974,8 +992,8 @@ static void build_parents(void *arg, size_t lo, size_t hi)
 	struct idx_scratch sc = { 0 };
 	size_t i;
 
-	if (c->cb.n) {
-		/* exact: 16 keys at a time against every candidate block */
+	if (c->cb.n || c->lists) {
+		/* exact: 16 keys at a time against every candidate block (or the lists) */
 		float xs[IDX_LANES * IDX_MAX_DIM], hx[IDX_LANES];
 		uint32_t g, j;
 
@@ -989,7 +1007,10 @@ static void build_parents(void *arg, size_t lo, size_t hi)
 				hx[j] = lift_h(c->ix->m, c->n2[t]);
 				c->proj[i + j] = idx_simd()->dot(x, c->ix->proj, c->ix->dim);
 			}
-			blocked_best(c->ix, &c->cb, xs, hx, g, c->par + i, NULL);
+			if (c->lists)
+				idx_ivf_best(c->ix, xs, hx, g, c->par + i, NULL);
+			else
+				blocked_best(c->ix, &c->cb, xs, hx, g, c->par + i, NULL);
 		}
 		return;
 	}
@@ -1165,7 +1186,16 @@ static int build_level(struct idx *ix, struct build_ctx *c, const uint32_t *toks
 		goto out;
 	atomic_store(&c->err, 0);
 	memset(&c->cb, 0, sizeof(c->cb));
-	if (level + 1 < IDX_MAX_LEVELS && ix->lvl[level + 1].n &&
+	c->lists = 0;
+	if (level == 0 && ix->lvl[1].n > ix->p.exact_parent_max) {
+		ix->ivf.base = ix->lvl[1].n; /* the build's seeds are the first lists */
+		rc = idx_ivf_sync(ix);
+		if (rc < 0)
+			goto out;
+		c->lists = rc;
+		rc = -ENOMEM;
+	}
+	if (!c->lists && level + 1 < IDX_MAX_LEVELS && ix->lvl[level + 1].n &&
 	    ix->lvl[level + 1].n <= ix->p.exact_parent_max && cand_init(ix, level + 1, &c->cb) < 0)
 		goto out;
 	par_run(nt >= 4096 ? ix->p.threads : 1, build_parents, c, nt, 512);
@@ -1316,6 +1346,13 @@ int idx_build(struct idx *ix, const void *keys, size_t n, enum ice_dtype dt)
 			goto out;
 	}
 	ix->ntok = n;
+	/* lists over the seeds the cells were split into, so inserts start without a rebuild */
+	if (ix->lvl[1].n > ix->p.exact_parent_max) {
+		ix->ivf.base = ix->lvl[1].n;
+		idx_ivf_drop(ix);
+		if (idx_ivf_sync(ix) < 0)
+			idx_ivf_drop(ix); /* the next insert tries again */
+	}
 	rc = 0;
 out:
 	if (rc < 0 && !ix->ntok)
@@ -1545,5 +1582,6 @@ size_t idx_host_bytes(const struct idx *ix)
 	for (l = 0; l < IDX_MAX_LEVELS; l++)
 		b += ix->lvl[l].n * sizeof(uint32_t);
 	b += (ix->upages.n + ix->dirty.n) * sizeof(uint32_t);
+	b += idx_ivf_bytes(ix);
 	return b;
 }

@@ -293,6 +293,71 @@ START_TEST(insert_bounds_cells)
 END_TEST
 
 /* With M >= every |k|^2, the lifted nearest neighbour of [q/|q|, 0] is the max-q.k key. */
+/*
+ * Past exact_parent_max seeds, level-0 parents come from the seed lists: nearly always the
+ * exact nearest seed (lifted), and never far from it; the same for keys inserted later.
+ */
+START_TEST(list_parents_nearly_exact)
+{
+	const uint32_t dim = 32;
+	const size_t n0 = 30000, n = 32000;
+	float *keys = gen_keys(dim, n, 12);
+	struct idx_params p;
+	struct idx *ix = NULL;
+	uint32_t *seeds = malloc(n * sizeof(uint32_t));
+	size_t ns = 0, t, checked = 0, exact = 0, i;
+	double m = 0, loss = 0, worst = 0;
+
+	idx_params_default(&p, dim);
+	p.r1 = 0.02f;
+	p.exact_parent_max = 64;
+	p.cell_cap = UINT32_MAX;
+	ck_assert_int_eq(idx_new(&p, &ix), 0);
+	ck_assert_int_eq(idx_build(ix, keys, n0, ICE_DTYPE_F32), 0);
+	for (t = n0; t < n; t += 16)
+		ck_assert_int_eq(idx_insert(ix, keys + t * dim, 16, ICE_DTYPE_F32), 0);
+	for (t = 0; t < n; t++) {
+		uint32_t lev;
+
+		m = fmax(m, dotd(keys + t * dim, keys + t * dim, dim));
+		ck_assert_int_eq(idx_token_parent(ix, (uint32_t)t, &lev, NULL), 0);
+		if (lev == 1)
+			seeds[ns++] = (uint32_t)t;
+	}
+	ck_assert_uint_gt(ns, 6 * 64);
+	for (t = 0; t < n; t += 7) {
+		const float *x = keys + t * dim;
+		double hx = sqrt(fmax(m - dotd(x, x, dim), 0)), best = -INFINITY, mine = -INFINITY;
+		uint32_t lev, par;
+
+		ck_assert_int_eq(idx_token_parent(ix, (uint32_t)t, &lev, &par), 0);
+		if (lev != 0)
+			continue;
+		/* a built token saw every seed of the build, an inserted one those before it */
+		for (i = 0; i < ns && seeds[i] < (t < n0 ? n0 : t); i++) {
+			const float *s = keys + (size_t)seeds[i] * dim;
+			double v = dotd(x, s, dim) + hx * sqrt(fmax(m - dotd(s, s, dim), 0));
+
+			best = fmax(best, v);
+			if (seeds[i] == par)
+				mine = v;
+		}
+		ck_assert(mine > -INFINITY); /* the parent is a seed placed before the token */
+		checked++;
+		exact += mine >= best - 1e-6 * m;
+		loss += (best - mine) / m;
+		worst = fmax(worst, (best - mine) / m);
+	}
+	printf("list parents: %zu checked, %.4f exact, mean loss %.2e, worst %.2e\n", checked,
+	       (double)exact / checked, loss / checked, worst);
+	ck_assert_uint_gt(checked, 2000);
+	ck_assert(exact >= checked * 0.5);
+	idx_free(ix);
+	free(seeds);
+	free(keys);
+}
+END_TEST
+
 START_TEST(lifting_preserves_mips_order)
 {
 	const uint32_t dim = 64;
@@ -1421,6 +1486,7 @@ static Suite *idx_suite(void)
 	tcase_add_test(tc, build_invariants_and_exact_parents);
 	tcase_add_loop_test(tc, inserts_keep_pages_growing, 0, 2);
 	tcase_add_loop_test(tc, insert_bounds_cells, 0, 2);
+	tcase_add_test(tc, list_parents_nearly_exact);
 	tcase_add_test(tc, lifting_preserves_mips_order);
 	tcase_add_test(tc, unlimited_beam_equals_brute_force);
 	tcase_add_test(tc, biased_group_merge_equals_brute_force);
