@@ -655,8 +655,25 @@ static int node_add(struct idx *ix, uint32_t pos, uint32_t level, const float *x
 
 /* ---- input checks ------------------------------------------------------------------------ */
 
+/* Nonzero if some value of x[0..n) is NaN or infinite (all exponent bits set). Branch-free so
+ * it vectorises: the check reads every key once, as the copy it replaces did. */
+static int any_nonfinite(const float *x, size_t n)
+{
+	uint32_t bad = 0, u;
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		memcpy(&u, x + i, sizeof(u));
+		bad |= (u & 0x7f800000u) == 0x7f800000u;
+	}
+	return bad != 0;
+}
+
+/* The keys as fp32: fp32 input is used where it is (checked, not copied: at N = 262144,
+ * d = 128 the copy and its page faults were ~0.2 us per key of the build), other types are
+ * converted into a buffer. *ret_own: whether *ret is that buffer (free it). */
 static int load_keys(const struct idx *ix, const void *keys, size_t n, enum ice_dtype dt,
-		     float **ret)
+		     const float **ret, int *ret_own)
 {
 	size_t cnt;
 	float *k;
@@ -667,6 +684,13 @@ static int load_keys(const struct idx *ix, const void *keys, size_t n, enum ice_
 	if (n > (size_t)UINT32_MAX - 1 - ix->ntok)
 		return -EINVAL;
 	cnt = n * ix->dim;
+	if (dt == ICE_DTYPE_F32) {
+		if (any_nonfinite(keys, cnt))
+			return -EINVAL;
+		*ret = keys;
+		*ret_own = 0;
+		return 0;
+	}
 	k = aligned_alloc(64, (cnt * sizeof(float) + 63) & ~(size_t)63);
 	if (!k)
 		return -ENOMEM;
@@ -676,6 +700,7 @@ static int load_keys(const struct idx *ix, const void *keys, size_t n, enum ice_
 		return rc;
 	}
 	*ret = k;
+	*ret_own = 1;
 	return 0;
 }
 
@@ -878,24 +903,30 @@ void idx_rollback(struct idx *ix, const struct idx_mark *mark)
 	ix->sk_ready = mark->sk_ready;
 }
 
+#define INSERT_STACK 64u
+
 int idx_insert(struct idx *ix, const void *keys, size_t n, enum ice_dtype dt)
 {
 	struct idx_mark mark;
-	struct pre_parent *pre = NULL;
-	float *k, *n2 = NULL;
+	/* a decode window fits on the stack: no allocation per batch */
+	struct pre_parent pre_s[INSERT_STACK], *pre = pre_s;
+	float n2_s[INSERT_STACK], *n2 = n2_s;
+	const float *k;
 	size_t i;
-	int rc;
+	int rc, own;
 
 	if (!ix)
 		return -EINVAL;
-	rc = load_keys(ix, keys, n, dt, &k);
+	rc = load_keys(ix, keys, n, dt, &k, &own);
 	if (rc < 0)
 		return rc;
 	rc = -ENOMEM;
-	n2 = calloc(n, sizeof(float));
-	pre = malloc(n * sizeof(*pre));
-	if (!n2 || !pre)
-		goto out;
+	if (n > INSERT_STACK) {
+		n2 = malloc(n * sizeof(float));
+		pre = malloc(n * sizeof(*pre));
+		if (!n2 || !pre)
+			goto out;
+	}
 	idx_mark(ix, &mark);
 	/* M covers the whole batch before any of it is placed */
 	for (i = 0; i < n; i++) {
@@ -919,9 +950,12 @@ int idx_insert(struct idx *ix, const void *keys, size_t n, enum ice_dtype dt)
 	if (rc < 0)
 		idx_rollback(ix, &mark);
 out:
-	free(k);
-	free(n2);
-	free(pre);
+	if (own)
+		free((void *)k);
+	if (n2 != n2_s)
+		free(n2);
+	if (pre != pre_s)
+		free(pre);
 	return rc;
 }
 
@@ -1292,14 +1326,15 @@ int idx_build(struct idx *ix, const void *keys, size_t n, enum ice_dtype dt)
 	struct norm_ctx nc;
 	uint32_t *lev = NULL, *toks = NULL, l, top = 0;
 	size_t i, cnt[IDX_MAX_LEVELS] = { 0 };
-	float *k = NULL, *n2 = NULL;
-	int rc;
+	const float *k = NULL;
+	float *n2 = NULL;
+	int rc, own = 0;
 
 	if (!ix)
 		return -EINVAL;
 	if (ix->ntok)
 		return idx_insert(ix, keys, n, dt);
-	rc = load_keys(ix, keys, n, dt, &k);
+	rc = load_keys(ix, keys, n, dt, &k, &own);
 	if (rc < 0)
 		return rc;
 	rc = -ENOMEM;
@@ -1357,7 +1392,8 @@ int idx_build(struct idx *ix, const void *keys, size_t n, enum ice_dtype dt)
 out:
 	if (rc < 0 && !ix->ntok)
 		reset_empty(ix); /* leave an empty, usable index behind */
-	free(k);
+	if (own)
+		free((void *)k);
 	free(n2);
 	free(lev);
 	free(toks);
