@@ -99,6 +99,11 @@ struct idx {
 	float *proj;           /* projection direction that orders a cell's tokens */
 	struct idx_scratch sc; /* for the insert path */
 	struct idx_ivf ivf;
+	/* lift heights of seeds 0..sh_n under M = sh_m for the insert's exact pass (block
+	 * padding lanes after them 0) */
+	float *sh;
+	size_t sh_n, sh_cap;
+	float sh_m;
 };
 
 /* The keys of pages[0..n) (n <= IDX_KEYS_BATCH) as blocks: from pend while the index keeps the
