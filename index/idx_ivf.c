@@ -277,7 +277,7 @@ void idx_ivf_best(const struct idx *ix, const float *xs, const float *hx, uint32
 	uint32_t arg[IDX_LANES * MAX_PROBES], lane[IDX_LANES];
 	float top[IDX_LANES * MAX_PROBES], best[IDX_LANES], h[IDX_LANES];
 	float cs[IDX_LANES * IDX_IVF_MAX_CENT], out[IDX_LANES * IDX_LANES];
-	uint32_t pbuf[IDX_LANES * IDX_IVF_MAX_CENT];
+	uint32_t pbuf[IDX_LANES * MAX_PROBES];
 	size_t cb = (v->ncent + IDX_LANES - 1) / IDX_LANES, k, s, nseeds = ix->lvl[1].n;
 
 	/* every centre's lifted score per key, and each key's p best */
