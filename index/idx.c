@@ -365,6 +365,10 @@ struct cand_blocks {
 	const float *h;       /* lifted height per candidate (0 in padding lanes) */
 	const uint32_t *node; /* node id per candidate */
 	size_t n, nb;
+	/* build only, where the CPU has AVX-512 BF16: the blocks in bf16 (dim/2 x 16 uint32
+	 * each) and each candidate's norm, for a bounded first pass (bf16_best) */
+	uint32_t *bblk;
+	float *ca, *cb; /* per lane: |rs| + IDX_BF16_ACC |bs|, |bs| + |rs| (idx_simd_dot.h) */
 };
 
 /* For keys xs[g][dim] (g <= 16) with heights hx[g], the best candidate of each. */
@@ -393,11 +397,69 @@ static void blocked_best(const struct idx *ix, const struct cand_blocks *cb, con
 		memcpy(ret_score, best, g * sizeof(float));
 }
 
+/*
+ * blocked_best's answer, bit for bit, at about half its cost: a bf16 pass scores every
+ * candidate to within IDX_BF16_ERR * |x| * |s| (plus rounding slack), and the exact pass runs
+ * only on the blocks whose upper bound reaches some candidate's lower bound, for the same
+ * groups of keys the exact pass would score together (so the same kernel and rounding). A
+ * block left out holds no lane that could tie or beat the best, so the first best is the
+ * same one. xb: the keys packed by idx_bf16_pack, xbn/xrn its norms.
+ */
+#define BF16_MAX_BLOCKS 512u
+static void bf16_best(const struct idx *ix, const struct cand_blocks *cb, const float *xs,
+		      const float *hx, const uint32_t *xb, const float *xbn, const float *xrn,
+		      uint32_t g, uint32_t *ret_node)
+{
+	float out[IDX_LANES * IDX_LANES], ub[IDX_LANES * BF16_MAX_BLOCKS], maxlb[IDX_LANES];
+	float best[IDX_LANES], slack = 1e-5f * ix->m;
+	uint32_t arg[IDX_LANES], i, q;
+	size_t b;
+
+	for (i = 0; i < g; i++) {
+		maxlb[i] = -INFINITY;
+		best[i] = -INFINITY;
+		arg[i] = 0;
+	}
+	for (b = 0; b < cb->nb; b++) {
+		uint32_t lanes = cb->n - b * IDX_LANES < IDX_LANES ?
+					 (uint32_t)(cb->n - b * IDX_LANES) :
+					 IDX_LANES;
+
+		idx_bf16_score(cb->bblk + b * (ix->blk / 2), xb, g, ix->dim, out);
+		idx_bf16_bounds(out, cb->h + b * IDX_LANES, cb->ca + b * IDX_LANES,
+				cb->cb + b * IDX_LANES, hx, xbn, xrn, slack, g, lanes,
+				ub + b * IDX_LANES, maxlb);
+	}
+	/* ub[b * 16 + i]: key i's best upper bound in block b */
+	for (q = 0; q < g; q = q + (q + 4 <= g ? 4 : 1)) {
+		uint32_t gs = q + 4 <= g ? 4 : 1, k;
+
+		for (b = 0; b < cb->nb; b++) {
+			uint32_t lanes = cb->n - b * IDX_LANES < IDX_LANES ?
+						 (uint32_t)(cb->n - b * IDX_LANES) :
+						 IDX_LANES;
+			int need = 0;
+
+			for (k = q; k < q + gs; k++)
+				need |= ub[b * IDX_LANES + k] >= maxlb[k];
+			if (need)
+				idx_lift_best(cb->blk + b * ix->blk, cb->h + b * IDX_LANES,
+					      xs + (size_t)q * ix->dim, hx + q, gs, ix->dim, lanes,
+					      (uint32_t)(b * IDX_LANES), best + q, arg + q);
+		}
+	}
+	for (i = 0; i < g; i++)
+		ret_node[i] = cb->node[arg[i]];
+}
+
 static void cand_done(struct cand_blocks *cb)
 {
 	free((void *)cb->blk);
 	free((void *)cb->h);
 	free((void *)cb->node);
+	free(cb->bblk);
+	free(cb->ca);
+	free(cb->cb);
 	memset(cb, 0, sizeof(*cb));
 }
 
@@ -434,6 +496,32 @@ static int cand_init(const struct idx *ix, uint32_t up, struct cand_blocks *ret)
 	cb.blk = blk;
 	cb.h = h;
 	cb.node = node;
+	if (idx_bf16_ok() && cb.nb <= BF16_MAX_BLOCKS && ix->dim % 2 == 0) {
+		uint32_t tmp[IDX_MAX_DIM / 2];
+
+		cb.bblk = malloc(cb.nb * (ix->blk / 2) * sizeof(uint32_t));
+		cb.ca = calloc(cb.nb * IDX_LANES, sizeof(float));
+		cb.cb = calloc(cb.nb * IDX_LANES, sizeof(float));
+		if (cb.bblk && cb.ca && cb.cb) {
+			for (i = 0; i < cb.nb; i++)
+				idx_bf16_pack_block(blk + i * ix->blk, ix->dim,
+						    cb.bblk + i * (ix->blk / 2));
+			for (i = 0; i < lv->n; i++) {
+				float bn, rn;
+
+				idx_bf16_pack(ix->nkey + (size_t)lv->v[i] * ix->dim, ix->dim, tmp,
+					      &bn, &rn);
+				cb.ca[i] = rn + IDX_BF16_ACC * bn;
+				cb.cb[i] = bn + rn;
+			}
+		} else { /* the exact pass alone */
+			free(cb.bblk);
+			free(cb.ca);
+			free(cb.cb);
+			cb.bblk = NULL;
+			cb.ca = cb.cb = NULL;
+		}
+	}
 	*ret = cb;
 	return 0;
 }
@@ -1053,10 +1141,20 @@ static void build_parents(void *arg, size_t lo, size_t hi)
 				hx[j] = lift_h(c->ix->m, c->n2[t]);
 				c->proj[i + j] = idx_simd()->dot(x, c->ix->proj, c->ix->dim);
 			}
-			if (c->lists)
+			if (c->lists) {
 				idx_ivf_best(c->ix, xs, hx, g, c->par + i, NULL);
-			else
+			} else if (c->cb.bblk) {
+				uint32_t xb[IDX_LANES * IDX_MAX_DIM / 2];
+				float xbn[IDX_LANES], xrn[IDX_LANES];
+
+				for (j = 0; j < g; j++)
+					idx_bf16_pack(xs + (size_t)j * c->ix->dim, c->ix->dim,
+						      xb + (size_t)j * (c->ix->dim / 2), &xbn[j],
+						      &xrn[j]);
+				bf16_best(c->ix, &c->cb, xs, hx, xb, xbn, xrn, g, c->par + i);
+			} else {
 				blocked_best(c->ix, &c->cb, xs, hx, g, c->par + i, NULL);
+			}
 		}
 		return;
 	}

@@ -1313,6 +1313,75 @@ START_TEST(lift_kernels_match_reference)
 }
 END_TEST
 
+/* bf16 candidate scores against double precision: within the bound idx_simd_dot.h states,
+ * and the bounds helper's upper and lower bounds around the exact lifted scores. */
+START_TEST(bf16_scores_within_their_bound)
+{
+	const uint32_t dim = 64;
+	float *blk = aligned_alloc(64, dim * 16 * sizeof(float)), out[16 * 16];
+	float xs[16 * 64], bn[16], rn[16], sbn[16], srn[16], ca[16], cbb[16], h[16], hx[16];
+	uint32_t *bb = malloc(dim * 8 * sizeof(uint32_t)), xb[16 * 32], tmp[32], g, i, j, l;
+	float col[64];
+
+	if (!idx_bf16_ok()) {
+		free(blk);
+		free(bb);
+		return; /* no AVX-512 BF16 here: the exact pass is used */
+	}
+	srand(44);
+	for (j = 0; j < dim * 16; j++)
+		blk[j] = ((float)rand() / RAND_MAX - 0.5f) * (j % 7 == 0 ? 20.0f : 1.0f);
+	for (j = 0; j < 16 * dim; j++)
+		xs[j] = (float)rand() / RAND_MAX - 0.5f;
+	idx_bf16_pack_block(blk, dim, bb);
+	for (l = 0; l < 16; l++) {
+		for (j = 0; j < dim; j++)
+			col[j] = blk[j * 16 + l];
+		idx_bf16_pack(col, dim, tmp, &sbn[l], &srn[l]);
+		for (j = 0; j < dim / 2; j++)
+			ck_assert_uint_eq(tmp[j], bb[j * 16 + l]);
+		ca[l] = srn[l] + IDX_BF16_ACC * sbn[l];
+		cbb[l] = sbn[l] + srn[l];
+		h[l] = (float)rand() / RAND_MAX;
+	}
+	for (i = 0; i < 16; i++) {
+		idx_bf16_pack(xs + i * dim, dim, xb + i * (dim / 2), &bn[i], &rn[i]);
+		hx[i] = (float)rand() / RAND_MAX;
+	}
+	for (g = 1; g <= 16; g += 3) {
+		idx_bf16_score(bb, xb, g, dim, out);
+		for (i = 0; i < g; i++) {
+			for (l = 0; l < 16; l++) {
+				double ref = 0, e = (double)bn[i] * srn[l] +
+						    (double)rn[i] * sbn[l] + (double)rn[i] * srn[l];
+
+				for (j = 0; j < dim; j++)
+					ref += (double)xs[i * dim + j] * blk[j * 16 + l];
+				ck_assert(fabs(out[i * 16 + l] - ref) <= e + 1e-5 * bn[i] * sbn[l]);
+			}
+		}
+		for (i = 0; i < g; i++) {
+			float u, lo = -INFINITY;
+			double best = -INFINITY;
+
+			idx_bf16_bounds(out + i * 16, h, ca, cbb, hx + i, bn + i, rn + i, 0.0f, 1,
+					16, &u, &lo);
+			for (l = 0; l < 16; l++) {
+				double ref = 0;
+
+				for (j = 0; j < dim; j++)
+					ref += (double)xs[i * dim + j] * blk[j * 16 + l];
+				best = fmax(best, ref + (double)hx[i] * h[l]);
+			}
+			ck_assert(u >= best - 1e-5);
+			ck_assert(lo <= best + 1e-5);
+		}
+	}
+	free(blk);
+	free(bb);
+}
+END_TEST
+
 START_TEST(half_precision_input)
 {
 	const uint32_t dim = 32;
@@ -1500,6 +1569,7 @@ static Suite *idx_suite(void)
 	tcase_add_test(tc, simd_paths_agree);
 	tcase_add_test(tc, kernels_match_reference);
 	tcase_add_test(tc, lift_kernels_match_reference);
+	tcase_add_test(tc, bf16_scores_within_their_bound);
 	tcase_add_loop_test(tc, half_precision_input, 0, 2);
 	tcase_add_test(tc, bad_arguments);
 	tcase_add_test(tc, concurrent_searches_match_serial);
