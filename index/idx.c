@@ -1729,5 +1729,6 @@ size_t idx_host_bytes(const struct idx *ix)
 		b += ix->lvl[l].n * sizeof(uint32_t);
 	b += (ix->upages.n + ix->dirty.n) * sizeof(uint32_t);
 	b += idx_ivf_bytes(ix);
+	b += ix->sh ? seed_blocks * IDX_LANES * sizeof(float) : 0; /* the insert's seed heights */
 	return b;
 }

@@ -44,10 +44,11 @@ struct idx_scratch { /* parent-descent buffers (build workers, insert) */
 
 /*
  * Seed lists for level-0 parents once there are more than exact_parent_max seeds (idx_ivf.c):
- * the first `nseeds` seeds, each filed under the nearest of `ncent` of them (the centres, plain
- * Euclidean distance, so the lists do not depend on M), each list in 16-lane blocks. A key ranks
- * the centres in the lifted space, scans the lists of its `parent_probes` best exactly, and the
- * seeds made since the lists were built (from seed nseeds on) all.
+ * the first `nseeds` seeds, each filed under the nearest of `ncent` of them (the centres; lifted
+ * at the largest seed norm, not at M, so the lists depend on the seeds alone; capped lists),
+ * each list in 16-lane blocks. A key ranks the centres in the lifted space, scans the lists of
+ * its `parent_probes` best exactly, and the seeds made since the lists were built (from seed
+ * nseeds on) all.
  */
 struct idx_ivf {
 	size_t nseeds; /* seeds filed (0: no lists) */
