@@ -17,6 +17,7 @@
 
 #include "buf.h"
 #include "idx_impl.h"
+#include "idx_simd_dot.h"
 
 /* ---- small helpers ----------------------------------------------------------------------- */
 
@@ -227,6 +228,7 @@ void idx_params_default(struct idx_params *p, uint32_t dim)
 	p->gqa_widen = 0.25f;
 	p->exact_parent_max = 4096;
 	p->descent_beam = 8;
+	p->parent_probes = 8;
 	p->cell_cap = 0;
 	p->threads = 1;
 	p->seed = 0x1ce1cac4e5eedull;
@@ -311,6 +313,8 @@ void idx_free(struct idx *ix)
 	free(ix->dirty.v);
 	free(ix->proj);
 	scratch_done(&ix->sc);
+	idx_ivf_free(&ix->ivf);
+	free(ix->sh);
 	free(ix);
 }
 
@@ -361,52 +365,91 @@ struct cand_blocks {
 	const float *h;       /* lifted height per candidate (0 in padding lanes) */
 	const uint32_t *node; /* node id per candidate */
 	size_t n, nb;
+	/* build only, where the CPU has AVX-512 BF16: the blocks in bf16 (dim/2 x 16 uint32
+	 * each) and each candidate's norm, for a bounded first pass (bf16_best) */
+	uint32_t *bblk;
+	float *ca, *cb; /* per lane: |rs| + IDX_BF16_ACC |bs|, |bs| + |rs| (idx_simd_dot.h) */
 };
 
 /* For keys xs[g][dim] (g <= 16) with heights hx[g], the best candidate of each. */
 static void blocked_best(const struct idx *ix, const struct cand_blocks *cb, const float *xs,
 			 const float *hx, uint32_t g, uint32_t *ret_node, float *ret_score)
 {
-	const struct idx_simd_ops *ops = idx_simd();
-	float out[IDX_LANES * IDX_LANES], best[IDX_LANES];
+	float best[IDX_LANES];
+	uint32_t arg[IDX_LANES], i;
 	size_t b;
-	uint32_t i, l;
 
 	for (i = 0; i < g; i++) {
 		best[i] = -INFINITY;
-		ret_node[i] = cb->node[0];
+		arg[i] = 0;
 	}
 	for (b = 0; b < cb->nb; b++) {
-		const float *h = cb->h + b * IDX_LANES;
 		uint32_t lanes = cb->n - b * IDX_LANES < IDX_LANES ?
 					 (uint32_t)(cb->n - b * IDX_LANES) :
 					 IDX_LANES;
 
-		ops->score_block(cb->blk + b * ix->blk, xs, g, ix->dim, out);
-		for (i = 0; i < g; i++) {
-			float *o = out + i * IDX_LANES, m = -INFINITY;
-
-			/* full blocks: a branch-free max first, lanes only when it wins */
-			if (lanes == IDX_LANES) {
-				for (l = 0; l < IDX_LANES; l++)
-					o[l] += hx[i] * h[l];
-				for (l = 0; l < IDX_LANES; l++)
-					m = o[l] > m ? o[l] : m;
-				if (m <= best[i])
-					continue;
-			} else {
-				for (l = 0; l < lanes; l++)
-					o[l] += hx[i] * h[l];
-			}
-			for (l = 0; l < lanes; l++)
-				if (o[l] > best[i]) {
-					best[i] = o[l];
-					ret_node[i] = cb->node[b * IDX_LANES + l];
-				}
-		}
+		idx_lift_best(cb->blk + b * ix->blk, cb->h + b * IDX_LANES, xs, hx, g, ix->dim,
+			      lanes, (uint32_t)(b * IDX_LANES), best, arg);
 	}
+	for (i = 0; i < g; i++)
+		ret_node[i] = cb->node[arg[i]];
 	if (ret_score)
 		memcpy(ret_score, best, g * sizeof(float));
+}
+
+/*
+ * blocked_best's answer, bit for bit, at about half its cost: a bf16 pass scores every
+ * candidate to within IDX_BF16_ERR * |x| * |s| (plus rounding slack), and the exact pass runs
+ * only on the blocks whose upper bound reaches some candidate's lower bound, for the same
+ * groups of keys the exact pass would score together (so the same kernel and rounding). A
+ * block left out holds no lane that could tie or beat the best, so the first best is the
+ * same one. xb: the keys packed by idx_bf16_pack, xbn/xrn its norms.
+ */
+#define BF16_MAX_BLOCKS 512u
+static void bf16_best(const struct idx *ix, const struct cand_blocks *cb, const float *xs,
+		      const float *hx, const uint32_t *xb, const float *xbn, const float *xrn,
+		      uint32_t g, uint32_t *ret_node)
+{
+	float out[IDX_LANES * IDX_LANES], ub[IDX_LANES * BF16_MAX_BLOCKS], maxlb[IDX_LANES];
+	float best[IDX_LANES], slack = 1e-5f * ix->m;
+	uint32_t arg[IDX_LANES], i, q;
+	size_t b;
+
+	for (i = 0; i < g; i++) {
+		maxlb[i] = -INFINITY;
+		best[i] = -INFINITY;
+		arg[i] = 0;
+	}
+	for (b = 0; b < cb->nb; b++) {
+		uint32_t lanes = cb->n - b * IDX_LANES < IDX_LANES ?
+					 (uint32_t)(cb->n - b * IDX_LANES) :
+					 IDX_LANES;
+
+		idx_bf16_score(cb->bblk + b * (ix->blk / 2), xb, g, ix->dim, out);
+		idx_bf16_bounds(out, cb->h + b * IDX_LANES, cb->ca + b * IDX_LANES,
+				cb->cb + b * IDX_LANES, hx, xbn, xrn, slack, g, lanes,
+				ub + b * IDX_LANES, maxlb);
+	}
+	/* ub[b * 16 + i]: key i's best upper bound in block b */
+	for (q = 0; q < g; q = q + (q + 4 <= g ? 4 : 1)) {
+		uint32_t gs = q + 4 <= g ? 4 : 1, k;
+
+		for (b = 0; b < cb->nb; b++) {
+			uint32_t lanes = cb->n - b * IDX_LANES < IDX_LANES ?
+						 (uint32_t)(cb->n - b * IDX_LANES) :
+						 IDX_LANES;
+			int need = 0;
+
+			for (k = q; k < q + gs; k++)
+				need |= ub[b * IDX_LANES + k] >= maxlb[k];
+			if (need)
+				idx_lift_best(cb->blk + b * ix->blk, cb->h + b * IDX_LANES,
+					      xs + (size_t)q * ix->dim, hx + q, gs, ix->dim, lanes,
+					      (uint32_t)(b * IDX_LANES), best + q, arg + q);
+		}
+	}
+	for (i = 0; i < g; i++)
+		ret_node[i] = cb->node[arg[i]];
 }
 
 static void cand_done(struct cand_blocks *cb)
@@ -414,6 +457,9 @@ static void cand_done(struct cand_blocks *cb)
 	free((void *)cb->blk);
 	free((void *)cb->h);
 	free((void *)cb->node);
+	free(cb->bblk);
+	free(cb->ca);
+	free(cb->cb);
 	memset(cb, 0, sizeof(*cb));
 }
 
@@ -450,6 +496,32 @@ static int cand_init(const struct idx *ix, uint32_t up, struct cand_blocks *ret)
 	cb.blk = blk;
 	cb.h = h;
 	cb.node = node;
+	if (idx_bf16_ok() && cb.nb <= BF16_MAX_BLOCKS && ix->dim % 2 == 0) {
+		uint32_t tmp[IDX_MAX_DIM / 2];
+
+		cb.bblk = malloc(cb.nb * (ix->blk / 2) * sizeof(uint32_t));
+		cb.ca = calloc(cb.nb * IDX_LANES, sizeof(float));
+		cb.cb = calloc(cb.nb * IDX_LANES, sizeof(float));
+		if (cb.bblk && cb.ca && cb.cb) {
+			for (i = 0; i < cb.nb; i++)
+				idx_bf16_pack_block(blk + i * ix->blk, ix->dim,
+						    cb.bblk + i * (ix->blk / 2));
+			for (i = 0; i < lv->n; i++) {
+				float bn, rn;
+
+				idx_bf16_pack(ix->nkey + (size_t)lv->v[i] * ix->dim, ix->dim, tmp,
+					      &bn, &rn);
+				cb.ca[i] = rn + IDX_BF16_ACC * bn;
+				cb.cb[i] = bn + rn;
+			}
+		} else { /* the exact pass alone */
+			free(cb.bblk);
+			free(cb.ca);
+			free(cb.cb);
+			cb.bblk = NULL;
+			cb.ca = cb.cb = NULL;
+		}
+	}
 	*ret = cb;
 	return 0;
 }
@@ -672,8 +744,25 @@ static int node_add(struct idx *ix, uint32_t pos, uint32_t level, const float *x
 
 /* ---- input checks ------------------------------------------------------------------------ */
 
+/* Nonzero if some value of x[0..n) is NaN or infinite (all exponent bits set). Branch-free so
+ * it vectorises: the check reads every key once, as the copy it replaces did. */
+static int any_nonfinite(const float *x, size_t n)
+{
+	uint32_t bad = 0, u;
+	size_t i;
+
+	for (i = 0; i < n; i++) {
+		memcpy(&u, x + i, sizeof(u));
+		bad |= (u & 0x7f800000u) == 0x7f800000u;
+	}
+	return bad != 0;
+}
+
+/* The keys as fp32: fp32 input is used where it is (checked, not copied: at N = 262144,
+ * d = 128 the copy and its page faults were ~0.2 us per key of the build), other types are
+ * converted into a buffer. *ret_own: whether *ret is that buffer (free it). */
 static int load_keys(const struct idx *ix, const void *keys, size_t n, enum ice_dtype dt,
-		     float **ret)
+		     const float **ret, int *ret_own)
 {
 	size_t cnt;
 	float *k;
@@ -684,6 +773,13 @@ static int load_keys(const struct idx *ix, const void *keys, size_t n, enum ice_
 	if (n > (size_t)UINT32_MAX - 1 - ix->ntok)
 		return -EINVAL;
 	cnt = n * ix->dim;
+	if (dt == ICE_DTYPE_F32) {
+		if (any_nonfinite(keys, cnt))
+			return -EINVAL;
+		*ret = keys;
+		*ret_own = 0;
+		return 0;
+	}
 	k = aligned_alloc(64, (cnt * sizeof(float) + 63) & ~(size_t)63);
 	if (!k)
 		return -ENOMEM;
@@ -693,6 +789,7 @@ static int load_keys(const struct idx *ix, const void *keys, size_t n, enum ice_
 		return rc;
 	}
 	*ret = k;
+	*ret_own = 1;
 	return 0;
 }
 
@@ -775,15 +872,31 @@ static int batch_parents(struct idx *ix, const float *k, const float *n2, size_t
 	uint32_t idx16[IDX_LANES], nd[IDX_LANES], g = 0, j;
 	size_t i, si;
 
+	int lists;
+
 	memset(pre, 0, n * sizeof(*pre));
-	if (cb.n == 0 || cb.n > ix->p.exact_parent_max)
+	if (cb.n == 0)
 		return 0;
+	lists = idx_ivf_sync(ix);
+	if (lists < 0)
+		return lists;
+	if (lists)
+		goto pass;
 	cb.nb = (cb.n + IDX_LANES - 1) / IDX_LANES;
 	if (scratch_reserve(&ix->sc, cb.nb * IDX_LANES) < 0)
 		return -ENOMEM;
-	for (si = 0; si < cb.nb * IDX_LANES; si++)
-		ix->sc.cs[si] = si < cb.n ? lift_h(ix->m, ix->nodes[cb.node[si]].n2) : 0.0f;
-	cb.h = ix->sc.cs;
+	/* seed heights kept from batch to batch while M stands: recomputing all of them was
+	 * ~0.5 us per key of a 16-key batch at 3,500 seeds */
+	if (buf_grow(&ix->sh, &ix->sh_cap, cb.nb * IDX_LANES, sizeof(float)))
+		return -ENOMEM;
+	if (ix->sh_m != ix->m)
+		ix->sh_n = 0;
+	for (si = ix->sh_n; si < cb.nb * IDX_LANES; si++)
+		ix->sh[si] = si < cb.n ? lift_h(ix->m, ix->nodes[cb.node[si]].n2) : 0.0f;
+	ix->sh_n = cb.n; /* the padding lanes after it are rewritten when seeds arrive */
+	ix->sh_m = ix->m;
+	cb.h = ix->sh;
+pass:
 	for (i = 0; i <= n; i++) {
 		if (i < n && promo_level(ix, (uint32_t)(ix->ntok + i)) == 0) {
 			memcpy(xs + (size_t)g * ix->dim, k + i * ix->dim, ix->dim * sizeof(float));
@@ -791,7 +904,10 @@ static int batch_parents(struct idx *ix, const float *k, const float *n2, size_t
 			idx16[g++] = (uint32_t)i;
 		}
 		if (g == IDX_LANES || (i == n && g)) {
-			blocked_best(ix, &cb, xs, hx, g, nd, sc);
+			if (lists)
+				idx_ivf_best(ix, xs, hx, g, nd, sc);
+			else
+				blocked_best(ix, &cb, xs, hx, g, nd, sc);
 			for (j = 0; j < g; j++)
 				pre[idx16[j]] = (struct pre_parent){ nd[j], sc[j], cb.n };
 			g = 0;
@@ -826,6 +942,9 @@ static void reset_empty(struct idx *ix)
 	ix->sk_ready = 0;
 	if (ix->seedk)
 		memset(ix->seedk, 0, ix->cap_seed_blocks * ix->blk * sizeof(float));
+	idx_ivf_drop(ix);
+	ix->ivf.base = 0;
+	ix->sh_n = 0;
 }
 
 /* Takes the newest token out: off its page (the last slot: a page's tokens are appended), its
@@ -870,6 +989,10 @@ void idx_rollback(struct idx *ix, const struct idx_mark *mark)
 		pop_token(ix);
 	while (ix->npages > mark->npages)
 		pop_page(ix);
+	if (ix->ivf.nseeds > ix->lvl[1].n)
+		idx_ivf_drop(ix);
+	if (ix->sh_n > ix->lvl[1].n) /* seed indexes past it may be reused by other seeds */
+		ix->sh_n = ix->lvl[1].n;
 	for (i = mark->dirty; i < ix->dirty.n; i++)
 		if (ix->dirty.v[i] < ix->npages)
 			ix->pages[ix->dirty.v[i]].dirty = 0;
@@ -880,24 +1003,30 @@ void idx_rollback(struct idx *ix, const struct idx_mark *mark)
 	ix->sk_ready = mark->sk_ready;
 }
 
+#define INSERT_STACK 64u
+
 int idx_insert(struct idx *ix, const void *keys, size_t n, enum ice_dtype dt)
 {
 	struct idx_mark mark;
-	struct pre_parent *pre = NULL;
-	float *k, *n2 = NULL;
+	/* a decode window fits on the stack: no allocation per batch */
+	struct pre_parent pre_s[INSERT_STACK], *pre = pre_s;
+	float n2_s[INSERT_STACK], *n2 = n2_s;
+	const float *k;
 	size_t i;
-	int rc;
+	int rc, own;
 
 	if (!ix)
 		return -EINVAL;
-	rc = load_keys(ix, keys, n, dt, &k);
+	rc = load_keys(ix, keys, n, dt, &k, &own);
 	if (rc < 0)
 		return rc;
 	rc = -ENOMEM;
-	n2 = calloc(n, sizeof(float));
-	pre = malloc(n * sizeof(*pre));
-	if (!n2 || !pre)
-		goto out;
+	if (n > INSERT_STACK) {
+		n2 = malloc(n * sizeof(float));
+		pre = malloc(n * sizeof(*pre));
+		if (!n2 || !pre)
+			goto out;
+	}
 	idx_mark(ix, &mark);
 	/* M covers the whole batch before any of it is placed */
 	for (i = 0; i < n; i++) {
@@ -921,9 +1050,12 @@ int idx_insert(struct idx *ix, const void *keys, size_t n, enum ice_dtype dt)
 	if (rc < 0)
 		idx_rollback(ix, &mark);
 out:
-	free(k);
-	free(n2);
-	free(pre);
+	if (own)
+		free((void *)k);
+	if (n2 != n2_s)
+		free(n2);
+	if (pre != pre_s)
+		free(pre);
 	return rc;
 }
 
@@ -984,6 +1116,7 @@ struct build_ctx {
 	const uint32_t *pbase; /* first page id of cells[c] */
 	uint32_t *order;       /* entry indexes into toks, grouped by cell */
 	struct cand_blocks cb; /* exact parents: the level above in blocks (n = 0: descent) */
+	int lists;             /* level-0 parents through the seed lists (idx_ivf.c) */
 	_Atomic int err;
 };
 
@@ -993,8 +1126,8 @@ static void build_parents(void *arg, size_t lo, size_t hi)
 	struct idx_scratch sc = { 0 };
 	size_t i;
 
-	if (c->cb.n) {
-		/* exact: 16 keys at a time against every candidate block */
+	if (c->cb.n || c->lists) {
+		/* exact: 16 keys at a time against every candidate block (or the lists) */
 		float xs[IDX_LANES * IDX_MAX_DIM], hx[IDX_LANES];
 		uint32_t g, j;
 
@@ -1008,7 +1141,20 @@ static void build_parents(void *arg, size_t lo, size_t hi)
 				hx[j] = lift_h(c->ix->m, c->n2[t]);
 				c->proj[i + j] = idx_simd()->dot(x, c->ix->proj, c->ix->dim);
 			}
-			blocked_best(c->ix, &c->cb, xs, hx, g, c->par + i, NULL);
+			if (c->lists) {
+				idx_ivf_best(c->ix, xs, hx, g, c->par + i, NULL);
+			} else if (c->cb.bblk) {
+				uint32_t xb[IDX_LANES * IDX_MAX_DIM / 2];
+				float xbn[IDX_LANES], xrn[IDX_LANES];
+
+				for (j = 0; j < g; j++)
+					idx_bf16_pack(xs + (size_t)j * c->ix->dim, c->ix->dim,
+						      xb + (size_t)j * (c->ix->dim / 2), &xbn[j],
+						      &xrn[j]);
+				bf16_best(c->ix, &c->cb, xs, hx, xb, xbn, xrn, g, c->par + i);
+			} else {
+				blocked_best(c->ix, &c->cb, xs, hx, g, c->par + i, NULL);
+			}
 		}
 		return;
 	}
@@ -1184,7 +1330,16 @@ static int build_level(struct idx *ix, struct build_ctx *c, const uint32_t *toks
 		goto out;
 	atomic_store(&c->err, 0);
 	memset(&c->cb, 0, sizeof(c->cb));
-	if (level + 1 < IDX_MAX_LEVELS && ix->lvl[level + 1].n &&
+	c->lists = 0;
+	if (level == 0 && ix->lvl[1].n > ix->p.exact_parent_max) {
+		ix->ivf.base = ix->lvl[1].n; /* the build's seeds are the first lists */
+		rc = idx_ivf_sync(ix);
+		if (rc < 0)
+			goto out;
+		c->lists = rc;
+		rc = -ENOMEM;
+	}
+	if (!c->lists && level + 1 < IDX_MAX_LEVELS && ix->lvl[level + 1].n &&
 	    ix->lvl[level + 1].n <= ix->p.exact_parent_max && cand_init(ix, level + 1, &c->cb) < 0)
 		goto out;
 	par_run(nt >= 4096 ? ix->p.threads : 1, build_parents, c, nt, 512);
@@ -1283,14 +1438,15 @@ int idx_build(struct idx *ix, const void *keys, size_t n, enum ice_dtype dt)
 	struct norm_ctx nc;
 	uint32_t *lev = NULL, *toks = NULL, l, top = 0;
 	size_t i, cnt[IDX_MAX_LEVELS] = { 0 };
-	float *k = NULL, *n2 = NULL;
-	int rc;
+	const float *k = NULL;
+	float *n2 = NULL;
+	int rc, own = 0;
 
 	if (!ix)
 		return -EINVAL;
 	if (ix->ntok) /* a segment of its own once there is a calibration to sketch it with */
 		return ix->sk_ready ? build_segment(ix, keys, n, dt) : idx_insert(ix, keys, n, dt);
-	rc = load_keys(ix, keys, n, dt, &k);
+	rc = load_keys(ix, keys, n, dt, &k, &own);
 	if (rc < 0)
 		return rc;
 	rc = -ENOMEM;
@@ -1338,11 +1494,19 @@ int idx_build(struct idx *ix, const void *keys, size_t n, enum ice_dtype dt)
 			goto out;
 	}
 	ix->ntok = n;
+	/* lists over the seeds the cells were split into, so inserts start without a rebuild */
+	if (ix->lvl[1].n > ix->p.exact_parent_max) {
+		ix->ivf.base = ix->lvl[1].n;
+		idx_ivf_drop(ix);
+		if (idx_ivf_sync(ix) < 0)
+			idx_ivf_drop(ix); /* the next insert tries again */
+	}
 	rc = 0;
 out:
 	if (rc < 0 && !ix->ntok)
 		reset_empty(ix); /* leave an empty, usable index behind */
-	free(k);
+	if (own)
+		free((void *)k);
 	free(n2);
 	free(lev);
 	free(toks);
@@ -1367,12 +1531,12 @@ static int build_segment(struct idx *ix, const void *keys, size_t n, enum ice_dt
 	uint32_t base = (uint32_t)ix->ntok, n0 = (uint32_t)ix->nnodes - 1,
 		 p0 = (uint32_t)ix->npages, l, i, s;
 	size_t seeds0 = ix->lvl[1].n;
-	float *k = NULL;
-	int rc;
+	const float *k = NULL;
+	int rc, own = 0;
 
 #define NODE(x) ((x) == IDX_ROOT ? IDX_ROOT : (x) + n0)
 #define PAGE(x) ((x) == IDX_NONE ? IDX_NONE : (x) + p0)
-	rc = load_keys(ix, keys, n, dt, &k);
+	rc = load_keys(ix, keys, n, dt, &k, &own);
 	if (rc == 0)
 		rc = idx_new(&ix->p, &t);
 	if (rc == 0) {
@@ -1474,7 +1638,8 @@ static int build_segment(struct idx *ix, const void *keys, size_t n, enum ice_dt
 #undef PAGE
 out:
 	idx_free(t);
-	free(k);
+	if (own)
+		free((void *)k);
 	return rc;
 }
 
@@ -1696,5 +1861,7 @@ size_t idx_host_bytes(const struct idx *ix)
 	for (l = 0; l < IDX_MAX_LEVELS; l++)
 		b += ix->lvl[l].n * sizeof(uint32_t);
 	b += (ix->upages.n + ix->dirty.n) * sizeof(uint32_t);
+	b += idx_ivf_bytes(ix);
+	b += ix->sh ? seed_blocks * IDX_LANES * sizeof(float) : 0; /* the insert's seed heights */
 	return b;
 }

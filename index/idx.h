@@ -51,9 +51,14 @@ struct idx_params {
 	 * 0.25. */
 	float gqa_widen;
 	/* Parents found exactly (one blocked SIMD pass) while the level above has at most this
-	 * many nodes, else by a beam descent through the levels; default 4096. */
+	 * many nodes, else through the seed lists (level 0) or a beam descent through the levels
+	 * (levels >= 1); default 4096. */
 	uint32_t exact_parent_max;
 	uint32_t descent_beam; /* nodes kept per level in that descent, default 8 */
+	/* Level-0 parents past exact_parent_max seeds: the seeds are filed under about
+	 * sqrt(parent_probes * seeds) of them, and a key scans the seeds filed under its
+	 * parent_probes nearest (1..16, default 8); docs/INDEX.md. */
+	uint32_t parent_probes;
 	/* Insert: a seed whose cell holds this many tokens takes no more (the newcomer becomes a
 	 * seed); 0 = 4/r1. */
 	uint32_t cell_cap;

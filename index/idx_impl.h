@@ -42,6 +42,27 @@ struct idx_scratch { /* parent-descent buffers (build workers, insert) */
 	size_t cap;
 };
 
+/*
+ * Seed lists for level-0 parents once there are more than exact_parent_max seeds (idx_ivf.c):
+ * the first `nseeds` seeds, each filed under the nearest of `ncent` of them (the centres; lifted
+ * at the largest seed norm, not at M, so the lists depend on the seeds alone; capped lists),
+ * each list in 16-lane blocks. A key ranks the centres in the lifted space, scans the lists of
+ * its `parent_probes` best exactly, and the seeds made since the lists were built (from seed
+ * nseeds on) all.
+ */
+struct idx_ivf {
+	size_t nseeds; /* seeds filed (0: no lists) */
+	size_t base;   /* seed count the first lists were built for (0: exact_parent_max + 1) */
+	size_t next;   /* seed count at which they are rebuilt */
+	uint32_t ncent;
+	float *cblk, *cn2, *ch; /* centres in blocks, |c|^2 and lift height per lane */
+	uint32_t *boff;         /* list c: blocks boff[c] .. boff[c + 1] - 1 */
+	uint8_t *blanes;        /* lanes used per list block */
+	float *lblk, *ln2, *lh; /* list blocks, |s|^2 and height per lane */
+	uint32_t *lnode;        /* node id per list lane */
+	float hm;               /* M the heights are for (-1: none yet) */
+};
+
 struct idx {
 	struct idx_params p;
 	uint32_t dim;
@@ -78,6 +99,12 @@ struct idx {
 	float m;               /* lifting constant M = max |k|^2 seen */
 	float *proj;           /* projection direction that orders a cell's tokens */
 	struct idx_scratch sc; /* for the insert path */
+	struct idx_ivf ivf;
+	/* lift heights of seeds 0..sh_n under M = sh_m for the insert's exact pass (block
+	 * padding lanes after them 0) */
+	float *sh;
+	size_t sh_n, sh_cap;
+	float sh_m;
 };
 
 /* The keys of pages[0..n) (n <= IDX_KEYS_BATCH) as blocks: from pend while the index keeps the
@@ -86,6 +113,18 @@ int idx_read_blocks(const struct idx *ix, const uint32_t *pages, uint32_t n, flo
 		    void *scratch);
 
 uint32_t idx_default_beam(const struct idx *ix, uint32_t k);
+
+/* Brings the seed lists up to date for a parent pass over the seeds (single-threaded, before
+ * it): 1 when level-0 parents go through them, 0 when the exact pass is used, -ENOMEM. */
+int idx_ivf_sync(struct idx *ix);
+/* Nearest seed (lifted) of keys xs[g][dim] (g <= 16) with heights hx: node and score. Reads
+ * the index only (any number of threads). */
+void idx_ivf_best(const struct idx *ix, const float *xs, const float *hx, uint32_t g,
+		  uint32_t *ret_node, float *ret_score);
+/* Forget the lists (the seeds they hold were taken back); never allocates. */
+void idx_ivf_drop(struct idx *ix);
+void idx_ivf_free(struct idx_ivf *v);
+size_t idx_ivf_bytes(const struct idx *ix);
 
 #define IDX_SK_CALIB 1024u
 #define IDX_MAX_BEAM 1024u

@@ -12,6 +12,7 @@
 #include "check_main.h"
 #include "idx.h"
 #include "idx_simd.h"
+#include "idx_simd_dot.h"
 #include "synth.h"
 #include "test_keys.h"
 
@@ -292,6 +293,71 @@ START_TEST(insert_bounds_cells)
 END_TEST
 
 /* With M >= every |k|^2, the lifted nearest neighbour of [q/|q|, 0] is the max-q.k key. */
+/*
+ * Past exact_parent_max seeds, level-0 parents come from the seed lists: nearly always the
+ * exact nearest seed (lifted), and never far from it; the same for keys inserted later.
+ */
+START_TEST(list_parents_nearly_exact)
+{
+	const uint32_t dim = 32;
+	const size_t n0 = 30000, n = 32000;
+	float *keys = gen_keys(dim, n, 12);
+	struct idx_params p;
+	struct idx *ix = NULL;
+	uint32_t *seeds = malloc(n * sizeof(uint32_t));
+	size_t ns = 0, t, checked = 0, exact = 0, i;
+	double m = 0, loss = 0, worst = 0;
+
+	idx_params_default(&p, dim);
+	p.r1 = 0.02f;
+	p.exact_parent_max = 64;
+	p.cell_cap = UINT32_MAX;
+	ck_assert_int_eq(idx_new(&p, &ix), 0);
+	ck_assert_int_eq(idx_build(ix, keys, n0, ICE_DTYPE_F32), 0);
+	for (t = n0; t < n; t += 16)
+		ck_assert_int_eq(idx_insert(ix, keys + t * dim, 16, ICE_DTYPE_F32), 0);
+	for (t = 0; t < n; t++) {
+		uint32_t lev;
+
+		m = fmax(m, dotd(keys + t * dim, keys + t * dim, dim));
+		ck_assert_int_eq(idx_token_parent(ix, (uint32_t)t, &lev, NULL), 0);
+		if (lev == 1)
+			seeds[ns++] = (uint32_t)t;
+	}
+	ck_assert_uint_gt(ns, 6 * 64);
+	for (t = 0; t < n; t += 7) {
+		const float *x = keys + t * dim;
+		double hx = sqrt(fmax(m - dotd(x, x, dim), 0)), best = -INFINITY, mine = -INFINITY;
+		uint32_t lev, par;
+
+		ck_assert_int_eq(idx_token_parent(ix, (uint32_t)t, &lev, &par), 0);
+		if (lev != 0)
+			continue;
+		/* a built token saw every seed of the build, an inserted one those before it */
+		for (i = 0; i < ns && seeds[i] < (t < n0 ? n0 : t); i++) {
+			const float *s = keys + (size_t)seeds[i] * dim;
+			double v = dotd(x, s, dim) + hx * sqrt(fmax(m - dotd(s, s, dim), 0));
+
+			best = fmax(best, v);
+			if (seeds[i] == par)
+				mine = v;
+		}
+		ck_assert(mine > -INFINITY); /* the parent is a seed placed before the token */
+		checked++;
+		exact += mine >= best - 1e-6 * m;
+		loss += (best - mine) / m;
+		worst = fmax(worst, (best - mine) / m);
+	}
+	printf("list parents: %zu checked, %.4f exact, mean loss %.2e, worst %.2e\n", checked,
+	       (double)exact / checked, loss / checked, worst);
+	ck_assert_uint_gt(checked, 2000);
+	ck_assert(exact >= checked * 0.5);
+	idx_free(ix);
+	free(seeds);
+	free(keys);
+}
+END_TEST
+
 START_TEST(lifting_preserves_mips_order)
 {
 	const uint32_t dim = 64;
@@ -1248,6 +1314,154 @@ START_TEST(kernels_match_reference)
 }
 END_TEST
 
+/* The nearest-node kernels on every SIMD path against double-precision lifted scores: the
+ * best (and the p best, in order) of partial and full blocks, g = 1..16, a running best kept
+ * across calls. */
+START_TEST(lift_kernels_match_reference)
+{
+	const char *paths[] = { "portable", "avx2", "avx512" };
+	const uint32_t dim = 48, p = 5;
+	float *blk = aligned_alloc(64, dim * 16 * sizeof(float));
+	float xs[16 * 48], hx[16], h[16], best[16], top[16 * 5];
+	uint32_t arg[16], targ[16 * 5], cnt[16], path, g, lanes, i, j, l, r;
+	double ref[16];
+
+	srand(33);
+	for (j = 0; j < dim * 16; j++)
+		blk[j] = (float)rand() / RAND_MAX - 0.5f;
+	for (j = 0; j < 16 * dim; j++)
+		xs[j] = (float)rand() / RAND_MAX - 0.5f;
+	for (l = 0; l < 16; l++) {
+		h[l] = (float)rand() / RAND_MAX * 2.0f;
+		hx[l] = (float)rand() / RAND_MAX * 2.0f;
+	}
+	for (path = 0; path < 3; path++) {
+		if (idx_simd_force(paths[path]) != 0)
+			continue;
+		for (g = 1; g <= 16; g += 5)
+			for (lanes = 1; lanes <= 16; lanes += 3) {
+				for (i = 0; i < g; i++) {
+					best[i] = i % 2 ? -INFINITY : 0.25f; /* a best to beat */
+					arg[i] = 7777;
+					cnt[i] = 0;
+				}
+				idx_lift_best(blk, h, xs, hx, g, dim, lanes, 100, best, arg);
+				idx_lift_top(blk, h, xs, hx, g, dim, lanes, 100, p, top, targ, cnt);
+				for (i = 0; i < g; i++) {
+					double m = i % 2 ? -INFINITY : 0.25;
+					uint32_t am = 7777, order[16];
+
+					for (l = 0; l < lanes; l++) {
+						ref[l] = 0;
+						for (j = 0; j < dim; j++)
+							ref[l] += (double)xs[i * dim + j] *
+								  blk[j * 16 + l];
+						ref[l] += (double)hx[i] * h[l];
+						if (ref[l] > m + 1e-5) {
+							m = ref[l];
+							am = 100 + l;
+						}
+						order[l] = l;
+					}
+					ck_assert(fabs(best[i] - m) < 1e-4);
+					if (am == 7777)
+						ck_assert_uint_eq(arg[i], 7777);
+					else
+						ck_assert(fabs(ref[arg[i] - 100] - m) < 1e-4);
+					/* the p best by the reference, best first */
+					for (l = 1; l < lanes; l++)
+						for (r = l;
+						     r > 0 && ref[order[r]] > ref[order[r - 1]];
+						     r--) {
+							uint32_t t = order[r];
+
+							order[r] = order[r - 1];
+							order[r - 1] = t;
+						}
+					ck_assert_uint_eq(cnt[i], lanes < p ? lanes : p);
+					for (r = 0; r < cnt[i]; r++) {
+						ck_assert(fabs(top[i * p + r] - ref[order[r]]) <
+							  1e-4);
+						ck_assert(fabs(ref[targ[i * p + r] - 100] -
+							       ref[order[r]]) < 1e-4);
+					}
+				}
+			}
+	}
+	idx_simd_force("best");
+	free(blk);
+}
+END_TEST
+
+/* bf16 candidate scores against double precision: within the bound idx_simd_dot.h states,
+ * and the bounds helper's upper and lower bounds around the exact lifted scores. */
+START_TEST(bf16_scores_within_their_bound)
+{
+	const uint32_t dim = 64;
+	float *blk = aligned_alloc(64, dim * 16 * sizeof(float)), out[16 * 16];
+	float xs[16 * 64], bn[16], rn[16], sbn[16], srn[16], ca[16], cbb[16], h[16], hx[16];
+	uint32_t *bb = malloc(dim * 8 * sizeof(uint32_t)), xb[16 * 32], tmp[32], g, i, j, l;
+	float col[64];
+
+	if (!idx_bf16_ok()) {
+		free(blk);
+		free(bb);
+		return; /* no AVX-512 BF16 here: the exact pass is used */
+	}
+	srand(44);
+	for (j = 0; j < dim * 16; j++)
+		blk[j] = ((float)rand() / RAND_MAX - 0.5f) * (j % 7 == 0 ? 20.0f : 1.0f);
+	for (j = 0; j < 16 * dim; j++)
+		xs[j] = (float)rand() / RAND_MAX - 0.5f;
+	idx_bf16_pack_block(blk, dim, bb);
+	for (l = 0; l < 16; l++) {
+		for (j = 0; j < dim; j++)
+			col[j] = blk[j * 16 + l];
+		idx_bf16_pack(col, dim, tmp, &sbn[l], &srn[l]);
+		for (j = 0; j < dim / 2; j++)
+			ck_assert_uint_eq(tmp[j], bb[j * 16 + l]);
+		ca[l] = srn[l] + IDX_BF16_ACC * sbn[l];
+		cbb[l] = sbn[l] + srn[l];
+		h[l] = (float)rand() / RAND_MAX;
+	}
+	for (i = 0; i < 16; i++) {
+		idx_bf16_pack(xs + i * dim, dim, xb + i * (dim / 2), &bn[i], &rn[i]);
+		hx[i] = (float)rand() / RAND_MAX;
+	}
+	for (g = 1; g <= 16; g += 3) {
+		idx_bf16_score(bb, xb, g, dim, out);
+		for (i = 0; i < g; i++) {
+			for (l = 0; l < 16; l++) {
+				double ref = 0, e = (double)bn[i] * srn[l] +
+						    (double)rn[i] * sbn[l] + (double)rn[i] * srn[l];
+
+				for (j = 0; j < dim; j++)
+					ref += (double)xs[i * dim + j] * blk[j * 16 + l];
+				ck_assert(fabs(out[i * 16 + l] - ref) <= e + 1e-5 * bn[i] * sbn[l]);
+			}
+		}
+		for (i = 0; i < g; i++) {
+			float u, lo = -INFINITY;
+			double best = -INFINITY;
+
+			idx_bf16_bounds(out + i * 16, h, ca, cbb, hx + i, bn + i, rn + i, 0.0f, 1,
+					16, &u, &lo);
+			for (l = 0; l < 16; l++) {
+				double ref = 0;
+
+				for (j = 0; j < dim; j++)
+					ref += (double)xs[i * dim + j] * blk[j * 16 + l];
+				best = fmax(best, ref + (double)hx[i] * h[l]);
+			}
+			ck_assert(u >= best - 1e-5);
+			ck_assert(lo <= best + 1e-5);
+		}
+	}
+	free(blk);
+	free(bb);
+}
+END_TEST
+
 START_TEST(half_precision_input)
 {
 	const uint32_t dim = 32;
@@ -1485,6 +1699,7 @@ static Suite *idx_suite(void)
 	tcase_add_test(tc, build_invariants_and_exact_parents);
 	tcase_add_loop_test(tc, inserts_keep_pages_growing, 0, 2);
 	tcase_add_loop_test(tc, insert_bounds_cells, 0, 2);
+	tcase_add_test(tc, list_parents_nearly_exact);
 	tcase_add_test(tc, lifting_preserves_mips_order);
 	tcase_add_test(tc, unlimited_beam_equals_brute_force);
 	tcase_add_test(tc, biased_group_merge_equals_brute_force);
@@ -1498,6 +1713,8 @@ static Suite *idx_suite(void)
 	tcase_add_test(tc, segment_build_rewrites_no_page);
 	tcase_add_test(tc, simd_paths_agree);
 	tcase_add_test(tc, kernels_match_reference);
+	tcase_add_test(tc, lift_kernels_match_reference);
+	tcase_add_test(tc, bf16_scores_within_their_bound);
 	tcase_add_loop_test(tc, half_precision_input, 0, 2);
 	tcase_add_test(tc, exact_scores_come_from_the_key_source);
 	tcase_add_test(tc, bad_arguments);

@@ -13,6 +13,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "bench.h"
@@ -47,7 +48,18 @@ struct opts {
 	uint64_t seed;
 	float needle_logit;
 	uint32_t needles, clusters;
+	uint32_t exact_parents, probes; /* idx_params overrides (0: default) */
 };
+
+/* CPU seconds of the whole process: for a 1-thread build, what it cost its core whatever
+ * else the machine runs (wall time on a shared machine counts the others' turns too). */
+static double cpu_s(void)
+{
+	struct timespec ts;
+
+	clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+	return (double)ts.tv_sec + (double)ts.tv_nsec * 1e-9;
+}
 
 /* ---- search adapters --------------------------------------------------------------------- */
 
@@ -373,7 +385,7 @@ static int run_config(const struct opts *o, const float *keys, size_t n, uint32_
 	struct ref ref = { 0 };
 	struct idx_hit *hd = NULL, *he = NULL, *hp = NULL, *hpe = NULL, *hm = NULL;
 	float *q1 = NULL;
-	double tb1 = NAN, tbn, tq, tins = NAN;
+	double tb1 = NAN, tbn, tq, tins = NAN, cb1 = NAN, cins = NAN, c0;
 	size_t qstride = (size_t)g_file * d;
 	uint64_t t0;
 	int rc = -ENOMEM, first;
@@ -395,14 +407,20 @@ static int run_config(const struct opts *o, const float *keys, size_t n, uint32_
 		memcpy(q1 + (size_t)i * d, qg + i * qstride, d * sizeof(float));
 
 	idx_params_default(&ip, d);
+	if (o->exact_parents)
+		ip.exact_parent_max = o->exact_parents;
+	if (o->probes)
+		ip.parent_probes = o->probes;
 	if (!o->quick && threads > 1) {
 		ip.threads = 1;
 		if ((rc = idx_new(&ip, &ix1)) < 0)
 			goto out;
 		t0 = clock_now_ns();
+		c0 = cpu_s();
 		if ((rc = idx_build(ix1, keys, n, ICE_DTYPE_F32)) < 0)
 			goto out;
 		tb1 = (double)(clock_now_ns() - t0) / 1e9;
+		cb1 = cpu_s() - c0;
 		idx_free(ix1);
 		ix1 = NULL;
 	}
@@ -410,11 +428,14 @@ static int run_config(const struct opts *o, const float *keys, size_t n, uint32_
 	if ((rc = idx_new(&ip, &ix)) < 0)
 		goto out;
 	t0 = clock_now_ns();
+	c0 = cpu_s();
 	if ((rc = idx_build(ix, keys, n, ICE_DTYPE_F32)) < 0)
 		goto out;
 	tbn = (double)(clock_now_ns() - t0) / 1e9;
-	if (threads == 1)
+	if (threads == 1) {
 		tb1 = tbn;
+		cb1 = cpu_s() - c0;
+	}
 	/* the keys stay here, as the engine keeps them in its pages: the index reads the pages
 	 * it scores exactly from them */
 	idx_set_keys(ix, &(struct idx_keys){ idx_rows_read, &rows, 0 });
@@ -431,9 +452,11 @@ static int run_config(const struct opts *o, const float *keys, size_t n, uint32_
 			goto out;
 		}
 		t0 = clock_now_ns();
+		c0 = cpu_s();
 		for (t = nb; t < n && rc == 0; t += 16) /* the engine's 16-token window */
 			rc = idx_insert(ixd, keys + t * d, 16, ICE_DTYPE_F32);
 		tins = (double)(clock_now_ns() - t0) / 1e3 / (double)(n - nb);
+		cins = (cpu_s() - c0) * 1e6 / (double)(n - nb);
 		idx_free(ixd);
 		if (rc < 0)
 			goto out;
@@ -452,9 +475,11 @@ static int run_config(const struct opts *o, const float *keys, size_t n, uint32_
 	if (!o->json) {
 		printf("\nN=%zu d=%u  simd=%s  build: ", n, d, idx_simd_name());
 		if (!isnan(tb1))
-			printf("1 thread %.3f s (%.0f keys/s), ", tb1, n / tb1);
-		printf("%u threads %.3f s (%.0f keys/s); insert (batches of 16) %.1f us/key\n",
-		       threads, tbn, n / tbn, tins);
+			printf("1 thread %.3f s (%.0f keys/s, %.2f us/key/core, %.2f of CPU time), ",
+			       tb1, n / tb1, tb1 * 1e6 / n, cb1 * 1e6 / n);
+		printf("%u threads %.3f s (%.0f keys/s); insert (batches of 16) %.1f us/key "
+		       "(%.1f of CPU time)\n",
+		       threads, tbn, n / tbn, tins, cins);
 		printf("  seeds %zu, levels %u, pages %zu (%.1f tokens/page), largest cell %u, "
 		       "default beam %u pages at k=16\n",
 		       info.nseeds, info.nlevels, info.npages, info.mean_fill, info.max_cell,
@@ -466,12 +491,14 @@ static int run_config(const struct opts *o, const float *keys, size_t n, uint32_
 		fprintf(js,
 			"{\"n\":%zu,\"d\":%u,\"simd\":\"%s\",\"threads\":%u,\"queries\":%u,\"cold\":%d,"
 			"\"build\":{\"s_1t\":%.4f,\"keys_per_s_1t\":%.0f,\"s_all\":%.4f,"
-			"\"keys_per_s_all\":%.0f,\"insert_us_per_key\":%.2f},\"seeds\":%zu,\"levels\":%u,\"pages\":%zu,"
+			"\"keys_per_s_all\":%.0f,\"insert_us_per_key\":%.2f,\"us_per_key_1t\":%.3f,"
+			"\"cpu_us_per_key_1t\":%.3f,\"insert_cpu_us_per_key\":%.2f},\"seeds\":%zu,\"levels\":%u,\"pages\":%zu,"
 			"\"tokens_per_page\":%.2f,\"max_cell\":%u,\"default_beam\":%u,\"budgets\":[",
 			n, d, idx_simd_name(), threads, nq, cold, isnan(tb1) ? -1.0 : tb1,
 			isnan(tb1) ? -1.0 : n / tb1, tbn, n / tbn, isnan(tins) ? -1.0 : tins,
-			info.nseeds, info.nlevels, info.npages, info.mean_fill, info.max_cell,
-			info.default_beam);
+			isnan(tb1) ? -1.0 : tb1 * 1e6 / n, isnan(cb1) ? -1.0 : cb1 * 1e6 / n,
+			isnan(cins) ? -1.0 : cins, info.nseeds, info.nlevels, info.npages,
+			info.mean_fill, info.max_cell, info.default_beam);
 	}
 	first = 1;
 	for (bi = 0; bi < NBUDGET; bi++) {
@@ -701,6 +728,8 @@ static void usage(FILE *f)
 		"                      [--beams B,...] [--cells C,...] [--reps R] [--seed S] [--dump FILE]\n"
 		"                      [--cold] [--json]\n"
 		"                      [--needle-logit X] [--needles M] [--clusters C]  (synthetic data)\n"
+		"                      [--exact-parents N] [--probes P]  (idx_params exact_parent_max,\n"
+		"                      parent_probes: level-0 parents exact up to N seeds, else P lists)\n"
 		"  DCI-tree vs brute force vs positional pages (Quest bound) on synthetic LLM-like keys\n"
 		"  (or the keys and queries of a dump file, docs/KVDUMP.md).\n"
 		"  defaults: --n 32768,131072,262144 --d 64,128 --queries 64 --threads <online cpus>\n"
@@ -776,6 +805,12 @@ static int bench_index(int argc, char **argv)
 			i++;
 		} else if (v && !strcmp(a, "--clusters")) {
 			o.clusters = (uint32_t)strtoul(v, NULL, 10);
+			i++;
+		} else if (v && !strcmp(a, "--exact-parents")) {
+			o.exact_parents = (uint32_t)strtoul(v, NULL, 10);
+			i++;
+		} else if (v && !strcmp(a, "--probes")) {
+			o.probes = (uint32_t)strtoul(v, NULL, 10);
 			i++;
 		} else if (v && !strcmp(a, "--dump")) {
 			o.dump = v;
