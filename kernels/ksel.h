@@ -61,7 +61,8 @@ struct kern_sel_upd {
 /* CPU reference: host pointers (keys.pool, upd, sums). 0 or -EINVAL. */
 int kern_ref_sel_sum(const struct kern_sel_keys *keys, const struct kern_sel_upd *upd, uint32_t n,
 		     void *sums);
-/* GPU: one launch for n updates; every pointer device-visible. 0 once enqueued; -EINVAL,
+/* GPU: one launch for n updates (each page at most once per call: they run in parallel); every
+ * pointer device-visible. 0 once enqueued; -EINVAL,
  * -ENODEV, -EIO. */
 int kern_sel_sum(const struct kern_sel_keys *keys, const struct kern_sel_upd *upd, uint32_t n,
 		 void *sums, void *stream);

@@ -138,10 +138,12 @@ extern "C" int kern_sel_sum(const struct kern_sel_keys *keys, const struct kern_
 		return 0;
 	switch (keys->dtype) {
 	case ICE_DTYPE_F32:
-		sum_kernel<float><<<grid, SUM_THREADS, 0, st>>>(*keys, upd, n, (unsigned char *)sums);
+		sum_kernel<float>
+			<<<grid, SUM_THREADS, 0, st>>>(*keys, upd, n, (unsigned char *)sums);
 		break;
 	case ICE_DTYPE_F16:
-		sum_kernel<__half><<<grid, SUM_THREADS, 0, st>>>(*keys, upd, n, (unsigned char *)sums);
+		sum_kernel<__half>
+			<<<grid, SUM_THREADS, 0, st>>>(*keys, upd, n, (unsigned char *)sums);
 		break;
 	case ICE_DTYPE_BF16:
 		sum_kernel<__nv_bfloat16>
@@ -206,7 +208,8 @@ __device__ void sel_exact(const struct sel_params &pr, uint32_t h, uint32_t nc,
 		for (int j = 0; j < G; j++) {
 			acc[j] += __shfl_xor_sync(0xffffffffu, acc[j], 1);
 			if (!half)
-				w[(i * 16 + t) * G + j] = t < fill ? acc[j] * a.attn_scale : -INFINITY;
+				w[(i * 16 + t) * G + j] = t < fill ? acc[j] * a.attn_scale :
+								     -INFINITY;
 		}
 		if (lane == 0)
 			fills[i] = fill;
@@ -217,8 +220,8 @@ template <typename T, int D, int G>
 __global__ void __launch_bounds__(SEL_THREADS) sel_kernel(struct sel_params pr)
 {
 	const struct kern_sel_args &a = pr.a;
-	constexpr int PER = D / 8;    /* channels per lane */
-	constexpr int WPL = PER / 4;  /* int8x4 words per lane */
+	constexpr int PER = D / 8;   /* channels per lane */
+	constexpr int WPL = PER / 4; /* int8x4 words per lane */
 	const size_t rb = KERN_SEL_HDR + 2 * (size_t)D;
 	__shared__ float qf[G][D];
 	__shared__ int qp[G][D / 4], qn[G][D / 4];
@@ -287,15 +290,15 @@ __global__ void __launch_bounds__(SEL_THREADS) sel_kernel(struct sel_params pr)
 			struct kern_sel_hdr hd = { 0.0f, 0, { 0, 0 } };
 
 			if (ok) {
-				const unsigned char *rec =
-					(const unsigned char *)a.sums +
-					((size_t)h * a.keys.pstride + p) * rb;
+				const unsigned char *rec = (const unsigned char *)a.sums +
+							   ((size_t)h * a.keys.pstride + p) * rb;
 
 				hd = *(const struct kern_sel_hdr *)rec;
 #pragma unroll
 				for (int x = 0; x < WPL; x++) {
 					lo[x] = ((const int *)(rec + KERN_SEL_HDR))[sub * WPL + x];
-					hi[x] = ((const int *)(rec + KERN_SEL_HDR + D))[sub * WPL + x];
+					hi[x] = ((const int *)(rec + KERN_SEL_HDR +
+							       D))[sub * WPL + x];
 				}
 			} else {
 #pragma unroll
@@ -495,10 +498,12 @@ __global__ void __launch_bounds__(SEL_THREADS) sel_kernel(struct sel_params pr)
 		if (a.table) {
 			size_t e = (size_t)h * a.tstride + a.toff + tid;
 
-			a.table[e] = kern_page{ a.tslot + (uint32_t)e, (uint16_t)f, (uint16_t)~mask };
+			a.table[e] =
+				kern_page{ a.tslot + (uint32_t)e, (uint16_t)f, (uint16_t)~mask };
 		}
 		if (a.copies) {
-			a.copies[o].src = a.src_base + ((uint64_t)h * a.keys.pstride + p) * a.src_bytes;
+			a.copies[o].src =
+				a.src_base + ((uint64_t)h * a.keys.pstride + p) * a.src_bytes;
 			a.copies[o].dst =
 				a.dst_base + ((uint64_t)h * a.tstride + a.toff + tid) * a.dst_bytes;
 		}

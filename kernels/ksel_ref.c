@@ -50,9 +50,8 @@ int kern_ref_sel_sum(const struct kern_sel_keys *keys, const struct kern_sel_upd
 
 		for (t = 0; t < upd[i].fill; t++)
 			for (c = 0; c < keys->d; c++)
-				amax = fmaxf(amax,
-					     fabsf(dtype_load_f32(kp, keys->dtype,
-								  (size_t)t * keys->d + c)));
+				amax = fmaxf(amax, fabsf(dtype_load_f32(kp, keys->dtype,
+									(size_t)t * keys->d + c)));
 		if (amax > 0.0f)
 			hdr.scale = amax / 127.0f;
 		for (c = 0; c < keys->d; c++) {
@@ -227,9 +226,8 @@ int kern_ref_sel(const struct kern_sel_args *a, uint32_t *ret_cand)
 			uint32_t f = 0;
 
 			if (ok) {
-				const unsigned char *rec =
-					(const unsigned char *)a->sums +
-					((size_t)h * k->pstride + cs[i].p) * rb;
+				const unsigned char *rec = (const unsigned char *)a->sums +
+							   ((size_t)h * k->pstride + cs[i].p) * rb;
 				struct kern_sel_hdr hdr;
 
 				memcpy(&hdr, rec, sizeof(hdr));
@@ -240,7 +238,8 @@ int kern_ref_sel(const struct kern_sel_args *a, uint32_t *ret_cand)
 			if (a->table) {
 				size_t e = (size_t)h * a->tstride + a->toff + i;
 
-				a->table[e] = (struct kern_page){ a->tslot + (uint32_t)e, (uint16_t)f,
+				a->table[e] = (struct kern_page){ a->tslot + (uint32_t)e,
+								  (uint16_t)f,
 								  (uint16_t)~a->masks[o] };
 			}
 			if (a->copies) {

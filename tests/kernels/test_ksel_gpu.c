@@ -26,8 +26,8 @@ static const struct sel_shape shapes[] = {
 	{ 2, 4, 128, 5000, 5003, 64, 32, ICE_DTYPE_BF16 },
 	{ 3, 8, 64, 700, 800, 48, 16, ICE_DTYPE_F16 },
 	{ 1, 1, 128, 300, 300, 16, 4, ICE_DTYPE_F32 },
-	{ 4, 2, 64, 20, 32, 64, 8, ICE_DTYPE_BF16 },  /* fewer pages than candidates */
-	{ 2, 4, 128, 0, 16, 8, 4, ICE_DTYPE_BF16 },   /* no pages */
+	{ 4, 2, 64, 20, 32, 64, 8, ICE_DTYPE_BF16 }, /* fewer pages than candidates */
+	{ 2, 4, 128, 0, 16, 8, 4, ICE_DTYPE_BF16 },  /* no pages */
 	{ 8, 4, 128, 16384, 16384, 32, 14, ICE_DTYPE_BF16 },
 };
 
@@ -102,8 +102,8 @@ START_TEST(sel_matches_ref)
 	for (i = 0; i < hq * sh->d; i++)
 		q[i] = urand(&s);
 	ck_assert_int_eq(kern_ref_sel_sum(&(struct kern_sel_keys){ sh->dt, sh->d, P, pool,
-								    slot_bytes, slot_of,
-								    sh->pstride },
+								   slot_bytes, slot_of,
+								   sh->pstride },
 					  upd, nrec, sums),
 			 0);
 
@@ -171,10 +171,11 @@ START_TEST(sel_matches_ref)
 		uint32_t bad = 0;
 
 		if (it == 1 && nrec) {
-			uint32_t nu = nrec < 9 ? nrec : 9;
+			uint32_t nu = nrec < 9 ? nrec : 9, r0 = (uint32_t)(case_rand(&s) % nrec);
 
+			/* distinct pages: a page is updated at most once per call */
 			for (i = 0; i < nu; i++) {
-				uint32_t r = (uint32_t)(case_rand(&s) % nrec);
+				uint32_t r = (r0 + i * (nrec / nu)) % nrec;
 				unsigned char *kp = pool + (size_t)slot_of[r] * slot_bytes;
 				uint32_t fill = 1 + (uint32_t)(case_rand(&s) % 16);
 
@@ -182,10 +183,11 @@ START_TEST(sel_matches_ref)
 					for (c = 0; c < sh->d; c++)
 						dtype_store_f32(kp, sh->dt, (size_t)t * sh->d + c,
 								3.0f * urand(&s));
-				ck_assert_int_eq(kern_memcpy((unsigned char *)dpool +
-								     (size_t)slot_of[r] * slot_bytes,
-							     kp, slot_bytes),
-						 0);
+				ck_assert_int_eq(
+					kern_memcpy((unsigned char *)dpool +
+							    (size_t)slot_of[r] * slot_bytes,
+						    kp, slot_bytes),
+					0);
 				upd[i] = (struct kern_sel_upd){ r / sh->pstride, r % sh->pstride,
 								fill, 0 };
 			}
@@ -208,8 +210,8 @@ START_TEST(sel_matches_ref)
 				 0);
 		ck_assert_int_eq(kern_memcpy(gcp, dcp, sh->hkv * sh->keep * sizeof(*cp)), 0);
 		for (i = 0; i < sh->hkv * sh->keep; i++)
-			if (gids[i] != ids[i] || gmasks[i] != masks[i] ||
-			    gcp[i].src != cp[i].src || gcp[i].dst != cp[i].dst) {
+			if (gids[i] != ids[i] || gmasks[i] != masks[i] || gcp[i].src != cp[i].src ||
+			    gcp[i].dst != cp[i].dst) {
 				if (bad++ < 4)
 					fprintf(stderr, "entry %u: gpu %u/%04x ref %u/%04x\n", i,
 						gids[i], gmasks[i], ids[i], masks[i]);

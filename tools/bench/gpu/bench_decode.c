@@ -101,13 +101,14 @@ static int parse_list(const char *s, uint32_t *out, uint32_t max, uint32_t *ret_
 
 static void usage(FILE *f)
 {
-	fprintf(f, "usage: icebench gpu-decode [--ctx 32k,128k,256k] [--layers 32] [--hq 32] [--hkv 8]\n"
-		   "                           [--d 128] [--budget 256] [--cand N] [--iters 20]\n"
-		   "                           [--layer-copies 4] [--recall-budgets 64,256]\n"
-		   "                           [--sdpa PYTHON] [--json]\n"
-		   "Times a decode token with the select on the GPU (select, move, attend per token)\n"
-		   "against full-KV attention, and reports summary bytes and attention-mass recall\n"
-		   "of the GPU select and of the CPU select on the same keys. Needs a CUDA device.\n");
+	fprintf(f,
+		"usage: icebench gpu-decode [--ctx 32k,128k,256k] [--layers 32] [--hq 32] [--hkv 8]\n"
+		"                           [--d 128] [--budget 256] [--cand N] [--iters 20]\n"
+		"                           [--layer-copies 4] [--recall-budgets 64,256]\n"
+		"                           [--sdpa PYTHON] [--json]\n"
+		"Times a decode token with the select on the GPU (select, move, attend per token)\n"
+		"against full-KV attention, and reports summary bytes and attention-mass recall\n"
+		"of the GPU select and of the CPU select on the same keys. Needs a CUDA device.\n");
 }
 
 #define CK(expr)                                                                                \
@@ -278,8 +279,8 @@ static int run_ctx(const struct dec_opts *o, uint32_t ctx, struct dec_result *r)
 		fills[i] = f;
 		for (t = 0; t < f; t++)
 			for (c = 0; c < d; c++)
-				kblk[((size_t)i * P + t) * d + c] = dtype_f32_to_bf16(
-					keys[((size_t)pos[t] + P) * d + c]);
+				kblk[((size_t)i * P + t) * d + c] =
+					dtype_f32_to_bf16(keys[((size_t)pos[t] + P) * d + c]);
 	}
 	for (h = 0; h < hkv; h++)
 		for (i = 0; i < np; i++)
@@ -354,7 +355,8 @@ static int run_ctx(const struct dec_opts *o, uint32_t ctx, struct dec_result *r)
 			size_t e = ((size_t)l * hkv + h) * tstride;
 
 			/* sink and window: slots of their own, always full */
-			tab[e] = (struct kern_page){ (uint32_t)(e - (size_t)l * hkv * tstride), P, 0 };
+			tab[e] = (struct kern_page){ (uint32_t)(e - (size_t)l * hkv * tstride), P,
+						     0 };
 			tab[e + tstride - 1] = (struct kern_page){
 				(uint32_t)(e + tstride - 1 - (size_t)l * hkv * tstride), P, 0
 			};
@@ -403,6 +405,8 @@ static int run_ctx(const struct dec_opts *o, uint32_t ctx, struct dec_result *r)
 	at.nslots = hkv * tstride;
 	at.head_off = doff;
 	at.max_pages = tstride;
+	at.pool = dset;
+	at.pages = dtab;
 	attws = kern_attn_ws_size(&at);
 	if (attws) {
 		CK(kern_dev_alloc(attws, &dattws));
@@ -414,22 +418,23 @@ static int run_ctx(const struct dec_opts *o, uint32_t ctx, struct dec_result *r)
 		struct kern_sel_args al = a;                                                    \
 		al.keys.pool = dk[(l) % L];                                                     \
 		al.sums = dsum[(l) % L];                                                        \
-		al.q = (const float *)dq + (size_t)(((tok) + (l)) % NQ) * g * d;                 \
-		al.ids = (uint32_t *)dids + (size_t)(l) * hkv * keep;                           \
-		al.masks = (uint16_t *)dmasks + (size_t)(l) * hkv * keep;                       \
-		al.table = (struct kern_page *)dtab + (size_t)(l) * hkv * tstride;              \
-		al.copies = (struct kern_copy *)dcp + (size_t)(l) * hkv * keep;                 \
-		al.dst_base = (uint64_t)(uintptr_t)((char *)dset + (size_t)(l) * hkv * tstride * slot); \
+		al.q = (const float *)dq + (size_t)(((tok) + (l)) % NQ) * g * d;                \
+		al.ids = (uint32_t *)dids + (size_t)(l)*hkv * keep;                             \
+		al.masks = (uint16_t *)dmasks + (size_t)(l)*hkv * keep;                         \
+		al.table = (struct kern_page *)dtab + (size_t)(l)*hkv * tstride;                \
+		al.copies = (struct kern_copy *)dcp + (size_t)(l)*hkv * keep;                   \
+		al.dst_base =                                                                   \
+			(uint64_t)(uintptr_t)((char *)dset + (size_t)(l)*hkv * tstride * slot); \
 		CK(kern_sel(&al, ws_sel, st));                                                  \
 	} while (0)
-#define LAYER_MOVE(l)                                                                           \
-	CK(kern_gather((struct kern_copy *)dcp + (size_t)(l) * hkv * keep, hkv * keep, slot, st))
-#define LAYER_ATTN(l)                                                                           \
-	do {                                                                                    \
-		struct kern_attn_args al = at;                                                  \
-		al.pool = (char *)dset + (size_t)(l) * hkv * tstride * slot;                    \
-		al.pages = (struct kern_page *)dtab + (size_t)(l) * hkv * tstride;              \
-		CK(kern_attn(&al, dattws, st));                                                 \
+#define LAYER_MOVE(l) \
+	CK(kern_gather((struct kern_copy *)dcp + (size_t)(l)*hkv * keep, hkv * keep, slot, st))
+#define LAYER_ATTN(l)                                                            \
+	do {                                                                     \
+		struct kern_attn_args al = at;                                   \
+		al.pool = (char *)dset + (size_t)(l)*hkv * tstride * slot;       \
+		al.pages = (struct kern_page *)dtab + (size_t)(l)*hkv * tstride; \
+		CK(kern_attn(&al, dattws, st));                                  \
 	} while (0)
 
 	/* warm-up, then each part alone and the chain */
@@ -717,7 +722,8 @@ static int bench_decode_main(int argc, char **argv)
 	for (c = 0; c < o.nctx && !rc; c++) {
 		rc = run_ctx(&o, o.ctx[c], &res[c]);
 		if (rc)
-			fprintf(stderr, "icebench gpu-decode: ctx %u: %s\n", o.ctx[c], strerror(-rc));
+			fprintf(stderr, "icebench gpu-decode: ctx %u: %s\n", o.ctx[c],
+				strerror(-rc));
 	}
 	if (rc)
 		return 1;
@@ -743,8 +749,9 @@ static int bench_decode_main(int argc, char **argv)
 	fprintf(stderr, "mass recall (vs exact top tokens; GPU/CPU ratio):\n");
 	for (c = 0; c < o.nctx; c++)
 		for (b = 0; b < o.nrb; b++)
-			fprintf(stderr, "%8u budget %3u: gpu %.3f cpu %.3f gpu/cpu %.3f\n", res[c].ctx,
-				o.rb[b], res[c].rec_gpu[b], res[c].rec_cpu[b], res[c].rec_gpu_cpu[b]);
+			fprintf(stderr, "%8u budget %3u: gpu %.3f cpu %.3f gpu/cpu %.3f\n",
+				res[c].ctx, o.rb[b], res[c].rec_gpu[b], res[c].rec_cpu[b],
+				res[c].rec_gpu_cpu[b]);
 	for (c = 0; c < o.nctx; c++)
 		fprintf(stderr,
 			"%8u summaries %.1f MiB per layer (%zu B/page), GPU build %.0f us per layer, "
@@ -766,8 +773,9 @@ static int bench_decode_main(int argc, char **argv)
 			       "\"summary_build_us\":%.1f,\"summary_update_us\":%.1f,"
 			       "\"index_build_s\":%.2f,\"recall\":[",
 			       c ? "," : "", r->ctx, r->npages, r->cand, r->keep, r->select_us,
-			       r->move_us, r->attn_us, r->chain_us, r->full_us, r->sdpa_us, r->sum_bytes,
-			       r->k_bytes, r->sum_build_us, r->sum_update_us, r->build_s);
+			       r->move_us, r->attn_us, r->chain_us, r->full_us, r->sdpa_us,
+			       r->sum_bytes, r->k_bytes, r->sum_build_us, r->sum_update_us,
+			       r->build_s);
 			for (b = 0; b < o.nrb; b++)
 				printf("%s{\"budget\":%u,\"gpu\":%.4f,\"cpu\":%.4f,\"gpu_over_cpu\":%.4f}",
 				       b ? "," : "", o.rb[b], r->rec_gpu[b], r->rec_cpu[b],
@@ -780,5 +788,4 @@ static int bench_decode_main(int argc, char **argv)
 }
 
 BENCH_COMMAND(bench_decode_cmd, "gpu-decode",
-	      "decode token with the select on the GPU vs full-KV attention",
-	      bench_decode_main)
+	      "decode token with the select on the GPU vs full-KV attention", bench_decode_main)
