@@ -70,10 +70,13 @@ int kern_sel_sum(const struct kern_sel_keys *keys, const struct kern_sel_upd *up
 /*
  * Select for one layer. Per KV head h (query heads h * g .. h * g + g - 1, g = hq / hkv in
  * {1, 2, 4, 8}): every page's bound max_j scale * ub(q_j) ranks the pages; the best `cand`
- * are re-scored exactly (s = attn_scale: w_jt = s q_j . k_t); each candidate weighs
- * max_j sum_t exp(w_jt - m_j) / Z_j (its share of head j's mass over the candidates, m_j the
- * best w, Z_j the sum over candidates) and the best `keep` candidates are the head's pages,
- * best first, whole (mask: every row).
+ * are re-scored exactly (s = attn_scale: w_jt = s q_j . k_t, m_j the best w of query j).
+ * rows = 0: whole pages; each candidate weighs max_j sum_t exp(w_jt - m_j) / Z_j (its share of
+ * query j's mass over the candidates, Z_j their sum) and the best `keep` candidates are the
+ * head's pages, best first, every row attended. rows > 0: the best `rows` tokens of all the
+ * candidates by u_t = max_j (w_jt - m_j) are picked, a page weighs the sum of exp(u_t) over its
+ * picked tokens, and the `keep` heaviest pages with a pick are the head's pages, each with its
+ * picked rows (picks in lighter pages are dropped); ties go to the lower page, then row.
  *
  * Outputs, per head h, entries i < keep: ids[h * keep + i] (UINT32_MAX where fewer than keep
  * pages exist) and masks[h * keep + i] (0 there). Optional (NULL: not written): table[h *
@@ -91,6 +94,7 @@ struct kern_sel_args {
 	uint32_t npages; /* pages per head (<= keys.pstride) */
 	uint32_t cand;   /* 1..KERN_SEL_MAX_CAND */
 	uint32_t keep;   /* 1..min(cand, KERN_SEL_MAX_KEEP) */
+	uint32_t rows;   /* 0: whole pages; else tokens picked (<= cand * page_cap) */
 	uint32_t *ids;
 	uint16_t *masks;
 	struct kern_page *table;
@@ -110,7 +114,7 @@ int kern_ref_sel(const struct kern_sel_args *a, uint32_t *ret_cand);
 /* GPU workspace bytes; zero-filled once before first use (kern_memset), each launch leaves it
  * ready for the next. One per stream. */
 size_t kern_sel_ws_size(const struct kern_sel_args *a);
-/* GPU: one launch. Every pointer device-visible. 0 once enqueued; -EINVAL, -ENODEV, -EIO. */
+/* GPU: one launch; d 64 or 128, slot_bytes a multiple of 16. Every pointer device-visible. 0 once enqueued; -EINVAL, -ENODEV, -EIO. */
 int kern_sel(const struct kern_sel_args *a, void *ws, void *stream);
 
 #endif

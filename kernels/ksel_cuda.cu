@@ -171,10 +171,14 @@ __device__ __forceinline__ uint32_t fkey(float f)
 	return u ^ ((u >> 31) ? 0xffffffffu : 0x80000000u);
 }
 
+/* Exact scores of the candidates' tokens: a warp per page, two lanes per token (half a row
+ * each, loaded 16 bytes at a time, all in flight before the first use). */
 template <typename T, int D, int G>
 __device__ void sel_exact(const struct sel_params &pr, uint32_t h, uint32_t nc,
 			  const uint32_t *cand, const float (*qf)[D], float *w, uint32_t *fills)
 {
+	constexpr int NV = (int)((D / 2) * sizeof(T) / 16);
+	constexpr int EPV = (int)(16 / sizeof(T));
 	const struct kern_sel_args &a = pr.a;
 	const size_t rb = KERN_SEL_HDR + 2 * (size_t)D;
 	uint32_t lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
@@ -186,22 +190,29 @@ __device__ void sel_exact(const struct sel_params &pr, uint32_t h, uint32_t nc,
 			(const struct kern_sel_hdr *)((const unsigned char *)a.sums +
 						      ((size_t)h * a.keys.pstride + p) * rb);
 		uint32_t fill = hd->fill;
-		const T *kp = (const T *)sel_page(a.keys, h, p);
+		const uint4 *row = (const uint4 *)((const T *)sel_page(a.keys, h, p) +
+						   (size_t)t * D + half * (D / 2));
+		uint4 v[NV];
 		float acc[G];
 
 #pragma unroll
+		for (int x = 0; x < NV; x++)
+			v[x] = t < fill ? row[x] : make_uint4(0, 0, 0, 0);
+#pragma unroll
 		for (int j = 0; j < G; j++)
 			acc[j] = 0.0f;
-		if (t < fill) {
-			const T *row = kp + (size_t)t * D + half * (D / 2);
+#pragma unroll
+		for (int x = 0; x < NV; x++) {
+			const T *e = (const T *)&v[x];
 
-#pragma unroll 8
-			for (int c = 0; c < D / 2; c++) {
-				float v = ld_f(row, c);
+#pragma unroll
+			for (int y = 0; y < EPV; y++) {
+				float val = ld_f(e, y);
 
 #pragma unroll
 				for (int j = 0; j < G; j++)
-					acc[j] = fmaf(qf[j][half * (D / 2) + c], v, acc[j]);
+					acc[j] = fmaf(qf[j][half * (D / 2) + x * EPV + y], val,
+						      acc[j]);
 			}
 		}
 #pragma unroll
@@ -214,6 +225,76 @@ __device__ void sel_exact(const struct sel_params &pr, uint32_t h, uint32_t nc,
 		if (lane == 0)
 			fills[i] = fill;
 	}
+}
+
+/*
+ * The k-th largest of n keys (key(i), order-preserving uint32) by four 8-bit radix passes over
+ * a shared histogram (lanes of a warp that fall in one bin add once: scores crowd into a few
+ * top bins). Leaves in *ret_thr the k-th key and in *ret_eq how many keys equal to it belong to
+ * the top k (those above it all do). Every thread of the block calls it; k <= n, k > 0.
+ */
+template <typename F>
+__device__ void radix_kth(F key, uint32_t n, uint32_t k, uint32_t *hist, uint32_t *sh,
+			  uint32_t *ret_thr, uint32_t *ret_eq)
+{
+	uint32_t tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
+	uint32_t need = k, prefix = 0, pmask = 0;
+
+	for (int shift = 24; shift >= 0; shift -= 8) {
+		for (uint32_t i = tid; i < 256; i += SEL_THREADS)
+			hist[i] = 0;
+		__syncthreads();
+		for (uint32_t i0 = tid - lane; i0 < n; i0 += SEL_THREADS) {
+			uint32_t i = i0 + lane, bin = 256;
+
+			if (i < n) {
+				uint32_t u = key(i);
+
+				if ((u & pmask) == prefix)
+					bin = (u >> shift) & 255u;
+			}
+			uint32_t same = __match_any_sync(0xffffffffu, bin);
+
+			if (bin < 256 && lane == (uint32_t)(__ffs(same) - 1))
+				atomicAdd(&hist[bin], (uint32_t)__popc(same));
+		}
+		__syncthreads();
+		if (warp == 0) {
+			uint32_t loc = 0, suf, excl;
+
+			for (int b = 0; b < 8; b++)
+				loc += hist[lane * 8 + b];
+			suf = loc;
+			for (int off = 1; off < 32; off <<= 1) {
+				uint32_t v = __shfl_down_sync(0xffffffffu, suf, off);
+
+				if (lane + off < 32)
+					suf += v;
+			}
+			excl = suf - loc;
+			if (excl < need && need <= suf) {
+				uint32_t cum = excl;
+
+				for (int b = 7; b >= 0; b--) {
+					uint32_t hb = hist[lane * 8 + b];
+
+					if (cum + hb >= need) {
+						sh[0] = lane * 8 + b;
+						sh[1] = need - cum;
+						break;
+					}
+					cum += hb;
+				}
+			}
+		}
+		__syncthreads();
+		prefix |= sh[0] << shift;
+		pmask |= 255u << shift;
+		need = sh[1];
+		__syncthreads();
+	}
+	*ret_thr = prefix;
+	*ret_eq = need;
 }
 
 template <typename T, int D, int G>
@@ -232,10 +313,13 @@ __global__ void __launch_bounds__(SEL_THREADS) sel_kernel(struct sel_params pr)
 	__shared__ uint32_t fills[KERN_SEL_MAX_CAND], cand[KERN_SEL_MAX_CAND];
 	__shared__ uint32_t out_p[KERN_SEL_MAX_KEEP];
 	__shared__ float out_w[KERN_SEL_MAX_KEEP];
+	__shared__ uint32_t out_f[KERN_SEL_MAX_KEEP], out_m[KERN_SEL_MAX_KEEP];
 	__shared__ uint32_t hist[256];
 	__shared__ float red[SEL_WARPS][G];
 	__shared__ float mz[2][G];
-	__shared__ uint32_t s_bin, s_need, s_ngt, s_neq;
+	__shared__ uint32_t s_rad[2], s_ngt, s_neq;
+	__shared__ float tu[KERN_SEL_MAX_CAND * 16];
+	__shared__ uint32_t rmask[KERN_SEL_MAX_CAND];
 	__shared__ int s_last;
 	uint32_t h = blockIdx.y, tid = threadIdx.x, lane = tid & 31, warp = tid >> 5;
 	uint32_t sub = lane & 7;
@@ -347,66 +431,24 @@ __global__ void __launch_bounds__(SEL_THREADS) sel_kernel(struct sel_params pr)
 	__threadfence();
 
 	const float *sc = pr.scores + (size_t)h * a.keys.pstride;
-	uint32_t nc = min(a.cand, a.npages), need = nc, prefix = 0, pmask = 0;
+	uint32_t nc = min(a.cand, a.npages), thr = 0, neq = 0;
 
-	for (int shift = 24; shift >= 0 && nc; shift -= 8) {
-		for (uint32_t i = tid; i < 256; i += SEL_THREADS)
-			hist[i] = 0;
-		__syncthreads();
-		for (uint32_t i = tid; i < a.npages; i += SEL_THREADS) {
-			uint32_t u = fkey(__ldcg(sc + i));
-
-			if ((u & pmask) == prefix)
-				atomicAdd(&hist[(u >> shift) & 255u], 1u);
-		}
-		__syncthreads();
-		if (warp == 0) {
-			uint32_t loc = 0, suf, excl;
-
-			for (int b = 0; b < 8; b++)
-				loc += hist[lane * 8 + b];
-			suf = loc;
-			for (int off = 1; off < 32; off <<= 1) {
-				uint32_t v = __shfl_down_sync(0xffffffffu, suf, off);
-
-				if (lane + off < 32)
-					suf += v;
-			}
-			excl = suf - loc;
-			if (excl < need && need <= suf) {
-				uint32_t cum = excl;
-
-				for (int b = 7; b >= 0; b--) {
-					uint32_t hb = hist[lane * 8 + b];
-
-					if (cum + hb >= need) {
-						s_bin = lane * 8 + b;
-						s_need = need - cum;
-						break;
-					}
-					cum += hb;
-				}
-			}
-		}
-		__syncthreads();
-		prefix |= s_bin << shift;
-		pmask |= 255u << shift;
-		need = s_need;
-		__syncthreads();
-	}
+	if (nc)
+		radix_kth([&](uint32_t i) { return fkey(__ldcg(sc + i)); }, a.npages, nc, hist,
+			  s_rad, &thr, &neq);
 	if (tid == 0)
 		s_ngt = s_neq = 0;
 	__syncthreads();
 	for (uint32_t i = tid; nc && i < a.npages; i += SEL_THREADS) {
 		uint32_t u = fkey(__ldcg(sc + i));
 
-		if (u > prefix)
+		if (u > thr)
 			cand[atomicAdd(&s_ngt, 1u)] = i;
-		else if (u == prefix) {
+		else if (u == thr) {
 			uint32_t e = atomicAdd(&s_neq, 1u);
 
-			if (e < need)
-				cand[nc - need + e] = i;
+			if (e < neq)
+				cand[nc - neq + e] = i;
 		}
 	}
 	__syncthreads();
@@ -441,34 +483,80 @@ __global__ void __launch_bounds__(SEL_THREADS) sel_kernel(struct sel_params pr)
 		mz[0][tid] = m;
 	}
 	__syncthreads();
-	for (uint32_t e = tid; e < nc * G; e += SEL_THREADS) {
-		uint32_t i = e / G, j = e % G;
-		float s = 0.0f;
-
-		for (uint32_t t = 0; t < fills[i]; t++)
-			s += __expf(w[(i * 16 + t) * G + j] - mz[0][j]);
-		mass[e] = s;
-	}
-	__syncthreads();
-	if (tid < G) {
-		float z = 0.0f;
-
-		for (uint32_t i = 0; i < nc; i++)
-			z += mass[i * G + tid];
-		mz[1][tid] = z;
-	}
 	if (tid < a.keep) {
 		out_p[tid] = UINT32_MAX;
 		out_w[tid] = -2.0f;
 	}
-	__syncthreads();
-	if (tid < nc) {
-		float best = -1.0f;
+	if (!a.rows) {
+		/* whole pages: a page weighs its largest share of a query's candidate mass */
+		for (uint32_t e = tid; e < nc * G; e += SEL_THREADS) {
+			uint32_t i = e / G, j = e % G;
+			float s = 0.0f;
 
-		for (int j = 0; fills[tid] && j < G; j++)
-			if (mz[1][j] > 0.0f)
-				best = fmaxf(best, mass[tid * G + j] / mz[1][j]);
-		wt[tid] = best;
+			for (uint32_t t = 0; t < fills[i]; t++)
+				s += __expf(w[(i * 16 + t) * G + j] - mz[0][j]);
+			mass[e] = s;
+		}
+		__syncthreads();
+		if (tid < G) {
+			float z = 0.0f;
+
+			for (uint32_t i = 0; i < nc; i++)
+				z += mass[i * G + tid];
+			mz[1][tid] = z;
+		}
+		__syncthreads();
+		if (tid < nc) {
+			float best = -1.0f;
+
+			for (int j = 0; fills[tid] && j < G; j++)
+				if (mz[1][j] > 0.0f)
+					best = fmaxf(best, mass[tid * G + j] / mz[1][j]);
+			wt[tid] = best;
+			rmask[tid] = (1u << fills[tid]) - 1;
+		}
+	} else {
+		/* the best `rows` tokens by max_j (w_jt - m_j); a page weighs its picked tokens'
+		 * sum of exp of that */
+		uint32_t ntok = nc * 16, R = min(a.rows, ntok), thr2 = 0, neq2 = 0;
+
+		for (uint32_t e = tid; e < ntok; e += SEL_THREADS) {
+			float u = -INFINITY;
+
+			if (e % 16 < fills[e / 16])
+#pragma unroll
+				for (int j = 0; j < G; j++)
+					u = fmaxf(u, w[e * G + j] - mz[0][j]);
+			tu[e] = u;
+		}
+		if (tid < nc)
+			rmask[tid] = 0;
+		__syncthreads();
+		if (R)
+			radix_kth([&](uint32_t i) { return fkey(tu[i]); }, ntok, R, hist, s_rad,
+				  &thr2, &neq2);
+		if (tid == 0)
+			s_neq = 0;
+		__syncthreads();
+		for (uint32_t e = tid; R && e < ntok; e += SEL_THREADS) {
+			float u = tu[e];
+			uint32_t k = fkey(u);
+			bool pick = u > -INFINITY && k >= thr2;
+
+			if (pick && k == thr2)
+				pick = atomicAdd(&s_neq, 1u) < neq2;
+			if (pick)
+				atomicOr(&rmask[e / 16], 1u << (e % 16));
+		}
+		__syncthreads();
+		if (tid < nc) {
+			float s = 0.0f;
+
+			for (uint32_t t = 0; t < 16; t++)
+				if (rmask[tid] >> t & 1)
+					s += __expf(tu[tid * 16 + t]);
+			wt[tid] = rmask[tid] ? s : -1.0f;
+		}
 	}
 	__syncthreads();
 	if (tid < nc) {
@@ -479,20 +567,16 @@ __global__ void __launch_bounds__(SEL_THREADS) sel_kernel(struct sel_params pr)
 		if (r < a.keep) {
 			out_p[r] = p;
 			out_w[r] = wt[tid];
+			out_f[r] = fills[tid];
+			out_m[r] = rmask[tid];
 		}
 	}
 	__syncthreads();
 	if (tid < a.keep) {
 		size_t o = (size_t)h * a.keep + tid;
 		bool ok = out_w[tid] >= 0.0f;
-		uint32_t p = ok ? out_p[tid] : 0, f = 0;
-		uint16_t mask;
-
-		if (ok)
-			f = ((const struct kern_sel_hdr *)((const unsigned char *)a.sums +
-							   ((size_t)h * a.keys.pstride + p) * rb))
-				    ->fill;
-		mask = ok ? (uint16_t)((1u << f) - 1) : 0;
+		uint32_t p = ok ? out_p[tid] : 0, f = ok ? out_f[tid] : 0;
+		uint16_t mask = ok ? (uint16_t)out_m[tid] : 0;
 		a.ids[o] = ok ? p : UINT32_MAX;
 		a.masks[o] = mask;
 		if (a.table) {
@@ -561,7 +645,8 @@ extern "C" int kern_sel(const struct kern_sel_args *a, void *ws, void *stream)
 	dim3 grid;
 
 	if (kern_sel_check(a) || (a->keys.d != 64 && a->keys.d != 128) || !ws ||
-	    a->keys.page_cap > 16 || a->hkv > 65535)
+	    a->keys.slot_bytes % 16 || (uintptr_t)a->keys.pool % 16 || a->keys.page_cap > 16 ||
+	    a->hkv > 65535)
 		return -EINVAL;
 	if (kern_gpu_count() < 0)
 		return -ENODEV;

@@ -82,7 +82,8 @@ int kern_sel_check(const struct kern_sel_args *a)
 	if (!a || keys_check(&a->keys) || !a->hq || !a->hkv || a->hq % a->hkv || !a->q ||
 	    !a->sums || !a->ids || !a->masks || a->npages > a->keys.pstride || !a->cand ||
 	    a->cand > KERN_SEL_MAX_CAND || !a->keep || a->keep > a->cand ||
-	    a->keep > KERN_SEL_MAX_KEEP || !(a->attn_scale > 0.0f))
+	    a->keep > KERN_SEL_MAX_KEEP || a->rows > a->cand * a->keys.page_cap ||
+	    !(a->attn_scale > 0.0f))
 		return -EINVAL;
 	g = a->hq / a->hkv;
 	if (g != 1 && g != 2 && g != 4 && g != 8)
@@ -123,7 +124,8 @@ static int page_bound(const unsigned char *rec, const int *codes, uint32_t d)
 
 struct scored {
 	float s;
-	uint32_t p;
+	uint32_t p; /* ranks ties (lower first) */
+	uint32_t i; /* candidate index */
 };
 
 static int by_score(const void *x, const void *y)
@@ -142,7 +144,9 @@ int kern_ref_sel(const struct kern_sel_args *a, uint32_t *ret_cand)
 	struct scored *sc;
 	size_t rb;
 	double mass[KERN_SEL_MAX_CAND][8], m[8], z[8];
-	float w[KERN_SEL_MAX_CAND * 16][8];
+	float w[KERN_SEL_MAX_CAND * 16][8], tu[KERN_SEL_MAX_CAND * 16];
+	struct scored tok[KERN_SEL_MAX_CAND * 16];
+	uint32_t rmask[KERN_SEL_MAX_CAND];
 	int codes[8 * 512];
 
 	if (kern_sel_check(a))
@@ -172,7 +176,7 @@ int kern_ref_sel(const struct kern_sel_args *a, uint32_t *ret_cand)
 				best = fmaxf(best, (float)page_bound(rec, codes + (size_t)j * k->d,
 								     k->d) *
 							   qsc[j]);
-			sc[p] = (struct scored){ hdr.fill ? best * hdr.scale : -INFINITY, p };
+			sc[p] = (struct scored){ hdr.fill ? best * hdr.scale : -INFINITY, p, p };
 		}
 		qsort(sc, a->npages, sizeof(*sc), by_score);
 		nc = a->npages < a->cand ? a->npages : a->cand;
@@ -204,37 +208,60 @@ int kern_ref_sel(const struct kern_sel_args *a, uint32_t *ret_cand)
 						m[j] = w[i * 16 + t][j];
 				}
 		}
-		for (i = 0; i < nc; i++)
-			for (j = 0; j < g; j++) {
-				mass[i][j] = 0.0;
-				for (t = 0; t < fill[i]; t++)
-					mass[i][j] += exp((double)w[i * 16 + t][j] - m[j]);
-				z[j] += mass[i][j];
-			}
-		for (i = 0; i < nc; i++) {
-			double best = -1.0;
+		if (!a->rows) {
+			for (i = 0; i < nc; i++)
+				for (j = 0; j < g; j++) {
+					mass[i][j] = 0.0;
+					for (t = 0; t < fill[i]; t++)
+						mass[i][j] += exp((double)w[i * 16 + t][j] - m[j]);
+					z[j] += mass[i][j];
+				}
+			for (i = 0; i < nc; i++) {
+				double best = -1.0;
 
-			for (j = 0; fill[i] && j < g; j++)
-				if (z[j] > 0.0 && mass[i][j] / z[j] > best)
-					best = mass[i][j] / z[j];
-			cs[i] = (struct scored){ (float)best, sc[i].p };
+				for (j = 0; fill[i] && j < g; j++)
+					if (z[j] > 0.0 && mass[i][j] / z[j] > best)
+						best = mass[i][j] / z[j];
+				cs[i] = (struct scored){ (float)best, sc[i].p, i };
+				rmask[i] = (1u << fill[i]) - 1;
+			}
+		} else {
+			uint32_t ntok = 0, R;
+
+			for (i = 0; i < nc; i++) {
+				rmask[i] = 0;
+				for (t = 0; t < fill[i]; t++) {
+					float u = -INFINITY;
+
+					for (j = 0; j < g; j++)
+						u = fmaxf(u, w[i * 16 + t][j] - (float)m[j]);
+					tu[i * 16 + t] = u;
+					tok[ntok++] =
+						(struct scored){ u, sc[i].p * 16 + t, i * 16 + t };
+				}
+			}
+			qsort(tok, ntok, sizeof(*tok), by_score);
+			R = a->rows < ntok ? a->rows : ntok;
+			for (i = 0; i < R; i++)
+				rmask[tok[i].i / 16] |= 1u << (tok[i].i % 16);
+			for (i = 0; i < nc; i++) {
+				double sum = 0.0;
+
+				for (t = 0; t < 16; t++)
+					if (rmask[i] >> t & 1)
+						sum += exp((double)tu[i * 16 + t]);
+				cs[i] = (struct scored){ rmask[i] ? (float)sum : -1.0f, sc[i].p,
+							 i };
+			}
 		}
 		qsort(cs, nc, sizeof(*cs), by_score);
 		for (i = 0; i < a->keep; i++) {
 			size_t o = (size_t)h * a->keep + i;
 			int ok = i < nc && cs[i].s >= 0.0f;
-			uint32_t f = 0;
+			uint32_t f = ok ? fill[cs[i].i] : 0;
 
-			if (ok) {
-				const unsigned char *rec = (const unsigned char *)a->sums +
-							   ((size_t)h * k->pstride + cs[i].p) * rb;
-				struct kern_sel_hdr hdr;
-
-				memcpy(&hdr, rec, sizeof(hdr));
-				f = hdr.fill;
-			}
 			a->ids[o] = ok ? cs[i].p : UINT32_MAX;
-			a->masks[o] = ok ? (uint16_t)((1u << f) - 1) : 0;
+			a->masks[o] = ok ? (uint16_t)rmask[cs[i].i] : 0;
 			if (a->table) {
 				size_t e = (size_t)h * a->tstride + a->toff + i;
 

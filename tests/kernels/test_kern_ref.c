@@ -154,8 +154,8 @@ END_TEST
 START_TEST(sel_ref_finds_planted_page)
 {
 	enum { D = 64, NP = 200, HQ = 4 };
-	uint32_t slot_of[NP], ids[2], i, c, t;
-	uint16_t masks[2], *pool = calloc((size_t)NP * 16 * D, 2);
+	uint32_t slot_of[NP], ids[4], i, c, t;
+	uint16_t masks[4], *pool = calloc((size_t)NP * 16 * D, 2);
 	unsigned char *sums = calloc(NP, kern_sel_rec_bytes(D));
 	struct kern_sel_upd upd[NP];
 	struct kern_sel_keys k = { ICE_DTYPE_BF16, D, 16, pool, 16 * D * 2, slot_of, NP };
@@ -205,6 +205,10 @@ START_TEST(sel_ref_finds_planted_page)
 	ck_assert_int_eq(kern_ref_sel(&a, NULL), 0);
 	ck_assert_uint_eq(ids[0], 77);
 	ck_assert_uint_eq(masks[0], 0x1ff); /* page 77 holds 9 rows */
+	a.rows = 8;                         /* token pick: row 3 of page 77 is the best token */
+	a.keep = 4;
+	ck_assert_int_eq(kern_ref_sel(&a, NULL), 0);
+	ck_assert_uint_eq(ids[0] == 77 || ids[1] == 77, 1);
 	a.keep = 17;
 	ck_assert_int_eq(kern_ref_sel(&a, NULL), -EINVAL);
 	free(sums);

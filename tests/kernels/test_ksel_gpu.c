@@ -19,6 +19,7 @@
 struct sel_shape {
 	uint32_t hkv, g, d, npages, pstride, cand, keep;
 	enum ice_dtype dt;
+	uint32_t rows; /* 0: whole pages */
 };
 
 static const struct sel_shape shapes[] = {
@@ -29,6 +30,10 @@ static const struct sel_shape shapes[] = {
 	{ 4, 2, 64, 20, 32, 64, 8, ICE_DTYPE_BF16 }, /* fewer pages than candidates */
 	{ 2, 4, 128, 0, 16, 8, 4, ICE_DTYPE_BF16 },  /* no pages */
 	{ 8, 4, 128, 16384, 16384, 32, 14, ICE_DTYPE_BF16 },
+	{ 8, 4, 128, 4096, 4096, 64, 28, ICE_DTYPE_BF16, 224 },
+	{ 3, 8, 64, 900, 900, 48, 8, ICE_DTYPE_F16, 40 },
+	{ 2, 2, 128, 40, 40, 64, 32, ICE_DTYPE_F32, 1000 }, /* more rows than tokens */
+	{ 8, 4, 128, 16384, 16384, 64, 28, ICE_DTYPE_BF16, 224 },
 };
 
 static int quick(void)
@@ -141,6 +146,7 @@ START_TEST(sel_matches_ref)
 	a.npages = sh->npages;
 	a.cand = sh->cand;
 	a.keep = sh->keep;
+	a.rows = sh->rows;
 	a.ids = ids;
 	a.masks = masks;
 	a.table = tab;
@@ -219,7 +225,10 @@ START_TEST(sel_matches_ref)
 		for (i = 0; i < sh->hkv * (sh->keep + 2); i++)
 			if (memcmp(&gtab[i], &tab[i], sizeof(*tab)))
 				bad++;
-		ck_assert_msg(!bad, "shape %d pass %u: %u entries differ", _i, it, bad);
+		/* Whole pages agree exactly; a token pick may differ where two weights are within
+		 * the fp32-vs-fp64 rounding of the exact scores (at most a swap per head). */
+		ck_assert_msg(bad <= (sh->rows ? 2 * sh->hkv : 0),
+			      "shape %d pass %u: %u entries differ", _i, it, bad);
 	}
 
 	kern_dev_free(dws);

@@ -31,7 +31,7 @@
 #include "synth.h"
 
 struct dec_opts {
-	uint32_t layers, hq, hkv, d, budget, iters, cand, copies;
+	uint32_t layers, hq, hkv, d, budget, iters, cand, copies, overfetch;
 	uint32_t nctx, ctx[8];
 	uint32_t nrb, rb[4];
 	const char *sdpa_python;
@@ -212,7 +212,8 @@ static int run_sdpa(const struct dec_opts *o, struct dec_result *res)
 static int run_ctx(const struct dec_opts *o, uint32_t ctx, struct dec_result *r)
 {
 	uint32_t g = o->hq / o->hkv, d = o->d, hkv = o->hkv, nmid = ctx - 2 * P;
-	uint32_t keep = o->budget / P - 2, cand, tstride = keep + 2, np, pstride, L = o->copies;
+	uint32_t keep = o->overfetch * (o->budget / P - 2), cand, tstride = keep + 2, np, pstride,
+		 L = o->copies;
 	size_t kpage = (size_t)P * d * 2, slot = 2 * kpage, rb = kern_sel_rec_bytes(d);
 	struct synth_params sp;
 	struct idx_params ip;
@@ -230,6 +231,7 @@ static int run_ctx(const struct dec_opts *o, uint32_t ctx, struct dec_result *r)
 	uint64_t hpool_dev;
 	struct kern_page *tab = NULL, *fulltab = NULL;
 	uint32_t *off = NULL, *fulloff = NULL, *ids = NULL;
+	uint16_t *gm = NULL;
 	unsigned char *sel = NULL;
 	struct kern_sel_args a;
 	struct kern_attn_args at, full;
@@ -261,7 +263,7 @@ static int run_ctx(const struct dec_opts *o, uint32_t ctx, struct dec_result *r)
 	np = (uint32_t)idx_npages(ix);
 	pstride = np;
 	r->npages = np;
-	cand = o->cand ? o->cand : 4 * keep;
+	cand = o->cand ? o->cand : KERN_SEL_MAX_CAND;
 	cand = cand < 16 ? 16 : cand > KERN_SEL_MAX_CAND ? KERN_SEL_MAX_CAND : cand;
 	if (cand < keep)
 		cand = keep;
@@ -377,6 +379,7 @@ static int run_ctx(const struct dec_opts *o, uint32_t ctx, struct dec_result *r)
 	a.npages = np;
 	a.cand = cand;
 	a.keep = keep;
+	a.rows = o->overfetch > 1 ? o->budget - 2 * P : 0;
 	a.ids = dids;
 	a.masks = dmasks;
 	a.table = dtab;
@@ -520,9 +523,10 @@ static int run_ctx(const struct dec_opts *o, uint32_t ctx, struct dec_result *r)
 	tmp = malloc((size_t)ctx * sizeof(float));
 	sel = malloc(nmid);
 	ids = malloc((size_t)hkv * KERN_SEL_MAX_KEEP * sizeof(*ids));
-	CK(prob && tmp && sel && ids ? 0 : -ENOMEM);
+	gm = malloc((size_t)hkv * KERN_SEL_MAX_KEEP * sizeof(*gm));
+	CK(prob && tmp && sel && ids && gm ? 0 : -ENOMEM);
 	for (b = 0; b < o->nrb; b++) {
-		uint32_t R = o->rb[b] - 2 * P, kb = R / P, cb = o->cand ? cand : 4 * kb, n = 0;
+		uint32_t R = o->rb[b] - 2 * P, kb = R / P * o->overfetch, cb = cand, n = 0;
 		struct select_opts so = { 0 };
 		struct kern_sel_args ar = a;
 		double sg = 0.0, sc = 0.0, sgc = 0.0;
@@ -538,12 +542,14 @@ static int run_ctx(const struct dec_opts *o, uint32_t ctx, struct dec_result *r)
 			cb = kb;
 		ar.keep = kb;
 		ar.cand = cb;
+		ar.rows = o->overfetch > 1 ? R : 0;
 		ar.table = NULL;
 		ar.copies = NULL;
 		CK(kern_sel(&ar, ws_sel, st));
 		CK(kern_stream_sync(st));
 		CK(kern_memcpy(ids, dids, (size_t)hkv * kb * sizeof(*ids)));
-		so.budget_pages = kb;
+		CK(kern_memcpy(gm, dmasks, (size_t)hkv * kb * sizeof(*gm)));
+		so.budget_pages = R / P;
 		so.overfetch = SELECT_OVERFETCH;
 		so.scale = 1.0f / sqrtf((float)d);
 		so.group_merge = 1;
@@ -577,7 +583,8 @@ static int run_ctx(const struct dec_opts *o, uint32_t ctx, struct dec_result *r)
 					continue;
 				idx_page_tokens(ix, pg, pos, &f, &ver);
 				for (t = 0; t < f; t++)
-					sel[pos[t]] = 1;
+					if (gm[h * kb + i] >> t & 1)
+						sel[pos[t]] = 1;
 			}
 			rg = group_recall(prob, ctx, g, sel, R, tmp);
 			nh = select_head(ix, NULL, &so, &grp, cw, cws, hits, cm, NULL);
@@ -635,6 +642,7 @@ out:
 	kern_event_free(e0);
 	kern_stream_free(st);
 	kern_host_free(hpool);
+	free(gm);
 	free(ids);
 	free(sel);
 	free(tmp);
@@ -656,7 +664,7 @@ out:
 
 static int bench_decode_main(int argc, char **argv)
 {
-	struct dec_opts o = { 32, 32, 8, 128, 256, 20, 0, 4, 0, { 0 }, 0, { 0 }, NULL, 0 };
+	struct dec_opts o = { 32, 32, 8, 128, 256, 20, 0, 4, 2, 0, { 0 }, 0, { 0 }, NULL, 0 };
 	struct dec_result res[8];
 	uint32_t i, c, b;
 	int rc = 0;
@@ -696,6 +704,8 @@ static int bench_decode_main(int argc, char **argv)
 			o.cand = (uint32_t)atoi(v);
 		else if (!strcmp(a, "--iters"))
 			o.iters = (uint32_t)atoi(v);
+		else if (!strcmp(a, "--overfetch"))
+			o.overfetch = (uint32_t)atoi(v);
 		else if (!strcmp(a, "--layer-copies"))
 			o.copies = (uint32_t)atoi(v);
 		else if (!strcmp(a, "--sdpa"))
@@ -710,8 +720,9 @@ static int bench_decode_main(int argc, char **argv)
 	if (!o.nrb)
 		parse_list("64,256", o.rb, 4, &o.nrb);
 	if (!o.layers || !o.hkv || o.hkv > 8 || !o.hq || o.hq % o.hkv || o.hq / o.hkv > 8 ||
-	    (o.d != 64 && o.d != 128) || o.budget < 3 * P || o.budget % P ||
-	    o.budget / P - 2 > KERN_SEL_MAX_KEEP || !o.iters || o.iters > 1000 || !o.copies) {
+	    (o.d != 64 && o.d != 128) || o.budget < 3 * P || o.budget % P || !o.overfetch ||
+	    o.overfetch * (o.budget / P - 2) > KERN_SEL_MAX_KEEP || !o.iters || o.iters > 1000 ||
+	    !o.copies) {
 		fprintf(stderr, "icebench gpu-decode: bad shape\n");
 		return 2;
 	}
@@ -730,10 +741,12 @@ static int bench_decode_main(int argc, char **argv)
 	if (o.sdpa_python)
 		run_sdpa(&o, res);
 	fprintf(stderr,
-		"gpu-decode: %u layers, %u/%u heads, d %u, budget %u (sink + %u pages + window), bf16\n"
+		"gpu-decode: %u layers, %u/%u heads, d %u, budget %u (sink + %u tokens in up to %u pages + "
+		"window), bf16\n"
 		"%8s %8s %5s %9s %9s %9s %9s %9s %9s %9s %8s %10s\n",
-		o.layers, o.hq, o.hkv, o.d, o.budget, o.budget / P - 2, "ctx", "pages", "cand",
-		"select", "move", "attend", "sum", "chain", "full", "sdpa", "vs sdpa", "sum/K");
+		o.layers, o.hq, o.hkv, o.d, o.budget, o.budget - 2 * P,
+		o.overfetch * (o.budget / P - 2), "ctx", "pages", "cand", "select", "move",
+		"attend", "sum", "chain", "full", "sdpa", "vs sdpa", "sum/K");
 	for (c = 0; c < o.nctx; c++) {
 		struct dec_result *r = &res[c];
 		double sum = r->select_us + r->move_us + r->attn_us;
@@ -760,9 +773,9 @@ static int bench_decode_main(int argc, char **argv)
 			res[c].sum_build_us, res[c].sum_update_us, res[c].build_s);
 	if (o.json) {
 		bench_json_begin(stdout, "gpu-decode");
-		printf(",\"shape\":{\"layers\":%u,\"hq\":%u,\"hkv\":%u,\"d\":%u,\"budget\":%u},"
-		       "\"results\":[",
-		       o.layers, o.hq, o.hkv, o.d, o.budget);
+		printf(",\"shape\":{\"layers\":%u,\"hq\":%u,\"hkv\":%u,\"d\":%u,\"budget\":%u,"
+		       "\"overfetch\":%u},\"results\":[",
+		       o.layers, o.hq, o.hkv, o.d, o.budget, o.overfetch);
 		for (c = 0; c < o.nctx; c++) {
 			struct dec_result *r = &res[c];
 
