@@ -221,7 +221,7 @@ static int run_ctx(const struct dec_opts *o, uint32_t ctx, struct dec_result *r)
 	struct idx_rows rows;
 	float *keys = NULL, *q = NULL, *prob = NULL, *tmp = NULL;
 	uint16_t *kblk = NULL, *qbf = NULL;
-	uint32_t *fills = NULL, pos[IDX_PAGE_CAP], f, ver, i, j, h, l, t, c, it, b;
+	uint32_t *fills = NULL, pos[IDX_PAGE_CAP], f, ver, i, h, l, t, c, it, b;
 	struct kern_sel_upd *upd = NULL;
 	void *dk[8] = { 0 }, *dsum[8] = { 0 }, *dupd = NULL, *dq = NULL, *dqb = NULL;
 	void *dids = NULL, *dmasks = NULL, *dtab = NULL, *dcp = NULL, *dset = NULL;
@@ -614,7 +614,6 @@ static int run_ctx(const struct dec_opts *o, uint32_t ctx, struct dec_result *r)
 		r->rec_cpu[b] = sc / n;
 		r->rec_gpu_cpu[b] = sgc / n;
 	}
-	(void)j;
 out:
 	if (st)
 		kern_stream_sync(st);
