@@ -9,6 +9,7 @@
 #include "attn_case.h"
 #include "check_main.h"
 #include "kern.h"
+#include "ksel.h"
 
 /* Gather moves exactly the listed pages, byte for byte, and nothing else. */
 START_TEST(gather_ref_moves_listed_pages)
@@ -148,6 +149,73 @@ START_TEST(attn_ref_rejects_bad_tables)
 END_TEST
 
 /* Without a GPU build or device, the GPU entry points say so instead of crashing. */
+/* The select reference: summaries bound their page's keys (lo * scale <= k <= hi * scale), and
+ * a page holding a key aligned with the query is kept first, whole. */
+START_TEST(sel_ref_finds_planted_page)
+{
+	enum { D = 64, NP = 200, HQ = 4 };
+	uint32_t slot_of[NP], ids[4], i, c, t;
+	uint16_t masks[4], *pool = calloc((size_t)NP * 16 * D, 2);
+	unsigned char *sums = calloc(NP, kern_sel_rec_bytes(D));
+	struct kern_sel_upd upd[NP];
+	struct kern_sel_keys k = { ICE_DTYPE_BF16, D, 16, pool, 16 * D * 2, slot_of, NP };
+	struct kern_sel_args a = { 0 };
+	float q[HQ * D];
+	uint64_t s = 7;
+
+	ck_assert(pool && sums);
+	for (i = 0; i < NP; i++) {
+		slot_of[i] = NP - 1 - i;
+		upd[i] = (struct kern_sel_upd){ 0, i, i % 7 ? 16 : 9, 0 };
+	}
+	for (i = 0; i < HQ * D; i++)
+		q[i] = (float)(case_rand(&s) % 2001) / 1000.0f - 1.0f;
+	for (i = 0; i < (uint32_t)NP * 16 * D; i++)
+		pool[i] = dtype_f32_to_bf16((float)(case_rand(&s) % 2001) / 1000.0f - 1.0f);
+	/* page 77 (slot NP - 78), row 3: 4 x query 2 */
+	for (c = 0; c < D; c++)
+		pool[((size_t)(NP - 78) * 16 + 3) * D + c] = dtype_f32_to_bf16(4.0f * q[2 * D + c]);
+	ck_assert_int_eq(kern_ref_sel_sum(&k, upd, NP, sums), 0);
+	for (i = 0; i < NP; i++) {
+		const struct kern_sel_hdr *h =
+			(const void *)(sums + (size_t)i * kern_sel_rec_bytes(D));
+		const signed char *lo = (const signed char *)h + KERN_SEL_HDR, *hi = lo + D;
+
+		ck_assert_uint_eq(h->fill, upd[i].fill);
+		for (t = 0; t < h->fill; t++)
+			for (c = 0; c < D; c++) {
+				float v = dtype_bf16_to_f32(
+					pool[((size_t)slot_of[i] * 16 + t) * D + c]);
+
+				ck_assert(v >= lo[c] * h->scale * 1.0001f - 1e-6f);
+				ck_assert(v <= hi[c] * h->scale * 1.0001f + 1e-6f);
+			}
+	}
+	a.keys = k;
+	a.hq = HQ;
+	a.hkv = 1;
+	a.attn_scale = 0.125f;
+	a.q = q;
+	a.sums = sums;
+	a.npages = NP;
+	a.cand = 16;
+	a.keep = 2;
+	a.ids = ids;
+	a.masks = masks;
+	ck_assert_int_eq(kern_ref_sel(&a, NULL), 0);
+	ck_assert_uint_eq(ids[0], 77);
+	ck_assert_uint_eq(masks[0], 0x1ff); /* page 77 holds 9 rows */
+	a.rows = 8;                         /* token pick: row 3 of page 77 is the best token */
+	a.keep = 4;
+	ck_assert_int_eq(kern_ref_sel(&a, NULL), 0);
+	ck_assert_uint_eq(ids[0] == 77 || ids[1] == 77, 1);
+	a.keep = 17;
+	ck_assert_int_eq(kern_ref_sel(&a, NULL), -EINVAL);
+	free(sums);
+	free(pool);
+}
+END_TEST
+
 START_TEST(gpu_calls_fail_cleanly_without_device)
 {
 	static unsigned char a[64] __attribute__((aligned(16))), b[64] __attribute__((aligned(16)));
@@ -193,6 +261,7 @@ static Suite *kern_suite(void)
 	tcase_add_test(tc, attn_ref_rejects_bad_tables);
 	tcase_add_test(tc, gpu_calls_fail_cleanly_without_device);
 	tcase_add_test(tc, attn_ws_size_follows_split);
+	tcase_add_test(tc, sel_ref_finds_planted_page);
 	suite_add_tcase(s, tc);
 	return s;
 }
