@@ -79,9 +79,11 @@ void idx_free(struct idx *ix);
 
 /*
  * Bulk build (prefill): adds keys[0..n) as tokens ntokens()..ntokens()+n-1. On an empty index
- * this is the multi-threaded path (params.threads); on a non-empty one it appends through the
- * insert path. keys: n rows of dim elements of type dt. 0 on success; -EINVAL (NULL keys, n = 0,
- * bad dtype, non-finite key), -ENOMEM (the index is unchanged on error).
+ * this is the multi-threaded path (params.threads). On a calibrated non-empty one it builds the
+ * keys as a segment of their own (their own seeds, cells and new pages; no existing page
+ * changes, so the owner rewrites nothing), on an uncalibrated one it inserts (idx_insert).
+ * keys: n rows of dim elements of type dt. 0 on success; -EINVAL (NULL keys, n = 0, bad
+ * dtype, non-finite key), -ENOMEM (the index is unchanged on error).
  */
 int idx_build(struct idx *ix, const void *keys, size_t n, enum ice_dtype dt);
 /* Decode insert: appends n >= 1 keys. Same arguments and errors as idx_build (unchanged on
