@@ -19,6 +19,7 @@
  * the index and the store disagree and the sequence is broken (-EIO from then on).
  */
 #include <errno.h>
+#include <stdatomic.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -307,6 +308,50 @@ static int keys_finite(const unsigned char *k, size_t n, enum ice_dtype dt)
 	return 1;
 }
 
+/*
+ * Step 2 for a layer's heads: each head's leaving rows into its own buffer, a mark, then its
+ * index takes them. Heads are independent (an index and its sums each), so a prefill-sized
+ * append spreads them over two threads: a Llama-3-8B prefill spent most of its time here on
+ * one core.
+ */
+struct index_job {
+	const struct seq *s;
+	struct head_state *hs;
+	const unsigned char *k, *v;
+	uint32_t n, tosink, etok;
+	unsigned char *ek; /* [heads][etok] rows */
+	struct idx_mark *mk;
+	int *err;
+	uint32_t nheads;
+	_Atomic uint32_t next;
+};
+
+static void *index_heads(void *arg)
+{
+	struct index_job *j = arg;
+	const struct seq *s = j->s;
+	uint32_t h;
+
+	while ((h = atomic_fetch_add(&j->next, 1)) < j->nheads) {
+		struct head_state *st = &j->hs[h];
+		unsigned char *ek = j->ek + (size_t)h * j->etok * s->row;
+		int err;
+
+		evicted_rows(s, st, j->k + (size_t)h * j->n * s->row,
+			     j->v + (size_t)h * j->n * s->row, j->tosink, j->etok, ek, NULL);
+		idx_mark(st->ix, &j->mk[h]);
+		/* a prefill's worth becomes a segment of new pages (idx_build), which rewrites no
+		 * stored page; a few decode tokens join existing cells */
+		err = j->mk[h].ntok && j->etok < SEGMENT_MIN ?
+			      idx_insert(st->ix, ek, j->etok, s->dt) :
+			      idx_build(st->ix, ek, j->etok, s->dt);
+		if (!err)
+			err = select_sums_reserve(&st->sums, (uint32_t)idx_npages(st->ix));
+		j->err[h] = err;
+	}
+	return NULL;
+}
+
 static void rollback_heads(struct seq *s, uint32_t layer, const struct idx_mark *mk, uint32_t nh)
 {
 	uint32_t h;
@@ -322,6 +367,7 @@ int engine_append(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer,
 	uint64_t t0 = clock_now_ns(), bytes = 0, newp = 0, rewr = 0, before = 0, after = 0;
 	uint32_t hk, h, d, tosink, towin, w, evict, etok, sn;
 	struct idx_mark mk[64];
+	int herr[64];
 	struct store_resv resv;
 	unsigned char *ek, *ev, *pbuf;
 	struct head_state *hs;
@@ -358,7 +404,8 @@ int engine_append(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer,
 		/* 1. What the indexes and sums will use: estimated from what they use per token so
 		 * far (a fresh head: as if pages held 8 tokens), settled to the figure they give
 		 * once they hold the tokens. */
-		err = scratch_grow(e, s, 2 * (size_t)etok * s->row + BATCH * e->o.slot_bytes);
+		err = scratch_grow(e, s,
+				   (size_t)(hk + 1) * etok * s->row + BATCH * e->o.slot_bytes);
 		if (err)
 			return err;
 		for (h = 0; h < hk; h++)
@@ -367,31 +414,33 @@ int engine_append(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer,
 		err = engine_charge(e, s, bytes);
 		if (err)
 			return err;
-		ek = s->scr;
+		ek = s->scr; /* step 2: a head's rows each; step 4: ek, then ev, then the pages */
 		ev = ek + (size_t)etok * s->row;
-		pbuf = ev + (size_t)etok * s->row;
-		/* 2. The indexes, undoably. */
+		pbuf = ek + (size_t)(hk + 1) * etok * s->row;
+		/* 2. The indexes, undoably (every head's mark is taken; a failed index is as it was). */
+		{
+			struct index_job job = {
+				s, hs, k, v, n, tosink, etok, s->scr, mk, herr, hk
+			};
+			pthread_t tid;
+			int helper;
+
+			atomic_init(&job.next, 0);
+			helper = etok >= SEGMENT_MIN && hk > 1 &&
+				 pthread_create(&tid, NULL, index_heads, &job) == 0;
+			index_heads(&job);
+			if (helper)
+				pthread_join(tid, NULL);
+		}
+		for (h = 0; h < hk && !err; h++)
+			err = herr[h];
+		if (err) {
+			rollback_heads(s, layer, mk, hk);
+			goto out_uncharge;
+		}
 		for (h = 0; h < hk; h++) {
-			struct head_state *st = &hs[h];
-			const unsigned char *kh = (const unsigned char *)k + (size_t)h * n * s->row;
-
-			const unsigned char *vh = (const unsigned char *)v + (size_t)h * n * s->row;
-
-			evicted_rows(s, st, kh, vh, tosink, etok, ek, NULL);
-			idx_mark(st->ix, &mk[h]);
-			/* a prefill's worth becomes a segment of new pages (idx_build), which
-			 * rewrites no stored page; a few decode tokens join existing cells */
-			err = mk[h].ntok && etok < SEGMENT_MIN ?
-				      idx_insert(st->ix, ek, etok, s->dt) :
-				      idx_build(st->ix, ek, etok, s->dt);
-			if (!err)
-				err = select_sums_reserve(&st->sums, (uint32_t)idx_npages(st->ix));
-			if (err) {
-				rollback_heads(s, layer, mk, h + 1);
-				goto out_uncharge;
-			}
-			newp += idx_npages(st->ix) - mk[h].npages;
-			rewr += idx_ndirty(st->ix) - (idx_npages(st->ix) - mk[h].npages);
+			newp += idx_npages(hs[h].ix) - mk[h].npages;
+			rewr += idx_ndirty(hs[h].ix) - (idx_npages(hs[h].ix) - mk[h].npages);
 		}
 		/* 3. Room in the store: every new page, and one batch of rewrites at a time (a
 		 * rewrite's new copy is written before its old slot comes back to the reservation). */

@@ -3,6 +3,7 @@
  * path that names someone's file, connections that never say hello, a daemon that stops
  * answering (SIGSTOP), and an NVMe tier file larger than its filesystem.
  */
+#include <dirent.h>
 #include <poll.h>
 #include <sys/statvfs.h>
 
@@ -155,6 +156,48 @@ static int wait_child(pid_t pid, int ms)
 	return -1;
 }
 
+/* Whether every thread of pid is in the stopped state ('T' in /proc/pid/task/TID/stat)
+ * within ms. */
+static int wait_stopped(pid_t pid, long ms)
+{
+	char path[64], buf[512];
+	long waited;
+
+	for (waited = 0; waited <= ms; waited += 5) {
+		DIR *dir;
+		struct dirent *de;
+		int all = 1, any = 0;
+
+		snprintf(path, sizeof(path), "/proc/%d/task", (int)pid);
+		dir = opendir(path);
+		if (!dir)
+			return 0;
+		while ((de = readdir(dir))) {
+			FILE *f;
+			char *p;
+
+			if (de->d_name[0] == '.')
+				continue;
+			snprintf(buf, sizeof(buf), "/proc/%d/task/%s/stat", (int)pid, de->d_name);
+			f = fopen(buf, "r");
+			if (!f)
+				continue;
+			if (!fgets(buf, sizeof(buf), f))
+				buf[0] = '\0';
+			fclose(f);
+			p = strrchr(buf, ')'); /* the state follows the command name */
+			any = 1;
+			if (!p || p[1] != ' ' || (p[2] != 'T' && p[2] != 't'))
+				all = 0;
+		}
+		closedir(dir);
+		if (any && all)
+			return 1;
+		usleep(5000);
+	}
+	return 0;
+}
+
 START_TEST(stopped_daemon_times_out_connect_requests_and_icectl)
 {
 	char sock[256], bin[512], out[300], why[2048] = "";
@@ -203,6 +246,9 @@ START_TEST(stopped_daemon_times_out_connect_requests_and_icectl)
 	}
 	ck_assert_int_eq(read(ready[0], &b, 1), 1);
 	ck_assert_int_eq(kill(d, SIGSTOP), 0);
+	/* kill() returns before the stop lands: a worker spinning on the ring could still answer
+	 * the child's first request. Wait until the kernel says the daemon is stopped. */
+	ck_assert_msg(wait_stopped(d, 2000), "daemon %d not stopped 2 s after SIGSTOP", (int)d);
 	ck_assert_int_eq(write(go[1], "g", 1), 1);
 	rc = wait_child(child, 6000);
 	if (rc)
