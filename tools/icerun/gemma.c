@@ -56,39 +56,6 @@ static int get_f32(const struct gguf *g, const char *key, float *ret)
 	return gguf_get_f32(g, k, ret);
 }
 
-static int get_mat(const struct gguf *g, const char *name, int rows, int cols, struct qmat *ret)
-{
-	const struct gguf_tensor *t = gguf_tensor(g, name);
-
-	if (!t)
-		return -ENOENT;
-	if (t->type != GGUF_T_F32 && t->type != GGUF_T_F16 && t->type != GGUF_T_Q4_0 &&
-	    t->type != GGUF_T_Q4_1 && t->type != GGUF_T_Q8_0 && !kq_supported(t->type))
-		return -EOPNOTSUPP;
-	if (!t->data || t->ne[0] != (uint64_t)cols || t->ne[1] != (uint64_t)rows || t->ne[2] != 1 ||
-	    t->ne[3] != 1)
-		return -EINVAL;
-	ret->type = t->type;
-	ret->rows = rows;
-	ret->cols = cols;
-	ret->row_bytes = gguf_row_bytes(t->type, (uint64_t)cols);
-	ret->data = t->data;
-	return 0;
-}
-
-static int get_vec(const struct gguf *g, const char *name, int n, const float **ret)
-{
-	const struct gguf_tensor *t = gguf_tensor(g, name);
-
-	if (!t)
-		return -ENOENT;
-	if (t->type != GGUF_T_F32 || t->ne[0] != (uint64_t)n || t->ne[1] != 1 ||
-	    ((uintptr_t)t->data & 3))
-		return -EINVAL;
-	*ret = t->data;
-	return 0;
-}
-
 /*
  * Which layers slide: attention.sliding_window_pattern as a period (layer l global when
  * (l + 1) % period == 0) or as one bool per layer (true: sliding); Gemma 3's period when absent.
@@ -173,17 +140,17 @@ static int load_layer(const struct gguf *g, const struct model_cfg *c, int l, st
 	int D = c->n_embd, hd = c->head_dim, NQ = c->n_head * hd, KVD = c->n_kv * hd, err = 0;
 	char name[96];
 
-#define MAT(field, nm, r, cols)                                          \
-	do {                                                             \
-		snprintf(name, sizeof(name), "blk.%d." nm ".weight", l); \
-		if (!err)                                                \
-			err = get_mat(g, name, r, cols, &w->field);      \
+#define MAT(field, nm, r, cols)                                           \
+	do {                                                              \
+		snprintf(name, sizeof(name), "blk.%d." nm ".weight", l);  \
+		if (!err)                                                 \
+			err = model_get_mat(g, name, r, cols, &w->field); \
 	} while (0)
 #define VEC(field, nm, n)                                                \
 	do {                                                             \
 		snprintf(name, sizeof(name), "blk.%d." nm ".weight", l); \
 		if (!err)                                                \
-			err = get_vec(g, name, n, &w->field);            \
+			err = model_get_vec(g, name, n, &w->field);      \
 	} while (0)
 	MAT(wq, "attn_q", NQ, D);
 	MAT(wk, "attn_k", KVD, D);
@@ -229,16 +196,16 @@ int gemma_open(struct model *m)
 		goto out_free;
 	}
 	m->cfg.n_vocab = (int)te->ne[1];
-	err = get_mat(m->g, "token_embd.weight", m->cfg.n_vocab, m->cfg.n_embd, &m->tok_embd);
+	err = model_get_mat(m->g, "token_embd.weight", m->cfg.n_vocab, m->cfg.n_embd, &m->tok_embd);
 	if (err)
 		goto out_free;
-	err = get_mat(m->g, "output.weight", m->cfg.n_vocab, m->cfg.n_embd, &m->output);
+	err = model_get_mat(m->g, "output.weight", m->cfg.n_vocab, m->cfg.n_embd, &m->output);
 	if (err == -ENOENT) {
 		m->output = m->tok_embd;
 		err = 0;
 	}
 	if (!err)
-		err = get_vec(m->g, "output_norm.weight", m->cfg.n_embd, &m->output_norm);
+		err = model_get_vec(m->g, "output_norm.weight", m->cfg.n_embd, &m->output_norm);
 	for (l = 0; l < m->cfg.n_layer && !err; l++)
 		err = load_layer(m->g, &m->cfg, l, &gm->layers[l]);
 	if (err)

@@ -9,11 +9,12 @@
 #include <string.h>
 
 #include "gemma.h"
+#include "kquant.h"
 
 #define CHUNK 128
 #define AVX512 __attribute__((target("avx512f,fma")))
 
-static int get_mat(const struct gguf *g, const char *name, int rows, int cols, struct qmat *ret)
+int model_get_mat(const struct gguf *g, const char *name, int rows, int cols, struct qmat *ret)
 {
 	const struct gguf_tensor *t = gguf_tensor(g, name);
 
@@ -23,7 +24,7 @@ static int get_mat(const struct gguf *g, const char *name, int rows, int cols, s
 	    t->ne[3] != 1)
 		return -EINVAL;
 	if (t->type != GGUF_T_F32 && t->type != GGUF_T_F16 && t->type != GGUF_T_Q4_0 &&
-	    t->type != GGUF_T_Q4_1 && t->type != GGUF_T_Q8_0)
+	    t->type != GGUF_T_Q4_1 && t->type != GGUF_T_Q8_0 && !kq_supported(t->type))
 		return -EOPNOTSUPP;
 	ret->type = t->type;
 	ret->rows = rows;
@@ -33,7 +34,7 @@ static int get_mat(const struct gguf *g, const char *name, int rows, int cols, s
 	return 0;
 }
 
-static int get_vec(const struct gguf *g, const char *name, int n, const float **ret)
+int model_get_vec(const struct gguf *g, const char *name, int n, const float **ret)
 {
 	const struct gguf_tensor *t = gguf_tensor(g, name);
 
@@ -121,16 +122,16 @@ int model_open(const char *path, int nthreads, struct model **ret)
 	m->cfg.n_vocab = (int)te->ne[1];
 	d = m->cfg.n_embd;
 	kvd = m->cfg.n_kv * m->cfg.head_dim;
-	err = get_mat(m->g, "token_embd.weight", m->cfg.n_vocab, d, &m->tok_embd);
+	err = model_get_mat(m->g, "token_embd.weight", m->cfg.n_vocab, d, &m->tok_embd);
 	if (err)
 		goto out_free;
-	err = get_mat(m->g, "output.weight", m->cfg.n_vocab, d, &m->output);
+	err = model_get_mat(m->g, "output.weight", m->cfg.n_vocab, d, &m->output);
 	if (err == -ENOENT) {
 		m->output = m->tok_embd; /* tied embeddings */
 		err = 0;
 	}
 	if (!err)
-		err = get_vec(m->g, "output_norm.weight", d, &m->output_norm);
+		err = model_get_vec(m->g, "output_norm.weight", d, &m->output_norm);
 	if (err)
 		goto out_free;
 	m->layers = calloc((size_t)m->cfg.n_layer, sizeof(*m->layers));
@@ -141,11 +142,11 @@ int model_open(const char *path, int nthreads, struct model **ret)
 	for (l = 0; l < m->cfg.n_layer && !err; l++) {
 		struct layer_w *w = &m->layers[l];
 
-#define MAT(field, nm, r, c)                                             \
-	do {                                                             \
-		snprintf(name, sizeof(name), "blk.%d." nm ".weight", l); \
-		if (!err)                                                \
-			err = get_mat(m->g, name, r, c, &w->field);      \
+#define MAT(field, nm, r, c)                                              \
+	do {                                                              \
+		snprintf(name, sizeof(name), "blk.%d." nm ".weight", l);  \
+		if (!err)                                                 \
+			err = model_get_mat(m->g, name, r, c, &w->field); \
 	} while (0)
 		MAT(wq, "attn_q", d, d);
 		MAT(wk, "attn_k", kvd, d);
@@ -157,10 +158,10 @@ int model_open(const char *path, int nthreads, struct model **ret)
 #undef MAT
 		snprintf(name, sizeof(name), "blk.%d.attn_norm.weight", l);
 		if (!err)
-			err = get_vec(m->g, name, d, &w->attn_norm);
+			err = model_get_vec(m->g, name, d, &w->attn_norm);
 		snprintf(name, sizeof(name), "blk.%d.ffn_norm.weight", l);
 		if (!err)
-			err = get_vec(m->g, name, d, &w->ffn_norm);
+			err = model_get_vec(m->g, name, d, &w->ffn_norm);
 	}
 	if (err)
 		goto out_free;

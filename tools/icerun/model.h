@@ -102,6 +102,12 @@ void model_attend_set(const struct model *m, const struct kv *kv, int layer, int
  * Scores of g query heads (q: g × d, pre-scaled) against n page-blocked keys starting at kbase,
  * the start of a page (kv_kpage): out[h * ldo + j] = q_h · k_j.
  */
+/* A weight matrix [rows][cols] (any type the matmul takes) or an F32 vector [n] of the GGUF,
+ * checked: -ENOENT when absent, -EINVAL for a wrong shape, -EOPNOTSUPP for its type. For the
+ * model files (model.c, gemma.c). */
+int model_get_mat(const struct gguf *g, const char *name, int rows, int cols, struct qmat *ret);
+int model_get_vec(const struct gguf *g, const char *name, int n, const float **ret);
+
 void model_group_scores(const float *kbase, int d, const float *q, int g, int n, float *out,
 			int ldo);
 
