@@ -134,7 +134,7 @@ static int store_reserve_for(struct engine *e, struct store_resv *resv, uint64_t
 /*
  * The rows that leave head st's window in this append, oldest first: the window is a FIFO, so
  * they are the first etok of (its tokens, then the new tokens after those for the sink).
- * Nothing changes.
+ * Nothing changes; ek or ev may be NULL (that half is not wanted).
  */
 static void evicted_rows(const struct seq *s, const struct head_state *st, const unsigned char *kh,
 			 const unsigned char *vh, uint32_t tosink, uint32_t etok, unsigned char *ek,
@@ -156,7 +156,8 @@ static void evicted_rows(const struct seq *s, const struct head_state *st, const
 			kr = kh + (size_t)t * s->row;
 			vr = vh + (size_t)t * s->row;
 		}
-		memcpy(ek + (size_t)x * s->row, kr, s->row);
+		if (ek)
+			memcpy(ek + (size_t)x * s->row, kr, s->row);
 		if (ev)
 			memcpy(ev + (size_t)x * s->row, vr, s->row);
 	}
@@ -414,9 +415,11 @@ int engine_append(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer,
 		err = engine_charge(e, s, bytes);
 		if (err)
 			return err;
-		ek = s->scr; /* step 2: a head's rows each; step 4: ek, then ev, then the pages */
-		ev = ek + (size_t)etok * s->row;
-		pbuf = ek + (size_t)(hk + 1) * etok * s->row;
+		/* the scratch: every head's leaving K rows (step 2, kept for step 4), one head's V
+		 * rows, then the page assembly */
+		ek = s->scr;
+		ev = ek + (size_t)hk * etok * s->row;
+		pbuf = ev + (size_t)etok * s->row;
 		/* 2. The indexes, undoably (every head's mark is taken; a failed index is as it was). */
 		{
 			struct index_job job = {
@@ -455,8 +458,10 @@ int engine_append(struct engine *e, uint32_t owner, uint32_t id, uint32_t layer,
 			const unsigned char *kh = (const unsigned char *)k + (size_t)h * n * s->row;
 			const unsigned char *vh = (const unsigned char *)v + (size_t)h * n * s->row;
 
-			evicted_rows(s, &hs[h], kh, vh, tosink, etok, ek, ev);
-			err = write_pages(e, s, layer, h, ek, ev, etok, (uint32_t)mk[h].ntok, pbuf,
+			unsigned char *ekh = ek + (size_t)h * etok * s->row; /* from step 2 */
+
+			evicted_rows(s, &hs[h], kh, vh, tosink, etok, NULL, ev);
+			err = write_pages(e, s, layer, h, ekh, ev, etok, (uint32_t)mk[h].ntok, pbuf,
 					  &resv);
 		}
 		store_unreserve(e->store, &resv);
