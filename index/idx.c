@@ -1792,14 +1792,10 @@ void idx_set_keys(struct idx *ix, const struct idx_keys *src)
 static void rows_to_block(const float *rows, uint32_t dim, const uint32_t *pos, uint32_t fill,
 			  float *blk)
 {
-	uint32_t t, j;
+	uint32_t t;
 
-	for (t = 0; t < fill; t++) {
-		const float *x = rows + (size_t)pos[t] * dim;
-
-		for (j = 0; j < dim; j++)
-			blk[(size_t)j * IDX_LANES + t] = x[j];
-	}
+	for (t = 0; t < fill; t++)
+		idx_block_put(blk, dim, t, rows + (size_t)pos[t] * dim);
 }
 
 int idx_read_blocks(const struct idx *ix, const uint32_t *pages, uint32_t n, float *blocks,
@@ -1824,7 +1820,7 @@ int idx_rows_read(void *ctx, const struct idx *ix, const uint32_t *pages, uint32
 	const struct idx_rows *r = ctx;
 	size_t es = dtype_size(r->dt), row = (size_t)ix->dim * es;
 	float x[IDX_MAX_DIM];
-	uint32_t i, t, j;
+	uint32_t i, t;
 
 	(void)scratch;
 	for (i = 0; i < n; i++) {
@@ -1836,8 +1832,7 @@ int idx_rows_read(void *ctx, const struct idx *ix, const uint32_t *pages, uint32
 				return -EIO;
 			dtype_to_f32((const char *)r->rows + (size_t)p->pos[t] * row, r->dt,
 				     ix->dim, x);
-			for (j = 0; j < ix->dim; j++)
-				blk[(size_t)j * IDX_LANES + t] = x[j];
+			idx_block_put(blk, ix->dim, t, x);
 		}
 	}
 	return 0;

@@ -134,6 +134,14 @@ struct idx_rows {
 };
 int idx_rows_read(void *ctx, const struct idx *ix, const uint32_t *pages, uint32_t n, float *blocks,
 		  void *scratch);
+/* For key sources: puts key x[dim] as token t (lane t) of a channel-major block. */
+static inline void idx_block_put(float *blk, uint32_t dim, uint32_t t, const float *x)
+{
+	uint32_t j;
+
+	for (j = 0; j < dim; j++)
+		blk[(size_t)j * IDX_PAGE_CAP + t] = x[j]; /* a block has a lane per page slot */
+}
 
 /* Host bytes the index uses now: what its owner accounts (spare capacity in its arrays is
  * never written, so it is not resident). */

@@ -21,7 +21,7 @@ int engine_page_keys(void *ctx, const struct idx *ix, const uint32_t *pages, uin
 	size_t slot = ps->e->o.slot_bytes, blk = (size_t)s->p.shape.head_dim * IDX_PAGE_CAP;
 	struct store_page pg[IDX_KEYS_BATCH];
 	float x[MAX_HEAD_DIM];
-	uint32_t i, t, j, fill, d = s->p.shape.head_dim;
+	uint32_t i, t, fill, d = s->p.shape.head_dim;
 	int err;
 
 	if (n > IDX_KEYS_BATCH)
@@ -42,8 +42,7 @@ int engine_page_keys(void *ctx, const struct idx *ix, const uint32_t *pages, uin
 			return -EIO;
 		for (t = 0; t < fill; t++) { /* K rows first (append.c's page layout) */
 			dtype_to_f32((const unsigned char *)pg[i].buf + t * s->row, s->dt, d, x);
-			for (j = 0; j < d; j++)
-				b[(size_t)j * IDX_PAGE_CAP + t] = x[j];
+			idx_block_put(b, d, t, x);
 		}
 	}
 	return 0;

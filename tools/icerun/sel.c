@@ -290,7 +290,7 @@ static int dci_read(void *ctx, const struct idx *ix, const uint32_t *pages, uint
 		    float *blocks, void *scratch)
 {
 	const struct dci_src *src = ctx;
-	uint32_t i, t, j, fill, pos[IDX_PAGE_CAP], d = idx_dim(ix);
+	uint32_t i, t, fill, pos[IDX_PAGE_CAP], d = idx_dim(ix);
 	float x[IDX_MAX_DIM];
 
 	(void)scratch;
@@ -301,8 +301,7 @@ static int dci_read(void *ctx, const struct idx *ix, const uint32_t *pages, uint
 			return -EINVAL;
 		for (t = 0; t < fill; t++) {
 			kv_key(src->kv, src->layer, src->h, P + (int)pos[t], x);
-			for (j = 0; j < d; j++)
-				b[(size_t)j * IDX_PAGE_CAP + t] = x[j];
+			idx_block_put(b, d, t, x);
 		}
 	}
 	return 0;
