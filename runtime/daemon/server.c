@@ -677,6 +677,9 @@ int server_new(const struct rt_config *cfg, struct server **ret_srv)
 	 */
 	mallopt(M_MMAP_THRESHOLD, 256 * 1024);
 	mallopt(M_TRIM_THRESHOLD, 1024 * 1024);
+	/* One arena: an append's helper thread (engine/append.c) would otherwise get an arena of
+	 * its own, whose freed blocks stay resident past what host_bytes accounts. */
+	mallopt(M_ARENA_MAX, 1);
 	srv = calloc(1, sizeof(*srv));
 	if (!srv)
 		return -ENOMEM;
